@@ -1,0 +1,74 @@
+// Backend registry: which backend serves which device (see backend.h).
+#include "engine/backend.h"
+
+#include "engine/cpu/cpu_backend.h"
+
+#ifdef RETORT_WITH_CUDA
+#include "engine/cuda/cuda_device.h"
+#endif
+
+namespace retort {
+
+const char* unary_op_name(UnaryOp op) {
+  switch (op) {
+    case UnaryOp::Neg: return "neg";
+    case UnaryOp::Exp: return "exp";
+    case UnaryOp::Log: return "log";
+    case UnaryOp::Sqrt: return "sqrt";
+    case UnaryOp::Abs: return "abs";
+    case UnaryOp::Sign: return "sign";
+    case UnaryOp::Relu: return "relu";
+    case UnaryOp::Sigmoid: return "sigmoid";
+    case UnaryOp::Tanh: return "tanh";
+    case UnaryOp::Pow: return "pow";
+    case UnaryOp::Clamp: return "clamp";
+    case UnaryOp::Affine: return "affine";
+  }
+  return "?";
+}
+
+const char* binary_op_name(BinaryOp op) {
+  switch (op) {
+    case BinaryOp::Add: return "add";
+    case BinaryOp::Sub: return "sub";
+    case BinaryOp::Mul: return "mul";
+    case BinaryOp::Div: return "div";
+    case BinaryOp::Max: return "maximum";
+    case BinaryOp::Min: return "minimum";
+    case BinaryOp::Gt: return "gt";
+    case BinaryOp::Ge: return "ge";
+    case BinaryOp::Lt: return "lt";
+    case BinaryOp::Le: return "le";
+    case BinaryOp::Eq: return "eq";
+    case BinaryOp::XLogY: return "xlogy";
+  }
+  return "?";
+}
+
+bool cuda_built() {
+#ifdef RETORT_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+int cuda_device_count() {
+#ifdef RETORT_WITH_CUDA
+  return cuda::device_count();
+#else
+  return 0;
+#endif
+}
+
+Backend& backend_for(Device device) {
+  static cpu::CpuBackend cpu_backend;
+  if (device.is_cpu()) return cpu_backend;
+  RETORT_CHECK(cuda_built(), "device ", device.str(),
+               ": this build has no CUDA backend (reconfigure with -DRETORT_CUDA=ON where nvcc is installed)");
+  const int n = cuda_device_count();
+  RETORT_CHECK(device.index < n, "device ", device.str(), ": ", n, " CUDA device(s) visible");
+  RETORT_FAIL("device ", device.str(), ": the CUDA kernels are not implemented yet (see docs/STATUS.md, [cuda] issue)");
+}
+
+}  // namespace retort

@@ -1,0 +1,162 @@
+// The backend kernel interface: the small set of kernels every device implements.
+//
+// Functions (engine/functions/) validate shapes and dtypes once, allocate outputs, call these kernels
+// and record autograd nodes; kernels know nothing about autograd. Every tensor handed to a kernel is
+// contiguous, on this backend's device, of one float dtype (F32 or F64) unless stated (I64 indices
+// and labels), and outputs are pre-allocated with the right shape. Kernels may assume what the
+// function already checked. A backend that lacks a kernel answers supports() == false and throws a
+// retort::Error naming it — never a silent fallback.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace retort {
+
+enum class UnaryOp {
+  Neg, Exp, Log, Sqrt, Abs, Sign, Relu, Sigmoid, Tanh,
+  Pow,      // x^alpha
+  Clamp,    // min(max(x, alpha), beta)
+  Affine,   // alpha * x + beta
+};
+enum class BinaryOp {
+  Add, Sub, Mul, Div, Max, Min,
+  Gt, Ge, Lt, Le, Eq,   // 1 where true, 0 elsewhere (same dtype as inputs)
+  XLogY,                // a * log(b), 0 where a == 0 (as torch.xlogy)
+};
+enum class ReduceOp { Sum, Max, Min };
+
+const char* unary_op_name(UnaryOp op);
+const char* binary_op_name(BinaryOp op);
+
+// An N-d strided window on a tensor's flat storage, in elements.
+struct StridedView {
+  int64_t offset = 0;
+  std::vector<int64_t> strides;  // one per dimension of the copied shape (0 = broadcast)
+};
+
+// Row-major (strided-batched) GEMM: C[b] = alpha * op(A[b]) @ op(B[b]) + beta * C[b], with op(A) of
+// shape [m, k], op(B) [k, n], C [m, n]. Pointers are raw device pointers of `dtype`.
+struct GemmArgs {
+  bool trans_a = false, trans_b = false;
+  int64_t m = 0, n = 0, k = 0;
+  double alpha = 1.0, beta = 0.0;
+  const void* a = nullptr; int64_t lda = 0;
+  const void* b = nullptr; int64_t ldb = 0;
+  void* c = nullptr;       int64_t ldc = 0;
+  DType dtype = DType::F32;
+  int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;  // element strides between batches
+};
+
+struct Conv2dParams {
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_h = 0, pad_w = 0;
+  int64_t dilation_h = 1, dilation_w = 1;
+  int64_t groups = 1;
+};
+
+struct Pool2dParams {
+  int64_t kernel_h = 1, kernel_w = 1;
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_h = 0, pad_w = 0;
+  bool count_include_pad = true;  // avg pool only (PyTorch default)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual std::string name() const = 0;
+  // Whether `kernel` (the method name, e.g. "conv2d_forward") is implemented for `dtype`.
+  virtual bool supports(const std::string& kernel, DType dtype) const = 0;
+
+  // ---- memory --------------------------------------------------------------------------------
+  virtual void* allocate(size_t nbytes) = 0;
+  virtual void deallocate(void* ptr) = 0;
+  // Copies nbytes between this backend's memory and the host (either direction) or within it.
+  virtual void copy_to_host(const void* src, void* host_dst, size_t nbytes) = 0;
+  virtual void copy_from_host(const void* host_src, void* dst, size_t nbytes) = 0;
+  virtual void copy(const void* src, void* dst, size_t nbytes) = 0;
+  virtual void fill(Tensor& out, double value) = 0;
+  // dst = src converted to dst's dtype (any of F32, F64, I64).
+  virtual void cast(const Tensor& src, Tensor& dst) = 0;
+
+  // ---- elementwise, reductions, copies -------------------------------------------------------
+  virtual void unary(UnaryOp op, const Tensor& x, Tensor& out, double alpha = 0, double beta = 0) = 0;
+  // `a` and `b` broadcast (PyTorch rules, aligned at the trailing dimension) to out's shape.
+  virtual void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out) = 0;
+  // Reduces x over `dims` (sorted, unique); out has x's rank with those dims of size 1.
+  // Sums accumulate in double.
+  virtual void reduce(ReduceOp op, const Tensor& x, const std::vector<int>& dims, Tensor& out) = 0;
+  // dst[dst_view @ idx] = src[src_view @ idx] for every index idx of `shape`.
+  virtual void strided_copy(const Tensor& src, const StridedView& src_view, Tensor& dst,
+                            const StridedView& dst_view, const Shape& shape) = 0;
+  virtual void gemm(const GemmArgs& args) = 0;
+
+  // ---- convolution: x [N, C, H, W], w [O, C/groups, KH, KW], y [N, O, OH, OW] -----------------
+  // `bias` may be undefined.
+  virtual void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
+                              const Conv2dParams& p, Tensor& y) = 0;
+  virtual void conv2d_backward_input(const Tensor& gy, const Tensor& w, const Conv2dParams& p,
+                                     Tensor& gx) = 0;
+  virtual void conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dParams& p,
+                                      Tensor& gw) = 0;
+
+  // ---- batch norm over [N, C, *] per channel C ------------------------------------------------
+  // Training: normalise with batch statistics; writes the batch mean and 1/sqrt(biased var + eps)
+  // (both [C]) for the backward and for the running-statistics update. weight/bias may be undefined.
+  virtual void batchnorm_forward_train(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                       double eps, Tensor& y, Tensor& mean, Tensor& invstd) = 0;
+  // Evaluation: normalise with the given running statistics.
+  virtual void batchnorm_forward_eval(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                      const Tensor& running_mean, const Tensor& running_var,
+                                      double eps, Tensor& y) = 0;
+  // Gradients of either forward (`training` selects which; mean/invstd are the statistics that
+  // forward used). Undefined outputs are not computed.
+  virtual void batchnorm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight,
+                                  const Tensor& mean, const Tensor& invstd, bool training,
+                                  Tensor& gx, Tensor& gweight, Tensor& gbias) = 0;
+
+  // ---- pooling and resampling, NCHW ----------------------------------------------------------
+  // indices (I64) hold, per output element, the flat h*W+w position of the max within its plane.
+  virtual void max_pool2d_forward(const Tensor& x, const Pool2dParams& p, Tensor& y,
+                                  Tensor& indices) = 0;
+  virtual void max_pool2d_backward(const Tensor& gy, const Tensor& indices, Tensor& gx) = 0;
+  virtual void avg_pool2d_forward(const Tensor& x, const Pool2dParams& p, Tensor& y) = 0;
+  virtual void avg_pool2d_backward(const Tensor& gy, const Pool2dParams& p, Tensor& gx) = 0;
+  // Bins as PyTorch: start = floor(i * In / Out), end = ceil((i + 1) * In / Out).
+  virtual void adaptive_avg_pool2d_forward(const Tensor& x, Tensor& y) = 0;
+  virtual void adaptive_avg_pool2d_backward(const Tensor& gy, Tensor& gx) = 0;
+  // Nearest neighbour as PyTorch's mode="nearest": src = floor(dst * In / Out).
+  virtual void upsample_nearest2d_forward(const Tensor& x, Tensor& y) = 0;
+  virtual void upsample_nearest2d_backward(const Tensor& gy, Tensor& gx) = 0;
+  // Bilinear, zero padding, align_corners=false; x [N, C, H, W], grid [N, OH, OW, 2] (x, y in
+  // [-1, 1]), y [N, C, OH, OW]. Backward writes either gradient when defined.
+  virtual void grid_sample_forward(const Tensor& x, const Tensor& grid, Tensor& y) = 0;
+  virtual void grid_sample_backward(const Tensor& gy, const Tensor& x, const Tensor& grid,
+                                    Tensor& gx, Tensor& ggrid) = 0;
+
+  // ---- softmax family ------------------------------------------------------------------------
+  // Along `dim` (already normalised); log selects log_softmax. Backward takes the forward's output.
+  virtual void softmax_forward(const Tensor& x, int dim, bool log, Tensor& y) = 0;
+  virtual void softmax_backward(const Tensor& gy, const Tensor& y, int dim, bool log, Tensor& gx) = 0;
+  // logits [N, C], targets I64 [N] in [0, C); loss (0-D) = mean over N of
+  // -sum_c q_c log_softmax(logits)_c with q = (1 - s) onehot + s / C. log_probs [N, C] is saved.
+  virtual void cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                                     double label_smoothing, Tensor& loss, Tensor& log_probs) = 0;
+  // gx = grad * (softmax - q) / N, grad the 0-D upstream gradient.
+  virtual void cross_entropy_backward(const Tensor& grad, const Tensor& log_probs,
+                                      const Tensor& targets, double label_smoothing, Tensor& gx) = 0;
+};
+
+// The backend that owns `device`'s memory and kernels. Throws for devices this build cannot use.
+Backend& backend_for(Device device);
+inline Backend& backend_for(const Tensor& t) { return backend_for(t.device()); }
+
+// Whether this build contains the CUDA backend, and how many GPUs it sees (0 without CUDA).
+bool cuda_built();
+int cuda_device_count();
+
+}  // namespace retort

@@ -1,0 +1,42 @@
+// CPU strided copy: the one kernel behind permute, slice, cat, pad and expand.
+// The innermost dimension runs as a strided loop; outer indices are split across threads.
+#include <cstring>
+
+#include "engine/cpu/cpu_backend.h"
+
+namespace retort::cpu {
+
+namespace {
+template <class T>
+void strided_copy_typed(const T* src, const StridedView& sv, T* dst, const StridedView& dv, const Shape& shape) {
+  const int nd = static_cast<int>(shape.size());
+  if (nd == 0) { dst[dv.offset] = src[sv.offset]; return; }
+  const int64_t inner = shape[nd - 1], si = sv.strides[nd - 1], di = dv.strides[nd - 1];
+  int64_t rows = 1;
+  for (int d = 0; d < nd - 1; ++d) rows *= shape[d];
+#pragma omp parallel for if (rows * inner > kParallelGrain)
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t os = sv.offset, od = dv.offset, rem = r;
+    for (int d = nd - 2; d >= 0; --d) {
+      const int64_t i = rem % shape[d];
+      rem /= shape[d];
+      os += i * sv.strides[d];
+      od += i * dv.strides[d];
+    }
+    if (si == 1 && di == 1) std::memcpy(dst + od, src + os, inner * sizeof(T));
+    else for (int64_t i = 0; i < inner; ++i) dst[od + i * di] = src[os + i * si];
+  }
+}
+}  // namespace
+
+void CpuBackend::strided_copy(const Tensor& src, const StridedView& sv, Tensor& dst, const StridedView& dv,
+                              const Shape& shape) {
+  if (shape_numel(shape) == 0) return;
+  switch (src.dtype()) {
+    case DType::F32: strided_copy_typed(src.data<float>(), sv, dst.data<float>(), dv, shape); break;
+    case DType::F64: strided_copy_typed(src.data<double>(), sv, dst.data<double>(), dv, shape); break;
+    case DType::I64: strided_copy_typed(src.data<int64_t>(), sv, dst.data<int64_t>(), dv, shape); break;
+  }
+}
+
+}  // namespace retort::cpu

@@ -1,0 +1,81 @@
+// The CPU backend: the readable reference implementation of every kernel and the oracle for the CUDA
+// backend. Plain loops where they are clear, OpenMP across batch/channels/rows, OpenBLAS for GEMM.
+// Kernels are templates over the element type (float, double) and are dispatched once per call.
+// Definitions are split by family: memory.cpp, elementwise.cpp, reduce.cpp, copy.cpp, gemm.cpp,
+// conv.cpp, norm.cpp, pool.cpp, sample.cpp, softmax.cpp.
+#pragma once
+#include <cstdint>
+
+#include "engine/backend.h"
+
+namespace retort::cpu {
+
+// Runs f(tag) with tag a value of the C++ type of `dt` (float or double); throws for other dtypes.
+template <class F>
+void dispatch_float(DType dt, const char* op, F&& f) {
+  switch (dt) {
+    case DType::F32: f(float{}); return;
+    case DType::F64: f(double{}); return;
+    default: RETORT_FAIL(op, ": unsupported dtype ", dtype_name(dt), " (expected f32 or f64)");
+  }
+}
+
+// Minimum amount of work (elements) before a loop is worth parallelising.
+constexpr int64_t kParallelGrain = 32768;
+
+class CpuBackend final : public Backend {
+ public:
+  Device device() const override { return Device::cpu(); }
+  std::string name() const override { return "cpu"; }
+  bool supports(const std::string& kernel, DType dtype) const override;
+
+  void* allocate(size_t nbytes) override;
+  void deallocate(void* ptr) override;
+  void copy_to_host(const void* src, void* host_dst, size_t nbytes) override;
+  void copy_from_host(const void* host_src, void* dst, size_t nbytes) override;
+  void copy(const void* src, void* dst, size_t nbytes) override;
+  void fill(Tensor& out, double value) override;
+  void cast(const Tensor& src, Tensor& dst) override;
+
+  void unary(UnaryOp op, const Tensor& x, Tensor& out, double alpha, double beta) override;
+  void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out) override;
+  void reduce(ReduceOp op, const Tensor& x, const std::vector<int>& dims, Tensor& out) override;
+  void strided_copy(const Tensor& src, const StridedView& src_view, Tensor& dst, const StridedView& dst_view,
+                    const Shape& shape) override;
+  void gemm(const GemmArgs& args) override;
+
+  void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p,
+                      Tensor& y) override;
+  void conv2d_backward_input(const Tensor& gy, const Tensor& w, const Conv2dParams& p, Tensor& gx) override;
+  void conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dParams& p, Tensor& gw) override;
+
+  void batchnorm_forward_train(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y,
+                               Tensor& mean, Tensor& invstd) override;
+  void batchnorm_forward_eval(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                              const Tensor& running_mean, const Tensor& running_var, double eps,
+                              Tensor& y) override;
+  void batchnorm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                          const Tensor& invstd, bool training, Tensor& gx, Tensor& gweight,
+                          Tensor& gbias) override;
+
+  void max_pool2d_forward(const Tensor& x, const Pool2dParams& p, Tensor& y, Tensor& indices) override;
+  void max_pool2d_backward(const Tensor& gy, const Tensor& indices, Tensor& gx) override;
+  void avg_pool2d_forward(const Tensor& x, const Pool2dParams& p, Tensor& y) override;
+  void avg_pool2d_backward(const Tensor& gy, const Pool2dParams& p, Tensor& gx) override;
+  void adaptive_avg_pool2d_forward(const Tensor& x, Tensor& y) override;
+  void adaptive_avg_pool2d_backward(const Tensor& gy, Tensor& gx) override;
+  void upsample_nearest2d_forward(const Tensor& x, Tensor& y) override;
+  void upsample_nearest2d_backward(const Tensor& gy, Tensor& gx) override;
+  void grid_sample_forward(const Tensor& x, const Tensor& grid, Tensor& y) override;
+  void grid_sample_backward(const Tensor& gy, const Tensor& x, const Tensor& grid, Tensor& gx,
+                            Tensor& ggrid) override;
+
+  void softmax_forward(const Tensor& x, int dim, bool log, Tensor& y) override;
+  void softmax_backward(const Tensor& gy, const Tensor& y, int dim, bool log, Tensor& gx) override;
+  void cross_entropy_forward(const Tensor& logits, const Tensor& targets, double label_smoothing, Tensor& loss,
+                             Tensor& log_probs) override;
+  void cross_entropy_backward(const Tensor& grad, const Tensor& log_probs, const Tensor& targets,
+                              double label_smoothing, Tensor& gx) override;
+};
+
+}  // namespace retort::cpu

@@ -1,0 +1,34 @@
+// Errors. The library reports every failure as a retort::Error whose message names the operation,
+// the offending shapes/keys/values and what was expected. The library never calls exit(); the apps
+// map errors to exit codes.
+//
+//   RETORT_CHECK(a.dim() == 4, "conv2d: input must be 4-D [N, C, H, W], got ", shape_str(a.shape()));
+#pragma once
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+namespace retort {
+
+class Error : public std::runtime_error {
+ public:
+  explicit Error(const std::string& what) : std::runtime_error(what) {}
+};
+
+namespace detail {
+template <class... Args>
+std::string cat(const Args&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  return os.str();
+}
+}  // namespace detail
+
+}  // namespace retort
+
+#define RETORT_CHECK(cond, ...)                                        \
+  do {                                                                 \
+    if (!(cond)) throw ::retort::Error(::retort::detail::cat(__VA_ARGS__)); \
+  } while (0)
+
+#define RETORT_FAIL(...) throw ::retort::Error(::retort::detail::cat(__VA_ARGS__))

@@ -1,0 +1,154 @@
+// gradcheck facility and the registry of cases (see gradcheck.h).
+#include "engine/gradcheck.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+
+#include "engine/autograd.h"
+
+namespace retort {
+
+namespace {
+
+double projected(const Tensor& out, const std::vector<double>& r) {
+  const double* p = out.data<double>();
+  double acc = 0;
+  for (size_t i = 0; i < r.size(); ++i) acc += p[i] * r[i];
+  return acc;
+}
+
+std::vector<int64_t> pick_elements(int64_t n, int64_t max_n, Generator& gen) {
+  std::vector<int64_t> idx(static_cast<size_t>(n));
+  std::iota(idx.begin(), idx.end(), 0);
+  if (n <= max_n) return idx;
+  for (int64_t i = 0; i < max_n; ++i) std::swap(idx[i], idx[i + static_cast<int64_t>(gen.randint(n - i))]);
+  idx.resize(static_cast<size_t>(max_n));
+  std::sort(idx.begin(), idx.end());
+  return idx;
+}
+
+}  // namespace
+
+GradcheckResult gradcheck(const GradcheckFn& fn, const std::vector<Tensor>& inputs, const GradcheckOptions& o) {
+  GradcheckResult res;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const Tensor& t = inputs[i];
+    if (t.defined() && t.requires_grad())
+      RETORT_CHECK(t.dtype() == DType::F64 && t.device().is_cpu() && t.is_leaf(), "gradcheck: input ", i, " is ",
+                   t.meta_str(), "; checked inputs must be float64 CPU leaves");
+  }
+  for (const Tensor& t : inputs)
+    if (t.defined()) t.impl().grad.reset();
+
+  Tensor out = fn(inputs);
+  RETORT_CHECK(out.dtype() == DType::F64, "gradcheck: function output is ", out.meta_str(), ", expected f64");
+  Generator gen(o.seed);
+  std::vector<double> r(static_cast<size_t>(out.numel()));
+  for (double& v : r) v = gen.normal();
+  Tensor r_t = Tensor::from_vector(r, out.shape(), DType::F64);
+  if (out.requires_grad()) out.backward(r_t);
+
+  double worst_excess = -1;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const Tensor& x = inputs[i];
+    if (!x.defined() || !x.requires_grad()) continue;
+    const Tensor g = x.grad();
+    double* xp = const_cast<Tensor&>(x).data<double>();
+    for (int64_t k : pick_elements(x.numel(), o.max_elements_per_input, gen)) {
+      const double orig = xp[k];
+      double lp, lm;
+      {
+        NoGradGuard ng;
+        xp[k] = orig + o.eps;
+        lp = projected(fn(inputs), r);
+        xp[k] = orig - o.eps;
+        lm = projected(fn(inputs), r);
+        xp[k] = orig;
+      }
+      const double numeric = (lp - lm) / (2 * o.eps);
+      const double analytic = g.defined() ? g.data<double>()[k] : 0.0;
+      const double err = std::abs(analytic - numeric);
+      const double excess = err - (o.atol + o.rtol * std::abs(numeric));
+      ++res.checked;
+      res.max_abs_error = std::max(res.max_abs_error, err);
+      if (excess > worst_excess) {
+        worst_excess = excess;
+        char buf[256];
+        std::snprintf(buf, sizeof buf, "input %zu %s element %lld: analytic %.10g, numeric %.10g, |diff| %.3g%s", i,
+                      shape_str(x.shape()).c_str(), static_cast<long long>(k), analytic, numeric, err,
+                      g.defined() ? "" : " (no gradient was produced)");
+        res.detail = buf;
+      }
+    }
+  }
+  RETORT_CHECK(res.checked > 0, "gradcheck: no input requires grad, nothing was checked");
+  res.passed = worst_excess <= 0;
+  return res;
+}
+
+GradcheckResult run_gradcheck(const GradcheckCase& c) {
+  Generator gen(c.options.seed);
+  std::vector<Tensor> inputs = c.make_inputs(gen);
+  return gradcheck(c.fn, inputs, c.options);
+}
+
+const std::vector<GradcheckCase>& all_gradchecks() {
+  static const std::vector<GradcheckCase> cases = [] {
+    std::vector<GradcheckCase> v;
+    add_elementwise_checks(v);
+    add_reduce_checks(v);
+    add_shape_checks(v);
+    add_linalg_checks(v);
+    add_conv_checks(v);
+    add_norm_checks(v);
+    add_pool_checks(v);
+    add_sample_checks(v);
+    add_loss_checks(v);
+    return v;
+  }();
+  return cases;
+}
+
+const GradcheckCase* find_gradcheck(const std::string& name) {
+  for (const auto& c : all_gradchecks())
+    if (c.name == name) return &c;
+  return nullptr;
+}
+
+const std::vector<std::string>& differentiable_functions() {
+  static const std::vector<std::string> names = {
+      "add", "sub", "mul", "div", "maximum", "minimum", "xlogy", "affine", "neg", "exp", "log", "sqrt", "pow",
+      "abs", "clamp", "relu", "sigmoid", "tanh", "to_dtype", "clone",
+      "sum", "mean", "max", "min", "var", "stddev",
+      "reshape", "flatten", "unsqueeze", "squeeze", "permute", "transpose", "slice", "cat", "pad", "expand",
+      "matmul", "linear",
+      "conv2d", "batch_norm",
+      "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "interpolate_nearest",
+      "affine_grid", "grid_sample",
+      "softmax", "log_softmax", "cross_entropy", "kl_div", "mse_loss", "dropout"};
+  return names;
+}
+
+// ---- input helpers ---------------------------------------------------------------------------------
+
+Tensor gc_randn(const Shape& shape, Generator& gen, double std) {
+  return Tensor::randn(shape, gen, DType::F64, 0.0, std).set_requires_grad();
+}
+
+Tensor gc_uniform(const Shape& shape, Generator& gen, double lo, double hi) {
+  return Tensor::rand(shape, gen, DType::F64, lo, hi).set_requires_grad();
+}
+
+Tensor gc_separated(const Shape& shape, Generator& gen, double gap) {
+  const int64_t n = shape_numel(shape);
+  std::vector<double> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) v[i] = (static_cast<double>(i) - static_cast<double>(n) / 2.0 + 0.5) * gap;
+  for (int64_t i = n - 1; i > 0; --i) std::swap(v[i], v[static_cast<size_t>(gen.randint(i + 1))]);
+  for (double& x : v)
+    if (std::abs(x) < gap / 2) x += gap / 2;  // keep away from 0
+  return Tensor::from_vector(v, shape, DType::F64).set_requires_grad();
+}
+
+}  // namespace retort

@@ -1,0 +1,264 @@
+// Tensor handle, factories, conversion and printing (see tensor.h).
+#include "engine/tensor.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <ostream>
+
+#include "engine/autograd.h"
+#include "engine/backend.h"
+
+namespace retort {
+
+Storage::Storage(size_t nbytes_, Device device_) : nbytes(nbytes_), device(device_) {
+  data = backend_for(device).allocate(nbytes);
+}
+
+Storage::~Storage() {
+  if (data) backend_for(device).deallocate(data);
+}
+
+TensorImpl& Tensor::impl() const {
+  RETORT_CHECK(impl_ != nullptr, "use of an undefined tensor");
+  return *impl_;
+}
+
+// ---- factories -----------------------------------------------------------------------------------
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
+  for (int64_t d : shape)
+    RETORT_CHECK(d >= 0, "Tensor::empty: negative dimension in shape ", shape_str(shape));
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device);
+  impl->shape = shape;
+  impl->dtype = dtype;
+  return Tensor(std::move(impl));
+}
+
+Tensor Tensor::full(const Shape& shape, double value, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
+  backend_for(device).fill(t, value);
+  return t;
+}
+
+Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) { return full(shape, 0.0, dtype, device); }
+Tensor Tensor::ones(const Shape& shape, DType dtype, Device device) { return full(shape, 1.0, dtype, device); }
+Tensor Tensor::scalar(double value, DType dtype, Device device) { return full({}, value, dtype, device); }
+
+namespace {
+template <class F>
+void fill_host(Tensor& t, F&& next) {
+  const int64_t n = t.numel();
+  switch (t.dtype()) {
+    case DType::F32: { float* p = t.data<float>(); for (int64_t i = 0; i < n; ++i) p[i] = static_cast<float>(next(i)); break; }
+    case DType::F64: { double* p = t.data<double>(); for (int64_t i = 0; i < n; ++i) p[i] = next(i); break; }
+    case DType::I64: { int64_t* p = t.data<int64_t>(); for (int64_t i = 0; i < n; ++i) p[i] = static_cast<int64_t>(next(i)); break; }
+  }
+}
+}  // namespace
+
+Tensor Tensor::arange(double start, double end, double step, DType dtype) {
+  RETORT_CHECK(step != 0.0, "arange: step must be non-zero");
+  const double count = std::ceil((end - start) / step);
+  const int64_t n = count > 0 ? static_cast<int64_t>(count) : 0;
+  Tensor t = empty({n}, dtype);
+  fill_host(t, [&](int64_t i) { return start + step * static_cast<double>(i); });
+  return t;
+}
+
+Tensor Tensor::rand(const Shape& shape, Generator& gen, DType dtype, double lo, double hi) {
+  RETORT_CHECK(is_floating(dtype), "rand: dtype must be f32 or f64, got ", dtype_name(dtype));
+  Tensor t = empty(shape, dtype);
+  fill_host(t, [&](int64_t) { return gen.uniform(lo, hi); });
+  return t;
+}
+
+Tensor Tensor::randn(const Shape& shape, Generator& gen, DType dtype, double mean, double std) {
+  RETORT_CHECK(is_floating(dtype), "randn: dtype must be f32 or f64, got ", dtype_name(dtype));
+  Tensor t = empty(shape, dtype);
+  fill_host(t, [&](int64_t) { return mean + std * gen.normal(); });
+  return t;
+}
+
+Tensor Tensor::from_vector(const std::vector<double>& values, const Shape& shape, DType dtype) {
+  RETORT_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), "from_vector: ", values.size(),
+               " values for shape ", shape_str(shape), " (", shape_numel(shape), " elements)");
+  Tensor t = empty(shape, dtype);
+  fill_host(t, [&](int64_t i) { return values[i]; });
+  return t;
+}
+
+Tensor Tensor::from_int64(const std::vector<int64_t>& values, const Shape& shape) {
+  RETORT_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), "from_vector: ", values.size(),
+               " values for shape ", shape_str(shape), " (", shape_numel(shape), " elements)");
+  Tensor t = empty(shape, DType::I64);
+  std::memcpy(t.raw_data(), values.data(), values.size() * sizeof(int64_t));
+  return t;
+}
+
+// ---- metadata and access ---------------------------------------------------------------------------
+
+int64_t Tensor::size(int64_t d) const { return shape()[normalize_dim(d, dim(), "Tensor::size")]; }
+
+Tensor& Tensor::set_name(std::string name) {
+  impl().name = std::move(name);
+  return *this;
+}
+
+double Tensor::at(int64_t i) const {
+  RETORT_CHECK(i >= 0 && i < numel(), "Tensor::at: index ", i, " out of range for ", meta_str());
+  if (!device().is_cpu()) return to(Device::cpu()).at(i);
+  switch (dtype()) {
+    case DType::F32: return data<float>()[i];
+    case DType::F64: return data<double>()[i];
+    case DType::I64: return static_cast<double>(data<int64_t>()[i]);
+  }
+  return 0.0;
+}
+
+double Tensor::item() const {
+  RETORT_CHECK(numel() == 1, "Tensor::item: tensor has ", numel(), " elements (shape ", shape_str(shape()),
+               "), expected exactly 1");
+  return at(0);
+}
+
+std::vector<double> Tensor::to_vector() const {
+  const Tensor h = device().is_cpu() ? *this : to(Device::cpu());
+  std::vector<double> v(static_cast<size_t>(numel()));
+  for (int64_t i = 0; i < numel(); ++i) v[i] = h.at(i);
+  return v;
+}
+
+bool Tensor::shares_storage(const Tensor& other) const {
+  return defined() && other.defined() && impl().storage == other.impl().storage;
+}
+
+Tensor Tensor::detach() const {
+  auto impl2 = std::make_shared<TensorImpl>();
+  impl2->storage = impl().storage;
+  impl2->shape = impl().shape;
+  impl2->dtype = impl().dtype;
+  impl2->name = impl().name;
+  return Tensor(std::move(impl2));
+}
+
+Tensor Tensor::view_as_shape(const Shape& shape) const {
+  RETORT_CHECK(shape_numel(shape) == numel(), "view: cannot view ", meta_str(), " as shape ", shape_str(shape));
+  Tensor v = detach();
+  v.impl().shape = shape;
+  return v;
+}
+
+// ---- conversion ------------------------------------------------------------------------------------
+
+Tensor Tensor::to(DType dt) const {
+  if (dt == dtype()) return *this;
+  Tensor out = empty(shape(), dt, device());
+  backend_for(device()).cast(*this, out);
+  if (is_floating(dt) && is_floating(dtype())) {
+    const DType from = dtype();
+    return record(out, "ToDtypeBackward", {*this}, [from](const Tensor& g, const Node&) {
+      return std::vector<Tensor>{g.to(from)};
+    });
+  }
+  return out;
+}
+
+Tensor Tensor::to(Device dev) const {
+  if (dev == device()) return *this;
+  Backend& dst_backend = backend_for(dev);  // throws for a device this build cannot use
+  Tensor out = empty(shape(), dtype(), dev);
+  if (device().is_cpu()) {
+    dst_backend.copy_from_host(raw_data(), out.raw_data(), nbytes());
+  } else if (dev.is_cpu()) {
+    backend_for(device()).copy_to_host(raw_data(), out.raw_data(), nbytes());
+  } else {
+    Tensor host = to(Device::cpu());
+    dst_backend.copy_from_host(host.raw_data(), out.raw_data(), nbytes());
+  }
+  const Device from = device();
+  return record(out, "ToDeviceBackward", {*this}, [from](const Tensor& g, const Node&) {
+    return std::vector<Tensor>{g.to(from)};
+  });
+}
+
+Tensor Tensor::clone() const {
+  Tensor out = empty(shape(), dtype(), device());
+  backend_for(device()).copy(raw_data(), out.raw_data(), nbytes());
+  return record(out, "CloneBackward", {*this}, [](const Tensor& g, const Node&) {
+    return std::vector<Tensor>{g};
+  });
+}
+
+// ---- autograd --------------------------------------------------------------------------------------
+
+Tensor& Tensor::set_requires_grad(bool on) {
+  RETORT_CHECK(!on || is_floating(dtype()), "set_requires_grad: only f32/f64 tensors can require grad, this one is ",
+               dtype_name(dtype()));
+  RETORT_CHECK(is_leaf(), "set_requires_grad: only leaf tensors can be marked; this one was produced by ",
+               grad_fn()->name(), " (use detach() first)");
+  impl().requires_grad = on;
+  return *this;
+}
+
+void Tensor::set_grad(const Tensor& g) {
+  if (!g.defined()) { impl().grad.reset(); return; }
+  RETORT_CHECK(g.shape() == shape() && g.dtype() == dtype() && g.device() == device(),
+               "set_grad: gradient ", g.meta_str(), " does not match tensor ", meta_str());
+  impl().grad = g.impl_ptr();
+}
+
+void Tensor::backward(const Tensor& grad, bool retain_graph) const { run_backward(*this, grad, retain_graph); }
+
+// ---- printing --------------------------------------------------------------------------------------
+
+std::string Tensor::meta_str() const {
+  if (!defined()) return "undefined";
+  return detail::cat(dtype_name(dtype()), shape_str(shape()), " ", device().str());
+}
+
+namespace {
+constexpr int64_t kEdgeItems = 3;     // items shown at each end of a summarised dimension
+constexpr int64_t kSummarizeAbove = 1000;
+
+void format_elem(std::string& out, const Tensor& t, int64_t i) {
+  char buf[64];
+  if (t.dtype() == DType::I64) std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(t.at(i)));
+  else std::snprintf(buf, sizeof buf, "%.4f", t.at(i));
+  out += buf;
+}
+
+void format_rec(std::string& out, const Tensor& t, int d, int64_t base, const std::vector<int64_t>& strides,
+                bool summarize, int indent) {
+  const int64_t n = t.shape()[d];
+  out += "[";
+  for (int64_t i = 0; i < n; ++i) {
+    if (summarize && n > 2 * kEdgeItems && i == kEdgeItems) {
+      out += d + 1 == t.dim() ? "..., " : "...,\n" + std::string(indent + 1, ' ');
+      i = n - kEdgeItems;
+    }
+    if (d + 1 == t.dim()) format_elem(out, t, base + i);
+    else format_rec(out, t, d + 1, base + i * strides[d], strides, summarize, indent + 1);
+    if (i + 1 < n) out += d + 1 == t.dim() ? ", " : ",\n" + std::string(indent + 1, ' ');
+  }
+  out += "]";
+}
+}  // namespace
+
+std::string Tensor::str() const {
+  if (!defined()) return "tensor(undefined)";
+  const Tensor h = device().is_cpu() ? *this : to(Device::cpu());
+  std::string out = "tensor(";
+  if (dim() == 0) format_elem(out, h, 0);
+  else format_rec(out, h, 0, 0, contiguous_strides(shape()), numel() > kSummarizeAbove, 7);
+  out += detail::cat(", dtype=", dtype_name(dtype()));
+  if (!device().is_cpu()) out += ", device=" + device().str();
+  if (grad_fn()) out += ", grad_fn=" + grad_fn()->name();
+  else if (requires_grad()) out += ", requires_grad=true";
+  return out + ")";
+}
+
+std::ostream& operator<<(std::ostream& os, const Tensor& t) { return os << t.str(); }
+
+}  // namespace retort

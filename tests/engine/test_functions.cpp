@@ -1,0 +1,102 @@
+// Forward values of the functions against hand-computed results (gradients are covered by the
+// gradchecks; PyTorch golden values come with the [models] fixtures).
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "engine/functions.h"
+
+using namespace retort;
+
+namespace {
+Tensor t64(std::vector<double> v, Shape s) { return Tensor::from_vector(v, s, DType::F64); }
+void expect_near(const Tensor& t, const std::vector<double>& want, double tol = 1e-6) {
+  const auto got = t.to_vector();
+  ASSERT_EQ(got.size(), want.size()) << t.meta_str();
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], tol) << "element " << i;
+}
+}  // namespace
+
+TEST(Functions, BroadcastingArithmetic) {
+  Tensor a = t64({1, 2, 3, 4, 5, 6}, {2, 3});
+  expect_near(add(a, t64({10, 20, 30}, {3})), {11, 22, 33, 14, 25, 36});
+  expect_near(sub(a, t64({1, 2}, {2, 1})), {0, 1, 2, 2, 3, 4});
+  expect_near(mul(a, Tensor::scalar(2, DType::F64)), {2, 4, 6, 8, 10, 12});
+  expect_near(div(t64({1}, {1}), a), {1, 0.5, 1.0 / 3, 0.25, 0.2, 1.0 / 6});
+  EXPECT_EQ(add(Tensor::zeros({3, 1, 5}), Tensor::zeros({4, 1})).shape(), (Shape{3, 4, 5}));
+  expect_near(a * 2.0 + 1.0, {3, 5, 7, 9, 11, 13});
+  expect_near(maximum(a, t64({3.5}, {1})), {3.5, 3.5, 3.5, 4, 5, 6});
+  expect_near(xlogy(t64({0, 2}, {2}), t64({0, std::exp(1.0)}, {2})), {0, 2});
+}
+
+TEST(Functions, Unary) {
+  Tensor x = t64({-2, -0.5, 0.5, 2}, {4});
+  expect_near(relu(x), {0, 0, 0.5, 2});
+  expect_near(abs(x), {2, 0.5, 0.5, 2});
+  expect_near(clamp(x, -1, 1), {-1, -0.5, 0.5, 1});
+  expect_near(sigmoid(x), {1 / (1 + std::exp(2.0)), 1 / (1 + std::exp(0.5)), 1 / (1 + std::exp(-0.5)), 1 / (1 + std::exp(-2.0))});
+  expect_near(tanh(x), {std::tanh(-2.0), std::tanh(-0.5), std::tanh(0.5), std::tanh(2.0)});
+  expect_near(pow(abs(x), 3.0), {8, 0.125, 0.125, 8});
+  expect_near(exp(log(abs(x))), {2, 0.5, 0.5, 2});
+  expect_near(sqrt(t64({4, 9}, {2})), {2, 3});
+  expect_near(sign(x), {-1, -1, 1, 1});
+}
+
+TEST(Functions, Reductions) {
+  Tensor x = t64({1, 2, 3, 4, 5, 6}, {2, 3});
+  expect_near(sum(x), {21});
+  expect_near(sum(x, {0}), {5, 7, 9});
+  expect_near(sum(x, {1}, true), {6, 15});
+  EXPECT_EQ(sum(x, {1}, true).shape(), (Shape{2, 1}));
+  EXPECT_EQ(sum(x, {1}).shape(), (Shape{2}));
+  expect_near(mean(x, {-1}), {2, 5});
+  expect_near(max(x, {0}), {4, 5, 6});
+  expect_near(min(x, {1}), {1, 4});
+  expect_near(var(x, {1}), {1, 1});                       // unbiased
+  expect_near(var(x, {1}, false), {2.0 / 3, 2.0 / 3});    // biased
+  expect_near(stddev(x), {std::sqrt(17.5 / 5)});
+  // non-contiguous set of dims on a 4-D tensor (batch-norm style)
+  Tensor y = Tensor::arange(0, 24, 1, DType::F64);
+  expect_near(sum(reshape(y, {2, 3, 2, 2}), {0, 2, 3}), {0 + 1 + 2 + 3 + 12 + 13 + 14 + 15, 4 + 5 + 6 + 7 + 16 + 17 + 18 + 19,
+                                                         8 + 9 + 10 + 11 + 20 + 21 + 22 + 23});
+}
+
+TEST(Functions, F32SumsAccumulateInDouble) {
+  Tensor x = Tensor::full({1 << 24}, 1.0f);
+  EXPECT_EQ(sum(x).item(), static_cast<double>(1 << 24));  // naive float accumulation stalls at 2^24
+  Tensor y = Tensor::full({3}, 0.1f);
+  EXPECT_FLOAT_EQ(static_cast<float>(sum(y).item()), 0.3f);
+}
+
+TEST(Functions, ShapeOps) {
+  Tensor x = t64({0, 1, 2, 3, 4, 5}, {2, 3});
+  expect_near(transpose(x, 0, 1), {0, 3, 1, 4, 2, 5});
+  expect_near(slice(x, 1, 1, 3), {1, 2, 4, 5});
+  expect_near(slice(x, 1, 0, 3, 2), {0, 2, 3, 5});
+  expect_near(cat({x, x}, 0), {0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5});
+  expect_near(cat({x, slice(x, 1, 0, 1)}, 1), {0, 1, 2, 0, 3, 4, 5, 3});
+  expect_near(pad(x, {1, 0}), {0, 0, 1, 2, 0, 3, 4, 5});
+  expect_near(pad(x, {0, 0, 1, 0}, -1), {-1, -1, -1, 0, 1, 2, 3, 4, 5});
+  expect_near(pad(x, {-1, 0}), {1, 2, 4, 5});
+  expect_near(expand(t64({1, 2}, {2, 1}), {2, 3}), {1, 1, 1, 2, 2, 2});
+  Tensor r = reshape(x, {3, -1});
+  EXPECT_EQ(r.shape(), (Shape{3, 2}));
+  EXPECT_TRUE(r.shares_storage(x));
+  EXPECT_EQ(flatten(Tensor::zeros({2, 3, 4, 5}), 1).shape(), (Shape{2, 60}));
+  EXPECT_EQ(permute(Tensor::zeros({2, 3, 4}), {2, 0, 1}).shape(), (Shape{4, 2, 3}));
+  expect_near(permute(reshape(Tensor::arange(0, 6, 1, DType::F64), {1, 2, 3}), {2, 1, 0}), {0, 3, 1, 4, 2, 5});
+}
+
+TEST(Functions, MatmulAndLinear) {
+  Tensor a = t64({1, 2, 3, 4, 5, 6}, {2, 3});
+  Tensor b = t64({1, 0, 0, 1, 1, 1}, {3, 2});
+  expect_near(matmul(a, b), {4, 5, 10, 11});
+  expect_near(matmul(t64({1, 1, 1}, {3}), b), {2, 2});
+  Tensor batched = matmul(reshape(cat({a, a}, 0), {2, 2, 3}), b);
+  EXPECT_EQ(batched.shape(), (Shape{2, 2, 2}));
+  expect_near(batched, {4, 5, 10, 11, 4, 5, 10, 11});
+  // linear: x @ W^T + b
+  expect_near(linear(a, t64({1, 1, 1, 0, 0, 1}, {2, 3}), t64({10, 20}, {2})), {16, 23, 25, 26});
+  // f32 through OpenBLAS sgemm
+  expect_near(matmul(a.to(DType::F32), b.to(DType::F32)), {4, 5, 10, 11});
+}

@@ -1,0 +1,105 @@
+// Tensor: factories, metadata, dtype conversion, data access, printing.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "engine/functions.h"
+
+using namespace retort;
+
+TEST(Tensor, FactoriesFillValues) {
+  Tensor z = Tensor::zeros({2, 3});
+  EXPECT_EQ(z.shape(), (Shape{2, 3}));
+  EXPECT_EQ(z.numel(), 6);
+  EXPECT_EQ(z.dtype(), DType::F32);
+  EXPECT_TRUE(z.device().is_cpu());
+  for (double v : z.to_vector()) EXPECT_EQ(v, 0.0);
+  for (double v : Tensor::ones({4}, DType::F64).to_vector()) EXPECT_EQ(v, 1.0);
+  for (double v : Tensor::full({3}, 2.5).to_vector()) EXPECT_EQ(v, 2.5);
+  EXPECT_EQ(Tensor::scalar(7.0).dim(), 0);
+  EXPECT_EQ(Tensor::scalar(7.0).item(), 7.0);
+  EXPECT_EQ(Tensor::arange(5).to_vector(), (std::vector<double>{0, 1, 2, 3, 4}));
+  EXPECT_EQ(Tensor::arange(1.0, 2.0, 0.25, DType::F64).to_vector(), (std::vector<double>{1, 1.25, 1.5, 1.75}));
+  EXPECT_EQ(Tensor::zeros({0, 3}).numel(), 0);
+}
+
+TEST(Tensor, SeededRandomIsReproducibleAndDistributed) {
+  Generator g1(42), g2(42), g3(43);
+  Tensor a = Tensor::randn({10000}, g1), b = Tensor::randn({10000}, g2), c = Tensor::randn({10000}, g3);
+  EXPECT_EQ(a.to_vector(), b.to_vector());
+  EXPECT_NE(a.to_vector(), c.to_vector());
+  EXPECT_NEAR(mean(a).item(), 0.0, 0.05);
+  EXPECT_NEAR(stddev(a).item(), 1.0, 0.05);
+  Tensor u = Tensor::rand({10000}, g1, DType::F64, 2.0, 3.0);
+  EXPECT_GE(min(u).item(), 2.0);
+  EXPECT_LT(max(u).item(), 3.0);
+  EXPECT_NEAR(mean(u).item(), 2.5, 0.02);
+}
+
+TEST(Tensor, GeneratorStateRoundTrips) {
+  Generator g(5);
+  g.normal();
+  const std::string s = g.state();
+  const double next = g.uniform();
+  Generator h;
+  h.set_state(s);
+  EXPECT_EQ(h.uniform(), next);
+  EXPECT_THROW(h.set_state("garbage"), Error);
+}
+
+TEST(Tensor, TypedAccessChecksDtype) {
+  Tensor t = Tensor::from_vector({1.0, 2.0, 3.0}, {3}, DType::F64);
+  EXPECT_EQ(t.data<double>()[2], 3.0);
+  EXPECT_THROW(t.data<float>(), Error);
+  Tensor i = Tensor::from_int64(std::vector<int64_t>{4, 5}, {2});
+  EXPECT_EQ(i.dtype(), DType::I64);
+  EXPECT_EQ(i.data<int64_t>()[1], 5);
+}
+
+TEST(Tensor, DtypeConversion) {
+  Tensor t = Tensor::from_vector({1.5, -2.25, 3.0}, {3}, DType::F64);
+  Tensor f = t.to(DType::F32);
+  EXPECT_EQ(f.dtype(), DType::F32);
+  EXPECT_EQ(f.to_vector(), t.to_vector());
+  Tensor i = t.to(DType::I64);
+  EXPECT_EQ(i.to_vector(), (std::vector<double>{1, -2, 3}));  // truncation toward zero
+  EXPECT_TRUE(t.to(DType::F64).shares_storage(t));
+}
+
+TEST(Tensor, CloneCopiesDetachShares) {
+  Tensor t = Tensor::ones({2, 2});
+  Tensor c = t.clone(), d = t.detach();
+  EXPECT_FALSE(c.shares_storage(t));
+  EXPECT_TRUE(d.shares_storage(t));
+  t.data<float>()[0] = 5.0f;
+  EXPECT_EQ(c.at(0), 1.0);
+  EXPECT_EQ(d.at(0), 5.0);
+}
+
+TEST(Tensor, ItemNeedsOneElement) {
+  EXPECT_THROW(Tensor::zeros({2}).item(), Error);
+  EXPECT_EQ(Tensor::full({1, 1}, 3.0).item(), 3.0);
+}
+
+TEST(Tensor, PrintsReadably) {
+  Tensor t = Tensor::from_vector({1, 2, 3, 4, 5, 6}, {2, 3});
+  EXPECT_EQ(t.str(), "tensor([[1.0000, 2.0000, 3.0000],\n        [4.0000, 5.0000, 6.0000]], dtype=f32)");
+  EXPECT_EQ(Tensor::scalar(2.0, DType::F64).str(), "tensor(2.0000, dtype=f64)");
+  Tensor big = Tensor::arange(2000);
+  const std::string s = big.str();
+  EXPECT_NE(s.find("..."), std::string::npos);
+  EXPECT_NE(s.find("1999.0000"), std::string::npos);
+  EXPECT_LT(s.size(), 200u);
+  Tensor w = Tensor::ones({2}).set_requires_grad();
+  EXPECT_NE(w.str().find("requires_grad=true"), std::string::npos);
+  EXPECT_NE((w * 2.0).str().find("grad_fn=AffineBackward"), std::string::npos);
+  EXPECT_EQ(t.meta_str(), "f32[2, 3] cpu");
+}
+
+TEST(Tensor, DeviceParsing) {
+  EXPECT_EQ(Device::parse("cpu"), Device::cpu());
+  EXPECT_EQ(Device::parse("cuda:1"), Device::cuda(1));
+  EXPECT_EQ(Device::parse("cuda").str(), "cuda:0");
+  EXPECT_THROW(Device::parse("gpu"), Error);
+  EXPECT_THROW(Device::parse("cuda:x"), Error);
+}

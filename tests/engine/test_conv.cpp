@@ -1,0 +1,2 @@
+// PLACEHOLDER (helper in progress)
+#include <gtest/gtest.h>

@@ -1,7 +1,148 @@
-// PLACEHOLDER: batch norm kernels (helper in progress).
+// CPU batch-norm kernels over x viewed as [N, C, S] (S = product of the dims after C, 1 for [N, C]).
+//
+// One channel per OpenMP iteration: every statistic and every output element of a channel belongs to
+// that iteration alone, so there are no races and results do not depend on the thread count.
+// Statistics (mean, variance, the backward's sums) accumulate in double; the variance uses the
+// two-pass formula sum((x - mean)^2) rather than E[x^2] - mean^2, which cancels badly for large means.
+// Undefined weight/bias mean 1/0 (affine=false).
+#include <cmath>
+
 #include "engine/cpu/cpu_backend.h"
+
 namespace retort::cpu {
-void CpuBackend::batchnorm_forward_train(const Tensor&, const Tensor&, const Tensor&, double, Tensor&, Tensor&, Tensor&) { RETORT_FAIL("not implemented"); }
-void CpuBackend::batchnorm_forward_eval(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, double, Tensor&) { RETORT_FAIL("not implemented"); }
-void CpuBackend::batchnorm_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool, Tensor&, Tensor&, Tensor&) { RETORT_FAIL("not implemented"); }
+
+namespace {
+
+struct Layout {
+  int64_t n = 0, c = 0, s = 1;
+};
+
+Layout layout_of(const Tensor& x) {
+  Layout l;
+  l.n = x.shape()[0];
+  l.c = x.shape()[1];
+  for (int64_t d = 2; d < x.dim(); ++d) l.s *= x.shape()[d];
+  return l;
 }
+
+template <class T>
+double value_or(const Tensor& t, int64_t c, double fallback) {
+  return t.defined() ? static_cast<double>(t.data<T>()[c]) : fallback;
+}
+
+// y = (x - mean) * invstd * weight + bias for channel c, in double.
+template <class T>
+void normalize_channel(const T* x, T* y, const Layout& l, int64_t c, double mean, double invstd, double w,
+                       double b) {
+  const double scale = invstd * w;
+  for (int64_t i = 0; i < l.n; ++i) {
+    const T* px = x + (i * l.c + c) * l.s;
+    T* py = y + (i * l.c + c) * l.s;
+    for (int64_t j = 0; j < l.s; ++j) py[j] = static_cast<T>((static_cast<double>(px[j]) - mean) * scale + b);
+  }
+}
+
+}  // namespace
+
+void CpuBackend::batchnorm_forward_train(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
+                                         Tensor& y, Tensor& mean, Tensor& invstd) {
+  dispatch_float(x.dtype(), "batchnorm_forward_train", [&](auto tag) {
+    using T = decltype(tag);
+    const Layout l = layout_of(x);
+    const T* px = x.data<T>();
+    T* py = y.data<T>();
+    T* pm = mean.data<T>();
+    T* pi = invstd.data<T>();
+    const double count = static_cast<double>(l.n * l.s);
+#pragma omp parallel for if (x.numel() > kParallelGrain)
+    for (int64_t c = 0; c < l.c; ++c) {
+      double sum = 0;
+      for (int64_t i = 0; i < l.n; ++i) {
+        const T* p = px + (i * l.c + c) * l.s;
+        for (int64_t j = 0; j < l.s; ++j) sum += p[j];
+      }
+      const double m = sum / count;
+      double sq = 0;
+      for (int64_t i = 0; i < l.n; ++i) {
+        const T* p = px + (i * l.c + c) * l.s;
+        for (int64_t j = 0; j < l.s; ++j) {
+          const double d = static_cast<double>(p[j]) - m;
+          sq += d * d;
+        }
+      }
+      const double is = 1.0 / std::sqrt(sq / count + eps);
+      pm[c] = static_cast<T>(m);
+      pi[c] = static_cast<T>(is);
+      normalize_channel(px, py, l, c, m, is, value_or<T>(weight, c, 1.0), value_or<T>(bias, c, 0.0));
+    }
+  });
+}
+
+void CpuBackend::batchnorm_forward_eval(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                        const Tensor& running_mean, const Tensor& running_var, double eps,
+                                        Tensor& y) {
+  dispatch_float(x.dtype(), "batchnorm_forward_eval", [&](auto tag) {
+    using T = decltype(tag);
+    const Layout l = layout_of(x);
+    const T* px = x.data<T>();
+    T* py = y.data<T>();
+    const T* rm = running_mean.data<T>();
+    const T* rv = running_var.data<T>();
+#pragma omp parallel for if (x.numel() > kParallelGrain)
+    for (int64_t c = 0; c < l.c; ++c) {
+      const double is = 1.0 / std::sqrt(static_cast<double>(rv[c]) + eps);
+      normalize_channel(px, py, l, c, static_cast<double>(rm[c]), is, value_or<T>(weight, c, 1.0),
+                        value_or<T>(bias, c, 0.0));
+    }
+  });
+}
+
+// With xhat = (x - mean) * invstd, per channel over its M = N*S values:
+//   gbias = sum(gy), gweight = sum(gy * xhat),
+//   eval:     gx = gy * w * invstd   (the statistics are constants)
+//   training: gx = w * invstd * (gy - sum(gy)/M - xhat * sum(gy * xhat)/M)
+//             (the two subtracted terms are the gradient through the batch mean and variance).
+void CpuBackend::batchnorm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                                    const Tensor& invstd, bool training, Tensor& gx, Tensor& gweight,
+                                    Tensor& gbias) {
+  dispatch_float(x.dtype(), "batchnorm_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const Layout l = layout_of(x);
+    const T* pg = gy.data<T>();
+    const T* px = x.data<T>();
+    const T* pm = mean.data<T>();
+    const T* pi = invstd.data<T>();
+    T* pgx = gx.defined() ? gx.data<T>() : nullptr;
+    T* pgw = gweight.defined() ? gweight.data<T>() : nullptr;
+    T* pgb = gbias.defined() ? gbias.data<T>() : nullptr;
+    const double count = static_cast<double>(l.n * l.s);
+#pragma omp parallel for if (x.numel() > kParallelGrain)
+    for (int64_t c = 0; c < l.c; ++c) {
+      const double m = pm[c], is = pi[c], w = value_or<T>(weight, c, 1.0);
+      double sum_g = 0, sum_g_xmu = 0;
+      for (int64_t i = 0; i < l.n; ++i) {
+        const int64_t off = (i * l.c + c) * l.s;
+        for (int64_t j = 0; j < l.s; ++j) {
+          const double g = pg[off + j];
+          sum_g += g;
+          sum_g_xmu += g * (static_cast<double>(px[off + j]) - m);
+        }
+      }
+      if (pgb) pgb[c] = static_cast<T>(sum_g);
+      if (pgw) pgw[c] = static_cast<T>(sum_g_xmu * is);
+      if (!pgx) continue;
+      const double scale = w * is;
+      const double mean_g = training ? sum_g / count : 0.0;
+      const double proj = training ? is * is * sum_g_xmu / count : 0.0;
+      for (int64_t i = 0; i < l.n; ++i) {
+        const int64_t off = (i * l.c + c) * l.s;
+        for (int64_t j = 0; j < l.s; ++j) {
+          const double xmu = static_cast<double>(px[off + j]) - m;
+          pgx[off + j] = static_cast<T>(scale * (static_cast<double>(pg[off + j]) - mean_g - xmu * proj));
+        }
+      }
+    }
+  });
+}
+
+}  // namespace retort::cpu

@@ -1,12 +1,259 @@
-// PLACEHOLDER: pooling kernels (helper in progress).
+// CPU pooling and nearest-neighbour resampling over NCHW, with PyTorch's window and index rules.
+//
+// Every kernel loops over the N*C planes in parallel (OpenMP); a plane's output, and in the backward
+// its input gradient, belong to one iteration only, so the scatter-adds of the backwards need no
+// atomics and results do not depend on the thread count. Backwards zero gx themselves. Window sums
+// accumulate in double.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
 #include "engine/cpu/cpu_backend.h"
+
 namespace retort::cpu {
-void CpuBackend::max_pool2d_forward(const Tensor&, const Pool2dParams&, Tensor&, Tensor&) { RETORT_FAIL("not implemented"); }
-void CpuBackend::max_pool2d_backward(const Tensor&, const Tensor&, Tensor&) { RETORT_FAIL("not implemented"); }
-void CpuBackend::avg_pool2d_forward(const Tensor&, const Pool2dParams&, Tensor&) { RETORT_FAIL("not implemented"); }
-void CpuBackend::avg_pool2d_backward(const Tensor&, const Pool2dParams&, Tensor&) { RETORT_FAIL("not implemented"); }
-void CpuBackend::adaptive_avg_pool2d_forward(const Tensor&, Tensor&) { RETORT_FAIL("not implemented"); }
-void CpuBackend::adaptive_avg_pool2d_backward(const Tensor&, Tensor&) { RETORT_FAIL("not implemented"); }
-void CpuBackend::upsample_nearest2d_forward(const Tensor&, Tensor&) { RETORT_FAIL("not implemented"); }
-void CpuBackend::upsample_nearest2d_backward(const Tensor&, Tensor&) { RETORT_FAIL("not implemented"); }
+
+namespace {
+
+struct Planes {
+  int64_t count = 0;  // N * C
+  int64_t h = 0, w = 0;
+};
+
+Planes planes_of(const Tensor& t) { return {t.shape()[0] * t.shape()[1], t.shape()[2], t.shape()[3]}; }
+
+// Adaptive pooling bin i of `out` over `in`: [floor(i*in/out), ceil((i+1)*in/out)).
+int64_t bin_start(int64_t i, int64_t in, int64_t out) { return i * in / out; }
+int64_t bin_end(int64_t i, int64_t in, int64_t out) { return ((i + 1) * in + out - 1) / out; }
+
+// Source row/column of each destination one for mode="nearest". PyTorch computes the scale and the
+// product in float (not double), which decides some boundary cases, so this does too.
+std::vector<int64_t> nearest_sources(int64_t in, int64_t out) {
+  std::vector<int64_t> src(static_cast<size_t>(out));
+  const float scale = static_cast<float>(in) / static_cast<float>(out);
+  for (int64_t d = 0; d < out; ++d)
+    src[d] = std::min(static_cast<int64_t>(std::floor(static_cast<float>(d) * scale)), in - 1);
+  return src;
 }
+
+}  // namespace
+
+// ---- max pool ------------------------------------------------------------------------------------
+
+void CpuBackend::max_pool2d_forward(const Tensor& x, const Pool2dParams& p, Tensor& y, Tensor& indices) {
+  dispatch_float(x.dtype(), "max_pool2d_forward", [&](auto tag) {
+    using T = decltype(tag);
+    const Planes in = planes_of(x), out = planes_of(y);
+    const T* px = x.data<T>();
+    T* py = y.data<T>();
+    int64_t* pidx = indices.data<int64_t>();
+#pragma omp parallel for if (x.numel() > kParallelGrain)
+    for (int64_t pl = 0; pl < in.count; ++pl) {
+      const T* xp = px + pl * in.h * in.w;
+      for (int64_t oh = 0; oh < out.h; ++oh) {
+        const int64_t h0 = oh * p.stride_h - p.pad_h;
+        const int64_t hs = std::max<int64_t>(h0, 0), he = std::min(h0 + p.kernel_h, in.h);
+        for (int64_t ow = 0; ow < out.w; ++ow) {
+          const int64_t w0 = ow * p.stride_w - p.pad_w;
+          const int64_t ws = std::max<int64_t>(w0, 0), we = std::min(w0 + p.kernel_w, in.w);
+          // Padding is skipped rather than read as -inf; the index starts on a real element so the
+          // backward stays in bounds even for a window that somehow saw only -inf.
+          T best = -std::numeric_limits<T>::infinity();
+          int64_t best_i = hs * in.w + ws;
+          for (int64_t h = hs; h < he; ++h)
+            for (int64_t w = ws; w < we; ++w) {
+              const T v = xp[h * in.w + w];
+              // Strict '>' keeps the first maximum on ties; a NaN wins and propagates, as in PyTorch.
+              if (v > best || std::isnan(v)) {
+                best = v;
+                best_i = h * in.w + w;
+              }
+            }
+          const int64_t o = (pl * out.h + oh) * out.w + ow;
+          py[o] = best;
+          pidx[o] = best_i;
+        }
+      }
+    }
+  });
+}
+
+void CpuBackend::max_pool2d_backward(const Tensor& gy, const Tensor& indices, Tensor& gx) {
+  dispatch_float(gy.dtype(), "max_pool2d_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const Planes in = planes_of(gx), out = planes_of(gy);
+    const T* pg = gy.data<T>();
+    const int64_t* pidx = indices.data<int64_t>();
+    T* pgx = gx.data<T>();
+    const int64_t in_plane = in.h * in.w, out_plane = out.h * out.w;
+#pragma omp parallel for if (gx.numel() + gy.numel() > kParallelGrain)
+    for (int64_t pl = 0; pl < in.count; ++pl) {
+      T* gp = pgx + pl * in_plane;
+      std::fill(gp, gp + in_plane, T(0));
+      const T* g = pg + pl * out_plane;
+      const int64_t* idx = pidx + pl * out_plane;
+      for (int64_t o = 0; o < out_plane; ++o) gp[idx[o]] += g[o];
+    }
+  });
+}
+
+// ---- average pool --------------------------------------------------------------------------------
+// A window starts at o*stride - pad and spans kernel elements, clipped to the padded input for the
+// count_include_pad divisor and to the real input for the summed elements (and the other divisor).
+
+namespace {
+struct AvgWindow {
+  int64_t hs, he, ws, we;
+  double inv_divisor;
+};
+
+AvgWindow avg_window(const Pool2dParams& p, const Planes& in, int64_t oh, int64_t ow) {
+  int64_t hs = oh * p.stride_h - p.pad_h, ws = ow * p.stride_w - p.pad_w;
+  int64_t he = std::min(hs + p.kernel_h, in.h + p.pad_h), we = std::min(ws + p.kernel_w, in.w + p.pad_w);
+  const int64_t padded = (he - hs) * (we - ws);
+  hs = std::max<int64_t>(hs, 0);
+  ws = std::max<int64_t>(ws, 0);
+  he = std::min(he, in.h);
+  we = std::min(we, in.w);
+  const int64_t divisor = p.count_include_pad ? padded : (he - hs) * (we - ws);
+  return {hs, he, ws, we, divisor > 0 ? 1.0 / static_cast<double>(divisor) : 0.0};
+}
+}  // namespace
+
+void CpuBackend::avg_pool2d_forward(const Tensor& x, const Pool2dParams& p, Tensor& y) {
+  dispatch_float(x.dtype(), "avg_pool2d_forward", [&](auto tag) {
+    using T = decltype(tag);
+    const Planes in = planes_of(x), out = planes_of(y);
+    const T* px = x.data<T>();
+    T* py = y.data<T>();
+#pragma omp parallel for if (x.numel() > kParallelGrain)
+    for (int64_t pl = 0; pl < in.count; ++pl) {
+      const T* xp = px + pl * in.h * in.w;
+      T* yp = py + pl * out.h * out.w;
+      for (int64_t oh = 0; oh < out.h; ++oh)
+        for (int64_t ow = 0; ow < out.w; ++ow) {
+          const AvgWindow win = avg_window(p, in, oh, ow);
+          double acc = 0;
+          for (int64_t h = win.hs; h < win.he; ++h)
+            for (int64_t w = win.ws; w < win.we; ++w) acc += xp[h * in.w + w];
+          yp[oh * out.w + ow] = static_cast<T>(acc * win.inv_divisor);
+        }
+    }
+  });
+}
+
+void CpuBackend::avg_pool2d_backward(const Tensor& gy, const Pool2dParams& p, Tensor& gx) {
+  dispatch_float(gy.dtype(), "avg_pool2d_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const Planes in = planes_of(gx), out = planes_of(gy);
+    const T* pg = gy.data<T>();
+    T* pgx = gx.data<T>();
+#pragma omp parallel for if (gx.numel() > kParallelGrain)
+    for (int64_t pl = 0; pl < in.count; ++pl) {
+      T* gp = pgx + pl * in.h * in.w;
+      std::fill(gp, gp + in.h * in.w, T(0));
+      const T* g = pg + pl * out.h * out.w;
+      for (int64_t oh = 0; oh < out.h; ++oh)
+        for (int64_t ow = 0; ow < out.w; ++ow) {
+          const AvgWindow win = avg_window(p, in, oh, ow);
+          const T share = static_cast<T>(static_cast<double>(g[oh * out.w + ow]) * win.inv_divisor);
+          for (int64_t h = win.hs; h < win.he; ++h)
+            for (int64_t w = win.ws; w < win.we; ++w) gp[h * in.w + w] += share;
+        }
+    }
+  });
+}
+
+// ---- adaptive average pool -----------------------------------------------------------------------
+
+void CpuBackend::adaptive_avg_pool2d_forward(const Tensor& x, Tensor& y) {
+  dispatch_float(x.dtype(), "adaptive_avg_pool2d_forward", [&](auto tag) {
+    using T = decltype(tag);
+    const Planes in = planes_of(x), out = planes_of(y);
+    const T* px = x.data<T>();
+    T* py = y.data<T>();
+#pragma omp parallel for if (x.numel() > kParallelGrain)
+    for (int64_t pl = 0; pl < in.count; ++pl) {
+      const T* xp = px + pl * in.h * in.w;
+      T* yp = py + pl * out.h * out.w;
+      for (int64_t oh = 0; oh < out.h; ++oh) {
+        const int64_t hs = bin_start(oh, in.h, out.h), he = bin_end(oh, in.h, out.h);
+        for (int64_t ow = 0; ow < out.w; ++ow) {
+          const int64_t ws = bin_start(ow, in.w, out.w), we = bin_end(ow, in.w, out.w);
+          double acc = 0;
+          for (int64_t h = hs; h < he; ++h)
+            for (int64_t w = ws; w < we; ++w) acc += xp[h * in.w + w];
+          yp[oh * out.w + ow] = static_cast<T>(acc / static_cast<double>((he - hs) * (we - ws)));
+        }
+      }
+    }
+  });
+}
+
+void CpuBackend::adaptive_avg_pool2d_backward(const Tensor& gy, Tensor& gx) {
+  dispatch_float(gy.dtype(), "adaptive_avg_pool2d_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const Planes in = planes_of(gx), out = planes_of(gy);
+    const T* pg = gy.data<T>();
+    T* pgx = gx.data<T>();
+#pragma omp parallel for if (gx.numel() > kParallelGrain)
+    for (int64_t pl = 0; pl < in.count; ++pl) {
+      T* gp = pgx + pl * in.h * in.w;
+      std::fill(gp, gp + in.h * in.w, T(0));
+      const T* g = pg + pl * out.h * out.w;
+      for (int64_t oh = 0; oh < out.h; ++oh) {
+        const int64_t hs = bin_start(oh, in.h, out.h), he = bin_end(oh, in.h, out.h);
+        for (int64_t ow = 0; ow < out.w; ++ow) {
+          const int64_t ws = bin_start(ow, in.w, out.w), we = bin_end(ow, in.w, out.w);
+          const T share =
+              static_cast<T>(static_cast<double>(g[oh * out.w + ow]) / static_cast<double>((he - hs) * (we - ws)));
+          for (int64_t h = hs; h < he; ++h)
+            for (int64_t w = ws; w < we; ++w) gp[h * in.w + w] += share;
+        }
+      }
+    }
+  });
+}
+
+// ---- nearest-neighbour resampling ----------------------------------------------------------------
+
+void CpuBackend::upsample_nearest2d_forward(const Tensor& x, Tensor& y) {
+  dispatch_float(x.dtype(), "upsample_nearest2d_forward", [&](auto tag) {
+    using T = decltype(tag);
+    const Planes in = planes_of(x), out = planes_of(y);
+    const std::vector<int64_t> src_h = nearest_sources(in.h, out.h), src_w = nearest_sources(in.w, out.w);
+    const T* px = x.data<T>();
+    T* py = y.data<T>();
+#pragma omp parallel for if (y.numel() > kParallelGrain)
+    for (int64_t pl = 0; pl < in.count; ++pl) {
+      const T* xp = px + pl * in.h * in.w;
+      T* yp = py + pl * out.h * out.w;
+      for (int64_t oh = 0; oh < out.h; ++oh) {
+        const T* row = xp + src_h[oh] * in.w;
+        for (int64_t ow = 0; ow < out.w; ++ow) yp[oh * out.w + ow] = row[src_w[ow]];
+      }
+    }
+  });
+}
+
+void CpuBackend::upsample_nearest2d_backward(const Tensor& gy, Tensor& gx) {
+  dispatch_float(gy.dtype(), "upsample_nearest2d_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const Planes in = planes_of(gx), out = planes_of(gy);
+    const std::vector<int64_t> src_h = nearest_sources(in.h, out.h), src_w = nearest_sources(in.w, out.w);
+    const T* pg = gy.data<T>();
+    T* pgx = gx.data<T>();
+#pragma omp parallel for if (gy.numel() > kParallelGrain)
+    for (int64_t pl = 0; pl < in.count; ++pl) {
+      T* gp = pgx + pl * in.h * in.w;
+      std::fill(gp, gp + in.h * in.w, T(0));
+      const T* g = pg + pl * out.h * out.w;
+      for (int64_t oh = 0; oh < out.h; ++oh) {
+        T* row = gp + src_h[oh] * in.w;
+        for (int64_t ow = 0; ow < out.w; ++ow) row[src_w[ow]] += g[oh * out.w + ow];
+      }
+    }
+  });
+}
+
+}  // namespace retort::cpu

@@ -1,2 +1,318 @@
-// PLACEHOLDER (helper in progress)
+// conv2d against a naive 7-nested-loop reference in double: forward values, the input/weight/bias
+// gradients (on shapes larger than the gradchecks, so the OpenMP batch loop, the serial path with
+// threaded im2col, the 1x1 fast path and the depthwise loops all run), and the errors bad arguments
+// raise.
 #include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cmath>
+#include <limits>
+#include <ostream>
+#include <string>
+
+#include "engine/autograd.h"
+#include "engine/backend.h"
+#include "engine/functions.h"
+
+using namespace retort;
+
+namespace {
+
+Conv2dParams params(int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh = 1, int64_t dw = 1,
+                    int64_t groups = 1) {
+  Conv2dParams p;
+  p.stride_h = sh; p.stride_w = sw;
+  p.pad_h = ph; p.pad_w = pw;
+  p.dilation_h = dh; p.dilation_w = dw;
+  p.groups = groups;
+  return p;
+}
+
+Shape out_shape(const Shape& xs, const Shape& ws, const Conv2dParams& p) {
+  return {xs[0], ws[0], (xs[2] + 2 * p.pad_h - p.dilation_h * (ws[2] - 1) - 1) / p.stride_h + 1,
+          (xs[3] + 2 * p.pad_w - p.dilation_w * (ws[3] - 1) - 1) / p.stride_w + 1};
+}
+
+// Calls f(x_index, w_index, y_index) for every (sample, output channel, output pixel, input channel
+// of the group, kernel tap) that reads inside the input: the definition of F.conv2d, written as
+// plainly as possible so that it can serve as the reference for the forward and both backwards.
+template <class F>
+void for_each_tap(const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p, F&& f) {
+  const int64_t cg = ws[1], og = ws[0] / p.groups;
+  for (int64_t n = 0; n < xs[0]; ++n)
+    for (int64_t o = 0; o < ws[0]; ++o)
+      for (int64_t oh = 0; oh < ys[2]; ++oh)
+        for (int64_t ow = 0; ow < ys[3]; ++ow)
+          for (int64_t c = 0; c < cg; ++c)
+            for (int64_t kh = 0; kh < ws[2]; ++kh)
+              for (int64_t kw = 0; kw < ws[3]; ++kw) {
+                const int64_t ih = oh * p.stride_h - p.pad_h + kh * p.dilation_h;
+                const int64_t iw = ow * p.stride_w - p.pad_w + kw * p.dilation_w;
+                if (ih < 0 || ih >= xs[2] || iw < 0 || iw >= xs[3]) continue;
+                const int64_t ci = (o / og) * cg + c;
+                f(((n * xs[1] + ci) * xs[2] + ih) * xs[3] + iw, ((o * cg + c) * ws[2] + kh) * ws[3] + kw,
+                  ((n * ys[1] + o) * ys[2] + oh) * ys[3] + ow);
+              }
+}
+
+std::vector<double> naive_forward(const Tensor& x, const Tensor& w, const Tensor& b, const Conv2dParams& p) {
+  const Shape ys = out_shape(x.shape(), w.shape(), p);
+  const auto xv = x.to_vector(), wv = w.to_vector();
+  std::vector<double> y(shape_numel(ys), 0.0);
+  if (b.defined()) {
+    const auto bv = b.to_vector();
+    const int64_t plane = ys[2] * ys[3];
+    for (size_t i = 0; i < y.size(); ++i) y[i] = bv[(i / plane) % ys[1]];
+  }
+  for_each_tap(x.shape(), w.shape(), ys, p, [&](int64_t xi, int64_t wi, int64_t yi) { y[yi] += xv[xi] * wv[wi]; });
+  return y;
+}
+
+struct NaiveGrads {
+  std::vector<double> gx, gw, gb;
+};
+
+NaiveGrads naive_backward(const Tensor& gy, const Tensor& x, const Tensor& w, const Conv2dParams& p) {
+  const Shape& ys = gy.shape();
+  const auto gyv = gy.to_vector(), xv = x.to_vector(), wv = w.to_vector();
+  NaiveGrads g{std::vector<double>(x.numel(), 0.0), std::vector<double>(w.numel(), 0.0),
+               std::vector<double>(ys[1], 0.0)};
+  for_each_tap(x.shape(), w.shape(), ys, p, [&](int64_t xi, int64_t wi, int64_t yi) {
+    g.gx[xi] += gyv[yi] * wv[wi];
+    g.gw[wi] += gyv[yi] * xv[xi];
+  });
+  const int64_t plane = ys[2] * ys[3];
+  for (size_t i = 0; i < gyv.size(); ++i) g.gb[(i / plane) % ys[1]] += gyv[i];
+  return g;
+}
+
+// Elementwise |got - want| <= tol * (1 + |want|); F32 sums over a few hundred products lose ~1e-6
+// relative per term, F64 is near exact.
+void expect_close(const Tensor& got, const std::vector<double>& want, const char* what) {
+  ASSERT_TRUE(got.defined()) << what;
+  const auto g = got.to_vector();
+  ASSERT_EQ(g.size(), want.size()) << what << " " << got.meta_str();
+  const double tol = got.dtype() == DType::F32 ? 2e-4 : 1e-10;
+  int64_t bad = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (!(std::abs(g[i] - want[i]) <= tol * (1.0 + std::abs(want[i])))) {
+      if (++bad <= 5) ADD_FAILURE() << what << " element " << i << ": got " << g[i] << ", want " << want[i];
+    }
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << want.size() << " elements differ";
+}
+
+struct Case {
+  std::string name;
+  Shape xs, ws;
+  Conv2dParams p;
+  bool bias;
+  DType dtype;
+};
+
+// Sizes are chosen so that most cases have more work per call than the parallel grain: with several
+// samples the batch loop runs in parallel; the N = 1 cases take the serial path (threaded im2col).
+std::vector<Case> cases() {
+  const DType f32 = DType::F32, f64 = DType::F64;
+  return {
+      {"basic_3x3_pad1_f32", {4, 8, 12, 12}, {16, 8, 3, 3}, params(1, 1, 1, 1), true, f32},
+      {"basic_3x3_pad1_f64", {4, 8, 12, 12}, {16, 8, 3, 3}, params(1, 1, 1, 1), true, f64},
+      {"stride2_f64", {3, 6, 13, 13}, {10, 6, 3, 3}, params(2, 2, 1, 1), true, f64},
+      {"stride3_kernel2_f32", {3, 5, 14, 11}, {7, 5, 2, 2}, params(3, 3, 0, 0), true, f32},
+      {"dilation2_f64", {2, 4, 14, 14}, {8, 4, 3, 3}, params(1, 1, 2, 2, 2, 2), true, f64},
+      {"groups2_f32", {4, 8, 10, 10}, {6, 4, 3, 3}, params(1, 1, 1, 1, 1, 1, 2), true, f32},
+      {"groups4_rect_f64", {3, 8, 9, 11}, {12, 2, 3, 5}, params(2, 1, 1, 2, 1, 1, 4), false, f64},
+      {"depthwise_f32", {4, 16, 14, 14}, {16, 1, 3, 3}, params(1, 1, 1, 1, 1, 1, 16), true, f32},
+      {"depthwise_stride2_f64", {4, 16, 15, 15}, {16, 1, 3, 3}, params(2, 2, 1, 1, 1, 1, 16), false, f64},
+      {"depthwise_5x5_dilated_f32", {2, 8, 16, 12}, {8, 1, 5, 5}, params(1, 2, 4, 2, 2, 1, 8), true, f32},
+      {"depthwise_multiplier_f64", {2, 4, 10, 10}, {8, 1, 3, 3}, params(1, 1, 1, 1, 1, 1, 4), true, f64},
+      {"pointwise_f32", {4, 32, 12, 12}, {24, 32, 1, 1}, params(1, 1, 0, 0), true, f32},
+      {"pointwise_f64_no_bias", {3, 16, 9, 7}, {8, 16, 1, 1}, params(1, 1, 0, 0), false, f64},
+      {"pointwise_groups4_f32", {4, 16, 10, 10}, {32, 4, 1, 1}, params(1, 1, 0, 0, 1, 1, 4), true, f32},
+      {"pointwise_stride2_f64", {2, 8, 11, 11}, {8, 8, 1, 1}, params(2, 2, 0, 0), true, f64},
+      {"no_bias_asymmetric_f32", {3, 6, 11, 9}, {5, 6, 3, 2}, params(2, 1, 1, 0, 1, 2), false, f32},
+      {"padding_wider_than_kernel_f64", {2, 3, 6, 6}, {4, 3, 2, 2}, params(1, 2, 3, 3), true, f64},
+      {"single_sample_serial_f32", {1, 16, 32, 32}, {32, 16, 3, 3}, params(1, 1, 1, 1), true, f32},
+      {"single_sample_serial_f64", {1, 8, 24, 20}, {12, 8, 5, 3}, params(2, 1, 2, 1), false, f64},
+      {"single_sample_pointwise_f32", {1, 64, 32, 32}, {32, 64, 1, 1}, params(1, 1, 0, 0), false, f32},
+  };
+}
+
+// Failure messages name the configuration instead of dumping its bytes.
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
+class Conv2dReference : public ::testing::TestWithParam<Case> {};
+
+TEST_P(Conv2dReference, Forward) {
+  const Case& c = GetParam();
+  Generator gen(7);
+  Tensor x = Tensor::randn(c.xs, gen, c.dtype), w = Tensor::randn(c.ws, gen, c.dtype);
+  Tensor b = c.bias ? Tensor::randn({c.ws[0]}, gen, c.dtype) : Tensor();
+  Tensor y = conv2d(x, w, b, c.p);
+  EXPECT_EQ(y.shape(), out_shape(c.xs, c.ws, c.p));
+  EXPECT_EQ(y.dtype(), c.dtype);
+  expect_close(y, naive_forward(x, w, b, c.p), "y");
+}
+
+// Through autograd: all three gradients, and the node that produced them.
+TEST_P(Conv2dReference, BackwardThroughAutograd) {
+  const Case& c = GetParam();
+  Generator gen(11);
+  Tensor x = Tensor::randn(c.xs, gen, c.dtype).set_requires_grad();
+  Tensor w = Tensor::randn(c.ws, gen, c.dtype).set_requires_grad();
+  Tensor b = c.bias ? Tensor::randn({c.ws[0]}, gen, c.dtype).set_requires_grad() : Tensor();
+  Tensor y = conv2d(x, w, b, c.p);
+  ASSERT_TRUE(y.grad_fn());
+  EXPECT_EQ(y.grad_fn()->name(), "Conv2dBackward");
+  Tensor gy = Tensor::randn(y.shape(), gen, c.dtype);
+  y.backward(gy);
+  const NaiveGrads want = naive_backward(gy, x, w, c.p);
+  expect_close(x.grad(), want.gx, "grad input");
+  expect_close(w.grad(), want.gw, "grad weight");
+  if (c.bias) expect_close(b.grad(), want.gb, "grad bias");
+}
+
+// The kernels directly, into outputs pre-filled with NaN: they must overwrite, not accumulate.
+TEST_P(Conv2dReference, BackwardKernelsOverwriteTheirOutputs) {
+  const Case& c = GetParam();
+  Generator gen(13);
+  Tensor x = Tensor::randn(c.xs, gen, c.dtype), w = Tensor::randn(c.ws, gen, c.dtype);
+  Tensor gy = Tensor::randn(out_shape(c.xs, c.ws, c.p), gen, c.dtype);
+  Backend& be = backend_for(x);
+  Tensor gx = Tensor::full(c.xs, std::numeric_limits<double>::quiet_NaN(), c.dtype);
+  Tensor gw = Tensor::full(c.ws, std::numeric_limits<double>::quiet_NaN(), c.dtype);
+  be.conv2d_backward_input(gy, w, c.p, gx);
+  be.conv2d_backward_weight(gy, x, c.p, gw);
+  const NaiveGrads want = naive_backward(gy, x, w, c.p);
+  expect_close(gx, want.gx, "grad input");
+  expect_close(gw, want.gw, "grad weight");
+}
+
+INSTANTIATE_TEST_SUITE_P(Configs, Conv2dReference, ::testing::ValuesIn(cases()),
+                         [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
+
+// More threads than samples divide evenly into (7 samples over 5 threads): the per-thread column
+// buffers and the partial weight gradients of uneven shares. The thread count is restored after.
+TEST(Conv2d, UnevenThreadSharesMatchReference) {
+  const int saved_threads = omp_get_max_threads();
+  omp_set_num_threads(5);
+  for (const bool depthwise : {false, true}) {
+    SCOPED_TRACE(depthwise ? "depthwise" : "groups 2");
+    Generator gen(17);
+    const Shape xs{7, 6, 11, 11}, ws = depthwise ? Shape{6, 1, 3, 3} : Shape{8, 3, 3, 3};
+    const Conv2dParams p = params(1, 1, 1, 1, 1, 1, depthwise ? 6 : 2);
+    Tensor x = Tensor::randn(xs, gen, DType::F64).set_requires_grad();
+    Tensor w = Tensor::randn(ws, gen, DType::F64).set_requires_grad();
+    Tensor b = Tensor::randn({ws[0]}, gen, DType::F64).set_requires_grad();
+    Tensor y = conv2d(x, w, b, p);
+    expect_close(y, naive_forward(x, w, b, p), "y");
+    Tensor gy = Tensor::randn(y.shape(), gen, DType::F64);
+    y.backward(gy);
+    const NaiveGrads want = naive_backward(gy, x, w, p);
+    expect_close(x.grad(), want.gx, "grad input");
+    expect_close(w.grad(), want.gw, "grad weight");
+    expect_close(b.grad(), want.gb, "grad bias");
+  }
+  omp_set_num_threads(saved_threads);
+}
+
+TEST(Conv2d, HandComputedValues) {
+  // 1 x 1 x 3 x 3 input 1..9, 2x2 kernel of ones, bias 0.5: sums of each 2x2 window plus 0.5.
+  Tensor x = Tensor::arange(1, 10, 1, DType::F64).view_as_shape({1, 1, 3, 3});
+  Tensor w = Tensor::ones({1, 1, 2, 2}, DType::F64);
+  Tensor b = Tensor::full({1}, 0.5, DType::F64);
+  EXPECT_EQ(conv2d(x, w, b).to_vector(), (std::vector<double>{12.5, 16.5, 24.5, 28.5}));
+  // Padding 1, stride 2: the corners of the padded input see one, two or four values.
+  EXPECT_EQ(conv2d(x, w, Tensor(), 2, 1).to_vector(), (std::vector<double>{1, 5, 11, 28}));
+}
+
+TEST(Conv2d, OnlyRequestedGradientsAreComputed) {
+  Generator gen(19);
+  Tensor x = Tensor::randn({2, 3, 6, 6}, gen, DType::F64);  // a frozen input: no gradient wanted
+  Tensor w = Tensor::randn({4, 3, 3, 3}, gen, DType::F64).set_requires_grad();
+  Tensor b = Tensor::randn({4}, gen, DType::F64);
+  Tensor y = conv2d(x, w, b, 1, 1);
+  sum(y).backward();
+  EXPECT_FALSE(x.grad().defined());
+  EXPECT_FALSE(b.grad().defined());
+  ASSERT_TRUE(w.grad().defined());
+  EXPECT_EQ(w.grad().shape(), w.shape());
+  {
+    NoGradGuard ng;
+    EXPECT_FALSE(conv2d(x, w, b, 1, 1).requires_grad());
+  }
+}
+
+TEST(Conv2d, EmptyBatch) {
+  Tensor y = conv2d(Tensor::zeros({0, 3, 5, 5}), Tensor::zeros({4, 3, 3, 3}), Tensor::zeros({4}), 1, 1);
+  EXPECT_EQ(y.shape(), (Shape{0, 4, 5, 5}));
+}
+
+// ---- errors ------------------------------------------------------------------------------------------
+
+// Runs f, expects a retort::Error whose message contains every one of `needles`.
+template <class F>
+void expect_error(F&& f, std::initializer_list<const char*> needles) {
+  try {
+    f();
+    ADD_FAILURE() << "expected retort::Error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const char* n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "missing '" << n << "' in: " << msg;
+  }
+}
+
+Tensor zeros(Shape s, DType dt = DType::F32) { return Tensor::zeros(s, dt); }
+
+}  // namespace
+
+TEST(Conv2dErrors, InputMustBeA4DFloatTensor) {
+  expect_error([] { conv2d(zeros({3, 5, 5}), zeros({4, 3, 3, 3})); }, {"conv2d", "input", "4-D", "f32[3, 5, 5]"});
+  expect_error([] { conv2d(zeros({1, 3, 5, 5}, DType::I64), zeros({4, 3, 3, 3})); },
+               {"conv2d", "input", "i64[1, 3, 5, 5]"});
+  expect_error([] { conv2d(Tensor(), zeros({4, 3, 3, 3})); }, {"conv2d", "input", "undefined"});
+  expect_error([] { conv2d(zeros({1, 3, 5, 5}), Tensor()); }, {"conv2d", "weight", "undefined"});
+}
+
+TEST(Conv2dErrors, WeightMustBe4DOfTheSameDtype) {
+  expect_error([] { conv2d(zeros({1, 3, 5, 5}), zeros({4, 3, 3})); }, {"conv2d", "weight", "4-D", "f32[4, 3, 3]"});
+  expect_error([] { conv2d(zeros({1, 3, 5, 5}), zeros({4, 3, 3, 3}, DType::F64)); },
+               {"conv2d", "dtype", "f32[1, 3, 5, 5]", "f64[4, 3, 3, 3]"});
+  expect_error([] { conv2d(zeros({1, 3, 5, 5}), zeros({4, 3, 0, 3})); }, {"conv2d", "f32[4, 3, 0, 3]", "kernel"});
+}
+
+TEST(Conv2dErrors, ChannelsMustMatchWeightTimesGroups) {
+  expect_error([] { conv2d(zeros({1, 3, 5, 5}), zeros({4, 2, 3, 3})); },
+               {"conv2d", "f32[1, 3, 5, 5]", "f32[4, 2, 3, 3]", "3 channels", "expects 2"});
+  expect_error([] { conv2d(zeros({1, 4, 5, 5}), zeros({4, 4, 3, 3}), Tensor(), 1, 1, 1, 2); },
+               {"conv2d", "f32[1, 4, 5, 5]", "f32[4, 4, 3, 3]", "groups 2", "expects 8"});
+  expect_error([] { conv2d(zeros({1, 4, 5, 5}), zeros({3, 2, 3, 3}), Tensor(), 1, 1, 1, 2); },
+               {"conv2d", "f32[3, 2, 3, 3]", "3 output channels", "groups 2"});
+}
+
+TEST(Conv2dErrors, BiasMustBeOnePerOutputChannel) {
+  expect_error([] { conv2d(zeros({1, 3, 5, 5}), zeros({4, 3, 3, 3}), zeros({3})); },
+               {"conv2d", "bias", "f32[3]", "[4]", "f32[4, 3, 3, 3]"});
+  expect_error([] { conv2d(zeros({1, 3, 5, 5}), zeros({4, 3, 3, 3}), zeros({1, 4})); },
+               {"conv2d", "bias", "f32[1, 4]"});
+  expect_error([] { conv2d(zeros({1, 3, 5, 5}), zeros({4, 3, 3, 3}), zeros({4}, DType::F64)); },
+               {"conv2d", "dtype", "bias", "f64[4]"});
+}
+
+TEST(Conv2dErrors, ParametersMustBeInRange) {
+  const Tensor x = zeros({1, 3, 5, 5}), w = zeros({4, 3, 3, 3});
+  expect_error([&] { conv2d(x, w, Tensor(), 0); }, {"conv2d", "stride", "(0, 0)"});
+  expect_error([&] { conv2d(x, w, Tensor(), params(1, 1, 0, -1)); }, {"conv2d", "padding", "(0, -1)"});
+  expect_error([&] { conv2d(x, w, Tensor(), params(1, 1, 0, 0, 0, 1)); }, {"conv2d", "dilation", "(0, 1)"});
+  expect_error([&] { conv2d(x, w, Tensor(), 1, 0, 1, 0); }, {"conv2d", "groups", "0"});
+}
+
+TEST(Conv2dErrors, OutputMustNotBeEmpty) {
+  expect_error([] { conv2d(zeros({1, 3, 2, 2}), zeros({4, 3, 3, 3})); },
+               {"conv2d", "f32[1, 3, 2, 2]", "f32[4, 3, 3, 3]", "3x3", "padding (0, 0)", "empty"});
+  // The dilated kernel spans 7 pixels, more than the 5 + 2*0 available.
+  expect_error([] { conv2d(zeros({1, 3, 5, 5}), zeros({4, 3, 3, 3}), Tensor(), 1, 0, 3); },
+               {"conv2d", "f32[1, 3, 5, 5]", "7x7", "dilation (3, 3)"});
+  // Padding makes it fit: no error.
+  EXPECT_EQ(conv2d(zeros({1, 3, 2, 2}), zeros({4, 3, 3, 3}), Tensor(), 1, 1).shape(), (Shape{1, 4, 2, 2}));
+}

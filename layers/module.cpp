@@ -1,0 +1,246 @@
+// Module: named state, train/eval, state_dict, taps (see module.h).
+#include "layers/module.h"
+
+#include <algorithm>
+#include <set>
+
+#include "engine/autograd.h"
+#include "engine/backend.h"
+
+namespace retort {
+
+Tensor Module::operator()(const Tensor& x) {
+  Tensor y = forward(x);
+  if (!taps_.empty()) emit("output", y);
+  return y;
+}
+
+void Module::train(bool on) {
+  training_ = on;
+  for (auto& [name, child] : children_) child->train(on);
+}
+
+// ---- registration --------------------------------------------------------------------------------
+
+namespace {
+void check_local_name(const std::string& owner, const std::string& name, const char* what) {
+  RETORT_CHECK(!name.empty() && name.find('.') == std::string::npos && name.find(':') == std::string::npos, owner,
+               ": invalid ", what, " name '", name, "' (non-empty, no '.' or ':')");
+}
+}  // namespace
+
+Tensor& Module::register_parameter(const std::string& name, Tensor t) {
+  check_local_name(type_name_, name, "parameter");
+  RETORT_CHECK(t.defined(), type_name_, ": parameter '", name, "' is undefined");
+  t.set_requires_grad(true);
+  params_.emplace_back(name, std::move(t));
+  return params_.back().second;
+}
+
+Tensor& Module::register_buffer(const std::string& name, Tensor t) {
+  check_local_name(type_name_, name, "buffer");
+  buffers_.emplace_back(name, std::move(t));
+  return buffers_.back().second;
+}
+
+void Module::add_child(const std::string& name, std::shared_ptr<Module> m) {
+  check_local_name(type_name_, name, "submodule");
+  RETORT_CHECK(m != nullptr, type_name_, ": submodule '", name, "' is null");
+  for (const auto& [n, c] : children_) RETORT_CHECK(n != name, type_name_, ": submodule '", name, "' registered twice");
+  children_.emplace_back(name, std::move(m));
+}
+
+Tensor& Module::param(const std::string& name) {
+  for (auto& [n, t] : params_)
+    if (n == name) return t;
+  RETORT_FAIL(type_name_, ": no parameter named '", name, "'");
+}
+
+Tensor& Module::buffer(const std::string& name) {
+  for (auto& [n, t] : buffers_)
+    if (n == name) return t;
+  RETORT_FAIL(type_name_, ": no buffer named '", name, "'");
+}
+
+// ---- named state -----------------------------------------------------------------------------------
+
+void Module::collect(const std::string& prefix, bool params, bool buffers,
+                     std::vector<std::pair<std::string, Tensor>>& out) const {
+  if (params)
+    for (const auto& [n, t] : params_) out.emplace_back(prefix + n, t);
+  if (buffers)
+    for (const auto& [n, t] : buffers_) out.emplace_back(prefix + n, t);
+  for (const auto& [n, c] : children_) c->collect(prefix + n + ".", params, buffers, out);
+}
+
+std::vector<std::pair<std::string, Tensor>> Module::named_parameters() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  collect("", true, false, out);
+  return out;
+}
+
+std::vector<std::pair<std::string, Tensor>> Module::named_buffers() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  collect("", false, true, out);
+  return out;
+}
+
+StateDict Module::state_dict() const {
+  StateDict out;
+  collect("", true, true, out);
+  return out;
+}
+
+std::vector<std::pair<std::string, Module*>> Module::named_modules() const {
+  std::vector<std::pair<std::string, Module*>> out{{"", const_cast<Module*>(this)}};
+  for (size_t i = 0; i < out.size(); ++i) {
+    const auto [prefix, m] = out[i];
+    for (const auto& [n, c] : m->children_) out.emplace_back(prefix.empty() ? n : prefix + "." + n, c.get());
+  }
+  return out;
+}
+
+std::vector<Tensor> Module::parameters() const {
+  std::vector<Tensor> out;
+  for (auto& [n, t] : named_parameters()) out.push_back(t);
+  return out;
+}
+
+int64_t Module::num_parameters() const {
+  int64_t n = 0;
+  for (auto& [name, t] : named_parameters()) n += t.numel();
+  return n;
+}
+
+std::string Module::LoadReport::str() const {
+  std::string s;
+  auto list = [&](const char* what, const std::vector<std::string>& v) {
+    if (v.empty()) return;
+    s += detail::cat(v.size(), " ", what, ":");
+    for (const auto& k : v) s += "\n  " + k;
+    s += "\n";
+  };
+  list("missing key(s)", missing);
+  list("unexpected key(s)", unexpected);
+  list("key(s) with mismatched shape", mismatched);
+  return s;
+}
+
+Module::LoadReport Module::load_state_dict(const StateDict& state, bool strict) {
+  LoadReport report;
+  StateDict mine = state_dict();
+  std::map<std::string, const Tensor*> given;
+  for (const auto& [k, t] : state) given[k] = &t;
+  std::set<std::string> used;
+  std::vector<std::pair<Tensor, const Tensor*>> copies;
+  for (auto& [k, dst] : mine) {
+    auto it = given.find(k);
+    if (it == given.end()) {
+      report.missing.push_back(k);
+      continue;
+    }
+    used.insert(k);
+    const Tensor& src = *it->second;
+    if (src.shape() != dst.shape()) {
+      report.mismatched.push_back(detail::cat(k, ": expected ", shape_str(dst.shape()), ", got ", shape_str(src.shape())));
+      continue;
+    }
+    copies.emplace_back(dst, &src);
+  }
+  for (const auto& [k, t] : state)
+    if (!used.count(k)) report.unexpected.push_back(k);
+  if (strict && !report.ok())
+    RETORT_FAIL("load_state_dict into ", type_name_, ": the state does not match this model\n", report.str());
+  NoGradGuard ng;
+  for (auto& [dst, src] : copies) {
+    Tensor converted = src->to(dst.dtype()).to(dst.device());
+    backend_for(dst).copy(converted.raw_data(), dst.raw_data(), dst.nbytes());
+  }
+  return report;
+}
+
+Module& Module::find(const std::string& path) {
+  Module* m = this;
+  size_t start = 0;
+  while (start < path.size()) {
+    size_t dot = path.find('.', start);
+    if (dot == std::string::npos) dot = path.size();
+    const std::string part = path.substr(start, dot - start);
+    Module* next = nullptr;
+    for (const auto& [n, c] : m->children_)
+      if (n == part) next = c.get();
+    if (!next) {
+      std::string names;
+      for (const auto& [n, c] : m->children_) names += (names.empty() ? "" : ", ") + n;
+      RETORT_FAIL("module path '", path, "': ", m->type_name_, " has no child '", part, "' (children: ",
+                  names.empty() ? "none" : names, ")");
+    }
+    m = next;
+    start = dot + 1;
+  }
+  return *m;
+}
+
+void Module::to(DType dtype) {
+  NoGradGuard ng;
+  for (auto& [n, t] : params_) {
+    if (t.dtype() == dtype) continue;
+    t = t.to(dtype).detach();
+    t.set_requires_grad(true);
+  }
+  for (auto& [n, t] : buffers_)
+    if (is_floating(t.dtype()) && t.dtype() != dtype) t = t.to(dtype).detach();
+  for (auto& [n, c] : children_) c->to(dtype);
+}
+
+void Module::zero_grad() {
+  for (auto& [n, t] : named_parameters()) t.zero_grad();
+}
+
+// ---- taps ------------------------------------------------------------------------------------------
+
+void Module::emit(const std::string& point, const Tensor& t) {
+  auto [lo, hi] = taps_.equal_range(point);
+  for (auto it = lo; it != hi; ++it) it->second(t);
+}
+
+void Module::add_point_tap(const std::string& point, TapFn fn) { taps_.emplace(point, std::move(fn)); }
+
+void Module::tap(const std::string& spec, TapFn fn) {
+  const size_t colon = spec.find(':');
+  const std::string path = spec.substr(0, colon);
+  const std::string point = colon == std::string::npos ? "output" : spec.substr(colon + 1);
+  RETORT_CHECK(!point.empty(), "tap '", spec, "': empty point name after ':'");
+  Module& m = find(path);
+  if (point == "output") m.taps_.emplace(point, std::move(fn));
+  else m.add_point_tap(point, std::move(fn));
+}
+
+void Module::clear_taps() {
+  taps_.clear();
+  for (auto& [n, c] : children_) c->clear_taps();
+}
+
+// ---- printing --------------------------------------------------------------------------------------
+
+void Module::str_into(std::string& out, int indent) const {
+  out += type_name_ + "(" + extra_repr();
+  if (!children_.empty()) {
+    out += "\n";
+    for (const auto& [n, c] : children_) {
+      out += std::string(indent + 2, ' ') + "(" + n + "): ";
+      c->str_into(out, indent + 2);
+      out += "\n";
+    }
+    out += std::string(indent, ' ');
+  }
+  out += ")";
+}
+
+std::string Module::str() const {
+  std::string out;
+  str_into(out, 0);
+  return out;
+}
+
+}  // namespace retort

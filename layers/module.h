@@ -1,0 +1,112 @@
+// Module: the base of every layer and model. A module owns named parameters (trainable leaves),
+// named buffers (state that is saved but not trained, e.g. BatchNorm's running statistics) and named
+// submodules, so every tensor has a dotted PyTorch name ("layer1.0.conv1.weight",
+// "bn1.running_mean") — the names of state_dict(), of checkpoints, and of the models' PyTorch twins.
+//
+// Feature taps: distillation reads intermediate features by module path. tap("layer3", fn) calls fn
+// with layer3's output every time it runs; tap("layer3:preact", fn) with the named point "preact"
+// that layer3 emits during its forward (a Sequential forwards named points to its last child, so a
+// stage's pre-activation is its last block's). Taps are removed with clear_taps().
+#pragma once
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace retort {
+
+using StateDict = std::vector<std::pair<std::string, Tensor>>;  // ordered as registered
+using TapFn = std::function<void(const Tensor&)>;
+
+class Module {
+ public:
+  explicit Module(std::string type_name) : type_name_(std::move(type_name)) {}
+  virtual ~Module() = default;
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
+
+  // The computation. Call modules through operator(), which also delivers taps.
+  virtual Tensor forward(const Tensor& x) = 0;
+  Tensor operator()(const Tensor& x);
+
+  const std::string& type_name() const { return type_name_; }
+
+  // ---- train / eval ------------------------------------------------------------------------------
+  virtual void train(bool on = true);
+  void eval() { train(false); }
+  bool is_training() const { return training_; }
+
+  // ---- named state -------------------------------------------------------------------------------
+  std::vector<std::pair<std::string, Tensor>> named_parameters() const;  // recursive, dotted names
+  std::vector<std::pair<std::string, Tensor>> named_buffers() const;
+  std::vector<std::pair<std::string, Module*>> named_modules() const;   // "" is this module
+  std::vector<Tensor> parameters() const;
+  int64_t num_parameters() const;
+  // Parameters then buffers of each module, in registration order (PyTorch's state_dict order).
+  StateDict state_dict() const;
+  // Copies values into the registered tensors (in place, so optimizers keep their references).
+  // strict: every key must match a tensor of the same shape, and every tensor must get a value;
+  // otherwise a retort::Error lists the missing, unexpected and wrongly shaped keys. dtype is
+  // converted. Non-strict loads what matches and returns the report.
+  struct LoadReport {
+    std::vector<std::string> missing, unexpected, mismatched;
+    bool ok() const { return missing.empty() && unexpected.empty() && mismatched.empty(); }
+    std::string str() const;
+  };
+  LoadReport load_state_dict(const StateDict& state, bool strict = true);
+
+  // The submodule at a dotted path ("layer3.0.bn1"); "" is this module. Throws listing the
+  // available children when the path does not exist.
+  Module& find(const std::string& path);
+  const std::vector<std::pair<std::string, std::shared_ptr<Module>>>& children() const { return children_; }
+
+  // Converts every parameter and buffer to dtype (F32/F64), keeping requires_grad.
+  void to(DType dtype);
+  void zero_grad();
+
+  // ---- taps --------------------------------------------------------------------------------------
+  // path: "module.path" (its output) or "module.path:point" (a named point it emits).
+  void tap(const std::string& path, TapFn fn);
+  void clear_taps();  // recursively
+
+  // A readable tree: "ResNet(\n  (conv1): Conv2d(3, 16, kernel_size=3, ...)\n ...)".
+  std::string str() const;
+  virtual std::string extra_repr() const { return ""; }
+
+ protected:
+  Tensor& register_parameter(const std::string& name, Tensor t);
+  Tensor& register_buffer(const std::string& name, Tensor t);
+  template <class M>
+  std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> m) {
+    add_child(name, m);
+    return m;
+  }
+  // Inside forward: delivers `t` to the taps listening on the named point.
+  void emit(const std::string& point, const Tensor& t);
+  // Attaches a tap on a named point; Sequential overrides it to forward to its last child.
+  virtual void add_point_tap(const std::string& point, TapFn fn);
+
+  Tensor& param(const std::string& name);   // registered parameter by local name
+  Tensor& buffer(const std::string& name);  // registered buffer by local name
+
+ private:
+  void add_child(const std::string& name, std::shared_ptr<Module> m);
+  void collect(const std::string& prefix, bool params, bool buffers,
+               std::vector<std::pair<std::string, Tensor>>& out) const;
+  void str_into(std::string& out, int indent) const;
+
+  std::string type_name_;
+  bool training_ = true;
+  std::vector<std::pair<std::string, Tensor>> params_;
+  std::vector<std::pair<std::string, Tensor>> buffers_;
+  std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
+  std::multimap<std::string, TapFn> taps_;  // point ("output" or a name) -> listeners
+};
+
+using ModulePtr = std::shared_ptr<Module>;
+
+}  // namespace retort

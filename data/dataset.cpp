@@ -1,0 +1,1 @@
+// PLACEHOLDER: datasets (in progress)

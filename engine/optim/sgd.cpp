@@ -1,0 +1,1 @@
+// PLACEHOLDER: optimizers (in progress)

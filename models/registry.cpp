@@ -1,0 +1,1 @@
+// PLACEHOLDER: model zoo (in progress)

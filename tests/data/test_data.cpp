@@ -1,0 +1,2 @@
+// PLACEHOLDER (in progress)
+#include <gtest/gtest.h>

@@ -4,6 +4,7 @@
 // adjacent dimensions that are contiguous for both operands are merged, and the innermost dimension
 // runs as a tight strided loop; rows are split across OpenMP threads. The op is chosen by a switch
 // outside the loops, so the inner loop is a template instantiation with no calls.
+#include <algorithm>
 #include <cmath>
 
 #include "engine/cpu/cpu_backend.h"

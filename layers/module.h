@@ -15,11 +15,11 @@
 #include <utility>
 #include <vector>
 
+#include "engine/state_dict.h"
 #include "engine/tensor.h"
 
 namespace retort {
 
-using StateDict = std::vector<std::pair<std::string, Tensor>>;  // ordered as registered
 using TapFn = std::function<void(const Tensor&)>;
 
 class Module {

@@ -1,0 +1,136 @@
+// ExperimentConfig parsing and serialisation (see experiment.h).
+#include "distill/experiment.h"
+
+#include <algorithm>
+
+namespace retort {
+
+namespace {
+
+void parse_data(JsonReader& r, DataConfig& d) {
+  d.dataset = r.get<std::string>("dataset", d.dataset);
+  static const std::vector<std::string> kDatasets = {"fashion_mnist", "mnist", "cifar10", "cifar100", "image_folder",
+                                                     "synthetic"};
+  RETORT_CHECK(std::find(kDatasets.begin(), kDatasets.end(), d.dataset) != kDatasets.end(), r.where("dataset"),
+               ": unknown dataset '", d.dataset,
+               "' (expected fashion_mnist, mnist, cifar10, cifar100, image_folder or synthetic)");
+  d.root = r.get<std::string>("root", d.root);
+  d.batch_size = r.get<int64_t>("batch_size", d.batch_size);
+  RETORT_CHECK(d.batch_size > 0, r.where("batch_size"), ": must be positive, got ", d.batch_size);
+  d.eval_batch_size = r.get<int64_t>("eval_batch_size", d.eval_batch_size);
+  RETORT_CHECK(d.eval_batch_size > 0, r.where("eval_batch_size"), ": must be positive");
+  d.num_workers = r.get<int>("num_workers", d.num_workers);
+  RETORT_CHECK(d.num_workers >= 0, r.where("num_workers"), ": must be >= 0");
+  if (r.has("augment")) {
+    JsonReader& a = r.child("augment");
+    d.random_crop_padding = a.get<int64_t>("random_crop_padding", d.random_crop_padding);
+    RETORT_CHECK(d.random_crop_padding >= 0, a.where("random_crop_padding"), ": must be >= 0");
+    d.hflip = a.get<bool>("hflip", d.hflip);
+  }
+  if (r.has("normalize")) {
+    JsonReader& n = r.child("normalize");
+    d.mean = n.require<std::vector<double>>("mean");
+    d.std = n.require<std::vector<double>>("std");
+    RETORT_CHECK(d.mean.size() == d.std.size() && !d.mean.empty(), n.where("std"), ": mean and std need the same, ",
+                 "non-zero number of channels (got ", d.mean.size(), " and ", d.std.size(), ")");
+    for (double s : d.std) RETORT_CHECK(s > 0, n.where("std"), ": every std must be positive");
+  }
+  d.train_limit = r.get<int64_t>("train_limit", d.train_limit);
+  d.test_limit = r.get<int64_t>("test_limit", d.test_limit);
+  d.image_size = r.get<int64_t>("image_size", d.image_size);
+  d.channels = r.get<int64_t>("channels", d.channels);
+  d.num_classes = r.get<int64_t>("num_classes", d.num_classes);
+  d.synthetic_size = r.get<int64_t>("synthetic_size", d.synthetic_size);
+}
+
+void parse_solver(JsonReader& r, SolverConfig& s) {
+  s.optimizer = r.get<std::string>("optimizer", s.optimizer);
+  RETORT_CHECK(s.optimizer == "sgd" || s.optimizer == "adam" || s.optimizer == "adamw", r.where("optimizer"),
+               ": unknown optimizer '", s.optimizer, "' (expected sgd, adam or adamw)");
+  s.lr = r.get<double>("lr", s.lr);
+  RETORT_CHECK(s.lr > 0, r.where("lr"), ": must be positive, got ", s.lr);
+  s.momentum = r.get<double>("momentum", s.momentum);
+  s.weight_decay = r.get<double>("weight_decay", s.weight_decay);
+  s.nesterov = r.get<bool>("nesterov", s.nesterov);
+  s.beta1 = r.get<double>("beta1", s.beta1);
+  s.beta2 = r.get<double>("beta2", s.beta2);
+  s.eps = r.get<double>("eps", s.eps);
+  s.epochs = r.get<int>("epochs", s.epochs);
+  RETORT_CHECK(s.epochs > 0, r.where("epochs"), ": must be positive, got ", s.epochs);
+  if (r.has("schedule")) {
+    s.schedule = r.raw("schedule");
+    RETORT_CHECK(s.schedule.is_object(), r.where("schedule"), ": expected an object");
+  }
+}
+
+void parse_log(JsonReader& r, LogConfig& l) {
+  l.every_steps = r.get<int>("every_steps", l.every_steps);
+  l.eval_every_epochs = r.get<int>("eval_every_epochs", l.eval_every_epochs);
+  l.checkpoint_every_epochs = r.get<int>("checkpoint_every_epochs", l.checkpoint_every_epochs);
+  l.keep_checkpoints = r.get<int>("keep_checkpoints", l.keep_checkpoints);
+  RETORT_CHECK(l.every_steps > 0 && l.eval_every_epochs > 0 && l.checkpoint_every_epochs > 0 && l.keep_checkpoints > 0,
+               r.where("every_steps"), ": log intervals must be positive");
+}
+
+}  // namespace
+
+ExperimentConfig ExperimentConfig::from_json(const Json& doc, const std::string& file) {
+  ExperimentConfig c;
+  JsonReader r(doc, file);
+  c.schema_version = r.require<int>("schema_version");
+  RETORT_CHECK(c.schema_version == kSchemaVersion, r.where("schema_version"), ": version ", c.schema_version,
+               " is not supported (this build reads version ", kSchemaVersion, ")");
+  if (r.has("experiment")) {
+    JsonReader& e = r.child("experiment");
+    c.name = e.get<std::string>("name", c.name);
+    c.seed = e.get<uint64_t>("seed", c.seed);
+    c.output_dir = e.get<std::string>("output_dir", c.output_dir);
+    c.device = e.get<std::string>("device", c.device);
+    c.deterministic = e.get<bool>("deterministic", c.deterministic);
+  }
+  if (r.has("data")) parse_data(r.child("data"), c.data);
+  JsonReader& m = r.child("model");
+  c.arch = m.require<std::string>("arch");
+  if (r.has("solver")) parse_solver(r.child("solver"), c.solver);
+  if (r.has("log")) parse_log(r.child("log"), c.log);
+  r.finish_all();
+  return c;
+}
+
+ExperimentConfig ExperimentConfig::load(const std::string& path, const std::vector<std::string>& overrides) {
+  Json doc = read_json_file(path);
+  for (const auto& o : overrides) apply_override(doc, o);
+  return from_json(doc, path);
+}
+
+Json ExperimentConfig::to_json() const {
+  Json j;
+  j["schema_version"] = schema_version;
+  j["experiment"] = {{"name", name}, {"seed", seed}, {"output_dir", output_dir}, {"device", device},
+                     {"deterministic", deterministic}};
+  j["data"] = {{"dataset", data.dataset},
+               {"root", data.root},
+               {"batch_size", data.batch_size},
+               {"eval_batch_size", data.eval_batch_size},
+               {"num_workers", data.num_workers},
+               {"augment", {{"random_crop_padding", data.random_crop_padding}, {"hflip", data.hflip}}},
+               {"train_limit", data.train_limit},
+               {"test_limit", data.test_limit},
+               {"image_size", data.image_size},
+               {"channels", data.channels},
+               {"num_classes", data.num_classes},
+               {"synthetic_size", data.synthetic_size}};
+  if (!data.mean.empty()) j["data"]["normalize"] = {{"mean", data.mean}, {"std", data.std}};
+  j["model"] = {{"arch", arch}};
+  j["solver"] = {{"optimizer", solver.optimizer}, {"lr", solver.lr},       {"momentum", solver.momentum},
+                 {"weight_decay", solver.weight_decay}, {"nesterov", solver.nesterov}, {"beta1", solver.beta1},
+                 {"beta2", solver.beta2},          {"eps", solver.eps},     {"epochs", solver.epochs},
+                 {"schedule", solver.schedule}};
+  j["log"] = {{"every_steps", log.every_steps},
+              {"eval_every_epochs", log.eval_every_epochs},
+              {"checkpoint_every_epochs", log.checkpoint_every_epochs},
+              {"keep_checkpoints", log.keep_checkpoints}};
+  return j;
+}
+
+}  // namespace retort

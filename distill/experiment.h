@@ -1,0 +1,84 @@
+// ExperimentConfig: one JSON file = one experiment (DESIGN §4). Parsed strictly (unknown keys are
+// errors with a suggestion), defaults filled in, and written back fully resolved into the run
+// directory so a run records every hyper-parameter it used.
+//
+// {
+//   "schema_version": 1,
+//   "experiment": {"name": "fmnist_resnet8x4", "seed": 0, "output_dir": "runs", "device": "cpu"},
+//   "data": {"dataset": "fashion_mnist", "root": "/usr/share/datasets/fashion-mnist",
+//            "batch_size": 128, "num_workers": 2,
+//            "augment": {"random_crop_padding": 2, "hflip": true},
+//            "normalize": {"mean": [0.2860], "std": [0.3530]}},
+//   "model": {"arch": "resnet8x4"},
+//   "solver": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+//              "nesterov": false, "epochs": 15,
+//              "schedule": {"type": "multistep", "milestones": [8, 12], "gamma": 0.1}},
+//   "log": {"every_steps": 50, "eval_every_epochs": 1, "checkpoint_every_epochs": 1}
+// }
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "distill/json_reader.h"
+
+namespace retort {
+
+constexpr int kSchemaVersion = 1;
+
+struct DataConfig {
+  std::string dataset = "fashion_mnist";  // fashion_mnist | mnist | cifar10 | cifar100 | image_folder | synthetic
+  std::string root;                       // "" = the dataset's default location
+  int64_t batch_size = 128;
+  int64_t eval_batch_size = 256;
+  int num_workers = 2;
+  int64_t random_crop_padding = 0;  // 0 = no random crop
+  bool hflip = false;
+  std::vector<double> mean, std;    // per channel; empty = no normalisation
+  int64_t train_limit = 0;          // use only the first N training samples (0 = all): quick demos
+  int64_t test_limit = 0;
+  int64_t image_size = 32;          // image_folder: resize to this; synthetic: the side
+  int64_t channels = 3;             // image_folder / synthetic
+  int64_t num_classes = 10;         // synthetic
+  int64_t synthetic_size = 512;     // synthetic: samples per split
+};
+
+struct SolverConfig {
+  std::string optimizer = "sgd";  // sgd | adam | adamw
+  double lr = 0.05;
+  double momentum = 0.9;
+  double weight_decay = 5e-4;
+  bool nesterov = false;
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  int epochs = 240;
+  Json schedule = Json::object();  // parsed by the LR schedule factory
+};
+
+struct LogConfig {
+  int every_steps = 50;
+  int eval_every_epochs = 1;
+  int checkpoint_every_epochs = 1;
+  int keep_checkpoints = 2;
+};
+
+struct ExperimentConfig {
+  int schema_version = kSchemaVersion;
+  std::string name = "experiment";
+  uint64_t seed = 0;
+  std::string output_dir = "runs";
+  std::string device = "cpu";
+  bool deterministic = true;
+  DataConfig data;
+  std::string arch;  // model.arch
+  SolverConfig solver;
+  LogConfig log;
+
+  // Strict parse of a whole document; `file` names it in errors.
+  static ExperimentConfig from_json(const Json& doc, const std::string& file);
+  // Reads `path`, applies --set overrides, parses.
+  static ExperimentConfig load(const std::string& path, const std::vector<std::string>& overrides = {});
+  // Every field, resolved (what the run directory records).
+  Json to_json() const;
+};
+
+}  // namespace retort

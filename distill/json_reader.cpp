@@ -1,0 +1,120 @@
+// Strict JSON reading for experiment configs (see json_reader.h).
+#include "distill/json_reader.h"
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+namespace retort {
+
+Json read_json_file(const std::string& path) {
+  std::ifstream in(path);
+  RETORT_CHECK(in.good(), path, ": cannot open config file");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  try {
+    return Json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    // Translate the byte offset into line:column for people.
+    const size_t off = std::min(e.byte, text.size());
+    const size_t line = 1 + std::count(text.begin(), text.begin() + static_cast<long>(off), '\n');
+    const size_t nl = text.rfind('\n', off ? off - 1 : 0);
+    const size_t col = nl == std::string::npos ? off : off - nl - 1;
+    RETORT_FAIL(path, ":", line, ":", col, ": invalid JSON: ", e.what());
+  }
+}
+
+void apply_override(Json& doc, const std::string& assignment) {
+  const size_t eq = assignment.find('=');
+  RETORT_CHECK(eq != std::string::npos && eq > 0, "--set '", assignment, "': expected key.path=value");
+  const std::string path = assignment.substr(0, eq), text = assignment.substr(eq + 1);
+  Json value;
+  try {
+    value = Json::parse(text);
+  } catch (const nlohmann::json::parse_error&) {
+    value = text;  // bare words are strings: --set data.dataset=cifar100
+  }
+  Json* node = &doc;
+  size_t start = 0;
+  while (true) {
+    const size_t dot = path.find('.', start);
+    const std::string key = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    RETORT_CHECK(!key.empty(), "--set '", assignment, "': empty key in path");
+    RETORT_CHECK(node->is_object(), "--set '", assignment, "': '", path.substr(0, start ? start - 1 : 0),
+                 "' is not an object");
+    if (dot == std::string::npos) {
+      (*node)[key] = value;
+      return;
+    }
+    if (!node->contains(key)) (*node)[key] = Json::object();
+    node = &(*node)[key];
+    start = dot + 1;
+  }
+}
+
+JsonReader::JsonReader(const Json& value, std::string file, std::string path)
+    : value_(value), file_(std::move(file)), path_(std::move(path)) {
+  RETORT_CHECK(value_.is_object(), file_, ": ", path_.empty() ? "the config" : path_, " must be a JSON object, got ",
+               value_.type_name());
+}
+
+bool JsonReader::has(const std::string& key) const {
+  known_.insert(key);
+  return value_.contains(key) && !value_.at(key).is_null();
+}
+
+std::string JsonReader::where(const std::string& key) const {
+  return file_ + ": " + (path_.empty() ? key : path_ + "." + key);
+}
+
+const Json& JsonReader::at(const std::string& key) {
+  known_.insert(key);
+  RETORT_CHECK(value_.contains(key), where(key), ": required key is missing");
+  read_.insert(key);
+  return value_.at(key);
+}
+
+const Json& JsonReader::raw(const std::string& key) { return at(key); }
+
+JsonReader& JsonReader::child(const std::string& key) {
+  const Json& v = at(key);
+  RETORT_CHECK(v.is_object(), where(key), ": expected an object, got ", v.type_name(), " ", v.dump());
+  children_.push_back(std::make_unique<JsonReader>(v, file_, path_.empty() ? key : path_ + "." + key));
+  return *children_.back();
+}
+
+namespace {
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+}  // namespace
+
+void JsonReader::finish_all() const {
+  for (auto it = value_.begin(); it != value_.end(); ++it) {
+    if (read_.count(it.key())) continue;
+    std::string best;
+    size_t best_d = 4;  // suggest only close matches
+    for (const auto& k : known_) {
+      const size_t d = edit_distance(it.key(), k);
+      if (d < best_d) best_d = d, best = k;
+    }
+    const std::string prefix = path_.empty() ? "" : path_ + ".";
+    std::string known;
+    for (const auto& k : known_) known += (known.empty() ? "" : ", ") + k;
+    RETORT_FAIL(file_, ": unknown key ", prefix, it.key(),
+                best.empty() ? " (known keys here: " + (known.empty() ? std::string("none") : known) + ")"
+                             : " (did you mean " + prefix + best + "?)");
+  }
+  for (const auto& c : children_) c->finish_all();
+}
+
+}  // namespace retort

@@ -1,0 +1,83 @@
+// Experiment configs: strict parsing, defaults, --set overrides, clear errors naming file and key.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "distill/experiment.h"
+
+using namespace retort;
+
+namespace {
+const char* kMinimal = R"({"schema_version": 1, "model": {"arch": "resnet8x4"}})";
+
+ExperimentConfig parse(const std::string& text) { return ExperimentConfig::from_json(Json::parse(text), "test.json"); }
+
+template <class F>
+void expect_error(F&& f, std::initializer_list<const char*> needles) {
+  try {
+    f();
+    FAIL() << "expected retort::Error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const char* n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "missing '" << n << "' in: " << msg;
+  }
+}
+}  // namespace
+
+TEST(Config, MinimalConfigGetsDefaults) {
+  ExperimentConfig c = parse(kMinimal);
+  EXPECT_EQ(c.arch, "resnet8x4");
+  EXPECT_EQ(c.data.dataset, "fashion_mnist");
+  EXPECT_EQ(c.solver.optimizer, "sgd");
+  EXPECT_DOUBLE_EQ(c.solver.lr, 0.05);
+  EXPECT_EQ(c.solver.epochs, 240);
+}
+
+TEST(Config, ResolvedConfigRoundTrips) {
+  ExperimentConfig c = parse(R"({"schema_version": 1, "model": {"arch": "resnet20"},
+      "data": {"dataset": "cifar100", "augment": {"random_crop_padding": 4, "hflip": true},
+               "normalize": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}},
+      "solver": {"lr": 0.1, "schedule": {"type": "multistep", "milestones": [150, 180, 210], "gamma": 0.1}}})");
+  ExperimentConfig d = ExperimentConfig::from_json(c.to_json(), "resolved.json");
+  EXPECT_EQ(d.to_json(), c.to_json());
+  EXPECT_EQ(d.data.mean.size(), 3u);
+  EXPECT_EQ(d.solver.schedule["milestones"][2], 210);
+}
+
+TEST(Config, UnknownKeyIsAnErrorWithASuggestion) {
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "solver": {"learnig_rate": 0.1}})"); },
+               {"test.json", "unknown key solver.learnig_rate"});
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "solver": {"lrr": 0.1}})"); },
+               {"did you mean solver.lr?"});
+  expect_error([] { parse(R"({"schema_version": 1, "modle": {"arch": "x"}})"); }, {"model", "required key is missing"});
+}
+
+TEST(Config, WrongTypesNameTheKey) {
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "solver": {"lr": "0.1"}})"); },
+               {"test.json: solver.lr", "expected a number", "string"});
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "data": {"batch_size": 1.5}})"); },
+               {"data.batch_size", "expected an integer"});
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "data": {"batch_size": -4}})"); },
+               {"data.batch_size", "positive"});
+  expect_error([] { parse(R"({"schema_version": 2, "model": {"arch": "x"}})"); }, {"schema_version", "version 2"});
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "data": {"dataset": "imagenet"}})"); },
+               {"data.dataset", "imagenet"});
+}
+
+TEST(Config, OverridesApplyBeforeValidation) {
+  const std::string path = ::testing::TempDir() + "/cfg.json";
+  std::ofstream(path) << kMinimal;
+  ExperimentConfig c = ExperimentConfig::load(path, {"solver.lr=0.2", "data.dataset=cifar10", "solver.nesterov=true"});
+  EXPECT_DOUBLE_EQ(c.solver.lr, 0.2);
+  EXPECT_EQ(c.data.dataset, "cifar10");
+  EXPECT_TRUE(c.solver.nesterov);
+  expect_error([&] { ExperimentConfig::load(path, {"solver.lrate=0.2"}); }, {"unknown key solver.lrate"});
+  expect_error([&] { ExperimentConfig::load(path, {"novalue"}); }, {"--set", "key.path=value"});
+}
+
+TEST(Config, MalformedJsonNamesLineAndColumn) {
+  const std::string path = ::testing::TempDir() + "/bad.json";
+  std::ofstream(path) << "{\n  \"schema_version\": 1,\n  \"model\": {\"arch\": }\n}";
+  expect_error([&] { ExperimentConfig::load(path); }, {"bad.json:3:", "invalid JSON"});
+  expect_error([&] { ExperimentConfig::load(::testing::TempDir() + "/missing.json"); }, {"missing.json", "cannot open"});
+}

@@ -1,0 +1,95 @@
+// RunDir (see run_dir.h).
+#include "distill/run_dir.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+namespace retort {
+
+namespace fs = std::filesystem;
+
+void write_file_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  RETORT_CHECK(fd >= 0, path, ": cannot create ", tmp, ": ", std::strerror(errno));
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0) {
+      const int err = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      RETORT_FAIL(path, ": write failed: ", std::strerror(err));
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    RETORT_FAIL(path, ": fsync/close failed: ", std::strerror(err));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    RETORT_FAIL(path, ": rename from ", tmp, " failed: ", std::strerror(err));
+  }
+}
+
+RunDir::RunDir(std::string path) : path_(std::move(path)) {
+  std::error_code ec;
+  fs::create_directories(checkpoint_dir(), ec);
+  RETORT_CHECK(!ec, path_, ": cannot create the run directory: ", ec.message());
+  metrics_ = std::fopen(file("metrics.jsonl").c_str(), "a");
+  log_ = std::fopen(file("train.log").c_str(), "a");
+  RETORT_CHECK(metrics_ && log_, path_, ": cannot open metrics.jsonl/train.log for appending: ", std::strerror(errno));
+}
+
+RunDir::~RunDir() {
+  if (metrics_) std::fclose(metrics_);
+  if (log_) std::fclose(log_);
+}
+
+void RunDir::write_json(const std::string& name, const Json& j) const { write_file_atomic(file(name), j.dump(2) + "\n"); }
+
+void RunDir::append_metric(const Json& event) {
+  const std::string line = event.dump() + "\n";
+  std::fwrite(line.data(), 1, line.size(), metrics_);
+  std::fflush(metrics_);
+}
+
+void RunDir::log_line(const std::string& line) {
+  std::fprintf(log_, "%s\n", line.c_str());
+  std::fflush(log_);
+}
+
+std::string RunDir::latest_checkpoint() const {
+  std::ifstream in(checkpoint_dir() + "/latest");
+  std::string name;
+  if (!(in >> name)) return "";
+  RETORT_CHECK(fs::exists(checkpoint_dir() + "/" + name), checkpoint_dir(), "/latest names ", name,
+               ", which does not exist");
+  return name;
+}
+
+void RunDir::set_latest_checkpoint(const std::string& file_name, int keep) {
+  write_file_atomic(checkpoint_dir() + "/latest", file_name + "\n");
+  // Keep the newest `keep` checkpoints (names sort by zero-padded epoch and step).
+  std::vector<std::string> ckpts;
+  for (const auto& e : fs::directory_iterator(checkpoint_dir())) {
+    const std::string n = e.path().filename().string();
+    if (n.rfind("ckpt_", 0) == 0 && n.size() > 12 && n.substr(n.size() - 12) == ".safetensors") ckpts.push_back(n);
+  }
+  std::sort(ckpts.begin(), ckpts.end());
+  for (size_t i = 0; i + keep < ckpts.size(); ++i)
+    if (ckpts[i] != file_name) fs::remove(checkpoint_dir() + "/" + ckpts[i]);
+}
+
+}  // namespace retort

@@ -1,0 +1,45 @@
+// RunDir: the directory one experiment writes (DESIGN §4):
+//   config.json      the fully resolved config
+//   metrics.jsonl    one JSON object per event (train interval, eval, epoch), flushed per line
+//   train.log        the plain progress lines
+//   checkpoints/     ckpt_epoch<E>_step<S>.safetensors, and `latest` naming the newest complete one
+//   summary.json     best and last top-1, wall time, throughput
+//   model.safetensors  the trained model alone (student-only export)
+// Every file that a reader may see half-written is written to a temporary name and renamed.
+#pragma once
+#include <cstdio>
+#include <string>
+
+#include "distill/json_reader.h"
+
+namespace retort {
+
+// Writes `text` to `path` atomically (temp file, fsync, rename). Throws naming the path on failure.
+void write_file_atomic(const std::string& path, const std::string& text);
+
+class RunDir {
+ public:
+  explicit RunDir(std::string path);  // creates it (and parents)
+  ~RunDir();
+  RunDir(const RunDir&) = delete;
+  RunDir& operator=(const RunDir&) = delete;
+
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+  std::string checkpoint_dir() const { return path_ + "/checkpoints"; }
+
+  void write_json(const std::string& name, const Json& j) const;
+  void append_metric(const Json& event);
+  void log_line(const std::string& line);  // appended to train.log
+
+  // Checkpoint bookkeeping: the newest complete checkpoint's file name ("" if none), and marking one.
+  std::string latest_checkpoint() const;
+  void set_latest_checkpoint(const std::string& file_name, int keep);
+
+ private:
+  std::string path_;
+  std::FILE* metrics_ = nullptr;
+  std::FILE* log_ = nullptr;
+};
+
+}  // namespace retort

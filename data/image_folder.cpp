@@ -1,0 +1,140 @@
+// Image-folder loader (see image_folder.h). This is the one translation unit that compiles
+// stb_image; STB_IMAGE_STATIC keeps its symbols private, so nothing clashes with Debian's libstb.so
+// should another target link it.
+#include "data/image_folder.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <filesystem>
+#include <memory>
+#include <vector>
+
+#include "data/transforms.h"
+#include "engine/error.h"
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#pragma GCC diagnostic ignored "-Wimplicit-fallthrough"
+#define STB_IMAGE_STATIC
+#define STB_IMAGE_IMPLEMENTATION
+#define STBI_ONLY_PNG
+#define STBI_ONLY_JPEG
+#define STBI_ONLY_BMP
+#include <stb_image.h>
+#pragma GCC diagnostic pop
+
+namespace retort {
+
+namespace fs = std::filesystem;
+
+namespace {
+bool is_image_name(const fs::path& p) {
+  std::string ext = p.extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+  return ext == ".png" || ext == ".jpg" || ext == ".jpeg" || ext == ".bmp";
+}
+
+bool is_hidden(const fs::path& p) {
+  const std::string name = p.filename().string();
+  return !name.empty() && name[0] == '.';
+}
+
+std::vector<fs::path> class_images(const fs::path& class_dir) {
+  std::vector<fs::path> files;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(class_dir, fs::directory_options::follow_directory_symlink, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    if (it->is_directory() && is_hidden(it->path())) {
+      it.disable_recursion_pending();
+      continue;
+    }
+    if (it->is_regular_file() && is_image_name(it->path())) files.push_back(it->path());
+  }
+  RETORT_CHECK(!ec, "image folder: cannot list ", class_dir.string(), " (", ec.message(), ")");
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+struct Decoded {
+  int height = 0, width = 0;
+  std::unique_ptr<stbi_uc, void (*)(void*)> hwc{nullptr, stbi_image_free};  // interleaved, `channels` per pixel
+};
+
+Decoded decode(const fs::path& file, int channels) {
+  Decoded d;
+  int file_channels = 0;
+  d.hwc.reset(stbi_load(file.c_str(), &d.width, &d.height, &file_channels, channels));
+  RETORT_CHECK(d.hwc != nullptr, file.string(), ": cannot decode image (stb_image: ", stbi_failure_reason(), ")");
+  return d;
+}
+
+// Appends the image as planar CHW bytes of size height x width, resizing when its size differs.
+void append_chw(const Decoded& img, int channels, int64_t height, int64_t width, std::vector<uint8_t>& out) {
+  const size_t plane = static_cast<size_t>(img.height) * static_cast<size_t>(img.width);
+  const stbi_uc* src = img.hwc.get();
+  if (img.height == height && img.width == width) {
+    for (int c = 0; c < channels; ++c)
+      for (size_t i = 0; i < plane; ++i) out.push_back(src[i * static_cast<size_t>(channels) + c]);
+    return;
+  }
+  std::vector<float> chw(plane * static_cast<size_t>(channels));
+  for (int c = 0; c < channels; ++c)
+    for (size_t i = 0; i < plane; ++i) chw[c * plane + i] = src[i * static_cast<size_t>(channels) + c];
+  std::vector<float> resized(static_cast<size_t>(channels * height * width));
+  resize_bilinear(chw.data(), channels, img.height, img.width, resized.data(), height, width);
+  for (float v : resized) out.push_back(static_cast<uint8_t>(std::clamp(std::lround(v), 0L, 255L)));
+}
+}  // namespace
+
+std::shared_ptr<InMemoryDataset> load_image_folder(const std::string& root, const ImageFolderOptions& options) {
+  RETORT_CHECK(options.channels == 1 || options.channels == 3, "image folder ", root,
+               ": channels must be 1 or 3, got ", options.channels);
+  RETORT_CHECK((options.height == 0) == (options.width == 0) && options.height >= 0 && options.width >= 0,
+               "image folder ", root, ": height and width must both be positive (resize) or both 0 (keep size), got ",
+               options.height, "x", options.width);
+  std::error_code ec;
+  RETORT_CHECK(fs::is_directory(root, ec), "image folder ", root, ": not a directory");
+
+  std::vector<fs::path> class_dirs;
+  for (const fs::directory_entry& e : fs::directory_iterator(root, ec))
+    if (e.is_directory() && !is_hidden(e.path())) class_dirs.push_back(e.path());
+  RETORT_CHECK(!ec, "image folder ", root, ": cannot list (", ec.message(), ")");
+  RETORT_CHECK(!class_dirs.empty(), "image folder ", root,
+               ": no class subfolders (expected root/<class_name>/<image>.png|jpg|jpeg|bmp)");
+  std::sort(class_dirs.begin(), class_dirs.end());
+
+  const int64_t channels = options.channels;
+  const bool resize = options.height > 0;
+  int64_t height = options.height, width = options.width;
+  std::vector<uint8_t> pixels;
+  std::vector<int64_t> labels;
+  std::vector<std::string> class_names;
+  std::string first_file;
+  for (const fs::path& dir : class_dirs) {
+    const std::vector<fs::path> files = class_images(dir);
+    RETORT_CHECK(!files.empty(), "image folder ", root, ": class folder ", dir.string(),
+                 " holds no .png, .jpg, .jpeg or .bmp images");
+    for (const fs::path& file : files) {
+      const Decoded img = decode(file, options.channels);
+      if (first_file.empty()) first_file = file.string();
+      if (height == 0) {  // no resize: the first image fixes the size
+        height = img.height;
+        width = img.width;
+      }
+      RETORT_CHECK(resize || (img.height == height && img.width == width), "image folder ", root, ": ",
+                   file.string(), " is ", img.height, "x", img.width, " but ", first_file, " is ", height, "x",
+                   width, "; pass a height and width to resize them all");
+      append_chw(img, options.channels, height, width, pixels);
+      labels.push_back(static_cast<int64_t>(class_names.size()));
+    }
+    class_names.push_back(dir.filename().string());
+  }
+  const int64_t num_classes = static_cast<int64_t>(class_names.size());
+  return std::make_shared<InMemoryDataset>("image folder " + root, Shape{channels, height, width},
+                                           std::move(pixels), std::move(labels), num_classes, std::move(class_names));
+}
+
+}  // namespace retort

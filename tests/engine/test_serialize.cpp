@@ -1,2 +1,336 @@
-// PLACEHOLDER (in progress)
+// safetensors: round trips, the exact bytes of the header, atomic writes, F16/BF16 conversion, and a
+// corrupt-file zoo (every error must name the file and the offset or key at fault).
 #include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/serialize.h"
+
+using namespace retort;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string temp_dir() {
+  const fs::path dir = fs::path(::testing::TempDir()) / ("retort_serialize_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  return dir.string();
+}
+
+// Removes this process's scratch directory after the last test.
+class ScratchCleanup : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(temp_dir(), ec);
+  }
+};
+[[maybe_unused]] ::testing::Environment* const scratch_cleanup =
+    ::testing::AddGlobalTestEnvironment(new ScratchCleanup);
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+std::string u64_le(uint64_t n) {
+  std::string s(8, '\0');
+  for (int i = 0; i < 8; ++i) s[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  return s;
+}
+
+// A file from a header text and a data section, with the length field computed unless given.
+std::string make_file(const std::string& header, const std::string& data, int64_t length = -1) {
+  return u64_le(length < 0 ? header.size() : static_cast<uint64_t>(length)) + header + data;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+bool same_bytes(const Tensor& a, const Tensor& b) {
+  return a.dtype() == b.dtype() && a.shape() == b.shape() &&
+         (a.nbytes() == 0 || std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()) == 0);
+}
+
+std::vector<std::pair<std::string, Tensor>> sample_tensors() {
+  Generator gen(7);
+  return {
+      {"layer1.0.conv1.weight", Tensor::randn({4, 3, 2, 2}, gen)},
+      {"scalar", Tensor::scalar(3.25, DType::F64)},
+      {"empty", Tensor::zeros({0, 3})},
+      {"bn1.num_batches_tracked", Tensor::from_int64({7, -2, 1LL << 40}, {3})},
+      {"fc.bias", Tensor::randn({5}, gen, DType::F64)},
+      {"another_empty", Tensor::zeros({2, 0}, DType::F64)},
+  };
+}
+
+}  // namespace
+
+TEST(Safetensors, RoundTripKeepsNamesOrderDtypesShapesDataAndMetadata) {
+  const std::string path = temp_dir() + "/round_trip.safetensors";
+  const auto tensors = sample_tensors();
+  const std::map<std::string, std::string> meta{{"arch", "resnet8x4"}, {"top1", "73.09"}, {"note", "ünïcode ✓"}};
+  save_safetensors(path, tensors, meta);
+  const SafetensorsFile f = load_safetensors(path);
+  EXPECT_EQ(f.metadata, meta);
+  ASSERT_EQ(f.tensors.size(), tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    EXPECT_EQ(f.tensors[i].first, tensors[i].first);
+    EXPECT_TRUE(same_bytes(f.tensors[i].second, tensors[i].second)) << tensors[i].first;
+    EXPECT_TRUE(f.tensors[i].second.device().is_cpu());
+  }
+  // No metadata: no __metadata__ entry, and an empty map back.
+  save_safetensors(path, {{"x", Tensor::ones({2})}});
+  EXPECT_TRUE(load_safetensors(path).metadata.empty());
+  EXPECT_EQ(read_bytes(path).find("__metadata__"), std::string::npos);
+  // No tensors at all is a valid file too.
+  save_safetensors(path, {}, {{"k", "v"}});
+  EXPECT_TRUE(load_safetensors(path).tensors.empty());
+  EXPECT_EQ(load_safetensors(path).metadata.at("k"), "v");
+}
+
+TEST(Safetensors, HeaderIsTheOfficialLayout) {
+  const std::string path = temp_dir() + "/layout.safetensors";
+  const auto tensors = sample_tensors();
+  save_safetensors(path, tensors, {{"arch", "resnet8"}});
+  const std::string bytes = read_bytes(path);
+  ASSERT_GE(bytes.size(), 8u);
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[i]);
+  EXPECT_EQ((8 + n) % 8, 0u) << "data section must start 8-byte aligned";
+  const std::string text = bytes.substr(8, n);
+  EXPECT_EQ(text.find_last_not_of(' ') + 1, text.find_last_of('}') + 1) << "padding must be trailing spaces";
+  const nlohmann::json header = nlohmann::json::parse(text);
+  EXPECT_EQ(header.at("__metadata__").at("arch"), "resnet8");
+  uint64_t offset = 0;
+  const std::map<DType, std::string> names{{DType::F32, "F32"}, {DType::F64, "F64"}, {DType::I64, "I64"}};
+  for (const auto& [name, t] : tensors) {
+    const auto& e = header.at(name);
+    EXPECT_EQ(e.size(), 3u) << name;
+    EXPECT_EQ(e.at("dtype"), names.at(t.dtype())) << name;
+    EXPECT_EQ(e.at("shape").get<Shape>(), t.shape()) << name;
+    EXPECT_EQ(e.at("data_offsets")[0].get<uint64_t>(), offset) << name;
+    EXPECT_EQ(e.at("data_offsets")[1].get<uint64_t>(), offset + t.nbytes()) << name;
+    if (t.nbytes()) {
+      EXPECT_EQ(std::memcmp(bytes.data() + 8 + n + offset, t.raw_data(), t.nbytes()), 0) << name;
+    }
+    offset += t.nbytes();
+  }
+  EXPECT_EQ(bytes.size(), 8 + n + offset);
+
+  const SafetensorsHeader h = read_safetensors_header(path);
+  EXPECT_EQ(h.data_start, 8 + n);
+  ASSERT_EQ(h.entries.size(), tensors.size());
+  EXPECT_EQ(h.entries[0].name, "layer1.0.conv1.weight");
+  EXPECT_EQ(h.entries[3].dtype, "I64");
+  EXPECT_EQ(h.entries[0].shape, (Shape{4, 3, 2, 2}));
+}
+
+TEST(Safetensors, WritesAtomically) {
+  const std::string dir = temp_dir() + "/atomic";
+  fs::create_directories(dir);
+  const std::string path = dir + "/model.safetensors";
+  save_safetensors(path, {{"a", Tensor::ones({3})}});
+  save_safetensors(path, {{"b", Tensor::zeros({2})}});  // overwrites
+  EXPECT_EQ(load_safetensors(path).tensors.at(0).first, "b");
+  for (const auto& entry : fs::directory_iterator(dir))
+    EXPECT_EQ(entry.path().filename(), "model.safetensors") << "left behind: " << entry.path();
+
+  const std::string missing = dir + "/no/such/dir/model.safetensors";
+  const std::string e = error_of([&] { save_safetensors(missing, {{"a", Tensor::ones({1})}}); });
+  EXPECT_NE(e.find(missing), std::string::npos) << e;
+  EXPECT_NE(e.find("No such file or directory"), std::string::npos) << e;
+
+  // A failed write leaves the old file in place and no temporary behind.
+  EXPECT_NE(error_of([&] { save_safetensors(path, {{"x", Tensor::ones({1})}, {"x", Tensor::ones({1})}}); })
+                .find("'x' appears more than once"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { save_safetensors(path, {{"__metadata__", Tensor::ones({1})}}); }).find("reserved"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { save_safetensors(path, {{"u", Tensor()}}); }).find("'u' is undefined"), std::string::npos);
+  EXPECT_NE(error_of([&] { save_safetensors(path, {{"", Tensor::ones({1})}}); }).find("empty name"), std::string::npos);
+  EXPECT_EQ(load_safetensors(path).tensors.at(0).first, "b");
+  for (const auto& entry : fs::directory_iterator(dir)) EXPECT_EQ(entry.path().filename(), "model.safetensors");
+  // Renaming onto a directory fails after the temp file was written: the temp file must go.
+  const std::string as_dir = dir + "/taken";
+  fs::create_directories(as_dir + "/inside");
+  EXPECT_NE(error_of([&] { save_safetensors(as_dir, {{"a", Tensor::ones({1})}}); }).find(as_dir), std::string::npos);
+  for (const auto& entry : fs::directory_iterator(dir))
+    EXPECT_EQ(entry.path().filename().string().find(".tmp."), std::string::npos) << entry.path();
+}
+
+TEST(Safetensors, HalfPrecisionIsConvertedToF32) {
+  const std::string path = temp_dir() + "/half.safetensors";
+  // F16: 1, -2, 0.5, 65504 (max), 2^-24 (smallest subnormal), +inf. BF16: 1, -3.5, 2^100.
+  const uint16_t f16[] = {0x3c00, 0xc000, 0x3800, 0x7bff, 0x0001, 0x7c00};
+  const uint16_t bf16[] = {0x3f80, 0xc060, 0x7180};
+  std::string data(reinterpret_cast<const char*>(f16), sizeof f16);
+  data.append(reinterpret_cast<const char*>(bf16), sizeof bf16);
+  const std::string header =
+      R"({"h":{"dtype":"F16","shape":[2,3],"data_offsets":[0,12]},"b":{"dtype":"BF16","shape":[3],"data_offsets":[12,18]}})";
+  write_bytes(path, make_file(header, data));
+  const SafetensorsFile f = load_safetensors(path);
+  ASSERT_EQ(f.tensors.size(), 2u);
+  const Tensor& h = f.tensors[0].second;
+  EXPECT_EQ(f.tensors[0].first, "h");
+  EXPECT_EQ(h.dtype(), DType::F32);
+  EXPECT_EQ(h.shape(), (Shape{2, 3}));
+  EXPECT_EQ(h.to_vector(), (std::vector<double>{1.0, -2.0, 0.5, 65504.0, std::ldexp(1.0, -24), INFINITY}));
+  EXPECT_EQ(f.tensors[1].second.to_vector(), (std::vector<double>{1.0, -3.5, std::ldexp(1.0, 100)}));
+}
+
+// ---- corrupt files ---------------------------------------------------------------------------------
+
+class CorruptSafetensors : public ::testing::Test {
+ protected:
+  std::string path_ = temp_dir() + "/corrupt.safetensors";
+
+  // Writes `bytes`, loads, and returns the error (which must name the file).
+  std::string load_error(const std::string& bytes) {
+    write_bytes(path_, bytes);
+    const std::string e = error_of([&] { load_safetensors(path_); });
+    EXPECT_NE(e.find(path_), std::string::npos) << "error does not name the file: " << e;
+    return e;
+  }
+  // A header with one tensor entry `entry` and `ndata` bytes of data.
+  std::string one(const std::string& entry, size_t ndata) {
+    return make_file(R"({"t":)" + entry + "}", std::string(ndata, 'x'));
+  }
+};
+
+#define EXPECT_HAS(haystack, needle) EXPECT_NE((haystack).find(needle), std::string::npos) << (haystack)
+
+TEST_F(CorruptSafetensors, ShorterThanTheLengthField) {
+  for (size_t n : {0, 1, 7}) {
+    const std::string e = load_error(std::string(n, '\0'));
+    EXPECT_HAS(e, "offset 0");
+    EXPECT_HAS(e, detail::cat(n, " bytes"));
+  }
+}
+
+TEST_F(CorruptSafetensors, TruncatedAtSeveralPoints) {
+  save_safetensors(path_, sample_tensors(), {{"k", "v"}});
+  const std::string good = read_bytes(path_);
+  uint64_t n = 0;
+  std::memcpy(&n, good.data(), 8);
+  for (size_t cut : {size_t{3}, size_t{8}, size_t{8 + n / 2}, size_t{8 + n}, size_t{8 + n + 5}, good.size() - 1}) {
+    const std::string e = load_error(good.substr(0, cut));
+    if (cut < 8) {
+      EXPECT_HAS(e, "offset 0");
+    } else if (cut < 8 + n) {
+      EXPECT_HAS(e, "header length at offset 0");
+    } else {
+      EXPECT_HAS(e, "tensor '");  // the first tensor that no longer fits
+      EXPECT_HAS(e, "outside the data section");
+    }
+  }
+  EXPECT_HAS(load_error(good + "junk!"), "5 trailing bytes at file offset " + std::to_string(good.size()));
+}
+
+TEST_F(CorruptSafetensors, HeaderLengthLargerThanTheFile) {
+  const std::string e = load_error(make_file("{}", "", 1000));
+  EXPECT_HAS(e, "header length at offset 0 says 1000 bytes");
+  EXPECT_HAS(load_error(u64_le(~uint64_t{0} - 1) + "{}"), "header length at offset 0 says 18446744073709551614");
+}
+
+TEST_F(CorruptSafetensors, HeaderNotJson) {
+  std::string e = load_error(make_file(R"({"t": {"dtype": "F32",, }})", ""));
+  EXPECT_HAS(e, "not valid JSON");
+  EXPECT_HAS(e, "error at file offset 30");
+  e = load_error(make_file("[1, 2]   ", ""));
+  EXPECT_HAS(e, "must be a JSON object");
+  e = load_error(make_file(R"({"t": 5})", ""));
+  EXPECT_HAS(e, "tensor 't'");
+}
+
+TEST_F(CorruptSafetensors, EntryFieldsMissingOrWrong) {
+  EXPECT_HAS(load_error(one(R"({"shape": [1], "data_offsets": [0, 4]})", 4)), "tensor 't': missing 'dtype'");
+  EXPECT_HAS(load_error(one(R"({"dtype": "F32", "data_offsets": [0, 4]})", 4)), "tensor 't': missing 'shape'");
+  EXPECT_HAS(load_error(one(R"({"dtype": "F32", "shape": [1]})", 4)), "tensor 't': missing 'data_offsets'");
+  EXPECT_HAS(load_error(one(R"({"dtype": "I32", "shape": [1], "data_offsets": [0, 4]})", 4)),
+             "tensor 't': unsupported dtype 'I32'");
+  EXPECT_HAS(load_error(one(R"({"dtype": 3, "shape": [1], "data_offsets": [0, 4]})", 4)), "tensor 't': 'dtype'");
+  EXPECT_HAS(load_error(one(R"({"dtype": "F32", "shape": [2, -3], "data_offsets": [0, 4]})", 4)),
+             "tensor 't': 'shape' [2,-3] has a negative dimension");
+  EXPECT_HAS(load_error(one(R"({"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]})", 4)), "tensor 't': 'shape'");
+  EXPECT_HAS(load_error(one(R"({"dtype": "F32", "shape": 4, "data_offsets": [0, 4]})", 4)), "tensor 't': 'shape'");
+  EXPECT_HAS(load_error(one(R"({"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 4]})", 4)),
+             "tensor 't': 'shape'");
+  EXPECT_HAS(load_error(one(R"({"dtype": "F32", "shape": [1], "data_offsets": [0]})", 4)),
+             "tensor 't': 'data_offsets'");
+  EXPECT_HAS(load_error(one(R"({"dtype": "F32", "shape": [1], "data_offsets": [-4, 0]})", 4)),
+             "tensor 't': 'data_offsets'");
+  EXPECT_HAS(load_error(one(R"({"dtype": "F32", "shape": [1], "data_offsets": [4, 0]})", 4)),
+             "tensor 't': data_offsets [4, 0)");
+}
+
+TEST_F(CorruptSafetensors, OffsetsInconsistentWithShapeOrFile) {
+  std::string e = load_error(one(R"({"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 20]})", 20));
+  EXPECT_HAS(e, "tensor 't': data_offsets [0, 20) span 20 bytes, but F32 [2, 3] needs 24");
+  e = load_error(one(R"({"dtype": "F64", "shape": [2], "data_offsets": [0, 16]})", 8));
+  EXPECT_HAS(e, "tensor 't': data_offsets [0, 16) lie outside the data section, which holds 8 bytes");
+}
+
+TEST_F(CorruptSafetensors, OverlapGapAndDuplicate) {
+  std::string e = load_error(make_file(
+      R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})",
+      std::string(12, 'x')));
+  EXPECT_HAS(e, "tensor 'b' at data_offsets [4, 12) overlaps tensor 'a' at [0, 8)");
+  e = load_error(make_file(
+      R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}})",
+      std::string(12, 'x')));
+  EXPECT_HAS(e, "data bytes [4, 8)");
+  EXPECT_HAS(e, "before tensor 'b'");
+  e = load_error(make_file(
+      R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})",
+      std::string(8, 'x')));
+  EXPECT_HAS(e, "tensor 'a' more than once");
+  e = load_error(make_file(R"({"__metadata__": {"acc": 0.9}})", ""));
+  EXPECT_HAS(e, "'__metadata__' key 'acc' must have a string value");
+}
+
+TEST_F(CorruptSafetensors, ExtraEntryFieldsAreIgnoredAsByTheReferenceReader) {
+  write_bytes(path_, one(R"({"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "extra": 1})", 4));
+  EXPECT_EQ(load_safetensors(path_).tensors.at(0).second.shape(), (Shape{1}));
+}
+
+TEST_F(CorruptSafetensors, LoadOrderFollowsDataOffsets) {
+  // Header order b, a; data order a, b: tensors come back in data order.
+  write_bytes(
+      path_,
+      make_file(
+          R"({"b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}, "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})",
+          std::string(8, '\0')));
+  const SafetensorsFile f = load_safetensors(path_);
+  ASSERT_EQ(f.tensors.size(), 2u);
+  EXPECT_EQ(f.tensors[0].first, "a");
+  EXPECT_EQ(f.tensors[1].first, "b");
+}
+
+TEST(Safetensors, MissingFileOrDirectory) {
+  const std::string path = temp_dir() + "/does_not_exist.safetensors";
+  std::string e = error_of([&] { load_safetensors(path); });
+  EXPECT_HAS(e, path);
+  EXPECT_HAS(e, "No such file or directory");
+  e = error_of([&] { load_safetensors(temp_dir()); });
+  EXPECT_HAS(e, "not a regular file");
+}

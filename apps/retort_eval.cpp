@@ -1,0 +1,71 @@
+// retort-eval: evaluates a trained model (a run's model.safetensors, or a checkpoint) on a dataset.
+// The architecture, class count and input shape come from the file's metadata; the dataset and its
+// normalisation default to the ones the model was trained with.
+//
+//   retort-eval runs/fmnist_teacher/model.safetensors [--split test] [--data-root DIR] [--json]
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+
+#include <nlohmann/json.hpp>
+
+#include "apps/app_common.h"
+#include "engine/serialize.h"
+#include "models/registry.h"
+
+using namespace retort;
+
+int main(int argc, char** argv) {
+  CLI::App cli{"Retort: evaluate a trained model on a dataset"};
+  std::string path, split = "test", dataset, root;
+  int64_t batch_size = 256;
+  bool json_out = false;
+  cli.add_option("model", path, "model.safetensors of a run, or a checkpoint")->required();
+  cli.add_option("--split", split, "test or train")->check(CLI::IsMember({"test", "train"}));
+  cli.add_option("--dataset", dataset, "Dataset name (default: the one in the model's metadata)");
+  cli.add_option("--data-root", root, "Dataset root directory (default: the training run's)");
+  cli.add_option("--batch-size", batch_size, "Evaluation batch size");
+  cli.add_flag("--json", json_out, "Print the result as one JSON object");
+  CLI11_PARSE(cli, argc, argv);
+
+  return app::run_guarded("retort-eval", [&] {
+    SafetensorsFile f = load_safetensors(path);
+    auto meta = [&](const std::string& k) {
+      auto it = f.metadata.find(k);
+      if (it == f.metadata.end()) throw app::UsageError(path + ": metadata key '" + k + "' missing (not a Retort model?)");
+      return it->second;
+    };
+    const Json cfg_json = Json::parse(meta("config"));
+    ExperimentConfig cfg = app::as_usage([&] { return ExperimentConfig::from_json(cfg_json, path + " (metadata)"); });
+    if (!dataset.empty()) cfg.data.dataset = dataset;
+    if (!root.empty()) cfg.data.root = root;
+    cfg.data.train_limit = cfg.data.test_limit = 0;
+
+    // Exported models hold the state as is; checkpoints prefix it with "model.".
+    const bool checkpoint = meta("format") == "retort-checkpoint-1";
+    StateDict state;
+    for (auto& [k, t] : f.tensors) {
+      if (!checkpoint) state.emplace_back(k, t);
+      else if (k.rfind("model.", 0) == 0) state.emplace_back(k.substr(6), t);
+    }
+    const DataSplits data = load_datasets(cfg.data);
+    auto ds = split == "test" ? data.test : data.train;
+    const Shape s = ds->sample_shape();
+    Generator gen(0);
+    auto model = create_model(meta("arch"), ModelOptions{ds->num_classes(), s[0], s[1]}, gen);
+    model->load_state_dict(state);
+    DataLoader loader(ds, LoaderOptions{batch_size, false, false, 2, 0}, eval_transform(cfg.data));
+    const EvalResult r = evaluate(*model, loader);
+    if (json_out) {
+      std::printf("%s\n", Json{{"model", path}, {"arch", meta("arch")}, {"dataset", cfg.data.dataset}, {"split", split},
+                               {"samples", r.samples}, {"top1", r.top1}, {"top5", r.top5}, {"loss", r.loss}}
+                              .dump()
+                              .c_str());
+    } else {
+      std::printf("%s (%s) on %s %s, %lld samples: top-1 %.2f%%  top-5 %.2f%%  loss %.4f\n", path.c_str(),
+                  meta("arch").c_str(), cfg.data.dataset.c_str(), split.c_str(), static_cast<long long>(r.samples),
+                  r.top1, r.top5, r.loss);
+    }
+    return app::kOk;
+  });
+}

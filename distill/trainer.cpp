@@ -1,0 +1,432 @@
+// Trainer, ClassifierTask, evaluation and dataset setup (see trainer.h).
+#include "distill/trainer.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/autograd.h"
+#include "engine/functions.h"
+#include "engine/serialize.h"
+
+namespace retort {
+
+namespace fs = std::filesystem;
+
+// ---- tasks and evaluation --------------------------------------------------------------------------
+
+LossTerms ClassifierTask::losses(const Batch& batch, const TrainProgress&, Tensor& logits) {
+  logits = (*model_)(batch.inputs);
+  return {{"ce", cross_entropy(logits, batch.targets, label_smoothing_)}};
+}
+
+namespace {
+// Counts samples whose target is among the k largest logits.
+std::pair<int64_t, int64_t> topk_correct(const Tensor& logits, const Tensor& targets) {
+  const Tensor l = logits.to(DType::F32).detach();
+  const int64_t n = l.size(0), c = l.size(1);
+  const float* p = l.data<float>();
+  const int64_t* t = targets.data<int64_t>();
+  int64_t top1 = 0, top5 = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float target_logit = p[i * c + t[i]];
+    int64_t rank = 0;  // classes scoring strictly higher (ties count for the target, as topk does in practice)
+    for (int64_t j = 0; j < c; ++j) rank += p[i * c + j] > target_logit;
+    top1 += rank < 1;
+    top5 += rank < 5;
+  }
+  return {top1, top5};
+}
+}  // namespace
+
+EvalResult evaluate(Module& model, DataLoader& loader) {
+  const bool was_training = model.is_training();
+  model.eval();
+  NoGradGuard ng;
+  EvalResult r;
+  double loss_sum = 0;
+  int64_t top1 = 0, top5 = 0;
+  loader.start_epoch(0);
+  Batch b;
+  while (loader.next(b)) {
+    Tensor logits = model(b.inputs);
+    loss_sum += cross_entropy(logits, b.targets).item() * static_cast<double>(b.size());
+    auto [c1, c5] = topk_correct(logits, b.targets);
+    top1 += c1;
+    top5 += c5;
+    r.samples += b.size();
+  }
+  model.train(was_training);
+  if (r.samples > 0) {
+    r.top1 = 100.0 * static_cast<double>(top1) / static_cast<double>(r.samples);
+    r.top5 = 100.0 * static_cast<double>(top5) / static_cast<double>(r.samples);
+    r.loss = loss_sum / static_cast<double>(r.samples);
+  }
+  return r;
+}
+
+// ---- datasets --------------------------------------------------------------------------------------
+
+namespace {
+// The first `limit` samples of a dataset (quick demos and tests).
+class PrefixDataset final : public Dataset {
+ public:
+  PrefixDataset(std::shared_ptr<const Dataset> base, size_t limit) : base_(std::move(base)), n_(limit) {}
+  size_t size() const override { return n_; }
+  Example get(size_t i) const override { return base_->get(i); }
+  Shape sample_shape() const override { return base_->sample_shape(); }
+  int64_t num_classes() const override { return base_->num_classes(); }
+  std::string describe() const override { return detail::cat(base_->describe(), " (first ", n_, ")"); }
+
+ private:
+  std::shared_ptr<const Dataset> base_;
+  size_t n_;
+};
+
+std::shared_ptr<const Dataset> limit(std::shared_ptr<const Dataset> d, int64_t n) {
+  if (n <= 0 || static_cast<size_t>(n) >= d->size()) return d;
+  return std::make_shared<PrefixDataset>(std::move(d), static_cast<size_t>(n));
+}
+}  // namespace
+
+DataSplits load_datasets(const DataConfig& cfg) {
+  DataSplits s;
+  const std::string& root = cfg.root;
+  if (cfg.dataset == "fashion_mnist") {
+    s.train = load_fashion_mnist(root.empty() ? kFashionMnistRoot : root, true);
+    s.test = load_fashion_mnist(root.empty() ? kFashionMnistRoot : root, false);
+  } else if (cfg.dataset == "mnist") {
+    RETORT_CHECK(!root.empty(), "data.root: the mnist dataset needs a root directory");
+    s.train = load_mnist(root, true);
+    s.test = load_mnist(root, false);
+  } else if (cfg.dataset == "cifar10" || cfg.dataset == "cifar100") {
+    RETORT_CHECK(!root.empty(), "data.root: the ", cfg.dataset, " dataset needs a root directory (the binary version)");
+    const bool c10 = cfg.dataset == "cifar10";
+    s.train = c10 ? load_cifar10(root, true) : load_cifar100(root, true);
+    s.test = c10 ? load_cifar10(root, false) : load_cifar100(root, false);
+  } else if (cfg.dataset == "image_folder") {
+    RETORT_CHECK(!root.empty(), "data.root: image_folder needs a root with train/ and test/ subfolders");
+    ImageFolderOptions o;
+    o.channels = static_cast<int>(cfg.channels);
+    o.height = o.width = static_cast<int>(cfg.image_size);
+    s.train = load_image_folder(root + "/train", o);
+    s.test = load_image_folder(root + "/test", o);
+  } else if (cfg.dataset == "synthetic") {
+    const Shape shape{cfg.channels, cfg.image_size, cfg.image_size};
+    s.train = std::make_shared<SyntheticDataset>(cfg.synthetic_size, shape, cfg.num_classes, 1);
+    s.test = std::make_shared<SyntheticDataset>(cfg.synthetic_size, shape, cfg.num_classes, 2);
+  } else {
+    RETORT_FAIL("data.dataset: unknown dataset '", cfg.dataset, "'");
+  }
+  s.train = limit(s.train, cfg.train_limit);
+  s.test = limit(s.test, cfg.test_limit);
+  if (!cfg.mean.empty())
+    RETORT_CHECK(cfg.mean.size() == 1 || static_cast<int64_t>(cfg.mean.size()) == s.train->sample_shape()[0],
+                 "data.normalize: ", cfg.mean.size(), " channel statistics for ", s.train->describe(), " with ",
+                 s.train->sample_shape()[0], " channels");
+  return s;
+}
+
+TransformPtr train_transform(const DataConfig& cfg, const Shape& shape) {
+  auto c = std::make_shared<Compose>();
+  if (cfg.random_crop_padding > 0) c->add(std::make_shared<RandomCrop>(shape[1], shape[2], cfg.random_crop_padding));
+  if (cfg.hflip) c->add(std::make_shared<RandomHorizontalFlip>(0.5));
+  if (!cfg.mean.empty()) c->add(std::make_shared<Normalize>(cfg.mean, cfg.std));
+  return c;
+}
+
+TransformPtr eval_transform(const DataConfig& cfg) {
+  auto c = std::make_shared<Compose>();
+  if (!cfg.mean.empty()) c->add(std::make_shared<Normalize>(cfg.mean, cfg.std));
+  return c;
+}
+
+// ---- trainer ---------------------------------------------------------------------------------------
+
+Trainer::Trainer(const ExperimentConfig& cfg, TrainingTask& task, const DataSplits& data, RunDir& run)
+    : cfg_(cfg), task_(task), run_(run), tty_(::isatty(STDOUT_FILENO) != 0) {
+  LoaderOptions tr{cfg.data.batch_size, true, false, cfg.data.num_workers, cfg.seed};
+  LoaderOptions te{cfg.data.eval_batch_size, false, false, cfg.data.num_workers, cfg.seed};
+  train_loader_ = std::make_unique<DataLoader>(data.train, tr, train_transform(cfg.data, data.train->sample_shape()));
+  test_loader_ = std::make_unique<DataLoader>(data.test, te, eval_transform(cfg.data));
+  RETORT_CHECK(train_loader_->num_batches() > 0, "the training set ", data.train->describe(), " yields no batch");
+  Json opt{{"type", cfg.solver.optimizer}, {"lr", cfg.solver.lr}, {"weight_decay", cfg.solver.weight_decay}};
+  if (cfg.solver.optimizer == "sgd") {
+    opt["momentum"] = cfg.solver.momentum;
+    opt["nesterov"] = cfg.solver.nesterov;
+  } else {
+    opt["betas"] = {cfg.solver.beta1, cfg.solver.beta2};
+    opt["eps"] = cfg.solver.eps;
+  }
+  optimizer_ = make_optimizer(opt, task.trainable_parameters());
+  Json sched = cfg.solver.schedule.empty() ? Json{{"type", "constant"}} : cfg.solver.schedule;
+  try {
+    schedule_ = make_lr_schedule(sched, cfg.solver.lr);
+  } catch (const Error& e) {
+    RETORT_FAIL("solver.schedule: ", e.what());
+  }
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::log(const std::string& line) {
+  if (tty_) std::printf("\r\033[K");
+  std::printf("%s\n", line.c_str());
+  std::fflush(stdout);
+  run_.log_line(line);
+}
+
+void Trainer::save_checkpoint(const Position& pos) {
+  StateDict tensors;
+  for (auto& [k, t] : task_.model().state_dict()) tensors.emplace_back("model." + k, t);
+  for (auto& [k, t] : task_.extra_state()) tensors.emplace_back("extra." + k, t);
+  for (auto& [k, t] : optimizer_->state_dict()) tensors.emplace_back("optim." + k, t);
+  const Json trainer{{"epoch", pos.epoch}, {"batch", pos.batch},          {"step", pos.step},
+                     {"best_top1", pos.best_top1}, {"best_epoch", pos.best_epoch}};
+  char name[96];
+  std::snprintf(name, sizeof name, "ckpt_epoch%04d_step%09lld.safetensors", pos.epoch, static_cast<long long>(pos.step));
+  save_safetensors(run_.checkpoint_dir() + "/" + name, tensors,
+                   {{"format", "retort-checkpoint-1"},
+                    {"arch", cfg_.arch},
+                    {"trainer", trainer.dump()},
+                    {"optimizer", optimizer_->hyperparams().dump()},
+                    {"config", cfg_.to_json().dump()}});
+  run_.set_latest_checkpoint(name, cfg_.log.keep_checkpoints);
+}
+
+Trainer::Position Trainer::load_checkpoint(const std::string& path) {
+  SafetensorsFile f = load_safetensors(path);
+  auto meta = [&](const std::string& k) {
+    auto it = f.metadata.find(k);
+    RETORT_CHECK(it != f.metadata.end(), path, ": not a Retort checkpoint (metadata key '", k, "' missing)");
+    return it->second;
+  };
+  RETORT_CHECK(meta("format") == "retort-checkpoint-1", path, ": unknown checkpoint format '", meta("format"), "'");
+  RETORT_CHECK(meta("arch") == cfg_.arch, path, ": checkpoint of architecture '", meta("arch"),
+               "' but the config trains '", cfg_.arch, "'");
+  StateDict model, extra, optim;
+  for (auto& [k, t] : f.tensors) {
+    if (k.rfind("model.", 0) == 0) model.emplace_back(k.substr(6), t);
+    else if (k.rfind("extra.", 0) == 0) extra.emplace_back(k.substr(6), t);
+    else if (k.rfind("optim.", 0) == 0) optim.emplace_back(k.substr(6), t);
+    else RETORT_FAIL(path, ": unexpected tensor '", k, "' in checkpoint");
+  }
+  try {
+    task_.model().load_state_dict(model);
+    task_.load_extra_state(extra);
+    optimizer_->load_state_dict(optim);
+    optimizer_->load_hyperparams(Json::parse(meta("optimizer")));
+  } catch (const Error& e) {
+    RETORT_FAIL(path, ": ", e.what());
+  }
+  const Json t = Json::parse(meta("trainer"));
+  Position p;
+  p.epoch = t.at("epoch").get<int>();
+  p.batch = t.at("batch").get<int64_t>();
+  p.step = t.at("step").get<int64_t>();
+  p.best_top1 = t.at("best_top1").get<double>();
+  p.best_epoch = t.at("best_epoch").get<int>();
+  return p;
+}
+
+namespace {
+std::string fmt_duration(double s) {
+  char buf[32];
+  const int64_t t = static_cast<int64_t>(s);
+  std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", static_cast<long long>(t / 3600),
+                static_cast<long long>(t / 60 % 60), static_cast<long long>(t % 60));
+  return buf;
+}
+}  // namespace
+
+TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
+  using Clock = std::chrono::steady_clock;
+  const auto t_start = Clock::now();
+  Position pos;
+  std::string ckpt;
+  const std::string latest = run_.latest_checkpoint();
+  if (resume == "auto") {
+    if (!latest.empty()) ckpt = run_.checkpoint_dir() + "/" + latest;
+  } else if (!resume.empty()) {
+    ckpt = resume;
+  } else {
+    RETORT_CHECK(latest.empty(), run_.path(), ": this run directory already holds checkpoints (latest: ", latest,
+                 "); pass --resume auto to continue it, or choose another experiment name / output directory");
+  }
+  if (!ckpt.empty()) {
+    pos = load_checkpoint(ckpt);
+    log(detail::cat("resumed from ", ckpt, " at epoch ", pos.epoch + 1, ", batch ", pos.batch, ", step ", pos.step));
+  }
+  run_.write_json("config.json", cfg_.to_json());
+
+  const int64_t nb = static_cast<int64_t>(train_loader_->num_batches());
+  const int epochs = cfg_.solver.epochs;
+  TrainSummary summary;
+  summary.best_top1 = std::max(0.0, pos.best_top1);
+  summary.best_epoch = pos.best_epoch;
+  int64_t images_trained = 0;
+  double train_seconds = 0;
+  bool evaluated = false;
+
+  while (pos.epoch < epochs) {
+    if (pos.batch >= nb) {  // a checkpoint taken at an epoch's end
+      ++pos.epoch;
+      pos.batch = 0;
+      continue;
+    }
+    task_.train(true);
+    train_loader_->start_epoch(pos.epoch, static_cast<size_t>(pos.batch));
+    double interval_loss = 0, epoch_loss = 0;
+    std::map<std::string, double> interval_terms;
+    int64_t interval_steps = 0, correct = 0, seen = 0, epoch_steps = 0;
+    auto t_interval = Clock::now();
+    int64_t interval_images = 0;
+    Batch batch;
+    while (train_loader_->next(batch)) {
+      TrainProgress prog{pos.epoch, epochs, pos.step, pos.batch, nb};
+      const double lr = schedule_->lr(prog.epoch_fraction());
+      optimizer_->set_lr(lr);
+      Tensor logits;
+      LossTerms terms = task_.losses(batch, prog, logits);
+      RETORT_CHECK(!terms.empty(), task_.describe(), ": produced no loss term");
+      Tensor total = terms[0].second;
+      for (size_t i = 1; i < terms.size(); ++i) total = add(total, terms[i].second);
+      const double loss_value = total.item();
+      if (!std::isfinite(loss_value)) {
+        std::string which;
+        for (auto& [n, t] : terms) which += detail::cat(" ", n, "=", t.item());
+        throw NonFiniteLoss(detail::cat("non-finite loss at epoch ", pos.epoch + 1, ", step ", pos.step,
+                                        " (terms:", which, "); lr ", lr,
+                                        ". Hint: lower solver.lr, check data.normalize, or add a warmup"));
+      }
+      optimizer_->zero_grad();
+      total.backward();
+      optimizer_->step();
+
+      auto [c1, c5] = topk_correct(logits, batch.targets);
+      (void)c5;
+      correct += c1;
+      seen += batch.size();
+      interval_loss += loss_value;
+      epoch_loss += loss_value;
+      for (auto& [n, t] : terms) interval_terms[n] += t.item();
+      ++interval_steps;
+      ++epoch_steps;
+      interval_images += batch.size();
+      images_trained += batch.size();
+      ++pos.step;
+      ++pos.batch;
+
+      const bool interval_done = pos.step % cfg_.log.every_steps == 0 || pos.batch == nb;
+      if (tty_ || interval_done) {
+        const double secs = std::chrono::duration<double>(Clock::now() - t_interval).count();
+        const double ips = secs > 0 ? static_cast<double>(interval_images) / secs : 0;
+        const double done = (static_cast<double>(pos.epoch) * nb + pos.batch);
+        const double total_batches = static_cast<double>(epochs) * nb;
+        const double eta = ips > 0 ? (total_batches - done) * static_cast<double>(cfg_.data.batch_size) / ips : 0;
+        std::string line = detail::cat("epoch ", pos.epoch + 1, "/", epochs, " step ", pos.batch, "/", nb);
+        char buf[256];
+        std::snprintf(buf, sizeof buf, " loss %.4f", interval_loss / interval_steps);
+        line += buf;
+        for (auto& [n, v] : interval_terms) {
+          std::snprintf(buf, sizeof buf, " %s %.4f", n.c_str(), v / interval_steps);
+          line += buf;
+        }
+        std::snprintf(buf, sizeof buf, " acc %.2f%% lr %.5g %.1f ms/step %.0f img/s ETA %s",
+                      100.0 * correct / std::max<int64_t>(seen, 1), lr, 1000.0 * secs / interval_steps, ips,
+                      fmt_duration(eta).c_str());
+        line += buf;
+        if (interval_done) {
+          log(line);
+          Json ev{{"event", "train"},          {"epoch", pos.epoch + 1}, {"step", pos.step},
+                  {"loss", interval_loss / interval_steps}, {"lr", lr},  {"images_per_s", ips},
+                  {"train_top1", 100.0 * correct / std::max<int64_t>(seen, 1)}};
+          for (auto& [n, v] : interval_terms) ev["terms"][n] = v / interval_steps;
+          run_.append_metric(ev);
+          train_seconds += secs;
+          interval_loss = 0;
+          interval_terms.clear();
+          interval_steps = 0;
+          interval_images = 0;
+          t_interval = Clock::now();
+        } else {
+          std::printf("\r\033[K%s", line.c_str());
+          std::fflush(stdout);
+        }
+      }
+      if (stop_after_steps > 0 && pos.step >= stop_after_steps) {
+        save_checkpoint(pos);
+        log(detail::cat("stopped after ", pos.step, " steps (checkpoint saved)"));
+        summary.epochs_run = pos.epoch;
+        return summary;
+      }
+    }
+
+    // End of epoch: evaluate, record, checkpoint.
+    const int epoch_done = pos.epoch + 1;
+    const bool eval_now = epoch_done % cfg_.log.eval_every_epochs == 0 || epoch_done == epochs;
+    Json ev{{"event", "epoch"}, {"epoch", epoch_done}, {"step", pos.step},
+            {"train_loss", epoch_steps ? epoch_loss / epoch_steps : 0.0},
+            {"train_top1", 100.0 * correct / std::max<int64_t>(seen, 1)}};
+    if (eval_now) {
+      evaluated = true;
+      const EvalResult r = evaluate(task_.model(), *test_loader_);
+      summary.last_top1 = r.top1;
+      if (r.top1 > pos.best_top1) {
+        pos.best_top1 = r.top1;
+        pos.best_epoch = epoch_done;
+      }
+      ev["test_top1"] = r.top1;
+      ev["test_top5"] = r.top5;
+      ev["test_loss"] = r.loss;
+      char buf[160];
+      std::snprintf(buf, sizeof buf, "epoch %d/%d test top-1 %.2f%% top-5 %.2f%% loss %.4f (best %.2f%% at epoch %d)",
+                    epoch_done, epochs, r.top1, r.top5, r.loss, pos.best_top1, pos.best_epoch);
+      log(buf);
+    }
+    run_.append_metric(ev);
+    if (epoch_done % cfg_.log.checkpoint_every_epochs == 0 || epoch_done == epochs) save_checkpoint(pos);
+    ++pos.epoch;
+    pos.batch = 0;
+    summary.epochs_run = pos.epoch;
+  }
+
+  summary.best_top1 = std::max(0.0, pos.best_top1);
+  summary.best_epoch = pos.best_epoch;
+  summary.wall_seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
+  summary.images_per_second = train_seconds > 0 ? static_cast<double>(images_trained) / train_seconds : 0;
+  if (!evaluated) summary.last_top1 = evaluate(task_.model(), *test_loader_).top1;  // e.g. resuming a finished run
+  run_.write_json("summary.json", Json{{"arch", cfg_.arch},
+                                       {"dataset", cfg_.data.dataset},
+                                       {"task", task_.describe()},
+                                       {"epochs", epochs},
+                                       {"best_top1", summary.best_top1},
+                                       {"best_epoch", summary.best_epoch},
+                                       {"last_top1", summary.last_top1},
+                                       {"parameters", task_.model().num_parameters()},
+                                       {"wall_seconds", summary.wall_seconds},
+                                       {"train_images_per_s", summary.images_per_second}});
+  const Dataset& ds = train_loader_->dataset();
+  export_model(run_.file("model.safetensors"), task_.model(),
+               {{"arch", cfg_.arch},
+                {"dataset", cfg_.data.dataset},
+                {"num_classes", std::to_string(ds.num_classes())},
+                {"in_channels", std::to_string(ds.sample_shape()[0])},
+                {"input_size", std::to_string(ds.sample_shape()[1])},
+                {"top1", detail::cat(summary.last_top1)},
+                {"config", cfg_.to_json().dump()}});
+  return summary;
+}
+
+void export_model(const std::string& path, const Module& model, const std::map<std::string, std::string>& metadata) {
+  std::map<std::string, std::string> meta = metadata;
+  meta["format"] = "retort-model-1";
+  save_safetensors(path, model.state_dict(), meta);
+}
+
+}  // namespace retort

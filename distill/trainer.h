@@ -1,0 +1,137 @@
+// Trainer: runs epochs of a TrainingTask — data, forward, loss terms, backward, optimizer, LR
+// schedule, evaluation, logging, checkpoints, resume — and writes the run directory.
+//
+// A TrainingTask says what is trained and how its loss is made: ClassifierTask is plain cross-entropy
+// training (teachers and baseline students); the [distill] Distiller is another task (student +
+// frozen teacher + weighted terms). The Trainer is the same for both.
+//
+// Resume: a checkpoint holds the task's state (model, extra modules), the optimizer state, and the
+// trainer position (epoch, next batch, global step, best accuracy). The data order of epoch e is a
+// pure function of (seed, e) and augmentation of (seed, e, index), so a resumed run continues with
+// exactly the batches, and — on the CPU with the same thread count — exactly the numbers, that the
+// uninterrupted run would have produced.
+#pragma once
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "data/data.h"
+#include "distill/experiment.h"
+#include "distill/run_dir.h"
+#include "engine/optim/optim.h"
+#include "layers/module.h"
+
+namespace retort {
+
+// A non-finite loss: the apps exit with code 3.
+class NonFiniteLoss : public Error {
+ public:
+  using Error::Error;
+};
+
+struct TrainProgress {
+  int epoch = 0;             // 0-based
+  int epochs = 1;
+  int64_t step = 0;          // global step, 0-based
+  int64_t batch = 0;         // within the epoch
+  int64_t batches_per_epoch = 1;
+  double epoch_fraction() const { return epoch + static_cast<double>(batch) / static_cast<double>(batches_per_epoch); }
+};
+
+// Named, already weighted loss terms; the optimised loss is their sum.
+using LossTerms = std::vector<std::pair<std::string, Tensor>>;
+
+class TrainingTask {
+ public:
+  virtual ~TrainingTask() = default;
+  // The network that is evaluated and exported (the student).
+  virtual Module& model() = 0;
+  // Everything the optimizer updates (the model plus any extra modules).
+  virtual std::vector<Tensor> trainable_parameters() { return model().parameters(); }
+  // Loss terms for one batch; `logits` receives the model's output (for training accuracy).
+  virtual LossTerms losses(const Batch& batch, const TrainProgress& progress, Tensor& logits) = 0;
+  // Puts the trained parts in train/eval mode (a frozen teacher stays in eval).
+  virtual void train(bool on) { model().train(on); }
+  // State beyond the model's that a checkpoint must hold (connectors, heads), and restoring it.
+  virtual StateDict extra_state() const { return {}; }
+  virtual void load_extra_state(const StateDict&) {}
+  virtual std::string describe() const = 0;
+};
+
+// Cross-entropy training of one classifier.
+class ClassifierTask : public TrainingTask {
+ public:
+  explicit ClassifierTask(std::shared_ptr<Module> model, double label_smoothing = 0.0)
+      : model_(std::move(model)), label_smoothing_(label_smoothing) {}
+  Module& model() override { return *model_; }
+  LossTerms losses(const Batch& batch, const TrainProgress& progress, Tensor& logits) override;
+  std::string describe() const override { return "cross-entropy"; }
+
+ private:
+  std::shared_ptr<Module> model_;
+  double label_smoothing_;
+};
+
+struct EvalResult {
+  double top1 = 0, top5 = 0, loss = 0;  // percentages and mean cross-entropy
+  int64_t samples = 0;
+};
+
+// Top-1/top-5 accuracy and mean cross-entropy of `model` (eval mode, no grad) over the loader.
+EvalResult evaluate(Module& model, DataLoader& loader);
+
+// Datasets as the config describes them (train_limit/test_limit applied).
+struct DataSplits {
+  std::shared_ptr<const Dataset> train, test;
+};
+DataSplits load_datasets(const DataConfig& cfg);
+// The training transform (random crop, flip, normalise) and the evaluation one (normalise only).
+TransformPtr train_transform(const DataConfig& cfg, const Shape& sample_shape);
+TransformPtr eval_transform(const DataConfig& cfg);
+
+struct TrainSummary {
+  double best_top1 = 0, last_top1 = 0;
+  int best_epoch = -1;
+  int epochs_run = 0;
+  double wall_seconds = 0, images_per_second = 0;
+};
+
+class Trainer {
+ public:
+  Trainer(const ExperimentConfig& cfg, TrainingTask& task, const DataSplits& data, RunDir& run);
+  ~Trainer();
+
+  // Trains to cfg.solver.epochs. resume: "" (fresh run; refuses a run directory that already holds
+  // checkpoints), "auto" (the newest complete checkpoint, or fresh if none), or a checkpoint path.
+  // stop_after_steps > 0 stops (after checkpointing) once that many global steps are done: tests use
+  // it to simulate an interruption.
+  TrainSummary fit(const std::string& resume = "", int64_t stop_after_steps = 0);
+
+  Optimizer& optimizer() { return *optimizer_; }
+
+ private:
+  struct Position {
+    int epoch = 0;
+    int64_t batch = 0;  // next batch to run within `epoch`
+    int64_t step = 0;   // global steps done
+    double best_top1 = -1;
+    int best_epoch = -1;
+  };
+  void save_checkpoint(const Position& pos);
+  Position load_checkpoint(const std::string& path);
+  void log(const std::string& line);
+
+  const ExperimentConfig& cfg_;
+  TrainingTask& task_;
+  RunDir& run_;
+  std::unique_ptr<DataLoader> train_loader_, test_loader_;
+  std::unique_ptr<Optimizer> optimizer_;
+  std::unique_ptr<LrSchedule> schedule_;
+  bool tty_ = false;
+};
+
+// Saves `model` alone (what retort-eval and a distillation teacher read) with metadata.
+void export_model(const std::string& path, const Module& model, const std::map<std::string, std::string>& metadata);
+
+}  // namespace retort

@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "apps/app_common.h"
+#include "engine/backend.h"
 #include "distill/experiment.h"
 #include "distill/trainer.h"
 #include "models/registry.h"
@@ -53,10 +54,10 @@ int main(int argc, char** argv) {
     RunDir run(run_dir_override.empty() ? cfg.output_dir + "/" + cfg.name : run_dir_override);
 
     std::printf("retort-train: %s\n  model   %s, %.3f M parameters\n  data    %s (train %zu, test %zu)\n"
-                "  solver  %s lr %g, %d epochs, batch %lld\n  threads %d\n  run     %s\n",
+                "  solver  %s lr %g, %d epochs, batch %lld\n  cpu     %s\n  run     %s\n",
                 cfg.name.c_str(), cfg.arch.c_str(), static_cast<double>(model->num_parameters()) / 1e6,
                 data.train->describe().c_str(), data.train->size(), data.test->size(), cfg.solver.optimizer.c_str(),
-                cfg.solver.lr, cfg.solver.epochs, static_cast<long long>(cfg.data.batch_size), omp_get_max_threads(),
+                cfg.solver.lr, cfg.solver.epochs, static_cast<long long>(cfg.data.batch_size), cpu_backend_info().c_str(),
                 run.path().c_str());
     Trainer trainer(cfg, task, data, run);
     const TrainSummary sum = trainer.fit(resume);

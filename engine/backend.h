@@ -155,6 +155,9 @@ class Backend {
 Backend& backend_for(Device device);
 inline Backend& backend_for(const Tensor& t) { return backend_for(t.device()); }
 
+// What the CPU backend runs on, for logs: "OpenBLAS 0.3.21 (SkylakeX kernels, OpenMP), 2 threads".
+std::string cpu_backend_info();
+
 // Whether this build contains the CUDA backend, and how many GPUs it sees (0 without CUDA).
 bool cuda_built();
 int cuda_device_count();

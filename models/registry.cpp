@@ -3,8 +3,12 @@
 #include "models/registry.h"
 
 #include "engine/error.h"
+#include "models/mobilenetv2.h"
 #include "models/resnet.h"
 #include "models/resnetv2.h"
+#include "models/shufflenetv1.h"
+#include "models/shufflenetv2.h"
+#include "models/vgg.h"
 #include "models/wrn.h"
 
 namespace retort {
@@ -18,6 +22,10 @@ const ModelTable& table() {
     register_resnet_models(table);
     register_wrn_models(table);
     register_resnetv2_models(table);
+    register_vgg_models(table);
+    register_mobilenetv2_models(table);
+    register_shufflenetv1_models(table);
+    register_shufflenetv2_models(table);
     return table;
   }();
   return t;

@@ -2,6 +2,7 @@
 # Installs Retort's system dependencies from Debian's packages. Idempotent: installs only what is
 # missing, so a second run does nothing. Works as root or through sudo.
 #
+# dataset-fashion-mnist is the embedded default dataset (/usr/share/datasets/fashion-mnist).
 # OpenBLAS: we take the OpenMP flavour (libopenblas-openmp-dev) so that OpenBLAS threads and our own
 # OpenMP loops share one thread pool instead of oversubscribing the cores.
 set -euo pipefail
@@ -14,6 +15,7 @@ packages=(
   libstb-dev
   zlib1g-dev
   libcli11-dev
+  dataset-fashion-mnist
 )
 
 missing=()

@@ -1,6 +1,7 @@
 // CPU GEMM through OpenBLAS (cblas, row-major). Batched calls loop over the batch; each call is
 // multithreaded by OpenBLAS itself (OpenMP flavour, sharing our thread pool).
 #include <cblas.h>
+#include <omp.h>
 
 #include "engine/cpu/cpu_backend.h"
 
@@ -27,3 +28,14 @@ void CpuBackend::gemm(const GemmArgs& g) {
 }
 
 }  // namespace retort::cpu
+
+namespace retort {
+
+// Debian's OpenBLAS is built with DYNAMIC_ARCH: it picks its kernels at load time, and on some
+// machines it has been seen to fall back to old ones. Logging the choice makes that visible.
+std::string cpu_backend_info() {
+  return detail::cat("OpenBLAS (", openblas_get_corename(), " kernels; ", openblas_get_config(), "), ",
+                     omp_get_max_threads(), " threads");
+}
+
+}  // namespace retort

@@ -18,13 +18,14 @@ using namespace retort;
 namespace {
 
 // methods.md §5, millions of parameters (conv + BN affine + linear, 100 classes), printed to 3 decimals.
-// Families still to come are listed so that registering them checks their counts too.
 const std::map<std::string, double> kParamsM = {
     {"resnet8", 0.084},   {"resnet14", 0.181},  {"resnet20", 0.278},   {"resnet32", 0.473},
     {"resnet44", 0.667},  {"resnet56", 0.862},  {"resnet110", 1.737},  {"resnet8x4", 1.234},
     {"resnet32x4", 7.434}, {"wrn_40_2", 2.255}, {"wrn_40_1", 0.570},   {"wrn_16_2", 0.703},
     {"wrn_16_1", 0.181},  {"ResNet50", 23.705}, {"vgg8", 3.965},       {"vgg13", 9.462},
-    {"MobileNetV2", 0.813}, {"ShuffleV1", 0.949}, {"ShuffleV2", 1.356},
+    {"MobileNetV2", 0.813}, {"ShuffleV1", 0.949}, {"ShuffleV2", 1.356}, {"mobile_half", 0.813},
+    // Not in methods.md: counted by running RepDistiller's own models/vgg.py definitions.
+    {"vgg11", 9.277},     {"vgg16", 14.774},    {"vgg19", 20.087},
 };
 
 const ModelOptions kCifar100{};  // 3x32x32, 100 classes

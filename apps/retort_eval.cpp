@@ -1,8 +1,10 @@
 // retort-eval: evaluates a trained model (a run's model.safetensors, or a checkpoint) on a dataset.
-// The architecture, class count and input shape come from the file's metadata; the dataset and its
-// normalisation default to the ones the model was trained with.
+// The architecture comes from the file's metadata (or --arch); the dataset and its normalisation
+// default to the ones the model was trained with (or come from --config / --dataset for imported
+// models, which carry no training config).
 //
 //   retort-eval runs/fmnist_teacher/model.safetensors [--split test] [--data-root DIR] [--json]
+//   retort-eval imported_resnet32x4.safetensors --config configs/cifar100/kd_resnet32x4_resnet8x4.json
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -17,11 +19,13 @@ using namespace retort;
 
 int main(int argc, char** argv) {
   CLI::App cli{"Retort: evaluate a trained model on a dataset"};
-  std::string path, split = "test", dataset, root;
+  std::string path, split = "test", dataset, root, arch, config_path;
   int64_t batch_size = 256;
   bool json_out = false;
   cli.add_option("model", path, "model.safetensors of a run, or a checkpoint")->required();
   cli.add_option("--split", split, "test or train")->check(CLI::IsMember({"test", "train"}));
+  cli.add_option("--arch", arch, "Architecture (default: the model's metadata)");
+  cli.add_option("--config", config_path, "Take the data settings (dataset, root, normalisation) from this config");
   cli.add_option("--dataset", dataset, "Dataset name (default: the one in the model's metadata)");
   cli.add_option("--data-root", root, "Dataset root directory (default: the training run's)");
   cli.add_option("--batch-size", batch_size, "Evaluation batch size");
@@ -32,11 +36,20 @@ int main(int argc, char** argv) {
     SafetensorsFile f = load_safetensors(path);
     auto meta = [&](const std::string& k) {
       auto it = f.metadata.find(k);
-      if (it == f.metadata.end()) throw app::UsageError(path + ": metadata key '" + k + "' missing (not a Retort model?)");
-      return it->second;
+      return it == f.metadata.end() ? std::string() : it->second;
     };
-    const Json cfg_json = Json::parse(meta("config"));
-    ExperimentConfig cfg = app::as_usage([&] { return ExperimentConfig::from_json(cfg_json, path + " (metadata)"); });
+    if (arch.empty()) arch = meta("arch");
+    if (arch.empty()) throw app::UsageError(path + ": no architecture in the metadata; pass --arch");
+    DataConfig data_cfg;
+    if (!config_path.empty()) {
+      data_cfg = app::as_usage([&] { return ExperimentConfig::load(config_path).data; });
+    } else if (!meta("config").empty()) {
+      data_cfg = app::as_usage([&] { return ExperimentConfig::from_json(Json::parse(meta("config")), path + " (metadata)").data; });
+    } else if (!meta("dataset").empty()) {
+      data_cfg.dataset = meta("dataset");
+    }
+    ExperimentConfig cfg;
+    cfg.data = data_cfg;
     if (!dataset.empty()) cfg.data.dataset = dataset;
     if (!root.empty()) cfg.data.root = root;
     cfg.data.train_limit = cfg.data.test_limit = 0;
@@ -52,18 +65,22 @@ int main(int argc, char** argv) {
     auto ds = split == "test" ? data.test : data.train;
     const Shape s = ds->sample_shape();
     Generator gen(0);
-    auto model = create_model(meta("arch"), ModelOptions{ds->num_classes(), s[0], s[1]}, gen);
-    model->load_state_dict(state);
+    auto model = app::as_usage([&] { return create_model(arch, ModelOptions{ds->num_classes(), s[0], s[1]}, gen); });
+    try {
+      model->load_state_dict(state);
+    } catch (const Error& e) {
+      RETORT_FAIL(path, ": ", e.what());
+    }
     DataLoader loader(ds, LoaderOptions{batch_size, false, false, 2, 0}, eval_transform(cfg.data));
     const EvalResult r = evaluate(*model, loader);
     if (json_out) {
-      std::printf("%s\n", Json{{"model", path}, {"arch", meta("arch")}, {"dataset", cfg.data.dataset}, {"split", split},
+      std::printf("%s\n", Json{{"model", path}, {"arch", arch}, {"dataset", cfg.data.dataset}, {"split", split},
                                {"samples", r.samples}, {"top1", r.top1}, {"top5", r.top5}, {"loss", r.loss}}
                               .dump()
                               .c_str());
     } else {
       std::printf("%s (%s) on %s %s, %lld samples: top-1 %.2f%%  top-5 %.2f%%  loss %.4f\n", path.c_str(),
-                  meta("arch").c_str(), cfg.data.dataset.c_str(), split.c_str(), static_cast<long long>(r.samples),
+                  arch.c_str(), cfg.data.dataset.c_str(), split.c_str(), static_cast<long long>(r.samples),
                   r.top1, r.top5, r.loss);
     }
     return app::kOk;

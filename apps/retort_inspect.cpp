@@ -5,6 +5,9 @@
 //   retort-inspect --arch resnet8x4 [--classes 100 --channels 3 --size 32]
 //                                                 the module tree, parameter count and feature taps
 //   retort-inspect --arch resnet8x4 --graph       the autograd graph of forward + cross-entropy as DOT
+//   retort-inspect FILE --check-arch resnet8x4 [--classes 100 ...]
+//                                                 does FILE load into that model? lists every missing,
+//                                                 unexpected and wrongly shaped key
 #include <CLI/CLI.hpp>
 
 #include <cmath>
@@ -46,6 +49,25 @@ int inspect_file(const std::string& path, bool stats) {
   return app::kOk;
 }
 
+int check_arch(const std::string& path, const std::string& arch, const ModelOptions& mo) {
+  Generator gen(0);
+  auto model = app::as_usage([&] { return create_model(arch, mo, gen); });
+  SafetensorsFile f = load_safetensors(path);
+  StateDict state;
+  const bool checkpoint = f.metadata.count("format") && f.metadata.at("format") == "retort-checkpoint-1";
+  for (auto& [k, t] : f.tensors) {
+    if (!checkpoint) state.emplace_back(k, t);
+    else if (k.rfind("model.", 0) == 0) state.emplace_back(k.substr(6), t);
+  }
+  const Module::LoadReport r = model->load_state_dict(state, /*strict=*/false);
+  if (r.ok()) {
+    std::printf("%s loads into %s: all %zu tensors match\n", path.c_str(), arch.c_str(), state.size());
+    return app::kOk;
+  }
+  std::printf("%s does not match %s:\n%s", path.c_str(), arch.c_str(), r.str().c_str());
+  return app::kRuntime;
+}
+
 int inspect_arch(const std::string& arch, const ModelOptions& mo, bool graph) {
   Generator gen(0);
   auto model = app::as_usage([&] { return create_model(arch, mo, gen); });
@@ -76,7 +98,7 @@ int inspect_arch(const std::string& arch, const ModelOptions& mo, bool graph) {
 
 int main(int argc, char** argv) {
   CLI::App cli{"Retort: inspect checkpoints, models and architectures"};
-  std::string path, arch;
+  std::string path, arch, check;
   bool stats = false, graph = false;
   ModelOptions mo;
   cli.add_option("file", path, "A .safetensors checkpoint or model");
@@ -84,10 +106,15 @@ int main(int argc, char** argv) {
   cli.add_option("--classes", mo.num_classes, "Classes (with --arch)");
   cli.add_option("--channels", mo.in_channels, "Input channels (with --arch)");
   cli.add_option("--size", mo.input_size, "Input height and width (with --arch)");
+  cli.add_option("--check-arch", check, "Check that FILE loads into this architecture (strict names and shapes)");
   cli.add_flag("--stats", stats, "Per-tensor min/max/mean/std (reads all data)");
   cli.add_flag("--graph", graph, "Print the autograd graph of forward + cross-entropy as Graphviz DOT (with --arch)");
   CLI11_PARSE(cli, argc, argv);
   return app::run_guarded("retort-inspect", [&] {
+    if (!check.empty()) {
+      if (path.empty()) throw app::UsageError("--check-arch needs a file");
+      return check_arch(path, check, mo);
+    }
     if (!arch.empty()) return inspect_arch(arch, mo, graph);
     if (path.empty()) throw app::UsageError("give a file or --arch NAME (see --help)");
     return inspect_file(path, stats);

@@ -94,22 +94,46 @@ GradcheckResult run_gradcheck(const GradcheckCase& c) {
   return gradcheck(c.fn, inputs, c.options);
 }
 
-const std::vector<GradcheckCase>& all_gradchecks() {
-  static const std::vector<GradcheckCase> cases = [] {
-    std::vector<GradcheckCase> v;
-    add_elementwise_checks(v);
-    add_reduce_checks(v);
-    add_shape_checks(v);
-    add_linalg_checks(v);
-    add_conv_checks(v);
-    add_norm_checks(v);
-    add_pool_checks(v);
-    add_sample_checks(v);
-    add_loss_checks(v);
-    return v;
+namespace {
+struct Registry {
+  std::vector<GradcheckCase> cases;
+  std::vector<std::string> functions;
+  std::vector<GradcheckFamily> families;
+};
+
+Registry& registry() {
+  static Registry r = [] {
+    Registry reg;
+    for (GradcheckFamily f : {add_elementwise_checks, add_reduce_checks, add_shape_checks, add_linalg_checks,
+                              add_conv_checks, add_norm_checks, add_pool_checks, add_sample_checks, add_loss_checks}) {
+      f(reg.cases);
+      reg.families.push_back(f);
+    }
+    reg.functions = {
+        "add", "sub", "mul", "div", "maximum", "minimum", "xlogy", "affine", "neg", "exp", "log", "sqrt", "pow",
+        "abs", "clamp", "relu", "sigmoid", "tanh", "to_dtype", "clone",
+        "sum", "mean", "max", "min", "var", "stddev",
+        "reshape", "flatten", "unsqueeze", "squeeze", "permute", "transpose", "slice", "cat", "pad", "expand",
+        "matmul", "linear",
+        "conv2d", "batch_norm",
+        "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "interpolate_nearest",
+        "affine_grid", "grid_sample",
+        "softmax", "log_softmax", "cross_entropy", "kl_div", "mse_loss", "dropout"};
+    return reg;
   }();
-  return cases;
+  return r;
 }
+}  // namespace
+
+void add_gradcheck_family(GradcheckFamily add, const std::vector<std::string>& functions) {
+  Registry& r = registry();
+  if (std::find(r.families.begin(), r.families.end(), add) != r.families.end()) return;
+  r.families.push_back(add);
+  add(r.cases);
+  r.functions.insert(r.functions.end(), functions.begin(), functions.end());
+}
+
+const std::vector<GradcheckCase>& all_gradchecks() { return registry().cases; }
 
 const GradcheckCase* find_gradcheck(const std::string& name) {
   for (const auto& c : all_gradchecks())
@@ -117,19 +141,7 @@ const GradcheckCase* find_gradcheck(const std::string& name) {
   return nullptr;
 }
 
-const std::vector<std::string>& differentiable_functions() {
-  static const std::vector<std::string> names = {
-      "add", "sub", "mul", "div", "maximum", "minimum", "xlogy", "affine", "neg", "exp", "log", "sqrt", "pow",
-      "abs", "clamp", "relu", "sigmoid", "tanh", "to_dtype", "clone",
-      "sum", "mean", "max", "min", "var", "stddev",
-      "reshape", "flatten", "unsqueeze", "squeeze", "permute", "transpose", "slice", "cat", "pad", "expand",
-      "matmul", "linear",
-      "conv2d", "batch_norm",
-      "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "interpolate_nearest",
-      "affine_grid", "grid_sample",
-      "softmax", "log_softmax", "cross_entropy", "kl_div", "mse_loss", "dropout"};
-  return names;
-}
+const std::vector<std::string>& differentiable_functions() { return registry().functions; }
 
 // ---- input helpers ---------------------------------------------------------------------------------
 

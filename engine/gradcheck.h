@@ -48,11 +48,16 @@ struct GradcheckCase {
 };
 
 GradcheckResult run_gradcheck(const GradcheckCase& c);
-// Every registered case, in registration order.
+// Every registered case, in registration order: the engine's families, then any family registered
+// with add_gradcheck_family() (the distillation nodes live above the engine and register themselves
+// this way from the binaries and tests that link them).
 const std::vector<GradcheckCase>& all_gradchecks();
 const GradcheckCase* find_gradcheck(const std::string& name);
 // The differentiable public functions; each must be covered by at least one case.
 const std::vector<std::string>& differentiable_functions();
+// Registers a family of cases and the differentiable functions it covers. Idempotent per `add`.
+using GradcheckFamily = void (*)(std::vector<GradcheckCase>&);
+void add_gradcheck_family(GradcheckFamily add, const std::vector<std::string>& functions);
 
 // Registration, one function per family (called once by all_gradchecks()).
 void add_elementwise_checks(std::vector<GradcheckCase>& out);

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "distill/nodes/register.h"
 #include "engine/backend.h"
 #include "engine/gradcheck.h"
 
@@ -26,6 +27,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   try {
+    register_distill_gradchecks();
     const auto& cases = all_gradchecks();
     if (list) {
       for (const auto& c : cases) std::printf("%-36s %s\n", c.name.c_str(), c.function.c_str());

@@ -4,11 +4,16 @@
 
 #include <set>
 
+#include "distill/nodes/register.h"
 #include "engine/autograd.h"
 #include "engine/functions.h"
 #include "engine/gradcheck.h"
 
 using namespace retort;
+
+// The distillation nodes register their checks from above the engine; do it before gtest expands the
+// parameterised suite below (static initialisation of this file runs before main).
+static const bool kDistillRegistered = (register_distill_gradchecks(), true);
 
 class Gradcheck : public ::testing::TestWithParam<std::string> {};
 

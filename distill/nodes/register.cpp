@@ -1,0 +1,15 @@
+// Registration of the distillation nodes' gradcheck families (see register.h).
+#include "distill/nodes/register.h"
+
+#include "distill/nodes/feature.h"
+#include "distill/nodes/logit.h"
+#include "engine/gradcheck.h"
+
+namespace retort {
+
+void register_distill_gradchecks() {
+  add_gradcheck_family(add_logit_node_checks, logit_node_functions());
+  add_gradcheck_family(add_feature_node_checks, feature_node_functions());
+}
+
+}  // namespace retort

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include "distill/distiller.h"
+
 namespace retort {
 
 namespace {
@@ -93,6 +95,19 @@ ExperimentConfig ExperimentConfig::from_json(const Json& doc, const std::string&
   c.arch = m.require<std::string>("arch");
   if (r.has("solver")) parse_solver(r.child("solver"), c.solver);
   if (r.has("log")) parse_log(r.child("log"), c.log);
+  if (r.has("teacher")) {
+    JsonReader& t = r.child("teacher");
+    c.teacher.arch = t.require<std::string>("arch");
+    c.teacher.checkpoint = t.require<std::string>("checkpoint");
+    c.teacher.bn_mode = t.get<std::string>("bn_mode", c.teacher.bn_mode);
+    RETORT_CHECK(c.teacher.bn_mode == "eval" || c.teacher.bn_mode == "train", t.where("bn_mode"), ": '",
+                 c.teacher.bn_mode, "' (expected eval or train)");
+  }
+  if (r.has("distill")) {
+    JsonReader& d = r.child("distill");
+    c.terms = d.raw("terms");
+    parse_terms(c.terms, file);  // validates every term and its params now, before any work
+  }
   r.finish_all();
   return c;
 }
@@ -126,6 +141,9 @@ Json ExperimentConfig::to_json() const {
                  {"weight_decay", solver.weight_decay}, {"nesterov", solver.nesterov}, {"beta1", solver.beta1},
                  {"beta2", solver.beta2},          {"eps", solver.eps},     {"epochs", solver.epochs},
                  {"schedule", solver.schedule}};
+  if (!teacher.arch.empty())
+    j["teacher"] = {{"arch", teacher.arch}, {"checkpoint", teacher.checkpoint}, {"bn_mode", teacher.bn_mode}};
+  if (!terms.empty()) j["distill"] = {{"terms", terms}};
   j["log"] = {{"every_steps", log.every_steps},
               {"eval_every_epochs", log.eval_every_epochs},
               {"checkpoint_every_epochs", log.checkpoint_every_epochs},

@@ -54,6 +54,13 @@ struct SolverConfig {
   Json schedule = Json::object();  // parsed by the LR schedule factory
 };
 
+// The frozen teacher of a distillation run (retort-distill).
+struct TeacherConfig {
+  std::string arch;        // "" = no teacher
+  std::string checkpoint;  // a run's model.safetensors, a checkpoint, or an imported model
+  std::string bn_mode = "eval";  // eval | train (batch statistics; running statistics never move)
+};
+
 struct LogConfig {
   int every_steps = 50;
   int eval_every_epochs = 1;
@@ -72,6 +79,8 @@ struct ExperimentConfig {
   std::string arch;  // model.arch
   SolverConfig solver;
   LogConfig log;
+  TeacherConfig teacher;
+  Json terms = Json::array();  // distill.terms, validated by parse_terms (distiller.h)
 
   // Strict parse of a whole document; `file` names it in errors.
   static ExperimentConfig from_json(const Json& doc, const std::string& file);

@@ -401,7 +401,7 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
   summary.wall_seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
   summary.images_per_second = train_seconds > 0 ? static_cast<double>(images_trained) / train_seconds : 0;
   if (!evaluated) summary.last_top1 = evaluate(task_.model(), *test_loader_).top1;  // e.g. resuming a finished run
-  run_.write_json("summary.json", Json{{"arch", cfg_.arch},
+  Json summary_json{{"arch", cfg_.arch},
                                        {"dataset", cfg_.data.dataset},
                                        {"task", task_.describe()},
                                        {"epochs", epochs},
@@ -410,7 +410,9 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
                                        {"last_top1", summary.last_top1},
                                        {"parameters", task_.model().num_parameters()},
                                        {"wall_seconds", summary.wall_seconds},
-                                       {"train_images_per_s", summary.images_per_second}});
+                                       {"train_images_per_s", summary.images_per_second}};
+  for (auto it = summary_extra_.begin(); it != summary_extra_.end(); ++it) summary_json[it.key()] = it.value();
+  run_.write_json("summary.json", summary_json);
   const Dataset& ds = train_loader_->dataset();
   export_model(run_.file("model.safetensors"), task_.model(),
                {{"arch", cfg_.arch},
@@ -421,6 +423,28 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
                 {"top1", detail::cat(summary.last_top1)},
                 {"config", cfg_.to_json().dump()}});
   return summary;
+}
+
+StateDict read_model_state(const std::string& path, std::map<std::string, std::string>* metadata) {
+  SafetensorsFile f = load_safetensors(path);
+  auto fmt = f.metadata.find("format");
+  const bool checkpoint = fmt != f.metadata.end() && fmt->second == "retort-checkpoint-1";
+  StateDict state;
+  for (auto& [k, t] : f.tensors) {
+    if (!checkpoint) state.emplace_back(k, t);
+    else if (k.rfind("model.", 0) == 0) state.emplace_back(k.substr(6), t);
+  }
+  if (metadata) *metadata = std::move(f.metadata);
+  return state;
+}
+
+void load_model_file(Module& model, const std::string& path) {
+  StateDict state = read_model_state(path);
+  try {
+    model.load_state_dict(state);
+  } catch (const Error& e) {
+    RETORT_FAIL(path, ": ", e.what());
+  }
 }
 
 void export_model(const std::string& path, const Module& model, const std::map<std::string, std::string>& metadata) {

@@ -109,6 +109,8 @@ class Trainer {
   TrainSummary fit(const std::string& resume = "", int64_t stop_after_steps = 0);
 
   Optimizer& optimizer() { return *optimizer_; }
+  // Extra fields for summary.json (e.g. the teacher's accuracy).
+  void add_summary_field(const std::string& key, Json value) { summary_extra_[key] = std::move(value); }
 
  private:
   struct Position {
@@ -129,7 +131,14 @@ class Trainer {
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<LrSchedule> schedule_;
   bool tty_ = false;
+  Json summary_extra_ = Json::object();
 };
+
+// The model tensors of a run's model.safetensors, a checkpoint ("model." prefix stripped) or an
+// imported model; `metadata` receives the file's metadata when given.
+StateDict read_model_state(const std::string& path, std::map<std::string, std::string>* metadata = nullptr);
+// read_model_state + a strict load_state_dict; errors name the file and every mismatched key.
+void load_model_file(Module& model, const std::string& path);
 
 // Saves `model` alone (what retort-eval and a distillation teacher read) with metadata.
 void export_model(const std::string& path, const Module& model, const std::map<std::string, std::string>& metadata);

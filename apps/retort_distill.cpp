@@ -1,0 +1,87 @@
+// retort-distill: trains a student from a JSON experiment config with a frozen teacher and weighted
+// distillation terms (ce, kd, dkd, fitnet, at, cwd, reviewkd, ...). Evaluates the teacher first.
+// A config with a single "ce" term and no teacher is a baseline student. See docs/cli.md.
+//
+//   retort-distill configs/fmnist/kd_resnet8x4_resnet8.json [--set distill.terms.1.weight=0.9] [--resume auto]
+#include <CLI/CLI.hpp>
+#include <omp.h>
+
+#include <cstdio>
+
+#include "apps/app_common.h"
+#include "distill/distiller.h"
+#include "distill/experiment.h"
+#include "distill/trainer.h"
+#include "engine/backend.h"
+#include "models/registry.h"
+
+using namespace retort;
+
+int main(int argc, char** argv) {
+  CLI::App cli{"Retort: distill a student from a teacher with the terms of a JSON experiment config"};
+  std::string config_path, resume, run_dir_override, device;
+  std::vector<std::string> overrides;
+  int64_t seed = -1;
+  int threads = 0;
+  cli.add_option("config", config_path, "Experiment config (JSON)")->required();
+  cli.add_option("--set", overrides, "Override a config value: key.path=value (repeatable)");
+  cli.add_option("--resume", resume, "'auto' (newest checkpoint of this run) or a checkpoint path");
+  cli.add_option("--run-dir", run_dir_override, "Run directory (default: <output_dir>/<name>)");
+  cli.add_option("--seed", seed, "Override experiment.seed");
+  cli.add_option("--device", device, "cpu (cuda: not implemented yet)");
+  cli.add_option("--threads", threads, "OpenMP/BLAS threads (default: all cores)");
+  CLI11_PARSE(cli, argc, argv);
+
+  return app::run_guarded("retort-distill", [&] {
+    if (seed >= 0) overrides.push_back("experiment.seed=" + std::to_string(seed));
+    if (!device.empty()) overrides.push_back("experiment.device=\"" + device + "\"");
+    const ExperimentConfig cfg = app::as_usage([&] { return ExperimentConfig::load(config_path, overrides); });
+    app::as_usage([&] {
+      RETORT_CHECK(Device::parse(cfg.device).is_cpu(), "experiment.device: ", cfg.device,
+                   " is not available yet (the CUDA kernels are the [cuda] issue; see docs/STATUS.md)");
+      RETORT_CHECK(!cfg.terms.empty(), config_path, ": no distill.terms (use retort-train for plain training)");
+      return 0;
+    });
+    if (threads > 0) omp_set_num_threads(threads);
+
+    const DataSplits data = load_datasets(cfg.data);
+    const Shape s = data.train->sample_shape();
+    const ModelOptions mo{data.train->num_classes(), s[0], s[1]};
+    Generator gen(cfg.seed);
+    auto student = app::as_usage([&] { return create_model(cfg.arch, mo, gen); });
+    std::shared_ptr<Module> teacher;
+    double teacher_top1 = -1;
+    if (!cfg.teacher.arch.empty()) {
+      Generator tgen(0);
+      teacher = app::as_usage([&] { return create_model(cfg.teacher.arch, mo, tgen); });
+      load_model_file(*teacher, cfg.teacher.checkpoint);
+      DataLoader tl(data.test, LoaderOptions{cfg.data.eval_batch_size, false, false, cfg.data.num_workers, 0},
+                    eval_transform(cfg.data));
+      teacher_top1 = evaluate(*teacher, tl).top1;
+      std::printf("retort-distill: teacher %s from %s: test top-1 %.2f%%\n", cfg.teacher.arch.c_str(),
+                  cfg.teacher.checkpoint.c_str(), teacher_top1);
+    }
+    std::vector<DistillTerm> terms = app::as_usage([&] { return parse_terms(cfg.terms, config_path); });
+    Distiller distiller(student, teacher, std::move(terms), DistillerOptions{cfg.teacher.bn_mode}, s, gen);
+    RunDir run(run_dir_override.empty() ? cfg.output_dir + "/" + cfg.name : run_dir_override);
+    std::printf("retort-distill: %s\n  student %s, %.3f M parameters (+%lld in distillation modules)\n"
+                "  loss    %s\n  data    %s (train %zu, test %zu)\n  solver  %s lr %g, %d epochs, batch %lld\n"
+                "  cpu     %s\n  run     %s\n",
+                cfg.name.c_str(), cfg.arch.c_str(), static_cast<double>(student->num_parameters()) / 1e6,
+                static_cast<long long>(distiller.extra_parameter_count()), distiller.describe().c_str(),
+                data.train->describe().c_str(), data.train->size(), data.test->size(), cfg.solver.optimizer.c_str(),
+                cfg.solver.lr, cfg.solver.epochs, static_cast<long long>(cfg.data.batch_size),
+                cpu_backend_info().c_str(), run.path().c_str());
+    Trainer trainer(cfg, distiller, data, run);
+    if (teacher) trainer.add_summary_field("teacher_top1", teacher_top1);
+    trainer.add_summary_field("terms", distiller.terms_json());
+    trainer.add_summary_field("extra_parameters", distiller.extra_parameter_count());
+    const TrainSummary sum = trainer.fit(resume);
+    std::printf("retort-distill: done: student best top-1 %.2f%% (epoch %d), last %.2f%%%s, %.0f s, %.0f img/s\n"
+                "  model saved to %s\n",
+                sum.best_top1, sum.best_epoch, sum.last_top1,
+                teacher ? detail::cat(" (teacher ", teacher_top1, "%)").c_str() : "", sum.wall_seconds,
+                sum.images_per_second, run.file("model.safetensors").c_str());
+    return app::kOk;
+  });
+}

@@ -1,0 +1,135 @@
+// Connectors: the small trainable modules that bring a student feature to the teacher's shape before a
+// feature loss, owned by the strategy that uses them. Parameter names follow the reference code
+// (mdistiller `_common.py: ConvReg`, `ReviewKD.py: ABF`), so a reference checkpoint's connector
+// weights map key for key:
+//
+//   ConvReg      conv.weight, conv.bias, bn.{weight, bias, running_mean, running_var, num_batches_tracked}
+//   Adapter1x1   conv.weight, bn.*
+//   ABF          conv1.0.weight, conv1.1.*, conv2.0.weight, conv2.1.*, att_conv.0.{weight, bias}
+//
+// The engine has no transposed convolution, so conv_transpose2d and its module live here (FitNets'
+// ConvReg needs one when the student's map is half the teacher's). It is conv2d's input-gradient run
+// forwards, built on the same backend kernels.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "engine/generator.h"
+#include "engine/tensor.h"
+#include "layers/layers.h"
+
+namespace retort {
+
+// ---- transposed convolution ----------------------------------------------------------------------
+
+struct ConvTranspose2dParams {
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_h = 0, pad_w = 0;
+  int64_t output_pad_h = 0, output_pad_w = 0;  // must be smaller than the stride
+  int64_t dilation_h = 1, dilation_w = 1;
+  int64_t groups = 1;
+};
+
+// F.conv_transpose2d: x [N, Cin, H, W], weight [Cin, Cout/groups, KH, KW], optional bias [Cout];
+// output [N, Cout, OH, OW] with OH = (H - 1)*stride - 2*pad + dilation*(KH - 1) + output_pad + 1.
+// One "ConvTranspose2dBackward" node, differentiable in all three.
+Tensor conv_transpose2d(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                        const ConvTranspose2dParams& params);
+// Square shorthand in F.conv_transpose2d's argument order.
+Tensor conv_transpose2d(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor(), int64_t stride = 1,
+                        int64_t padding = 0, int64_t output_padding = 0, int64_t groups = 1, int64_t dilation = 1);
+
+struct ConvTranspose2dOptions {
+  Size2 stride = 1;
+  Size2 padding = 0;
+  Size2 output_padding = 0;
+  int64_t groups = 1;
+  bool bias = true;
+  Size2 dilation = 1;
+};
+
+// torch.nn.ConvTranspose2d: weight [in, out/groups, kh, kw], optional bias [out], PyTorch's default
+// initialisation (kaiming_uniform_(a = sqrt(5)); PyTorch takes fan_in from dim 1 here too).
+class ConvTranspose2d : public Module {
+ public:
+  ConvTranspose2d(int64_t in_channels, int64_t out_channels, Size2 kernel_size, Generator& gen,
+                  ConvTranspose2dOptions options = {});
+  Tensor forward(const Tensor& x) override;
+  std::string extra_repr() const override;
+
+  Tensor& weight() { return param("weight"); }
+  Tensor bias();  // undefined when built with bias = false
+
+ private:
+  int64_t in_channels_, out_channels_;
+  Size2 kernel_;
+  ConvTranspose2dOptions options_;
+};
+
+// ---- FitNets -------------------------------------------------------------------------------------
+
+// The FitNets regressor ReLU(BN(conv(f_s))), mapping a student feature of shape student_shape
+// [N, Cs, Hs, Ws] to the teacher's teacher_shape [N, Ct, Ht, Wt]. The conv is chosen as in the
+// reference:
+//   Hs == 2 Ht   Conv2d(Cs, Ct, 3, stride 2, padding 1)
+//   2 Hs == Ht   ConvTranspose2d(Cs, Ct, 4, stride 2, padding 1)
+//   Hs >= Ht     Conv2d(Cs, Ct, (1 + Hs - Ht, 1 + Ws - Wt))      (a 1x1 conv for equal sizes)
+// all with bias. Shapes no rule maps onto the teacher's (different batch, Hs < Ht but not half, a
+// width that does not follow the height) are refused with both shapes in the message.
+class ConvReg : public Module {
+ public:
+  enum class Kind { Stride2, Transposed, Kernel };
+  ConvReg(const Shape& student_shape, const Shape& teacher_shape, Generator& gen, bool use_relu = true);
+  // x [*, Cs, Hs, Ws] (any batch size) -> [*, Ct, Ht, Wt].
+  Tensor forward(const Tensor& x) override;
+  Kind kind() const { return kind_; }
+
+ private:
+  Shape student_, teacher_;
+  Kind kind_;
+  bool use_relu_;
+  ModulePtr conv_;
+  std::shared_ptr<BatchNorm2d> bn_;
+  std::shared_ptr<ReLU> relu_;
+};
+
+// ---- channel adapter (CWD, MTKD-SSR) -------------------------------------------------------------
+
+// Conv2d(in_c, out_c, 1, bias = false) + BatchNorm2d(out_c) (+ ReLU): changes channels only.
+class Adapter1x1 : public Module {
+ public:
+  Adapter1x1(int64_t in_channels, int64_t out_channels, bool relu, Generator& gen);
+  Tensor forward(const Tensor& x) override;
+
+ private:
+  std::shared_ptr<Conv2d> conv_;
+  std::shared_ptr<BatchNorm2d> bn_;
+  std::shared_ptr<ReLU> relu_;  // null without ReLU
+};
+
+// ---- ReviewKD ------------------------------------------------------------------------------------
+
+// ReviewKD's attention-based fusion. conv1 (1x1, in -> mid, BN) maps the student feature; with
+// fuse, the residual from the deeper level is resized (nearest) to this feature's size, the two are
+// concatenated and att_conv (1x1, 2 mid -> 2, bias, sigmoid) weighs them per position; the mix is
+// resized (nearest) to the output size when it differs and conv2 (3x3 pad 1, mid -> out, BN) makes
+// the output. conv1/conv2 weights are kaiming_uniform_(a = 1) as in the reference.
+class ABF : public Module {
+ public:
+  ABF(int64_t in_channels, int64_t mid_channels, int64_t out_channels, bool fuse, Generator& gen);
+  // {output [N, out, out_h, out_w], the mid feature to pass to the next (shallower) level as its
+  // residual}. residual must be given (mid channels, any size) exactly when built with fuse.
+  // out_w < 0 means out_w = out_h (the reference's square out_shape).
+  std::pair<Tensor, Tensor> fuse(const Tensor& x, const Tensor& residual, int64_t out_h, int64_t out_w = -1);
+  // The output at x's own size; only for an ABF built without fuse (the deepest level).
+  Tensor forward(const Tensor& x) override;
+  bool fuses() const { return att_conv_ != nullptr; }
+
+ private:
+  int64_t in_channels_, mid_channels_;
+  std::shared_ptr<Sequential> conv1_, conv2_, att_conv_;
+};
+
+}  // namespace retort

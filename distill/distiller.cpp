@@ -1,0 +1,180 @@
+// Distiller (see distiller.h).
+#include "distill/distiller.h"
+
+#include <algorithm>
+
+#include "engine/autograd.h"
+#include "engine/backend.h"
+#include "engine/functions.h"
+
+namespace retort {
+
+namespace {
+// Runs `model` on a zero batch of two in eval mode without recording, returning the tapped shapes.
+std::map<std::string, Shape> probe(Module& model, const std::vector<std::string>& specs, const Shape& sample) {
+  std::map<std::string, Shape> shapes;
+  for (const auto& s : specs) model.tap(s, [&shapes, s](const Tensor& t) { shapes[s] = t.shape(); });
+  const bool was = model.is_training();
+  model.eval();
+  {
+    NoGradGuard ng;
+    Shape in{2};
+    in.insert(in.end(), sample.begin(), sample.end());
+    model(Tensor::zeros(in));
+  }
+  model.train(was);
+  model.clear_taps();
+  for (const auto& s : specs)
+    RETORT_CHECK(shapes.count(s), "tap '", s, "' never fired in ", model.type_name(),
+                 " (no such module output or named point; retort-inspect --arch NAME lists the taps)");
+  return shapes;
+}
+
+template <class F>
+std::vector<std::string> collect_specs(const std::vector<DistillTerm>& terms, F&& get) {
+  std::vector<std::string> out;
+  for (const auto& t : terms)
+    for (const auto& s : get(*t.strategy))
+      if (std::find(out.begin(), out.end(), s) == out.end()) out.push_back(s);
+  return out;
+}
+}  // namespace
+
+Distiller::Distiller(std::shared_ptr<Module> student, std::shared_ptr<Module> teacher, std::vector<DistillTerm> terms,
+                     DistillerOptions options, const Shape& probe_shape, Generator& gen)
+    : student_(std::move(student)), teacher_(std::move(teacher)), terms_(std::move(terms)), options_(std::move(options)) {
+  RETORT_CHECK(!terms_.empty(), "distill.terms: at least one term is needed");
+  RETORT_CHECK(options_.teacher_bn == "eval" || options_.teacher_bn == "train", "teacher.bn_mode: '",
+               options_.teacher_bn, "' (expected eval or train)");
+  for (const auto& t : terms_)
+    RETORT_CHECK(!t.strategy->needs_teacher() || teacher_, "distill term '", t.name, "' (", t.strategy->type_name(),
+                 ") needs a teacher, but the config names none");
+  const auto s_specs = collect_specs(terms_, [](const Strategy& s) { return s.student_taps(); });
+  const auto t_specs = collect_specs(terms_, [](const Strategy& s) { return s.teacher_taps(); });
+  TapShapes shapes;
+  shapes.student = probe(*student_, s_specs, probe_shape);
+  if (teacher_) shapes.teacher = probe(*teacher_, t_specs, probe_shape);
+  for (auto& t : terms_) t.strategy->build(shapes, gen);
+  for (const auto& s : s_specs) student_->tap(s, [this, s](const Tensor& x) { student_feats_[s] = x; });
+  if (teacher_) {
+    for (const auto& s : t_specs) teacher_->tap(s, [this, s](const Tensor& x) { teacher_feats_[s] = x; });
+    for (auto& p : teacher_->parameters()) p.set_requires_grad(false);
+    teacher_mode();
+  }
+}
+
+Distiller::~Distiller() {
+  student_->clear_taps();
+  if (teacher_) teacher_->clear_taps();
+}
+
+void Distiller::teacher_mode() { teacher_->train(options_.teacher_bn == "train"); }
+
+void Distiller::train(bool on) {
+  student_->train(on);
+  for (auto& t : terms_) t.strategy->train(on);
+  if (teacher_) teacher_mode();
+}
+
+std::vector<Tensor> Distiller::trainable_parameters() {
+  std::vector<Tensor> ps = student_->parameters();
+  for (auto& t : terms_)
+    for (auto& p : t.strategy->parameters()) ps.push_back(p);
+  return ps;
+}
+
+int64_t Distiller::extra_parameter_count() const {
+  int64_t n = 0;
+  for (const auto& t : terms_) n += t.strategy->num_parameters();
+  return n;
+}
+
+LossTerms Distiller::losses(const Batch& batch, const TrainProgress& progress, Tensor& logits) {
+  student_feats_.clear();
+  teacher_feats_.clear();
+  Tensor teacher_logits;
+  if (teacher_) {
+    NoGradGuard ng;
+    if (options_.teacher_bn == "train") {
+      // Batch statistics, but the frozen teacher's running statistics must not move: restore them.
+      std::vector<std::pair<Tensor, Tensor>> saved_buffers;
+      for (auto& [n, b] : teacher_->named_buffers()) saved_buffers.emplace_back(b, b.clone());
+      teacher_logits = (*teacher_)(batch.inputs);
+      for (auto& [live, copy] : saved_buffers) backend_for(live).copy(copy.raw_data(), live.raw_data(), live.nbytes());
+    } else {
+      teacher_logits = (*teacher_)(batch.inputs);
+    }
+  }
+  logits = (*student_)(batch.inputs);
+  DistillContext ctx{logits, teacher_logits, batch.targets, student_feats_, teacher_feats_, progress};
+  LossTerms out;
+  for (auto& t : terms_) {
+    double w = t.weight;
+    if (t.warmup_epochs > 0) w *= std::min(1.0, static_cast<double>(progress.epoch + 1) / t.warmup_epochs);
+    Tensor l = t.strategy->compute(ctx);
+    RETORT_CHECK(l.numel() == 1, "distill term '", t.name, "' returned ", l.meta_str(), ", expected a scalar");
+    out.emplace_back(t.name, l * w);
+  }
+  return out;
+}
+
+StateDict Distiller::extra_state() const {
+  StateDict s;
+  for (const auto& t : terms_)
+    for (auto& [k, v] : t.strategy->state_dict()) s.emplace_back("term." + t.name + "." + k, v);
+  return s;
+}
+
+void Distiller::load_extra_state(const StateDict& state) {
+  for (auto& t : terms_) {
+    const std::string prefix = "term." + t.name + ".";
+    StateDict mine;
+    for (auto& [k, v] : state)
+      if (k.rfind(prefix, 0) == 0) mine.emplace_back(k.substr(prefix.size()), v);
+    t.strategy->load_state_dict(mine);
+  }
+}
+
+Json Distiller::terms_json() const {
+  Json j = Json::array();
+  for (const auto& t : terms_)
+    j.push_back({{"name", t.name}, {"type", t.strategy->type_name()}, {"weight", t.weight},
+                 {"warmup_epochs", t.warmup_epochs}, {"params", t.strategy->params()}});
+  return j;
+}
+
+std::string Distiller::describe() const {
+  std::string s;
+  for (const auto& t : terms_) s += detail::cat(s.empty() ? "" : " + ", t.weight, "*", t.name);
+  return s;
+}
+
+std::vector<DistillTerm> parse_terms(const Json& terms, const std::string& file) {
+  RETORT_CHECK(terms.is_array() && !terms.empty(), file, ": distill.terms must be a non-empty array");
+  std::vector<DistillTerm> out;
+  for (size_t i = 0; i < terms.size(); ++i) {
+    JsonReader r(terms[i], file, "distill.terms[" + std::to_string(i) + "]");
+    DistillTerm t;
+    const std::string type = r.require<std::string>("type");
+    t.name = r.get<std::string>("name", type);
+    t.weight = r.get<double>("weight", 1.0);
+    t.warmup_epochs = r.get<int>("warmup_epochs", 0);
+    RETORT_CHECK(t.warmup_epochs >= 0, r.where("warmup_epochs"), ": must be >= 0");
+    for (const auto& o : out) RETORT_CHECK(o.name != t.name, r.where("name"), ": term name '", t.name, "' used twice");
+    Json params = Json::object();
+    if (r.has("params")) params = r.raw("params");  // read by the strategy's factory, strictly
+    out.push_back(std::move(t));
+    JsonReader pr(params, file, "distill.terms[" + std::to_string(i) + "].params");
+    try {
+      out.back().strategy = create_strategy(type, pr);
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      RETORT_FAIL(msg.rfind(file, 0) == 0 ? msg : r.where("type") + ": " + msg);
+    }
+    pr.finish_all();
+    r.finish_all();
+  }
+  return out;
+}
+
+}  // namespace retort

@@ -1,0 +1,65 @@
+// Distiller: the TrainingTask of a distillation run — a student, an optional frozen teacher, and a
+// weighted list of terms (each a Strategy). CE-only training is the same machinery with one "ce" term.
+//
+// Each step: the teacher runs under NoGradGuard (BN in eval mode unless teacher_bn == "train", which
+// uses batch statistics but still never updates the teacher's running statistics or weights), the
+// student runs with its taps attached, and each term contributes
+//   weight * min(1, (epoch + 1) / warmup_epochs) * strategy.compute(ctx)
+// (warmup as mdistiller: epoch counted from 1, so the first epoch of a 20-epoch warmup has weight
+// 1/20). The loss terms are reported by name, weighted.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "distill/strategy.h"
+#include "distill/trainer.h"
+
+namespace retort {
+
+struct DistillTerm {
+  std::string name;  // reported name ("ce", "kd", ...)
+  double weight = 1.0;
+  int warmup_epochs = 0;  // 0 = none
+  std::shared_ptr<Strategy> strategy;
+};
+
+struct DistillerOptions {
+  std::string teacher_bn = "eval";  // "eval" | "train"
+};
+
+class Distiller : public TrainingTask {
+ public:
+  // The teacher may be null when no term needs one. Taps are attached and strategies built here,
+  // from a probe forward of `probe_shape` ([C, H, W]).
+  Distiller(std::shared_ptr<Module> student, std::shared_ptr<Module> teacher, std::vector<DistillTerm> terms,
+            DistillerOptions options, const Shape& probe_shape, Generator& gen);
+  ~Distiller() override;
+
+  Module& model() override { return *student_; }
+  Module* teacher() { return teacher_.get(); }
+  std::vector<Tensor> trainable_parameters() override;
+  LossTerms losses(const Batch& batch, const TrainProgress& progress, Tensor& logits) override;
+  void train(bool on) override;
+  StateDict extra_state() const override;
+  void load_extra_state(const StateDict& state) override;
+  std::string describe() const override;
+
+  // Parameters of the strategies' extra modules (connectors, heads): reported at start.
+  int64_t extra_parameter_count() const;
+  const std::vector<DistillTerm>& terms() const { return terms_; }
+  Json terms_json() const;
+
+ private:
+  void teacher_mode();
+
+  std::shared_ptr<Module> student_, teacher_;
+  std::vector<DistillTerm> terms_;
+  DistillerOptions options_;
+  std::map<std::string, Tensor> student_feats_, teacher_feats_;
+};
+
+// Builds the terms of a config's "distill": {"terms": [...]} array, strictly.
+std::vector<DistillTerm> parse_terms(const Json& terms, const std::string& file);
+
+}  // namespace retort

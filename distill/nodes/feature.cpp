@@ -1,0 +1,168 @@
+// Feature distillation nodes (see feature.h): AT's attention map, CWD's spatial-softmax KL and
+// ReviewKD's HCL pyramid. Forwards are composed of engine functions under NoGradGuard and each records
+// one node with a hand-written backward, so a graph shows "CWDLossBackward" rather than its pieces and
+// the backward saves only what it reads. at_loss is the exception: it is composed of attention_map
+// and mse_loss, whose nodes are already fused and whose composition needs no extra memory.
+#include "distill/nodes/feature.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+
+#include "engine/functions.h"
+#include "engine/functions/common.h"
+
+namespace retort {
+
+namespace {
+
+// F.normalize's default eps: the norm is clamped from below, so an all-zero map stays zero.
+constexpr double kNormalizeEps = 1e-12;
+
+// Two NCHW feature maps of one float dtype and device, with the same batch size and no empty
+// dimension. The messages name both tensors, since a wrong tap usually shows as a wrong pair.
+void check_feature_pair(const char* op, const Tensor& fs, const Tensor& ft) {
+  fn::check_compatible(op, fs, ft, "student", "teacher");
+  RETORT_CHECK(fs.dim() == 4 && ft.dim() == 4, op, ": features must be 4-D [N, C, H, W], got student ",
+               fs.meta_str(), " and teacher ", ft.meta_str());
+  RETORT_CHECK(fs.shape()[0] == ft.shape()[0], op, ": student ", fs.meta_str(), " and teacher ", ft.meta_str(),
+               " have different batch sizes");
+  RETORT_CHECK(fs.numel() > 0 && ft.numel() > 0, op, ": empty features: student ", fs.meta_str(), " and teacher ",
+               ft.meta_str());
+}
+
+void check_same_shape(const char* op, const Tensor& fs, const Tensor& ft, const char* why) {
+  check_feature_pair(op, fs, ft);
+  RETORT_CHECK(fs.shape() == ft.shape(), op, ": student ", fs.meta_str(), " and teacher ", ft.meta_str(),
+               " must have the same shape (", why, ")");
+}
+
+}  // namespace
+
+// ---- AT ----------------------------------------------------------------------------------------------
+
+Tensor attention_map(const Tensor& f, double p) {
+  const char* op = "attention_map";
+  fn::check_float(op, f, "features");
+  fn::check_dim(op, f, 4, "features", "[B, C, H, W]");
+  RETORT_CHECK(f.numel() > 0, op, ": empty features ", f.meta_str());
+  RETORT_CHECK(std::isfinite(p) && p > 0, op, ": p must be a positive number, got ", p, " (features ", f.meta_str(),
+               ")");
+  const int64_t B = f.shape()[0], C = f.shape()[1], H = f.shape()[2], W = f.shape()[3];
+  Tensor q, denom, live;
+  {
+    NoGradGuard ng;
+    const Tensor fp = p == 2.0 ? mul(f, f) : pow(f, p);
+    const Tensor a = reshape(mean(fp, {1}), {B, H * W});
+    const Tensor norm = sqrt(sum(mul(a, a), {1}, true));  // [B, 1]
+    denom = clamp(norm, kNormalizeEps, std::numeric_limits<double>::infinity());
+    // Where the clamp is active the denominator is a constant and only a / eps is differentiated.
+    live = ge(norm, Tensor::scalar(kNormalizeEps, f.dtype(), f.device()));
+    q = div(a, denom);
+  }
+  return record(q, "AttentionMapBackward", {f},
+                [f = saved(f), q = saved(q), denom, live, p, B, C, H, W](const Tensor& g, const Node&) {
+                  // normalize: dq/da = (I - q q^T) / ||a||, applied row by row without forming the matrix.
+                  const Tensor dot = mul(sum(mul(q, g), {1}, true), live);
+                  const Tensor ga = div(sub(g, mul(q, dot)), denom);
+                  // a = mean_c f^p: da/df = p f^(p-1) / C.
+                  const double s = p / static_cast<double>(C);
+                  const Tensor dadf = p == 2.0 ? affine(f, s, 0.0) : affine(pow(f, p - 1.0), s, 0.0);
+                  return std::vector<Tensor>{mul(ga.view_as_shape({B, 1, H, W}), dadf)};
+                });
+}
+
+Tensor at_loss(const Tensor& fs, const Tensor& ft, double p) {
+  check_feature_pair("at_loss", fs, ft);
+  // mdistiller pools the larger map to the smaller one's (H, H); per dimension here, which is the same
+  // for the square maps of every model in the zoo.
+  const int64_t h = std::min(fs.shape()[2], ft.shape()[2]), w = std::min(fs.shape()[3], ft.shape()[3]);
+  auto to_common = [h, w](const Tensor& f) {
+    return f.shape()[2] == h && f.shape()[3] == w ? f : adaptive_avg_pool2d(f, h, w);
+  };
+  return mse_loss(attention_map(to_common(fs), p), attention_map(to_common(ft), p));
+}
+
+// ---- CWD ---------------------------------------------------------------------------------------------
+
+Tensor cwd_loss(const Tensor& fs, const Tensor& ft, double tau) {
+  const char* op = "cwd_loss";
+  check_same_shape(op, fs, ft, "a 1x1 adapter on the student aligns channels");
+  RETORT_CHECK(std::isfinite(tau) && tau > 0, op, ": tau must be positive, got ", tau, " (student ", fs.meta_str(),
+               ", teacher ", ft.meta_str(), ")");
+  const Shape& s = fs.shape();
+  const int64_t rows = s[0] * s[1], cols = s[2] * s[3];
+  const double scale = tau * tau / static_cast<double>(rows);  // mmrazor: loss * tau^2 / (C * N)
+  Tensor loss, log_ps, log_pt, pt;
+  {
+    NoGradGuard ng;
+    log_ps = log_softmax(affine(fs.view_as_shape({rows, cols}), 1.0 / tau, 0.0), 1);
+    log_pt = log_softmax(affine(ft.view_as_shape({rows, cols}), 1.0 / tau, 0.0), 1);
+    pt = exp(log_pt);
+    loss = affine(sum(mul(pt, sub(log_pt, log_ps))), scale, 0.0);
+  }
+  return record(loss, "CWDLossBackward", {fs, ft},
+                [log_ps = saved(log_ps), log_pt = saved(log_pt), pt = saved(pt), k = scale / tau, s](
+                    const Tensor& g, const Node& node) {
+                  // The 1/tau of the logits' scaling turns tau^2 into tau.
+                  const Tensor gk = affine(g, k, 0.0);
+                  Tensor gs, gt;
+                  if (node.needs_grad(0)) gs = mul(sub(exp(log_ps), pt), gk).view_as_shape(s);
+                  if (node.needs_grad(1)) {
+                    // d/dz_t of sum p_t (log p_t - log p_s) = p_t (d - sum_i p_t d), d = log p_t - log p_s.
+                    const Tensor d = sub(log_pt, log_ps);
+                    const Tensor centred = sub(d, sum(mul(pt, d), {1}, true));
+                    gt = mul(mul(pt, centred), gk).view_as_shape(s);
+                  }
+                  return std::vector<Tensor>{gs, gt};
+                });
+}
+
+// ---- HCL ---------------------------------------------------------------------------------------------
+
+Tensor hcl_loss(const Tensor& fs, const Tensor& ft) {
+  const char* op = "hcl_loss";
+  check_same_shape(op, fs, ft, "ABF outputs are made at the teacher's size");
+  // ReviewKD's loop: levels 4, 2, 1 below the height, each weighing half the previous one.
+  struct Level {
+    int64_t size;
+    double weight;
+    Tensor pooled;  // pool(fs - ft) at this level; pooling is linear, so one pool serves both maps
+  };
+  std::vector<Level> levels;
+  double weight = 1.0, total = 1.0;
+  for (int64_t l : {4, 2, 1}) {
+    if (l >= fs.shape()[2]) continue;
+    weight /= 2.0;
+    total += weight;
+    levels.push_back({l, weight, Tensor()});
+  }
+  Tensor loss, diff;
+  {
+    NoGradGuard ng;
+    diff = sub(fs, ft);
+    loss = mean(mul(diff, diff));
+    for (Level& lv : levels) {
+      lv.pooled = adaptive_avg_pool2d(diff, lv.size, lv.size);
+      loss = add(loss, affine(mean(mul(lv.pooled, lv.pooled)), lv.weight, 0.0));
+    }
+    loss = affine(loss, 1.0 / total, 0.0);
+  }
+  return record(loss, "HCLLossBackward", {fs, ft},
+                [diff = saved(diff), levels = std::move(levels), total](const Tensor& g, const Node& node) {
+                  // d/d diff of w mean(pool(diff)^2) = pool^T(2 w pool(diff) / n_l); pool^T is the
+                  // adaptive pool's backward kernel (each bin's value spread evenly over the bin).
+                  Tensor gd = affine(diff, 2.0 / static_cast<double>(diff.numel()), 0.0);
+                  for (const Level& lv : levels) {
+                    const Tensor gp = affine(lv.pooled, 2.0 * lv.weight / static_cast<double>(lv.pooled.numel()), 0.0);
+                    Tensor spread = Tensor::empty_like(diff);
+                    backend_for(gp).adaptive_avg_pool2d_backward(gp, spread);
+                    gd = add(gd, spread);
+                  }
+                  gd = mul(gd, affine(g, 1.0 / total, 0.0));
+                  return std::vector<Tensor>{node.needs_grad(0) ? gd : Tensor(), node.needs_grad(1) ? neg(gd) : Tensor()};
+                });
+}
+
+}  // namespace retort

@@ -1,0 +1,82 @@
+// Strategy base, context accessors and the strategy registry (see strategy.h).
+#include "distill/strategy.h"
+
+#include <mutex>
+
+namespace retort {
+
+namespace {
+const Tensor& lookup(const std::map<std::string, Tensor>& m, const std::string& spec, const char* who) {
+  auto it = m.find(spec);
+  if (it == m.end()) {
+    std::string have;
+    for (const auto& [k, v] : m) have += (have.empty() ? "" : ", ") + k;
+    RETORT_FAIL("no ", who, " feature tapped at '", spec, "' (tapped: ", have.empty() ? "none" : have,
+                "); the strategy must list it in its ", who, "_taps()");
+  }
+  return it->second;
+}
+const Shape& lookup_shape(const std::map<std::string, Shape>& m, const std::string& spec, const char* who) {
+  auto it = m.find(spec);
+  RETORT_CHECK(it != m.end(), "no ", who, " tap shape for '", spec, "'");
+  return it->second;
+}
+}  // namespace
+
+const Tensor& DistillContext::student_feature(const std::string& spec) const {
+  return lookup(student_features, spec, "student");
+}
+const Tensor& DistillContext::teacher_feature(const std::string& spec) const {
+  return lookup(teacher_features, spec, "teacher");
+}
+const Shape& TapShapes::of_student(const std::string& spec) const { return lookup_shape(student, spec, "student"); }
+const Shape& TapShapes::of_teacher(const std::string& spec) const { return lookup_shape(teacher, spec, "teacher"); }
+
+Tensor Strategy::forward(const Tensor&) {
+  RETORT_FAIL(type_name(), ": a strategy is not a layer; the Distiller calls compute()");
+}
+
+namespace {
+struct Table {
+  std::mutex mu;
+  std::vector<std::pair<std::string, StrategyFactory>> entries;
+};
+Table& table() {
+  static Table t;
+  return t;
+}
+}  // namespace
+
+void register_builtin_strategies();  // strategies/registry.cpp
+
+void register_strategy(const std::string& type, StrategyFactory factory) {
+  Table& t = table();
+  std::lock_guard<std::mutex> lock(t.mu);
+  for (const auto& [n, f] : t.entries) RETORT_CHECK(n != type, "strategy '", type, "' registered twice");
+  t.entries.emplace_back(type, std::move(factory));
+}
+
+namespace {
+void ensure_builtins() {
+  static std::once_flag once;
+  std::call_once(once, register_builtin_strategies);
+}
+}  // namespace
+
+std::vector<std::string> strategy_types() {
+  ensure_builtins();
+  std::vector<std::string> names;
+  for (const auto& [n, f] : table().entries) names.push_back(n);
+  return names;
+}
+
+std::shared_ptr<Strategy> create_strategy(const std::string& type, JsonReader& params) {
+  ensure_builtins();
+  for (const auto& [n, f] : table().entries)
+    if (n == type) return f(params);
+  std::string known;
+  for (const auto& n : strategy_types()) known += (known.empty() ? "" : ", ") + n;
+  RETORT_FAIL("unknown strategy type '", type, "' (known: ", known, ")");
+}
+
+}  // namespace retort

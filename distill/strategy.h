@@ -1,0 +1,74 @@
+// Strategies: how a distillation method turns student and teacher outputs into a loss term.
+//
+// A Strategy is a Module, so its trainable extras (connectors, DAM heads, auxiliary classifiers)
+// are registered submodules: saved in checkpoints, given to the optimizer, counted at start-up. It
+//   - declares the feature taps it needs in the student and the teacher (module paths: "layer2",
+//     "layer3:preact", ":pooled"), which the Distiller attaches before the first forward;
+//   - is built once from the tap shapes of a probe forward (build()), where it sizes its connectors;
+//   - computes its UNWEIGHTED loss from a DistillContext each step (the Distiller applies the term's
+//     weight and warmup).
+// Wrappers fit the same interface: a strategy may own another strategy (SoKD wraps a host method and
+// refines the teacher's targets), own extra heads on either network (MTKD-SSR), or detach student
+// outputs (stop-gradient) itself.
+//
+// Strategies are registered by name (strategies/registry.cpp) and built from their JSON params,
+// strictly: an unknown parameter is an error naming the term. Adding one touches no other strategy.
+#pragma once
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "distill/json_reader.h"
+#include "distill/trainer.h"
+#include "layers/module.h"
+
+namespace retort {
+
+// Everything a strategy sees for one batch. Teacher tensors carry no gradient.
+struct DistillContext {
+  const Tensor& student_logits;
+  const Tensor& teacher_logits;  // undefined when the run has no teacher (CE-only)
+  const Tensor& targets;         // I64 [B]
+  const std::map<std::string, Tensor>& student_features;  // tap spec -> tensor
+  const std::map<std::string, Tensor>& teacher_features;
+  const TrainProgress& progress;
+  const Tensor& student_feature(const std::string& spec) const;
+  const Tensor& teacher_feature(const std::string& spec) const;
+};
+
+// Tap shapes from one probe forward (batch of 2) of each network, by tap spec.
+struct TapShapes {
+  std::map<std::string, Shape> student, teacher;
+  const Shape& of_student(const std::string& spec) const;
+  const Shape& of_teacher(const std::string& spec) const;
+};
+
+class Strategy : public Module {
+ public:
+  explicit Strategy(std::string type) : Module(std::move(type)) {}
+  // Taps this strategy reads (attached by the Distiller).
+  virtual std::vector<std::string> student_taps() const { return {}; }
+  virtual std::vector<std::string> teacher_taps() const { return {}; }
+  // Whether it needs a teacher at all (ce does not).
+  virtual bool needs_teacher() const { return true; }
+  // Sizes connectors from the tap shapes; called once before training.
+  virtual void build(const TapShapes& shapes, Generator& gen) {}
+  // The unweighted loss for this batch (a 0-D tensor).
+  virtual Tensor compute(const DistillContext& ctx) = 0;
+  // Every parameter with its resolved value (recorded in the run directory).
+  virtual Json params() const = 0;
+
+  Tensor forward(const Tensor&) final;  // strategies are not layers: calling it is an error
+};
+
+using StrategyFactory = std::function<std::shared_ptr<Strategy>(JsonReader& params)>;
+
+// Registers a strategy type; a duplicate name is an error.
+void register_strategy(const std::string& type, StrategyFactory factory);
+// Builds a strategy from its params (every key must be consumed). Unknown types list the known ones.
+std::shared_ptr<Strategy> create_strategy(const std::string& type, JsonReader& params);
+std::vector<std::string> strategy_types();
+
+}  // namespace retort

@@ -197,7 +197,7 @@ ConvReg::ConvReg(const Shape& student_shape, const Shape& teacher_shape, Generat
         "conv", std::make_shared<ConvTranspose2d>(sc, tc, 4, gen, ConvTranspose2dOptions{.stride = 2, .padding = 1}));
     oh = 2 * sh, ow = 2 * sw;
   } else if (sh >= th) {
-    RETORT_CHECK(sw >= tw, "ConvReg: no regressor maps ", both, ": the student is taller but narrower");
+    RETORT_CHECK(sw >= tw, "ConvReg: no regressor maps ", both, ": the student is narrower than the teacher");
     kind_ = Kind::Kernel;
     conv_ = register_module("conv", std::make_shared<Conv2d>(sc, tc, Size2(1 + sh - th, 1 + sw - tw), gen));
     oh = th, ow = tw;

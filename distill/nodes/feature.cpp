@@ -161,7 +161,8 @@ Tensor hcl_loss(const Tensor& fs, const Tensor& ft) {
                     gd = add(gd, spread);
                   }
                   gd = mul(gd, affine(g, 1.0 / total, 0.0));
-                  return std::vector<Tensor>{node.needs_grad(0) ? gd : Tensor(), node.needs_grad(1) ? neg(gd) : Tensor()};
+                  return std::vector<Tensor>{node.needs_grad(0) ? gd : Tensor(),
+                                             node.needs_grad(1) ? neg(gd) : Tensor()};
                 });
 }
 

@@ -43,7 +43,9 @@ void conv_transpose_case(std::vector<GradcheckCase>& out, const std::string& var
                    if (with_bias) in.push_back(gc_randn({ws[1] * p.groups}, g));
                    return in;
                  },
-                 [p](const Inputs& in) { return conv_transpose2d(in[0], in[1], in.size() > 2 ? in[2] : Tensor(), p); }});
+                 [p](const Inputs& in) {
+                   return conv_transpose2d(in[0], in[1], in.size() > 2 ? in[2] : Tensor(), p);
+                 }});
 }
 
 ConvTranspose2dParams ct(int64_t stride, int64_t pad, int64_t out_pad = 0, int64_t groups = 1, int64_t dilation = 1) {

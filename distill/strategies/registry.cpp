@@ -5,6 +5,12 @@ namespace retort {
 
 void register_builtin_strategies() {
   register_ce_strategy();
+  register_kd_strategy();
+  register_dkd_strategy();
+  register_fitnet_strategy();
+  register_at_strategy();
+  register_cwd_strategy();
+  register_reviewkd_strategy();
 }
 
 }  // namespace retort

@@ -6,5 +6,11 @@
 namespace retort {
 
 void register_ce_strategy();
+void register_kd_strategy();
+void register_dkd_strategy();
+void register_fitnet_strategy();
+void register_at_strategy();
+void register_cwd_strategy();
+void register_reviewkd_strategy();
 
 }  // namespace retort

@@ -1,0 +1,39 @@
+// "fitnet": FitNets hint loss (methods.md §1.2): MSE between ConvReg(student feature) and the teacher
+// feature at one stage (default "layer2" in both — feats[2] of CIFAR ResNets; name the stage of other
+// families, e.g. "block2" for WRN). The ConvReg regressor is this term's trainable module.
+#include "distill/connectors.h"
+#include "distill/strategies/strategies.h"
+#include "engine/functions.h"
+
+namespace retort {
+
+namespace {
+class FitNetStrategy final : public Strategy {
+ public:
+  FitNetStrategy(std::string s_tap, std::string t_tap)
+      : Strategy("fitnet"), s_tap_(std::move(s_tap)), t_tap_(std::move(t_tap)) {}
+  std::vector<std::string> student_taps() const override { return {s_tap_}; }
+  std::vector<std::string> teacher_taps() const override { return {t_tap_}; }
+  void build(const TapShapes& shapes, Generator& gen) override {
+    regressor_ = register_module("regressor",
+                                 std::make_shared<ConvReg>(shapes.of_student(s_tap_), shapes.of_teacher(t_tap_), gen));
+  }
+  Tensor compute(const DistillContext& ctx) override {
+    return mse_loss((*regressor_)(ctx.student_feature(s_tap_)), ctx.teacher_feature(t_tap_));
+  }
+  Json params() const override { return {{"student_tap", s_tap_}, {"teacher_tap", t_tap_}}; }
+
+ private:
+  std::string s_tap_, t_tap_;
+  std::shared_ptr<ConvReg> regressor_;
+};
+}  // namespace
+
+void register_fitnet_strategy() {
+  register_strategy("fitnet", [](JsonReader& p) {
+    const std::string s = p.get<std::string>("student_tap", "layer2");
+    return std::make_shared<FitNetStrategy>(s, p.get<std::string>("teacher_tap", s));
+  });
+}
+
+}  // namespace retort

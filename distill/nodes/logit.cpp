@@ -139,8 +139,8 @@ Tensor dkd_impl(const char* op, const Tensor& zs, const Tensor& zt, const Tensor
   if (beta_vec.defined()) {
     RETORT_CHECK(beta_vec.dtype() == zs.dtype() && beta_vec.dim() == 1 && beta_vec.shape()[0] == zs.shape()[0] &&
                      beta_vec.device().is_cpu(),
-                 op, ": beta ", beta_vec.meta_str(), " must be a CPU [B] tensor of the logits' dtype for student_logits ",
-                 zs.meta_str(), " and teacher_logits ", zt.meta_str());
+                 op, ": beta ", beta_vec.meta_str(), " must be a CPU [B] tensor of the logits' dtype for ",
+                 "student_logits ", zs.meta_str(), " and teacher_logits ", zt.meta_str());
   }
   const int64_t nb = zs.shape()[0], k = zs.shape()[1];
   const double inv_t = 1.0 / temperature;
@@ -187,7 +187,7 @@ Tensor dkd_impl(const char* op, const Tensor& zs, const Tensor& zt, const Tensor
             const int64_t g = y[b];
             const DkdRow r = dkd_row(sr, tr, k, g, inv_t);
             const double beta_b = bv ? static_cast<double>(bv[b]) : beta_scalar;
-            if (want_b) gb.data<T>()[b] = static_cast<T>(gup * temperature * temperature / static_cast<double>(nb) * r.nckd);
+            if (want_b) gb.data<T>()[b] = static_cast<T>(c * temperature * r.nckd);  // (T²/B) NCKD_b
             // TCKD is the binary KL of sigmoid(d): dTCKD/dd_s = p_g^s − p_g^t, written as the difference
             // of whichever pair is small so that it does not cancel near p_g ≈ 1.
             const double dd_s = (r.t.q < 0.5 && r.s.q < 0.5) ? r.t.q - r.s.q : r.s.p - r.t.p;

@@ -26,7 +26,8 @@
 // Z-score (LS): per row, μ = mean_k z, σ = unbiased std (divide by K−1, torch's default),
 //       Z(z) = (z − μ) / (eps + σ)      — eps is added to σ, not to the variance (the LS code).
 //       ∂Z_i/∂z_j = (δ_ij − 1/K)/s − d_i d_j / ((K−1) σ s²),  s = σ + eps, d = z − μ.
-//       A constant row (σ = 0) maps to 0; its gradient keeps only the first term.
+//       A constant row (σ = 0) maps to 0; its gradient keeps only the first term, (g − ḡ)/eps (the
+//       std's term is 0·∞ there and taken as 0, as PyTorch does), and 0 when eps = 0 too.
 //       KD+LS is kd_loss(zscore(z_s), zscore(z_t), T_base): the T² factor uses the base temperature.
 #pragma once
 #include <string>

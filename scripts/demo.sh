@@ -16,7 +16,7 @@ rm -rf "$runs/teacher" "$runs/student" "$runs/kd"
   --set teacher.checkpoint="\"$runs/teacher/model.safetensors\""
 
 top1() { sed -n 's/.*"last_top1": \([0-9.]*\).*/\1/p' "$1/summary.json"; }
-printf '\nFashion-MNIST test top-1 (6000 training images, 2 epochs)\n'
+printf '\nFashion-MNIST test top-1 (teacher: first 12000 training images, 3 epochs; students: first 6000, 2 epochs)\n'
 printf '  %-28s %s%%\n' "teacher resnet8x4" "$(top1 "$runs/teacher")"
 printf '  %-28s %s%%\n' "student resnet8 (CE only)" "$(top1 "$runs/student")"
 printf '  %-28s %s%%\n' "student resnet8 (CE + KD)" "$(top1 "$runs/kd")"

@@ -189,3 +189,26 @@ TEST(Distiller, UnbridgeableFeaturesAndMissingTeacherAreClearErrors) {
     EXPECT_NE(std::string(e.what()).find("layer9"), std::string::npos) << e.what();
   }
 }
+
+// Every config we ship parses strictly; every distillation recipe builds its Distiller (taps exist,
+// connectors bridge the shapes) for the architectures and input it names.
+TEST(ShippedConfigs, ParseAndBuild) {
+  int n = 0;
+  for (const auto& dir : {"configs/fmnist", "configs/cifar100"}) {
+    for (const auto& e : fs::directory_iterator(std::string(RETORT_SOURCE_DIR) + "/" + dir)) {
+      if (e.path().extension() != ".json") continue;
+      SCOPED_TRACE(e.path().string());
+      const ExperimentConfig cfg = ExperimentConfig::load(e.path().string());
+      ++n;
+      if (cfg.terms.empty() || cfg.teacher.arch.empty()) continue;
+      const bool cifar = cfg.data.dataset == "cifar100";
+      const ModelOptions mo{cifar ? 100 : 10, cifar ? 3 : 1, cifar ? 32 : 28};
+      Generator gen(0);
+      Distiller d(create_model(cfg.arch, mo, gen), create_model(cfg.teacher.arch, mo, gen),
+                  parse_terms(cfg.terms, e.path().string()), DistillerOptions{cfg.teacher.bn_mode},
+                  Shape{mo.in_channels, mo.input_size, mo.input_size}, gen);
+      EXPECT_FALSE(d.terms().empty());
+    }
+  }
+  EXPECT_GE(n, 30);
+}

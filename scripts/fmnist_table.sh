@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The Fashion-MNIST distillation table of docs/reproducing.md: the resnet8x4 teacher
+# (configs/fmnist/resnet8x4.json, trained once if runs/fmnist_resnet8x4 has no model yet), then the
+# resnet8 student with each strategy (configs/fmnist/student_*.json) over 3 seeds, printing the mean
+# and standard deviation of the last-epoch test top-1. Long: about an hour for the teacher and two to
+# three minutes per student run on 2 cores. Resumable: finished runs are skipped.
+#   bash scripts/fmnist_table.sh [strategy ...]      (default: every student_*.json)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${RETORT_BUILD_DIR:-$root/build}
+cd "$root"
+bash scripts/build.sh >/dev/null
+seeds=${SEEDS:-"0 1 2"}
+
+if [ ! -f runs/fmnist_resnet8x4/summary.json ]; then
+  "$build/apps/retort-train" configs/fmnist/resnet8x4.json --run-dir runs/fmnist_resnet8x4 --resume auto
+fi
+
+if [ $# -gt 0 ]; then names=("$@"); else
+  names=(); for f in configs/fmnist/student_*.json; do n=${f##*/student_}; names+=("${n%.json}"); done
+fi
+top1() { sed -n 's/.*"last_top1": \([0-9.]*\).*/\1/p' "$1/summary.json"; }
+for n in "${names[@]}"; do
+  for s in $seeds; do
+    dir=runs/fmnist/${n}_s$s
+    [ -f "$dir/summary.json" ] && continue
+    "$build/apps/retort-distill" "configs/fmnist/student_$n.json" --seed "$s" --run-dir "$dir" --resume auto
+  done
+done
+
+printf '\n%-12s %s\n' "teacher" "resnet8x4 $(top1 runs/fmnist_resnet8x4)%"
+for n in "${names[@]}"; do
+  vals=""; for s in $seeds; do vals="$vals $(top1 runs/fmnist/${n}_s$s)"; done
+  echo "$n $vals" | awk '{ m = 0; for (i = 2; i <= NF; i++) m += $i; m /= (NF - 1);
+    v = 0; for (i = 2; i <= NF; i++) v += ($i - m) ^ 2; sd = (NF > 2) ? sqrt(v / (NF - 2)) : 0;
+    printf "%-12s %.2f ± %.2f  (%s)\n", $1, m, sd, substr($0, length($1) + 2) }'
+done

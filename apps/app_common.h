@@ -1,11 +1,15 @@
 // Shared by the apps: exit codes and the mapping from exceptions to them (DESIGN §4).
 //   0 ok, 1 usage or config error, 2 runtime error (data, checkpoint, device), 3 non-finite loss.
 #pragma once
+#include <CLI/CLI.hpp>
+#include <omp.h>
+
 #include <cstdio>
 #include <exception>
 #include <functional>
 #include <string>
 
+#include "distill/experiment.h"
 #include "distill/trainer.h"
 #include "engine/error.h"
 
@@ -51,6 +55,43 @@ auto as_usage(F&& f) -> decltype(f()) {
   } catch (const Error& e) {
     throw UsageError(e.what());
   }
+}
+
+// The flags retort-train and retort-distill share.
+struct RunFlags {
+  std::string config_path, resume, run_dir, device;
+  std::vector<std::string> overrides;
+  int64_t seed = -1;
+  int threads = 0;
+};
+
+inline void add_run_flags(CLI::App& cli, RunFlags& f) {
+  cli.add_option("config", f.config_path, "Experiment config (JSON)")->required();
+  cli.add_option("--set", f.overrides, "Override a config value: key.path=value (repeatable)");
+  cli.add_option("--resume", f.resume, "'auto' (newest checkpoint of this run) or a checkpoint path");
+  cli.add_option("--run-dir", f.run_dir, "Run directory (default: <output_dir>/<name>)");
+  cli.add_option("--seed", f.seed, "Override experiment.seed");
+  cli.add_option("--device", f.device, "cpu (cuda: not implemented yet)");
+  cli.add_option("--threads", f.threads, "OpenMP/BLAS threads (default: all cores)");
+}
+
+// Loads the config with the flags' overrides (errors are usage errors), checks the device and sets
+// the thread count.
+inline ExperimentConfig load_run_config(RunFlags& f) {
+  if (f.seed >= 0) f.overrides.push_back("experiment.seed=" + std::to_string(f.seed));
+  if (!f.device.empty()) f.overrides.push_back("experiment.device=\"" + f.device + "\"");
+  ExperimentConfig cfg = as_usage([&] { return ExperimentConfig::load(f.config_path, f.overrides); });
+  as_usage([&] {
+    RETORT_CHECK(Device::parse(cfg.device).is_cpu(), "experiment.device: ", cfg.device,
+                 " is not available yet (the CUDA kernels are the [cuda] issue; see docs/STATUS.md)");
+    return 0;
+  });
+  if (f.threads > 0) omp_set_num_threads(f.threads);
+  return cfg;
+}
+
+inline std::string run_dir_of(const RunFlags& f, const ExperimentConfig& cfg) {
+  return f.run_dir.empty() ? cfg.output_dir + "/" + cfg.name : f.run_dir;
 }
 
 }  // namespace retort::app

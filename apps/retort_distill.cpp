@@ -4,7 +4,6 @@
 //
 //   retort-distill configs/fmnist/kd_resnet8x4_resnet8.json [--set distill.terms.1.weight=0.9] [--resume auto]
 #include <CLI/CLI.hpp>
-#include <omp.h>
 
 #include <cstdio>
 
@@ -19,30 +18,13 @@ using namespace retort;
 
 int main(int argc, char** argv) {
   CLI::App cli{"Retort: distill a student from a teacher with the terms of a JSON experiment config"};
-  std::string config_path, resume, run_dir_override, device;
-  std::vector<std::string> overrides;
-  int64_t seed = -1;
-  int threads = 0;
-  cli.add_option("config", config_path, "Experiment config (JSON)")->required();
-  cli.add_option("--set", overrides, "Override a config value: key.path=value (repeatable)");
-  cli.add_option("--resume", resume, "'auto' (newest checkpoint of this run) or a checkpoint path");
-  cli.add_option("--run-dir", run_dir_override, "Run directory (default: <output_dir>/<name>)");
-  cli.add_option("--seed", seed, "Override experiment.seed");
-  cli.add_option("--device", device, "cpu (cuda: not implemented yet)");
-  cli.add_option("--threads", threads, "OpenMP/BLAS threads (default: all cores)");
+  app::RunFlags flags;
+  app::add_run_flags(cli, flags);
   CLI11_PARSE(cli, argc, argv);
 
   return app::run_guarded("retort-distill", [&] {
-    if (seed >= 0) overrides.push_back("experiment.seed=" + std::to_string(seed));
-    if (!device.empty()) overrides.push_back("experiment.device=\"" + device + "\"");
-    const ExperimentConfig cfg = app::as_usage([&] { return ExperimentConfig::load(config_path, overrides); });
-    app::as_usage([&] {
-      RETORT_CHECK(Device::parse(cfg.device).is_cpu(), "experiment.device: ", cfg.device,
-                   " is not available yet (the CUDA kernels are the [cuda] issue; see docs/STATUS.md)");
-      RETORT_CHECK(!cfg.terms.empty(), config_path, ": no distill.terms (use retort-train for plain training)");
-      return 0;
-    });
-    if (threads > 0) omp_set_num_threads(threads);
+    const ExperimentConfig cfg = app::load_run_config(flags);
+    if (cfg.terms.empty()) throw app::UsageError(flags.config_path + ": no distill.terms (use retort-train for plain training)");
 
     const DataSplits data = load_datasets(cfg.data);
     const Shape s = data.train->sample_shape();
@@ -61,9 +43,9 @@ int main(int argc, char** argv) {
       std::printf("retort-distill: teacher %s from %s: test top-1 %.2f%%\n", cfg.teacher.arch.c_str(),
                   cfg.teacher.checkpoint.c_str(), teacher_top1);
     }
-    std::vector<DistillTerm> terms = app::as_usage([&] { return parse_terms(cfg.terms, config_path); });
+    std::vector<DistillTerm> terms = app::as_usage([&] { return parse_terms(cfg.terms, flags.config_path); });
     Distiller distiller(student, teacher, std::move(terms), DistillerOptions{cfg.teacher.bn_mode}, s, gen);
-    RunDir run(run_dir_override.empty() ? cfg.output_dir + "/" + cfg.name : run_dir_override);
+    RunDir run(app::run_dir_of(flags, cfg));
     std::printf("retort-distill: %s\n  student %s, %.3f M parameters (+%lld in distillation modules)\n"
                 "  loss    %s\n  data    %s (train %zu, test %zu)\n  solver  %s lr %g, %d epochs, batch %lld\n"
                 "  cpu     %s\n  run     %s\n",
@@ -76,7 +58,7 @@ int main(int argc, char** argv) {
     if (teacher) trainer.add_summary_field("teacher_top1", teacher_top1);
     trainer.add_summary_field("terms", distiller.terms_json());
     trainer.add_summary_field("extra_parameters", distiller.extra_parameter_count());
-    const TrainSummary sum = trainer.fit(resume);
+    const TrainSummary sum = trainer.fit(flags.resume);
     std::printf("retort-distill: done: student best top-1 %.2f%% (epoch %d), last %.2f%%%s, %.0f s, %.0f img/s\n"
                 "  model saved to %s\n",
                 sum.best_top1, sum.best_epoch, sum.last_top1,

@@ -4,24 +4,16 @@
 #include <fstream>
 
 #include "distill/experiment.h"
+#include "tests/common/expect.h"
 
 using namespace retort;
+using retort::testing::expect_error;
 
 namespace {
 const char* kMinimal = R"({"schema_version": 1, "model": {"arch": "resnet8x4"}})";
 
 ExperimentConfig parse(const std::string& text) { return ExperimentConfig::from_json(Json::parse(text), "test.json"); }
 
-template <class F>
-void expect_error(F&& f, std::initializer_list<const char*> needles) {
-  try {
-    f();
-    FAIL() << "expected retort::Error";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const char* n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "missing '" << n << "' in: " << msg;
-  }
-}
 }  // namespace
 
 TEST(Config, MinimalConfigGetsDefaults) {

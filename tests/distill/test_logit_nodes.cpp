@@ -12,8 +12,10 @@
 #include "engine/autograd.h"
 #include "engine/functions.h"
 #include "tests/common/golden.h"
+#include "tests/common/expect.h"
 
 using namespace retort;
+using retort::testing::expect_error;
 using retort::testing::close_to;
 using retort::testing::GoldenFile;
 
@@ -66,17 +68,6 @@ bool all_finite(const Tensor& t) {
   for (double x : t.to_vector())
     if (!std::isfinite(x)) return false;
   return true;
-}
-
-template <class F>
-void expect_error(F&& f, std::initializer_list<const char*> needles) {
-  try {
-    f();
-    FAIL() << "expected retort::Error";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const char* n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "missing '" << n << "' in: " << msg;
-  }
 }
 
 }  // namespace

@@ -3,22 +3,10 @@
 #include <gtest/gtest.h>
 
 #include "engine/functions.h"
+#include "tests/common/expect.h"
 
 using namespace retort;
-
-namespace {
-// Runs f, expects a retort::Error whose message contains every one of `needles`.
-template <class F>
-void expect_error(F&& f, std::initializer_list<const char*> needles) {
-  try {
-    f();
-    FAIL() << "expected retort::Error";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const char* n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "missing '" << n << "' in: " << msg;
-  }
-}
-}  // namespace
+using retort::testing::expect_error;
 
 TEST(Errors, BroadcastShapeMismatchNamesBothShapes) {
   expect_error([] { add(Tensor::zeros({2, 3}), Tensor::zeros({4})); }, {"add", "[2, 3]", "[4]"});

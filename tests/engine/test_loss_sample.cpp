@@ -7,8 +7,10 @@
 
 #include "engine/autograd.h"
 #include "engine/functions.h"
+#include "tests/common/expect.h"
 
 using namespace retort;
+using retort::testing::expect_error;
 
 namespace {
 Tensor t64(std::vector<double> v, Shape s) { return Tensor::from_vector(v, s, DType::F64); }
@@ -16,16 +18,6 @@ void expect_near(const Tensor& t, const std::vector<double>& want, double tol = 
   const auto got = t.to_vector();
   ASSERT_EQ(got.size(), want.size()) << t.meta_str();
   for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], tol) << "element " << i;
-}
-template <class F>
-void expect_error(F&& f, std::initializer_list<const char*> needles) {
-  try {
-    f();
-    FAIL() << "expected retort::Error";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const char* n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "missing '" << n << "' in: " << msg;
-  }
 }
 Tensor identity_theta(int64_t n = 1) {
   std::vector<double> v;

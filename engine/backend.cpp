@@ -41,6 +41,7 @@ const char* binary_op_name(BinaryOp op) {
     case BinaryOp::Le: return "le";
     case BinaryOp::Eq: return "eq";
     case BinaryOp::XLogY: return "xlogy";
+    case BinaryOp::MaskPositive: return "mask_positive";
   }
   return "?";
 }

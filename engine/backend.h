@@ -25,6 +25,7 @@ enum class BinaryOp {
   Add, Sub, Mul, Div, Max, Min,
   Gt, Ge, Lt, Le, Eq,   // 1 where true, 0 elsewhere (same dtype as inputs)
   XLogY,                // a * log(b), 0 where a == 0 (as torch.xlogy)
+  MaskPositive,         // b > 0 ? a : 0 — ReLU's backward in one pass (a the gradient, b the output)
 };
 enum class ReduceOp { Sum, Max, Min };
 

@@ -178,7 +178,7 @@ Tensor clamp(const Tensor& x, double lo, double hi) {
 Tensor relu(const Tensor& x) {
   Tensor out = unary_forward(UnaryOp::Relu, x);
   return record(out, "ReluBackward", {x}, [y = saved(out)](const Tensor& g, const Node&) {
-    return std::vector<Tensor>{mul(g, gt(y, Tensor::zeros({}, y.dtype(), y.device())))};
+    return std::vector<Tensor>{binary_forward(BinaryOp::MaskPositive, g, y)};  // g where y > 0, one pass
   });
 }
 

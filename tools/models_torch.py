@@ -1,7 +1,9 @@
 """PyTorch twins of Retort's C++ model zoo (models/*.cpp), written for golden tests and checkpoint
-exchange: resnet8x4, resnet20, wrn_16_2, vgg8, mobile_half and ShuffleV2. Each is an nn.Module whose
-state_dict has exactly the names, shapes and order of the C++ model, which are those of the
-RepDistiller / mdistiller definitions, so checkpoints move between all three.
+exchange: resnet8x4, resnet20, wrn_16_2, vgg8, mobile_half and ShuffleV2 — and resnet56, resnet32x4
+and wrn_40_2, the same classes at other depths and widths, for the [perf] benchmark's teachers
+(bench/torch_reference.py). Each is an nn.Module whose state_dict has exactly the names, shapes and
+order of the C++ model, which are those of the RepDistiller / mdistiller definitions, so checkpoints
+move between all three.
 
 Every constructor takes num_classes and in_channels (the references hard-code 3 input channels).
 The references' fixed-size final pools (AvgPool2d(8), avg_pool2d(4), AvgPool2d(2, ceil_mode)) are
@@ -94,6 +96,14 @@ def resnet20(num_classes=100, in_channels=3):
     return ResNet(20, (16, 16, 32, 64), num_classes, in_channels)
 
 
+def resnet56(num_classes=100, in_channels=3):
+    return ResNet(56, (16, 16, 32, 64), num_classes, in_channels)
+
+
+def resnet32x4(num_classes=100, in_channels=3):
+    return ResNet(32, (32, 64, 128, 256), num_classes, in_channels)
+
+
 # ---- Wide ResNet (wrn.py, pre-activation) ------------------------------------------------------------
 
 class WRNBlock(nn.Module):
@@ -145,6 +155,10 @@ class WideResNet(nn.Module):
 
 def wrn_16_2(num_classes=100, in_channels=3):
     return WideResNet(16, 2, num_classes, in_channels)
+
+
+def wrn_40_2(num_classes=100, in_channels=3):
+    return WideResNet(40, 2, num_classes, in_channels)
 
 
 # ---- VGG with BN (vgg.py) ---------------------------------------------------------------------------
@@ -310,4 +324,7 @@ MODELS = {
     "vgg8": vgg8,
     "mobile_half": mobile_half,
     "ShuffleV2": ShuffleV2,
+    "resnet56": resnet56,
+    "resnet32x4": resnet32x4,
+    "wrn_40_2": wrn_40_2,
 }

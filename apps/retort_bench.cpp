@@ -1,0 +1,398 @@
+// retort-bench: throughput and peak memory of the zoo on random CIFAR-shaped batches — a training
+// step (forward, cross-entropy, backward, SGD), a KD step (frozen teacher + student, CE + KD) and
+// inference — printed as a table or as one JSON object per line. See bench/README.md.
+//
+//   retort-bench [--models a,b] [--pairs t:s,...] [--batch 64,128] [--threads 1,2] [--steps 10]
+//                [--warmup 3] [--mode train,kd,infer] [--input 3x32x32] [--classes 100] [--json]
+//
+// Peak memory is VmHWM from /proc/self/status, a high-water mark of the whole process, so one row's
+// peak would hide the next row's. A single row therefore runs in this process; with more rows this
+// binary re-runs itself once per row (posix_spawn of /proc/self/exe, exec'd straight away so no
+// OpenMP pool crosses a fork) and passes the children's JSON lines on.
+//
+// The steps go through the code the apps run — ClassifierTask / Distiller losses, the Trainer's
+// sum-item-zero_grad-backward-step sequence, make_optimizer — so a speed-up measured here is one
+// retort-train and retort-distill get. Data loading and augmentation are not part of a step: every
+// step reuses one pre-drawn batch.
+#include <CLI/CLI.hpp>
+#include <omp.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "apps/app_common.h"
+#include "distill/distiller.h"
+#include "distill/json_reader.h"
+#include "distill/trainer.h"
+#include "engine/autograd.h"
+#include "engine/backend.h"
+#include "engine/functions.h"
+#include "engine/optim/optim.h"
+#include "models/registry.h"
+
+extern char** environ;
+
+using namespace retort;
+
+namespace {
+
+// The issue's matrix ([perf]): the defaults when neither --models nor --pairs is given.
+const std::vector<std::string> kDefaultModels{"resnet20", "resnet56",    "resnet8x4", "resnet32x4",
+                                              "wrn_40_2", "mobile_half", "ShuffleV2"};
+const std::vector<std::string> kDefaultPairs{"resnet56:resnet20", "resnet32x4:resnet8x4", "wrn_40_2:wrn_16_2"};
+
+struct Options {
+  std::vector<std::string> models, pairs, modes{"train", "kd", "infer"};
+  std::vector<int> batches{64, 128}, threads{1, 2};
+  int steps = 10, warmup = 3;
+  std::string input = "3x32x32";
+  int64_t classes = 100;
+  uint64_t seed = 0;
+  bool json = false, profile = false;
+  int64_t c = 3, hw = 32;  // parsed from input
+};
+
+struct Row {
+  std::string mode, model;  // model: "name", or "teacher:student" for kd
+  int batch = 0, threads = 0;
+};
+
+std::vector<Row> expand(const Options& o) {
+  std::vector<Row> rows;
+  auto add = [&](const std::string& mode, const std::string& model) {
+    for (int b : o.batches)
+      for (int t : o.threads) rows.push_back({mode, model, b, t});
+  };
+  // Model outermost, so a long run finishes whole models first.
+  for (const auto& m : o.models)
+    for (const auto& mode : o.modes)
+      if (mode != "kd") add(mode, m);
+  for (const auto& p : o.pairs)
+    for (const auto& mode : o.modes)
+      if (mode == "kd") add(mode, p);
+  return rows;
+}
+
+// ---- facts about this process and machine ---------------------------------------------------------
+
+// A "VmHWM:   1234 kB" style field of /proc/self/status, in MiB (0 when absent).
+double status_mb(const std::string& field) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind(field + ":", 0) == 0) return std::strtod(line.c_str() + field.size() + 1, nullptr) / 1024.0;
+  return 0.0;
+}
+
+std::string cpu_model_name() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("model name", 0) == 0) {
+      auto p = line.find(':');
+      if (p != std::string::npos) return line.substr(line.find_first_not_of(" \t", p + 1));
+    }
+  return "unknown";
+}
+
+std::string utc_now() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string host_name() {
+  char buf[256] = {};
+  if (gethostname(buf, sizeof buf - 1) != 0) return "unknown";
+  return buf;
+}
+
+double round3(double v) { return std::round(v * 1000.0) / 1000.0; }
+
+// ---- one row, in this process ------------------------------------------------------------------
+
+// The Trainer's step (distill/trainer.cpp, Trainer::fit) minus data loading and logging: the loss
+// terms, their sum, the finiteness check through item(), zero_grad, backward, step.
+void train_step(TrainingTask& task, Optimizer& opt, const Batch& batch, int64_t step) {
+  const TrainProgress prog{0, 1, step, 0, 1};
+  Tensor logits;
+  LossTerms terms = task.losses(batch, prog, logits);
+  Tensor total = terms[0].second;
+  for (size_t i = 1; i < terms.size(); ++i) total = add(total, terms[i].second);
+  const double loss = total.item();
+  if (!std::isfinite(loss)) throw NonFiniteLoss(detail::cat("retort-bench: non-finite loss at step ", step));
+  opt.zero_grad();
+  total.backward();
+  opt.step();
+}
+
+// SGD as the CIFAR recipes configure it (configs/cifar100/*.json).
+std::unique_ptr<Optimizer> sgd(std::vector<Tensor> params) {
+  const Json cfg{{"type", "sgd"}, {"lr", 0.05}, {"momentum", 0.9}, {"weight_decay", 5e-4}, {"nesterov", false}};
+  return make_optimizer(cfg, std::move(params));
+}
+
+Json run_row(const Row& r, const Options& o) {
+  omp_set_num_threads(r.threads);
+  const double base_mb = status_mb("VmHWM");
+  Generator gen(o.seed);
+  const ModelOptions mo{o.classes, o.c, o.hw};
+  Batch batch;
+  batch.inputs = Tensor::randn({r.batch, o.c, o.hw, o.hw}, gen);
+  std::vector<int64_t> labels(static_cast<size_t>(r.batch));
+  for (auto& l : labels) l = static_cast<int64_t>(gen.randint(static_cast<uint64_t>(o.classes)));
+  batch.targets = Tensor::from_int64(labels, {r.batch});
+
+  std::shared_ptr<Module> model, teacher;
+  std::unique_ptr<TrainingTask> task;
+  std::unique_ptr<Optimizer> opt;
+  std::function<void(int64_t)> step;
+  Json extra = Json::object();
+  if (r.mode == "train") {
+    model = create_model(r.model, mo, gen);
+    task = std::make_unique<ClassifierTask>(model);
+    opt = sgd(task->trainable_parameters());
+    task->train(true);
+    step = [&](int64_t i) { train_step(*task, *opt, batch, i); };
+  } else if (r.mode == "kd") {
+    const auto colon = r.model.find(':');
+    const std::string tname = r.model.substr(0, colon), sname = r.model.substr(colon + 1);
+    Generator tgen(o.seed + 1);
+    teacher = create_model(tname, mo, tgen);
+    model = create_model(sname, mo, gen);
+    // The literature's KD recipe: 0.1 CE + 0.9 KD at T = 4, through the config parser retort-distill uses.
+    const Json terms = Json::parse(R"([{"type": "ce", "weight": 0.1},
+                                       {"type": "kd", "weight": 0.9, "params": {"temperature": 4}}])");
+    task = std::make_unique<Distiller>(model, teacher, parse_terms(terms, "retort-bench"), DistillerOptions{},
+                                       Shape{o.c, o.hw, o.hw}, gen);
+    opt = sgd(task->trainable_parameters());
+    task->train(true);
+    step = [&](int64_t i) { train_step(*task, *opt, batch, i); };
+    extra = {{"teacher", tname}, {"student", sname}};
+  } else {  // infer
+    model = create_model(r.model, mo, gen);
+    model->eval();
+    step = [&](int64_t) {
+      NoGradGuard ng;
+      Tensor logits = (*model)(batch.inputs);
+    };
+  }
+
+  using Clock = std::chrono::steady_clock;
+  for (int i = 0; i < o.warmup; ++i) step(i);
+  std::vector<double> ms;
+  for (int i = 0; i < o.steps; ++i) {
+    const auto t0 = Clock::now();
+    step(o.warmup + i);
+    ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  }
+  std::vector<double> sorted = ms;
+  std::sort(sorted.begin(), sorted.end());
+  const size_t n = sorted.size();
+  const double median = n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
+
+  Json j{{"framework", "retort"}, {"model", r.model}, {"mode", r.mode}, {"batch", r.batch}, {"threads", r.threads}};
+  j.update(extra);
+  j.update(Json{{"ms_median", round3(median)},
+                {"ms_min", round3(sorted.front())},
+                {"ms_max", round3(sorted.back())},
+                {"images_per_s", round3(r.batch * 1000.0 / median)},
+                {"peak_rss_mb", round3(status_mb("VmHWM"))},
+                {"base_rss_mb", round3(base_mb)},
+                {"steps", o.steps},
+                {"warmup", o.warmup},
+                {"input", o.input},
+                {"classes", o.classes},
+                {"device", "cpu"},
+                {"cpu", cpu_model_name()},
+                {"backend", cpu_backend_info()},
+                {"host", host_name()},
+                {"date", utc_now()}});
+  return j;
+}
+
+// ---- many rows, one child process each ---------------------------------------------------------------
+
+// Runs `args` as a child of /proc/self/exe and returns its stdout (stderr passes through).
+std::string run_child(const std::vector<std::string>& args, int& status) {
+  int fds[2];
+  RETORT_CHECK(pipe(fds) == 0, "retort-bench: pipe() failed");
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
+  posix_spawn_file_actions_addclose(&fa, fds[0]);
+  posix_spawn_file_actions_addclose(&fa, fds[1]);
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, "/proc/self/exe", &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  close(fds[1]);
+  std::string out;
+  if (rc == 0) {
+    char buf[4096];
+    ssize_t got = 0;
+    while ((got = read(fds[0], buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(got));
+  }
+  close(fds[0]);
+  RETORT_CHECK(rc == 0, "retort-bench: cannot re-run /proc/self/exe (posix_spawn error ", rc, ")");
+  waitpid(pid, &status, 0);
+  return out;
+}
+
+std::vector<std::string> child_args(const Row& r, const Options& o) {
+  std::vector<std::string> a{"retort-bench", "--mode", r.mode};
+  a.insert(a.end(), {r.mode == "kd" ? "--pairs" : "--models", r.model});
+  a.insert(a.end(), {"--batch", std::to_string(r.batch), "--threads", std::to_string(r.threads), "--steps",
+                     std::to_string(o.steps), "--warmup", std::to_string(o.warmup), "--input", o.input, "--classes",
+                     std::to_string(o.classes), "--seed", std::to_string(o.seed), "--json"});
+  return a;
+}
+
+void print_table_header() {
+  std::printf("%-24s %-6s %6s %7s %10s %10s %9s\n", "model", "mode", "batch", "threads", "ms/step", "img/s",
+              "peak MiB");
+}
+
+void print_table_row(const Json& j) {
+  std::printf("%-24s %-6s %6d %7d %10.1f %10.1f %9.0f\n", j["model"].get<std::string>().c_str(),
+              j["mode"].get<std::string>().c_str(), j["batch"].get<int>(), j["threads"].get<int>(),
+              j["ms_median"].get<double>(), j["images_per_s"].get<double>(), j["peak_rss_mb"].get<double>());
+  std::fflush(stdout);
+}
+
+void validate(Options& o) {
+  const auto known = model_names();
+  auto check_model = [&](const std::string& m) {
+    if (std::find(known.begin(), known.end(), m) == known.end()) {
+      std::string list;
+      for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+      throw app::UsageError("unknown model '" + m + "' (known: " + list + ")");
+    }
+  };
+  if (o.models.empty() && o.pairs.empty()) {
+    o.models = kDefaultModels;
+    o.pairs = kDefaultPairs;
+  }
+  for (const auto& m : o.models) check_model(m);
+  for (const auto& p : o.pairs) {
+    const auto colon = p.find(':');
+    if (colon == std::string::npos || colon == 0 || colon + 1 == p.size() || p.find(':', colon + 1) != std::string::npos)
+      throw app::UsageError("--pairs: '" + p + "' is not teacher:student");
+    check_model(p.substr(0, colon));
+    check_model(p.substr(colon + 1));
+  }
+  for (const auto& m : o.modes)
+    if (m != "train" && m != "kd" && m != "infer")
+      throw app::UsageError("--mode: '" + m + "' (expected train, kd or infer)");
+  for (int b : o.batches)
+    if (b < 1) throw app::UsageError("--batch: sizes must be positive");
+  for (int t : o.threads)
+    if (t < 1) throw app::UsageError("--threads: counts must be positive");
+  if (o.steps < 1) throw app::UsageError("--steps must be at least 1");
+  if (o.warmup < 0) throw app::UsageError("--warmup must be >= 0");
+  if (o.classes < 2) throw app::UsageError("--classes must be at least 2");
+  long long c = 0, h = 0, w = 0;
+  char tail = 0;
+  if (std::sscanf(o.input.c_str(), "%lldx%lldx%lld%c", &c, &h, &w, &tail) != 3 || c < 1 || h < 1 || h != w)
+    throw app::UsageError("--input: '" + o.input + "' (expected CxHxW with H == W, e.g. 3x32x32)");
+  o.c = c;
+  o.hw = h;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App cli{"Retort: training-step, KD-step and inference throughput and peak memory of zoo models"};
+  Options o;
+  cli.add_option("--models", o.models, "Models for train/infer rows (comma-separated)")->delimiter(',');
+  cli.add_option("--pairs", o.pairs, "teacher:student pairs for kd rows (comma-separated)")->delimiter(',');
+  cli.add_option("--batch", o.batches, "Batch sizes (comma-separated)")->capture_default_str()->delimiter(',');
+  cli.add_option("--threads", o.threads, "OpenMP/BLAS thread counts (comma-separated)")->capture_default_str()->delimiter(',');
+  cli.add_option("--steps", o.steps, "Timed steps per row (the median is reported)")->capture_default_str();
+  cli.add_option("--warmup", o.warmup, "Untimed steps before timing")->capture_default_str();
+  cli.add_option("--mode", o.modes, "train, kd, infer (comma-separated)")->capture_default_str()->delimiter(',');
+  cli.add_option("--input", o.input, "Input sample shape CxHxW")->capture_default_str();
+  cli.add_option("--classes", o.classes, "Number of classes")->capture_default_str();
+  cli.add_option("--seed", o.seed, "Seed of the weights, inputs and labels")->capture_default_str();
+  cli.add_flag("--json", o.json, "One JSON object per row on stdout instead of a table");
+  cli.add_flag("--profile", o.profile, "Per-op-type timing of a training step (not implemented yet)");
+  cli.footer(
+      "With neither --models nor --pairs, the [perf] matrix runs (7 models, 3 KD pairs). kd rows come from\n"
+      "--pairs, train/infer rows from --models. More than one row: each runs in a fresh child process,\n"
+      "so that peak_rss_mb (VmHWM) is that row's alone.");
+  CLI11_PARSE(cli, argc, argv);
+
+  return app::run_guarded("retort-bench", [&] {
+    if (o.profile) {
+      std::fprintf(stderr,
+                   "retort-bench: --profile (time per op type in a training step) is not implemented yet: it needs "
+                   "timers inside the engine, which the [perf] work will add\n");
+      return static_cast<int>(app::kUsage);
+    }
+    validate(o);
+    const std::vector<Row> rows = expand(o);
+    if (rows.empty()) throw app::UsageError("no rows: kd needs --pairs, train/infer need --models");
+
+    if (rows.size() == 1) {
+      const Json j = run_row(rows[0], o);
+      if (o.json) {
+        std::printf("%s\n", j.dump().c_str());
+      } else {
+        std::printf("%s\n", j["backend"].get<std::string>().c_str());
+        print_table_header();
+        print_table_row(j);
+      }
+      return static_cast<int>(app::kOk);
+    }
+
+    if (!o.json) {
+      std::printf("retort-bench: %zu rows, each in its own process; cpu %s\n", rows.size(), cpu_model_name().c_str());
+      print_table_header();
+    }
+    int failed = 0;
+    for (const auto& r : rows) {
+      int status = 0;
+      const std::string out = run_child(child_args(r, o), status);
+      Json j;
+      bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+      if (ok) {
+        try {
+          j = Json::parse(out);
+        } catch (const std::exception&) {
+          ok = false;
+        }
+      }
+      if (!ok) {
+        ++failed;
+        const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        std::fprintf(stderr, "retort-bench: row %s %s batch %d threads %d failed (exit %d)\n", r.model.c_str(),
+                     r.mode.c_str(), r.batch, r.threads, code);
+        continue;
+      }
+      if (o.json) {
+        std::printf("%s\n", j.dump().c_str());
+        std::fflush(stdout);
+      } else {
+        print_table_row(j);
+      }
+    }
+    return static_cast<int>(failed ? app::kRuntime : app::kOk);
+  });
+}

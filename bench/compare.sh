@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Retort against PyTorch, row by row: for each (model or pair, mode, batch, threads) runs retort-bench,
+# then bench/torch_reference.py (NCHW and channels_last), back to back, so that whatever else the
+# machine is doing hits both sides alike. Every row is a fresh process (peak memory is a per-process
+# high-water mark). Appends the JSON lines to bench/results/<date>_<machine>.jsonl and prints a
+# markdown table with the ratio ours / PyTorch's faster format. See bench/README.md.
+#
+#   bench/compare.sh                              the full [perf] matrix (long: hours on 2 cores)
+#   MODELS=resnet20 MODES=train BATCHES=64 THREADS=2 bench/compare.sh        one row
+#   bench/compare.sh --table bench/results/FILE.jsonl                        re-print a table
+#
+# Environment (comma-separated lists; unset = the issue's matrix):
+#   MODELS  PAIRS (teacher:student)  MODES (train,kd,infer)  BATCHES  THREADS  FORMATS  STEPS  WARMUP
+#   RETORT_BUILD_DIR (default build/)  BENCH (the retort-bench binary)  PYTHON (default /usr/bin/python3)
+#   MACHINE (name in the results file; default a slug of the CPU model and core count)  OUT (results file)
+# As in retort-bench: with MODELS set and PAIRS unset there are no kd rows, and the other way round.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+python=${PYTHON:-/usr/bin/python3}
+
+# The table: one line per Retort row, against the faster PyTorch format of the same row. Memory is
+# each side's peak minus its base (VmHWM before the model is built), since `import torch` alone costs
+# ~230 MiB that a Retort binary does not pay.
+print_table() {
+  "$python" - "$1" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+key = lambda r: (r["model"], r["mode"], r["batch"], r["threads"])
+torch = {}
+for r in rows:
+    if r["framework"].startswith("torch"):
+        torch.setdefault(key(r), []).append(r)
+print("| model | mode | batch | threads | ours img/s | torch img/s (format) | ours / torch | ours MiB | torch MiB |")
+print("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
+for r in rows:
+    if r["framework"] != "retort":
+        continue
+    ts = torch.get(key(r), [])
+    best = max(ts, key=lambda t: t["images_per_s"]) if ts else None
+    model = r["model"].replace(":", " → ")
+    ours = f"{r['images_per_s']:.1f}"
+    ours_mb = f"{r['peak_rss_mb'] - r['base_rss_mb']:.0f}"
+    if best:
+        fmt = "NCHW" if best["memory_format"] == "nchw" else "channels_last"
+        print(f"| {model} | {r['mode']} | {r['batch']} | {r['threads']} | {ours} | {best['images_per_s']:.1f} ({fmt}) "
+              f"| {r['images_per_s'] / best['images_per_s']:.2f} | {ours_mb} | "
+              f"{best['peak_rss_mb'] - best['base_rss_mb']:.0f} |")
+    else:
+        print(f"| {model} | {r['mode']} | {r['batch']} | {r['threads']} | {ours} | – | – | {ours_mb} | – |")
+EOF
+}
+
+if [[ ${1:-} == --table ]]; then
+  print_table "${2:?usage: bench/compare.sh --table FILE.jsonl}"
+  exit 0
+fi
+
+build=${RETORT_BUILD_DIR:-$root/build}
+bench=${BENCH:-$build/apps/retort-bench}
+if [[ ! -x $bench ]]; then
+  echo "compare.sh: no retort-bench at $bench; build it (cmake --build build --target retort-bench) or set BENCH" >&2
+  exit 1
+fi
+
+split() { tr ',' ' ' <<<"$1"; }
+if [[ -z ${MODELS:-} && -z ${PAIRS:-} ]]; then
+  MODELS=resnet20,resnet56,resnet8x4,resnet32x4,wrn_40_2,mobile_half,ShuffleV2
+  PAIRS=resnet56:resnet20,resnet32x4:resnet8x4,wrn_40_2:wrn_16_2
+fi
+modes=${MODES:-train,kd,infer} batches=${BATCHES:-64,128} threads=${THREADS:-1,2}
+formats=${FORMATS:-nchw,channels_last} steps=${STEPS:-10} warmup=${WARMUP:-3}
+
+# CPU model names are long and hostnames in containers are random: "intel-xeon-2c" names the machine.
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- || echo unknown)
+slug=$(tr '[:upper:]' '[:lower:]' <<<"$cpu" | sed -E 's/\((r|tm)\)//g; s/(processor|cpu|@.*)//g; s/[^a-z0-9]+/-/g; s/^-+|-+$//g')
+machine=${MACHINE:-$slug-$(nproc)c}
+mkdir -p "$root/bench/results"
+out=${OUT:-$root/bench/results/$(date -u +%Y-%m-%d_%H%M)_$machine.jsonl}
+# The commit measured (with "+dirty" when the work tree differs from it), written into Retort's rows.
+commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+git -C "$root" diff --quiet HEAD -- 2>/dev/null || commit="$commit+dirty"
+
+rows=()
+for m in $(split "${MODELS:-}"); do
+  for mode in $(split "$modes"); do [[ $mode == kd ]] || rows+=("$mode --models $m"); done
+done
+for p in $(split "${PAIRS:-}"); do
+  for mode in $(split "$modes"); do [[ $mode != kd ]] || rows+=("$mode --pairs $p"); done
+done
+if ((${#rows[@]} == 0)); then
+  echo "compare.sh: no rows (kd needs PAIRS, train/infer need MODELS)" >&2
+  exit 1
+fi
+
+echo "compare.sh: $bench ($commit) vs $("$python" -c 'import torch; print("torch", torch.__version__)') on$cpu," \
+  "$(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "compare.sh: results -> $out"
+failed=0
+for row in "${rows[@]}"; do
+  read -r mode flag unit <<<"$row"
+  for b in $(split "$batches"); do
+    for t in $(split "$threads"); do
+      common=(--mode "$mode" "$flag" "$unit" --batch "$b" --threads "$t" --steps "$steps" --warmup "$warmup" --json)
+      echo "compare.sh: $unit $mode batch $b threads $t" >&2
+      if line=$("$bench" "${common[@]}"); then
+        echo "${line%\}},\"commit\":\"$commit\"}" >>"$out"
+      else
+        echo "compare.sh: retort-bench failed on this row" >&2
+        failed=1
+      fi
+      if ! "$python" "$root/bench/torch_reference.py" "${common[@]}" --memory-format "$formats" >>"$out"; then
+        echo "compare.sh: torch_reference.py failed on this row" >&2
+        failed=1
+      fi
+    done
+  done
+done
+
+print_table "$out"
+exit $failed

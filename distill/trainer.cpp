@@ -355,7 +355,11 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
           interval_images = 0;
           t_interval = Clock::now();
         } else {
-          std::printf("\r\033[K%s", line.c_str());
+          // On a terminal: a bar for the epoch in front of the running interval's numbers.
+          constexpr int kBarWidth = 20;
+          const int filled = static_cast<int>(kBarWidth * pos.batch / nb);
+          std::printf("\r\033[K[%s%s] %s", std::string(filled, '#').c_str(),
+                      std::string(kBarWidth - filled, '.').c_str(), line.c_str());
           std::fflush(stdout);
         }
       }

@@ -13,7 +13,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from golden import save_safetensors
+from golden import record_case, save_safetensors
 
 torch.manual_seed(0)
 torch.set_default_dtype(torch.float64)
@@ -21,16 +21,7 @@ tensors = {}
 
 
 def case(name, fn, *inputs):
-    ins = [x.clone().requires_grad_(True) for x in inputs]
-    out = fn(*ins)
-    up = torch.randn_like(out)
-    (out * up).sum().backward()
-    for i, x in enumerate(ins):
-        tensors[f"{name}/in{i}"] = x.detach()
-    tensors[f"{name}/out"] = out.detach()
-    tensors[f"{name}/upstream"] = up
-    for i, x in enumerate(ins):
-        tensors[f"{name}/grad_in{i}"] = x.grad
+    record_case(tensors, name, fn, inputs, lambda i, x: True)
 
 
 # mdistiller/distillers/AT.py

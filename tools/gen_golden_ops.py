@@ -11,25 +11,15 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from golden import save_safetensors
+from golden import record_case, save_safetensors
 
 torch.manual_seed(0)
 tensors = {}
 
 
 def case(name, fn, *inputs, grad_inputs=None):
-    ins = [x.clone().requires_grad_(x.is_floating_point() and (grad_inputs is None or i in grad_inputs))
-           for i, x in enumerate(inputs)]
-    out = fn(*ins)
-    up = torch.randn_like(out)
-    (out * up).sum().backward()
-    for i, x in enumerate(ins):
-        tensors[f"{name}/in{i}"] = x.detach()
-    tensors[f"{name}/out"] = out.detach()
-    tensors[f"{name}/upstream"] = up
-    for i, x in enumerate(ins):
-        if x.grad is not None:
-            tensors[f"{name}/grad_in{i}"] = x.grad
+    record_case(tensors, name, fn, inputs,
+                lambda i, x: x.is_floating_point() and (grad_inputs is None or i in grad_inputs))
 
 
 r = torch.randn

@@ -31,3 +31,20 @@ def save_safetensors(path, tensors, metadata=None):
         f.write(raw)
         for b in blobs:
             f.write(b)
+
+
+def record_case(tensors, name, fn, inputs, wants_grad):
+    """Runs fn on leaf copies of `inputs` (input i requires grad when wants_grad(i, x)), backpropagates
+    a random upstream gradient, and stores NAME/in<i>, NAME/out, NAME/upstream and NAME/grad_in<i>
+    (for every input that got a gradient) into `tensors` — the layout the C++ golden tests read."""
+    ins = [x.clone().requires_grad_(bool(wants_grad(i, x))) for i, x in enumerate(inputs)]
+    out = fn(*ins)
+    up = torch.randn_like(out)
+    (out * up).sum().backward()
+    for i, x in enumerate(ins):
+        tensors[f"{name}/in{i}"] = x.detach()
+    tensors[f"{name}/out"] = out.detach()
+    tensors[f"{name}/upstream"] = up
+    for i, x in enumerate(ins):
+        if x.grad is not None:
+            tensors[f"{name}/grad_in{i}"] = x.grad

@@ -4,6 +4,11 @@
 //
 //   retort-bench [--models a,b] [--pairs t:s,...] [--batch 64,128] [--threads 1,2] [--steps 10]
 //                [--warmup 3] [--mode train,kd,infer] [--input 3x32x32] [--classes 100] [--json]
+//                [--profile]
+//
+// --profile times every backend kernel of `--steps` further steps (after the timed ones, so the
+// throughput is measured without the timers) and reports the time per kernel type and each
+// convolution's achieved GFLOP/s beside this machine's SGEMM peak, measured in the same process.
 //
 // Peak memory is VmHWM from /proc/self/status, a high-water mark of the whole process, so one row's
 // peak would hide the next row's. A single row therefore runs in this process; with more rows this
@@ -40,6 +45,7 @@
 #include "engine/backend.h"
 #include "engine/functions.h"
 #include "engine/optim/optim.h"
+#include "engine/profile.h"
 #include "models/registry.h"
 
 extern char** environ;
@@ -147,6 +153,91 @@ std::unique_ptr<Optimizer> sgd(std::vector<Tensor> params) {
   return make_optimizer(cfg, std::move(params));
 }
 
+// The machine's SGEMM rate at the current thread count: the best of 5 runs of a 2048^3 product through
+// the backend's GEMM (OpenBLAS), the yardstick for the convolutions' GFLOP/s.
+double sgemm_peak_gflops() {
+  const int64_t n = 2048;
+  Generator gen(1);
+  Tensor a = Tensor::randn({n, n}, gen), b = Tensor::randn({n, n}, gen), c = Tensor::zeros({n, n});
+  GemmArgs g;
+  g.m = g.n = g.k = n;
+  g.a = a.data<float>(); g.lda = n;
+  g.b = b.data<float>(); g.ldb = n;
+  g.c = c.data<float>(); g.ldc = n;
+  double best = 0;
+  for (int i = 0; i < 5; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    backend_for(a).gemm(g);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (i > 0) best = std::max(best, 2.0 * n * n * n / s / 1e9);
+  }
+  return best;
+}
+
+// Runs `steps` more steps with every kernel timed; returns the per-kernel and per-convolution table.
+Json profile_steps(const std::function<void(int64_t)>& step, int64_t first, int steps) {
+  profiling::reset();
+  profiling::enable(true);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < steps; ++i) step(first + i);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  profiling::enable(false);
+  const profiling::Table t = profiling::snapshot();
+  const double peak = sgemm_peak_gflops();
+  double kernels = 0;
+  for (const auto& [k, st] : t.by_kernel) kernels += st.seconds;
+  Json by_kernel = Json::array(), by_conv = Json::array();
+  std::vector<std::pair<std::string, profiling::Stat>> ks(t.by_kernel.begin(), t.by_kernel.end());
+  std::sort(ks.begin(), ks.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+  for (const auto& [k, st] : ks) {
+    Json j{{"kernel", k}, {"ms_per_step", round3(st.seconds * 1e3 / steps)}, {"calls_per_step", st.calls / steps},
+           {"percent", round3(100.0 * st.seconds / wall)}};
+    if (st.flops > 0) j["gflops"] = round3(st.flops / st.seconds / 1e9);
+    by_kernel.push_back(j);
+  }
+  double conv_s = 0, conv_f = 0;
+  std::vector<std::pair<std::string, profiling::Stat>> cs(t.by_conv_shape.begin(), t.by_conv_shape.end());
+  std::sort(cs.begin(), cs.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+  for (const auto& [k, st] : cs) {
+    conv_s += st.seconds;
+    conv_f += st.flops;
+    const double gf = st.flops / st.seconds / 1e9;
+    by_conv.push_back(Json{{"conv", k}, {"ms_per_step", round3(st.seconds * 1e3 / steps)},
+                           {"calls_per_step", st.calls / steps}, {"gflops", round3(gf)},
+                           {"percent_of_sgemm_peak", round3(100.0 * gf / peak)}});
+  }
+  return Json{{"steps", steps},
+              {"ms_per_step", round3(wall * 1e3 / steps)},
+              {"kernel_ms_per_step", round3(kernels * 1e3 / steps)},
+              {"outside_kernels_percent", round3(100.0 * (wall - kernels) / wall)},
+              {"sgemm_peak_gflops", round3(peak)},
+              {"conv_gflops", conv_s > 0 ? round3(conv_f / conv_s / 1e9) : 0.0},
+              {"conv_percent_of_sgemm_peak", conv_s > 0 ? round3(100.0 * conv_f / conv_s / 1e9 / peak) : 0.0},
+              {"by_kernel", by_kernel},
+              {"by_conv", by_conv}};
+}
+
+void print_profile(const Json& p) {
+  std::printf("\nprofile: %d steps, %.1f ms/step, %.1f ms in kernels (%.1f%% outside them)\n", p["steps"].get<int>(),
+              p["ms_per_step"].get<double>(), p["kernel_ms_per_step"].get<double>(),
+              p["outside_kernels_percent"].get<double>());
+  std::printf("%-32s %10s %7s %7s %9s\n", "kernel", "ms/step", "calls", "%", "GFLOP/s");
+  for (const auto& k : p["by_kernel"]) {
+    if (k["percent"].get<double>() < 0.1) continue;
+    std::printf("%-32s %10.2f %7lld %7.1f %9s\n", k["kernel"].get<std::string>().c_str(), k["ms_per_step"].get<double>(),
+                static_cast<long long>(k["calls_per_step"].get<int64_t>()), k["percent"].get<double>(),
+                k.contains("gflops") ? detail::cat(std::lround(k["gflops"].get<double>())).c_str() : "");
+  }
+  std::printf("\nconvolutions: %.0f GFLOP/s overall = %.0f%% of the measured SGEMM peak (%.0f GFLOP/s)\n",
+              p["conv_gflops"].get<double>(), p["conv_percent_of_sgemm_peak"].get<double>(),
+              p["sgemm_peak_gflops"].get<double>());
+  std::printf("%-58s %9s %6s %9s %7s\n", "convolution", "ms/step", "calls", "GFLOP/s", "% peak");
+  for (const auto& c : p["by_conv"])
+    std::printf("%-58s %9.2f %6lld %9.0f %7.0f\n", c["conv"].get<std::string>().c_str(), c["ms_per_step"].get<double>(),
+                static_cast<long long>(c["calls_per_step"].get<int64_t>()), c["gflops"].get<double>(),
+                c["percent_of_sgemm_peak"].get<double>());
+}
+
 Json run_row(const Row& r, const Options& o) {
   omp_set_num_threads(r.threads);
   const double base_mb = status_mb("VmHWM");
@@ -223,6 +314,7 @@ Json run_row(const Row& r, const Options& o) {
                 {"backend", cpu_backend_info()},
                 {"host", host_name()},
                 {"date", utc_now()}});
+  if (o.profile) j["profile"] = profile_steps(step, o.warmup + o.steps, o.steps);
   return j;
 }
 
@@ -262,6 +354,7 @@ std::vector<std::string> child_args(const Row& r, const Options& o) {
   a.insert(a.end(), {"--batch", std::to_string(r.batch), "--threads", std::to_string(r.threads), "--steps",
                      std::to_string(o.steps), "--warmup", std::to_string(o.warmup), "--input", o.input, "--classes",
                      std::to_string(o.classes), "--seed", std::to_string(o.seed), "--json"});
+  if (o.profile) a.push_back("--profile");
   return a;
 }
 
@@ -332,7 +425,8 @@ int main(int argc, char** argv) {
   cli.add_option("--classes", o.classes, "Number of classes")->capture_default_str();
   cli.add_option("--seed", o.seed, "Seed of the weights, inputs and labels")->capture_default_str();
   cli.add_flag("--json", o.json, "One JSON object per row on stdout instead of a table");
-  cli.add_flag("--profile", o.profile, "Per-op-type timing of a training step (not implemented yet)");
+  cli.add_flag("--profile", o.profile,
+               "Also time every kernel of --steps more steps: ms per kernel type, GFLOP/s per convolution");
   cli.footer(
       "With neither --models nor --pairs, the [perf] matrix runs (7 models, 3 KD pairs). kd rows come from\n"
       "--pairs, train/infer rows from --models. More than one row: each runs in a fresh child process,\n"
@@ -340,12 +434,6 @@ int main(int argc, char** argv) {
   CLI11_PARSE(cli, argc, argv);
 
   return app::run_guarded("retort-bench", [&] {
-    if (o.profile) {
-      std::fprintf(stderr,
-                   "retort-bench: --profile (time per op type in a training step) is not implemented yet: it needs "
-                   "timers inside the engine, which the [perf] work will add\n");
-      return static_cast<int>(app::kUsage);
-    }
     validate(o);
     const std::vector<Row> rows = expand(o);
     if (rows.empty()) throw app::UsageError("no rows: kd needs --pairs, train/infer need --models");
@@ -358,6 +446,7 @@ int main(int argc, char** argv) {
         std::printf("%s\n", j["backend"].get<std::string>().c_str());
         print_table_header();
         print_table_row(j);
+        if (o.profile) print_profile(j["profile"]);
       }
       return static_cast<int>(app::kOk);
     }
@@ -391,6 +480,11 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
       } else {
         print_table_row(j);
+        if (o.profile) {
+          print_profile(j["profile"]);
+          std::printf("\n");
+          print_table_header();
+        }
       }
     }
     return static_cast<int>(failed ? app::kRuntime : app::kOk);

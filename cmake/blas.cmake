@@ -12,3 +12,12 @@ endif()
 add_library(retort_blas INTERFACE)
 target_include_directories(retort_blas SYSTEM INTERFACE ${RETORT_BLAS_INCLUDE_DIR})
 target_link_libraries(retort_blas INTERFACE ${RETORT_BLAS_LIBRARY})
+
+# oneDNN (Debian's libdnnl-dev, built on GNU OpenMP like OpenBLAS above): F32 CPU convolutions.
+find_path(RETORT_DNNL_INCLUDE_DIR oneapi/dnnl/dnnl.hpp PATHS /usr/include)
+find_library(RETORT_DNNL_LIBRARY NAMES dnnl PATHS /usr/lib/x86_64-linux-gnu)
+if(NOT RETORT_DNNL_INCLUDE_DIR OR NOT RETORT_DNNL_LIBRARY)
+  message(FATAL_ERROR "oneDNN not found: run scripts/install-deps.sh (needs libdnnl-dev)")
+endif()
+target_include_directories(retort_blas SYSTEM INTERFACE ${RETORT_DNNL_INCLUDE_DIR})
+target_link_libraries(retort_blas INTERFACE ${RETORT_DNNL_LIBRARY})

@@ -62,7 +62,7 @@ int cuda_device_count() {
 #endif
 }
 
-Backend& backend_for(Device device) {
+Backend& backend_for_unprofiled(Device device) {
   static cpu::CpuBackend cpu_backend;
   if (device.is_cpu()) return cpu_backend;
   RETORT_CHECK(cuda_built(), "device ", device.str(),

@@ -3,6 +3,7 @@
 # missing, so a second run does nothing. Works as root or through sudo.
 #
 # dataset-fashion-mnist is the embedded default dataset (/usr/share/datasets/fashion-mnist).
+# oneDNN (libdnnl-dev) runs the F32 CPU convolutions; like OpenBLAS it uses GNU OpenMP threads.
 # OpenBLAS: we take the OpenMP flavour (libopenblas-openmp-dev) so that OpenBLAS threads and our own
 # OpenMP loops share one thread pool instead of oversubscribing the cores.
 set -euo pipefail
@@ -10,6 +11,7 @@ set -euo pipefail
 packages=(
   cmake g++ make pkg-config
   libopenblas-openmp-dev
+  libdnnl-dev
   libgtest-dev
   nlohmann-json3-dev
   libstb-dev

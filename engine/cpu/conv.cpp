@@ -6,7 +6,8 @@
 //   forward          y[n, g] [Og, OH*OW] = W_g [Og, K] @ col          (bias pre-filled, beta = 1)
 //   backward input   col = W_g^T @ gy[n, g], scattered into gx by col2im (accumulating)
 //   backward weight  gW_g += gy[n, g] @ col^T
-// Two special cases:
+// F32 calls go to oneDNN first (conv_dnnl.cpp) and come here only for shapes it has no JIT kernel
+// for, or with RETORT_CPU_CONV=im2col; F64 always runs here. Two special cases:
 //  - 1x1 kernel, stride 1, no padding: the input plane [Cg, H*W] already is the column matrix, so
 //    there is no im2col/col2im at all.
 //  - depthwise (groups == C == O): each group's GEMM would have a single row, which BLAS runs
@@ -340,6 +341,10 @@ void CpuBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& 
                                 Tensor& y) {
   const Geom g = make_geom(x.shape(), w.shape(), y.shape(), p);
   if (y.numel() == 0) return;
+  if (x.dtype() == DType::F32 &&
+      dnnl_conv2d(DnnlConvDir::Forward, x.shape(), w.shape(), y.shape(), p, x.data<float>(), w.data<float>(),
+                  bias.defined() ? bias.data<float>() : nullptr, y.data<float>()))
+    return;
   dispatch_float(x.dtype(), "conv2d_forward", [&](auto tag) {
     using T = decltype(tag);
     conv_forward<T>(*this, x.data<T>(), w.data<T>(), bias.defined() ? bias.data<T>() : nullptr, y.data<T>(), g);
@@ -349,6 +354,10 @@ void CpuBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& 
 void CpuBackend::conv2d_backward_input(const Tensor& gy, const Tensor& w, const Conv2dParams& p, Tensor& gx) {
   const Geom g = make_geom(gx.shape(), w.shape(), gy.shape(), p);
   if (gx.numel() == 0) return;
+  if (gy.dtype() == DType::F32 && g.Og > 0 &&
+      dnnl_conv2d(DnnlConvDir::BackwardData, gx.shape(), w.shape(), gy.shape(), p, gy.data<float>(),
+                  w.data<float>(), nullptr, gx.data<float>()))
+    return;
   dispatch_float(gy.dtype(), "conv2d_backward_input", [&](auto tag) {
     using T = decltype(tag);
     conv_backward_input<T>(*this, gy.data<T>(), w.data<T>(), gx.data<T>(), g);
@@ -358,6 +367,10 @@ void CpuBackend::conv2d_backward_input(const Tensor& gy, const Tensor& w, const 
 void CpuBackend::conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dParams& p, Tensor& gw) {
   const Geom g = make_geom(x.shape(), gw.shape(), gy.shape(), p);
   if (gw.numel() == 0) return;
+  if (gy.dtype() == DType::F32 &&
+      dnnl_conv2d(DnnlConvDir::BackwardWeight, x.shape(), gw.shape(), gy.shape(), p, gy.data<float>(),
+                  x.data<float>(), nullptr, gw.data<float>()))
+    return;
   dispatch_float(gy.dtype(), "conv2d_backward_weight", [&](auto tag) {
     using T = decltype(tag);
     conv_backward_weight<T>(*this, gy.data<T>(), x.data<T>(), gw.data<T>(), g);

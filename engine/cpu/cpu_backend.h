@@ -5,6 +5,7 @@
 // conv.cpp, norm.cpp, pool.cpp, sample.cpp, softmax.cpp.
 #pragma once
 #include <cstdint>
+#include <string>
 
 #include "engine/backend.h"
 
@@ -19,6 +20,27 @@ void dispatch_float(DType dt, const char* op, F&& f) {
     default: RETORT_FAIL(op, ": unsupported dtype ", dtype_name(dt), " (expected f32 or f64)");
   }
 }
+
+// Which implementation runs F32 convolutions: Auto = oneDNN where it has a JIT kernel for the shape,
+// else im2col + OpenBLAS; Im2col = always our own path (the reference); Dnnl = oneDNN or an error.
+// The environment variable RETORT_CPU_CONV=auto|im2col|dnnl sets the initial value. F64 always takes
+// the im2col path.
+enum class ConvImpl { Auto, Im2col, Dnnl };
+ConvImpl conv_impl();
+void set_conv_impl(ConvImpl impl);
+
+// oneDNN convolutions (conv_dnnl.cpp), F32, plain NCHW / OIHW pointers in and out:
+//   Forward:      in0 = x,  in1 = w, out = y  (bias optional)
+//   BackwardData: in0 = gy, in1 = w, out = gx
+//   BackwardWeight: in0 = gy, in1 = x, out = gw
+// Returns false, having done nothing, when the im2col path should run the call instead.
+enum class DnnlConvDir { Forward, BackwardData, BackwardWeight };
+bool dnnl_conv2d(DnnlConvDir dir, const Shape& x, const Shape& w, const Shape& y, const Conv2dParams& p,
+                 const float* in0, const float* in1, const float* bias, float* out);
+// How many convolution calls oneDNN has run in this process (tests check that it is really used).
+int64_t dnnl_conv_calls();
+// "oneDNN 2.6.3 convolutions f32, ISA avx512_core", for the start-up log line.
+std::string dnnl_info();
 
 // Minimum amount of work (elements) before a loop is worth parallelising.
 constexpr int64_t kParallelGrain = 32768;

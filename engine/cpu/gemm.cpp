@@ -35,7 +35,7 @@ namespace retort {
 // machines it has been seen to fall back to old ones. Logging the choice makes that visible.
 std::string cpu_backend_info() {
   return detail::cat("OpenBLAS (", openblas_get_corename(), " kernels; ", openblas_get_config(), "), ",
-                     omp_get_max_threads(), " threads");
+                     omp_get_max_threads(), " threads; ", cpu::dnnl_info());
 }
 
 }  // namespace retort

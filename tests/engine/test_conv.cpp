@@ -1,7 +1,8 @@
 // conv2d against a naive 7-nested-loop reference in double: forward values, the input/weight/bias
 // gradients (on shapes larger than the gradchecks, so the OpenMP batch loop, the serial path with
 // threaded im2col, the 1x1 fast path and the depthwise loops all run), and the errors bad arguments
-// raise.
+// raise. Every F32 case runs twice: through oneDNN where it takes the shape (the default) and
+// through our im2col path (RETORT_CPU_CONV=im2col).
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -12,6 +13,7 @@
 
 #include "engine/autograd.h"
 #include "engine/backend.h"
+#include "engine/cpu/cpu_backend.h"
 #include "engine/functions.h"
 
 using namespace retort;
@@ -143,8 +145,24 @@ void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 class Conv2dReference : public ::testing::TestWithParam<Case> {};
 
+// Runs body() once per CPU convolution implementation that applies to the case's dtype.
+template <class F>
+void for_each_impl(const Case& c, F&& body) {
+  const std::vector<cpu::ConvImpl> impls =
+      c.dtype == DType::F32 ? std::vector<cpu::ConvImpl>{cpu::ConvImpl::Auto, cpu::ConvImpl::Im2col}
+                            : std::vector<cpu::ConvImpl>{cpu::ConvImpl::Auto};
+  const cpu::ConvImpl saved = cpu::conv_impl();
+  for (cpu::ConvImpl impl : impls) {
+    SCOPED_TRACE(impl == cpu::ConvImpl::Im2col ? "im2col" : "auto (oneDNN for f32)");
+    cpu::set_conv_impl(impl);
+    body();
+  }
+  cpu::set_conv_impl(saved);
+}
+
 TEST_P(Conv2dReference, Forward) {
   const Case& c = GetParam();
+  for_each_impl(c, [&] {
   Generator gen(7);
   Tensor x = Tensor::randn(c.xs, gen, c.dtype), w = Tensor::randn(c.ws, gen, c.dtype);
   Tensor b = c.bias ? Tensor::randn({c.ws[0]}, gen, c.dtype) : Tensor();
@@ -152,11 +170,13 @@ TEST_P(Conv2dReference, Forward) {
   EXPECT_EQ(y.shape(), out_shape(c.xs, c.ws, c.p));
   EXPECT_EQ(y.dtype(), c.dtype);
   expect_close(y, naive_forward(x, w, b, c.p), "y");
+  });
 }
 
 // Through autograd: all three gradients, and the node that produced them.
 TEST_P(Conv2dReference, BackwardThroughAutograd) {
   const Case& c = GetParam();
+  for_each_impl(c, [&] {
   Generator gen(11);
   Tensor x = Tensor::randn(c.xs, gen, c.dtype).set_requires_grad();
   Tensor w = Tensor::randn(c.ws, gen, c.dtype).set_requires_grad();
@@ -170,11 +190,13 @@ TEST_P(Conv2dReference, BackwardThroughAutograd) {
   expect_close(x.grad(), want.gx, "grad input");
   expect_close(w.grad(), want.gw, "grad weight");
   if (c.bias) expect_close(b.grad(), want.gb, "grad bias");
+  });
 }
 
 // The kernels directly, into outputs pre-filled with NaN: they must overwrite, not accumulate.
 TEST_P(Conv2dReference, BackwardKernelsOverwriteTheirOutputs) {
   const Case& c = GetParam();
+  for_each_impl(c, [&] {
   Generator gen(13);
   Tensor x = Tensor::randn(c.xs, gen, c.dtype), w = Tensor::randn(c.ws, gen, c.dtype);
   Tensor gy = Tensor::randn(out_shape(c.xs, c.ws, c.p), gen, c.dtype);
@@ -186,6 +208,7 @@ TEST_P(Conv2dReference, BackwardKernelsOverwriteTheirOutputs) {
   const NaiveGrads want = naive_backward(gy, x, w, c.p);
   expect_close(gx, want.gx, "grad input");
   expect_close(gw, want.gw, "grad weight");
+  });
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, Conv2dReference, ::testing::ValuesIn(cases()),
@@ -214,6 +237,29 @@ TEST(Conv2d, UnevenThreadSharesMatchReference) {
     expect_close(b.grad(), want.gb, "grad bias");
   }
   omp_set_num_threads(saved_threads);
+}
+
+// The default F32 path really is oneDNN for ordinary shapes (a 3x3 conv, forward and both
+// backwards), and RETORT_CPU_CONV=im2col's setting really keeps it out.
+TEST(Conv2d, OneDnnRunsF32ConvolutionsByDefault) {
+  const cpu::ConvImpl saved = cpu::conv_impl();
+  Generator gen(23);
+  Tensor x = Tensor::randn({2, 16, 8, 8}, gen).set_requires_grad();
+  Tensor w = Tensor::randn({16, 16, 3, 3}, gen).set_requires_grad();
+  cpu::set_conv_impl(cpu::ConvImpl::Auto);
+  int64_t before = cpu::dnnl_conv_calls();
+  sum(conv2d(x, w, Tensor(), 1, 1)).backward();
+  EXPECT_EQ(cpu::dnnl_conv_calls() - before, 3);
+  cpu::set_conv_impl(cpu::ConvImpl::Im2col);
+  before = cpu::dnnl_conv_calls();
+  sum(conv2d(x, w, Tensor(), 1, 1)).backward();
+  EXPECT_EQ(cpu::dnnl_conv_calls() - before, 0);
+  // F64 never goes to oneDNN.
+  cpu::set_conv_impl(cpu::ConvImpl::Auto);
+  before = cpu::dnnl_conv_calls();
+  conv2d(x.to(DType::F64), w.to(DType::F64), Tensor(), 1, 1);
+  EXPECT_EQ(cpu::dnnl_conv_calls() - before, 0);
+  cpu::set_conv_impl(saved);
 }
 
 TEST(Conv2d, HandComputedValues) {

@@ -1,0 +1,262 @@
+// F32 convolutions through oneDNN (Debian's libdnnl 2.6), the CPU counterpart of cuDNN.
+//
+// Why: measured on the 2-core Sapphire Rapids machine of docs/performance.md, oneDNN's JIT kernels in
+// their blocked layouts (nChw16c activations, OIhw16i16o weights) run resnet-sized 3x3 convolutions
+// at 300-460 GFLOP/s on 2 threads, forward and both backwards, against 120-230 for our im2col +
+// OpenBLAS path and 90-290 for oneDNN's own plain-NCHW GEMM path (bench/results/*conv_micro*). Our
+// tensors stay plain NCHW: each call reorders its operands into the layouts oneDNN chose for the
+// shape ("format any") and the result back, which costs a memory pass per operand and is still a
+// large net win. F64 (the gradcheck dtype) and anything oneDNN refuses keep the im2col path in
+// conv.cpp, which stays the readable reference these kernels are tested against.
+//
+// One cache entry per (direction, shapes, parameters) holds the primitive and its reorders, so
+// primitive descriptors are built once per shape. Blocked copies and oneDNN's scratchpad live in
+// one workspace that grows to the largest call and is reused, so a training step does not allocate.
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include <array>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <unordered_map>
+
+#include "engine/cpu/cpu_backend.h"
+
+namespace retort::cpu {
+
+namespace {
+
+using dnnl::memory;
+using tag = memory::format_tag;
+
+ConvImpl initial_impl() {
+  const char* env = std::getenv("RETORT_CPU_CONV");
+  if (!env || !*env) return ConvImpl::Auto;
+  const std::string v = env;
+  if (v == "auto") return ConvImpl::Auto;
+  if (v == "im2col") return ConvImpl::Im2col;
+  if (v == "dnnl" || v == "onednn") return ConvImpl::Dnnl;
+  RETORT_FAIL("environment variable RETORT_CPU_CONV=\"", v, "\": expected auto, im2col or dnnl");
+}
+
+ConvImpl& impl_setting() {
+  static ConvImpl impl = initial_impl();
+  return impl;
+}
+
+// An operand as the caller holds it (plain layout, our pointer) and as the primitive wants it.
+struct Operand {
+  memory::desc user, prim;
+  std::optional<dnnl::reorder> to_prim;    // inputs: user -> prim when the layouts differ
+  std::optional<dnnl::reorder> to_user;    // the output: prim -> user when they differ
+  bool same() const { return user == prim; }
+};
+
+struct Entry {
+  bool supported = false;
+  dnnl::primitive prim;
+  int arg_in0 = 0, arg_in1 = 0, arg_out = 0;
+  Operand in0, in1, out;
+  memory::desc bias;            // forward with bias only
+  memory::desc scratch;
+  std::string impl_name;
+};
+
+size_t align_up(size_t n) { return (n + 63) / 64 * 64; }
+
+struct Dnnl {
+  dnnl::engine eng{dnnl::engine::kind::cpu, 0};
+  dnnl::stream strm{eng};
+  std::map<std::array<int64_t, 20>, Entry> cache;
+  std::mutex mu;
+  void* ws = nullptr;
+  size_t ws_size = 0;
+  int64_t calls = 0;
+
+  ~Dnnl() { std::free(ws); }
+
+  char* workspace(size_t n) {
+    if (n > ws_size) {
+      std::free(ws);
+      ws = std::aligned_alloc(64, align_up(n));
+      if (!ws) RETORT_FAIL("conv2d (oneDNN): out of memory allocating a ", n, "-byte workspace");
+      ws_size = align_up(n);
+    }
+    return static_cast<char*>(ws);
+  }
+};
+
+Dnnl& dnnl_state() {
+  static Dnnl d;
+  return d;
+}
+
+memory::desc plain_act(const Shape& s) {
+  return memory::desc({s[0], s[1], s[2], s[3]}, memory::data_type::f32, tag::nchw);
+}
+memory::desc plain_wei(const Shape& w, int64_t groups) {
+  if (groups == 1) return memory::desc({w[0], w[1], w[2], w[3]}, memory::data_type::f32, tag::oihw);
+  return memory::desc({groups, w[0] / groups, w[1], w[2], w[3]}, memory::data_type::f32, tag::goihw);
+}
+memory::desc any_like(const memory::desc& d) {
+  return memory::desc(d.dims(), memory::data_type::f32, tag::any);
+}
+
+void finish_operand(Dnnl& d, Operand& op, bool input) {
+  if (op.same()) return;
+  if (input)
+    op.to_prim = dnnl::reorder(dnnl::reorder::primitive_desc(d.eng, op.user, d.eng, op.prim));
+  else
+    op.to_user = dnnl::reorder(dnnl::reorder::primitive_desc(d.eng, op.prim, d.eng, op.user));
+}
+
+Entry build(Dnnl& d, DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p,
+            bool has_bias) {
+  Entry e;
+  const memory::dims strides{p.stride_h, p.stride_w};
+  const memory::dims dilates{p.dilation_h - 1, p.dilation_w - 1};
+  // PyTorch pads symmetrically and floors; oneDNN wants the right padding that makes the output
+  // size come out exactly: (OH - 1) * stride + (KH - 1) * dilation + 1 = H + pad_l + pad_r.
+  const memory::dims pad_l{p.pad_h, p.pad_w};
+  const memory::dims pad_r{(ys[2] - 1) * p.stride_h + (ws[2] - 1) * p.dilation_h + 1 - xs[2] - p.pad_h,
+                           (ys[3] - 1) * p.stride_w + (ws[3] - 1) * p.dilation_w + 1 - xs[3] - p.pad_w};
+  const memory::desc x_user = plain_act(xs), w_user = plain_wei(ws, p.groups), y_user = plain_act(ys);
+  const memory::desc bias_user =
+      has_bias ? memory::desc({ys[1]}, memory::data_type::f32, tag::x) : memory::desc();
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  try {
+    const auto fwd_d = dnnl::convolution_forward::desc(
+        dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, any_like(x_user), any_like(w_user),
+        has_bias ? any_like(bias_user) : memory::desc(), any_like(y_user), strides, dilates, pad_l, pad_r);
+    const auto fwd_pd = dnnl::convolution_forward::primitive_desc(fwd_d, attr, d.eng);
+    if (dir == DnnlConvDir::Forward) {
+      e.prim = dnnl::convolution_forward(fwd_pd);
+      e.arg_in0 = DNNL_ARG_SRC; e.arg_in1 = DNNL_ARG_WEIGHTS; e.arg_out = DNNL_ARG_DST;
+      e.in0 = {x_user, fwd_pd.src_desc(), {}, {}};
+      e.in1 = {w_user, fwd_pd.weights_desc(), {}, {}};
+      e.out = {y_user, fwd_pd.dst_desc(), {}, {}};
+      if (has_bias) {
+        e.bias = fwd_pd.bias_desc();
+        if (e.bias != bias_user) return e;  // unsupported: the bias would need a reorder
+      }
+      e.scratch = fwd_pd.scratchpad_desc();
+      e.impl_name = fwd_pd.impl_info_str();
+    } else if (dir == DnnlConvDir::BackwardData) {
+      const auto bd = dnnl::convolution_backward_data::desc(dnnl::algorithm::convolution_direct, any_like(x_user),
+                                                            any_like(w_user), any_like(y_user), strides, dilates,
+                                                            pad_l, pad_r);
+      const auto pd = dnnl::convolution_backward_data::primitive_desc(bd, attr, d.eng, fwd_pd);
+      e.prim = dnnl::convolution_backward_data(pd);
+      e.arg_in0 = DNNL_ARG_DIFF_DST; e.arg_in1 = DNNL_ARG_WEIGHTS; e.arg_out = DNNL_ARG_DIFF_SRC;
+      e.in0 = {y_user, pd.diff_dst_desc(), {}, {}};
+      e.in1 = {w_user, pd.weights_desc(), {}, {}};
+      e.out = {x_user, pd.diff_src_desc(), {}, {}};
+      e.scratch = pd.scratchpad_desc();
+      e.impl_name = pd.impl_info_str();
+    } else {
+      const auto bw = dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct,
+                                                               any_like(x_user), any_like(w_user),
+                                                               any_like(y_user), strides, dilates, pad_l, pad_r);
+      const auto pd = dnnl::convolution_backward_weights::primitive_desc(bw, attr, d.eng, fwd_pd);
+      e.prim = dnnl::convolution_backward_weights(pd);
+      e.arg_in0 = DNNL_ARG_DIFF_DST; e.arg_in1 = DNNL_ARG_SRC; e.arg_out = DNNL_ARG_DIFF_WEIGHTS;
+      e.in0 = {y_user, pd.diff_dst_desc(), {}, {}};
+      e.in1 = {x_user, pd.src_desc(), {}, {}};
+      e.out = {w_user, pd.diff_weights_desc(), {}, {}};
+      e.scratch = pd.scratchpad_desc();
+      e.impl_name = pd.impl_info_str();
+    }
+    // oneDNN's reference kernels are far slower than our im2col path: leave those shapes to it.
+    if (e.impl_name.rfind("ref", 0) == 0) return e;
+    finish_operand(d, e.in0, true);
+    finish_operand(d, e.in1, true);
+    finish_operand(d, e.out, false);
+  } catch (const dnnl::error&) {
+    return e;  // a shape or parameter oneDNN does not take: the im2col path runs it
+  }
+  e.supported = true;
+  return e;
+}
+
+}  // namespace
+
+ConvImpl conv_impl() { return impl_setting(); }
+void set_conv_impl(ConvImpl impl) { impl_setting() = impl; }
+
+bool dnnl_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p,
+                 const float* in0, const float* in1, const float* bias, float* out) {
+  if (impl_setting() == ConvImpl::Im2col) return false;
+  Dnnl& d = dnnl_state();
+  std::lock_guard<std::mutex> lock(d.mu);
+  const std::array<int64_t, 20> key{static_cast<int64_t>(dir), xs[0], xs[1], xs[2], xs[3], ws[0], ws[1], ws[2],
+                                    ws[3], ys[2], ys[3], p.stride_h, p.stride_w, p.pad_h, p.pad_w,
+                                    p.dilation_h, p.dilation_w, p.groups, bias != nullptr, 0};
+  auto it = d.cache.find(key);
+  if (it == d.cache.end()) it = d.cache.emplace(key, build(d, dir, xs, ws, ys, p, bias != nullptr)).first;
+  Entry& e = it->second;
+  if (!e.supported) {
+    if (impl_setting() == ConvImpl::Dnnl)
+      RETORT_FAIL("conv2d (oneDNN, RETORT_CPU_CONV=dnnl): no oneDNN kernel for x ", shape_str(xs), ", w ",
+                  shape_str(ws), ", y ", shape_str(ys), e.impl_name.empty() ? "" : " (only " + e.impl_name + ")");
+    return false;
+  }
+  // Workspace layout: [in0 blocked][in1 blocked][out blocked][scratchpad], each 64-byte aligned.
+  const size_t n0 = e.in0.same() ? 0 : align_up(e.in0.prim.get_size());
+  const size_t n1 = e.in1.same() ? 0 : align_up(e.in1.prim.get_size());
+  const size_t no = e.out.same() ? 0 : align_up(e.out.prim.get_size());
+  const size_t ns = align_up(e.scratch.get_size());
+  char* ws_ptr = d.workspace(n0 + n1 + no + ns + 64);
+  try {
+    auto bind_input = [&](Operand& op, const float* user_ptr, char* blocked) {
+      memory user(op.user, d.eng, const_cast<float*>(user_ptr));
+      if (op.same()) return user;
+      memory prim(op.prim, d.eng, blocked);
+      op.to_prim->execute(d.strm, user, prim);
+      return prim;
+    };
+    memory m0 = bind_input(e.in0, in0, ws_ptr);
+    memory m1 = bind_input(e.in1, in1, ws_ptr + n0);
+    memory user_out(e.out.user, d.eng, out);
+    memory prim_out = e.out.same() ? user_out : memory(e.out.prim, d.eng, ws_ptr + n0 + n1);
+    memory scratch(e.scratch, d.eng, ws_ptr + n0 + n1 + no);
+    std::unordered_map<int, memory> args{
+        {e.arg_in0, m0}, {e.arg_in1, m1}, {e.arg_out, prim_out}, {DNNL_ARG_SCRATCHPAD, scratch}};
+    if (bias) args.emplace(DNNL_ARG_BIAS, memory(e.bias, d.eng, const_cast<float*>(bias)));
+    e.prim.execute(d.strm, args);
+    if (!e.out.same()) e.out.to_user->execute(d.strm, prim_out, user_out);
+    d.strm.wait();
+    ++d.calls;
+  } catch (const dnnl::error& err) {
+    RETORT_FAIL("conv2d (oneDNN ", e.impl_name, "): x ", shape_str(xs), ", w ", shape_str(ws), ", y ",
+                shape_str(ys), ": ", err.what());
+  }
+  return true;
+}
+
+int64_t dnnl_conv_calls() {
+  Dnnl& d = dnnl_state();
+  std::lock_guard<std::mutex> lock(d.mu);
+  return d.calls;
+}
+
+std::string dnnl_info() {
+  const dnnl_version_t* v = dnnl_version();
+  std::string isa;
+  switch (dnnl::get_effective_cpu_isa()) {
+    case dnnl::cpu_isa::avx512_core_amx: isa = "avx512_core_amx"; break;
+    case dnnl::cpu_isa::avx512_core_bf16: isa = "avx512_core_bf16"; break;
+    case dnnl::cpu_isa::avx512_core_vnni: isa = "avx512_core_vnni"; break;
+    case dnnl::cpu_isa::avx512_core: isa = "avx512_core"; break;
+    case dnnl::cpu_isa::avx2: isa = "avx2"; break;
+    default: isa = "other"; break;
+  }
+  const char* mode = impl_setting() == ConvImpl::Im2col ? "off (RETORT_CPU_CONV=im2col)"
+                     : impl_setting() == ConvImpl::Dnnl ? "forced (RETORT_CPU_CONV=dnnl)"
+                                                         : "f32";
+  return detail::cat("oneDNN ", v->major, ".", v->minor, ".", v->patch, " convolutions ", mode, ", ISA ", isa);
+}
+
+}  // namespace retort::cpu

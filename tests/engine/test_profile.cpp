@@ -1,0 +1,41 @@
+// The kernel profiler behind `retort-bench --profile`: while enabled, every backend kernel call is
+// counted and timed under its name, convolutions also under their shape with their FLOP count; while
+// disabled nothing is recorded.
+#include <gtest/gtest.h>
+
+#include "engine/autograd.h"
+#include "engine/functions.h"
+#include "engine/profile.h"
+
+using namespace retort;
+
+TEST(Profiling, CountsKernelsAndConvolutionFlopsOnlyWhileEnabled) {
+  Generator gen(3);
+  Tensor x = Tensor::randn({2, 4, 6, 6}, gen).set_requires_grad();
+  Tensor w = Tensor::randn({8, 4, 3, 3}, gen).set_requires_grad();
+  profiling::reset();
+  profiling::enable(true);
+  Tensor y = relu(conv2d(x, w, Tensor(), 1, 1));
+  sum(y).backward();
+  profiling::enable(false);
+  const profiling::Table t = profiling::snapshot();
+  // The forward, both backwards, and ReLU's forward and fused backward, each called once.
+  for (const char* k : {"conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "unary:relu",
+                        "binary:mask_positive"}) {
+    ASSERT_TRUE(t.by_kernel.count(k)) << k;
+    EXPECT_EQ(t.by_kernel.at(k).calls, 1) << k;
+    EXPECT_GE(t.by_kernel.at(k).seconds, 0.0) << k;
+  }
+  // 2 * N * O * OH * OW * C * KH * KW = 2 * 2 * 8 * 6 * 6 * 4 * 3 * 3 for each pass.
+  const double flops = 2.0 * 2 * 8 * 6 * 6 * 4 * 3 * 3;
+  EXPECT_DOUBLE_EQ(t.by_kernel.at("conv2d_forward").flops, flops);
+  EXPECT_DOUBLE_EQ(t.by_kernel.at("conv2d_backward_weight").flops, flops);
+  ASSERT_TRUE(t.by_conv_shape.count("fwd x[2, 4, 6, 6] w[8, 4, 3, 3] s1 p1"));
+  EXPECT_EQ(t.by_conv_shape.size(), 3u);
+
+  // Disabled: the next convolution leaves the table as it was.
+  conv2d(x, w, Tensor(), 1, 1);
+  EXPECT_EQ(profiling::snapshot().by_kernel.at("conv2d_forward").calls, 1);
+  profiling::reset();
+  EXPECT_TRUE(profiling::snapshot().by_kernel.empty());
+}

@@ -108,17 +108,19 @@ class Backend {
   // ---- batch norm over [N, C, *] per channel C ------------------------------------------------
   // Training: normalise with batch statistics; writes the batch mean and 1/sqrt(biased var + eps)
   // (both [C]) for the backward and for the running-statistics update. weight/bias may be undefined.
+  // `relu` fuses a ReLU after the normalisation (y = max(0, bn(x))) into the same pass.
   virtual void batchnorm_forward_train(const Tensor& x, const Tensor& weight, const Tensor& bias,
-                                       double eps, Tensor& y, Tensor& mean, Tensor& invstd) = 0;
+                                       double eps, bool relu, Tensor& y, Tensor& mean, Tensor& invstd) = 0;
   // Evaluation: normalise with the given running statistics.
   virtual void batchnorm_forward_eval(const Tensor& x, const Tensor& weight, const Tensor& bias,
                                       const Tensor& running_mean, const Tensor& running_var,
-                                      double eps, Tensor& y) = 0;
+                                      double eps, bool relu, Tensor& y) = 0;
   // Gradients of either forward (`training` selects which; mean/invstd are the statistics that
-  // forward used). Undefined outputs are not computed.
+  // forward used). When `relu_out` (the fused forward's output) is defined, gy is first masked to
+  // where relu_out > 0, the ReLU's backward. Undefined outputs are not computed.
   virtual void batchnorm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight,
                                   const Tensor& mean, const Tensor& invstd, bool training,
-                                  Tensor& gx, Tensor& gweight, Tensor& gbias) = 0;
+                                  const Tensor& relu_out, Tensor& gx, Tensor& gweight, Tensor& gbias) = 0;
 
   // ---- pooling and resampling, NCHW ----------------------------------------------------------
   // indices (I64) hold, per output element, the flat h*W+w position of the max within its plane.

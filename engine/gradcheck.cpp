@@ -115,7 +115,7 @@ Registry& registry() {
         "sum", "mean", "max", "min", "var", "stddev",
         "reshape", "flatten", "unsqueeze", "squeeze", "permute", "transpose", "slice", "cat", "pad", "expand",
         "matmul", "linear",
-        "conv2d", "batch_norm",
+        "conv2d", "batch_norm", "batch_norm_relu",
         "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "interpolate_nearest",
         "affine_grid", "grid_sample",
         "softmax", "log_softmax", "cross_entropy", "kl_div", "mse_loss", "dropout"};

@@ -107,20 +107,21 @@ class ProfilingBackend final : public Backend {
     b_.conv2d_backward_weight(gy, x, p, gw);
   }
 
-  void batchnorm_forward_train(const Tensor& x, const Tensor& w, const Tensor& b, double eps, Tensor& y,
+  void batchnorm_forward_train(const Tensor& x, const Tensor& w, const Tensor& b, double eps, bool relu, Tensor& y,
                                Tensor& mean, Tensor& invstd) override {
-    Timer t("batchnorm_forward_train");
-    b_.batchnorm_forward_train(x, w, b, eps, y, mean, invstd);
+    Timer t(relu ? "batchnorm_relu_forward_train" : "batchnorm_forward_train");
+    b_.batchnorm_forward_train(x, w, b, eps, relu, y, mean, invstd);
   }
   void batchnorm_forward_eval(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& rm,
-                              const Tensor& rv, double eps, Tensor& y) override {
-    Timer t("batchnorm_forward_eval");
-    b_.batchnorm_forward_eval(x, w, b, rm, rv, eps, y);
+                              const Tensor& rv, double eps, bool relu, Tensor& y) override {
+    Timer t(relu ? "batchnorm_relu_forward_eval" : "batchnorm_forward_eval");
+    b_.batchnorm_forward_eval(x, w, b, rm, rv, eps, relu, y);
   }
   void batchnorm_backward(const Tensor& gy, const Tensor& x, const Tensor& w, const Tensor& mean,
-                          const Tensor& invstd, bool training, Tensor& gx, Tensor& gw, Tensor& gb) override {
-    Timer t("batchnorm_backward");
-    b_.batchnorm_backward(gy, x, w, mean, invstd, training, gx, gw, gb);
+                          const Tensor& invstd, bool training, const Tensor& relu_out, Tensor& gx, Tensor& gw,
+                          Tensor& gb) override {
+    Timer t(relu_out.defined() ? "batchnorm_relu_backward" : "batchnorm_backward");
+    b_.batchnorm_backward(gy, x, w, mean, invstd, training, relu_out, gx, gw, gb);
   }
 
   void max_pool2d_forward(const Tensor& x, const Pool2dParams& p, Tensor& y, Tensor& idx) override {

@@ -155,7 +155,20 @@ void BatchNorm2d::reset_parameters() {
   init::zeros_(bias());
 }
 
-Tensor BatchNorm2d::forward(const Tensor& x) {
+Tensor BatchNorm2d::forward(const Tensor& x) { return run(x, false); }
+Tensor BatchNorm2d::forward_relu(const Tensor& x) { return run(x, true); }
+
+Tensor bn_relu(BatchNorm2d& bn, const Tensor& x) {
+  if (bn.has_taps()) return relu(bn(x));
+  return bn.forward_relu(x);
+}
+
+Tensor bn_relu(BatchNorm2d& bn, ReLU& relu_module, const Tensor& x) {
+  if (bn.has_taps() || relu_module.has_taps()) return relu_module(bn(x));
+  return bn.forward_relu(x);
+}
+
+Tensor BatchNorm2d::run(const Tensor& x, bool fuse_relu) {
   RETORT_CHECK(x.dim() == 4, "BatchNorm2d(", num_features_, "): expected 4-D input [N, C, H, W], got ", x.meta_str());
   RETORT_CHECK(x.shape()[1] == num_features_, "BatchNorm2d(", num_features_, "): input has ", x.shape()[1],
                " channels (", x.meta_str(), ")");
@@ -167,6 +180,8 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
     if (!options_.momentum) factor = 1.0 / static_cast<double>(n);
   }
   const bool use_batch_stats = is_training() || !options_.track_running_stats;
+  if (fuse_relu)
+    return batch_norm_relu(x, running_mean(), running_var(), weight(), bias(), use_batch_stats, factor, options_.eps);
   return batch_norm(x, running_mean(), running_var(), weight(), bias(), use_batch_stats, factor, options_.eps);
 }
 

@@ -101,6 +101,8 @@ class BatchNorm2d : public Module {
   explicit BatchNorm2d(int64_t num_features, BatchNormOptions options = {});
   Tensor forward(const Tensor& x) override;
   std::string extra_repr() const override;
+  // relu(forward(x)) through the fused kernel (engine batch_norm_relu); see bn_relu() below.
+  Tensor forward_relu(const Tensor& x);
   void reset_running_stats();
   void reset_parameters();  // also resets the running statistics, as PyTorch
 
@@ -113,6 +115,7 @@ class BatchNorm2d : public Module {
   const BatchNormOptions& options() const { return options_; }
 
  private:
+  Tensor run(const Tensor& x, bool fuse_relu);
   int64_t num_features_;
   BatchNormOptions options_;
 };
@@ -124,6 +127,12 @@ class ReLU : public Module {
   ReLU() : Module("ReLU") {}
   Tensor forward(const Tensor& x) override;
 };
+
+// relu(bn(x)) in one fused kernel pass each way, for the conv -> BN -> ReLU blocks of the zoo. When
+// the BN (or the ReLU module) has a tap attached, both run as separate modules instead, so the tap
+// still receives the BN's output: fusion never changes what a tap sees, nor any value or gradient.
+Tensor bn_relu(BatchNorm2d& bn, const Tensor& x);
+Tensor bn_relu(BatchNorm2d& bn, ReLU& relu, const Tensor& x);
 
 class Identity : public Module {
  public:

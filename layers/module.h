@@ -72,6 +72,7 @@ class Module {
   // path: "module.path" (its output) or "module.path:point" (a named point it emits).
   void tap(const std::string& path, TapFn fn);
   void clear_taps();  // recursively
+  bool has_taps() const { return !taps_.empty(); }  // this module's own, not its children's
 
   // A readable tree: "ResNet(\n  (conv1): Conv2d(3, 16, kernel_size=3, ...)\n ...)".
   std::string str() const;

@@ -30,7 +30,7 @@ BasicBlock::BasicBlock(int64_t inplanes, int64_t planes, int64_t stride, std::sh
 }
 
 Tensor BasicBlock::forward(const Tensor& x) {
-  Tensor out = (*relu_)((*bn1_)((*conv1_)(x)));
+  Tensor out = bn_relu(*bn1_, *relu_, (*conv1_)(x));
   out = (*bn2_)((*conv2_)(out));
   const Tensor residual = downsample_ ? (*downsample_)(x) : x;
   const Tensor preact = out + residual;
@@ -81,7 +81,7 @@ std::shared_ptr<Sequential> ResNet::make_layer(int64_t& inplanes, int64_t planes
 }
 
 Tensor ResNet::forward(const Tensor& x) {
-  Tensor out = (*relu_)((*bn1_)((*conv1_)(x)));
+  Tensor out = bn_relu(*bn1_, *relu_, (*conv1_)(x));
   emit("stem", out);
   out = (*layer1_)(out);
   out = (*layer2_)(out);

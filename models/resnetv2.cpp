@@ -31,8 +31,8 @@ Bottleneck::Bottleneck(int64_t in_planes, int64_t planes, int64_t stride, Genera
 }
 
 Tensor Bottleneck::forward(const Tensor& x) {
-  Tensor out = relu((*bn1_)((*conv1_)(x)));
-  out = relu((*bn2_)((*conv2_)(out)));
+  Tensor out = bn_relu(*bn1_, (*conv1_)(x));
+  out = bn_relu(*bn2_, (*conv2_)(out));
   out = (*bn3_)((*conv3_)(out));
   const Tensor preact = out + (*shortcut_)(x);
   emit("preact", preact);
@@ -70,7 +70,7 @@ ResNetV2::ResNetV2(const std::vector<int64_t>& num_blocks, const ModelOptions& o
 }
 
 Tensor ResNetV2::forward(const Tensor& x) {
-  Tensor out = relu((*bn1_)((*conv1_)(x)));
+  Tensor out = bn_relu(*bn1_, (*conv1_)(x));
   emit("stem", out);
   for (auto& layer : layers_) out = (*layer)(out);
   const Tensor pooled = flatten((*avgpool_)(out), 1);

@@ -48,9 +48,9 @@ Bottleneck::Bottleneck(int64_t in_planes, int64_t out_planes, int64_t stride, in
 }
 
 Tensor Bottleneck::forward(const Tensor& x) {
-  Tensor out = relu((*bn1_)((*conv1_)(x)));
+  Tensor out = bn_relu(*bn1_, (*conv1_)(x));
   out = (*shuffle1_)(out);
-  out = relu((*bn2_)((*conv2_)(out)));
+  out = bn_relu(*bn2_, (*conv2_)(out));
   out = (*bn3_)((*conv3_)(out));
   const Tensor res = (*shortcut_)(x);
   const Tensor preact = stride_ == 2 ? cat({out, res}, 1) : out + res;
@@ -86,7 +86,7 @@ ShuffleNet::ShuffleNet(const std::vector<int64_t>& out_planes, const std::vector
 }
 
 Tensor ShuffleNet::forward(const Tensor& x) {
-  Tensor out = relu((*bn1_)((*conv1_)(x)));
+  Tensor out = bn_relu(*bn1_, (*conv1_)(x));
   emit("stem", out);
   for (auto& layer : layers_) out = (*layer)(out);
   const Tensor pooled = flatten(adaptive_avg_pool2d(out, 1, 1), 1);

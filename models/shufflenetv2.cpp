@@ -38,7 +38,7 @@ BasicBlock::BasicBlock(int64_t in_channels, Generator& gen) : Module("BasicBlock
 Tensor BasicBlock::forward(const Tensor& x) {
   const int64_t c = x.size(1) / 2;
   const Tensor x1 = slice(x, 1, 0, c), x2 = slice(x, 1, c, x.size(1));
-  Tensor out = relu((*bn1_)((*conv1_)(x2)));
+  Tensor out = bn_relu(*bn1_, (*conv1_)(x2));
   out = (*bn2_)((*conv2_)(out));
   const Tensor pre = (*bn3_)((*conv3_)(out));
   emit("preact", cat({x1, pre}, 1));
@@ -62,10 +62,10 @@ DownBlock::DownBlock(int64_t in_channels, int64_t out_channels, Generator& gen) 
 
 Tensor DownBlock::forward(const Tensor& x) {
   Tensor left = (*bn1_)((*conv1_)(x));
-  left = relu((*bn2_)((*conv2_)(left)));
-  Tensor right = relu((*bn3_)((*conv3_)(x)));
+  left = bn_relu(*bn2_, (*conv2_)(left));
+  Tensor right = bn_relu(*bn3_, (*conv3_)(x));
   right = (*bn4_)((*conv4_)(right));
-  right = relu((*bn5_)((*conv5_)(right)));
+  right = bn_relu(*bn5_, (*conv5_)(right));
   return (*shuffle_)(cat({left, right}, 1));
 }
 
@@ -96,10 +96,10 @@ ShuffleNetV2::ShuffleNetV2(const std::vector<int64_t>& out_channels, const std::
 }
 
 Tensor ShuffleNetV2::forward(const Tensor& x) {
-  Tensor out = relu((*bn1_)((*conv1_)(x)));
+  Tensor out = bn_relu(*bn1_, (*conv1_)(x));
   emit("stem", out);
   for (auto& layer : layers_) out = (*layer)(out);
-  out = relu((*bn2_)((*conv2_)(out)));
+  out = bn_relu(*bn2_, (*conv2_)(out));
   const Tensor pooled = flatten(adaptive_avg_pool2d(out, 1, 1), 1);
   emit("pooled", pooled);
   return (*linear_)(pooled);

@@ -29,8 +29,8 @@ BasicBlock::BasicBlock(int64_t in_planes, int64_t out_planes, int64_t stride, Ge
 
 Tensor BasicBlock::forward(const Tensor& x) {
   // When the width changes, the shortcut also reads the BN-ReLU'd input (the reference overwrites x).
-  const Tensor act = (*relu1_)((*bn1_)(x));
-  Tensor out = (*relu2_)((*bn2_)((*conv1_)(act)));
+  const Tensor act = bn_relu(*bn1_, *relu1_, x);
+  Tensor out = bn_relu(*bn2_, *relu2_, (*conv1_)(act));
   out = (*conv2_)(out);
   return (conv_shortcut_ ? (*conv_shortcut_)(act) : x) + out;
 }
@@ -92,7 +92,7 @@ Tensor WideResNet::forward(const Tensor& x) {
   out = (*block1_)(out);
   out = (*block2_)(out);
   out = (*block3_)(out);
-  out = (*relu_)((*bn1_)(out));
+  out = bn_relu(*bn1_, *relu_, out);
   const Tensor pooled = flatten(adaptive_avg_pool2d(out, 1, 1), 1);
   emit("pooled", pooled);
   return (*fc_)(pooled);

@@ -189,6 +189,12 @@ void set_conv_impl(ConvImpl impl) { impl_setting() = impl; }
 bool dnnl_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p,
                  const float* in0, const float* in1, const float* bias, float* out) {
   if (impl_setting() == ConvImpl::Im2col) return false;
+  // oneDNN 2.6's depthwise weight gradient is pathological on tiny planes (7 ms for a 64x480x2x2
+  // input on 2 threads, against 0.7 ms for our direct loop: retort-bench --profile on mobile_half);
+  // on planes of 8x8 and up it is the faster one.
+  if (impl_setting() == ConvImpl::Auto && dir == DnnlConvDir::BackwardWeight && p.groups > 1 &&
+      p.groups == xs[1] && ys[2] * ys[3] < 64)
+    return false;
   Dnnl& d = dnnl_state();
   std::lock_guard<std::mutex> lock(d.mu);
   const std::array<int64_t, 20> key{static_cast<int64_t>(dir), xs[0], xs[1], xs[2], xs[3], ws[0], ws[1], ws[2],

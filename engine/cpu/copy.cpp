@@ -1,5 +1,9 @@
 // CPU strided copy: the one kernel behind permute, slice, cat, pad and expand.
-// The innermost dimension runs as a strided loop; outer indices are split across threads.
+// Dimensions are first coalesced: size-1 dimensions dropped, and neighbours merged wherever both
+// views step through them as one (stride[d] == shape[d+1] * stride[d+1] on both sides), so that a
+// channel split, a cat or a channel shuffle copies whole contiguous planes with memcpy instead of
+// one short image row at a time. The innermost remaining dimension runs as a strided loop (memcpy
+// when contiguous on both sides); outer indices are split across threads.
 #include <cstring>
 
 #include "engine/cpu/cpu_backend.h"
@@ -7,8 +11,39 @@
 namespace retort::cpu {
 
 namespace {
+
+struct Coalesced {
+  Shape shape;
+  StridedView src, dst;
+};
+
+Coalesced coalesce(const StridedView& sv, const StridedView& dv, const Shape& shape) {
+  Coalesced c;
+  c.src.offset = sv.offset;
+  c.dst.offset = dv.offset;
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] == 1) continue;
+    if (!c.shape.empty()) {
+      const size_t last = c.shape.size() - 1;
+      if (c.src.strides[last] == shape[d] * sv.strides[d] && c.dst.strides[last] == shape[d] * dv.strides[d]) {
+        c.shape[last] *= shape[d];
+        c.src.strides[last] = sv.strides[d];
+        c.dst.strides[last] = dv.strides[d];
+        continue;
+      }
+    }
+    c.shape.push_back(shape[d]);
+    c.src.strides.push_back(sv.strides[d]);
+    c.dst.strides.push_back(dv.strides[d]);
+  }
+  return c;
+}
+
 template <class T>
-void strided_copy_typed(const T* src, const StridedView& sv, T* dst, const StridedView& dv, const Shape& shape) {
+void strided_copy_typed(const T* src, const StridedView& sv0, T* dst, const StridedView& dv0, const Shape& shape0) {
+  const Coalesced c = coalesce(sv0, dv0, shape0);
+  const Shape& shape = c.shape;
+  const StridedView &sv = c.src, &dv = c.dst;
   const int nd = static_cast<int>(shape.size());
   if (nd == 0) { dst[dv.offset] = src[sv.offset]; return; }
   const int64_t inner = shape[nd - 1], si = sv.strides[nd - 1], di = dv.strides[nd - 1];

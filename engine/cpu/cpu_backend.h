@@ -42,6 +42,17 @@ int64_t dnnl_conv_calls();
 // "oneDNN 2.6.3 convolutions f32, ISA avx512_core", for the start-up log line.
 std::string dnnl_info();
 
+// Hot inner loops (one row of a kernel, no OpenMP parallel region inside) are compiled three times —
+// AVX-512 (x86-64-v4), AVX2 + FMA (x86-64-v3) and the baseline x86-64 the rest of the build targets —
+// and the dynamic loader picks the best one for the running CPU (GCC target_clones, an ifunc). The
+// binary stays portable and still uses the machine's vector width; without this, a loop holding a
+// select (ReLU's mask) does not vectorise at all on baseline SSE2.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define RETORT_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define RETORT_SIMD_CLONES
+#endif
+
 // Minimum amount of work (elements) before a loop is worth parallelising.
 constexpr int64_t kParallelGrain = 32768;
 
@@ -71,14 +82,14 @@ class CpuBackend final : public Backend {
   void conv2d_backward_input(const Tensor& gy, const Tensor& w, const Conv2dParams& p, Tensor& gx) override;
   void conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dParams& p, Tensor& gw) override;
 
-  void batchnorm_forward_train(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y,
-                               Tensor& mean, Tensor& invstd) override;
+  void batchnorm_forward_train(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, bool relu,
+                               Tensor& y, Tensor& mean, Tensor& invstd) override;
   void batchnorm_forward_eval(const Tensor& x, const Tensor& weight, const Tensor& bias,
-                              const Tensor& running_mean, const Tensor& running_var, double eps,
+                              const Tensor& running_mean, const Tensor& running_var, double eps, bool relu,
                               Tensor& y) override;
   void batchnorm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight, const Tensor& mean,
-                          const Tensor& invstd, bool training, Tensor& gx, Tensor& gweight,
-                          Tensor& gbias) override;
+                          const Tensor& invstd, bool training, const Tensor& relu_out, Tensor& gx,
+                          Tensor& gweight, Tensor& gbias) override;
 
   void max_pool2d_forward(const Tensor& x, const Pool2dParams& p, Tensor& y, Tensor& indices) override;
   void max_pool2d_backward(const Tensor& gy, const Tensor& indices, Tensor& gx) override;

@@ -13,10 +13,30 @@ namespace retort::cpu {
 
 namespace {
 
+// Contiguous runs go through these (compiled per vector ISA, see RETORT_SIMD_CLONES); the parallel
+// loops hand each thread chunks of kChunk elements.
+constexpr int64_t kChunk = 16384;
+
+template <class T, class F>
+RETORT_SIMD_CLONES void unary_run(const T* x, T* y, int64_t n, F f) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = f(x[i]);
+}
+
+template <class T, class F>
+RETORT_SIMD_CLONES void binary_run(const T* a, const T* b, T* y, int64_t n, F f) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = f(a[i], b[i]);
+}
+
 template <class T, class F>
 void map_unary(const T* x, T* y, int64_t n, F f) {
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
 #pragma omp parallel for if (n > kParallelGrain)
-  for (int64_t i = 0; i < n; ++i) y[i] = f(x[i]);
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t lo = c * kChunk;
+    unary_run(x + lo, y + lo, std::min(kChunk, n - lo), f);
+  }
 }
 
 template <class T>
@@ -80,8 +100,12 @@ void map_binary(const T* a, const T* b, T* y, const BroadcastPlan& p, F f) {
   for (int d = 0; d < nd - 1; ++d) rows *= p.size[d];
   if (rows == 1) {  // one run: contiguous fast paths
     if (ia == 1 && ib == 1) {
+      const int64_t chunks = (inner + kChunk - 1) / kChunk;
 #pragma omp parallel for if (inner > kParallelGrain)
-      for (int64_t i = 0; i < inner; ++i) y[i] = f(a[i], b[i]);
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t lo = c * kChunk;
+        binary_run(a + lo, b + lo, y + lo, std::min(kChunk, inner - lo), f);
+      }
     } else {
 #pragma omp parallel for if (inner > kParallelGrain)
       for (int64_t i = 0; i < inner; ++i) y[i] = f(a[i * ia], b[i * ib]);
@@ -100,7 +124,7 @@ void map_binary(const T* a, const T* b, T* y, const BroadcastPlan& p, F f) {
     const T* pa = a + oa;
     const T* pb = b + ob;
     T* py = y + r * inner;
-    if (ia == 1 && ib == 1) for (int64_t i = 0; i < inner; ++i) py[i] = f(pa[i], pb[i]);
+    if (ia == 1 && ib == 1) binary_run(pa, pb, py, inner, f);
     else for (int64_t i = 0; i < inner; ++i) py[i] = f(pa[i * ia], pb[i * ib]);
   }
 }

@@ -33,21 +33,34 @@ double value_or(const Tensor& t, int64_t c, double fallback) {
 }
 
 // y = (x - mean) * invstd * weight + bias for channel c, as y = x * scale + shift.
+// One row of y = x * scale + shift, with `relu` y = max(0, ...) in the same pass.
+template <class T>
+RETORT_SIMD_CLONES void normalize_row(const T* __restrict x, T* __restrict y, int64_t n, T scale, T shift,
+                                      bool relu) {
+  if (relu) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      const T v = x[j] * scale + shift;
+      y[j] = v > T(0) ? v : T(0);
+    }
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) y[j] = x[j] * scale + shift;
+  }
+}
+
+// y = (x - mean) * invstd * weight + bias for channel c, as y = x * scale + shift.
 template <class T>
 void normalize_channel(const T* x, T* y, const Layout& l, int64_t c, double mean, double invstd, double w,
-                       double b) {
+                       double b, bool relu) {
   const T scale = static_cast<T>(invstd * w), shift = static_cast<T>(b - mean * invstd * w);
-  for (int64_t i = 0; i < l.n; ++i) {
-    const T* px = x + (i * l.c + c) * l.s;
-    T* py = y + (i * l.c + c) * l.s;
-#pragma omp simd
-    for (int64_t j = 0; j < l.s; ++j) py[j] = px[j] * scale + shift;
-  }
+  for (int64_t i = 0; i < l.n; ++i)
+    normalize_row(x + (i * l.c + c) * l.s, y + (i * l.c + c) * l.s, l.s, scale, shift, relu);
 }
 
 // Sum of row[0..n) in T (vectorised), returned in double.
 template <class T>
-double row_sum(const T* row, int64_t n) {
+RETORT_SIMD_CLONES double row_sum(const T* __restrict row, int64_t n) {
   T s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t j = 0; j < n; ++j) s += row[j];
@@ -56,17 +69,58 @@ double row_sum(const T* row, int64_t n) {
 
 // Sum of (row[j] - m)^2.
 template <class T>
-double row_sq_dev(const T* row, int64_t n, T m) {
+RETORT_SIMD_CLONES double row_sq_dev(const T* __restrict row, int64_t n, T m) {
   T s = 0;
 #pragma omp simd reduction(+ : s)
   for (int64_t j = 0; j < n; ++j) s += (row[j] - m) * (row[j] - m);
   return s;
 }
 
+// The backward's two sums over one row: sum(g) and sum(g * (x - m)), g = gy masked by relu_out > 0
+// when relu_out is given.
+template <class T>
+RETORT_SIMD_CLONES void backward_row_sums(const T* __restrict gy, const T* __restrict x, const T* __restrict relu_out,
+                                          int64_t n, T m, double& sum_g, double& sum_gx) {
+  T sg = 0, sgx = 0;
+  if (relu_out) {
+#pragma omp simd reduction(+ : sg, sgx)
+    for (int64_t j = 0; j < n; ++j) {
+      const T gv = gy[j], rv = relu_out[j];
+      const T g = rv > T(0) ? gv : T(0);
+      sg += g;
+      sgx += g * (x[j] - m);
+    }
+  } else {
+#pragma omp simd reduction(+ : sg, sgx)
+    for (int64_t j = 0; j < n; ++j) {
+      sg += gy[j];
+      sgx += gy[j] * (x[j] - m);
+    }
+  }
+  sum_g += sg;
+  sum_gx += sgx;
+}
+
+// gx = a * g + b * x + k over one row, g masked as above.
+template <class T>
+RETORT_SIMD_CLONES void backward_row_gx(const T* __restrict gy, const T* __restrict x, const T* __restrict relu_out,
+                                        T* __restrict gx, int64_t n, T a, T b, T k) {
+  if (relu_out) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      const T gv = gy[j], rv = relu_out[j];
+      gx[j] = a * (rv > T(0) ? gv : T(0)) + b * x[j] + k;
+    }
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) gx[j] = a * gy[j] + b * x[j] + k;
+  }
+}
+
 }  // namespace
 
 void CpuBackend::batchnorm_forward_train(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
-                                         Tensor& y, Tensor& mean, Tensor& invstd) {
+                                         bool relu, Tensor& y, Tensor& mean, Tensor& invstd) {
   dispatch_float(x.dtype(), "batchnorm_forward_train", [&](auto tag) {
     using T = decltype(tag);
     const Layout l = layout_of(x);
@@ -85,14 +139,14 @@ void CpuBackend::batchnorm_forward_train(const Tensor& x, const Tensor& weight, 
       const double is = 1.0 / std::sqrt(sq / count + eps);
       pm[c] = static_cast<T>(m);
       pi[c] = static_cast<T>(is);
-      normalize_channel(px, py, l, c, m, is, value_or<T>(weight, c, 1.0), value_or<T>(bias, c, 0.0));
+      normalize_channel(px, py, l, c, m, is, value_or<T>(weight, c, 1.0), value_or<T>(bias, c, 0.0), relu);
     }
   });
 }
 
 void CpuBackend::batchnorm_forward_eval(const Tensor& x, const Tensor& weight, const Tensor& bias,
                                         const Tensor& running_mean, const Tensor& running_var, double eps,
-                                        Tensor& y) {
+                                        bool relu, Tensor& y) {
   dispatch_float(x.dtype(), "batchnorm_forward_eval", [&](auto tag) {
     using T = decltype(tag);
     const Layout l = layout_of(x);
@@ -104,7 +158,7 @@ void CpuBackend::batchnorm_forward_eval(const Tensor& x, const Tensor& weight, c
     for (int64_t c = 0; c < l.c; ++c) {
       const double is = 1.0 / std::sqrt(static_cast<double>(rv[c]) + eps);
       normalize_channel(px, py, l, c, static_cast<double>(rm[c]), is, value_or<T>(weight, c, 1.0),
-                        value_or<T>(bias, c, 0.0));
+                        value_or<T>(bias, c, 0.0), relu);
     }
   });
 }
@@ -114,9 +168,10 @@ void CpuBackend::batchnorm_forward_eval(const Tensor& x, const Tensor& weight, c
 //   eval:     gx = gy * w * invstd   (the statistics are constants)
 //   training: gx = w * invstd * (gy - sum(gy)/M - xhat * sum(gy * xhat)/M)
 //             (the two subtracted terms are the gradient through the batch mean and variance).
+// Fused ReLU: gy is replaced by gy * (relu_out > 0) wherever it is read.
 void CpuBackend::batchnorm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight, const Tensor& mean,
-                                    const Tensor& invstd, bool training, Tensor& gx, Tensor& gweight,
-                                    Tensor& gbias) {
+                                    const Tensor& invstd, bool training, const Tensor& relu_out, Tensor& gx,
+                                    Tensor& gweight, Tensor& gbias) {
   dispatch_float(x.dtype(), "batchnorm_backward", [&](auto tag) {
     using T = decltype(tag);
     const Layout l = layout_of(x);
@@ -124,6 +179,7 @@ void CpuBackend::batchnorm_backward(const Tensor& gy, const Tensor& x, const Ten
     const T* px = x.data<T>();
     const T* pm = mean.data<T>();
     const T* pi = invstd.data<T>();
+    const T* pr = relu_out.defined() ? relu_out.data<T>() : nullptr;
     T* pgx = gx.defined() ? gx.data<T>() : nullptr;
     T* pgw = gweight.defined() ? gweight.data<T>() : nullptr;
     T* pgb = gbias.defined() ? gbias.data<T>() : nullptr;
@@ -135,14 +191,7 @@ void CpuBackend::batchnorm_backward(const Tensor& gy, const Tensor& x, const Ten
       const T mt = static_cast<T>(m);
       for (int64_t i = 0; i < l.n; ++i) {
         const int64_t off = (i * l.c + c) * l.s;
-        T sg = 0, sgx = 0;
-#pragma omp simd reduction(+ : sg, sgx)
-        for (int64_t j = 0; j < l.s; ++j) {
-          sg += pg[off + j];
-          sgx += pg[off + j] * (px[off + j] - mt);
-        }
-        sum_g += sg;
-        sum_g_xmu += sgx;
+        backward_row_sums(pg + off, px + off, pr ? pr + off : nullptr, l.s, mt, sum_g, sum_g_xmu);
       }
       if (pgb) pgb[c] = static_cast<T>(sum_g);
       if (pgw) pgw[c] = static_cast<T>(sum_g_xmu * is);
@@ -155,8 +204,7 @@ void CpuBackend::batchnorm_backward(const Tensor& gy, const Tensor& x, const Ten
               k = static_cast<T>(scale * (m * proj - mean_g));
       for (int64_t i = 0; i < l.n; ++i) {
         const int64_t off = (i * l.c + c) * l.s;
-#pragma omp simd
-        for (int64_t j = 0; j < l.s; ++j) pgx[off + j] = a * pg[off + j] + b * px[off + j] + k;
+        backward_row_gx(pg + off, px + off, pr ? pr + off : nullptr, pgx + off, l.s, a, b, k);
       }
     }
   });

@@ -56,8 +56,10 @@ void update_running_stats(Backend& be, Tensor running_mean, Tensor running_var, 
 
 }  // namespace
 
-Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
-                  const Tensor& bias, bool training, double momentum, double eps) {
+namespace {
+
+Tensor batch_norm_impl(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
+                       const Tensor& bias, bool training, double momentum, double eps, bool relu) {
   fn::check_float(kOp, x, "input");
   RETORT_CHECK(x.dim() >= 2, kOp, ": input must be at least 2-D [N, C, *], got ", x.meta_str());
   check_per_channel(x, weight, "weight");
@@ -81,11 +83,11 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
   Tensor mean = Tensor::empty({channels}, x.dtype(), x.device());
   Tensor invstd = Tensor::empty({channels}, x.dtype(), x.device());
   if (training) {
-    be.batchnorm_forward_train(x, weight, bias, eps, y, mean, invstd);
+    be.batchnorm_forward_train(x, weight, bias, eps, relu, y, mean, invstd);
     if (running_mean.defined())
       update_running_stats(be, running_mean, running_var, mean, invstd, momentum, eps, per_channel);
   } else {
-    be.batchnorm_forward_eval(x, weight, bias, running_mean, running_var, eps, y);
+    be.batchnorm_forward_eval(x, weight, bias, running_mean, running_var, eps, relu, y);
     if (!should_record({&x, &weight, &bias})) return y;
     // Snapshot the statistics the backward needs: the buffers may be updated in place before it runs.
     be.copy(running_mean.raw_data(), mean.raw_data(), mean.nbytes());
@@ -96,14 +98,27 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
     be.cast(v64, invstd);
   }
 
-  return record(y, "BatchNormBackward", {x, weight, bias},
-                [x = saved(x), w = saved(weight), mean, invstd, training](const Tensor& g, const Node& node) {
+  return record(y, relu ? "BatchNormReluBackward" : "BatchNormBackward", {x, weight, bias},
+                [x = saved(x), w = saved(weight), mean, invstd, training,
+                 out = relu ? saved(y) : Tensor()](const Tensor& g, const Node& node) {
                   Tensor gx = node.needs_grad(0) ? Tensor::empty_like(x) : Tensor();
                   Tensor gw = node.needs_grad(1) ? Tensor::empty_like(mean) : Tensor();
                   Tensor gb = node.needs_grad(2) ? Tensor::empty_like(mean) : Tensor();
-                  backend_for(x).batchnorm_backward(g, x, w, mean, invstd, training, gx, gw, gb);
+                  backend_for(x).batchnorm_backward(g, x, w, mean, invstd, training, out, gx, gw, gb);
                   return std::vector<Tensor>{gx, gw, gb};
                 });
+}
+
+}  // namespace
+
+Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
+                  const Tensor& bias, bool training, double momentum, double eps) {
+  return batch_norm_impl(x, running_mean, running_var, weight, bias, training, momentum, eps, false);
+}
+
+Tensor batch_norm_relu(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
+                       const Tensor& weight, const Tensor& bias, bool training, double momentum, double eps) {
+  return batch_norm_impl(x, running_mean, running_var, weight, bias, training, momentum, eps, true);
 }
 
 }  // namespace retort

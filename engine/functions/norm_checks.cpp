@@ -40,6 +40,24 @@ void add_norm_checks(std::vector<GradcheckCase>& out) {
                    return Inputs{gc_randn({2, 3, 2, 3}, g), gc_uniform({3}, g, 0.5, 1.5), gc_randn({3}, g), rm, rv};
                  },
                  [](const Inputs& in) { return batch_norm(in[0], in[3], in[4], in[1], in[2], /*training=*/false); }});
+  // The fused BN + ReLU: x shifted so roughly half the outputs are clipped.
+  out.push_back({"batch_norm_relu.train", "batch_norm_relu",
+                 [](Generator& g) {
+                   return Inputs{gc_uniform({3, 2, 3, 2}, g, -1.0, 3.0), gc_uniform({2}, g, 0.5, 1.5),
+                                 gc_uniform({2}, g, -0.3, 0.3)};
+                 },
+                 [](const Inputs& in) {
+                   return batch_norm_relu(in[0], Tensor(), Tensor(), in[1], in[2], /*training=*/true);
+                 }});
+  out.push_back({"batch_norm_relu.eval", "batch_norm_relu",
+                 [](Generator& g) {
+                   Tensor rm = Tensor::randn({3}, g, DType::F64);
+                   Tensor rv = Tensor::rand({3}, g, DType::F64, 0.5, 2.0);
+                   return Inputs{gc_randn({2, 3, 2, 3}, g), gc_uniform({3}, g, 0.5, 1.5), gc_randn({3}, g), rm, rv};
+                 },
+                 [](const Inputs& in) {
+                   return batch_norm_relu(in[0], in[3], in[4], in[1], in[2], /*training=*/false);
+                 }});
   out.push_back({"batch_norm.no_affine", "batch_norm", [](Generator& g) { return Inputs{gc_randn({4, 2, 3}, g)}; },
                  [](const Inputs& in) { return batch_norm(in[0], Tensor(), Tensor(), Tensor(), Tensor(), true); }});
 }

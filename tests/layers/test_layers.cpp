@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "engine/autograd.h"
+#include "engine/backend.h"
 #include "engine/functions.h"
 #include "layers/init.h"
 #include "layers/layers.h"
@@ -380,4 +381,80 @@ TEST(ModuleState, StrPrintsPyTorchLikeTree) {
   EXPECT_EQ(MaxPool2d(3, 2, 1).extra_repr(), "kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=False");
   EXPECT_EQ(AvgPool2d(8).extra_repr(), "kernel_size=8, stride=8, padding=0");
   EXPECT_EQ(AdaptiveAvgPool2d({1, 1}).extra_repr(), "output_size=(1, 1)");
+}
+
+// ---- fused BN + ReLU ------------------------------------------------------------------------------
+
+namespace {
+// dst's values := src's (same shape and dtype), in place.
+void assign(Tensor dst, const Tensor& src) {
+  ASSERT_EQ(dst.nbytes(), src.nbytes());
+  backend_for(dst).copy(src.raw_data(), dst.raw_data(), dst.nbytes());
+}
+
+// Max |a - b| / (1 + |b|) over all elements.
+double max_rel_diff(const Tensor& a, const Tensor& b) {
+  const auto va = a.to_vector(), vb = b.to_vector();
+  EXPECT_EQ(va.size(), vb.size());
+  double worst = 0;
+  for (size_t i = 0; i < va.size() && i < vb.size(); ++i)
+    worst = std::max(worst, std::abs(va[i] - vb[i]) / (1.0 + std::abs(vb[i])));
+  return worst;
+}
+}  // namespace
+
+// bn_relu gives relu(bn(x)): the same output, input/weight/bias gradients and running statistics,
+// in training and in eval mode, in f32 and f64.
+TEST(BnRelu, FusedEqualsBatchNormThenRelu) {
+  for (DType dt : {DType::F32, DType::F64}) {
+    for (bool training : {true, false}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + (training ? " train" : " eval"));
+      Generator gen(5);
+      BatchNorm2d fused(6), plain(6);
+      fused.to(dt);
+      plain.to(dt);
+      Tensor w = Tensor::rand({6}, gen, dt, 0.5, 1.5), b = Tensor::randn({6}, gen, dt, 0.0, 0.3);
+      Tensor rm = Tensor::randn({6}, gen, dt), rv = Tensor::rand({6}, gen, dt, 0.5, 2.0);
+      for (BatchNorm2d* m : {&fused, &plain}) {
+        assign(m->weight(), w);
+        assign(m->bias(), b);
+        assign(m->running_mean(), rm);
+        assign(m->running_var(), rv);
+        m->train(training);
+      }
+      Tensor x = Tensor::randn({4, 6, 5, 5}, gen, dt, 0.5, 1.0);
+      Tensor gy = Tensor::randn({4, 6, 5, 5}, gen, dt);
+      Tensor x1 = x.clone().set_requires_grad(), x2 = x.clone().set_requires_grad();
+      Tensor y1 = bn_relu(fused, x1);
+      Tensor y2 = relu(plain(x2));
+      EXPECT_EQ(y1.grad_fn()->name(), "BatchNormReluBackward");
+      const double tol = dt == DType::F32 ? 1e-6 : 1e-14;
+      EXPECT_LE(max_rel_diff(y1, y2), tol);
+      y1.backward(gy);
+      y2.backward(gy);
+      EXPECT_LE(max_rel_diff(x1.grad(), x2.grad()), 10 * tol);
+      EXPECT_LE(max_rel_diff(fused.weight().grad(), plain.weight().grad()), 10 * tol);
+      EXPECT_LE(max_rel_diff(fused.bias().grad(), plain.bias().grad()), 10 * tol);
+      EXPECT_LE(max_rel_diff(fused.running_mean(), plain.running_mean()), tol);
+      EXPECT_LE(max_rel_diff(fused.running_var(), plain.running_var()), tol);
+      // Some outputs really were clipped, so the mask mattered.
+      const auto v = y1.to_vector();
+      EXPECT_GT(std::count(v.begin(), v.end(), 0.0), 10);
+    }
+  }
+}
+
+// A tap on the BN still sees the BN's own output (negative values included): with a tap attached
+// the fused path steps aside.
+TEST(BnRelu, TapOnTheBatchNormSeesItsOutput) {
+  Generator gen(9);
+  BatchNorm2d bn(3);
+  ReLU act;
+  Tensor seen;
+  bn.tap("", [&](const Tensor& t) { seen = t; });
+  Tensor y = bn_relu(bn, act, Tensor::randn({2, 3, 4, 4}, gen));
+  ASSERT_TRUE(seen.defined());
+  const auto v = seen.to_vector();
+  EXPECT_LT(*std::min_element(v.begin(), v.end()), 0.0);
+  EXPECT_EQ(max_rel_diff(y, relu(seen)), 0.0);
 }

@@ -3,7 +3,7 @@
 // Why: measured on the 2-core Sapphire Rapids machine of docs/performance.md, oneDNN's JIT kernels in
 // their blocked layouts (nChw16c activations, OIhw16i16o weights) run resnet-sized 3x3 convolutions
 // at 300-460 GFLOP/s on 2 threads, forward and both backwards, against 120-230 for our im2col +
-// OpenBLAS path and 90-290 for oneDNN's own plain-NCHW GEMM path (bench/results/*conv_micro*). Our
+// OpenBLAS path and 90-290 for oneDNN's own plain-NCHW GEMM path (bench/results/2026-11-22_conv_micro_intel-xeon-2c.txt, bench/conv_micro.cpp). Our
 // tensors stay plain NCHW: each call reorders its operands into the layouts oneDNN chose for the
 // shape ("format any") and the result back, which costs a memory pass per operand and is still a
 // large net win. F64 (the gradcheck dtype) and anything oneDNN refuses keep the im2col path in

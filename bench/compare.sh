@@ -11,7 +11,12 @@
 #
 # Environment (comma-separated lists; unset = the issue's matrix):
 #   MODELS  PAIRS (teacher:student)  MODES (train,kd,infer)  BATCHES  THREADS  FORMATS  STEPS  WARMUP
-#   RETORT_BUILD_DIR (default build/)  BENCH (the retort-bench binary)  PYTHON (default /usr/bin/python3)
+#   RETORT_BUILD_DIR (default build/)  BENCH (the retort-bench binary)
+#   PYTHONS  interpreters with torch, comma-separated; each row is measured in every one and the fastest
+#            (interpreter x memory format) is the yardstick. Default: Debian's /usr/bin/python3
+#            (torch 1.13) and, when present, /opt/torch-latest/bin/python (the newest torch from PyPI:
+#            python3 -m venv /opt/torch-latest && /opt/torch-latest/bin/pip install torch numpy).
+#   PYTHON   the interpreter that prints the table (default /usr/bin/python3; needs no torch)
 #   MACHINE (name in the results file; default a slug of the CPU model and core count)  OUT (results file)
 # As in retort-bench: with MODELS set and PAIRS unset there are no kd rows, and the other way round.
 set -euo pipefail
@@ -31,7 +36,7 @@ torch = {}
 for r in rows:
     if r["framework"].startswith("torch"):
         torch.setdefault(key(r), []).append(r)
-print("| model | mode | batch | threads | ours img/s | torch img/s (format) | ours / torch | ours MiB | torch MiB |")
+print("| model | mode | batch | threads | ours img/s | best torch img/s (version, format) | ours / torch | ours MiB | torch MiB |")
 print("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
 for r in rows:
     if r["framework"] != "retort":
@@ -43,7 +48,8 @@ for r in rows:
     ours_mb = f"{r['peak_rss_mb'] - r['base_rss_mb']:.0f}"
     if best:
         fmt = "NCHW" if best["memory_format"] == "nchw" else "channels_last"
-        print(f"| {model} | {r['mode']} | {r['batch']} | {r['threads']} | {ours} | {best['images_per_s']:.1f} ({fmt}) "
+        ver = best["framework"].replace("torch ", "")
+        print(f"| {model} | {r['mode']} | {r['batch']} | {r['threads']} | {ours} | {best['images_per_s']:.1f} ({ver}, {fmt}) "
               f"| {r['images_per_s'] / best['images_per_s']:.2f} | {ours_mb} | "
               f"{best['peak_rss_mb'] - best['base_rss_mb']:.0f} |")
     else:
@@ -93,7 +99,11 @@ if ((${#rows[@]} == 0)); then
   exit 1
 fi
 
-echo "compare.sh: $bench ($commit) vs $("$python" -c 'import torch; print("torch", torch.__version__)') on$cpu," \
+if [[ -n ${PYTHONS:-} ]]; then pythons=$(split "$PYTHONS"); else
+  pythons=/usr/bin/python3; [[ -x /opt/torch-latest/bin/python ]] && pythons="$pythons /opt/torch-latest/bin/python"
+fi
+versions=""; for py in $pythons; do versions="$versions torch $("$py" -c 'import torch; print(torch.__version__)') ($py)"; done
+echo "compare.sh: $bench ($commit) vs$versions on$cpu," \
   "$(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "compare.sh: results -> $out"
 failed=0
@@ -109,10 +119,12 @@ for row in "${rows[@]}"; do
         echo "compare.sh: retort-bench failed on this row" >&2
         failed=1
       fi
-      if ! "$python" "$root/bench/torch_reference.py" "${common[@]}" --memory-format "$formats" >>"$out"; then
-        echo "compare.sh: torch_reference.py failed on this row" >&2
-        failed=1
-      fi
+      for py in $pythons; do
+        if ! "$py" "$root/bench/torch_reference.py" "${common[@]}" --memory-format "$formats" >>"$out"; then
+          echo "compare.sh: torch_reference.py ($py) failed on this row" >&2
+          failed=1
+        fi
+      done
     done
   done
 done

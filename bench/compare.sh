@@ -102,7 +102,15 @@ fi
 if [[ -n ${PYTHONS:-} ]]; then pythons=$(split "$PYTHONS"); else
   pythons=/usr/bin/python3; [[ -x /opt/torch-latest/bin/python ]] && pythons="$pythons /opt/torch-latest/bin/python"
 fi
-versions=""; for py in $pythons; do versions="$versions torch $("$py" -c 'import torch; print(torch.__version__)') ($py)"; done
+versions=""
+for py in $pythons; do
+  if ! v=$("$py" -c 'import torch; print(torch.__version__)' 2>/dev/null); then
+    echo "compare.sh: $py cannot import torch. Install Debian's (apt-get install python3-torch) or set PYTHONS" \
+      "to interpreters that have it (bench/README.md)" >&2
+    exit 1
+  fi
+  versions="$versions torch $v ($py)"
+done
 echo "compare.sh: $bench ($commit) vs$versions on$cpu," \
   "$(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "compare.sh: results -> $out"

@@ -69,7 +69,7 @@ size_t align_up(size_t n) { return (n + 63) / 64 * 64; }
 struct Dnnl {
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   dnnl::stream strm{eng};
-  std::map<std::array<int64_t, 20>, Entry> cache;
+  std::map<std::array<int64_t, 19>, Entry> cache;
   std::mutex mu;
   void* ws = nullptr;
   size_t ws_size = 0;
@@ -197,9 +197,9 @@ bool dnnl_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape&
     return false;
   Dnnl& d = dnnl_state();
   std::lock_guard<std::mutex> lock(d.mu);
-  const std::array<int64_t, 20> key{static_cast<int64_t>(dir), xs[0], xs[1], xs[2], xs[3], ws[0], ws[1], ws[2],
+  const std::array<int64_t, 19> key{static_cast<int64_t>(dir), xs[0], xs[1], xs[2], xs[3], ws[0], ws[1], ws[2],
                                     ws[3], ys[2], ys[3], p.stride_h, p.stride_w, p.pad_h, p.pad_w,
-                                    p.dilation_h, p.dilation_w, p.groups, bias != nullptr, 0};
+                                    p.dilation_h, p.dilation_w, p.groups, bias != nullptr};
   auto it = d.cache.find(key);
   if (it == d.cache.end()) it = d.cache.emplace(key, build(d, dir, xs, ws, ys, p, bias != nullptr)).first;
   Entry& e = it->second;

@@ -14,26 +14,17 @@
 #include "distill/nodes/feature.h"
 #include "engine/autograd.h"
 #include "engine/functions.h"
+#include "tests/common/expect.h"
 #include "tests/common/golden.h"
 
 using namespace retort;
 using retort::testing::close_to;
+using retort::testing::expect_error;
 using retort::testing::GoldenFile;
 
 namespace {
 
 Tensor randn(const Shape& s, Generator& g, DType dt = DType::F64) { return Tensor::randn(s, g, dt); }
-
-template <class F>
-void expect_error(F&& f, std::initializer_list<const char*> needles) {
-  try {
-    f();
-    ADD_FAILURE() << "expected retort::Error";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const char* n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "missing '" << n << "' in: " << msg;
-  }
-}
 
 bool has_node(const Tensor& t, const std::string& name) {
   const auto names = graph_node_names(t);

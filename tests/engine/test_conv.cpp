@@ -15,8 +15,10 @@
 #include "engine/backend.h"
 #include "engine/cpu/cpu_backend.h"
 #include "engine/functions.h"
+#include "tests/common/expect.h"
 
 using namespace retort;
+using retort::testing::expect_error;
 
 namespace {
 
@@ -295,18 +297,6 @@ TEST(Conv2d, EmptyBatch) {
 }
 
 // ---- errors ------------------------------------------------------------------------------------------
-
-// Runs f, expects a retort::Error whose message contains every one of `needles`.
-template <class F>
-void expect_error(F&& f, std::initializer_list<const char*> needles) {
-  try {
-    f();
-    ADD_FAILURE() << "expected retort::Error";
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const char* n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "missing '" << n << "' in: " << msg;
-  }
-}
 
 Tensor zeros(Shape s, DType dt = DType::F32) { return Tensor::zeros(s, dt); }
 

@@ -11,6 +11,7 @@
 
 #include "distill/experiment.h"
 #include "distill/trainer.h"
+#include "engine/backend.h"
 #include "engine/error.h"
 
 namespace retort::app {
@@ -57,6 +58,17 @@ auto as_usage(F&& f) -> decltype(f()) {
   }
 }
 
+// Refuses a device this build or machine cannot use, naming where it came from (a flag or a key).
+inline void check_device(Device d, const std::string& source) {
+  if (d.is_cpu()) return;
+  RETORT_CHECK(cuda_built(), source, ": ", d.str(),
+               " needs the CUDA backend, which this build does not have (reconfigure with -DRETORT_CUDA=ON where "
+               "nvcc is installed)");
+  const int n = cuda_device_count();
+  RETORT_CHECK(d.index < n, source, ": ", d.str(), " is not available: ", n, " CUDA device(s) visible",
+               n == 0 ? " (no GPU or no driver on this machine)" : "");
+}
+
 // The flags retort-train and retort-distill share.
 struct RunFlags {
   std::string config_path, resume, run_dir, device;
@@ -71,7 +83,7 @@ inline void add_run_flags(CLI::App& cli, RunFlags& f) {
   cli.add_option("--resume", f.resume, "'auto' (newest checkpoint of this run) or a checkpoint path");
   cli.add_option("--run-dir", f.run_dir, "Run directory (default: <output_dir>/<name>)");
   cli.add_option("--seed", f.seed, "Override experiment.seed");
-  cli.add_option("--device", f.device, "cpu (cuda: not implemented yet)");
+  cli.add_option("--device", f.device, "cpu | cuda | cuda:N (overrides experiment.device)");
   cli.add_option("--threads", f.threads, "OpenMP/BLAS threads (default: all cores)");
 }
 
@@ -82,8 +94,7 @@ inline ExperimentConfig load_run_config(RunFlags& f) {
   if (!f.device.empty()) f.overrides.push_back("experiment.device=\"" + f.device + "\"");
   ExperimentConfig cfg = as_usage([&] { return ExperimentConfig::load(f.config_path, f.overrides); });
   as_usage([&] {
-    RETORT_CHECK(Device::parse(cfg.device).is_cpu(), "experiment.device: ", cfg.device,
-                 " is not available yet (the CUDA kernels are the [cuda] issue; see docs/STATUS.md)");
+    check_device(Device::parse(cfg.device), "experiment.device");
     return 0;
   });
   if (f.threads > 0) omp_set_num_threads(f.threads);

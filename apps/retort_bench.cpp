@@ -47,6 +47,10 @@
 #include "engine/optim/optim.h"
 #include "engine/profile.h"
 #include "models/registry.h"
+#ifdef RETORT_WITH_CUDA
+#include "engine/cuda/context.h"
+#include "engine/cuda/cuda_device.h"
+#endif
 
 extern char** environ;
 
@@ -64,6 +68,7 @@ struct Options {
   std::vector<int> batches{64, 128}, threads{1, 2};
   int steps = 10, warmup = 3;
   std::string input = "3x32x32";
+  std::string device = "cpu";
   int64_t classes = 100;
   uint64_t seed = 0;
   bool json = false, profile = false;
@@ -155,19 +160,23 @@ std::unique_ptr<Optimizer> sgd(std::vector<Tensor> params) {
 
 // The machine's SGEMM rate at the current thread count: the best of 5 runs of a 2048^3 product through
 // the backend's GEMM (OpenBLAS), the yardstick for the convolutions' GFLOP/s.
-double sgemm_peak_gflops() {
-  const int64_t n = 2048;
+double sgemm_peak_gflops(Device dev) {
+  const int64_t n = dev.is_cpu() ? 2048 : 8192;
   Generator gen(1);
-  Tensor a = Tensor::randn({n, n}, gen), b = Tensor::randn({n, n}, gen), c = Tensor::zeros({n, n});
+  Tensor a = Tensor::randn({n, n}, gen).to(dev), b = Tensor::randn({n, n}, gen).to(dev),
+         c = Tensor::zeros({n, n}, DType::F32, dev);
   GemmArgs g;
   g.m = g.n = g.k = n;
-  g.a = a.data<float>(); g.lda = n;
-  g.b = b.data<float>(); g.ldb = n;
-  g.c = c.data<float>(); g.ldc = n;
+  g.a = a.raw_data(); g.lda = n;
+  g.b = b.raw_data(); g.ldb = n;
+  g.c = c.raw_data(); g.ldc = n;
   double best = 0;
+  Backend& be = backend_for(a);
   for (int i = 0; i < 5; ++i) {
+    be.synchronize();
     const auto t0 = std::chrono::steady_clock::now();
-    backend_for(a).gemm(g);
+    be.gemm(g);
+    be.synchronize();
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (i > 0) best = std::max(best, 2.0 * n * n * n / s / 1e9);
   }
@@ -175,7 +184,7 @@ double sgemm_peak_gflops() {
 }
 
 // Runs `steps` more steps with every kernel timed; returns the per-kernel and per-convolution table.
-Json profile_steps(const std::function<void(int64_t)>& step, int64_t first, int steps) {
+Json profile_steps(const std::function<void(int64_t)>& step, int64_t first, int steps, Device dev) {
   profiling::reset();
   profiling::enable(true);
   const auto t0 = std::chrono::steady_clock::now();
@@ -183,7 +192,7 @@ Json profile_steps(const std::function<void(int64_t)>& step, int64_t first, int 
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   profiling::enable(false);
   const profiling::Table t = profiling::snapshot();
-  const double peak = sgemm_peak_gflops();
+  const double peak = sgemm_peak_gflops(dev);
   double kernels = 0;
   for (const auto& [k, st] : t.by_kernel) kernels += st.seconds;
   Json by_kernel = Json::array(), by_conv = Json::array();
@@ -241,6 +250,7 @@ void print_profile(const Json& p) {
 Json run_row(const Row& r, const Options& o) {
   omp_set_num_threads(r.threads);
   const double base_mb = status_mb("VmHWM");
+  const Device dev = Device::parse(o.device);
   Generator gen(o.seed);
   const ModelOptions mo{o.classes, o.c, o.hw};
   Batch batch;
@@ -248,6 +258,7 @@ Json run_row(const Row& r, const Options& o) {
   std::vector<int64_t> labels(static_cast<size_t>(r.batch));
   for (auto& l : labels) l = static_cast<int64_t>(gen.randint(static_cast<uint64_t>(o.classes)));
   batch.targets = Tensor::from_int64(labels, {r.batch});
+  batch.to(dev);
 
   std::shared_ptr<Module> model, teacher;
   std::unique_ptr<TrainingTask> task;
@@ -257,6 +268,7 @@ Json run_row(const Row& r, const Options& o) {
   if (r.mode == "train") {
     model = create_model(r.model, mo, gen);
     task = std::make_unique<ClassifierTask>(model);
+    task->to(dev);
     opt = sgd(task->trainable_parameters());
     task->train(true);
     step = [&](int64_t i) { train_step(*task, *opt, batch, i); };
@@ -271,12 +283,14 @@ Json run_row(const Row& r, const Options& o) {
                                        {"type": "kd", "weight": 0.9, "params": {"temperature": 4}}])");
     task = std::make_unique<Distiller>(model, teacher, parse_terms(terms, "retort-bench"), DistillerOptions{},
                                        Shape{o.c, o.hw, o.hw}, gen);
+    task->to(dev);
     opt = sgd(task->trainable_parameters());
     task->train(true);
     step = [&](int64_t i) { train_step(*task, *opt, batch, i); };
     extra = {{"teacher", tname}, {"student", sname}};
   } else {  // infer
     model = create_model(r.model, mo, gen);
+    model->to(dev);
     model->eval();
     step = [&](int64_t) {
       NoGradGuard ng;
@@ -285,11 +299,17 @@ Json run_row(const Row& r, const Options& o) {
   }
 
   using Clock = std::chrono::steady_clock;
+  Backend& be = backend_for(dev);
   for (int i = 0; i < o.warmup; ++i) step(i);
+#ifdef RETORT_WITH_CUDA
+  if (dev.is_cuda()) cuda::reset_peak_memory(dev.index);
+#endif
   std::vector<double> ms;
   for (int i = 0; i < o.steps; ++i) {
+    be.synchronize();  // a GPU step is timed from an idle device to its last kernel's end
     const auto t0 = Clock::now();
     step(o.warmup + i);
+    be.synchronize();
     ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
   }
   std::vector<double> sorted = ms;
@@ -309,12 +329,19 @@ Json run_row(const Row& r, const Options& o) {
                 {"warmup", o.warmup},
                 {"input", o.input},
                 {"classes", o.classes},
-                {"device", "cpu"},
+                {"device", dev.str()},
                 {"cpu", cpu_model_name()},
                 {"backend", cpu_backend_info()},
                 {"host", host_name()},
                 {"date", utc_now()}});
-  if (o.profile) j["profile"] = profile_steps(step, o.warmup + o.steps, o.steps);
+#ifdef RETORT_WITH_CUDA
+  if (dev.is_cuda()) {
+    j["gpu"] = cuda::describe_devices();
+    j["cuda_libraries"] = cuda::library_versions();
+    j["peak_device_mb"] = round3(static_cast<double>(cuda::memory_stats(dev.index).peak_allocated) / (1024.0 * 1024.0));
+  }
+#endif
+  if (o.profile) j["profile"] = profile_steps(step, o.warmup + o.steps, o.steps, dev);
   return j;
 }
 
@@ -353,7 +380,7 @@ std::vector<std::string> child_args(const Row& r, const Options& o) {
   a.insert(a.end(), {r.mode == "kd" ? "--pairs" : "--models", r.model});
   a.insert(a.end(), {"--batch", std::to_string(r.batch), "--threads", std::to_string(r.threads), "--steps",
                      std::to_string(o.steps), "--warmup", std::to_string(o.warmup), "--input", o.input, "--classes",
-                     std::to_string(o.classes), "--seed", std::to_string(o.seed), "--json"});
+                     std::to_string(o.classes), "--seed", std::to_string(o.seed), "--device", o.device, "--json"});
   if (o.profile) a.push_back("--profile");
   return a;
 }
@@ -366,7 +393,8 @@ void print_table_header() {
 void print_table_row(const Json& j) {
   std::printf("%-24s %-6s %6d %7d %10.1f %10.1f %9.0f\n", j["model"].get<std::string>().c_str(),
               j["mode"].get<std::string>().c_str(), j["batch"].get<int>(), j["threads"].get<int>(),
-              j["ms_median"].get<double>(), j["images_per_s"].get<double>(), j["peak_rss_mb"].get<double>());
+              j["ms_median"].get<double>(), j["images_per_s"].get<double>(),
+              j.contains("peak_device_mb") ? j["peak_device_mb"].get<double>() : j["peak_rss_mb"].get<double>());
   std::fflush(stdout);
 }
 
@@ -407,6 +435,8 @@ void validate(Options& o) {
     throw app::UsageError("--input: '" + o.input + "' (expected CxHxW with H == W, e.g. 3x32x32)");
   o.c = c;
   o.hw = h;
+  const Device d = app::as_usage([&] { return Device::parse(o.device); });
+  app::as_usage([&] { app::check_device(d, "--device"); return 0; });
 }
 
 }  // namespace
@@ -423,6 +453,8 @@ int main(int argc, char** argv) {
   cli.add_option("--mode", o.modes, "train, kd, infer (comma-separated)")->capture_default_str()->delimiter(',');
   cli.add_option("--input", o.input, "Input sample shape CxHxW")->capture_default_str();
   cli.add_option("--classes", o.classes, "Number of classes")->capture_default_str();
+  cli.add_option("--device", o.device, "cpu | cuda | cuda:N (GPU rows are timed with a device sync per step)")
+      ->capture_default_str();
   cli.add_option("--seed", o.seed, "Seed of the weights, inputs and labels")->capture_default_str();
   cli.add_flag("--json", o.json, "One JSON object per row on stdout instead of a table");
   cli.add_flag("--profile", o.profile,

@@ -3,7 +3,7 @@
 // default to the ones the model was trained with (or come from --config / --dataset for imported
 // models, which carry no training config).
 //
-//   retort-eval runs/fmnist_teacher/model.safetensors [--split test] [--data-root DIR] [--json]
+//   retort-eval runs/fmnist_teacher/model.safetensors [--split test] [--data-root DIR] [--device cuda] [--json]
 //   retort-eval imported_resnet32x4.safetensors --config configs/cifar100/kd_resnet32x4_resnet8x4.json
 #include <CLI/CLI.hpp>
 
@@ -19,7 +19,7 @@ using namespace retort;
 
 int main(int argc, char** argv) {
   CLI::App cli{"Retort: evaluate a trained model on a dataset"};
-  std::string path, split = "test", dataset, root, arch, config_path;
+  std::string path, split = "test", dataset, root, arch, config_path, device = "cpu";
   int64_t batch_size = 256;
   bool json_out = false;
   cli.add_option("model", path, "model.safetensors of a run, or a checkpoint")->required();
@@ -29,10 +29,13 @@ int main(int argc, char** argv) {
   cli.add_option("--dataset", dataset, "Dataset name (default: the one in the model's metadata)");
   cli.add_option("--data-root", root, "Dataset root directory (default: the training run's)");
   cli.add_option("--batch-size", batch_size, "Evaluation batch size");
+  cli.add_option("--device", device, "cpu | cuda | cuda:N");
   cli.add_flag("--json", json_out, "Print the result as one JSON object");
   CLI11_PARSE(cli, argc, argv);
 
   return app::run_guarded("retort-eval", [&] {
+    const Device dev = app::as_usage([&] { return Device::parse(device); });
+    app::as_usage([&] { app::check_device(dev, "--device"); return 0; });
     SafetensorsFile f = load_safetensors(path);
     auto meta = [&](const std::string& k) {
       auto it = f.metadata.find(k);
@@ -71,6 +74,7 @@ int main(int argc, char** argv) {
     } catch (const Error& e) {
       RETORT_FAIL(path, ": ", e.what());
     }
+    model->to(dev);
     DataLoader loader(ds, LoaderOptions{batch_size, false, false, 2, 0}, eval_transform(cfg.data));
     const EvalResult r = evaluate(*model, loader);
     if (json_out) {

@@ -4,6 +4,8 @@
 //   retort-gradcheck --all             run them all
 //   retort-gradcheck conv2d.groups     run the named checks (a name ending in '.' or a function name
 //                                      runs every check of that function)
+//   retort-gradcheck --all --device cuda   run the functions on the GPU (inputs stay float64 CPU leaves,
+//                                      copied to the device differentiably for every evaluation)
 // Exit codes: 0 all passed, 1 usage error or unknown check, 2 runtime error, 4 a check failed.
 #include <CLI/CLI.hpp>
 #include <chrono>
@@ -19,14 +21,22 @@ using namespace retort;
 int main(int argc, char** argv) {
   CLI::App app{"Retort finite-difference gradient checks (float64, central differences)"};
   bool list = false, all = false, verbose = false;
+  std::string device = "cpu";
   std::vector<std::string> names;
   app.add_flag("--list", list, "List every registered check");
   app.add_flag("--all", all, "Run every registered check");
   app.add_flag("-v,--verbose", verbose, "Print the worst element of every check, not only failures");
+  app.add_option("--device", device, "cpu | cuda | cuda:N: where the checked functions run");
   app.add_option("names", names, "Checks to run: a check name (conv2d.groups) or a function name (conv2d)");
   CLI11_PARSE(app, argc, argv);
 
   try {
+    const Device dev = Device::parse(device);
+    if (!dev.is_cpu()) {
+      RETORT_CHECK(cuda_built(), "--device ", device, ": this build has no CUDA backend");
+      RETORT_CHECK(dev.index < cuda_device_count(), "--device ", device, ": ", cuda_device_count(),
+                   " CUDA device(s) visible");
+    }
     register_distill_gradchecks();
     const auto& cases = all_gradchecks();
     if (list) {
@@ -55,7 +65,13 @@ int main(int argc, char** argv) {
     int failed = 0;
     for (const GradcheckCase* c : selected) {
       const auto t0 = std::chrono::steady_clock::now();
-      const GradcheckResult r = run_gradcheck(*c);
+      GradcheckResult r;
+      try {
+        r = run_gradcheck(*c, dev);
+      } catch (const Error& e) {  // e.g. a function that builds a CPU constant beside device inputs
+        r.passed = false;
+        r.detail = e.what();
+      }
       const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       std::printf("%-4s %-36s %5lld elements  max|diff| %.2e  %7.1f ms\n", r.passed ? "ok" : "FAIL", c->name.c_str(),
                   static_cast<long long>(r.checked), r.max_abs_error, ms);

@@ -11,6 +11,8 @@
 #
 # Environment (comma-separated lists; unset = the issue's matrix):
 #   MODELS  PAIRS (teacher:student)  MODES (train,kd,infer)  BATCHES  THREADS  FORMATS  STEPS  WARMUP
+#   DEVICE  cpu (default) or cuda[:N]: both sides run on the GPU (FP32 without TF32, steps timed between
+#           device synchronisations); memory is then each side's peak device memory
 #   RETORT_BUILD_DIR (default build/)  BENCH (the retort-bench binary)
 #   PYTHONS  interpreters with torch, comma-separated; each row is measured in every one and the fastest
 #            (interpreter x memory format) is the yardstick. Default: Debian's /usr/bin/python3
@@ -32,6 +34,8 @@ print_table() {
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 key = lambda r: (r["model"], r["mode"], r["batch"], r["threads"])
+# Memory: peak device memory on a GPU, else the process's peak RSS above its base.
+mem = lambda r: r["peak_device_mb"] if "peak_device_mb" in r else r["peak_rss_mb"] - r["base_rss_mb"]
 torch = {}
 for r in rows:
     if r["framework"].startswith("torch"):
@@ -45,13 +49,13 @@ for r in rows:
     best = max(ts, key=lambda t: t["images_per_s"]) if ts else None
     model = r["model"].replace(":", " → ")
     ours = f"{r['images_per_s']:.1f}"
-    ours_mb = f"{r['peak_rss_mb'] - r['base_rss_mb']:.0f}"
+    ours_mb = f"{mem(r):.0f}"
     if best:
         fmt = "NCHW" if best["memory_format"] == "nchw" else "channels_last"
         ver = best["framework"].replace("torch ", "")
         print(f"| {model} | {r['mode']} | {r['batch']} | {r['threads']} | {ours} | {best['images_per_s']:.1f} ({ver}, {fmt}) "
               f"| {r['images_per_s'] / best['images_per_s']:.2f} | {ours_mb} | "
-              f"{best['peak_rss_mb'] - best['base_rss_mb']:.0f} |")
+              f"{mem(best):.0f} |")
     else:
         print(f"| {model} | {r['mode']} | {r['batch']} | {r['threads']} | {ours} | – | – | {ours_mb} | – |")
 EOF
@@ -75,7 +79,7 @@ if [[ -z ${MODELS:-} && -z ${PAIRS:-} ]]; then
   PAIRS=resnet56:resnet20,resnet32x4:resnet8x4,wrn_40_2:wrn_16_2
 fi
 modes=${MODES:-train,kd,infer} batches=${BATCHES:-64,128} threads=${THREADS:-1,2}
-formats=${FORMATS:-nchw,channels_last} steps=${STEPS:-10} warmup=${WARMUP:-3}
+formats=${FORMATS:-nchw,channels_last} steps=${STEPS:-10} warmup=${WARMUP:-3} device=${DEVICE:-cpu}
 
 # CPU model names are long and hostnames in containers are random: "intel-xeon-2c" names the machine.
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- || echo unknown)
@@ -119,7 +123,8 @@ for row in "${rows[@]}"; do
   read -r mode flag unit <<<"$row"
   for b in $(split "$batches"); do
     for t in $(split "$threads"); do
-      common=(--mode "$mode" "$flag" "$unit" --batch "$b" --threads "$t" --steps "$steps" --warmup "$warmup" --json)
+      common=(--mode "$mode" "$flag" "$unit" --batch "$b" --threads "$t" --steps "$steps" --warmup "$warmup"
+        --device "$device" --json)
       echo "compare.sh: $unit $mode batch $b threads $t" >&2
       if line=$("$bench" "${common[@]}"); then
         echo "${line%\}},\"commit\":\"$commit\"}" >>"$out"

@@ -49,6 +49,7 @@ def parse_args(argv):
     p.add_argument("--input", default="3x32x32", help="input sample shape CxHxW")
     p.add_argument("--classes", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (GPU steps end with a synchronize)")
     p.add_argument("--memory-format", type=csv(str), default=list(FORMATS), help="nchw, channels_last")
     p.add_argument("--json", action="store_true", help="one JSON object per row instead of a table")
     a = p.parse_args(argv)
@@ -132,10 +133,23 @@ def run_row(a, mode, model_name, batch, threads, fmt):
         if name not in models_torch.MODELS:
             raise SystemExit(f"torch_reference.py: no PyTorch twin of '{name}' in tools/models_torch.py "
                              f"(have: {', '.join(models_torch.MODELS)})")
-        return models_torch.MODELS[name](num_classes=a.classes, in_channels=a.shape[0]).to(memory_format=mf)
+        return models_torch.MODELS[name](num_classes=a.classes, in_channels=a.shape[0]).to(dev, memory_format=mf)
 
-    x = torch.randn(batch, *a.shape).contiguous(memory_format=mf)
-    y = torch.randint(0, a.classes, (batch,))
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"torch_reference.py: --device {a.device}, but this torch ({torch.__version__}) sees no GPU")
+        # The same numerics as Retort's default: IEEE FP32, no TF32 tensor cores.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True  # algorithm chosen once per shape, as Retort's cuDNN path does
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    x = torch.randn(batch, *a.shape).contiguous(memory_format=mf).to(dev)
+    y = torch.randint(0, a.classes, (batch,)).to(dev)
     extra = {}
 
     def sgd(params):
@@ -181,10 +195,14 @@ def run_row(a, mode, model_name, batch, threads, fmt):
 
     for _ in range(a.warmup):
         step()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     ms = []
     for _ in range(a.steps):
+        sync()
         t0 = time.perf_counter()
         step()
+        sync()
         ms.append((time.perf_counter() - t0) * 1000.0)
     median = statistics.median(ms)
 
@@ -196,10 +214,13 @@ def run_row(a, mode, model_name, batch, threads, fmt):
            "ms_median": r3(median), "ms_min": r3(min(ms)), "ms_max": r3(max(ms)),
            "images_per_s": r3(batch * 1000.0 / median), "peak_rss_mb": r3(status_mb("VmHWM")),
            "base_rss_mb": r3(base_mb), "steps": a.steps, "warmup": a.warmup, "input": a.input,
-           "classes": a.classes, "device": "cpu", "cpu": cpu_model_name(),
+           "classes": a.classes, "device": str(dev), "cpu": cpu_model_name(),
            "backend": backend_info(torch),
            "host": socket.gethostname(),
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    if dev.type == "cuda":
+        row["gpu"] = torch.cuda.get_device_name(dev)
+        row["peak_device_mb"] = r3(torch.cuda.max_memory_allocated(dev) / 2**20)
     return row
 
 
@@ -207,7 +228,8 @@ def child_argv(a, row):
     mode, unit, b, t, f = row
     return [sys.executable, os.path.abspath(__file__), "--mode", mode, "--pairs" if mode == "kd" else "--models",
             unit, "--batch", str(b), "--threads", str(t), "--steps", str(a.steps), "--warmup", str(a.warmup),
-            "--input", a.input, "--classes", str(a.classes), "--seed", str(a.seed), "--memory-format", f, "--json"]
+            "--input", a.input, "--classes", str(a.classes), "--seed", str(a.seed), "--device", a.device,
+            "--memory-format", f, "--json"]
 
 
 def header():

@@ -15,7 +15,7 @@
 // that batch is due — as a retort::Error carrying the original message plus the epoch, batch and
 // sample index — and again on every later next() until start_epoch(). Destroying a loader
 // mid-epoch waits only for the batches being built at that moment. One thread consumes a loader;
-// batches are CPU tensors (moving them to a device is the trainer's job).
+// batches are CPU tensors (moving them to a device is the trainer's job: Batch::to).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -41,6 +41,12 @@ struct Batch {
   Tensor targets;  // I64 [B]
   Tensor indices;  // I64 [B], dataset indices
   int64_t size() const { return targets.defined() ? targets.numel() : 0; }
+  // Moves inputs and targets to `device` (indices stay on the host: they are bookkeeping). On CUDA the
+  // copies are asynchronous, through pinned staging buffers (engine/cuda/memory.cu).
+  void to(Device device) {
+    if (inputs.defined()) inputs = inputs.to(device);
+    if (targets.defined()) targets = targets.to(device);
+  }
 };
 
 class DataLoader {

@@ -70,6 +70,12 @@ Distiller::~Distiller() {
 
 void Distiller::teacher_mode() { teacher_->train(options_.teacher_bn == "train"); }
 
+void Distiller::to(Device device) {
+  student_->to(device);
+  if (teacher_) teacher_->to(device);
+  for (auto& t : terms_) t.strategy->to(device);
+}
+
 void Distiller::train(bool on) {
   student_->train(on);
   for (auto& t : terms_) t.strategy->train(on);

@@ -27,8 +27,9 @@ LossTerms ClassifierTask::losses(const Batch& batch, const TrainProgress&, Tenso
 
 namespace {
 // Counts samples whose target is among the k largest logits.
-std::pair<int64_t, int64_t> topk_correct(const Tensor& logits, const Tensor& targets) {
-  const Tensor l = logits.to(DType::F32).detach();
+std::pair<int64_t, int64_t> topk_correct(const Tensor& logits, const Tensor& targets_any) {
+  const Tensor l = logits.detach().to(DType::F32).to(Device::cpu());
+  const Tensor targets = targets_any.to(Device::cpu());
   const int64_t n = l.size(0), c = l.size(1);
   const float* p = l.data<float>();
   const int64_t* t = targets.data<int64_t>();
@@ -52,8 +53,10 @@ EvalResult evaluate(Module& model, DataLoader& loader) {
   double loss_sum = 0;
   int64_t top1 = 0, top5 = 0;
   loader.start_epoch(0);
+  const Device device = model.device();
   Batch b;
   while (loader.next(b)) {
+    b.to(device);
     Tensor logits = model(b.inputs);
     loss_sum += cross_entropy(logits, b.targets).item() * static_cast<double>(b.size());
     auto [c1, c5] = topk_correct(logits, b.targets);
@@ -163,6 +166,8 @@ Trainer::Trainer(const ExperimentConfig& cfg, TrainingTask& task, const DataSpli
     opt["betas"] = {cfg.solver.beta1, cfg.solver.beta2};
     opt["eps"] = cfg.solver.eps;
   }
+  device_ = Device::parse(cfg.device);
+  task.to(device_);  // before the optimizer: moving replaces the parameter tensors
   optimizer_ = make_optimizer(opt, task.trainable_parameters());
   Json sched = cfg.solver.schedule.empty() ? Json{{"type", "constant"}} : cfg.solver.schedule;
   try {
@@ -288,6 +293,7 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
     int64_t interval_images = 0;
     Batch batch;
     while (train_loader_->next(batch)) {
+      batch.to(device_);
       TrainProgress prog{pos.epoch, epochs, pos.step, pos.batch, nb};
       const double lr = schedule_->lr(prog.epoch_fraction());
       optimizer_->set_lr(lr);

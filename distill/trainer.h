@@ -53,6 +53,8 @@ class TrainingTask {
   virtual LossTerms losses(const Batch& batch, const TrainProgress& progress, Tensor& logits) = 0;
   // Puts the trained parts in train/eval mode (a frozen teacher stays in eval).
   virtual void train(bool on) { model().train(on); }
+  // Moves every module the task owns to `device` (before the optimizer is built).
+  virtual void to(Device device) { model().to(device); }
   // State beyond the model's that a checkpoint must hold (connectors, heads), and restoring it.
   virtual StateDict extra_state() const { return {}; }
   virtual void load_extra_state(const StateDict&) {}
@@ -125,6 +127,7 @@ class Trainer {
   void log(const std::string& line);
 
   const ExperimentConfig& cfg_;
+  Device device_;
   TrainingTask& task_;
   RunDir& run_;
   std::unique_ptr<DataLoader> train_loader_, test_loader_;

@@ -4,6 +4,11 @@
 #include "engine/cpu/cpu_backend.h"
 
 #ifdef RETORT_WITH_CUDA
+#include <array>
+#include <memory>
+#include <mutex>
+
+#include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/cuda_device.h"
 #endif
 
@@ -67,9 +72,20 @@ Backend& backend_for_unprofiled(Device device) {
   if (device.is_cpu()) return cpu_backend;
   RETORT_CHECK(cuda_built(), "device ", device.str(),
                ": this build has no CUDA backend (reconfigure with -DRETORT_CUDA=ON where nvcc is installed)");
+#ifdef RETORT_WITH_CUDA
+  static std::mutex mu;
+  static auto* backends = new std::array<std::unique_ptr<cuda::CudaBackend>, 64>();  // leaked: outlive statics
+  std::lock_guard<std::mutex> lock(mu);
+  auto& b = (*backends)[static_cast<size_t>(device.index)];
+  if (b) return *b;
   const int n = cuda_device_count();
-  RETORT_CHECK(device.index < n, "device ", device.str(), ": ", n, " CUDA device(s) visible");
-  RETORT_FAIL("device ", device.str(), ": the CUDA kernels are not implemented yet (see docs/STATUS.md, [cuda] issue)");
+  RETORT_CHECK(device.index >= 0 && device.index < n, "device ", device.str(), ": ", n, " CUDA device(s) visible",
+               n == 0 ? " (no GPU or no driver on this machine)" : "");
+  b = std::make_unique<cuda::CudaBackend>(device.index);
+  return *b;
+#else
+  RETORT_FAIL("unreachable");
+#endif
 }
 
 }  // namespace retort

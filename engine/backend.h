@@ -58,6 +58,21 @@ struct Conv2dParams {
   int64_t groups = 1;
 };
 
+// Fused optimizer updates (engine/optim/sgd.h and adam.h give the rules). Scalars are cast to the
+// parameter's type before use, as PyTorch does, so F32 results follow its rounding on every device.
+struct SgdStepArgs {
+  double lr = 0, weight_decay = 0, momentum = 0, dampening = 0;
+  bool nesterov = false;
+  bool first = false;  // the first step initialises the momentum buffer with the gradient
+};
+struct AdamStepArgs {
+  double decay_factor = 1;  // AdamW: 1 - lr * wd (1 = none)
+  double l2 = 0;            // Adam: wd added to the gradient (0 = none)
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  double step_size = 0;     // lr / (1 - beta1^t)
+  double bc2_sqrt = 1;      // sqrt(1 - beta2^t)
+};
+
 struct Pool2dParams {
   int64_t kernel_h = 1, kernel_w = 1;
   int64_t stride_h = 1, stride_w = 1;
@@ -152,6 +167,16 @@ class Backend {
   // gx = grad * (softmax - q) / N, grad the 0-D upstream gradient.
   virtual void cross_entropy_backward(const Tensor& grad, const Tensor& log_probs,
                                       const Tensor& targets, double label_smoothing, Tensor& gx) = 0;
+
+  // ---- optimizer steps, in place, one pass over memory per parameter ---------------------------
+  // momentum_buffer is undefined when momentum == 0.
+  virtual void sgd_step(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, const SgdStepArgs& a) = 0;
+  virtual void adam_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                         const AdamStepArgs& a) = 0;
+
+  // Blocks until every kernel queued on this device has finished (a no-op on the CPU). Timers and the
+  // profiler call it so that asynchronous devices are measured honestly.
+  virtual void synchronize() {}
 };
 
 // The backend that owns `device`'s memory and kernels. Throws for devices this build cannot use.

@@ -31,8 +31,18 @@ std::vector<int64_t> pick_elements(int64_t n, int64_t max_n, Generator& gen) {
 
 }  // namespace
 
-GradcheckResult gradcheck(const GradcheckFn& fn, const std::vector<Tensor>& inputs, const GradcheckOptions& o) {
+GradcheckResult gradcheck(const GradcheckFn& fn_on_inputs, const std::vector<Tensor>& inputs,
+                          const GradcheckOptions& o) {
   GradcheckResult res;
+  GradcheckFn fn = fn_on_inputs;
+  if (!o.device.is_cpu()) {
+    fn = [&fn_on_inputs, dev = o.device](const std::vector<Tensor>& in) {
+      std::vector<Tensor> moved;
+      moved.reserve(in.size());
+      for (const Tensor& t : in) moved.push_back(t.defined() ? t.to(dev) : t);
+      return fn_on_inputs(moved).to(Device::cpu());
+    };
+  }
   for (size_t i = 0; i < inputs.size(); ++i) {
     const Tensor& t = inputs[i];
     if (t.defined() && t.requires_grad())
@@ -88,10 +98,12 @@ GradcheckResult gradcheck(const GradcheckFn& fn, const std::vector<Tensor>& inpu
   return res;
 }
 
-GradcheckResult run_gradcheck(const GradcheckCase& c) {
+GradcheckResult run_gradcheck(const GradcheckCase& c, Device device) {
   Generator gen(c.options.seed);
   std::vector<Tensor> inputs = c.make_inputs(gen);
-  return gradcheck(c.fn, inputs, c.options);
+  GradcheckOptions o = c.options;
+  o.device = device;
+  return gradcheck(c.fn, inputs, o);
 }
 
 namespace {

@@ -23,6 +23,10 @@ struct GradcheckOptions {
   double rtol = 1e-3;
   int64_t max_elements_per_input = 300;  // sampled uniformly beyond this many elements
   uint64_t seed = 1234;                  // projection and sampling seed
+  // Where the function runs. Inputs stay float64 CPU leaves (the finite differences perturb them);
+  // on another device each evaluation copies them there (differentiably) and the output back, so both
+  // the forward kernels and, through backward, the gradient kernels of that device are checked.
+  Device device = Device::cpu();
 };
 
 struct GradcheckResult {
@@ -47,7 +51,7 @@ struct GradcheckCase {
   GradcheckOptions options = {};
 };
 
-GradcheckResult run_gradcheck(const GradcheckCase& c);
+GradcheckResult run_gradcheck(const GradcheckCase& c, Device device = Device::cpu());
 // Every registered case, in registration order: the engine's families, then any family registered
 // with add_gradcheck_family() (the distillation nodes live above the engine and register themselves
 // this way from the binaries and tests that link them).

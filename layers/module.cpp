@@ -193,6 +193,34 @@ void Module::to(DType dtype) {
   for (auto& [n, c] : children_) c->to(dtype);
 }
 
+void Module::to(Device device) {
+  NoGradGuard ng;
+  for (auto& [n, t] : params_) {
+    if (t.device() == device) continue;
+    const bool rg = t.requires_grad();
+    t = t.to(device).detach();
+    if (rg) t.set_requires_grad(true);
+  }
+  for (auto& [n, t] : buffers_)
+    if (t.device() != device) t = t.to(device).detach();
+  for (auto& [n, c] : children_) c->to(device);
+}
+
+Device Module::device() const {
+  if (!params_.empty()) return params_.front().second.device();
+  if (!buffers_.empty()) return buffers_.front().second.device();
+  for (const auto& [n, c] : children_)
+    if (c->has_tensors()) return c->device();
+  return Device::cpu();
+}
+
+bool Module::has_tensors() const {
+  if (!params_.empty() || !buffers_.empty()) return true;
+  for (const auto& [n, c] : children_)
+    if (c->has_tensors()) return true;
+  return false;
+}
+
 void Module::zero_grad() {
   for (auto& [n, t] : named_parameters()) t.zero_grad();
 }

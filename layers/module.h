@@ -66,6 +66,12 @@ class Module {
 
   // Converts every parameter and buffer to dtype (F32/F64), keeping requires_grad.
   void to(DType dtype);
+  // Moves every parameter and buffer to `device`, keeping requires_grad. Like to(DType), this replaces
+  // the tensors: build optimizers after moving the model.
+  void to(Device device);
+  // The device of the first parameter (or buffer); CPU for a module without tensors.
+  Device device() const;
+  bool has_tensors() const;  // any parameter or buffer here or below
   void zero_grad();
 
   // ---- taps --------------------------------------------------------------------------------------

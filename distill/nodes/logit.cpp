@@ -1,6 +1,11 @@
 // Logit distillation nodes (see logit.h for the equations and conventions): KD, DKD and the LS
 // z-score, each a fused CPU forward and a hand-written backward recorded as one autograd node.
 //
+// On a GPU these nodes run on the host: their inputs are [B, K] logits (B*K*4 bytes, 25 KB for
+// B = 64, K = 100), copied down and the result copied up through the differentiable Tensor::to(Device),
+// so autograd sees the same graph plus two copy nodes and the gradients are those of the CPU nodes.
+// The cost is one small synchronising copy per node and step (the loss's item() synchronises anyway).
+//
 // The row math lives in small templates over the storage type (float or double) that always work in
 // double. Backwards recompute the per-row log-sum-exps from the saved logits instead of saving
 // softmaxes: it costs one more pass over a [B, K] tensor and keeps the saved state to the inputs.
@@ -19,6 +24,16 @@ namespace {
 
 // ---- validation ------------------------------------------------------------------------------------
 
+bool on_gpu(const Tensor& t) { return t.defined() && !t.device().is_cpu(); }
+Tensor to_host(const Tensor& t) { return t.defined() ? t.to(Device::cpu()) : t; }
+
+// For the host route: every given tensor must be on the logits' device.
+void check_same_device(const char* op, const Tensor& zs, std::initializer_list<std::pair<const char*, const Tensor*>> ts) {
+  for (const auto& [name, t] : ts)
+    RETORT_CHECK(!t->defined() || t->device() == zs.device(), op, ": device mismatch: student_logits ", zs.meta_str(),
+                 ", ", name, " ", t->meta_str());
+}
+
 void check_logits_pair(const char* op, const Tensor& zs, const Tensor& zt) {
   fn::check_float(op, zs, "student_logits");
   fn::check_float(op, zt, "teacher_logits");
@@ -27,7 +42,7 @@ void check_logits_pair(const char* op, const Tensor& zs, const Tensor& zt) {
   RETORT_CHECK(zs.dtype() == zt.dtype(), op, ": dtype mismatch: student_logits ", zs.meta_str(), ", teacher_logits ",
                zt.meta_str());
   RETORT_CHECK(zs.device().is_cpu() && zt.device().is_cpu(), op, ": student_logits ", zs.meta_str(),
-               " and teacher_logits ", zt.meta_str(), " must be on the CPU (no CUDA kernel for this node yet)");
+               " and teacher_logits ", zt.meta_str(), " must be on one device");
   RETORT_CHECK(zs.shape()[0] > 0 && zs.shape()[1] > 0, op, ": empty logits, student_logits ", zs.meta_str(),
                ", teacher_logits ", zt.meta_str());
 }
@@ -42,7 +57,7 @@ void check_targets(const char* op, const Tensor& targets, const Tensor& zs, cons
   RETORT_CHECK(targets.dtype() == DType::I64 && targets.dim() == 1 && targets.shape()[0] == zs.shape()[0], op,
                ": targets ", targets.meta_str(), " must be i64 [B] for student_logits ", zs.meta_str(),
                " and teacher_logits ", zt.meta_str());
-  RETORT_CHECK(targets.device().is_cpu(), op, ": targets ", targets.meta_str(), " must be on the CPU");
+  RETORT_CHECK(targets.device().is_cpu(), op, ": targets ", targets.meta_str(), " must be on the logits' device (cpu)");
   const int64_t k = zs.shape()[1];
   RETORT_CHECK(k >= 2, op, ": DKD needs at least 2 classes (a target and a non-target), got student_logits ",
                zs.meta_str(), ", teacher_logits ", zt.meta_str());
@@ -131,6 +146,11 @@ DkdRow dkd_row(const T* zs, const T* zt, int64_t k, int64_t g, double inv_t) {
 
 Tensor dkd_impl(const char* op, const Tensor& zs, const Tensor& zt, const Tensor& targets, double alpha,
                 double beta_scalar, const Tensor& beta_vec, double temperature) {
+  if (on_gpu(zs) || on_gpu(zt)) {
+    check_same_device(op, zs, {{"teacher_logits", &zt}, {"targets", &targets}, {"beta", &beta_vec}});
+    return dkd_impl(op, to_host(zs), to_host(zt), to_host(targets), alpha, beta_scalar, to_host(beta_vec), temperature)
+        .to(zs.device());
+  }
   check_logits_pair(op, zs, zt);
   check_temperature(op, temperature, zs, zt);
   check_targets(op, targets, zs, zt);
@@ -218,6 +238,10 @@ Tensor dkd_impl(const char* op, const Tensor& zs, const Tensor& zt, const Tensor
 
 Tensor kd_loss(const Tensor& student_logits, const Tensor& teacher_logits, double temperature) {
   const char* op = "kd_loss";
+  if (on_gpu(student_logits) || on_gpu(teacher_logits)) {
+    check_same_device(op, student_logits, {{"teacher_logits", &teacher_logits}});
+    return kd_loss(to_host(student_logits), to_host(teacher_logits), temperature).to(student_logits.device());
+  }
   check_logits_pair(op, student_logits, teacher_logits);
   check_temperature(op, temperature, student_logits, teacher_logits);
   const int64_t nb = student_logits.shape()[0], k = student_logits.shape()[1];
@@ -287,6 +311,12 @@ Tensor dkd_loss_per_sample_beta(const Tensor& student_logits, const Tensor& teac
 DKDTerms dkd_terms(const Tensor& student_logits, const Tensor& teacher_logits, const Tensor& targets,
                    double temperature) {
   const char* op = "dkd_terms";
+  if (on_gpu(student_logits) || on_gpu(teacher_logits)) {
+    check_same_device(op, student_logits, {{"teacher_logits", &teacher_logits}, {"targets", &targets}});
+    DKDTerms h = dkd_terms(to_host(student_logits), to_host(teacher_logits), to_host(targets), temperature);
+    const Device d = student_logits.device();
+    return {h.tckd.to(d), h.nckd.to(d), h.teacher_target_prob.to(d)};
+  }
   check_logits_pair(op, student_logits, teacher_logits);
   check_temperature(op, temperature, student_logits, teacher_logits);
   check_targets(op, targets, student_logits, teacher_logits);
@@ -331,8 +361,7 @@ Tensor zscore(const Tensor& logits, double eps) {
   const char* op = "zscore";
   fn::check_float(op, logits, "logits");
   fn::check_dim(op, logits, 2, "logits", "[B, K]");
-  RETORT_CHECK(logits.device().is_cpu(), op, ": logits ", logits.meta_str(),
-               " must be on the CPU (no CUDA kernel for this node yet)");
+  if (on_gpu(logits)) return zscore(to_host(logits), eps).to(logits.device());
   RETORT_CHECK(logits.shape()[0] > 0 && logits.shape()[1] >= 2, op,
                ": logits must be [B, K] with B >= 1 and K >= 2 (the std is unbiased), got ", logits.meta_str());
   RETORT_CHECK(std::isfinite(eps) && eps >= 0.0, op, ": eps must be finite and >= 0, got ", eps, " (logits ",

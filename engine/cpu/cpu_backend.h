@@ -2,7 +2,7 @@
 // backend. Plain loops where they are clear, OpenMP across batch/channels/rows, OpenBLAS for GEMM.
 // Kernels are templates over the element type (float, double) and are dispatched once per call.
 // Definitions are split by family: memory.cpp, elementwise.cpp, reduce.cpp, copy.cpp, gemm.cpp,
-// conv.cpp, norm.cpp, pool.cpp, sample.cpp, softmax.cpp.
+// conv.cpp, norm.cpp, pool.cpp, sample.cpp, softmax.cpp, optim.cpp.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -109,6 +109,10 @@ class CpuBackend final : public Backend {
                              Tensor& log_probs) override;
   void cross_entropy_backward(const Tensor& grad, const Tensor& log_probs, const Tensor& targets,
                               double label_smoothing, Tensor& gx) override;
+
+  void sgd_step(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, const SgdStepArgs& a) override;
+  void adam_step(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                 const AdamStepArgs& a) override;
 };
 
 }  // namespace retort::cpu

@@ -42,8 +42,6 @@ Optimizer::Optimizer(std::string type, std::vector<ParamGroup> groups, std::vect
       const size_t i = state_.size();
       RETORT_CHECK(p.defined(), where(), ": parameter ", i, " (group ", g, ") is an undefined tensor");
       RETORT_CHECK(is_floating(p.dtype()), where(), ": parameter ", i, " must be f32 or f64, got ", p.meta_str());
-      RETORT_CHECK(p.device().is_cpu(), where(), ": parameter ", i, " is ", p.meta_str(),
-                   "; optimizer steps run on the CPU only until the CUDA backend has fused optimizer kernels");
       RETORT_CHECK(p.is_leaf(), where(), ": parameter ", i, " (", p.meta_str(),
                    ") is not a leaf tensor; optimize leaves, not results of operations");
       RETORT_CHECK(seen.insert(p.impl_ptr().get()).second, where(), ": parameter ", i, " (", p.meta_str(),
@@ -78,8 +76,6 @@ void Optimizer::step() {
       const size_t index = i++;
       Tensor grad = p.grad();
       if (!grad.defined()) continue;
-      RETORT_CHECK(p.device().is_cpu(), where(), "::step: parameter ", index, " is ", p.meta_str(),
-                   "; optimizer steps run on the CPU only until the CUDA backend has fused optimizer kernels");
       RETORT_CHECK(grad.dtype() == p.dtype() && grad.shape() == p.shape() && grad.device() == p.device(), where(),
                    "::step: parameter ", index, " is ", p.meta_str(), " but its grad is ", grad.meta_str());
       const Tensor& b0 = state_[index].buffers.empty() ? p : state_[index].buffers[0];
@@ -202,8 +198,8 @@ void Optimizer::load_state_dict(const StateDict& state) {
 
   NoGradGuard no_grad;
   for (auto& [dst, src] : copies) {
-    Tensor converted = src->to(Device::cpu()).to(dst.dtype());
-    std::memcpy(dst.raw_data(), converted.raw_data(), dst.nbytes());
+    Tensor converted = src->to(dst.dtype()).to(dst.device());
+    backend_for(dst).copy(converted.raw_data(), dst.raw_data(), dst.nbytes());
   }
   for (size_t i = 0; i < state_.size(); ++i) state_[i].step = steps[i];
 }

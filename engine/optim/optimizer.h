@@ -16,8 +16,8 @@
 // final dtype (Module::to replaces parameter tensors, so an optimizer built before would hold stale
 // handles).
 //
-// Steps run as one fused CPU loop per parameter (see sgd.cpp / adam.cpp); CUDA parameters are refused
-// until the CUDA backend has fused optimizer kernels.
+// Steps run as one fused backend kernel per parameter (Backend::sgd_step / adam_step), on the device
+// the parameter lives on.
 #pragma once
 #include <cstdint>
 #include <limits>
@@ -76,7 +76,7 @@ class Optimizer {
   Optimizer(std::string type, std::vector<ParamGroup> groups, std::vector<std::string> buffers);
 
   // One parameter's fused update. `buffers` follow the constructor's names; `step` counts this
-  // update (1 on the first). param, grad and buffers are CPU, contiguous, of one float dtype.
+  // update (1 on the first). param, grad and buffers are contiguous, on one device, of one float dtype.
   virtual void update(const ParamGroup& group, Tensor& param, const Tensor& grad, std::vector<Tensor>& buffers,
                       int64_t step) = 0;
   // The construction options as JSON ({"momentum": 0.9, ...}), written into hyperparams().

@@ -1,0 +1,111 @@
+// CUDA context, error checks and global switches (see context.h).
+#include "engine/cuda/context.h"
+
+#include <algorithm>
+#include <array>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+
+#include "engine/backend.h"
+#include "engine/cuda/cuda_device.h"
+
+namespace retort::cuda {
+
+void* raw_allocate(int device, size_t nbytes);  // allocator.cu
+void raw_free(int device, void* p);
+
+namespace {
+std::string where(const char* file, int line) {
+  std::string f(file);
+  const auto pos = f.find("engine/cuda/");
+  return detail::cat(" [", pos == std::string::npos ? f : f.substr(pos), ":", line, "]");
+}
+std::string asked(const std::string& what) { return what.empty() ? std::string() : " while " + what; }
+
+bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v && std::string(v) != "0";
+}
+bool g_deterministic = env_flag("RETORT_CUDA_DETERMINISTIC");
+bool g_allow_tf32 = env_flag("RETORT_ALLOW_TF32");
+}  // namespace
+
+void fail_cuda(cudaError_t err, const char* expr, const char* file, int line, const std::string& what) {
+  cudaGetLastError();  // clear a non-sticky error so later calls are not blamed for it
+  if (err == cudaErrorMemoryAllocation)
+    RETORT_FAIL("CUDA out of memory", asked(what), ": ", expr, " failed", where(file, line));
+  RETORT_FAIL("CUDA error: ", expr, " failed with ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")",
+              asked(what), where(file, line));
+}
+
+void fail_cublas(cublasStatus_t st, const char* expr, const char* file, int line, const std::string& what) {
+  RETORT_FAIL("cuBLAS error: ", expr, " failed with ", cublasGetStatusName(st), " (", cublasGetStatusString(st), ")",
+              asked(what), where(file, line));
+}
+
+void fail_cudnn(cudnnStatus_t st, const char* expr, const char* file, int line, const std::string& what) {
+  RETORT_FAIL("cuDNN error: ", expr, " failed with ", cudnnGetErrorString(st), asked(what), where(file, line));
+}
+
+Context::Context(int device) : device_(device) {
+  const int n = device_count();
+  RETORT_CHECK(device >= 0 && device < n, "cuda:", device, ": ", n, " CUDA device(s) visible");
+  make_current();
+  RETORT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "creating the stream of cuda:", device);
+  RETORT_CUBLAS_CHECK(cublasCreate(&cublas_), "creating the cuBLAS handle of cuda:", device);
+  RETORT_CUBLAS_CHECK(cublasSetStream(cublas_, stream_), "binding cuBLAS to the stream of cuda:", device);
+  RETORT_CUDNN_CHECK(cudnnCreate(&cudnn_), "creating the cuDNN handle of cuda:", device);
+  RETORT_CUDNN_CHECK(cudnnSetStream(cudnn_, stream_), "binding cuDNN to the stream of cuda:", device);
+}
+
+Context::~Context() {
+  // Process exit: errors are ignored here (the driver may already be shutting down).
+  if (workspace_) raw_free(device_, workspace_);
+  if (cudnn_) cudnnDestroy(cudnn_);
+  if (cublas_) cublasDestroy(cublas_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+void Context::make_current() const {
+  RETORT_CUDA_CHECK(cudaSetDevice(device_), "selecting cuda:", device_);
+}
+
+void* Context::workspace(size_t bytes) {
+  if (bytes <= workspace_bytes_) return workspace_;
+  // Grow geometrically so a sequence of slightly larger requests does not reallocate each time.
+  const size_t want = std::max(bytes, workspace_bytes_ * 2);
+  if (workspace_) raw_free(device_, workspace_);
+  workspace_ = nullptr;
+  workspace_bytes_ = 0;
+  workspace_ = raw_allocate(device_, want);
+  workspace_bytes_ = want;
+  return workspace_;
+}
+
+void Context::synchronize(const char* what) {
+  RETORT_CUDA_CHECK(cudaStreamSynchronize(stream_), what);
+}
+
+Context& context(int index) {
+  static std::mutex mu;
+  // Leaked on purpose: tensors in static storage may be freed after main() returns, and must still find
+  // their device's context and allocator then (the driver reclaims everything at process exit).
+  static auto* contexts = new std::array<std::unique_ptr<Context>, 64>();
+  RETORT_CHECK(index >= 0 && index < static_cast<int>(contexts->size()), "cuda:", index, ": device index out of range");
+  std::lock_guard<std::mutex> lock(mu);
+  auto& c = (*contexts)[static_cast<size_t>(index)];
+  if (!c) c = std::make_unique<Context>(index);
+  int current = -1;
+  if (cudaGetDevice(&current) != cudaSuccess || current != index) c->make_current();
+  return *c;
+}
+
+bool deterministic() { return g_deterministic; }
+void set_deterministic(bool on) { g_deterministic = on; }
+bool allow_tf32() { return g_allow_tf32; }
+void set_allow_tf32(bool on) {
+  g_allow_tf32 = on;
+}
+
+}  // namespace retort::cuda

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Packs what a GPU session needs into .gpu/ (listed in .git/info/exclude, never committed): the stripped
+# test and app binaries of a CUDA build, the non-CUDA shared libraries they load (OpenBLAS, oneDNN, ...;
+# the GPU machine's image has the CUDA runtime, cuBLAS and cuDNN but not Debian's packages) and the
+# Fashion-MNIST files. The device tool then carries .gpu/ to the GPU machine, where scripts/gpu_check.sh
+# runs everything the [cuda] issue asks a GPU for. Binaries built here (Debian 12, glibc 2.36) run on
+# the newer image there.
+#
+#   bash scripts/gpu_bundle.sh            # builds build/ first if needed
+#   device run: bash scripts/gpu_check.sh   (carry: [".gpu"])
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${RETORT_BUILD_DIR:-$root/build}
+out=$root/.gpu
+grep -qx '/.gpu/' "$root/.git/info/exclude" 2>/dev/null || echo '/.gpu/' >>"$root/.git/info/exclude"
+cmake --build "$build" -j "$(nproc)" >/dev/null
+grep -q 'RETORT_HAVE_CUDA' "$build/CMakeCache.txt" || true
+rm -rf "$out" && mkdir -p "$out/bin" "$out/lib" "$out/data"
+bins=$(find "$build/tests" "$build/apps" -maxdepth 1 -type f -perm -u+x \( -name 'test_*' -o -name 'retort-*' \))
+for b in $bins; do strip -o "$out/bin/$(basename "$b")" "$b"; done
+# Shared libraries outside the CUDA toolkit and glibc: resolved here, loaded there via LD_LIBRARY_PATH.
+for b in $bins; do ldd "$b"; done | awk '/=> \//{print $3}' | sort -u | while read -r lib; do
+  case $(basename "$lib") in
+    libc.so*|libm.so*|libdl.so*|libpthread.so*|librt.so*|ld-linux*|libcuda.so*|libcudart*|libcublas*|libcudnn*|libnvrtc*) ;;
+    *) cp -L "$lib" "$out/lib/" ;;
+  esac
+done
+tar -C "$out" -cJf "$out/bundle.tar.xz" bin lib && rm -rf "$out/bin" "$out/lib"
+cp /usr/share/datasets/fashion-mnist/*.gz "$out/data/"
+git -C "$root" rev-parse --short HEAD >"$out/commit"
+du -sh "$out" "$out"/*

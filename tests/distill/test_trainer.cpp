@@ -2,9 +2,12 @@
 // the CPU), refusing to overwrite a run, architecture mismatches, non-finite losses.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 
 #include "distill/trainer.h"
+#include "engine/backend.h"
 #include "engine/functions.h"
 #include "models/registry.h"
 
@@ -158,5 +161,36 @@ TEST(Trainer, NonFiniteLossStopsWithStepAndHint) {
     EXPECT_NE(msg.find("non-finite loss"), std::string::npos) << msg;
     EXPECT_NE(msg.find("step"), std::string::npos) << msg;
     EXPECT_NE(msg.find("ce="), std::string::npos) << msg;
+  }
+}
+
+// experiment.device = "cuda": refused with the reason where there is no GPU; on a GPU the run trains
+// the same model (tolerance, not bitwise: cuDNN and our kernels sum in other orders) and its
+// checkpoint and exported state live on the host like a CPU run's.
+TEST(Trainer, CudaDevice) {
+  ExperimentConfig cfg = tiny_config("cuda", 2);
+  cfg.device = "cuda";
+  if (!cuda_built() || cuda_device_count() == 0) {
+    try {
+      train(cfg, fresh_dir("cuda"));
+      FAIL() << "expected an error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("cuda:0"), std::string::npos) << e.what();
+    }
+    return;
+  }
+  ExperimentConfig cpu_cfg = cfg;
+  cpu_cfg.device = "cpu";
+  const StateDict on_gpu = train(cfg, fresh_dir("cuda"));
+  const StateDict on_cpu = train(cpu_cfg, fresh_dir("cuda_cpu"));
+  ASSERT_EQ(on_gpu.size(), on_cpu.size());
+  for (size_t i = 0; i < on_gpu.size(); ++i) {
+    const auto a = on_cpu[i].second.to_vector(), b = on_gpu[i].second.to_vector();
+    double worst = 0, scale = 1e-3;
+    for (size_t k = 0; k < a.size(); ++k) {
+      worst = std::max(worst, std::abs(a[k] - b[k]));
+      scale = std::max(scale, std::abs(a[k]));
+    }
+    EXPECT_LE(worst, 5e-2 * scale) << on_cpu[i].first;
   }
 }

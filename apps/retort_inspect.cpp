@@ -68,12 +68,13 @@ int check_arch(const std::string& path, const std::string& arch, const ModelOpti
   return app::kRuntime;
 }
 
-int inspect_arch(const std::string& arch, const ModelOptions& mo, bool graph) {
+int inspect_arch(const std::string& arch, const ModelOptions& mo, bool graph, Device dev) {
   Generator gen(0);
   auto model = app::as_usage([&] { return create_model(arch, mo, gen); });
+  model->to(dev);
   if (graph) {
-    Tensor x = Tensor::randn({2, mo.in_channels, mo.input_size, mo.input_size}, gen);
-    Tensor loss = cross_entropy((*model)(x), Tensor::from_int64({0, 1}, {2}));
+    Tensor x = Tensor::randn({2, mo.in_channels, mo.input_size, mo.input_size}, gen).to(dev);
+    Tensor loss = cross_entropy((*model)(x), Tensor::from_int64({0, 1}, {2}).to(dev));
     std::printf("%s", graph_to_dot(loss).c_str());
     return app::kOk;
   }
@@ -89,7 +90,7 @@ int inspect_arch(const std::string& arch, const ModelOptions& mo, bool graph) {
   }
   model->tap(":pooled", [&seen](const Tensor& t) { seen.emplace_back(":pooled", t.shape()); });
   NoGradGuard ng;
-  (*model)(Tensor::zeros({1, mo.in_channels, mo.input_size, mo.input_size}));
+  (*model)(Tensor::zeros({1, mo.in_channels, mo.input_size, mo.input_size}, DType::F32, dev));
   for (const auto& [n, s] : seen) std::printf("  %-24s %s\n", n.c_str(), shape_str(s).c_str());
   return app::kOk;
 }
@@ -98,7 +99,7 @@ int inspect_arch(const std::string& arch, const ModelOptions& mo, bool graph) {
 
 int main(int argc, char** argv) {
   CLI::App cli{"Retort: inspect checkpoints, models and architectures"};
-  std::string path, arch, check;
+  std::string path, arch, check, device = "cpu";
   bool stats = false, graph = false;
   ModelOptions mo;
   cli.add_option("file", path, "A .safetensors checkpoint or model");
@@ -109,13 +110,16 @@ int main(int argc, char** argv) {
   cli.add_option("--check-arch", check, "Check that FILE loads into this architecture (strict names and shapes)");
   cli.add_flag("--stats", stats, "Per-tensor min/max/mean/std (reads all data)");
   cli.add_flag("--graph", graph, "Print the autograd graph of forward + cross-entropy as Graphviz DOT (with --arch)");
+  cli.add_option("--device", device, "cpu | cuda | cuda:N: where --arch runs its probe forward (files are read on the host)");
   CLI11_PARSE(cli, argc, argv);
   return app::run_guarded("retort-inspect", [&] {
+    const Device dev = app::as_usage([&] { return Device::parse(device); });
+    app::as_usage([&] { app::check_device(dev, "--device"); return 0; });
     if (!check.empty()) {
       if (path.empty()) throw app::UsageError("--check-arch needs a file");
       return check_arch(path, check, mo);
     }
-    if (!arch.empty()) return inspect_arch(arch, mo, graph);
+    if (!arch.empty()) return inspect_arch(arch, mo, graph, dev);
     if (path.empty()) throw app::UsageError("give a file or --arch NAME (see --help)");
     return inspect_file(path, stats);
   });

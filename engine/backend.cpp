@@ -76,11 +76,13 @@ Backend& backend_for_unprofiled(Device device) {
   static std::mutex mu;
   static auto* backends = new std::array<std::unique_ptr<cuda::CudaBackend>, 64>();  // leaked: outlive statics
   std::lock_guard<std::mutex> lock(mu);
-  auto& b = (*backends)[static_cast<size_t>(device.index)];
-  if (b) return *b;
+  // Range-checked before indexing the table: Device::parse accepts any "cuda:N".
+  const bool in_table = device.index >= 0 && device.index < static_cast<int>(backends->size());
+  if (in_table && (*backends)[static_cast<size_t>(device.index)]) return *(*backends)[static_cast<size_t>(device.index)];
   const int n = cuda_device_count();
-  RETORT_CHECK(device.index >= 0 && device.index < n, "device ", device.str(), ": ", n, " CUDA device(s) visible",
+  RETORT_CHECK(in_table && device.index < n, "device ", device.str(), ": ", n, " CUDA device(s) visible",
                n == 0 ? " (no GPU or no driver on this machine)" : "");
+  auto& b = (*backends)[static_cast<size_t>(device.index)];
   b = std::make_unique<cuda::CudaBackend>(device.index);
   return *b;
 #else

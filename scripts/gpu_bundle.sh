@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Packs what a GPU session needs into .gpu/ (listed in .git/info/exclude, never committed): the stripped
+# Packs what a GPU session needs into .gpu/ (git-ignored, never committed): the stripped
 # test and app binaries of a CUDA build, the non-CUDA shared libraries they load (OpenBLAS, oneDNN, ...;
 # the GPU machine's image has the CUDA runtime, cuBLAS and cuDNN but not Debian's packages) and the
 # Fashion-MNIST files. The device tool then carries .gpu/ to the GPU machine, where scripts/gpu_check.sh
@@ -12,16 +12,19 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${RETORT_BUILD_DIR:-$root/build}
 out=$root/.gpu
-grep -qx '/.gpu/' "$root/.git/info/exclude" 2>/dev/null || echo '/.gpu/' >>"$root/.git/info/exclude"
+# .gpu/ is in .gitignore: it travels only when named in the device tool's carry.
 cmake --build "$build" -j "$(nproc)" >/dev/null
-grep -q 'RETORT_HAVE_CUDA' "$build/CMakeCache.txt" || true
+grep -q '^CMAKE_CUDA_COMPILER:.*nvcc' "$build/CMakeCache.txt" ||
+  { echo "gpu_bundle.sh: $build was configured without CUDA (no nvcc?)" >&2; exit 1; }
 rm -rf "$out" && mkdir -p "$out/bin" "$out/lib" "$out/data"
 bins=$(find "$build/tests" "$build/apps" -maxdepth 1 -type f -perm -u+x \( -name 'test_*' -o -name 'retort-*' \))
 for b in $bins; do strip -o "$out/bin/$(basename "$b")" "$b"; done
 # Shared libraries outside the CUDA toolkit and glibc: resolved here, loaded there via LD_LIBRARY_PATH.
 for b in $bins; do ldd "$b"; done | awk '/=> \//{print $3}' | sort -u | while read -r lib; do
   case $(basename "$lib") in
-    libc.so*|libm.so*|libdl.so*|libpthread.so*|librt.so*|ld-linux*|libcuda.so*|libcudart*|libcublas*|libcudnn*|libnvrtc*) ;;
+    # glibc and the GCC runtime: the image's are newer and backward compatible; CUDA: the image's own.
+    libc.so*|libm.so*|libdl.so*|libpthread.so*|librt.so*|ld-linux*|libstdc++*|libgcc_s*) ;;
+    libcuda.so*|libcudart*|libcublas*|libcudnn*|libnvrtc*) ;;
     *) cp -L "$lib" "$out/lib/" ;;
   esac
 done

@@ -48,7 +48,9 @@ if [[ $parts == *train* ]]; then
   cp /tmp/gpu_fmnist/metrics.jsonl "$logs/train_cuda_metrics.jsonl" 2>/dev/null
 fi
 if [[ $parts == *bench* ]]; then
-  BENCH=$g/bin/retort-bench DEVICE=cuda PYTHONS=python3 THREADS=1 BATCHES=64,128 MODES=train,kd \
+  # PyTorch must not load our bundled libraries: its interpreter runs without LD_LIBRARY_PATH.
+  printf '#!/bin/sh\nunset LD_LIBRARY_PATH\nexec python3 "$@"\n' >"$g/torch-python" && chmod +x "$g/torch-python"
+  BENCH=$g/bin/retort-bench DEVICE=cuda PYTHONS=$g/torch-python PYTHON=$g/torch-python THREADS=1 BATCHES=64,128 MODES=train,kd \
     MODELS=${MODELS:-resnet8x4,resnet32x4} PAIRS=${PAIRS:-resnet32x4:resnet8x4} \
     MACHINE=${MACHINE:-$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' A-Z' '-a-z')} \
     OUT=$logs/bench_cuda.jsonl bash bench/compare.sh 2>"$logs/bench_stderr.txt" | tee "$logs/bench_table.md" || rc=1

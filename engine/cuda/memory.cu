@@ -17,7 +17,19 @@ Context& CudaBackend::ctx() const { return context(index_); }
 std::string CudaBackend::name() const { return detail::cat("cuda:", index_); }
 
 bool CudaBackend::supports(const std::string& kernel, DType dtype) const {
-  // Every kernel exists for F32 and F64; memory, fill, cast and copies also handle I64.
+  // Every kernel of backend.h exists for F32 and F64; memory, fill, cast and copies also handle I64.
+  // Names that are not Backend methods are not supported (backend.h: answer false, never guess).
+  static const char* const kKernels[] = {
+      "allocate", "deallocate", "copy_to_host", "copy_from_host", "copy", "fill", "cast", "unary", "binary",
+      "reduce", "strided_copy", "gemm", "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
+      "batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward", "max_pool2d_forward",
+      "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward", "adaptive_avg_pool2d_forward",
+      "adaptive_avg_pool2d_backward", "upsample_nearest2d_forward", "upsample_nearest2d_backward",
+      "grid_sample_forward", "grid_sample_backward", "softmax_forward", "softmax_backward",
+      "cross_entropy_forward", "cross_entropy_backward", "sgd_step", "adam_step", "synchronize"};
+  bool known = false;
+  for (const char* k : kKernels) known = known || kernel == k;
+  if (!known) return false;
   if (is_floating(dtype)) return true;
   return kernel == "allocate" || kernel == "fill" || kernel == "cast" || kernel == "copy" ||
          kernel == "strided_copy";

@@ -73,9 +73,9 @@ Backend& backend_for_unprofiled(Device device) {
   RETORT_CHECK(cuda_built(), "device ", device.str(),
                ": this build has no CUDA backend (reconfigure with -DRETORT_CUDA=ON where nvcc is installed)");
 #ifdef RETORT_WITH_CUDA
-  static std::mutex mu;
-  static auto* backends = new std::array<std::unique_ptr<cuda::CudaBackend>, 64>();  // leaked: outlive statics
-  std::lock_guard<std::mutex> lock(mu);
+  static auto* mu = new std::mutex();  // leaked with the backends: they outlive other statics
+  static auto* backends = new std::array<std::unique_ptr<cuda::CudaBackend>, 64>();
+  std::lock_guard<std::mutex> lock(*mu);
   // Range-checked before indexing the table: Device::parse accepts any "cuda:N".
   const bool in_table = device.index >= 0 && device.index < static_cast<int>(backends->size());
   if (in_table && (*backends)[static_cast<size_t>(device.index)]) return *(*backends)[static_cast<size_t>(device.index)];

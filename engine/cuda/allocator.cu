@@ -53,9 +53,9 @@ struct DeviceCache {
 };
 
 DeviceCache& cache(int device) {
-  static std::mutex mu;
-  static auto* caches = new std::unordered_map<int, DeviceCache*>();  // leaked: see context.cu
-  std::lock_guard<std::mutex> lock(mu);
+  static auto* mu = new std::mutex();  // leaked with the caches: see context.cu
+  static auto* caches = new std::unordered_map<int, DeviceCache*>();
+  std::lock_guard<std::mutex> lock(*mu);
   auto& c = (*caches)[device];
   if (!c) c = new DeviceCache();
   return *c;

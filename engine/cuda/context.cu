@@ -78,8 +78,14 @@ void* Context::workspace(size_t bytes) {
   if (workspace_) raw_free(device_, workspace_);
   workspace_ = nullptr;
   workspace_bytes_ = 0;
-  workspace_ = raw_allocate(device_, want);
-  workspace_bytes_ = want;
+  try {
+    workspace_ = raw_allocate(device_, want);
+    workspace_bytes_ = want;
+  } catch (const Error&) {
+    if (want == bytes) throw;
+    workspace_ = raw_allocate(device_, bytes);  // the doubled size did not fit; the request itself may
+    workspace_bytes_ = bytes;
+  }
   return workspace_;
 }
 
@@ -88,12 +94,12 @@ void Context::synchronize(const char* what) {
 }
 
 Context& context(int index) {
-  static std::mutex mu;
-  // Leaked on purpose: tensors in static storage may be freed after main() returns, and must still find
+  static auto* mu = new std::mutex();
+  // Leaked on purpose (the mutex too): tensors in static storage may be freed after main() returns, and must still find
   // their device's context and allocator then (the driver reclaims everything at process exit).
   static auto* contexts = new std::array<std::unique_ptr<Context>, 64>();
   RETORT_CHECK(index >= 0 && index < static_cast<int>(contexts->size()), "cuda:", index, ": device index out of range");
-  std::lock_guard<std::mutex> lock(mu);
+  std::lock_guard<std::mutex> lock(*mu);
   auto& c = (*contexts)[static_cast<size_t>(index)];
   if (!c) c = std::make_unique<Context>(index);
   int current = -1;

@@ -226,8 +226,8 @@ std::unique_ptr<Plan> make_plan(Context& c, Dir dir, DType dt, const Shape& xs, 
 }
 
 std::mutex& plans_mutex() {
-  static std::mutex mu;
-  return mu;
+  static auto* mu = new std::mutex();  // leaked like the plans
+  return *mu;
 }
 
 // The plan for this call, made on first use. Leaked on purpose like the contexts (context.cu): plans

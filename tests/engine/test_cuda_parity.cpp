@@ -895,8 +895,7 @@ TEST(CudaParity, Losses) {
 }
 
 // The feature-distillation losses (distill/nodes/feature.h) are built from engine functions and run on
-// either device. (kd_loss / dkd_loss / zscore in distill/nodes/logit.h are CPU-only by design: they
-// refuse CUDA tensors, so they are not compared here.)
+// either device. (kd_loss / dkd_loss / zscore are compared in Losses: they take the host route.)
 TEST(CudaParity, FeatureDistillationLosses) {
   REQUIRE_GPU();
   Generator gen(15);

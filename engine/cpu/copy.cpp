@@ -7,41 +7,15 @@
 #include <cstring>
 
 #include "engine/cpu/cpu_backend.h"
+#include "engine/kernel_plan.h"
 
 namespace retort::cpu {
 
 namespace {
 
-struct Coalesced {
-  Shape shape;
-  StridedView src, dst;
-};
-
-Coalesced coalesce(const StridedView& sv, const StridedView& dv, const Shape& shape) {
-  Coalesced c;
-  c.src.offset = sv.offset;
-  c.dst.offset = dv.offset;
-  for (size_t d = 0; d < shape.size(); ++d) {
-    if (shape[d] == 1) continue;
-    if (!c.shape.empty()) {
-      const size_t last = c.shape.size() - 1;
-      if (c.src.strides[last] == shape[d] * sv.strides[d] && c.dst.strides[last] == shape[d] * dv.strides[d]) {
-        c.shape[last] *= shape[d];
-        c.src.strides[last] = sv.strides[d];
-        c.dst.strides[last] = dv.strides[d];
-        continue;
-      }
-    }
-    c.shape.push_back(shape[d]);
-    c.src.strides.push_back(sv.strides[d]);
-    c.dst.strides.push_back(dv.strides[d]);
-  }
-  return c;
-}
-
 template <class T>
 void strided_copy_typed(const T* src, const StridedView& sv0, T* dst, const StridedView& dv0, const Shape& shape0) {
-  const Coalesced c = coalesce(sv0, dv0, shape0);
+  const CopyPlan c = coalesce_copy(sv0, dv0, shape0);
   const Shape& shape = c.shape;
   const StridedView &sv = c.src, &dv = c.dst;
   const int nd = static_cast<int>(shape.size());

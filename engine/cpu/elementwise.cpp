@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "engine/cpu/cpu_backend.h"
+#include "engine/kernel_plan.h"
 
 namespace retort::cpu {
 
@@ -58,38 +59,6 @@ void unary_typed(UnaryOp op, const T* x, T* y, int64_t n, T a, T b) {
     case UnaryOp::Clamp: map_unary(x, y, n, [a, b](T v) { return v < a ? a : (v > b ? b : v); }); break;
     case UnaryOp::Affine: map_unary(x, y, n, [a, b](T v) { return a * v + b; }); break;
   }
-}
-
-// Output shape collapsed to at most a few dimensions with per-operand strides.
-struct BroadcastPlan {
-  std::vector<int64_t> size, sa, sb;
-};
-
-BroadcastPlan plan_broadcast(const Shape& out, const Shape& a, const Shape& b) {
-  const size_t r = out.size();
-  auto strides_for = [&](const Shape& s) {
-    std::vector<int64_t> st(r, 0);
-    const auto cs = contiguous_strides(s);
-    const size_t off = r - s.size();
-    for (size_t i = 0; i < s.size(); ++i) st[off + i] = (s[i] == 1 && out[off + i] != 1) ? 0 : cs[i];
-    return st;
-  };
-  const auto sa = strides_for(a), sb = strides_for(b);
-  BroadcastPlan p;
-  for (size_t i = 0; i < r; ++i) {
-    if (out[i] == 1) continue;  // size-1 dims contribute nothing
-    if (!p.size.empty() && p.sa.back() == sa[i] * out[i] && p.sb.back() == sb[i] * out[i]) {
-      p.size.back() *= out[i];
-      p.sa.back() = sa[i];
-      p.sb.back() = sb[i];
-    } else {
-      p.size.push_back(out[i]);
-      p.sa.push_back(sa[i]);
-      p.sb.push_back(sb[i]);
-    }
-  }
-  if (p.size.empty()) p = {{1}, {0}, {0}};
-  return p;
 }
 
 template <class T, class F>

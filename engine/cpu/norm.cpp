@@ -10,22 +10,14 @@
 #include <cmath>
 
 #include "engine/cpu/cpu_backend.h"
+#include "engine/kernel_plan.h"
 
 namespace retort::cpu {
 
 namespace {
 
-struct Layout {
-  int64_t n = 0, c = 0, s = 1;
-};
-
-Layout layout_of(const Tensor& x) {
-  Layout l;
-  l.n = x.shape()[0];
-  l.c = x.shape()[1];
-  for (int64_t d = 2; d < x.dim(); ++d) l.s *= x.shape()[d];
-  return l;
-}
+using Layout = ChannelLayout;
+Layout layout_of(const Tensor& x) { return channel_layout(x.shape()); }
 
 template <class T>
 double value_or(const Tensor& t, int64_t c, double fallback) {

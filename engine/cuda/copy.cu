@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "engine/cuda/kernels.cuh"
+#include "engine/kernel_plan.h"
 
 namespace retort::cuda {
 
@@ -18,44 +19,32 @@ namespace {
 
 constexpr int kMaxDims = 8;
 
-struct CopyPlan {
+struct DeviceCopyPlan {
   int nd = 0;
   int64_t size[kMaxDims] = {}, ss[kMaxDims] = {}, ds[kMaxDims] = {};  // shape, source and destination strides
   int64_t src_offset = 0, dst_offset = 0;
 };
 
-// The CPU's coalesce(): drop size-1 dimensions, merge neighbours contiguous in both views.
-CopyPlan coalesce(const StridedView& sv, const StridedView& dv, const Shape& shape) {
-  std::vector<int64_t> size, ss, ds;
-  for (size_t d = 0; d < shape.size(); ++d) {
-    if (shape[d] == 1) continue;
-    if (!size.empty() && ss.back() == shape[d] * sv.strides[d] && ds.back() == shape[d] * dv.strides[d]) {
-      size.back() *= shape[d];
-      ss.back() = sv.strides[d];
-      ds.back() = dv.strides[d];
-      continue;
-    }
-    size.push_back(shape[d]);
-    ss.push_back(sv.strides[d]);
-    ds.push_back(dv.strides[d]);
-  }
-  RETORT_CHECK(size.size() <= static_cast<size_t>(kMaxDims), "strided_copy (cuda): at most ", kMaxDims,
-               " dimensions after merging contiguous ones; got ", size.size(), " for shape ", shape_str(shape));
-  CopyPlan p;
-  p.nd = static_cast<int>(size.size());
+// The CPU's plan (kernel_plan.h), in a fixed-size struct a kernel can take by value.
+DeviceCopyPlan device_plan(const StridedView& sv, const StridedView& dv, const Shape& shape) {
+  const CopyPlan c = coalesce_copy(sv, dv, shape);
+  RETORT_CHECK(c.shape.size() <= static_cast<size_t>(kMaxDims), "strided_copy (cuda): at most ", kMaxDims,
+               " dimensions after merging contiguous ones; got ", c.shape.size(), " for shape ", shape_str(shape));
+  DeviceCopyPlan p;
+  p.nd = static_cast<int>(c.shape.size());
   for (int d = 0; d < p.nd; ++d) {
-    p.size[d] = size[d];
-    p.ss[d] = ss[d];
-    p.ds[d] = ds[d];
+    p.size[d] = c.shape[d];
+    p.ss[d] = c.src.strides[d];
+    p.ds[d] = c.dst.strides[d];
   }
-  p.src_offset = sv.offset;
-  p.dst_offset = dv.offset;
+  p.src_offset = c.src.offset;
+  p.dst_offset = c.dst.offset;
   return p;
 }
 
 // W is an unsigned word of the element's size: the copy moves bits, whatever the dtype.
 template <class W>
-__global__ void __launch_bounds__(kThreads) strided_copy_kernel(const W* src, W* dst, int64_t n, CopyPlan p) {
+__global__ void __launch_bounds__(kThreads) strided_copy_kernel(const W* src, W* dst, int64_t n, DeviceCopyPlan p) {
   RETORT_GRID_STRIDE(i, n) {
     int64_t os = p.src_offset, od = p.dst_offset, rem = i;
     for (int d = p.nd - 1; d > 0; --d) {  // innermost first; the outermost index is what remains
@@ -81,7 +70,7 @@ void CudaBackend::strided_copy(const Tensor& src, const StridedView& sv, Tensor&
   RETORT_CHECK(sv.strides.size() == shape.size() && dv.strides.size() == shape.size(),
                "strided_copy (cuda): views need one stride per dimension of ", shape_str(shape), ", got ",
                sv.strides.size(), " and ", dv.strides.size());
-  const CopyPlan p = coalesce(sv, dv, shape);
+  const DeviceCopyPlan p = device_plan(sv, dv, shape);
   const size_t esize = dtype_size(src.dtype());
   if (p.nd == 1 && p.ss[0] == 1 && p.ds[0] == 1) {  // one contiguous run on both sides
     const char* s = static_cast<const char*>(src.raw_data()) + p.src_offset * static_cast<int64_t>(esize);

@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "engine/cuda/kernels.cuh"
+#include "engine/kernel_plan.h"
 
 namespace retort::cuda {
 
@@ -114,41 +115,19 @@ struct BroadcastIndex {
   }
 };
 
-// The CPU's plan_broadcast: strides of a and b over out's shape (0 where broadcast), size-1 output
-// dimensions dropped, and neighbours merged where both operands step through them as one.
-BroadcastIndex plan_broadcast(const Shape& out, const Shape& a, const Shape& b, const char* op) {
-  const size_t r = out.size();
-  auto strides_for = [&](const Shape& s) {
-    std::vector<int64_t> st(r, 0);
-    const auto cs = contiguous_strides(s);
-    const size_t off = r - s.size();
-    for (size_t i = 0; i < s.size(); ++i) st[off + i] = (s[i] == 1 && out[off + i] != 1) ? 0 : cs[i];
-    return st;
-  };
-  const auto sa = strides_for(a), sb = strides_for(b);
-  std::vector<int64_t> size, ma, mb;
-  for (size_t i = 0; i < r; ++i) {
-    if (out[i] == 1) continue;
-    if (!size.empty() && ma.back() == sa[i] * out[i] && mb.back() == sb[i] * out[i]) {
-      size.back() *= out[i];
-      ma.back() = sa[i];
-      mb.back() = sb[i];
-    } else {
-      size.push_back(out[i]);
-      ma.push_back(sa[i]);
-      mb.push_back(sb[i]);
-    }
-  }
-  RETORT_CHECK(size.size() <= static_cast<size_t>(kMaxDims), "binary ", op,
+// The CPU's plan (kernel_plan.h), in a fixed-size struct a kernel can take by value.
+BroadcastIndex device_broadcast(const Shape& out, const Shape& a, const Shape& b, const char* op) {
+  const BroadcastPlan plan = plan_broadcast(out, a, b);
+  RETORT_CHECK(plan.size.size() <= static_cast<size_t>(kMaxDims), "binary ", op,
                " (cuda): broadcasting supports at most ", kMaxDims,
-               " dimensions after merging contiguous ones; got ", size.size(), " (a ", shape_str(a), ", b ",
+               " dimensions after merging contiguous ones; got ", plan.size.size(), " (a ", shape_str(a), ", b ",
                shape_str(b), ", out ", shape_str(out), ")");
   BroadcastIndex p;
-  p.nd = static_cast<int>(size.size());
+  p.nd = static_cast<int>(plan.size.size());
   for (int d = 0; d < p.nd; ++d) {
-    p.size[d] = size[d];
-    p.sa[d] = ma[d];
-    p.sb[d] = mb[d];
+    p.size[d] = plan.size[d];
+    p.sa[d] = plan.sa[d];
+    p.sb[d] = plan.sb[d];
   }
   return p;
 }
@@ -208,7 +187,7 @@ void CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& 
   // The general plan is only built (and its rank checked) when neither fast path applies.
   const bool dense = na == n && nb == n, scalar_a = na == 1 && nb == n, scalar_b = nb == 1 && na == n;
   BroadcastIndex bcast;
-  if (!dense && !scalar_a && !scalar_b) bcast = plan_broadcast(out.shape(), a.shape(), b.shape(), name);
+  if (!dense && !scalar_a && !scalar_b) bcast = device_broadcast(out.shape(), a.shape(), b.shape(), name);
   dispatch_float(out.dtype(), name, [&](auto tag) {
     using T = decltype(tag);
     const T* pa = ptr<T>(a);

@@ -10,6 +10,7 @@
 // Per element the normalisation is one multiply-add in the element type, y = x * scale + shift, with
 // scale and shift formed in double exactly as on the CPU. Undefined weight/bias mean 1/0.
 #include "engine/cuda/kernels.cuh"
+#include "engine/kernel_plan.h"
 
 namespace retort::cuda {
 
@@ -18,17 +19,8 @@ namespace {
 // Wide blocks: a channel often holds tens of thousands of values, and there may be few channels.
 constexpr int kBnThreads = 512;
 
-struct Layout {
-  int64_t n = 0, c = 0, s = 1;
-};
-
-Layout layout_of(const Tensor& x) {
-  Layout l;
-  l.n = x.shape()[0];
-  l.c = x.shape()[1];
-  for (int64_t d = 2; d < x.dim(); ++d) l.s *= x.shape()[d];
-  return l;
-}
+using Layout = ChannelLayout;
+Layout layout_of(const Tensor& x) { return channel_layout(x.shape()); }
 
 template <class T> const T* ptr_or_null(const Tensor& t) { return t.defined() ? ptr<T>(t) : nullptr; }
 template <class T> T* ptr_or_null(Tensor& t) { return t.defined() ? ptr<T>(t) : nullptr; }

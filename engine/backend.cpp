@@ -46,9 +46,18 @@ const char* binary_op_name(BinaryOp op) {
     case BinaryOp::Le: return "le";
     case BinaryOp::Eq: return "eq";
     case BinaryOp::XLogY: return "xlogy";
+    case BinaryOp::AddRelu: return "add_relu";
     case BinaryOp::MaskPositive: return "mask_positive";
   }
   return "?";
+}
+
+void Backend::conv2d_bn_eval_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p,
+                                     const Tensor& bn_weight, const Tensor& bn_bias, const Tensor& running_mean,
+                                     const Tensor& running_var, double eps, bool relu, Tensor& y) {
+  Tensor conv_out = Tensor::empty(y.shape(), y.dtype(), y.device());
+  conv2d_forward(x, w, bias, p, conv_out);
+  batchnorm_forward_eval(conv_out, bn_weight, bn_bias, running_mean, running_var, eps, relu, y);
 }
 
 bool cuda_built() {

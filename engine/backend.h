@@ -25,6 +25,7 @@ enum class BinaryOp {
   Add, Sub, Mul, Div, Max, Min,
   Gt, Ge, Lt, Le, Eq,   // 1 where true, 0 elsewhere (same dtype as inputs)
   XLogY,                // a * log(b), 0 where a == 0 (as torch.xlogy)
+  AddRelu,              // max(a + b, 0) — a residual sum and the ReLU after it in one pass
   MaskPositive,         // b > 0 ? a : 0 — ReLU's backward in one pass (a the gradient, b the output)
 };
 enum class ReduceOp { Sum, Max, Min };
@@ -119,6 +120,14 @@ class Backend {
                                      Tensor& gx) = 0;
   virtual void conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dParams& p,
                                       Tensor& gw) = 0;
+  // Inference only: y = bn_eval(conv(x, w, bias)) [then ReLU], the batch norm with its running
+  // statistics (as batchnorm_forward_eval below). The default runs conv2d_forward and then
+  // batchnorm_forward_eval through a temporary; a backend may fuse them (the CPU applies the BN's
+  // per-channel scale and shift, and the ReLU, in oneDNN's convolution epilogue: one pass over y
+  // instead of three). bias, bn_weight and bn_bias may be undefined.
+  virtual void conv2d_bn_eval_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p,
+                                      const Tensor& bn_weight, const Tensor& bn_bias, const Tensor& running_mean,
+                                      const Tensor& running_var, double eps, bool relu, Tensor& y);
 
   // ---- batch norm over [N, C, *] per channel C ------------------------------------------------
   // Training: normalise with batch statistics; writes the batch mean and 1/sqrt(biased var + eps)

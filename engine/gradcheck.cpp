@@ -122,7 +122,7 @@ Registry& registry() {
       reg.families.push_back(f);
     }
     reg.functions = {
-        "add", "sub", "mul", "div", "maximum", "minimum", "xlogy", "affine", "neg", "exp", "log", "sqrt", "pow",
+        "add", "add_relu", "sub", "mul", "div", "maximum", "minimum", "xlogy", "affine", "neg", "exp", "log", "sqrt", "pow",
         "abs", "clamp", "relu", "sigmoid", "tanh", "to_dtype", "clone",
         "sum", "mean", "max", "min", "var", "stddev",
         "reshape", "flatten", "unsqueeze", "squeeze", "permute", "transpose", "slice", "cat", "pad", "expand",

@@ -101,6 +101,13 @@ class ProfilingBackend final : public Backend {
     Timer t(b_, "conv2d_forward", conv_flops(w.shape(), y.shape()), conv_key("fwd", x.shape(), w.shape(), p));
     b_.conv2d_forward(x, w, bias, p, y);
   }
+  void conv2d_bn_eval_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p,
+                              const Tensor& bn_w, const Tensor& bn_b, const Tensor& rm, const Tensor& rv, double eps,
+                              bool relu, Tensor& y) override {
+    Timer t(b_, relu ? "conv2d_bn_relu_eval_forward" : "conv2d_bn_eval_forward", conv_flops(w.shape(), y.shape()),
+            conv_key(relu ? "fwd+bn+relu" : "fwd+bn", x.shape(), w.shape(), p));
+    b_.conv2d_bn_eval_forward(x, w, bias, p, bn_w, bn_b, rm, rv, eps, relu, y);
+  }
   void conv2d_backward_input(const Tensor& gy, const Tensor& w, const Conv2dParams& p, Tensor& gx) override {
     Timer t(b_, "conv2d_backward_input", conv_flops(w.shape(), gy.shape()),
             conv_key("bwd-data", gx.shape(), w.shape(), p));

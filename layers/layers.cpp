@@ -4,8 +4,11 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 
 #include "engine/backend.h"
+#include "engine/autograd.h"
 #include "engine/functions.h"
 #include "layers/init.h"
 
@@ -77,14 +80,16 @@ Tensor Conv2d::bias() { return options_.bias ? param("bias") : Tensor(); }
 
 void Conv2d::reset_parameters(Generator& gen) { default_reset(weight(), bias(), gen); }
 
-Tensor Conv2d::forward(const Tensor& x) {
+Conv2dParams Conv2d::params() const {
   Conv2dParams p;
   p.stride_h = options_.stride.h, p.stride_w = options_.stride.w;
   p.pad_h = options_.padding.h, p.pad_w = options_.padding.w;
   p.dilation_h = options_.dilation.h, p.dilation_w = options_.dilation.w;
   p.groups = options_.groups;
-  return conv2d(x, weight(), bias(), p);
+  return p;
 }
+
+Tensor Conv2d::forward(const Tensor& x) { return conv2d(x, weight(), bias(), params()); }
 
 std::string Conv2d::extra_repr() const {
   std::string s = detail::cat(in_channels_, ", ", out_channels_, ", kernel_size=", kernel_.pair_str(),
@@ -168,6 +173,55 @@ Tensor bn_relu(BatchNorm2d& bn, ReLU& relu_module, const Tensor& x) {
   return bn.forward_relu(x);
 }
 
+namespace {
+
+bool initial_eval_fusion() {
+  const char* env = std::getenv("RETORT_FUSE_EVAL");
+  return !(env && std::string(env) == "0");
+}
+
+bool& eval_fusion_setting() {
+  static bool on = initial_eval_fusion();
+  return on;
+}
+
+bool wants_grad(const Tensor& t) { return t.defined() && t.requires_grad(); }
+
+// True when conv -> bn [-> relu] may run as one conv2d_bn_eval call (see layers.h).
+bool fusible(Conv2d& conv, BatchNorm2d& bn, const ReLU* relu, const Tensor& x) {
+  if (!eval_fusion_setting() || bn.is_training() || !bn.options().track_running_stats) return false;
+  if (conv.has_taps() || bn.has_taps() || (relu && relu->has_taps())) return false;
+  if (grad_enabled() && (wants_grad(x) || wants_grad(conv.weight()) || wants_grad(conv.bias()) ||
+                         wants_grad(bn.weight()) || wants_grad(bn.bias())))
+    return false;
+  return x.dim() == 4 && x.shape()[1] == conv.in_channels() && conv.out_channels() == bn.num_features();
+}
+
+Tensor fused(Conv2d& conv, BatchNorm2d& bn, const Tensor& x, bool relu) {
+  return conv2d_bn_eval(x, conv.weight(), conv.bias(), conv.params(), bn.weight(), bn.bias(), bn.running_mean(),
+                        bn.running_var(), bn.options().eps, relu);
+}
+
+}  // namespace
+
+bool eval_fusion_enabled() { return eval_fusion_setting(); }
+void set_eval_fusion(bool on) { eval_fusion_setting() = on; }
+
+Tensor conv_bn(Conv2d& conv, BatchNorm2d& bn, const Tensor& x) {
+  if (fusible(conv, bn, nullptr, x)) return fused(conv, bn, x, false);
+  return bn(conv(x));
+}
+
+Tensor conv_bn_relu(Conv2d& conv, BatchNorm2d& bn, const Tensor& x) {
+  if (fusible(conv, bn, nullptr, x)) return fused(conv, bn, x, true);
+  return bn_relu(bn, conv(x));
+}
+
+Tensor conv_bn_relu(Conv2d& conv, BatchNorm2d& bn, ReLU& relu, const Tensor& x) {
+  if (fusible(conv, bn, &relu, x)) return fused(conv, bn, x, true);
+  return bn_relu(bn, relu, conv(x));
+}
+
 Tensor BatchNorm2d::run(const Tensor& x, bool fuse_relu) {
   RETORT_CHECK(x.dim() == 4, "BatchNorm2d(", num_features_, "): expected 4-D input [N, C, H, W], got ", x.meta_str());
   RETORT_CHECK(x.shape()[1] == num_features_, "BatchNorm2d(", num_features_, "): input has ", x.shape()[1],
@@ -242,9 +296,22 @@ Sequential::Sequential(const std::vector<ModulePtr>& modules) : Module("Sequenti
   for (const auto& m : modules) push_back(m);
 }
 
+// Conv2d, BatchNorm2d [, ReLU] runs of children go through conv_bn / conv_bn_relu, which fuse them in
+// inference and otherwise call the modules one by one, as the plain loop would.
 Tensor Sequential::forward(const Tensor& x) {
   Tensor y = x;
-  for (const auto& [name, child] : children()) y = (*child)(y);
+  const auto& kids = children();
+  for (size_t i = 0; i < kids.size(); ++i) {
+    auto* conv = dynamic_cast<Conv2d*>(kids[i].second.get());
+    auto* bn = conv && i + 1 < kids.size() ? dynamic_cast<BatchNorm2d*>(kids[i + 1].second.get()) : nullptr;
+    if (!bn) {
+      y = (*kids[i].second)(y);
+      continue;
+    }
+    auto* relu = i + 2 < kids.size() ? dynamic_cast<ReLU*>(kids[i + 2].second.get()) : nullptr;
+    y = relu ? conv_bn_relu(*conv, *bn, *relu, y) : conv_bn(*conv, *bn, y);
+    i += relu ? 2 : 1;
+  }
   return y;
 }
 

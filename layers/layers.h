@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/backend.h"
 #include "engine/generator.h"
 #include "layers/module.h"
 
@@ -57,6 +58,7 @@ class Conv2d : public Module {
   int64_t out_channels() const { return out_channels_; }
   const Size2& kernel_size() const { return kernel_; }
   const Conv2dOptions& options() const { return options_; }
+  Conv2dParams params() const;  // stride, padding, dilation, groups as the engine's conv2d takes them
 
  private:
   int64_t in_channels_, out_channels_;
@@ -133,6 +135,21 @@ class ReLU : public Module {
 // still receives the BN's output: fusion never changes what a tap sees, nor any value or gradient.
 Tensor bn_relu(BatchNorm2d& bn, const Tensor& x);
 Tensor bn_relu(BatchNorm2d& bn, ReLU& relu, const Tensor& x);
+
+// bn(conv(x)) and relu(bn(conv(x))) for the conv -> BN [-> ReLU] blocks of the zoo. In inference
+// they are one fused call (engine conv2d_bn_eval: on the CPU the BN and the ReLU are the convolution's
+// epilogue, no separate passes over the activations) when nothing observable depends on the
+// intermediate tensors: the BN is in eval mode and tracks running statistics, no module of the chain
+// has a tap, and no gradient is wanted (gradients disabled, or neither x nor any parameter requires
+// one) — the case of evaluation and of a frozen teacher's forward. Otherwise the modules run one after
+// the other exactly as (*bn)((*conv)(x)) and bn_relu would. Fused results differ from the separate
+// ones only by rounding (where the BN's multiply happens). RETORT_FUSE_EVAL=0 in the environment, or
+// set_eval_fusion(false), turns the fusion off.
+Tensor conv_bn(Conv2d& conv, BatchNorm2d& bn, const Tensor& x);
+Tensor conv_bn_relu(Conv2d& conv, BatchNorm2d& bn, const Tensor& x);
+Tensor conv_bn_relu(Conv2d& conv, BatchNorm2d& bn, ReLU& relu, const Tensor& x);
+bool eval_fusion_enabled();
+void set_eval_fusion(bool on);
 
 class Identity : public Module {
  public:

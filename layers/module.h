@@ -94,6 +94,8 @@ class Module {
   }
   // Inside forward: delivers `t` to the taps listening on the named point.
   void emit(const std::string& point, const Tensor& t);
+  // Whether a tap listens on the named point (a forward may then skip a fusion that would hide it).
+  bool has_point_tap(const std::string& point) const { return taps_.count(point) > 0; }
   // Attaches a tap on a named point; Sequential overrides it to forward to its last child.
   virtual void add_point_tap(const std::string& point, TapFn fn);
 

@@ -30,9 +30,10 @@ BasicBlock::BasicBlock(int64_t inplanes, int64_t planes, int64_t stride, std::sh
 }
 
 Tensor BasicBlock::forward(const Tensor& x) {
-  Tensor out = bn_relu(*bn1_, *relu_, (*conv1_)(x));
-  out = (*bn2_)((*conv2_)(out));
+  Tensor out = conv_bn_relu(*conv1_, *bn1_, *relu_, x);
+  out = conv_bn(*conv2_, *bn2_, out);
   const Tensor residual = downsample_ ? (*downsample_)(x) : x;
+  if (!has_point_tap("preact")) return add_relu(out, residual);  // one pass instead of two
   const Tensor preact = out + residual;
   emit("preact", preact);
   return relu(preact);
@@ -81,7 +82,7 @@ std::shared_ptr<Sequential> ResNet::make_layer(int64_t& inplanes, int64_t planes
 }
 
 Tensor ResNet::forward(const Tensor& x) {
-  Tensor out = bn_relu(*bn1_, *relu_, (*conv1_)(x));
+  Tensor out = conv_bn_relu(*conv1_, *bn1_, *relu_, x);
   emit("stem", out);
   out = (*layer1_)(out);
   out = (*layer2_)(out);

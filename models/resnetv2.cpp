@@ -31,9 +31,10 @@ Bottleneck::Bottleneck(int64_t in_planes, int64_t planes, int64_t stride, Genera
 }
 
 Tensor Bottleneck::forward(const Tensor& x) {
-  Tensor out = bn_relu(*bn1_, (*conv1_)(x));
-  out = bn_relu(*bn2_, (*conv2_)(out));
-  out = (*bn3_)((*conv3_)(out));
+  Tensor out = conv_bn_relu(*conv1_, *bn1_, x);
+  out = conv_bn_relu(*conv2_, *bn2_, out);
+  out = conv_bn(*conv3_, *bn3_, out);
+  if (!has_point_tap("preact")) return add_relu(out, (*shortcut_)(x));  // one pass instead of two
   const Tensor preact = out + (*shortcut_)(x);
   emit("preact", preact);
   return relu(preact);
@@ -70,7 +71,7 @@ ResNetV2::ResNetV2(const std::vector<int64_t>& num_blocks, const ModelOptions& o
 }
 
 Tensor ResNetV2::forward(const Tensor& x) {
-  Tensor out = bn_relu(*bn1_, (*conv1_)(x));
+  Tensor out = conv_bn_relu(*conv1_, *bn1_, x);
   emit("stem", out);
   for (auto& layer : layers_) out = (*layer)(out);
   const Tensor pooled = flatten((*avgpool_)(out), 1);

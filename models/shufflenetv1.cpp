@@ -48,11 +48,12 @@ Bottleneck::Bottleneck(int64_t in_planes, int64_t out_planes, int64_t stride, in
 }
 
 Tensor Bottleneck::forward(const Tensor& x) {
-  Tensor out = bn_relu(*bn1_, (*conv1_)(x));
+  Tensor out = conv_bn_relu(*conv1_, *bn1_, x);
   out = (*shuffle1_)(out);
-  out = bn_relu(*bn2_, (*conv2_)(out));
-  out = (*bn3_)((*conv3_)(out));
+  out = conv_bn_relu(*conv2_, *bn2_, out);
+  out = conv_bn(*conv3_, *bn3_, out);
   const Tensor res = (*shortcut_)(x);
+  if (stride_ != 2 && !has_point_tap("preact")) return add_relu(out, res);  // one pass instead of two
   const Tensor preact = stride_ == 2 ? cat({out, res}, 1) : out + res;
   emit("preact", preact);
   return relu(preact);
@@ -86,7 +87,7 @@ ShuffleNet::ShuffleNet(const std::vector<int64_t>& out_planes, const std::vector
 }
 
 Tensor ShuffleNet::forward(const Tensor& x) {
-  Tensor out = bn_relu(*bn1_, (*conv1_)(x));
+  Tensor out = conv_bn_relu(*conv1_, *bn1_, x);
   emit("stem", out);
   for (auto& layer : layers_) out = (*layer)(out);
   const Tensor pooled = flatten(adaptive_avg_pool2d(out, 1, 1), 1);

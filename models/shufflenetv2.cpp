@@ -38,9 +38,9 @@ BasicBlock::BasicBlock(int64_t in_channels, Generator& gen) : Module("BasicBlock
 Tensor BasicBlock::forward(const Tensor& x) {
   const int64_t c = x.size(1) / 2;
   const Tensor x1 = slice(x, 1, 0, c), x2 = slice(x, 1, c, x.size(1));
-  Tensor out = bn_relu(*bn1_, (*conv1_)(x2));
-  out = (*bn2_)((*conv2_)(out));
-  const Tensor pre = (*bn3_)((*conv3_)(out));
+  Tensor out = conv_bn_relu(*conv1_, *bn1_, x2);
+  out = conv_bn(*conv2_, *bn2_, out);
+  const Tensor pre = conv_bn(*conv3_, *bn3_, out);
   emit("preact", cat({x1, pre}, 1));
   return (*shuffle_)(cat({x1, relu(pre)}, 1));
 }
@@ -61,11 +61,11 @@ DownBlock::DownBlock(int64_t in_channels, int64_t out_channels, Generator& gen) 
 }
 
 Tensor DownBlock::forward(const Tensor& x) {
-  Tensor left = (*bn1_)((*conv1_)(x));
-  left = bn_relu(*bn2_, (*conv2_)(left));
-  Tensor right = bn_relu(*bn3_, (*conv3_)(x));
-  right = (*bn4_)((*conv4_)(right));
-  right = bn_relu(*bn5_, (*conv5_)(right));
+  Tensor left = conv_bn(*conv1_, *bn1_, x);
+  left = conv_bn_relu(*conv2_, *bn2_, left);
+  Tensor right = conv_bn_relu(*conv3_, *bn3_, x);
+  right = conv_bn(*conv4_, *bn4_, right);
+  right = conv_bn_relu(*conv5_, *bn5_, right);
   return (*shuffle_)(cat({left, right}, 1));
 }
 
@@ -96,10 +96,10 @@ ShuffleNetV2::ShuffleNetV2(const std::vector<int64_t>& out_channels, const std::
 }
 
 Tensor ShuffleNetV2::forward(const Tensor& x) {
-  Tensor out = bn_relu(*bn1_, (*conv1_)(x));
+  Tensor out = conv_bn_relu(*conv1_, *bn1_, x);
   emit("stem", out);
   for (auto& layer : layers_) out = (*layer)(out);
-  out = bn_relu(*bn2_, (*conv2_)(out));
+  out = conv_bn_relu(*conv2_, *bn2_, out);
   const Tensor pooled = flatten(adaptive_avg_pool2d(out, 1, 1), 1);
   emit("pooled", pooled);
   return (*linear_)(pooled);

@@ -30,7 +30,7 @@ BasicBlock::BasicBlock(int64_t in_planes, int64_t out_planes, int64_t stride, Ge
 Tensor BasicBlock::forward(const Tensor& x) {
   // When the width changes, the shortcut also reads the BN-ReLU'd input (the reference overwrites x).
   const Tensor act = bn_relu(*bn1_, *relu1_, x);
-  Tensor out = bn_relu(*bn2_, *relu2_, (*conv1_)(act));
+  Tensor out = conv_bn_relu(*conv1_, *bn2_, *relu2_, act);
   out = (*conv2_)(out);
   return (conv_shortcut_ ? (*conv_shortcut_)(act) : x) + out;
 }

@@ -23,6 +23,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <vector>
 
@@ -349,6 +350,35 @@ void CpuBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& 
     using T = decltype(tag);
     conv_forward<T>(*this, x.data<T>(), w.data<T>(), bias.defined() ? bias.data<T>() : nullptr, y.data<T>(), g);
   });
+}
+
+// F32 through oneDNN: the batch norm becomes the convolution's epilogue, y = conv * scale + shift with
+// scale = w_bn / sqrt(var + eps) and shift = b_bn + (bias - mean) * scale, computed in double as
+// batchnorm_forward_eval does, so the only difference from the two-kernel path is where the multiply
+// happens (and the rounding of a fused multiply-add). Anything else: the two kernels (Backend's default).
+void CpuBackend::conv2d_bn_eval_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p,
+                                        const Tensor& bn_weight, const Tensor& bn_bias, const Tensor& running_mean,
+                                        const Tensor& running_var, double eps, bool relu, Tensor& y) {
+  if (y.numel() == 0) return;
+  if (x.dtype() == DType::F32) {
+    const int64_t oc = y.shape()[1];
+    std::vector<float> scale(static_cast<size_t>(oc)), shift(static_cast<size_t>(oc));
+    const float* rm = running_mean.data<float>();
+    const float* rv = running_var.data<float>();
+    for (int64_t o = 0; o < oc; ++o) {
+      const double is = 1.0 / std::sqrt(static_cast<double>(rv[o]) + eps);
+      const double s = is * (bn_weight.defined() ? static_cast<double>(bn_weight.data<float>()[o]) : 1.0);
+      const double b0 = bn_bias.defined() ? static_cast<double>(bn_bias.data<float>()[o]) : 0.0;
+      const double cb = bias.defined() ? static_cast<double>(bias.data<float>()[o]) : 0.0;
+      scale[static_cast<size_t>(o)] = static_cast<float>(s);
+      shift[static_cast<size_t>(o)] = static_cast<float>(b0 + (cb - static_cast<double>(rm[o])) * s);
+    }
+    const DnnlEpilogue epi{scale.data(), shift.data(), relu};
+    if (dnnl_conv2d(DnnlConvDir::Forward, x.shape(), w.shape(), y.shape(), p, x.data<float>(), w.data<float>(),
+                    nullptr, y.data<float>(), &epi))
+      return;
+  }
+  Backend::conv2d_bn_eval_forward(x, w, bias, p, bn_weight, bn_bias, running_mean, running_var, eps, relu, y);
 }
 
 void CpuBackend::conv2d_backward_input(const Tensor& gy, const Tensor& w, const Conv2dParams& p, Tensor& gx) {

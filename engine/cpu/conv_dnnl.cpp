@@ -60,6 +60,7 @@ struct Entry {
   int arg_in0 = 0, arg_in1 = 0, arg_out = 0;
   Operand in0, in1, out;
   memory::desc bias;            // forward with bias only
+  memory::desc per_channel;     // forward with an epilogue: [1, O, 1, 1] scale and shift
   memory::desc scratch;
   std::string impl_name;
 };
@@ -69,7 +70,7 @@ size_t align_up(size_t n) { return (n + 63) / 64 * 64; }
 struct Dnnl {
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   dnnl::stream strm{eng};
-  std::map<std::array<int64_t, 19>, Entry> cache;
+  std::map<std::array<int64_t, 21>, Entry> cache;
   std::mutex mu;
   void* ws = nullptr;
   size_t ws_size = 0;
@@ -113,7 +114,7 @@ void finish_operand(Dnnl& d, Operand& op, bool input) {
 }
 
 Entry build(Dnnl& d, DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p,
-            bool has_bias) {
+            bool has_bias, const DnnlEpilogue* epi) {
   Entry e;
   const memory::dims strides{p.stride_h, p.stride_w};
   const memory::dims dilates{p.dilation_h - 1, p.dilation_w - 1};
@@ -127,9 +128,19 @@ Entry build(Dnnl& d, DnnlConvDir dir, const Shape& xs, const Shape& ws, const Sh
       has_bias ? memory::desc({ys[1]}, memory::data_type::f32, tag::x) : memory::desc();
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (epi) {
+    // Binary post-ops with a per-channel operand, then the ReLU: applied to the accumulators in
+    // registers, before the (blocked) output is stored.
+    e.per_channel = memory::desc({1, ys[1], 1, 1}, memory::data_type::f32, tag::nchw);
+    dnnl::post_ops ops;
+    ops.append_binary(dnnl::algorithm::binary_mul, e.per_channel);
+    ops.append_binary(dnnl::algorithm::binary_add, e.per_channel);
+    if (epi->relu) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    attr.set_post_ops(ops);
+  }
   try {
     const auto fwd_d = dnnl::convolution_forward::desc(
-        dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, any_like(x_user), any_like(w_user),
+        epi ? dnnl::prop_kind::forward_inference : dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, any_like(x_user), any_like(w_user),
         has_bias ? any_like(bias_user) : memory::desc(), any_like(y_user), strides, dilates, pad_l, pad_r);
     const auto fwd_pd = dnnl::convolution_forward::primitive_desc(fwd_d, attr, d.eng);
     if (dir == DnnlConvDir::Forward) {
@@ -187,7 +198,7 @@ ConvImpl conv_impl() { return impl_setting(); }
 void set_conv_impl(ConvImpl impl) { impl_setting() = impl; }
 
 bool dnnl_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p,
-                 const float* in0, const float* in1, const float* bias, float* out) {
+                 const float* in0, const float* in1, const float* bias, float* out, const DnnlEpilogue* epi) {
   if (impl_setting() == ConvImpl::Im2col) return false;
   // oneDNN 2.6's depthwise weight gradient is pathological on tiny planes (7 ms for a 64x480x2x2
   // input on 2 threads, against 0.7 ms for our direct loop: retort-bench --profile on mobile_half);
@@ -197,14 +208,16 @@ bool dnnl_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape&
     return false;
   Dnnl& d = dnnl_state();
   std::lock_guard<std::mutex> lock(d.mu);
-  const std::array<int64_t, 19> key{static_cast<int64_t>(dir), xs[0], xs[1], xs[2], xs[3], ws[0], ws[1], ws[2],
+  const std::array<int64_t, 21> key{static_cast<int64_t>(dir), xs[0], xs[1], xs[2], xs[3], ws[0], ws[1], ws[2],
                                     ws[3], ys[2], ys[3], p.stride_h, p.stride_w, p.pad_h, p.pad_w,
-                                    p.dilation_h, p.dilation_w, p.groups, bias != nullptr};
+                                    p.dilation_h, p.dilation_w, p.groups, bias != nullptr, epi != nullptr,
+                                    epi && epi->relu};
   auto it = d.cache.find(key);
-  if (it == d.cache.end()) it = d.cache.emplace(key, build(d, dir, xs, ws, ys, p, bias != nullptr)).first;
+  if (it == d.cache.end()) it = d.cache.emplace(key, build(d, dir, xs, ws, ys, p, bias != nullptr, epi)).first;
   Entry& e = it->second;
   if (!e.supported) {
-    if (impl_setting() == ConvImpl::Dnnl)
+    // (A forward with an epilogue oneDNN will not fuse falls back to the plain oneDNN forward + BN.)
+    if (impl_setting() == ConvImpl::Dnnl && !epi)
       RETORT_FAIL("conv2d (oneDNN, RETORT_CPU_CONV=dnnl): no oneDNN kernel for x ", shape_str(xs), ", w ",
                   shape_str(ws), ", y ", shape_str(ys), e.impl_name.empty() ? "" : " (only " + e.impl_name + ")");
     return false;
@@ -231,6 +244,12 @@ bool dnnl_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape&
     std::unordered_map<int, memory> args{
         {e.arg_in0, m0}, {e.arg_in1, m1}, {e.arg_out, prim_out}, {DNNL_ARG_SCRATCHPAD, scratch}};
     if (bias) args.emplace(DNNL_ARG_BIAS, memory(e.bias, d.eng, const_cast<float*>(bias)));
+    if (epi) {
+      args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
+                   memory(e.per_channel, d.eng, const_cast<float*>(epi->scale)));
+      args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1,
+                   memory(e.per_channel, d.eng, const_cast<float*>(epi->shift)));
+    }
     e.prim.execute(d.strm, args);
     if (!e.out.same()) e.out.to_user->execute(d.strm, prim_out, user_out);
     d.strm.wait();

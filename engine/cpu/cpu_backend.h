@@ -34,9 +34,17 @@ void set_conv_impl(ConvImpl impl);
 //   BackwardData: in0 = gy, in1 = w, out = gx
 //   BackwardWeight: in0 = gy, in1 = x, out = gw
 // Returns false, having done nothing, when the im2col path should run the call instead.
+// A forward's epilogue, applied in the kernel before y is written: y = y * scale[o] + shift[o], then
+// max(y, 0) when relu (an eval-mode batch norm folded into the convolution, with its ReLU).
+struct DnnlEpilogue {
+  const float* scale;
+  const float* shift;
+  bool relu;
+};
 enum class DnnlConvDir { Forward, BackwardData, BackwardWeight };
 bool dnnl_conv2d(DnnlConvDir dir, const Shape& x, const Shape& w, const Shape& y, const Conv2dParams& p,
-                 const float* in0, const float* in1, const float* bias, float* out);
+                 const float* in0, const float* in1, const float* bias, float* out,
+                 const DnnlEpilogue* epilogue = nullptr);
 // How many convolution calls oneDNN has run in this process (tests check that it is really used).
 int64_t dnnl_conv_calls();
 // "oneDNN 2.6.3 convolutions f32, ISA avx512_core", for the start-up log line.
@@ -79,6 +87,9 @@ class CpuBackend final : public Backend {
 
   void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p,
                       Tensor& y) override;
+  void conv2d_bn_eval_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p,
+                              const Tensor& bn_weight, const Tensor& bn_bias, const Tensor& running_mean,
+                              const Tensor& running_var, double eps, bool relu, Tensor& y) override;
   void conv2d_backward_input(const Tensor& gy, const Tensor& w, const Conv2dParams& p, Tensor& gx) override;
   void conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dParams& p, Tensor& gw) override;
 

@@ -113,6 +113,12 @@ void binary_typed(BinaryOp op, const T* a, const T* b, T* y, const BroadcastPlan
     case BinaryOp::Le: map_binary(a, b, y, p, [](T u, T v) { return T(u <= v); }); break;
     case BinaryOp::Eq: map_binary(a, b, y, p, [](T u, T v) { return T(u == v); }); break;
     case BinaryOp::XLogY: map_binary(a, b, y, p, [](T u, T v) { return u == T(0) ? T(0) : u * std::log(v); }); break;
+    case BinaryOp::AddRelu:
+      map_binary(a, b, y, p, [](T u, T v) {
+        const T s = u + v;
+        return s > T(0) ? s : T(0);
+      });
+      break;
     case BinaryOp::MaskPositive: map_binary(a, b, y, p, [](T u, T v) { return v > T(0) ? u : T(0); }); break;
   }
 }

@@ -82,6 +82,7 @@ __device__ __forceinline__ T binary_apply(T u, T v) {
   else if constexpr (Op == BinaryOp::Le) return T(u <= v);
   else if constexpr (Op == BinaryOp::Eq) return T(u == v);
   else if constexpr (Op == BinaryOp::XLogY) return u == T(0) ? T(0) : u * log(v);
+  else if constexpr (Op == BinaryOp::AddRelu) return u + v > T(0) ? u + v : T(0);
   else return v > T(0) ? u : T(0);  // MaskPositive
 }
 
@@ -157,6 +158,7 @@ void visit_binary(BinaryOp op, F&& f) {
     case B::Le: f(std::integral_constant<B, B::Le>{}); return;
     case B::Eq: f(std::integral_constant<B, B::Eq>{}); return;
     case B::XLogY: f(std::integral_constant<B, B::XLogY>{}); return;
+    case B::AddRelu: f(std::integral_constant<B, B::AddRelu>{}); return;
     case B::MaskPositive: f(std::integral_constant<B, B::MaskPositive>{}); return;
   }
   RETORT_FAIL("binary (cuda): unknown op ", static_cast<int>(op));

@@ -79,6 +79,37 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
                 });
 }
 
+Tensor conv2d_bn_eval(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
+                      const Tensor& bn_weight, const Tensor& bn_bias, const Tensor& running_mean,
+                      const Tensor& running_var, double eps, bool relu) {
+  const char* op = "conv2d_bn_eval";
+  const Shape out_shape = conv2d_output_shape(x, weight, bias, params);
+  const int64_t oc = out_shape[1];
+  auto check_channel = [&](const Tensor& t, const char* what, bool required) {
+    if (!t.defined()) {
+      RETORT_CHECK(!required, op, ": ", what, " is required (an eval-mode batch norm normalises with it)");
+      return;
+    }
+    fn::check_compatible(op, x, t, "input", what);
+    RETORT_CHECK(t.dim() == 1 && t.shape()[0] == oc, op, ": ", what, " must be [", oc,
+                 "] (one value per output channel of weight ", weight.meta_str(), "), got ", t.meta_str());
+  };
+  check_channel(bn_weight, "bn weight", false);
+  check_channel(bn_bias, "bn bias", false);
+  check_channel(running_mean, "running_mean", true);
+  check_channel(running_var, "running_var", true);
+  RETORT_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
+  if (grad_enabled())
+    for (const Tensor* t : {&x, &weight, &bias, &bn_weight, &bn_bias})
+      RETORT_CHECK(!t->defined() || !t->requires_grad(), op,
+                   ": inference only, but an input requires a gradient (", t->meta_str(),
+                   "); run under NoGradGuard, or use conv2d + batch_norm to train");
+  Tensor y = Tensor::empty(out_shape, x.dtype(), x.device());
+  backend_for(x).conv2d_bn_eval_forward(x, weight, bias, params, bn_weight, bn_bias, running_mean, running_var, eps,
+                                        relu, y);
+  return y;
+}
+
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride, int64_t padding,
               int64_t dilation, int64_t groups) {
   Conv2dParams p;

@@ -52,6 +52,15 @@ Tensor add(const Tensor& a, const Tensor& b) {
   });
 }
 
+Tensor add_relu(const Tensor& a, const Tensor& b) {
+  Tensor out = binary_forward(BinaryOp::AddRelu, a, b);
+  const Shape sa = a.shape(), sb = b.shape();
+  return record(out, "AddReluBackward", {a, b}, [sa, sb, y = saved(out)](const Tensor& g, const Node& n) {
+    const Tensor gm = binary_forward(BinaryOp::MaskPositive, g, y);  // g where y > 0
+    return std::vector<Tensor>{n.needs_grad(0) ? sum_to(gm, sa) : Tensor(), n.needs_grad(1) ? sum_to(gm, sb) : Tensor()};
+  });
+}
+
 Tensor sub(const Tensor& a, const Tensor& b) {
   Tensor out = binary_forward(BinaryOp::Sub, a, b);
   const Shape sa = a.shape(), sb = b.shape();

@@ -10,6 +10,8 @@ namespace retort {
 Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);
 
 Tensor add(const Tensor& a, const Tensor& b);
+// relu(a + b) in one pass each way (the end of a residual block); broadcasts as add.
+Tensor add_relu(const Tensor& a, const Tensor& b);
 Tensor sub(const Tensor& a, const Tensor& b);
 Tensor mul(const Tensor& a, const Tensor& b);
 Tensor div(const Tensor& a, const Tensor& b);

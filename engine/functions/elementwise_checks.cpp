@@ -39,6 +39,13 @@ void add_elementwise_checks(std::vector<GradcheckCase>& out) {
   out.push_back({"minimum.broadcast", "minimum",
                  [](Generator& g) { return Inputs{gc_separated({3, 4}, g, 0.1), gc_uniform({4}, g, 0.01, 0.04)}; },
                  [](const Inputs& in) { return minimum(in[0], in[1]); }});
+  // a + b stays at least 0.06 away from ReLU's kink at 0: a separated from 0 by 0.1, |b| <= 0.04.
+  out.push_back({"add_relu.same_shape", "add_relu",
+                 [](Generator& g) { return Inputs{gc_separated({3, 4}, g, 0.1), gc_uniform({3, 4}, g, -0.04, 0.04)}; },
+                 [](const Inputs& in) { return add_relu(in[0], in[1]); }});
+  out.push_back({"add_relu.broadcast", "add_relu",
+                 [](Generator& g) { return Inputs{gc_separated({2, 3, 4}, g, 0.1), gc_uniform({3, 1}, g, -0.04, 0.04)}; },
+                 [](const Inputs& in) { return add_relu(in[0], in[1]); }});
   binary_case(out, "xlogy", "positive", {3, 4}, {3, 4}, xlogy, 0.2, 2.0);
 
   unary_case(out, "affine", any_values, [](const Tensor& x) { return affine(x, -1.5, 0.25); });

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <ostream>
@@ -351,4 +352,92 @@ TEST(Conv2dErrors, OutputMustNotBeEmpty) {
                {"conv2d", "f32[1, 3, 5, 5]", "7x7", "dilation (3, 3)"});
   // Padding makes it fit: no error.
   EXPECT_EQ(conv2d(zeros({1, 3, 2, 2}), zeros({4, 3, 3, 3}), Tensor(), 1, 1).shape(), (Shape{1, 4, 2, 2}));
+}
+
+// ---- conv2d_bn_eval: the inference-only conv -> eval BN [-> ReLU] -----------------------------------
+
+namespace {
+
+Tensor rand_t(const Shape& s, Generator& g, DType dt, double lo, double hi) { return Tensor::rand(s, g, dt, lo, hi); }
+
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  const auto va = a.to_vector(), vb = b.to_vector();
+  EXPECT_EQ(va.size(), vb.size());
+  double m = 0;
+  for (size_t i = 0; i < va.size() && i < vb.size(); ++i) m = std::max(m, std::abs(va[i] - vb[i]));
+  return m;
+}
+
+}  // namespace
+
+// Against the two separate functions, in F64 (the backend's default path) and in F32 through oneDNN's
+// epilogue and through the im2col fallback; shapes with bias, groups, depthwise, strides, padding,
+// with and without the BN's affine parameters and the ReLU.
+TEST(Conv2dBnEval, MatchesConvThenEvalBatchNorm) {
+  struct Case {
+    Shape x, w;
+    Conv2dParams p;
+    bool conv_bias, affine;
+  };
+  const std::vector<Case> cases = {
+      {{4, 16, 12, 12}, {32, 16, 3, 3}, params(1, 1, 1, 1), false, true},
+      {{2, 16, 9, 9}, {16, 16, 3, 3}, params(2, 2, 1, 1), true, true},
+      {{3, 32, 8, 8}, {32, 1, 3, 3}, params(1, 1, 1, 1, 1, 1, 32), false, true},  // depthwise
+      {{2, 12, 7, 7}, {24, 4, 1, 1}, params(1, 1, 0, 0, 1, 1, 3), true, false},    // grouped 1x1
+      {{2, 3, 10, 10}, {8, 3, 3, 3}, params(1, 1, 1, 1), false, false},
+  };
+  Generator gen(11);
+  const cpu::ConvImpl saved = cpu::conv_impl();
+  for (DType dt : {DType::F32, DType::F64})
+    for (cpu::ConvImpl impl : {cpu::ConvImpl::Auto, cpu::ConvImpl::Im2col})
+      for (const Case& c : cases)
+        for (bool relu : {false, true}) {
+          cpu::set_conv_impl(impl);
+          const int64_t oc = c.w[0];
+          const Tensor x = Tensor::randn(c.x, gen, dt), w = Tensor::randn(c.w, gen, dt, 0.0, 0.3);
+          const Tensor b = c.conv_bias ? Tensor::randn({oc}, gen, dt) : Tensor();
+          const Tensor gamma = c.affine ? rand_t({oc}, gen, dt, 0.5, 1.5) : Tensor();
+          const Tensor beta = c.affine ? Tensor::randn({oc}, gen, dt) : Tensor();
+          const Tensor rm = Tensor::randn({oc}, gen, dt), rv = rand_t({oc}, gen, dt, 0.2, 3.0);
+          const Tensor ref = [&] {
+            const Tensor y = batch_norm(conv2d(x, w, b, c.p), rm, rv, gamma, beta, false, 0.1, 1e-5);
+            return relu ? retort::relu(y) : y;
+          }();
+          const Tensor got = conv2d_bn_eval(x, w, b, c.p, gamma, beta, rm, rv, 1e-5, relu);
+          ASSERT_EQ(got.shape(), ref.shape());
+          ASSERT_EQ(got.dtype(), dt);
+          const double tol = dt == DType::F32 ? 2e-5 : 1e-12;
+          EXPECT_LE(max_abs_diff(got, ref), tol * 10)
+              << dtype_name(dt) << " x" << shape_str(c.x) << " w" << shape_str(c.w) << " relu " << relu << " impl "
+              << static_cast<int>(impl);
+          if (relu) {
+            const auto v = got.to_vector();
+            EXPECT_TRUE(std::all_of(v.begin(), v.end(), [](double e) { return e >= 0; }));
+          }
+        }
+  cpu::set_conv_impl(saved);
+}
+
+TEST(Conv2dBnEval, RefusesInputsThatWantGradients) {
+  Tensor w = Tensor::zeros({4, 3, 3, 3});
+  w.set_requires_grad(true);
+  const Tensor x = zeros({1, 3, 5, 5}), rm = zeros({4}), rv = Tensor::ones({4});
+  expect_error([&] { conv2d_bn_eval(x, w, Tensor(), params(1, 1, 1, 1), Tensor(), Tensor(), rm, rv, 1e-5, true); },
+               {"conv2d_bn_eval", "inference only", "f32[4, 3, 3, 3]", "NoGradGuard"});
+  NoGradGuard ng;  // without gradients the same call is fine
+  EXPECT_EQ(conv2d_bn_eval(x, w, Tensor(), params(1, 1, 1, 1), Tensor(), Tensor(), rm, rv, 1e-5, true).shape(),
+            (Shape{1, 4, 5, 5}));
+}
+
+TEST(Conv2dBnEval, ChecksTheBatchNormTensors) {
+  const Tensor x = zeros({1, 3, 5, 5}), w = zeros({4, 3, 3, 3});
+  expect_error([&] { conv2d_bn_eval(x, w, Tensor(), params(1, 1, 1, 1), Tensor(), Tensor(), zeros({3}),
+                                    Tensor::ones({4}), 1e-5, false); },
+               {"conv2d_bn_eval", "running_mean", "[4]", "f32[3]"});
+  expect_error([&] { conv2d_bn_eval(x, w, Tensor(), params(1, 1, 1, 1), Tensor(), Tensor(), zeros({4}), Tensor(),
+                                    1e-5, false); },
+               {"conv2d_bn_eval", "running_var", "required"});
+  expect_error([&] { conv2d_bn_eval(x, w, Tensor(), params(1, 1, 1, 1), zeros({4}, DType::F64), Tensor(),
+                                    zeros({4}), Tensor::ones({4}), 1e-5, false); },
+               {"conv2d_bn_eval", "bn weight", "f64[4]"});
 }

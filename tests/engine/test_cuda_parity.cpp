@@ -322,6 +322,7 @@ TEST(CudaParity, BinaryOps) {
   };
   const std::vector<Op> ops = {
       {"add", Any, [](const Ts& t) { return retort::add(t[0], t[1]); }},
+      {"add_relu", Any, [](const Ts& t) { return retort::add_relu(t[0], t[1]); }},
       {"sub", Any, [](const Ts& t) { return retort::sub(t[0], t[1]); }},
       {"mul", Any, [](const Ts& t) { return retort::mul(t[0], t[1]); }},
       {"div", PositiveB, [](const Ts& t) { return retort::div(t[0], t[1]); }},
@@ -673,6 +674,29 @@ TEST(CudaParity, Conv2d) {
     check_parity(label("conv2d frozen input", dt, x.shape()), {fixed(x, "x"), In(w, true, "weight")},
                  [](const Ts& t) { return retort::conv2d(t[0], t[1], Tensor(), 1, 1); }, Kind::Gemm, Kind::Gemm);
   }
+}
+
+// Inference-only conv -> eval BN [-> ReLU]: CUDA runs the two kernels (Backend's default), the CPU the
+// oneDNN epilogue (F32) or the two kernels (F64).
+TEST(CudaParity, Conv2dBnEval) {
+  REQUIRE_GPU();
+  Generator gen(9);
+  for (DType dt : kFloatTypes)
+    for (bool relu : {false, true})
+      for (int64_t groups : {1, 2, 8}) {
+        const Tensor x = Tensor::randn({2, 8, 9, 9}, gen, dt), w = Tensor::randn({8, 8 / groups, 3, 3}, gen, dt, 0.0, 0.5);
+        const Tensor b = Tensor::randn({8}, gen, dt), gamma = Tensor::rand({8}, gen, dt, 0.5, 1.5);
+        const Tensor beta = Tensor::randn({8}, gen, dt), rm = Tensor::randn({8}, gen, dt);
+        const Tensor rv = Tensor::rand({8}, gen, dt, 0.2, 2.0);
+        const Conv2dParams p = conv_params(1, 1, 1, 1, 1, 1, groups);
+        check_parity(label("conv2d_bn_eval groups " + std::to_string(groups) + (relu ? " relu" : ""), dt, x.shape()),
+                     {fixed(x, "x"), fixed(w, "weight"), fixed(b, "bias"), fixed(gamma, "bn weight"),
+                      fixed(beta, "bn bias"), fixed(rm, "running_mean"), fixed(rv, "running_var")},
+                     [p, relu](const Ts& t) {
+                       return retort::conv2d_bn_eval(t[0], t[1], t[2], p, t[3], t[4], t[5], t[6], 1e-5, relu);
+                     },
+                     Kind::Gemm, Kind::Gemm);
+      }
 }
 
 TEST(CudaParity, ConvTranspose2d) {

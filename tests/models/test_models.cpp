@@ -10,6 +10,7 @@
 
 #include "engine/autograd.h"
 #include "engine/functions.h"
+#include "engine/profile.h"
 #include "layers/layers.h"
 #include "models/registry.h"
 
@@ -297,4 +298,107 @@ TEST(ResNetTraining, BackwardReachesEveryParameterAndLoadRoundTrips) {
   copy->eval();
   NoGradGuard ng;
   EXPECT_EQ((*copy)(x).to_vector(), (*model)(x).to_vector());
+}
+
+// ---- eval-mode conv -> BN [-> ReLU] fusion ----------------------------------------------------------
+
+namespace {
+
+// Running statistics and affine parameters far from their initial 0 / 1, so that folding them into
+// the convolution is a real computation and not an identity.
+void randomise_batch_norms(Module& model, uint64_t seed) {
+  Generator gen(seed);
+  for (auto& [name, m] : model.named_modules()) {
+    auto* bn = dynamic_cast<BatchNorm2d*>(m);
+    if (!bn) continue;
+    const int64_t c = bn->num_features();
+    auto fill = [&](Tensor t, double lo, double hi) {
+      const Tensor r = Tensor::rand({c}, gen, DType::F32, lo, hi);
+      std::copy(r.data<float>(), r.data<float>() + c, t.data<float>());
+    };
+    fill(bn->running_mean(), -0.5, 0.5);
+    fill(bn->running_var(), 0.3, 2.0);
+    fill(bn->weight(), 0.5, 1.5);
+    fill(bn->bias(), -0.3, 0.3);
+  }
+}
+
+int64_t fused_calls(const profiling::Table& t) {
+  int64_t n = 0;
+  for (const char* k : {"conv2d_bn_eval_forward", "conv2d_bn_relu_eval_forward"})
+    if (auto it = t.by_kernel.find(k); it != t.by_kernel.end()) n += it->second.calls;
+  return n;
+}
+
+}  // namespace
+
+// Every zoo family in eval mode without gradients: the fused forward (conv2d_bn_eval, add_relu) gives
+// the unfused forward's logits to rounding, and really runs fused; with gradients it does not fuse.
+TEST(EvalFusion, ZooForwardMatchesTheUnfusedForward) {
+  for (const char* name : {"resnet20", "resnet8x4", "wrn_16_2", "vgg8", "mobile_half", "ShuffleV1", "ShuffleV2",
+                           "ResNet50"}) {
+    SCOPED_TRACE(name);
+    auto model = build(name, kCifar100, 3);
+    randomise_batch_norms(*model, 4);
+    model->eval();
+    const Tensor x = input(kCifar100, 3, 5);
+    Tensor fused, plain;
+    {
+      NoGradGuard ng;
+      profiling::reset();
+      profiling::enable(true);
+      fused = (*model)(x);
+      profiling::enable(false);
+      EXPECT_GT(fused_calls(profiling::snapshot()), 0);
+      set_eval_fusion(false);
+      profiling::reset();
+      profiling::enable(true);
+      plain = (*model)(x);
+      profiling::enable(false);
+      set_eval_fusion(true);
+      EXPECT_EQ(fused_calls(profiling::snapshot()), 0);
+    }
+    const auto a = fused.to_vector(), b = plain.to_vector();
+    ASSERT_EQ(a.size(), b.size());
+    double scale = 0, diff = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      scale = std::max(scale, std::abs(b[i]));
+      diff = std::max(diff, std::abs(a[i] - b[i]));
+    }
+    EXPECT_GT(scale, 0.0);
+    EXPECT_LE(diff, 1e-4 * scale + 1e-5) << "max |fused - unfused| " << diff << " of max |logit| " << scale;
+    // Gradients enabled and parameters that want them: the modules run one by one.
+    profiling::reset();
+    profiling::enable(true);
+    const Tensor with_grad = (*model)(x);
+    profiling::enable(false);
+    EXPECT_EQ(fused_calls(profiling::snapshot()), 0);
+    EXPECT_EQ(with_grad.to_vector(), b);
+  }
+}
+
+// A tap on a BN (or a block's preact point) sees the same tensor with or without the fusion.
+TEST(EvalFusion, TapsStillSeeTheirTensors) {
+  auto model = build("resnet8", kCifar100, 3);
+  randomise_batch_norms(*model, 4);
+  model->eval();
+  const Tensor x = input(kCifar100, 2, 5);
+  auto taps = [&](bool fuse) {
+    set_eval_fusion(fuse);
+    Tensor bn, pre, out;
+    model->tap("layer2.0.bn1", [&](const Tensor& t) { bn = t; });
+    model->tap("layer3:preact", [&](const Tensor& t) { pre = t; });
+    NoGradGuard ng;
+    out = (*model)(x);
+    model->clear_taps();
+    set_eval_fusion(true);
+    return std::vector<Tensor>{bn, pre, out};
+  };
+  const auto f = taps(true), u = taps(false);
+  for (size_t i = 0; i < f.size(); ++i) {
+    ASSERT_TRUE(f[i].defined() && u[i].defined()) << i;
+    const auto a = f[i].to_vector(), b = u[i].to_vector();
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t j = 0; j < a.size(); ++j) EXPECT_NEAR(a[j], b[j], 1e-4 * (1 + std::abs(b[j]))) << i << "," << j;
+  }
 }

@@ -43,6 +43,7 @@
 #include "distill/trainer.h"
 #include "engine/autograd.h"
 #include "engine/backend.h"
+#include "engine/cpu/cpu_backend.h"
 #include "engine/functions.h"
 #include "engine/optim/optim.h"
 #include "engine/profile.h"
@@ -223,7 +224,8 @@ Json profile_steps(const std::function<void(int64_t)>& step, int64_t first, int 
               {"conv_gflops", conv_s > 0 ? round3(conv_f / conv_s / 1e9) : 0.0},
               {"conv_percent_of_sgemm_peak", conv_s > 0 ? round3(100.0 * conv_f / conv_s / 1e9 / peak) : 0.0},
               {"by_kernel", by_kernel},
-              {"by_conv", by_conv}};
+              {"by_conv", by_conv},
+              {"conv_kernels", dev.type == DeviceType::CPU ? Json(cpu::dnnl_conv_choices()) : Json::array()}};
 }
 
 void print_profile(const Json& p) {
@@ -245,6 +247,10 @@ void print_profile(const Json& p) {
     std::printf("%-58s %9.2f %6lld %9.0f %7.0f\n", c["conv"].get<std::string>().c_str(), c["ms_per_step"].get<double>(),
                 static_cast<long long>(c["calls_per_step"].get<int64_t>()), c["gflops"].get<double>(),
                 c["percent_of_sgemm_peak"].get<double>());
+  if (p.contains("conv_kernels") && !p["conv_kernels"].empty()) {
+    std::printf("\noneDNN kernel per convolution (forwards: the faster of the timed candidates)\n");
+    for (const auto& k : p["conv_kernels"]) std::printf("  %s\n", k.get<std::string>().c_str());
+  }
 }
 
 Json run_row(const Row& r, const Options& o) {

@@ -45,6 +45,10 @@ enum class DnnlConvDir { Forward, BackwardData, BackwardWeight };
 bool dnnl_conv2d(DnnlConvDir dir, const Shape& x, const Shape& w, const Shape& y, const Conv2dParams& p,
                  const float* in0, const float* in1, const float* bias, float* out,
                  const DnnlEpilogue* epilogue = nullptr);
+// The kernel chosen for each convolution signature seen so far ("fwd+bn x[64, 16, 32, 32] w[...] g1:
+// jit:avx512_core (2 candidates)"): forwards time oneDNN's training-forward and inference-forward
+// kernels on their first call and keep the faster (RETORT_CPU_CONV_TUNE=0: always the first).
+std::vector<std::string> dnnl_conv_choices();
 // How many convolution calls oneDNN has run in this process (tests check that it is really used).
 int64_t dnnl_conv_calls();
 // "oneDNN 2.6.3 convolutions f32, ISA avx512_core", for the start-up log line.

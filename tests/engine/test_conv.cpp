@@ -441,3 +441,21 @@ TEST(Conv2dBnEval, ChecksTheBatchNormTensors) {
                                     zeros({4}), Tensor::ones({4}), 1e-5, false); },
                {"conv2d_bn_eval", "bn weight", "f64[4]"});
 }
+
+// Forwards time oneDNN's two candidate kernels on their first call and keep one; the call's output is
+// the chosen kernel's, so a second call gives the same values bit for bit.
+TEST(Conv2d, ForwardKernelChoiceIsMadeOnceAndListed) {
+  const cpu::ConvImpl saved = cpu::conv_impl();
+  cpu::set_conv_impl(cpu::ConvImpl::Auto);
+  Generator gen(29);
+  const Tensor x = Tensor::randn({3, 32, 11, 11}, gen), w = Tensor::randn({48, 32, 3, 3}, gen);
+  const Tensor first = conv2d(x, w, Tensor(), 1, 1);
+  const Tensor second = conv2d(x, w, Tensor(), 1, 1);
+  EXPECT_EQ(first.to_vector(), second.to_vector());
+  const auto choices = cpu::dnnl_conv_choices();
+  const bool listed = std::any_of(choices.begin(), choices.end(), [](const std::string& c) {
+    return c.rfind("fwd x[3, 32, 11, 11] w[48, 32, 3, 3] g1: ", 0) == 0;
+  });
+  EXPECT_TRUE(listed);
+  cpu::set_conv_impl(saved);
+}

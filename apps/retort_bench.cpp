@@ -255,6 +255,8 @@ void print_profile(const Json& p) {
 
 Json run_row(const Row& r, const Options& o) {
   omp_set_num_threads(r.threads);
+  // As the Trainer: training and KD steps run pinned kernels, inference times its candidates.
+  if (r.mode != "infer") set_kernel_autotune(false);
   const double base_mb = status_mb("VmHWM");
   const Device dev = Device::parse(o.device);
   Generator gen(o.seed);
@@ -336,6 +338,7 @@ Json run_row(const Row& r, const Options& o) {
                 {"input", o.input},
                 {"classes", o.classes},
                 {"device", dev.str()},
+                {"kernel_autotune", kernel_autotune()},
                 {"cpu", cpu_model_name()},
                 {"backend", cpu_backend_info()},
                 {"host", host_name()},

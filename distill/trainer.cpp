@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/autograd.h"
+#include "engine/backend.h"
 #include "engine/functions.h"
 #include "engine/serialize.h"
 
@@ -250,6 +251,12 @@ std::string fmt_duration(double s) {
 }  // namespace
 
 TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
+  // Kernels chosen by timing would make the run's bits depend on the machine's load (backend.h).
+  struct PinKernels {
+    bool prev = kernel_autotune();
+    PinKernels() { set_kernel_autotune(false); }
+    ~PinKernels() { set_kernel_autotune(prev); }
+  } pin;
   using Clock = std::chrono::steady_clock;
   const auto t_start = Clock::now();
   Position pos;

@@ -195,6 +195,15 @@ inline Backend& backend_for(const Tensor& t) { return backend_for(t.device()); }
 // What the CPU backend runs on, for logs: "OpenBLAS 0.3.21 (SkylakeX kernels, OpenMP), 2 threads".
 std::string cpu_backend_info();
 
+// Kernel choice by timing: on the CPU, an F32 convolution forward times oneDNN's candidate kernels
+// on its first call per shape and keeps the faster one (as cudnn.benchmark). The choice changes the
+// rounding, so a result would depend on a timing: the Trainer turns this off for its whole run (a
+// resumed run stays bitwise equal to an uninterrupted one) and retort-bench does for its training and
+// KD rows; evaluation, retort-eval and inference keep it. Default on; RETORT_CPU_CONV_TUNE=0 in the
+// environment starts it off. While off, every forward runs oneDNN's training-forward kernel.
+bool kernel_autotune();
+void set_kernel_autotune(bool on);
+
 // Whether this build contains the CUDA backend, and how many GPUs it sees (0 without CUDA).
 bool cuda_built();
 int cuda_device_count();

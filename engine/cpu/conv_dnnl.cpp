@@ -250,8 +250,8 @@ void execute(Dnnl& d, Entry& e, const Shape& xs, const Shape& ws, const Shape& y
   }
 }
 
-bool tuning_enabled() {
-  static const bool on = [] {
+bool& tuning_setting() {
+  static bool on = [] {
     const char* env = std::getenv("RETORT_CPU_CONV_TUNE");
     return !(env && std::string(env) == "0");
   }();
@@ -259,6 +259,15 @@ bool tuning_enabled() {
 }
 
 }  // namespace
+
+}  // namespace retort::cpu
+
+namespace retort {
+bool kernel_autotune() { return cpu::tuning_setting(); }
+void set_kernel_autotune(bool on) { cpu::tuning_setting() = on; }
+}  // namespace retort
+
+namespace retort::cpu {
 
 bool dnnl_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p,
                  const float* in0, const float* in1, const float* bias, float* out, const DnnlEpilogue* epi) {
@@ -281,7 +290,7 @@ bool dnnl_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape&
     slot.cand.push_back(build(d, dir, xs, ws, ys, p, bias != nullptr, epi, false));
     // A forward has a second candidate: oneDNN's choice for an inference forward, often a different
     // kernel (brgconv on NHWC instead of the direct kernel on nChw16c): timed below, once per shape.
-    if (dir == DnnlConvDir::Forward && tuning_enabled()) {
+    if (dir == DnnlConvDir::Forward && tuning_setting()) {
       Entry alt = build(d, dir, xs, ws, ys, p, bias != nullptr, epi, true);
       const Entry& first = slot.cand.front();
       if (alt.supported && (!first.supported || alt.impl_name != first.impl_name || alt.in0.prim != first.in0.prim))
@@ -291,6 +300,11 @@ bool dnnl_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape&
   }
   Slot& slot = it->second;
   ++d.calls;  // one per call, however many timed runs its first call makes
+  if (!tuning_setting() && slot.cand.front().supported) {  // pinned: the training-forward kernel, always
+    if (slot.chosen < 0 && slot.cand.size() == 1) slot.chosen = 0;  // nothing left to decide
+    execute(d, slot.cand.front(), xs, ws, ys, in0, in1, bias, out, epi);
+    return true;
+  }
   if (slot.chosen < 0) {
     std::vector<size_t> ok;
     for (size_t i = 0; i < slot.cand.size(); ++i)

@@ -459,3 +459,21 @@ TEST(Conv2d, ForwardKernelChoiceIsMadeOnceAndListed) {
   EXPECT_TRUE(listed);
   cpu::set_conv_impl(saved);
 }
+
+// With kernel autotuning off (as during Trainer::fit), a forward is built with one candidate only.
+TEST(Conv2d, PinnedKernelsBuildOneCandidate) {
+  const cpu::ConvImpl saved = cpu::conv_impl();
+  const bool tune = kernel_autotune();
+  cpu::set_conv_impl(cpu::ConvImpl::Auto);
+  set_kernel_autotune(false);
+  Generator gen(31);
+  conv2d(Tensor::randn({5, 32, 13, 13}, gen), Tensor::randn({40, 32, 3, 3}, gen), Tensor(), 1, 1);
+  set_kernel_autotune(tune);
+  cpu::set_conv_impl(saved);
+  const auto choices = cpu::dnnl_conv_choices();
+  const auto it = std::find_if(choices.begin(), choices.end(), [](const std::string& c) {
+    return c.rfind("fwd x[5, 32, 13, 13] w[40, 32, 3, 3] g1: ", 0) == 0;
+  });
+  ASSERT_NE(it, choices.end());
+  EXPECT_NE(it->find("(1 candidate)"), std::string::npos) << *it;
+}

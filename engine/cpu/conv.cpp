@@ -353,8 +353,8 @@ void CpuBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& 
 }
 
 // F32 through oneDNN: the batch norm becomes the convolution's epilogue, y = conv * scale + shift with
-// scale = w_bn / sqrt(var + eps) and shift = b_bn + (bias - mean) * scale, computed in double as
-// batchnorm_forward_eval does, so the only difference from the two-kernel path is where the multiply
+// scale = w_bn / sqrt(var + eps) and shift = b_bn + (bias - mean) * scale, computed in double by
+// bn_affine as batchnorm_forward_eval does, so the only difference from the two-kernel path is where the multiply
 // happens (and the rounding of a fused multiply-add). Anything else: the two kernels (Backend's default).
 void CpuBackend::conv2d_bn_eval_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p,
                                         const Tensor& bn_weight, const Tensor& bn_bias, const Tensor& running_mean,
@@ -366,12 +366,14 @@ void CpuBackend::conv2d_bn_eval_forward(const Tensor& x, const Tensor& w, const 
     const float* rm = running_mean.data<float>();
     const float* rv = running_var.data<float>();
     for (int64_t o = 0; o < oc; ++o) {
-      const double is = 1.0 / std::sqrt(static_cast<double>(rv[o]) + eps);
-      const double s = is * (bn_weight.defined() ? static_cast<double>(bn_weight.data<float>()[o]) : 1.0);
-      const double b0 = bn_bias.defined() ? static_cast<double>(bn_bias.data<float>()[o]) : 0.0;
+      // The convolution's own bias cb shifts the mean the BN subtracts: (conv + cb - mean) * s + b0.
       const double cb = bias.defined() ? static_cast<double>(bias.data<float>()[o]) : 0.0;
-      scale[static_cast<size_t>(o)] = static_cast<float>(s);
-      shift[static_cast<size_t>(o)] = static_cast<float>(b0 + (cb - static_cast<double>(rm[o])) * s);
+      const BnAffine a =
+          bn_affine(static_cast<double>(rm[o]) - cb, 1.0 / std::sqrt(static_cast<double>(rv[o]) + eps),
+                    bn_weight.defined() ? static_cast<double>(bn_weight.data<float>()[o]) : 1.0,
+                    bn_bias.defined() ? static_cast<double>(bn_bias.data<float>()[o]) : 0.0);
+      scale[static_cast<size_t>(o)] = static_cast<float>(a.scale);
+      shift[static_cast<size_t>(o)] = static_cast<float>(a.shift);
     }
     const DnnlEpilogue epi{scale.data(), shift.data(), relu};
     if (dnnl_conv2d(DnnlConvDir::Forward, x.shape(), w.shape(), y.shape(), p, x.data<float>(), w.data<float>(),

@@ -65,6 +65,14 @@ std::string dnnl_info();
 #define RETORT_SIMD_CLONES
 #endif
 
+// An eval-mode (or already normalised) batch norm channel as y = x * scale + shift:
+// scale = invstd * w, shift = b - mean * scale, in double (engine/cpu/norm.cpp). The batch-norm kernels
+// and the convolution's fused BN epilogue both use it, so the two paths fold the same numbers.
+struct BnAffine {
+  double scale, shift;
+};
+BnAffine bn_affine(double mean, double invstd, double w, double b);
+
 // Minimum amount of work (elements) before a loop is worth parallelising.
 constexpr int64_t kParallelGrain = 32768;
 

@@ -3,6 +3,7 @@
 // in the comments so a failure can be checked by hand.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "engine/autograd.h"
@@ -143,6 +144,110 @@ TEST(BatchNorm, F32MatchesF64) {
   for (size_t t = 0; t < got[0].size(); ++t)
     for (size_t i = 0; i < got[0][t].size(); ++i)
       ASSERT_NEAR(got[1][t][i], got[0][t][i], 1e-4 * (1 + std::abs(got[0][t][i]))) << "output " << t << " element " << i;
+}
+
+// Naive double-precision batch norm (training statistics), optionally followed by a ReLU, and its
+// backward for upstream gradient gy: the reference for the kernels' two sweeps (per-row on planes of
+// 64+ values, channel blocks below that).
+struct NaiveBn {
+  std::vector<double> y, gx, gw, gb;
+};
+NaiveBn naive_bn(const std::vector<double>& x, const std::vector<double>& gy, const std::vector<double>& w,
+                 const std::vector<double>& b, int64_t n, int64_t c, int64_t s, bool relu, double eps = 1e-5) {
+  NaiveBn r{std::vector<double>(x.size()), std::vector<double>(x.size()), std::vector<double>(c),
+            std::vector<double>(c)};
+  const double m_count = static_cast<double>(n * s);
+  for (int64_t ch = 0; ch < c; ++ch) {
+    auto at = [&](int64_t i, int64_t j) { return static_cast<size_t>((i * c + ch) * s + j); };
+    double mean = 0, var = 0;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < s; ++j) mean += x[at(i, j)];
+    mean /= m_count;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < s; ++j) var += (x[at(i, j)] - mean) * (x[at(i, j)] - mean);
+    const double is = 1 / std::sqrt(var / m_count + eps);
+    // g = dL/d(bn output): gy masked where the ReLU clipped.
+    std::vector<double> g(static_cast<size_t>(n * s)), xhat(g.size());
+    double sg = 0, sgx = 0;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < s; ++j) {
+        const size_t k = static_cast<size_t>(i * s + j);
+        xhat[k] = (x[at(i, j)] - mean) * is;
+        const double v = xhat[k] * w[ch] + b[ch];
+        r.y[at(i, j)] = relu ? std::max(v, 0.0) : v;
+        g[k] = relu && v <= 0 ? 0.0 : gy[at(i, j)];
+        sg += g[k];
+        sgx += g[k] * xhat[k];
+      }
+    r.gb[ch] = sg;
+    r.gw[ch] = sgx;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < s; ++j) {
+        const size_t k = static_cast<size_t>(i * s + j);
+        r.gx[at(i, j)] = w[ch] * is * (g[k] - sg / m_count - xhat[k] * sgx / m_count);
+      }
+  }
+  return r;
+}
+
+// Plane sizes on both sides of the kernels' small-plane switch (S = 1 is BatchNorm1d; 4 and 16 are
+// mobile_half's 2x2 and 4x4 maps), channel counts that leave a partial last block, batches above the
+// 64 rows a slot sums before going to double, and sizes on both sides of the OpenMP threshold.
+TEST(BatchNorm, EveryPlaneSizeMatchesANaiveReference) {
+  struct Case {
+    Shape shape;
+    bool relu;
+  };
+  const std::vector<Case> cases = {{{70, 130, 2, 2}, true}, {{70, 130, 2, 2}, false}, {{9, 37, 4, 4}, true},
+                                   {{130, 600}, false},       {{3, 5, 1, 3}, true},      {{66, 33, 8, 8}, true},
+                                   {{5, 3, 7, 9}, false},     {{2, 700, 1, 1}, false}};
+  for (const Case& cs : cases) {
+    const int64_t n = cs.shape[0], c = cs.shape[1], s = shape_numel(cs.shape) / (n * c);
+    Generator gen(11);
+    Tensor x = Tensor::randn(cs.shape, gen, DType::F64, 0.5, 2.0), gy = Tensor::randn(cs.shape, gen, DType::F64);
+    Tensor w = Tensor::rand({c}, gen, DType::F64, 0.5, 1.5), b = Tensor::randn({c}, gen, DType::F64);
+    const NaiveBn want = naive_bn(x.to_vector(), gy.to_vector(), w.to_vector(), b.to_vector(), n, c, s, cs.relu);
+    for (DType dt : {DType::F64, DType::F32}) {
+      const double tol = dt == DType::F64 ? 1e-10 : 2e-4;
+      Tensor xs = x.to(dt).detach().set_requires_grad(), ws = w.to(dt).detach().set_requires_grad(),
+             bs = b.to(dt).detach().set_requires_grad();
+      Tensor y = cs.relu ? batch_norm_relu(xs, Tensor(), Tensor(), ws, bs, true)
+                         : batch_norm(xs, Tensor(), Tensor(), ws, bs, true);
+      y.backward(gy.to(dt));
+      const std::vector<double>* ref[] = {&want.y, &want.gx, &want.gw, &want.gb};
+      const std::vector<double> got[] = {y.to_vector(), xs.grad().to_vector(), ws.grad().to_vector(),
+                                         bs.grad().to_vector()};
+      const char* what[] = {"y", "grad x", "grad weight", "grad bias"};
+      for (int t = 0; t < 4; ++t) {
+        ASSERT_EQ(got[t].size(), ref[t]->size());
+        double scale = 1;  // the sums (grad weight / bias) grow with N*S: compare relative to their size
+        for (double v : *ref[t]) scale = std::max(scale, std::abs(v));
+        for (size_t i = 0; i < got[t].size(); ++i)
+          ASSERT_NEAR(got[t][i], (*ref[t])[i], tol * scale)
+              << what[t] << " element " << i << ", x " << shape_str(cs.shape) << " " << dtype_name(dt)
+              << (cs.relu ? " relu" : "");
+      }
+    }
+  }
+}
+
+// Eval mode on a small plane (the channel-block sweep) against y = (x - rm) / sqrt(rv + eps) * w + b.
+TEST(BatchNorm, EvalSmallPlaneMatchesFormula) {
+  Generator gen(12);
+  const int64_t n = 67, c = 200, s = 4;
+  Tensor x = Tensor::randn({n, c, 2, 2}, gen, DType::F64), w = Tensor::randn({c}, gen, DType::F64),
+         b = Tensor::randn({c}, gen, DType::F64), rm = Tensor::randn({c}, gen, DType::F64),
+         rv = Tensor::rand({c}, gen, DType::F64, 0.2, 3.0);
+  const auto xv = x.to_vector(), wv = w.to_vector(), bv = b.to_vector(), mv = rm.to_vector(), vv = rv.to_vector();
+  for (bool relu : {false, true}) {
+    Tensor y = relu ? batch_norm_relu(x, rm, rv, w, b, false) : batch_norm(x, rm, rv, w, b, false);
+    const auto yv = y.to_vector();
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const int64_t ch = (i / s) % c;
+      const double v = (xv[i] - mv[ch]) / std::sqrt(vv[ch] + 1e-5) * wv[ch] + bv[ch];
+      ASSERT_NEAR(yv[i], relu ? std::max(v, 0.0) : v, 1e-12) << "element " << i << (relu ? " relu" : "");
+    }
+  }
 }
 
 // ---- pooling ---------------------------------------------------------------------------------------

@@ -342,6 +342,9 @@ void CpuBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& 
                                 Tensor& y) {
   const Geom g = make_geom(x.shape(), w.shape(), y.shape(), p);
   if (y.numel() == 0) return;
+  if (depthwise_conv2d(DnnlConvDir::Forward, x.dtype(), x.shape(), w.shape(), y.shape(), p, x.raw_data(), w.raw_data(),
+                       bias.defined() ? bias.raw_data() : nullptr, y.raw_data()))
+    return;
   if (x.dtype() == DType::F32 &&
       dnnl_conv2d(DnnlConvDir::Forward, x.shape(), w.shape(), y.shape(), p, x.data<float>(), w.data<float>(),
                   bias.defined() ? bias.data<float>() : nullptr, y.data<float>()))
@@ -386,6 +389,9 @@ void CpuBackend::conv2d_bn_eval_forward(const Tensor& x, const Tensor& w, const 
 void CpuBackend::conv2d_backward_input(const Tensor& gy, const Tensor& w, const Conv2dParams& p, Tensor& gx) {
   const Geom g = make_geom(gx.shape(), w.shape(), gy.shape(), p);
   if (gx.numel() == 0) return;
+  if (depthwise_conv2d(DnnlConvDir::BackwardData, gy.dtype(), gx.shape(), w.shape(), gy.shape(), p, gy.raw_data(),
+                       w.raw_data(), nullptr, gx.raw_data()))
+    return;
   if (gy.dtype() == DType::F32 && g.Og > 0 &&
       dnnl_conv2d(DnnlConvDir::BackwardData, gx.shape(), w.shape(), gy.shape(), p, gy.data<float>(),
                   w.data<float>(), nullptr, gx.data<float>()))
@@ -399,6 +405,9 @@ void CpuBackend::conv2d_backward_input(const Tensor& gy, const Tensor& w, const 
 void CpuBackend::conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dParams& p, Tensor& gw) {
   const Geom g = make_geom(x.shape(), gw.shape(), gy.shape(), p);
   if (gw.numel() == 0) return;
+  if (depthwise_conv2d(DnnlConvDir::BackwardWeight, gy.dtype(), x.shape(), gw.shape(), gy.shape(), p, gy.raw_data(),
+                       x.raw_data(), nullptr, gw.raw_data()))
+    return;
   if (gy.dtype() == DType::F32 &&
       dnnl_conv2d(DnnlConvDir::BackwardWeight, x.shape(), gw.shape(), gy.shape(), p, gy.data<float>(),
                   x.data<float>(), nullptr, gw.data<float>()))

@@ -45,6 +45,14 @@ enum class DnnlConvDir { Forward, BackwardData, BackwardWeight };
 bool dnnl_conv2d(DnnlConvDir dir, const Shape& x, const Shape& w, const Shape& y, const Conv2dParams& p,
                  const float* in0, const float* in1, const float* bias, float* out,
                  const DnnlEpilogue* epilogue = nullptr);
+// Depthwise convolutions with "same" padding (odd kernel, pad (k-1)/2, any stride, no dilation, planes
+// up to 64x64), F32 and F64, as vectorised sweeps over channel segments (depthwise.cpp). Same operand
+// convention as dnnl_conv2d. Returns false, having done nothing, for other shapes, when conv_impl() is
+// not Auto, or with RETORT_CPU_DEPTHWISE=0.
+bool depthwise_conv2d(DnnlConvDir dir, DType dt, const Shape& x, const Shape& w, const Shape& y,
+                      const Conv2dParams& p, const void* in0, const void* in1, const void* bias, void* out);
+// How many convolution calls the direct depthwise kernels have run in this process (for tests).
+int64_t depthwise_direct_calls();
 // The kernel chosen for each convolution signature seen so far ("fwd+bn x[64, 16, 32, 32] w[...] g1:
 // jit:avx512_core (2 candidates)"): forwards time oneDNN's training-forward and inference-forward
 // kernels on their first call and keep the faster (RETORT_CPU_CONV_TUNE=0: always the first).

@@ -130,6 +130,15 @@ std::vector<Case> cases() {
       {"depthwise_f32", {4, 16, 14, 14}, {16, 1, 3, 3}, params(1, 1, 1, 1, 1, 1, 16), true, f32},
       {"depthwise_stride2_f64", {4, 16, 15, 15}, {16, 1, 3, 3}, params(2, 2, 1, 1, 1, 1, 16), false, f64},
       {"depthwise_5x5_dilated_f32", {2, 8, 16, 12}, {8, 1, 5, 5}, params(1, 2, 4, 2, 2, 1, 8), true, f32},
+      // The direct depthwise kernels (engine/cpu/depthwise.cpp): channel segments with a partial last
+      // one, more samples than a weight-gradient chunk, 2x2 planes, a plane larger than a segment,
+      // rectangular kernels and strides (F64 runs every direction there; F32 strided forward and data
+      // gradient go to oneDNN).
+      {"depthwise_4x4_many_channels_f32", {70, 130, 4, 4}, {130, 1, 3, 3}, params(1, 1, 1, 1, 1, 1, 130), true, f32},
+      {"depthwise_2x2_f64", {3, 300, 2, 2}, {300, 1, 3, 3}, params(1, 1, 1, 1, 1, 1, 300), false, f64},
+      {"depthwise_stride2_odd_f32", {5, 24, 9, 7}, {24, 1, 3, 3}, params(2, 2, 1, 1, 1, 1, 24), true, f32},
+      {"depthwise_5x3_stride12_f64", {2, 6, 11, 13}, {6, 1, 5, 3}, params(1, 2, 2, 1, 1, 1, 6), true, f64},
+      {"depthwise_big_plane_f32", {2, 3, 40, 40}, {3, 1, 3, 3}, params(1, 1, 1, 1, 1, 1, 3), false, f32},
       {"depthwise_multiplier_f64", {2, 4, 10, 10}, {8, 1, 3, 3}, params(1, 1, 1, 1, 1, 1, 4), true, f64},
       {"pointwise_f32", {4, 32, 12, 12}, {24, 32, 1, 1}, params(1, 1, 0, 0), true, f32},
       {"pointwise_f64_no_bias", {3, 16, 9, 7}, {8, 16, 1, 1}, params(1, 1, 0, 0), false, f64},
@@ -240,6 +249,56 @@ TEST(Conv2d, UnevenThreadSharesMatchReference) {
     expect_close(b.grad(), want.gb, "grad bias");
   }
   omp_set_num_threads(saved_threads);
+}
+
+// Depthwise "same" convolutions run the direct kernels: every direction at stride 1, only the weight
+// gradient at stride 2 in F32 (all three in F64); other shapes and RETORT_CPU_CONV=im2col do not.
+TEST(Conv2d, DirectDepthwiseKernelsRunWhereTheyApply) {
+  const cpu::ConvImpl saved = cpu::conv_impl();
+  cpu::set_conv_impl(cpu::ConvImpl::Auto);
+  Generator gen(29);
+  auto calls = [&](DType dt, int64_t stride, int64_t pad, int64_t groups) {
+    Tensor x = Tensor::randn({2, 8, 6, 6}, gen, dt).set_requires_grad();
+    Tensor w = Tensor::randn({8, 8 / groups, 3, 3}, gen, dt).set_requires_grad();
+    const int64_t before = cpu::depthwise_direct_calls();
+    sum(conv2d(x, w, Tensor(), params(stride, stride, pad, pad, 1, 1, groups))).backward();
+    return cpu::depthwise_direct_calls() - before;
+  };
+  EXPECT_EQ(calls(DType::F32, 1, 1, 8), 3);
+  EXPECT_EQ(calls(DType::F32, 2, 1, 8), 1);
+  EXPECT_EQ(calls(DType::F64, 2, 1, 8), 3);
+  EXPECT_EQ(calls(DType::F32, 1, 0, 8), 0);  // "valid" padding: not this kernel's shape
+  EXPECT_EQ(calls(DType::F32, 1, 1, 4), 0);  // grouped, not depthwise
+  cpu::set_conv_impl(cpu::ConvImpl::Im2col);
+  EXPECT_EQ(calls(DType::F32, 1, 1, 8), 0);
+  cpu::set_conv_impl(saved);
+}
+
+// A non-finite value in one channel stays in that channel: the direct kernels read across plane and
+// channel boundaries within a segment, and must select those reads away rather than multiply them by 0.
+TEST(Conv2d, DirectDepthwiseKeepsNonFiniteValuesInTheirChannel) {
+  Generator gen(31);
+  for (DType dt : {DType::F32, DType::F64}) {
+    Tensor x = Tensor::randn({2, 4, 4, 4}, gen, dt);
+    auto v = x.to_vector();
+    v[1 * 16 + 0] = std::numeric_limits<double>::infinity();  // sample 0, channel 1, corner
+    x = Tensor::from_vector(v, x.shape(), dt).set_requires_grad();
+    Tensor w = Tensor::randn({4, 1, 3, 3}, gen, dt).set_requires_grad();
+    Tensor y = conv2d(x, w, Tensor(), params(1, 1, 1, 1, 1, 1, 4));
+    const auto yv = y.to_vector();
+    for (int64_t i = 0; i < y.numel(); ++i) {
+      const int64_t n = i / 64, c = (i / 16) % 4;
+      if (n != 0 || c != 1) {
+        EXPECT_TRUE(std::isfinite(yv[i])) << dtype_name(dt) << " output " << i;
+      }
+    }
+    y.backward(Tensor::ones(y.shape(), dt));
+    const auto gw = w.grad().to_vector();
+    for (int64_t i = 0; i < w.numel(); ++i)
+      if (i / 9 != 1) {
+        EXPECT_TRUE(std::isfinite(gw[i])) << dtype_name(dt) << " grad weight " << i;
+      }
+  }
 }
 
 // The default F32 path really is oneDNN for ordinary shapes (a 3x3 conv, forward and both

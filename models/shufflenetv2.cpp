@@ -24,6 +24,19 @@ std::shared_ptr<Conv2d> depthwise(int64_t channels, int64_t stride, Generator& g
 
 namespace shufflenetv2 {
 
+namespace {
+
+// shuffle(cat({a, b}, 1)) with two groups, written as one copy instead of two: the shuffle puts a's
+// channel i at 2i and b's at 2i + 1, which is a cat of a and b along a new axis after the channels.
+// With a tap on the shuffle module (its output is then wanted as the module's), the module runs.
+Tensor cat_shuffle2(shufflenet::ShuffleBlock& shuffle, const Tensor& a, const Tensor& b) {
+  if (shuffle.has_taps() || a.dim() != 4 || a.shape() != b.shape()) return shuffle(cat({a, b}, 1));
+  const Shape& s = a.shape();
+  return reshape(cat({unsqueeze(a, 2), unsqueeze(b, 2)}, 2), {s[0], 2 * s[1], s[2], s[3]});
+}
+
+}  // namespace
+
 BasicBlock::BasicBlock(int64_t in_channels, Generator& gen) : Module("BasicBlock") {
   const int64_t half = in_channels / 2;  // the reference's int(in_channels * 0.5)
   conv1_ = register_module("conv1", pointwise(half, half, gen));
@@ -41,8 +54,8 @@ Tensor BasicBlock::forward(const Tensor& x) {
   Tensor out = conv_bn_relu(*conv1_, *bn1_, x2);
   out = conv_bn(*conv2_, *bn2_, out);
   const Tensor pre = conv_bn(*conv3_, *bn3_, out);
-  emit("preact", cat({x1, pre}, 1));
-  return (*shuffle_)(cat({x1, relu(pre)}, 1));
+  if (has_point_tap("preact")) emit("preact", cat({x1, pre}, 1));
+  return cat_shuffle2(*shuffle_, x1, relu(pre));
 }
 
 DownBlock::DownBlock(int64_t in_channels, int64_t out_channels, Generator& gen) : Module("DownBlock") {
@@ -66,7 +79,7 @@ Tensor DownBlock::forward(const Tensor& x) {
   Tensor right = conv_bn_relu(*conv3_, *bn3_, x);
   right = conv_bn(*conv4_, *bn4_, right);
   right = conv_bn_relu(*conv5_, *bn5_, right);
-  return (*shuffle_)(cat({left, right}, 1));
+  return cat_shuffle2(*shuffle_, left, right);
 }
 
 }  // namespace shufflenetv2

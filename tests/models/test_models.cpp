@@ -402,3 +402,29 @@ TEST(EvalFusion, TapsStillSeeTheirTensors) {
     for (size_t j = 0; j < a.size(); ++j) EXPECT_NEAR(a[j], b[j], 1e-4 * (1 + std::abs(b[j]))) << i << "," << j;
   }
 }
+
+// ShuffleNetV2 blocks end in shuffle(cat(a, b)) written as one copy (cat along a new axis); a tap on
+// a block's shuffle module makes that block run the module instead. Both give the same logits and the
+// same gradients, bit for bit (both are pure copies), and the tapped module really delivers its output.
+TEST(ShuffleV2, OneCopyCatShuffleMatchesTheShuffleModule) {
+  auto model = build("ShuffleV2", kCifar100, 3);
+  const Tensor x = input(kCifar100, 2, 5);
+  auto run = [&](bool tapped) {
+    Tensor seen;
+    if (tapped) {
+      model->tap("layer1.0.shuffle", [&](const Tensor& t) { seen = t; });
+      model->tap("layer2.1.shuffle", [](const Tensor&) {});
+    }
+    model->zero_grad();
+    Tensor out = (*model)(x);
+    sum(out * out).backward();
+    model->clear_taps();
+    if (tapped) {
+      EXPECT_TRUE(seen.defined());
+    }
+    return std::make_pair(out.to_vector(), model->find("layer1.0.conv1").parameters()[0].grad().to_vector());
+  };
+  const auto one_copy = run(false), module = run(true);
+  EXPECT_EQ(one_copy.first, module.first);
+  EXPECT_EQ(one_copy.second, module.second);
+}

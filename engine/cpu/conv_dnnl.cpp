@@ -72,7 +72,8 @@ struct Entry {
 // The candidates for one call signature and the one chosen (-1 until the first call times them).
 struct Slot {
   std::vector<Entry> cand;
-  int chosen = -1;
+  int chosen = -1;  // the timed choice (or the only candidate); -1 until decided
+  int last = -1;    // the candidate the latest call ran: a pinned call runs 0 whatever was timed
 };
 
 size_t align_up(size_t n) { return (n + 63) / 64 * 64; }
@@ -273,8 +274,8 @@ bool dnnl_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape&
                  const float* in0, const float* in1, const float* bias, float* out, const DnnlEpilogue* epi) {
   if (impl_setting() == ConvImpl::Im2col) return false;
   // oneDNN 2.6's depthwise weight gradient is pathological on tiny planes (7 ms for a 64x480x2x2
-  // input on 2 threads, against 0.7 ms for our direct loop: retort-bench --profile on mobile_half);
-  // on planes of 8x8 and up it is the faster one.
+  // input on 2 threads, against 0.7 ms for our plane loops: retort-bench --profile on mobile_half).
+  // ("Same"-padded depthwise shapes never get here: depthwise.cpp runs them first.)
   if (impl_setting() == ConvImpl::Auto && dir == DnnlConvDir::BackwardWeight && p.groups > 1 &&
       p.groups == xs[1] && ys[2] * ys[3] < 64)
     return false;
@@ -302,6 +303,7 @@ bool dnnl_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape&
   ++d.calls;  // one per call, however many timed runs its first call makes
   if (!tuning_setting() && slot.cand.front().supported) {  // pinned: the training-forward kernel, always
     if (slot.chosen < 0 && slot.cand.size() == 1) slot.chosen = 0;  // nothing left to decide
+    slot.last = 0;
     execute(d, slot.cand.front(), xs, ws, ys, in0, in1, bias, out, epi);
     return true;
   }
@@ -321,11 +323,13 @@ bool dnnl_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape&
     if (ok.size() == 1) {
       slot.chosen = static_cast<int>(ok.front());
     } else {
-      // The faster of two timed runs each (the first run of each warms caches and pages), like
+      // The fastest of kTimedRuns runs each, interleaved (the first run of each warms caches and
+      // pages; on a shared, noisy machine two runs sometimes kept the slower kernel), like
       // cudnn.benchmark. The output of these runs is the call's output, so the chosen candidate
       // runs last.
+      constexpr int kTimedRuns = 4;
       std::vector<double> best(slot.cand.size(), 1e30);
-      for (int rep = 0; rep < 2; ++rep)
+      for (int rep = 0; rep < kTimedRuns; ++rep)
         for (size_t i : ok) {
           const auto t0 = std::chrono::steady_clock::now();
           execute(d, slot.cand[i], xs, ws, ys, in0, in1, bias, out, epi);
@@ -334,9 +338,11 @@ bool dnnl_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape&
       slot.chosen = static_cast<int>(ok.front());
       for (size_t i : ok)
         if (best[i] < best[static_cast<size_t>(slot.chosen)]) slot.chosen = static_cast<int>(i);
+      slot.last = slot.chosen;
       if (static_cast<size_t>(slot.chosen) == ok.back()) return true;
     }
   }
+  slot.last = slot.chosen;
   execute(d, slot.cand[static_cast<size_t>(slot.chosen)], xs, ws, ys, in0, in1, bias, out, epi);
   return true;
 }
@@ -347,12 +353,17 @@ std::vector<std::string> dnnl_conv_choices() {
   std::vector<std::string> out;
   static const char* dirs[] = {"fwd", "bwd-data", "bwd-weight"};
   for (const auto& [k, slot] : d.cache) {
-    if (slot.chosen < 0) continue;
-    const Entry& e = slot.cand[static_cast<size_t>(slot.chosen)];
+    if (slot.last < 0) continue;
+    // The kernel the latest call ran; when that was a pinned call and timing had picked another one
+    // for this shape earlier in the process, both are named.
+    const Entry& e = slot.cand[static_cast<size_t>(slot.last)];
+    const std::string timed = slot.chosen >= 0 && slot.chosen != slot.last
+                                  ? ", pinned; timing chose " + slot.cand[static_cast<size_t>(slot.chosen)].impl_name
+                                  : "";
     out.push_back(detail::cat(dirs[k[0]], k[19] ? (k[20] ? "+bn+relu" : "+bn") : "", " x[", k[1], ", ", k[2], ", ",
                               k[3], ", ", k[4], "] w[", k[5], ", ", k[6], ", ", k[7], ", ", k[8], "] g", k[17], ": ",
                               e.impl_name, " (", slot.cand.size(), " candidate", slot.cand.size() > 1 ? "s" : "",
-                              ")"));
+                              timed, ")"));
   }
   return out;
 }

@@ -536,3 +536,42 @@ TEST(Conv2d, PinnedKernelsBuildOneCandidate) {
   ASSERT_NE(it, choices.end());
   EXPECT_NE(it->find("(1 candidate)"), std::string::npos) << *it;
 }
+
+// The listing names the kernel the latest call really ran: a shape timed earlier in the process and
+// then run pinned (as Trainer::fit does) shows candidate 0, and the timed choice beside it when they
+// differ.
+TEST(Conv2d, ListingNamesTheKernelAPinnedCallRan) {
+  const cpu::ConvImpl saved = cpu::conv_impl();
+  const bool tune = kernel_autotune();
+  cpu::set_conv_impl(cpu::ConvImpl::Auto);
+  Generator gen(37);
+  const Tensor x = Tensor::randn({4, 32, 12, 12}, gen), w = Tensor::randn({32, 32, 3, 3}, gen);
+  const std::string prefix = "fwd x[4, 32, 12, 12] w[32, 32, 3, 3] g1: ";
+  auto entry = [&] {
+    const auto choices = cpu::dnnl_conv_choices();
+    const auto it = std::find_if(choices.begin(), choices.end(),
+                                 [&](const std::string& c) { return c.rfind(prefix, 0) == 0; });
+    return it == choices.end() ? std::string() : *it;
+  };
+  set_kernel_autotune(true);
+  const Tensor timed = conv2d(x, w, Tensor(), 1, 1);
+  const std::string after_timing = entry();
+  set_kernel_autotune(false);
+  const Tensor pinned = conv2d(x, w, Tensor(), 1, 1);
+  const std::string after_pinned = entry();
+  set_kernel_autotune(tune);
+  cpu::set_conv_impl(saved);
+  ASSERT_FALSE(after_timing.empty());
+  ASSERT_FALSE(after_pinned.empty());
+  const std::string timed_kernel = after_timing.substr(prefix.size(), after_timing.find(" (") - prefix.size());
+  const std::string pinned_kernel = after_pinned.substr(prefix.size(), after_pinned.find(" (") - prefix.size());
+  if (after_pinned.find("pinned; timing chose ") != std::string::npos) {
+    EXPECT_NE(pinned_kernel, timed_kernel) << after_pinned;
+    EXPECT_NE(after_pinned.find("timing chose " + timed_kernel + ")"), std::string::npos) << after_pinned;
+  } else {
+    EXPECT_EQ(after_pinned, after_timing);  // timing had chosen candidate 0: the same kernel ran
+  }
+  // Either kernel computes the same convolution.
+  const auto a = timed.to_vector(), b = pinned.to_vector();
+  for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-4 * (1 + std::abs(a[i]))) << i;
+}

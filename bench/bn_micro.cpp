@@ -4,27 +4,13 @@
 // Built on demand (not part of `all`):  cmake --build build --target bench_bn_micro
 //   OMP_NUM_THREADS=2 build/bench/bench_bn_micro
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <functional>
 #include <vector>
 
 #include "engine/backend.h"
 #include "engine/tensor.h"
-
-using clk = std::chrono::steady_clock;
-
-static double timeit(const std::function<void()>& f, int reps = 20) {
-  for (int i = 0; i < 3; ++i) f();
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    auto a = clk::now();
-    f();
-    t.push_back(std::chrono::duration<double>(clk::now() - a).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[reps / 2] * 1e3;
-}
+#include "bench/micro_timer.h"
 
 int main() {
   struct S {
@@ -45,8 +31,8 @@ int main() {
     auto m = retort::Tensor::empty({s.c}), is = retort::Tensor::empty({s.c});
     auto gw = retort::Tensor::empty({s.c}), gb = retort::Tensor::empty({s.c});
     auto& be = retort::backend_for(x);
-    const double tf = timeit([&] { be.batchnorm_forward_train(x, w, b, 1e-5, true, y, m, is); });
-    const double tb = timeit([&] { be.batchnorm_backward(gy, x, w, m, is, true, y, gx, gw, gb); });
+    const double tf = micro_time_ms([&] { be.batchnorm_forward_train(x, w, b, 1e-5, true, y, m, is); });
+    const double tb = micro_time_ms([&] { be.batchnorm_backward(gy, x, w, m, is, true, y, gx, gw, gb); });
     const double bytes = static_cast<double>(x.numel()) * 4;
     tf_total += tf;
     tb_total += tb;

@@ -5,7 +5,6 @@
 // Built on demand (not part of `all`):  cmake --build build --target bench_dw_micro
 //   OMP_NUM_THREADS=2 build/bench/bench_dw_micro
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -14,20 +13,7 @@
 #include "engine/backend.h"
 #include "engine/cpu/cpu_backend.h"
 #include "engine/tensor.h"
-
-using clk = std::chrono::steady_clock;
-
-static double timeit(const std::function<void()>& f, int reps = 20) {
-  for (int i = 0; i < 3; ++i) f();
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    auto a = clk::now();
-    f();
-    t.push_back(std::chrono::duration<double>(clk::now() - a).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[reps / 2] * 1e3;
-}
+#include "bench/micro_timer.h"
 
 static double max_diff(const retort::Tensor& a, const retort::Tensor& b) {
   const auto va = a.to_vector(), vb = b.to_vector();
@@ -62,9 +48,9 @@ int main() {
       retort::cpu::set_conv_impl(k == 0 ? ConvImpl::Dnnl : ConvImpl::Auto);
       auto y = retort::Tensor::empty({n, s.c, oh, oh}), gx = retort::Tensor::empty(x.shape()),
            gw = retort::Tensor::empty(w.shape());
-      t[k][0] = timeit([&] { be.conv2d_forward(x, w, retort::Tensor(), p, y); });
-      t[k][1] = timeit([&] { be.conv2d_backward_input(gy, w, p, gx); });
-      t[k][2] = timeit([&] { be.conv2d_backward_weight(gy, x, p, gw); });
+      t[k][0] = micro_time_ms([&] { be.conv2d_forward(x, w, retort::Tensor(), p, y); });
+      t[k][1] = micro_time_ms([&] { be.conv2d_backward_input(gy, w, p, gx); });
+      t[k][2] = micro_time_ms([&] { be.conv2d_backward_weight(gy, x, p, gw); });
       out[k][0] = y;
       out[k][1] = gx;
       out[k][2] = gw;

@@ -23,7 +23,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <cmath>
 #include <memory>
 #include <vector>
 
@@ -372,7 +371,7 @@ void CpuBackend::conv2d_bn_eval_forward(const Tensor& x, const Tensor& w, const 
       // The convolution's own bias cb shifts the mean the BN subtracts: (conv + cb - mean) * s + b0.
       const double cb = bias.defined() ? static_cast<double>(bias.data<float>()[o]) : 0.0;
       const BnAffine a =
-          bn_affine(static_cast<double>(rm[o]) - cb, 1.0 / std::sqrt(static_cast<double>(rv[o]) + eps),
+          bn_affine(static_cast<double>(rm[o]) - cb, bn_invstd(static_cast<double>(rv[o]), eps),
                     bn_weight.defined() ? static_cast<double>(bn_weight.data<float>()[o]) : 1.0,
                     bn_bias.defined() ? static_cast<double>(bn_bias.data<float>()[o]) : 0.0);
       scale[static_cast<size_t>(o)] = static_cast<float>(a.scale);

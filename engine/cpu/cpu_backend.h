@@ -80,6 +80,8 @@ struct BnAffine {
   double scale, shift;
 };
 BnAffine bn_affine(double mean, double invstd, double w, double b);
+// 1 / sqrt(var + eps) for a biased (batch) or running variance, in double: every CPU BN path's invstd.
+double bn_invstd(double var, double eps);
 
 // Minimum amount of work (elements) before a loop is worth parallelising.
 constexpr int64_t kParallelGrain = 32768;

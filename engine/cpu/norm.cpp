@@ -58,11 +58,9 @@ RETORT_SIMD_CLONES void normalize_rows(const T* __restrict x, T* __restrict y, i
   }
 }
 
-// y = (x - mean) * invstd * weight + bias for channel c, as y = x * scale + shift.
+// y = x * a.scale + a.shift for channel c (a = bn_affine(mean, invstd, weight, bias)).
 template <class T>
-void normalize_channel(const T* x, T* y, const Layout& l, int64_t c, double mean, double invstd, double w,
-                       double b, bool relu) {
-  const BnAffine a = bn_affine(mean, invstd, w, b);
+void normalize_channel(const T* x, T* y, const Layout& l, int64_t c, const BnAffine& a, bool relu) {
   normalize_rows(x + c * l.s, y + c * l.s, l.n, l.c * l.s, l.s, static_cast<T>(a.scale), static_cast<T>(a.shift),
                  relu);
 }
@@ -286,6 +284,8 @@ BnAffine bn_affine(double mean, double invstd, double w, double b) {
   return {scale, b - mean * scale};
 }
 
+double bn_invstd(double var, double eps) { return 1.0 / std::sqrt(var + eps); }
+
 void CpuBackend::batchnorm_forward_train(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
                                          bool relu, Tensor& y, Tensor& mean, Tensor& invstd) {
   dispatch_float(x.dtype(), "batchnorm_forward_train", [&](auto tag) {
@@ -309,7 +309,7 @@ void CpuBackend::batchnorm_forward_train(const Tensor& x, const Tensor& weight, 
         for (int64_t c = 0; c < bk.b; ++c) {
           const int64_t ch = bk.c0 + c;
           const double m = static_cast<double>(mv[c * l.s]);
-          const double is = 1.0 / std::sqrt(slot_total(acc, c, l.s) / count + eps);
+          const double is = bn_invstd(slot_total(acc, c, l.s) / count, eps);
           pm[ch] = static_cast<T>(m);
           pi[ch] = static_cast<T>(is);
           const BnAffine a = bn_affine(m, is, value_or<T>(weight, ch, 1.0), value_or<T>(bias, ch, 0.0));
@@ -324,10 +324,10 @@ void CpuBackend::batchnorm_forward_train(const Tensor& x, const Tensor& weight, 
     for (int64_t c = 0; c < l.c; ++c) {
       const double m = rows_sum(px + c * l.s, l.n, l.c * l.s, l.s) / count;
       const double sq = rows_sq_dev(px + c * l.s, l.n, l.c * l.s, l.s, static_cast<T>(m));
-      const double is = 1.0 / std::sqrt(sq / count + eps);
+      const double is = bn_invstd(sq / count, eps);
       pm[c] = static_cast<T>(m);
       pi[c] = static_cast<T>(is);
-      normalize_channel(px, py, l, c, m, is, value_or<T>(weight, c, 1.0), value_or<T>(bias, c, 0.0), relu);
+      normalize_channel(px, py, l, c, bn_affine(m, is, value_or<T>(weight, c, 1.0), value_or<T>(bias, c, 0.0)), relu);
     }
   });
 }
@@ -347,7 +347,7 @@ void CpuBackend::batchnorm_forward_eval(const Tensor& x, const Tensor& weight, c
         T sc[kBlockElems], sh[kBlockElems];
         for (int64_t c = 0; c < bk.b; ++c) {
           const int64_t ch = bk.c0 + c;
-          const BnAffine a = bn_affine(static_cast<double>(rm[ch]), 1.0 / std::sqrt(static_cast<double>(rv[ch]) + eps),
+          const BnAffine a = bn_affine(static_cast<double>(rm[ch]), bn_invstd(static_cast<double>(rv[ch]), eps),
                                        value_or<T>(weight, ch, 1.0), value_or<T>(bias, ch, 0.0));
           fill_slots(sc, c, l.s, a.scale);
           fill_slots(sh, c, l.s, a.shift);
@@ -358,9 +358,10 @@ void CpuBackend::batchnorm_forward_eval(const Tensor& x, const Tensor& weight, c
     }
 #pragma omp parallel for if (x.numel() > kParallelGrain)
     for (int64_t c = 0; c < l.c; ++c) {
-      const double is = 1.0 / std::sqrt(static_cast<double>(rv[c]) + eps);
-      normalize_channel(px, py, l, c, static_cast<double>(rm[c]), is, value_or<T>(weight, c, 1.0),
-                        value_or<T>(bias, c, 0.0), relu);
+      normalize_channel(px, py, l, c,
+                        bn_affine(static_cast<double>(rm[c]), bn_invstd(static_cast<double>(rv[c]), eps),
+                                  value_or<T>(weight, c, 1.0), value_or<T>(bias, c, 0.0)),
+                        relu);
     }
   });
 }

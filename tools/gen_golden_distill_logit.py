@@ -80,5 +80,27 @@ case("kd_ls_t2", lambda s, t: kd(zscore(s), zscore(t), 2.0), [logits(4, 20, 3.0)
 case("dkd_ls_a9_b72_t2", lambda s, t, y: dkd(zscore(s), zscore(t), y, 9.0, 72.0, 2.0),
      [logits(4, 20, 3.0), logits(4, 20, 5.0), targets(4, 20)], alpha=9.0, beta=72.0, T=2.0)
 
+def generous_teacher(zg, zs, y, k, tckd_weight, only_correct):
+    # Generous Teacher (methods.md §3.3): DKD+LS per sample, NCKD masked to the rows the standard
+    # teacher (zs here) classifies right; the batch mean is over every row.
+    a, b = zscore(zg) / k, zscore(zs) / k
+    gt = torch.zeros_like(a).scatter_(1, y.unsqueeze(1), 1.0)
+    pa, pb = cat_mask(F.softmax(a, dim=1), gt, 1 - gt), cat_mask(F.softmax(b, dim=1), gt, 1 - gt)
+    tckd = (pb * (torch.log(pb) - torch.log(pa))).sum(1)
+    log_pb2, log_pa2 = F.log_softmax(b - 1000.0 * gt, dim=1), F.log_softmax(a - 1000.0 * gt, dim=1)
+    nckd = (log_pb2.exp() * (log_pb2 - log_pa2)).sum(1)
+    m = (zs.argmax(1) == y).to(zs.dtype) if only_correct else torch.ones_like(nckd)
+    return (tckd_weight * tckd + m * nckd).mean() * k ** 2
+
+
+# Appended after the older cases so that their random inputs stay what they were.
+y_gt = targets(6, 20)
+z_st = logits(6, 20, 3.0)
+z_st[torch.arange(0, 6, 2), y_gt[0::2]] += 12.0  # the standard teacher is right on rows 0, 2, 4
+case("generous_k2_all", lambda g, s, y: generous_teacher(g, s, y, 2.0, 0.0, False),
+     [logits(6, 20, 3.0), z_st.clone(), y_gt], k=2.0, tckd_weight=0.0, select="all")
+case("generous_k3_tckd05_teacher_correct", lambda g, s, y: generous_teacher(g, s, y, 3.0, 0.5, True),
+     [logits(6, 20, 3.0), z_st.clone(), y_gt], k=3.0, tckd_weight=0.5, select="teacher_correct")
+
 save_safetensors(sys.argv[1], tensors, meta)
 print(f"wrote {len(tensors)} tensors to {sys.argv[1]}")

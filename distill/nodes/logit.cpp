@@ -414,4 +414,41 @@ Tensor zscore(const Tensor& logits, double eps) {
   });
 }
 
+// ---- Generous Teacher --------------------------------------------------------------------------------
+
+Tensor correct_prediction_mask(const Tensor& logits, const Tensor& targets) {
+  const char* op = "correct_prediction_mask";
+  fn::check_float(op, logits, "logits");
+  fn::check_dim(op, logits, 2, "logits", "[B, K]");
+  check_same_device(op, logits, {{"targets", &targets}});
+  const Tensor z = to_host(logits).detach();
+  const Tensor y = to_host(targets);
+  check_targets(op, y, z, z);
+  const int64_t nb = z.shape()[0], k = z.shape()[1];
+  Tensor mask = Tensor::empty({nb}, z.dtype());
+  dispatch(z.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    for (int64_t b = 0; b < nb; ++b) {
+      const T* row = z.data<T>() + b * k;
+      const int64_t best = std::max_element(row, row + k) - row;  // first maximum, as torch.argmax
+      mask.data<T>()[b] = static_cast<T>(best == y.data<int64_t>()[b] ? 1 : 0);
+    }
+  });
+  return mask.to(logits.device());
+}
+
+Tensor generous_teacher_loss(const Tensor& generous_logits, const Tensor& standard_logits, const Tensor& targets,
+                             double k, double tckd_weight, bool only_teacher_correct) {
+  const char* op = "generous_teacher_loss";
+  RETORT_CHECK(std::isfinite(k) && k > 0.0, op, ": the temperature multiple k must be finite and > 0, got ", k);
+  RETORT_CHECK(std::isfinite(tckd_weight) && tckd_weight >= 0.0, op, ": tckd_weight must be finite and >= 0, got ",
+               tckd_weight);
+  fn::check_float(op, standard_logits, "standard_logits");
+  fn::check_dim(op, standard_logits, 2, "standard_logits", "[B, K]");
+  const Tensor mask = only_teacher_correct ? correct_prediction_mask(standard_logits, targets)
+                                           : Tensor::ones({standard_logits.shape()[0]}, standard_logits.dtype(),
+                                                          standard_logits.device());
+  return dkd_impl(op, zscore(generous_logits), zscore(standard_logits), targets, tckd_weight, 0.0, mask, k);
+}
+
 }  // namespace retort

@@ -64,6 +64,21 @@ DKDTerms dkd_terms(const Tensor& student_logits, const Tensor& teacher_logits, c
 // Logit standardization, row-wise over K (K >= 2). eps >= 0. Node "ZScoreBackward".
 Tensor zscore(const Tensor& logits, double eps = 1e-7);
 
+// Generous Teacher (Ding et al., IVC 2024; methods.md §3.3): the distillation loss a generous teacher
+// G minimises while it is trained from a standard teacher S. Both logit rows are z-scored (each
+// network's own per-sample mean and unbiased std, as LS), so the temperature of a row is k·σ(z);
+// then decoupled KD at base temperature k, weighted to keep the non-target part:
+//   loss = (k²/B) Σ_b ( tckd_weight · TCKD_b + m_b · NCKD_b )
+// with m_b = 1, or with only_teacher_correct m_b = [argmax z_S,b == y_b] (S's non-target knowledge
+// only where S is right; TCKD, if weighted, still on every sample). The batch mean is over all B.
+// It is dkd_loss_per_sample_beta(zscore(G), zscore(S), y, tckd_weight, m, k), so its graph shows
+// ZScoreBackward and DKDLossBackward. generous_logits play the student's role (they get the gradient).
+Tensor generous_teacher_loss(const Tensor& generous_logits, const Tensor& standard_logits, const Tensor& targets,
+                             double k, double tckd_weight, bool only_teacher_correct);
+// The mask m of generous_teacher_loss with only_teacher_correct: 1 where argmax(logits) == target
+// (the first maximum on ties, as torch.argmax), else 0; [B] in the logits' dtype and device.
+Tensor correct_prediction_mask(const Tensor& logits, const Tensor& targets);
+
 // Gradcheck registration (logit_checks.cpp): cases "kd_loss.*", "dkd_loss.*", "zscore.*", ...
 void add_logit_node_checks(std::vector<GradcheckCase>& out);
 // The differentiable functions above, by name, for the gradcheck coverage test.

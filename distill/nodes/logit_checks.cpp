@@ -83,6 +83,27 @@ void add_logit_node_checks(std::vector<GradcheckCase>& out) {
                  },
                  [](const Inputs& in) { return dkd_loss_per_sample_beta(in[0], in[1], in[2], 1.5, in[3], 3.0); }});
 
+  // ---- Generous Teacher: z-score on both sides, NCKD kept; the standard teacher's logits get a gradient
+  // too (nothing stops a user from training both). Rows 0 and 2 of the standard teacher are made right
+  // (target 6 above the rest), rows 1 and 3 wrong (another class 6 above), so the teacher-correct mask
+  // is 1, 0, 1, 0 and stays so under the finite-difference steps.
+  out.push_back({"generous_teacher_loss.k2_all", "generous_teacher_loss",
+                 [](Generator& g) {
+                   return Inputs{gc_randn({4, 10}, g, 3.0), gc_randn({4, 10}, g, 3.0), targets_for(4, 10)};
+                 },
+                 [](const Inputs& in) { return generous_teacher_loss(in[0], in[1], in[2], 2.0, 0.0, false); }});
+  out.push_back({"generous_teacher_loss.teacher_correct_tckd", "generous_teacher_loss",
+                 [](Generator& g) {
+                   const Tensor y = targets_for(4, 8);
+                   Tensor zt = Tensor::randn({4, 8}, g, DType::F64);
+                   for (int64_t b = 0; b < 4; ++b) {
+                     const int64_t yb = y.data<int64_t>()[b];
+                     zt.data<double>()[b * 8 + (b % 2 == 0 ? yb : (yb + 1) % 8)] += 6.0;
+                   }
+                   return Inputs{gc_randn({4, 8}, g, 2.0), zt.set_requires_grad(), y};
+                 },
+                 [](const Inputs& in) { return generous_teacher_loss(in[0], in[1], in[2], 3.0, 0.5, true); }});
+
   // ---- z-score
   out.push_back({"zscore.rows4x10", "zscore", [](Generator& g) { return Inputs{gc_randn({4, 10}, g, 3.0)}; },
                  [](const Inputs& in) { return zscore(in[0]); }});
@@ -93,7 +114,7 @@ void add_logit_node_checks(std::vector<GradcheckCase>& out) {
 }
 
 std::vector<std::string> logit_node_functions() {
-  return {"kd_loss", "dkd_loss", "dkd_loss_per_sample_beta", "zscore"};
+  return {"kd_loss", "dkd_loss", "dkd_loss_per_sample_beta", "zscore", "generous_teacher_loss"};
 }
 
 }  // namespace retort

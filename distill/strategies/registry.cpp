@@ -11,6 +11,7 @@ void register_builtin_strategies() {
   register_at_strategy();
   register_cwd_strategy();
   register_reviewkd_strategy();
+  register_generous_teacher_strategy();
 }
 
 }  // namespace retort

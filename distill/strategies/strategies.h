@@ -12,5 +12,6 @@ void register_fitnet_strategy();
 void register_at_strategy();
 void register_cwd_strategy();
 void register_reviewkd_strategy();
+void register_generous_teacher_strategy();
 
 }  // namespace retort

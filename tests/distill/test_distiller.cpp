@@ -69,6 +69,8 @@ TEST(Strategies, EveryBuiltinTrainsOneStep) {
       R"([{"type": "at"}])",
       R"([{"type": "cwd"}])",
       R"([{"type": "reviewkd"}])",
+      R"([{"type": "ce"}, {"type": "generous_teacher", "weight": 8}])",
+      R"([{"type": "generous_teacher", "params": {"select": "teacher_correct", "tckd_weight": 1}}])",
   };
   for (const auto& c : cases) {
     const LossTerms terms = one_step(c);
@@ -159,6 +161,8 @@ TEST(Distiller, ConfigErrorsNameTheTerm) {
   expect_error(R"([{"type": "kd", "wieght": 1}])", "unknown key distill.terms[0].wieght");
   expect_error(R"([{"type": "kd"}, {"type": "kd"}])", "used twice");
   expect_error(R"([{"type": "kd", "params": {"temperature": -1}}])", "temperature");
+  expect_error(R"([{"type": "generous_teacher", "params": {"select": "correct"}}])",
+               "distill.terms[0].params.select: expected \"all\" or \"teacher_correct\", got \"correct\"");
 }
 
 TEST(Distiller, UnbridgeableFeaturesAndMissingTeacherAreClearErrors) {

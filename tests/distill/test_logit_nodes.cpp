@@ -343,6 +343,62 @@ TEST(GoldenDistillLogit, ZScoreAndLSCompositions) {
   }
 }
 
+TEST(GoldenDistillLogit, GenerousTeacher) {
+  for (DType dt : {DType::F64, DType::F32}) {
+    check_golden("generous_k2_all", dt, [](const Tensor& g, const Tensor& s, const Tensor& y) {
+      return generous_teacher_loss(g, s, y, 2.0, 0.0, false);
+    });
+    check_golden("generous_k3_tckd05_teacher_correct", dt, [](const Tensor& g, const Tensor& s, const Tensor& y) {
+      return generous_teacher_loss(g, s, y, 3.0, 0.5, true);
+    });
+  }
+}
+
+// The Generous Teacher loss is DKD+LS's NCKD with TCKD weighted by tckd_weight; with the teacher-correct
+// selection, a row the standard teacher gets wrong contributes nothing (but still counts in the mean),
+// and the loss keeps LS's invariance to an affine rescaling of either network's logits.
+TEST(GenerousTeacherLoss, IsMaskedNonTargetDKDOnZScoredLogitsAndAffineInvariant) {
+  Generator gen(11);
+  const int64_t nb = 6, k = 12;
+  const Tensor zg = randn({nb, k}, gen, 2.0);
+  Tensor zs = randn({nb, k}, gen, 2.0);
+  const Tensor y = targets_of({1, 4, 7, 0, 11, 5});
+  for (int64_t b : {0, 3, 4}) zs.data<double>()[b * k + y.data<int64_t>()[b]] += 10.0;  // right on 0, 3, 4
+  for (int64_t b : {1, 2, 5}) zs.data<double>()[b * k + (y.data<int64_t>()[b] + 1) % k] += 10.0;  // wrong
+
+  const Tensor mask = correct_prediction_mask(zs, y);
+  EXPECT_TRUE(close_to("mask", mask, Tensor::from_vector({1.0, 0, 0, 1, 1, 0}, {nb}, DType::F64), 0, 0));
+
+  const double all = generous_teacher_loss(zg, zs, y, 2.0, 0.0, false).item();
+  EXPECT_NEAR(all, dkd_loss(zscore(zg), zscore(zs), y, 0.0, 1.0, 2.0).item(), 1e-12 * all);
+  const DKDTerms parts = dkd_terms(zscore(zg), zscore(zs), y, 2.0);
+  double want_masked = 0, want_tckd = 0;
+  for (int64_t b = 0; b < nb; ++b) {
+    want_masked += mask.data<double>()[b] * parts.nckd.data<double>()[b];
+    want_tckd += parts.tckd.data<double>()[b];
+  }
+  const double scale = 4.0 / static_cast<double>(nb);  // k² / B
+  const double masked = generous_teacher_loss(zg, zs, y, 2.0, 0.0, true).item();
+  EXPECT_NEAR(masked, scale * want_masked, 1e-12);
+  EXPECT_LT(masked, all);
+  EXPECT_NEAR(generous_teacher_loss(zg, zs, y, 2.0, 0.5, true).item(), scale * (want_masked + 0.5 * want_tckd), 1e-12);
+
+  const Tensor zg2 = add(mul(zg, Tensor::scalar(3.5, DType::F64)), Tensor::scalar(-2.0, DType::F64));
+  const Tensor zs2 = add(mul(zs, Tensor::scalar(0.25, DType::F64)), Tensor::scalar(7.0, DType::F64));
+  EXPECT_NEAR(generous_teacher_loss(zg2, zs2, y, 2.0, 0.5, true).item(),
+              generous_teacher_loss(zg, zs, y, 2.0, 0.5, true).item(), 1e-6);  // eps 1e-7 on σ: not exact
+
+  // The network being trained gets the gradient; a frozen standard teacher gets none, and rows it gets
+  // wrong give the generous teacher's NCKD no gradient (TCKD off).
+  const Tensor g = leaf(zg);
+  generous_teacher_loss(g, zs, y, 2.0, 0.0, true).backward();
+  for (int64_t b : {1, 2, 5})
+    for (int64_t j = 0; j < k; ++j) EXPECT_EQ(g.grad().data<double>()[b * k + j], 0.0) << "row " << b;
+  double row0 = 0;
+  for (int64_t j = 0; j < k; ++j) row0 += std::abs(g.grad().data<double>()[j]);
+  EXPECT_GT(row0, 1e-6);
+}
+
 // ---- errors --------------------------------------------------------------------------------------------
 
 TEST(LogitNodeErrors, NameTheFunctionAndTheShapes) {
@@ -365,6 +421,11 @@ TEST(LogitNodeErrors, NameTheFunctionAndTheShapes) {
   expect_error([&] { zscore(Tensor::zeros({4, 1})); }, {"zscore", "K >= 2", "f32[4, 1]"});
   expect_error([&] { zscore(Tensor::zeros({2, 3, 4})); }, {"zscore", "[B, K]", "f32[2, 3, 4]"});
   expect_error([&] { zscore(a, -1.0); }, {"zscore", "eps", "-1"});
+  expect_error([&] { generous_teacher_loss(a, b, y, 2, 0, false); }, {"generous_teacher_loss", "f32[4, 10]", "f32[4, 11]"});
+  expect_error([&] { generous_teacher_loss(a, a, y, 0, 0, false); }, {"generous_teacher_loss", "k", "got 0"});
+  expect_error([&] { generous_teacher_loss(a, a, y, 2, -1, false); }, {"generous_teacher_loss", "tckd_weight", "-1"});
+  expect_error([&] { generous_teacher_loss(a, a, targets_of({0, 1, 12, 3}), 2, 0, true); },
+               {"correct_prediction_mask", "target 12", "[0, 10)"});
 }
 
 TEST(LogitNodeErrors, NonPositiveTemperature) {

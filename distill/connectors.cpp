@@ -2,6 +2,7 @@
 // adapter and ReviewKD's ABF.
 #include "distill/connectors.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "engine/backend.h"
@@ -232,6 +233,42 @@ Adapter1x1::Adapter1x1(int64_t in_channels, int64_t out_channels, bool relu, Gen
 Tensor Adapter1x1::forward(const Tensor& x) {
   const Tensor y = (*bn_)((*conv_)(x));
   return relu_ ? (*relu_)(y) : y;
+}
+
+// ---- AuxClassifier --------------------------------------------------------------------------------
+
+AuxClassifier::AuxClassifier(const Shape& stage_shape, int64_t final_channels, int64_t final_h, int64_t final_w,
+                             int64_t num_classes, Generator& gen)
+    : Module("AuxClassifier") {
+  RETORT_CHECK(stage_shape.size() == 4 && final_channels > 0 && final_h > 0 && final_w > 0 && num_classes > 0,
+               "AuxClassifier: stage feature ", shape_str(stage_shape), " must be [N, C, H, W], and the final stage (",
+               final_channels, " channels, ", final_h, "x", final_w, ") and ", num_classes, " classes positive");
+  int64_t n = 0, h = stage_shape[2];
+  while (h > final_h && h % 2 == 0) h /= 2, ++n;
+  RETORT_CHECK(h == final_h && stage_shape[3] == final_w << n, "AuxClassifier: stage feature ", shape_str(stage_shape),
+               " cannot be brought to the final stage's ", final_h, "x", final_w,
+               " by stride-2 convolutions (its height and width must be the final ones times the same power of 2)");
+  features_ = register_module("features", std::make_shared<Sequential>());
+  const int64_t c0 = stage_shape[1];
+  const int64_t blocks = std::max<int64_t>(n, 1);
+  int64_t c = c0;
+  for (int64_t i = 1; i <= blocks; ++i) {
+    const int64_t next = i == blocks ? final_channels
+                                     : static_cast<int64_t>(std::llround(
+                                           static_cast<double>(c0) *
+                                           std::pow(static_cast<double>(final_channels) / static_cast<double>(c0),
+                                                    static_cast<double>(i) / static_cast<double>(blocks))));
+    features_->push_back(std::make_shared<Conv2d>(
+        c, next, 3, gen, Conv2dOptions{.stride = n > 0 ? 2 : 1, .padding = 1, .bias = false}));
+    features_->push_back(std::make_shared<BatchNorm2d>(next));
+    features_->push_back(std::make_shared<ReLU>());
+    c = next;
+  }
+  fc_ = register_module("fc", std::make_shared<Linear>(final_channels, num_classes, gen));
+}
+
+Tensor AuxClassifier::forward(const Tensor& x) {
+  return (*fc_)(flatten(adaptive_avg_pool2d((*features_)(x), 1, 1), 1));
 }
 
 // ---- ABF -----------------------------------------------------------------------------------------

@@ -109,6 +109,26 @@ class Adapter1x1 : public Module {
   std::shared_ptr<ReLU> relu_;  // null without ReLU
 };
 
+// ---- auxiliary stage classifier (MTKD-SSR) -------------------------------------------------------
+
+// The cheap auxiliary classifier of methods.md §3.2, turning a stage feature [N, C, H, W] into logits:
+// n = log2(H / final_h) blocks Conv3x3(stride 2, pad 1, no bias) + BN + ReLU bring it to the final
+// stage's resolution (one stride-1 block when n = 0), the channels growing geometrically from C to
+// final_channels; then global average pooling and Linear(final_channels -> num_classes). PyTorch's
+// default initialisation. Names: features.<3i>.weight (conv i), features.<3i+1>.* (its BN), fc.*.
+// A stage whose size is not final_h times a power of two (or whose width disagrees) is refused.
+class AuxClassifier : public Module {
+ public:
+  AuxClassifier(const Shape& stage_shape, int64_t final_channels, int64_t final_h, int64_t final_w,
+                int64_t num_classes, Generator& gen);
+  Tensor forward(const Tensor& x) override;
+  int64_t num_blocks() const { return static_cast<int64_t>(features_->size() / 3); }
+
+ private:
+  std::shared_ptr<Sequential> features_;
+  std::shared_ptr<Linear> fc_;
+};
+
 // ---- ReviewKD ------------------------------------------------------------------------------------
 
 // ReviewKD's attention-based fusion. conv1 (1x1, in -> mid, BN) maps the student feature; with

@@ -10,8 +10,10 @@
 namespace retort {
 
 namespace {
-// Runs `model` on a zero batch of two in eval mode without recording, returning the tapped shapes.
-std::map<std::string, Shape> probe(Module& model, const std::vector<std::string>& specs, const Shape& sample) {
+// Runs `model` on a zero batch of two in eval mode without recording, returning the tapped shapes
+// (and the output's shape in *logits).
+std::map<std::string, Shape> probe(Module& model, const std::vector<std::string>& specs, const Shape& sample,
+                                   Shape* logits) {
   std::map<std::string, Shape> shapes;
   for (const auto& s : specs) model.tap(s, [&shapes, s](const Tensor& t) { shapes[s] = t.shape(); });
   const bool was = model.is_training();
@@ -20,7 +22,7 @@ std::map<std::string, Shape> probe(Module& model, const std::vector<std::string>
     NoGradGuard ng;
     Shape in{2};
     in.insert(in.end(), sample.begin(), sample.end());
-    model(Tensor::zeros(in));
+    *logits = model(Tensor::zeros(in)).shape();
   }
   model.train(was);
   model.clear_taps();
@@ -52,8 +54,8 @@ Distiller::Distiller(std::shared_ptr<Module> student, std::shared_ptr<Module> te
   const auto s_specs = collect_specs(terms_, [](const Strategy& s) { return s.student_taps(); });
   const auto t_specs = collect_specs(terms_, [](const Strategy& s) { return s.teacher_taps(); });
   TapShapes shapes;
-  shapes.student = probe(*student_, s_specs, probe_shape);
-  if (teacher_) shapes.teacher = probe(*teacher_, t_specs, probe_shape);
+  shapes.student = probe(*student_, s_specs, probe_shape, &shapes.student_logits);
+  if (teacher_) shapes.teacher = probe(*teacher_, t_specs, probe_shape, &shapes.teacher_logits);
   for (auto& t : terms_) t.strategy->build(shapes, gen);
   for (const auto& s : s_specs) student_->tap(s, [this, s](const Tensor& x) { student_feats_[s] = x; });
   if (teacher_) {
@@ -117,9 +119,11 @@ LossTerms Distiller::losses(const Batch& batch, const TrainProgress& progress, T
   for (auto& t : terms_) {
     double w = t.weight;
     if (t.warmup_epochs > 0) w *= std::min(1.0, static_cast<double>(progress.epoch + 1) / t.warmup_epochs);
-    Tensor l = t.strategy->compute(ctx);
-    RETORT_CHECK(l.numel() == 1, "distill term '", t.name, "' returned ", l.meta_str(), ", expected a scalar");
-    out.emplace_back(t.name, l * w);
+    for (auto& [part, l] : t.strategy->compute_parts(ctx)) {
+      const std::string name = part.empty() ? t.name : t.name + "." + part;
+      RETORT_CHECK(l.numel() == 1, "distill term '", name, "' returned ", l.meta_str(), ", expected a scalar");
+      out.emplace_back(name, l * w);
+    }
   }
   return out;
 }

@@ -41,6 +41,7 @@ struct DistillContext {
 // Tap shapes from one probe forward (batch of 2) of each network, by tap spec.
 struct TapShapes {
   std::map<std::string, Shape> student, teacher;
+  Shape student_logits, teacher_logits;  // the networks' outputs ([2, K]); teacher_logits empty without one
   const Shape& of_student(const std::string& spec) const;
   const Shape& of_teacher(const std::string& spec) const;
 };
@@ -57,6 +58,12 @@ class Strategy : public Module {
   virtual void build(const TapShapes& shapes, Generator& gen) {}
   // The unweighted loss for this batch (a 0-D tensor).
   virtual Tensor compute(const DistillContext& ctx) = 0;
+  // The same loss as named parts whose sum is compute()'s value; the Distiller reports each part as
+  // "<term>.<part>" (one unnamed part reports as "<term>"). A strategy made of several losses with
+  // their own weights (MTKD-SSR) overrides this so that a log shows each; the default is one part.
+  virtual std::vector<std::pair<std::string, Tensor>> compute_parts(const DistillContext& ctx) {
+    return {{"", compute(ctx)}};
+  }
   // Every parameter with its resolved value (recorded in the run directory).
   virtual Json params() const = 0;
 

@@ -3,6 +3,7 @@
 
 #include "distill/nodes/feature.h"
 #include "distill/nodes/logit.h"
+#include "distill/nodes/stage.h"
 #include "engine/gradcheck.h"
 
 namespace retort {
@@ -10,6 +11,7 @@ namespace retort {
 void register_distill_gradchecks() {
   add_gradcheck_family(add_logit_node_checks, logit_node_functions());
   add_gradcheck_family(add_feature_node_checks, feature_node_functions());
+  add_gradcheck_family(add_stage_node_checks, stage_node_functions());
 }
 
 }  // namespace retort

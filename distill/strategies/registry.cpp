@@ -12,6 +12,7 @@ void register_builtin_strategies() {
   register_cwd_strategy();
   register_reviewkd_strategy();
   register_generous_teacher_strategy();
+  register_mtkd_ssr_strategy();
 }
 
 }  // namespace retort

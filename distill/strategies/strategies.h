@@ -13,5 +13,6 @@ void register_at_strategy();
 void register_cwd_strategy();
 void register_reviewkd_strategy();
 void register_generous_teacher_strategy();
+void register_mtkd_ssr_strategy();
 
 }  // namespace retort

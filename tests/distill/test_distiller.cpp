@@ -71,13 +71,17 @@ TEST(Strategies, EveryBuiltinTrainsOneStep) {
       R"([{"type": "reviewkd"}])",
       R"([{"type": "ce"}, {"type": "generous_teacher", "weight": 8}])",
       R"([{"type": "generous_teacher", "params": {"select": "teacher_correct", "tckd_weight": 1}}])",
+      R"([{"type": "ce"}, {"type": "mtkd_ssr"}])",
+      R"([{"type": "ce"}, {"type": "mtkd_ssr", "params": {"scd": "cd", "teacher_heads": "none", "crd_pairs": "adjacent",
+           "crd_direction": "shallow_teaches_deep"}}])",
   };
   for (const auto& c : cases) {
     const LossTerms terms = one_step(c);
     for (auto& [n, t] : terms) EXPECT_TRUE(std::isfinite(t.item())) << c << ": term " << n << " = " << t.item();
   }
   // Connectors bridge different widths: resnet8 (16..64 channels) from resnet8x4 (64..256).
-  for (const char* c : {R"([{"type": "fitnet"}])", R"([{"type": "cwd"}])", R"([{"type": "reviewkd"}])"})
+  for (const char* c : {R"([{"type": "fitnet"}])", R"([{"type": "cwd"}])", R"([{"type": "reviewkd"}])",
+                        R"([{"type": "mtkd_ssr"}])"})
     one_step(c, "resnet8", "resnet8x4");
 }
 
@@ -93,6 +97,37 @@ TEST(Strategies, KDTermMatchesTheNode) {
   NoGradGuard ng;
   const double want = 0.9 * kd_loss((*student)(b.inputs), (*teacher)(b.inputs), 4.0).item();
   EXPECT_NEAR(got, want, 1e-5 * std::abs(want));
+}
+
+// MTKD-SSR reports its parts by name, each scaled by the term's weight; they sum to compute(); the
+// student's auxiliary heads, the teacher's heads and the adapters are the strategy's own modules.
+TEST(Strategies, MtkdSsrReportsEachPartAndOwnsItsHeads) {
+  // Two identical set-ups (same seeds) differing only in the term weight (2 vs 1) and scd_weight (3 vs 1).
+  auto parts_of = [](const std::string& terms, std::vector<std::string>* modules) {
+    Generator gen(1);
+    auto student = create_model("resnet8", kOpts, gen);
+    auto teacher = create_model("resnet8x4", kOpts, gen);
+    Distiller d(student, teacher, terms_from(terms), {}, kSample, gen);
+    d.train(false);  // BN in eval mode: the forward is a pure function of the batch
+    if (modules)
+      for (auto& [n, m] : d.terms()[0].strategy->children()) modules->push_back(n);
+    Tensor logits;
+    return d.losses(make_batch(8, 5), TrainProgress{}, logits);
+  };
+  std::vector<std::string> modules;
+  const LossTerms heavy =
+      parts_of(R"([{"name": "ssr", "type": "mtkd_ssr", "weight": 2, "params": {"scd_weight": 3}}])", &modules);
+  const LossTerms plain = parts_of(R"([{"name": "ssr", "type": "mtkd_ssr"}])", nullptr);
+  std::vector<std::string> names;
+  for (auto& [n, t] : heavy) names.push_back(n);
+  EXPECT_EQ(names, (std::vector<std::string>{"ssr.aux_ce", "ssr.teacher_heads_ce", "ssr.scd", "ssr.srd", "ssr.crd"}));
+  ASSERT_EQ(plain.size(), heavy.size());
+  for (size_t i = 0; i < heavy.size(); ++i) {
+    EXPECT_GT(plain[i].second.item(), 0.0) << names[i];
+    EXPECT_NEAR(heavy[i].second.item() / plain[i].second.item(), names[i] == "ssr.scd" ? 6.0 : 2.0, 1e-5) << names[i];
+  }
+  EXPECT_EQ(modules, (std::vector<std::string>{"student_head1", "teacher_head1", "adapter1", "student_head2",
+                                               "teacher_head2", "adapter2", "adapter3"}));
 }
 
 TEST(Strategies, WarmupScalesTheTerm) {
@@ -163,6 +198,10 @@ TEST(Distiller, ConfigErrorsNameTheTerm) {
   expect_error(R"([{"type": "kd", "params": {"temperature": -1}}])", "temperature");
   expect_error(R"([{"type": "generous_teacher", "params": {"select": "correct"}}])",
                "distill.terms[0].params.select: expected \"all\" or \"teacher_correct\", got \"correct\"");
+  expect_error(R"([{"type": "mtkd_ssr", "params": {"scd": "kl"}}])", "expected one of \"cwd\", \"cd\", \"none\"");
+  expect_error(R"([{"type": "mtkd_ssr", "params": {"teacher_stages": ["layer1"]}}])",
+               "1 teacher stages for 3 student stages");
+  expect_error(R"([{"type": "mtkd_ssr", "params": {"crd_weight": -1}}])", "crd_weight: must be finite and >= 0");
 }
 
 TEST(Distiller, UnbridgeableFeaturesAndMissingTeacherAreClearErrors) {

@@ -1,0 +1,202 @@
+// "mtkd_ssr": Multi-target KD via Student Self-reflection (Gou et al., IJCV 2023; methods.md §3.2,
+// docs/methods/mtkd_ssr.md). The paper's code is not public; this is the proposed reading of
+// methods.md with every choice a parameter. Over the stages k = 1..K of both networks
+// (student_stages / teacher_stages, default layer1..layer3 of the CIFAR ResNets):
+//   - auxiliary classifiers (AuxClassifier) on the student's stages k < K, trained with CE ("aux_ce");
+//     stage K is the network's own classifier. They are the strategy's modules: trained, checkpointed,
+//     discarded at test time (evaluation uses the student's own logits).
+//   - teacher stage logits for SRD: with teacher_heads "joint" the strategy owns the same kind of
+//     heads on the frozen teacher's stages, trained in the same run by CE on the (gradient-free)
+//     teacher features ("teacher_heads_ce"); SRD reads them detached, so the student never moves
+//     them. With "none", every stage's SRD target is the teacher's final logits.
+//   - SCD (stage-wise channel distillation, "scd"): per stage, the student feature through a 1x1
+//     conv + BN + ReLU adapter to the teacher's width, both pooled to the smaller size, then CWD at
+//     tau (scd "cwd") or the MSE of channel means (scd "cd", CCSKD), summed over stages.
+//   - SRD (stage-wise response distillation, "srd"): stage_response_loss over the K stages.
+//   - CRD (cross-stage review, "crd"): cross_stage_review_loss over review_pairs() of the student's
+//     own stage logits (a deeper stage re-teaches the shallower ones, stop-gradient on the teacher).
+// compute_parts() reports each part, weighted by its own weight; the term's weight and warmup scale all.
+#include <cmath>
+
+#include "distill/connectors.h"
+#include "distill/nodes/feature.h"
+#include "distill/nodes/stage.h"
+#include "distill/strategies/strategies.h"
+#include "engine/functions.h"
+
+namespace retort {
+
+namespace {
+
+struct MtkdOptions {
+  std::vector<std::string> s_stages, t_stages;
+  std::string teacher_heads = "joint";  // "joint" | "none"
+  std::string scd = "cwd";              // "cwd" | "cd" | "none"
+  double tau = 4.0, temperature = 4.0;
+  double aux_ce_weight = 1.0, teacher_heads_ce_weight = 1.0, scd_weight = 1.0, srd_weight = 1.0, crd_weight = 1.0;
+  bool crd_adjacent = false, crd_deep_teaches_shallow = true;
+};
+
+class MtkdSsrStrategy final : public Strategy {
+ public:
+  explicit MtkdSsrStrategy(MtkdOptions o) : Strategy("mtkd_ssr"), o_(std::move(o)) {}
+  std::vector<std::string> student_taps() const override { return o_.s_stages; }
+  std::vector<std::string> teacher_taps() const override { return o_.t_stages; }
+
+  void build(const TapShapes& shapes, Generator& gen) override {
+    const size_t k = o_.s_stages.size();
+    const int64_t classes = shapes.student_logits.back();
+    RETORT_CHECK(shapes.teacher_logits.size() == 2 && shapes.teacher_logits.back() == classes,
+                 "mtkd_ssr: student logits ", shape_str(shapes.student_logits), " and teacher logits ",
+                 shape_str(shapes.teacher_logits), " must have the same number of classes");
+    const Shape& s_last = shapes.of_student(o_.s_stages.back());
+    const Shape& t_last = shapes.of_teacher(o_.t_stages.back());
+    for (size_t i = 0; i < k; ++i) {
+      const Shape& s = shapes.of_student(o_.s_stages[i]);
+      const Shape& t = shapes.of_teacher(o_.t_stages[i]);
+      RETORT_CHECK(s.size() == 4 && t.size() == 4, "mtkd_ssr: stage ", i + 1, " taps must be feature maps, got student ",
+                   o_.s_stages[i], " ", shape_str(s), " and teacher ", o_.t_stages[i], " ", shape_str(t));
+      const std::string idx = std::to_string(i + 1);
+      if (i + 1 < k) {
+        student_heads_.push_back(register_module(
+            "student_head" + idx, std::make_shared<AuxClassifier>(s, s_last[1], s_last[2], s_last[3], classes, gen)));
+        if (o_.teacher_heads == "joint")
+          teacher_heads_.push_back(register_module(
+              "teacher_head" + idx, std::make_shared<AuxClassifier>(t, t_last[1], t_last[2], t_last[3], classes, gen)));
+      }
+      if (o_.scd != "none")
+        adapters_.push_back(register_module("adapter" + idx, std::make_shared<Adapter1x1>(s[1], t[1], true, gen)));
+    }
+  }
+
+  Tensor compute(const DistillContext& ctx) override {
+    Tensor total;
+    for (auto& [name, l] : compute_parts(ctx)) total = total.defined() ? add(total, l) : l;
+    return total;
+  }
+
+  std::vector<std::pair<std::string, Tensor>> compute_parts(const DistillContext& ctx) override {
+    const size_t k = o_.s_stages.size();
+    std::vector<std::pair<std::string, Tensor>> parts;
+    auto weighted = [](const Tensor& l, double w) { return w == 1.0 ? l : l * w; };
+
+    // Stage logits: auxiliary heads for k < K, the networks' own logits for K.
+    std::vector<Tensor> zs, zt;
+    for (size_t i = 0; i + 1 < k; ++i) zs.push_back((*student_heads_[i])(ctx.student_feature(o_.s_stages[i])));
+    zs.push_back(ctx.student_logits);
+    for (size_t i = 0; i + 1 < k; ++i)
+      zt.push_back(teacher_heads_.empty() ? ctx.teacher_logits
+                                          : (*teacher_heads_[i])(ctx.teacher_feature(o_.t_stages[i]).detach()));
+    zt.push_back(ctx.teacher_logits);
+
+    if (k > 1 && o_.aux_ce_weight > 0) {
+      Tensor ce;
+      for (size_t i = 0; i + 1 < k; ++i) {
+        const Tensor l = cross_entropy(zs[i], ctx.targets);
+        ce = ce.defined() ? add(ce, l) : l;
+      }
+      parts.emplace_back("aux_ce", weighted(ce, o_.aux_ce_weight));
+    }
+    if (!teacher_heads_.empty()) {
+      Tensor ce;
+      for (size_t i = 0; i + 1 < k; ++i) {
+        const Tensor l = cross_entropy(zt[i], ctx.targets);
+        ce = ce.defined() ? add(ce, l) : l;
+      }
+      parts.emplace_back("teacher_heads_ce", weighted(ce, o_.teacher_heads_ce_weight));
+    }
+    if (!adapters_.empty() && o_.scd_weight > 0) {
+      Tensor scd;
+      for (size_t i = 0; i < k; ++i) {
+        Tensor fs = (*adapters_[i])(ctx.student_feature(o_.s_stages[i]));
+        Tensor ft = ctx.teacher_feature(o_.t_stages[i]);
+        Tensor l;
+        if (o_.scd == "cd") {
+          l = channel_distill_loss(fs, ft);
+        } else {
+          const int64_t h = std::min(fs.shape()[2], ft.shape()[2]), w = std::min(fs.shape()[3], ft.shape()[3]);
+          if (fs.shape()[2] != h || fs.shape()[3] != w) fs = adaptive_avg_pool2d(fs, h, w);
+          if (ft.shape()[2] != h || ft.shape()[3] != w) ft = adaptive_avg_pool2d(ft, h, w);
+          l = cwd_loss(fs, ft, o_.tau);
+        }
+        scd = scd.defined() ? add(scd, l) : l;
+      }
+      parts.emplace_back("scd", weighted(scd, o_.scd_weight));
+    }
+    if (o_.srd_weight > 0) parts.emplace_back("srd", weighted(stage_response_loss(zs, zt, o_.temperature), o_.srd_weight));
+    if (k > 1 && o_.crd_weight > 0) {
+      const auto pairs = review_pairs(static_cast<int>(k), o_.crd_adjacent, o_.crd_deep_teaches_shallow);
+      parts.emplace_back("crd", weighted(cross_stage_review_loss(zs, zs, pairs, o_.temperature), o_.crd_weight));
+    }
+    RETORT_CHECK(!parts.empty(), "mtkd_ssr: every part is switched off (all weights 0)");
+    return parts;
+  }
+
+  Json params() const override {
+    return {{"student_stages", o_.s_stages},
+            {"teacher_stages", o_.t_stages},
+            {"teacher_heads", o_.teacher_heads},
+            {"scd", o_.scd},
+            {"tau", o_.tau},
+            {"temperature", o_.temperature},
+            {"aux_ce_weight", o_.aux_ce_weight},
+            {"teacher_heads_ce_weight", o_.teacher_heads_ce_weight},
+            {"scd_weight", o_.scd_weight},
+            {"srd_weight", o_.srd_weight},
+            {"crd_weight", o_.crd_weight},
+            {"crd_pairs", o_.crd_adjacent ? "adjacent" : "all"},
+            {"crd_direction", o_.crd_deep_teaches_shallow ? "deep_teaches_shallow" : "shallow_teaches_deep"}};
+  }
+
+ private:
+  MtkdOptions o_;
+  std::vector<std::shared_ptr<AuxClassifier>> student_heads_, teacher_heads_;
+  std::vector<std::shared_ptr<Adapter1x1>> adapters_;
+};
+
+std::string one_of(JsonReader& p, const char* key, const std::string& def, std::initializer_list<const char*> allowed) {
+  const std::string v = p.get<std::string>(key, def);
+  std::string list;
+  for (const char* a : allowed) {
+    if (v == a) return v;
+    list += std::string(list.empty() ? "" : ", ") + "\"" + a + "\"";
+  }
+  throw Error(p.where(key) + ": expected one of " + list + ", got \"" + v + "\"");
+}
+
+double non_negative(JsonReader& p, const char* key, double def) {
+  const double v = p.get<double>(key, def);
+  RETORT_CHECK(std::isfinite(v) && v >= 0, p.where(key), ": must be finite and >= 0, got ", v);
+  return v;
+}
+}  // namespace
+
+void register_mtkd_ssr_strategy() {
+  register_strategy("mtkd_ssr", [](JsonReader& p) {
+    MtkdOptions o;
+    o.s_stages = p.get<std::vector<std::string>>("student_stages", {"layer1", "layer2", "layer3"});
+    o.t_stages = p.get<std::vector<std::string>>("teacher_stages", o.s_stages);
+    RETORT_CHECK(!o.s_stages.empty() && o.s_stages.size() == o.t_stages.size(), p.where("teacher_stages"), ": ",
+                 o.t_stages.size(), " teacher stages for ", o.s_stages.size(),
+                 " student stages (one per stage, same count, at least one)");
+    o.teacher_heads = one_of(p, "teacher_heads", "joint", {"joint", "none"});
+    o.scd = one_of(p, "scd", "cwd", {"cwd", "cd", "none"});
+    o.tau = p.get<double>("tau", 4.0);
+    RETORT_CHECK(std::isfinite(o.tau) && o.tau > 0, p.where("tau"), ": must be positive, got ", o.tau);
+    o.temperature = p.get<double>("temperature", 4.0);
+    RETORT_CHECK(std::isfinite(o.temperature) && o.temperature > 0, p.where("temperature"), ": must be positive, got ",
+                 o.temperature);
+    o.aux_ce_weight = non_negative(p, "aux_ce_weight", 1.0);
+    o.teacher_heads_ce_weight = non_negative(p, "teacher_heads_ce_weight", 1.0);
+    o.scd_weight = non_negative(p, "scd_weight", 1.0);
+    o.srd_weight = non_negative(p, "srd_weight", 1.0);
+    o.crd_weight = non_negative(p, "crd_weight", 1.0);
+    o.crd_adjacent = one_of(p, "crd_pairs", "all", {"all", "adjacent"}) == "adjacent";
+    o.crd_deep_teaches_shallow =
+        one_of(p, "crd_direction", "deep_teaches_shallow", {"deep_teaches_shallow", "shallow_teaches_deep"}) ==
+        "deep_teaches_shallow";
+    return std::make_shared<MtkdSsrStrategy>(std::move(o));
+  });
+}
+
+}  // namespace retort

@@ -271,6 +271,38 @@ Tensor AuxClassifier::forward(const Tensor& x) {
   return (*fc_)(flatten(adaptive_avg_pool2d((*features_)(x), 1, 1), 1));
 }
 
+// ---- DistinctiveAreaDetector ----------------------------------------------------------------------
+
+namespace {
+std::shared_ptr<Sequential> dam_branch(int64_t c, int64_t out, bool trailing_relu, Generator& gen) {
+  auto s = std::make_shared<Sequential>();
+  s->push_back(std::make_shared<Conv2d>(c, c, 3, gen, Conv2dOptions{.padding = 1}));
+  s->push_back(std::make_shared<ReLU>());
+  s->push_back(std::make_shared<Conv2d>(c, out, 1, gen));
+  if (trailing_relu) s->push_back(std::make_shared<ReLU>());
+  return s;
+}
+}  // namespace
+
+DistinctiveAreaDetector::DistinctiveAreaDetector(int64_t channels, int64_t heatmap_classes, bool trailing_relu,
+                                                 Generator& gen)
+    : Module("DistinctiveAreaDetector") {
+  RETORT_CHECK(channels > 0 && heatmap_classes > 0, "DistinctiveAreaDetector: channels (", channels,
+               ") and heatmap_classes (", heatmap_classes, ") must be positive");
+  heatmap_ = register_module("heatmap_head", dam_branch(channels, heatmap_classes, trailing_relu, gen));
+  wh_ = register_module("wh_head", dam_branch(channels, 2, trailing_relu, gen));
+  offset_ = register_module("offset_head", dam_branch(channels, 2, trailing_relu, gen));
+}
+
+DistinctiveAreaDetector::Output DistinctiveAreaDetector::heads(const Tensor& x) {
+  return {sigmoid((*heatmap_)(x)), (*wh_)(x), (*offset_)(x)};
+}
+
+Tensor DistinctiveAreaDetector::forward(const Tensor& x) {
+  const Output o = heads(x);
+  return cat({o.heatmap, o.wh, o.offset}, 1);
+}
+
 // ---- ABF -----------------------------------------------------------------------------------------
 
 ABF::ABF(int64_t in_channels, int64_t mid_channels, int64_t out_channels, bool fuse, Generator& gen)

@@ -129,6 +129,27 @@ class AuxClassifier : public Module {
   std::shared_ptr<Linear> fc_;
 };
 
+// ---- SoKD's Distinctive Area Detection Module -------------------------------------------------------
+
+// DAM (methods.md §3.1.2): a CenterNet-style head on a C-channel feature, shared by the student's and
+// the teacher's side. Three branches, each Conv3x3(C -> C, bias, pad 1) -> ReLU -> Conv1x1(C -> out,
+// bias) [-> ReLU]: heatmap_head (out = heatmap_classes, then sigmoid), wh_head (2: box width, height)
+// and offset_head (2: x, y). With trailing_relu (the reference's, kept for fidelity) the heatmap lies in
+// [0.5, 1) and wh, offset >= 0. Parameter names: heatmap_head.0.weight, heatmap_head.2.bias, ...
+class DistinctiveAreaDetector : public Module {
+ public:
+  struct Output {
+    Tensor heatmap, wh, offset;  // [B, K, H, W] (after the sigmoid), [B, 2, H, W], [B, 2, H, W]
+  };
+  DistinctiveAreaDetector(int64_t channels, int64_t heatmap_classes, bool trailing_relu, Generator& gen);
+  Output heads(const Tensor& x);
+  // cat([heatmap, wh, offset], channels): [B, K + 4, H, W] (what the DAM loss compares).
+  Tensor forward(const Tensor& x) override;
+
+ private:
+  std::shared_ptr<Sequential> heatmap_, wh_, offset_;
+};
+
 // ---- ReviewKD ------------------------------------------------------------------------------------
 
 // ReviewKD's attention-based fusion. conv1 (1x1, in -> mid, BN) maps the student feature; with

@@ -84,6 +84,10 @@ void Distiller::train(bool on) {
   if (teacher_) teacher_mode();
 }
 
+void Distiller::after_step(const TrainProgress& progress) {
+  for (auto& t : terms_) t.strategy->after_step(progress);
+}
+
 std::vector<Tensor> Distiller::trainable_parameters() {
   std::vector<Tensor> ps = student_->parameters();
   for (auto& t : terms_)

@@ -64,6 +64,9 @@ class Strategy : public Module {
   virtual std::vector<std::pair<std::string, Tensor>> compute_parts(const DistillContext& ctx) {
     return {{"", compute(ctx)}};
   }
+  // After every optimizer step: state the strategy updates itself, outside the model's optimizer
+  // (SoKD's augmentation policy). Its gradients are those the step's backward left on it.
+  virtual void after_step(const TrainProgress&) {}
   // Every parameter with its resolved value (recorded in the run directory).
   virtual Json params() const = 0;
 

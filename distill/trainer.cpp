@@ -320,6 +320,7 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
       optimizer_->zero_grad();
       total.backward();
       optimizer_->step();
+      task_.after_step(prog);
 
       auto [c1, c5] = topk_correct(logits, batch.targets);
       (void)c5;

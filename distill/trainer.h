@@ -51,6 +51,9 @@ class TrainingTask {
   virtual std::vector<Tensor> trainable_parameters() { return model().parameters(); }
   // Loss terms for one batch; `logits` receives the model's output (for training accuracy).
   virtual LossTerms losses(const Batch& batch, const TrainProgress& progress, Tensor& logits) = 0;
+  // Called after every optimizer step with that step's progress (SoKD updates its augmentation policy
+  // here, outside the model's optimizer).
+  virtual void after_step(const TrainProgress&) {}
   // Puts the trained parts in train/eval mode (a frozen teacher stays in eval).
   virtual void train(bool on) { model().train(on); }
   // Moves every module the task owns to `device` (before the optimizer is built).

@@ -13,6 +13,7 @@ void register_builtin_strategies() {
   register_reviewkd_strategy();
   register_generous_teacher_strategy();
   register_mtkd_ssr_strategy();
+  register_sokd_strategy();
 }
 
 }  // namespace retort

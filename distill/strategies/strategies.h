@@ -14,5 +14,6 @@ void register_cwd_strategy();
 void register_reviewkd_strategy();
 void register_generous_teacher_strategy();
 void register_mtkd_ssr_strategy();
+void register_sokd_strategy();
 
 }  // namespace retort

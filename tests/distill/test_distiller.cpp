@@ -74,6 +74,7 @@ TEST(Strategies, EveryBuiltinTrainsOneStep) {
       R"([{"type": "ce"}, {"type": "mtkd_ssr"}])",
       R"([{"type": "ce"}, {"type": "mtkd_ssr", "params": {"scd": "cd", "teacher_heads": "none", "crd_pairs": "adjacent",
            "crd_direction": "shallow_teaches_deep"}}])",
+      R"([{"type": "ce"}, {"type": "sokd", "params": {"heatmap_classes": 10}}])",
   };
   for (const auto& c : cases) {
     const LossTerms terms = one_step(c);

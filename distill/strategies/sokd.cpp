@@ -1,0 +1,248 @@
+// "sokd": Student-Oriented Knowledge Distillation (Shen et al., ACM MM 2024; methods.md §3.1,
+// docs/methods/sokd.md) on one feature stage (default "layer2" in both networks, the dev code's
+// feats[2]):
+//   f̂_s = ConvReg(student feature)                        (the FitNet regressor, to the teacher's shape)
+//   f̃_t = augment(teacher feature)                        (one sub-policy of two feature ops, sampled)
+//   M    = dam_regions(DAM(f̂_s))                          (boxes around the student heads' top peaks)
+//   feat = masked_feature_mse(f̂_s, f̃_t, M)               dam = mse(DAM(f̂_s), DAM(f̃_t))
+//   loss = feat_weight · feat + dam_weight · dam          (parts "feat" and "dam")
+// The DAM is shared by both sides and trained with the student (it is this term's module, with the
+// regressor). The augmentation policy — probabilities P [36, 2], magnitudes M [36, 2] and sub-policy
+// logits w [36] over the 36 unordered pairs of the 9 ops — is kept in buffers, outside the student's
+// optimizer, and checkpointed with its Adam moments.
+//
+// Sampling: per step, from a generator seeded by (the term's seed, the global step) so that a resumed
+// run draws what the uninterrupted one did: b ~ Categorical(softmax(w)) by Gumbel-max, each op of b
+// applied with probability P_b,i by logistic noise, magnitudes M_b,i.
+//
+// Policy search (search "first_order", our reading of methods.md §3.1.4 (b); the faithful second-order
+// DARTS step is not built): during the first search_epochs epochs the policy gets gradients of this
+// term's loss through straight-through estimators and takes an Adam step after each optimizer step
+// (lr 3e-4, betas (0.5, 0.999), weight decay 1e-3, as the reference's policy optimizer):
+//   - magnitudes: DADA's straight-through mix (straight_through_magnitude), ∂L/∂M_b,i = Σ ∂L/∂f̃_t;
+//   - op probabilities: x ← x + ô_i (op_i(x) − x), ô_i = o_i + (q_i − sg(q_i)) with q_i the relaxed
+//     Bernoulli sample at temperature relax_temperature (0.5); its value is the hard o_i;
+//   - sub-policy logits: f̃_t ← f̃_t · (1 + s_b − sg(s_b)), s = softmax((w + gumbel) / relax_temperature).
+// After the search the policy is frozen and only sampling continues; search "none" never updates it.
+#include "distill/strategies/sokd.h"
+
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+
+#include "distill/strategies/strategies.h"
+#include "engine/autograd.h"
+#include "engine/functions.h"
+
+namespace retort {
+
+namespace {
+
+constexpr double kBeta1 = 0.5, kBeta2 = 0.999, kAdamEps = 1e-8;
+
+// The 36 sub-policies: every unordered pair (i < j) of the 9 ops, in lexicographic order.
+std::vector<std::array<FeatureOp, 2>> all_sub_policies() {
+  std::vector<std::array<FeatureOp, 2>> out;
+  for (int i = 0; i < kNumFeatureOps; ++i)
+    for (int j = i + 1; j < kNumFeatureOps; ++j) out.push_back({static_cast<FeatureOp>(i), static_cast<FeatureOp>(j)});
+  return out;
+}
+
+// Element (i, j) of a 2-D tensor (or i of a 1-D one, j < 0) as a differentiable 0-D tensor.
+Tensor element(const Tensor& t, int64_t i, int64_t j = -1) {
+  Tensor r = slice(t, 0, i, i + 1);
+  if (j >= 0) r = slice(r, 1, j, j + 1);
+  return reshape(r, {});
+}
+
+double value_at(const Tensor& t, int64_t i) { return static_cast<double>(t.data<float>()[i]); }
+
+void copy_into(Tensor& dst, const Tensor& host) {
+  const Tensor src = host.to(dst.device());
+  backend_for(dst).copy(src.raw_data(), dst.raw_data(), dst.nbytes());
+}
+
+}  // namespace
+
+Tensor AugmentationPolicy::forward(const Tensor&) {
+  throw Error("AugmentationPolicy holds SoKD's policy tensors; it is not a layer and has no forward");
+}
+
+SokdStrategy::SokdStrategy(SokdOptions o) : Strategy("sokd"), o_(std::move(o)), policies_(all_sub_policies()) {}
+
+void SokdStrategy::build(const TapShapes& shapes, Generator& gen) {
+  const Shape& s = shapes.of_student(o_.s_tap);
+  const Shape& t = shapes.of_teacher(o_.t_tap);
+  RETORT_CHECK(t.size() == 4, "sokd: teacher tap ", o_.t_tap, " gives ", shape_str(t), ", expected a feature map");
+  regressor_ = register_module("regressor", std::make_shared<ConvReg>(s, t, gen));
+  dam_ = register_module("dam",
+                         std::make_shared<DistinctiveAreaDetector>(t[1], o_.heatmap_classes, o_.trailing_relu, gen));
+  RETORT_CHECK(o_.area_num <= o_.heatmap_classes * t[2] * t[3], "sokd: area_num ", o_.area_num, " exceeds the ",
+               o_.heatmap_classes * t[2] * t[3], " heatmap positions of teacher feature ", shape_str(t));
+  const int64_t n = static_cast<int64_t>(policies_.size());
+  policy_ = register_module("policy", std::make_shared<AugmentationPolicy>());
+  policy_->register_buffer("probability", Tensor::full({n, 2}, 0.5));
+  policy_->register_buffer("magnitude", Tensor::full({n, 2}, 0.5));
+  policy_->register_buffer("weight", Tensor::full({n}, 1e-3));
+  for (const char* name : {"probability", "magnitude", "weight"}) {
+    const Shape sh = std::string(name) == "weight" ? Shape{n} : Shape{n, 2};
+    policy_->register_buffer(std::string("adam_m_") + name, Tensor::zeros(sh));
+    policy_->register_buffer(std::string("adam_v_") + name, Tensor::zeros(sh));
+  }
+  policy_->register_buffer("adam_step", Tensor::zeros({1}));
+  seed_ = gen.next_u64();
+}
+
+Tensor SokdStrategy::compute(const DistillContext& ctx) {
+  Tensor total;
+  for (auto& [n, l] : compute_parts(ctx)) total = total.defined() ? add(total, l) : l;
+  return total;
+}
+
+std::vector<std::pair<std::string, Tensor>> SokdStrategy::compute_parts(const DistillContext& ctx) {
+  const Tensor fs = (*regressor_)(ctx.student_feature(o_.s_tap));
+  const Tensor ft = o_.augment ? augment(ctx.teacher_feature(o_.t_tap), ctx.progress) : ctx.teacher_feature(o_.t_tap);
+  const DistinctiveAreaDetector::Output ds = dam_->heads(fs), dt = dam_->heads(ft);
+  last_regions_ = dam_regions(ds.heatmap, ds.wh, ds.offset, o_.area_num);
+  last_augmented_ = ft.detach();
+  const Tensor feat = masked_feature_mse(fs, ft, last_regions_.mask);
+  const Tensor dam = mse_loss(cat({ds.heatmap, ds.wh, ds.offset}, 1), cat({dt.heatmap, dt.wh, dt.offset}, 1));
+  return {{"feat", feat * o_.feat_weight}, {"dam", dam * o_.dam_weight}};
+}
+
+void SokdStrategy::after_step(const TrainProgress& progress) {
+  if (!searching(progress)) return;
+  const double lr = o_.policy_lr, wd = o_.policy_weight_decay;
+  Tensor& step_buf = policy_->buffer("adam_step");
+  const double step = static_cast<double>(step_buf.data<float>()[0]) + 1.0;
+  step_buf.data<float>()[0] = static_cast<float>(step);
+  const double c1 = 1.0 - std::pow(kBeta1, step), c2 = 1.0 - std::pow(kBeta2, step);
+  for (auto [name, lo, hi] : {std::tuple{"probability", 1e-3, 1.0 - 1e-3}, std::tuple{"magnitude", 0.0, 1.0},
+                              std::tuple{"weight", -1e30, 1e30}}) {
+    Tensor* t = &policy_->buffer(name);
+    const Tensor g = t->grad().defined() ? t->grad().to(Device::cpu()) : Tensor();
+    t->zero_grad();
+    if (!g.defined()) continue;
+    Tensor host = t->to(Device::cpu());
+    Tensor m = policy_->buffer(std::string("adam_m_") + name).to(Device::cpu());
+    Tensor v = policy_->buffer(std::string("adam_v_") + name).to(Device::cpu());
+    float* p = host.data<float>();
+    for (int64_t i = 0; i < host.numel(); ++i) {
+      const double gi = static_cast<double>(g.data<float>()[i]) + wd * p[i];
+      const double mi = kBeta1 * m.data<float>()[i] + (1 - kBeta1) * gi;
+      const double vi = kBeta2 * v.data<float>()[i] + (1 - kBeta2) * gi * gi;
+      m.data<float>()[i] = static_cast<float>(mi);
+      v.data<float>()[i] = static_cast<float>(vi);
+      p[i] = static_cast<float>(std::clamp(p[i] - lr * (mi / c1) / (std::sqrt(vi / c2) + kAdamEps), lo, hi));
+    }
+    copy_into(*t, host);
+    copy_into(policy_->buffer(std::string("adam_m_") + name), m);
+    copy_into(policy_->buffer(std::string("adam_v_") + name), v);
+  }
+}
+
+Json SokdStrategy::params() const {
+  return {{"student_tap", o_.s_tap},           {"teacher_tap", o_.t_tap},
+          {"area_num", o_.area_num},           {"heatmap_classes", o_.heatmap_classes},
+          {"trailing_relu", o_.trailing_relu}, {"augment", o_.augment},
+          {"feat_weight", o_.feat_weight},     {"dam_weight", o_.dam_weight},
+          {"search", o_.search},               {"search_epochs", o_.search_epochs},
+          {"policy_lr", o_.policy_lr},         {"policy_weight_decay", o_.policy_weight_decay},
+          {"relax_temperature", o_.relax_temperature}};
+}
+
+Tensor SokdStrategy::augment(const Tensor& f, const TrainProgress& progress) {
+  Generator gen(seed_ ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(progress.step + 1)));
+  Tensor& prob_t = policy_->buffer("probability");
+  Tensor& mag_t = policy_->buffer("magnitude");
+  Tensor& w_t = policy_->buffer("weight");
+  const Tensor prob = prob_t.to(Device::cpu()), mag = mag_t.to(Device::cpu()), w = w_t.to(Device::cpu());
+  const int64_t n = static_cast<int64_t>(policies_.size());
+  const double tau = o_.relax_temperature;
+  // Sub-policy by Gumbel-max.
+  std::vector<double> gumbel(static_cast<size_t>(n));
+  int64_t b = 0;
+  for (int64_t s = 0; s < n; ++s) {
+    gumbel[static_cast<size_t>(s)] = -std::log(-std::log(std::max(gen.uniform(), 1e-300)));
+    if (value_at(w, s) + gumbel[static_cast<size_t>(s)] > value_at(w, b) + gumbel[static_cast<size_t>(b)]) b = s;
+  }
+  // Op flags by logistic noise.
+  std::array<double, 2> noise{};
+  for (int i = 0; i < 2; ++i) {
+    const double u = std::clamp(gen.uniform(), 1e-12, 1.0 - 1e-12);
+    noise[static_cast<size_t>(i)] = std::log(u) - std::log1p(-u);
+    const double p = value_at(prob, 2 * b + i);
+    last_applied_[static_cast<size_t>(i)] = std::log(p) - std::log1p(-p) + noise[static_cast<size_t>(i)] > 0;
+  }
+  last_b_ = b;
+  const bool learn = searching(progress);
+  for (Tensor* t : {&prob_t, &mag_t, &w_t}) t->set_requires_grad(learn);
+  Tensor x = f;
+  Tensor mag_sum;
+  for (int i = 0; i < 2; ++i) {
+    const FeatureOp op = policies_[static_cast<size_t>(b)][static_cast<size_t>(i)];
+    const bool on = last_applied_[static_cast<size_t>(i)];
+    if (!learn && !on) continue;
+    const Tensor y = apply_feature_op(x, op, feature_op_value(op, value_at(mag, 2 * b + i)), gen);
+    if (!learn) {
+      x = y;
+      continue;
+    }
+    // ô = o + (q − sg(q)), q = sigmoid((logit P + noise) / τ): the value is the hard flag.
+    const Tensor p = element(prob_t, b, i);
+    const Tensor logit_p = sub(log(p), log(sub(Tensor::scalar(1.0, p.dtype(), p.device()), p)));
+    const Tensor q = sigmoid(mul(add(logit_p, Tensor::scalar(noise[static_cast<size_t>(i)], p.dtype(), p.device())),
+                                 Tensor::scalar(1.0 / tau, p.dtype(), p.device())));
+    const Tensor o_hat = add(sub(q, q.detach()), Tensor::scalar(on ? 1.0 : 0.0, p.dtype(), p.device()));
+    x = add(x, mul(sub(y, x), o_hat.to(x.dtype())));
+    if (on) {
+      const Tensor m = element(mag_t, b, i);
+      mag_sum = mag_sum.defined() ? add(mag_sum, m) : m;
+    }
+  }
+  if (learn) {
+    std::vector<double> g(gumbel.begin(), gumbel.end());
+    const Tensor soft = softmax(mul(add(w_t, Tensor::from_vector(g, {n}, w_t.dtype()).to(w_t.device())),
+                                    Tensor::scalar(1.0 / tau, w_t.dtype(), w_t.device())),
+                                0);
+    const Tensor sb = element(soft, b);
+    x = mul(x, add(sub(sb, sb.detach()), Tensor::scalar(1.0, sb.dtype(), sb.device())).to(x.dtype()));
+    if (mag_sum.defined()) x = straight_through_magnitude(x, mag_sum.to(x.dtype()));
+  }
+  return x;
+}
+
+
+void register_sokd_strategy() {
+  register_strategy("sokd", [](JsonReader& p) {
+    SokdOptions o;
+    o.s_tap = p.get<std::string>("student_tap", "layer2");
+    o.t_tap = p.get<std::string>("teacher_tap", o.s_tap);
+    o.area_num = p.get<int64_t>("area_num", 8);
+    RETORT_CHECK(o.area_num >= 1, p.where("area_num"), ": must be >= 1, got ", o.area_num);
+    o.heatmap_classes = p.get<int64_t>("heatmap_classes", 100);
+    RETORT_CHECK(o.heatmap_classes >= 1, p.where("heatmap_classes"), ": must be >= 1, got ", o.heatmap_classes);
+    o.trailing_relu = p.get<bool>("trailing_relu", true);
+    o.augment = p.get<bool>("augment", true);
+    o.feat_weight = p.get<double>("feat_weight", 1000.0);
+    o.dam_weight = p.get<double>("dam_weight", 1000.0);
+    RETORT_CHECK(std::isfinite(o.feat_weight) && o.feat_weight >= 0 && std::isfinite(o.dam_weight) && o.dam_weight >= 0,
+                 p.where("feat_weight"), ": feat_weight and dam_weight must be finite and >= 0");
+    o.search = p.get<std::string>("search", "first_order");
+    RETORT_CHECK(o.search != "second_order", p.where("search"),
+                 ": the reference's second-order (DARTS) policy step is not implemented (docs/STATUS.md); use "
+                 "\"first_order\" or \"none\"");
+    RETORT_CHECK(o.search == "first_order" || o.search == "none", p.where("search"),
+                 ": expected \"first_order\" or \"none\", got \"", o.search, "\"");
+    o.search_epochs = p.get<int>("search_epochs", 20);
+    RETORT_CHECK(o.search_epochs >= 0, p.where("search_epochs"), ": must be >= 0, got ", o.search_epochs);
+    o.policy_lr = p.get<double>("policy_lr", 3e-4);
+    o.policy_weight_decay = p.get<double>("policy_weight_decay", 1e-3);
+    o.relax_temperature = p.get<double>("relax_temperature", 0.5);
+    RETORT_CHECK(o.policy_lr >= 0 && o.policy_weight_decay >= 0 && o.relax_temperature > 0, p.where("policy_lr"),
+                 ": policy_lr and policy_weight_decay must be >= 0 and relax_temperature > 0");
+    return std::make_shared<SokdStrategy>(std::move(o));
+  });
+}
+
+}  // namespace retort

@@ -30,12 +30,15 @@
 #include "distill/connectors.h"
 #include "distill/nodes/feature.h"
 #include "distill/nodes/logit.h"
+#include "distill/nodes/sokd.h"
+#include "distill/nodes/stage.h"
 #include "models/registry.h"
 #include "engine/autograd.h"
 #include "engine/backend.h"
 #include "engine/functions.h"
 #include "engine/optim/optim.h"
 #include "tests/common/expect.h"
+#include "tests/common/golden.h"
 
 #ifdef RETORT_WITH_CUDA
 #include "engine/cuda/context.h"
@@ -936,6 +939,59 @@ TEST(CudaParity, FeatureDistillationLosses) {
                  [](const Ts& t) { return retort::cwd_loss(t[0], t[1], 4.0); }, Kind::Reduction, Kind::Reduction);
     check_parity(label("hcl_loss", dt, fs.shape()), {In(fs, true, "student"), In(ft_same, true, "teacher")},
                  [](const Ts& t) { return retort::hcl_loss(t[0], t[1]); }, Kind::Reduction, Kind::Reduction);
+  }
+}
+
+// The seed methods' nodes (distill/nodes/logit.h generous_teacher_loss, stage.h, sokd.h): compositions
+// of engine functions, or the host route (permute_channels, dam_regions, the logit nodes) — the same
+// values and gradients on either device, gradients arriving on the device.
+TEST(CudaParity, SeedMethodNodes) {
+  REQUIRE_GPU();
+  Generator gen(16);
+  for (DType dt : kFloatTypes) {
+    const Tensor zg = Tensor::randn({16, 100}, gen, dt, 0.0, 3.0), zs = Tensor::randn({16, 100}, gen, dt, 0.0, 3.0);
+    const Tensor ys = labels(16, 100, gen);
+    check_parity(label("generous_teacher_loss teacher_correct", dt, zg.shape()),
+                 {In(zg, true, "generous"), In(zs, true, "standard"), fixed(ys, "targets")},
+                 [](const Ts& t) { return retort::generous_teacher_loss(t[0], t[1], t[2], 2.0, 0.5, true); },
+                 Kind::Reduction, Kind::Reduction);
+    const Tensor z1 = Tensor::randn({8, 10}, gen, dt), z2 = Tensor::randn({8, 10}, gen, dt),
+                 z3 = Tensor::randn({8, 10}, gen, dt);
+    check_parity(label("cross_stage_review_loss", dt, z1.shape()), {z1, z2, z3},
+                 [](const Ts& t) {
+                   return retort::cross_stage_review_loss({t[0], t[1], t[2]}, {t[0], t[1], t[2]},
+                                                          retort::review_pairs(3, false, true), 4.0);
+                 },
+                 Kind::Reduction, Kind::Reduction);
+    const Tensor f = Tensor::randn({2, 6, 8, 8}, gen, dt), f2 = Tensor::randn({2, 6, 4, 4}, gen, dt);
+    check_parity(label("channel_distill_loss", dt, f.shape()), {f, f2},
+                 [](const Ts& t) { return retort::channel_distill_loss(t[0], t[1]); }, Kind::Reduction,
+                 Kind::Reduction);
+    check_parity(label("permute_channels", dt, f.shape()), {f},
+                 [](const Ts& t) { return retort::permute_channels(t[0], {5, 3, 0, 1, 4, 2}); }, Kind::Elementwise,
+                 Kind::Elementwise);
+    for (int i = 0; i < retort::kNumFeatureOps; ++i) {
+      const auto op = static_cast<retort::FeatureOp>(i);
+      check_parity(label(std::string("apply_feature_op ") + retort::feature_op_name(op), dt, f.shape()), {f},
+                   [op](const Ts& t) {
+                     Generator g(5);
+                     return retort::apply_feature_op(t[0], op, retort::feature_op_value(op, 0.8), g);
+                   },
+                   Kind::Reduction, Kind::Reduction);
+    }
+    const Tensor mask = retort::relu(Tensor::randn({2, 8, 8}, gen, dt));
+    check_parity(label("masked_feature_mse", dt, f.shape()), {f, Tensor::randn({2, 6, 8, 8}, gen, dt), fixed(mask, "mask")},
+                 [](const Ts& t) { return retort::masked_feature_mse(t[0], t[1], t[2]); }, Kind::Reduction,
+                 Kind::Reduction);
+    // dam_regions on the device equals the CPU's (the host route), mask and boxes.
+    const Tensor heat = retort::sigmoid(Tensor::randn({2, 10, 8, 8}, gen, dt)), wh = retort::relu(Tensor::randn({2, 2, 8, 8}, gen, dt)),
+                 off = retort::relu(Tensor::randn({2, 2, 8, 8}, gen, dt));
+    const retort::DamRegions cpu = retort::dam_regions(heat, wh, off, 8);
+    const retort::DamRegions gpu = retort::dam_regions(heat.to(kCuda), wh.to(kCuda), off.to(kCuda), 8);
+    EXPECT_EQ(gpu.mask.device(), kCuda);
+    EXPECT_TRUE(retort::testing::close_to("dam mask", gpu.mask.to(Device::cpu()), cpu.mask, 0, 0));
+    EXPECT_TRUE(retort::testing::close_to("dam boxes", gpu.boxes.to(Device::cpu()).to(DType::F64),
+                                          cpu.boxes.to(DType::F64), 0, 0));
   }
 }
 

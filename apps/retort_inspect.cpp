@@ -5,6 +5,11 @@
 //   retort-inspect --arch resnet8x4 [--classes 100 --channels 3 --size 32]
 //                                                 the module tree, parameter count and feature taps
 //   retort-inspect --arch resnet8x4 --graph       the autograd graph of forward + cross-entropy as DOT
+//   retort-inspect --distill CONFIG [--checkpoint FILE] [--batch 8] [--epoch E --step S] [--dump OUT.safetensors]
+//                  [--graph]                      one distillation step of a config on the first test images
+//                                                 (eval-mode BN): every term's value, what each strategy
+//                                                 shows (SoKD: sub-policy, DAM regions, mask grid), the
+//                                                 loss graph as DOT, or everything as tensors in a file
 //   retort-inspect FILE --check-arch resnet8x4 [--classes 100 ...]
 //                                                 does FILE load into that model? lists every missing,
 //                                                 unexpected and wrongly shaped key
@@ -12,8 +17,12 @@
 
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 
 #include "apps/app_common.h"
+#include "distill/distiller.h"
+#include "distill/experiment.h"
 #include "engine/autograd.h"
 #include "engine/functions.h"
 #include "engine/serialize.h"
@@ -95,6 +104,110 @@ int inspect_arch(const std::string& arch, const ModelOptions& mo, bool graph, De
   return app::kOk;
 }
 
+struct DistillInspect {
+  std::string config, checkpoint, dump;
+  int64_t batch = 8, epoch = 0, step = 0;
+  bool graph = false;
+};
+
+// Sample 0 of a [B, H, W] mask as a grid of counts ('.' for 0).
+void print_mask(const std::string& name, const Tensor& mask) {
+  const Tensor m = mask.to(Device::cpu()).to(DType::F64);
+  const int64_t h = m.shape()[1], w = m.shape()[2];
+  std::printf("  %s, sample 0 (%lldx%lld, boxes counted where they overlap):\n", name.c_str(), static_cast<long long>(h),
+              static_cast<long long>(w));
+  for (int64_t y = 0; y < h; ++y) {
+    std::printf("    ");
+    for (int64_t x = 0; x < w; ++x) {
+      const double v = m.data<double>()[y * w + x];
+      std::printf("%c", v == 0 ? '.' : (v < 10 ? static_cast<char>('0' + static_cast<int>(v)) : '+'));
+    }
+    std::printf("\n");
+  }
+}
+
+int inspect_distill(const DistillInspect& o, Device dev) {
+  const ExperimentConfig cfg = app::as_usage([&] { return ExperimentConfig::load(o.config); });
+  if (cfg.terms.empty()) throw app::UsageError(o.config + ": no distill.terms to inspect");
+  if (o.batch < 1) throw app::UsageError("--batch must be >= 1");
+  const DataSplits data = load_datasets(cfg.data);
+  const Shape s = data.train->sample_shape();
+  const ModelOptions mo{data.train->num_classes(), s[0], s[1]};
+  Generator gen(cfg.seed);
+  auto student = app::as_usage([&] { return create_model(cfg.arch, mo, gen); });
+  std::shared_ptr<Module> teacher;
+  if (!cfg.teacher.arch.empty()) {
+    Generator tgen(0);
+    teacher = app::as_usage([&] { return create_model(cfg.teacher.arch, mo, tgen); });
+    load_model_file(*teacher, cfg.teacher.checkpoint);
+  }
+  Distiller d(student, teacher, app::as_usage([&] { return parse_terms(cfg.terms, o.config); }),
+              DistillerOptions{cfg.teacher.bn_mode}, s, gen);
+  if (!o.checkpoint.empty()) {
+    // A run directory or its checkpoints/latest pointer (the newest checkpoint), a run's checkpoint
+    // (model.*, extra.*) or a plain model file (the student's weights).
+    namespace fs = std::filesystem;
+    std::string file = o.checkpoint;
+    if (fs::is_directory(file)) file += "/checkpoints/latest";
+    if (fs::path(file).filename() == "latest") {
+      std::ifstream in(file);
+      std::string name;
+      if (!(in >> name)) throw app::UsageError("--checkpoint " + o.checkpoint + ": cannot read " + file);
+      file = (fs::path(file).parent_path() / name).string();
+    }
+    SafetensorsFile f = load_safetensors(file);
+    StateDict model, extra;
+    for (auto& [k, t] : f.tensors) {
+      if (k.rfind("model.", 0) == 0) model.emplace_back(k.substr(6), t);
+      else if (k.rfind("extra.", 0) == 0) extra.emplace_back(k.substr(6), t);
+      else if (k.rfind("optim.", 0) != 0) model.emplace_back(k, t);
+    }
+    student->load_state_dict(model);
+    if (!extra.empty()) d.load_extra_state(extra);
+  }
+  d.to(dev);
+  d.train(false);  // eval-mode BN: the numbers are a function of the batch alone
+  DataLoader loader(data.test, LoaderOptions{o.batch, false, false, 0, 0}, eval_transform(cfg.data));
+  loader.start_epoch(0);
+  Batch b;
+  loader.next(b);
+  b.to(dev);
+  Tensor logits;
+  const LossTerms terms = d.losses(b, TrainProgress{static_cast<int>(o.epoch), cfg.solver.epochs, o.step, 0, 1}, logits);
+  Tensor total = terms[0].second;
+  for (size_t i = 1; i < terms.size(); ++i) total = add(total, terms[i].second);
+  if (o.graph) {
+    std::printf("%s", graph_to_dot(total).c_str());
+    return app::kOk;
+  }
+  std::printf("%s: %s on the first %lld test images, epoch %lld, step %lld%s\n", o.config.c_str(),
+              d.describe().c_str(), static_cast<long long>(b.size()), static_cast<long long>(o.epoch + 1),
+              static_cast<long long>(o.step), o.checkpoint.empty() ? " (fresh weights)" : "");
+  for (const auto& [n, t] : terms) std::printf("  %-28s %.6g\n", n.c_str(), t.item());
+  std::printf("  %-28s %.6g\n", "total", total.item());
+  std::vector<std::pair<std::string, Tensor>> dumped{{"input", b.inputs.to(Device::cpu())},
+                                                     {"targets", b.targets.to(Device::cpu())},
+                                                     {"student_logits", logits.detach().to(Device::cpu())}};
+  for (const auto& t : d.terms()) {
+    const std::string text = t.strategy->inspect_text();
+    const auto shown = t.strategy->inspect();
+    if (text.empty() && shown.empty()) continue;
+    std::printf("\nterm %s (%s)%s%s\n", t.name.c_str(), t.strategy->type_name().c_str(), text.empty() ? "" : ": ",
+                text.c_str());
+    for (const auto& [k, v] : shown) {
+      std::printf("  %-20s %s\n", k.c_str(), v.meta_str().c_str());
+      dumped.emplace_back("term." + t.name + "." + k, v.to(Device::cpu()));
+    }
+    for (const auto& [k, v] : shown)
+      if (k == "mask" && v.dim() == 3) print_mask(k, v);
+  }
+  if (!o.dump.empty()) {
+    save_safetensors(o.dump, dumped, {{"config", o.config}, {"checkpoint", o.checkpoint}});
+    std::printf("\nwrote %zu tensors to %s\n", dumped.size(), o.dump.c_str());
+  }
+  return app::kOk;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -111,6 +224,13 @@ int main(int argc, char** argv) {
   cli.add_flag("--stats", stats, "Per-tensor min/max/mean/std (reads all data)");
   cli.add_flag("--graph", graph, "Print the autograd graph of forward + cross-entropy as Graphviz DOT (with --arch)");
   cli.add_option("--device", device, "cpu | cuda | cuda:N: where --arch runs its probe forward (files are read on the host)");
+  DistillInspect di;
+  cli.add_option("--distill", di.config, "One distillation step of this experiment config: terms, strategy views");
+  cli.add_option("--checkpoint", di.checkpoint, "With --distill: a run's checkpoint or model file to load first");
+  cli.add_option("--batch", di.batch, "With --distill: how many test images (default 8)");
+  cli.add_option("--epoch", di.epoch, "With --distill: the 0-based epoch the step belongs to (search phases, warmups)");
+  cli.add_option("--step", di.step, "With --distill: the global step (SoKD draws its augmentation from it)");
+  cli.add_option("--dump", di.dump, "With --distill: write inputs, logits and every strategy view to this .safetensors");
   CLI11_PARSE(cli, argc, argv);
   return app::run_guarded("retort-inspect", [&] {
     const Device dev = app::as_usage([&] { return Device::parse(device); });
@@ -118,6 +238,10 @@ int main(int argc, char** argv) {
     if (!check.empty()) {
       if (path.empty()) throw app::UsageError("--check-arch needs a file");
       return check_arch(path, check, mo);
+    }
+    if (!di.config.empty()) {
+      di.graph = graph;
+      return inspect_distill(di, dev);
     }
     if (!arch.empty()) return inspect_arch(arch, mo, graph, dev);
     if (path.empty()) throw app::UsageError("give a file or --arch NAME (see --help)");

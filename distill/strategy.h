@@ -67,6 +67,10 @@ class Strategy : public Module {
   // After every optimizer step: state the strategy updates itself, outside the model's optimizer
   // (SoKD's augmentation policy). Its gradients are those the step's backward left on it.
   virtual void after_step(const TrainProgress&) {}
+  // What the latest compute() saw or made that is worth looking at (masks, refined targets), by
+  // name, for retort-inspect --distill; and a line of text about it. Default: nothing.
+  virtual std::vector<std::pair<std::string, Tensor>> inspect() const { return {}; }
+  virtual std::string inspect_text() const { return ""; }
   // Every parameter with its resolved value (recorded in the run directory).
   virtual Json params() const = 0;
 

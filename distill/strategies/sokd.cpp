@@ -105,6 +105,8 @@ std::vector<std::pair<std::string, Tensor>> SokdStrategy::compute_parts(const Di
   const DistinctiveAreaDetector::Output ds = dam_->heads(fs), dt = dam_->heads(ft);
   last_regions_ = dam_regions(ds.heatmap, ds.wh, ds.offset, o_.area_num);
   last_augmented_ = ft.detach();
+  last_student_ = fs.detach();
+  last_teacher_ = ctx.teacher_feature(o_.t_tap).detach();
   const Tensor feat = masked_feature_mse(fs, ft, last_regions_.mask);
   const Tensor dam = mse_loss(cat({ds.heatmap, ds.wh, ds.offset}, 1), cat({dt.heatmap, dt.wh, dt.offset}, 1));
   return {{"feat", feat * o_.feat_weight}, {"dam", dam * o_.dam_weight}};
@@ -139,6 +141,28 @@ void SokdStrategy::after_step(const TrainProgress& progress) {
     copy_into(policy_->buffer(std::string("adam_m_") + name), m);
     copy_into(policy_->buffer(std::string("adam_v_") + name), v);
   }
+}
+
+std::vector<std::pair<std::string, Tensor>> SokdStrategy::inspect() const {
+  if (!last_augmented_.defined()) return {};
+  return {{"mask", last_regions_.mask},          {"boxes", last_regions_.boxes},
+          {"scores", last_regions_.scores},      {"heatmap_classes", last_regions_.classes},
+          {"student", last_student_},            {"teacher", last_teacher_},
+          {"augmented_teacher", last_augmented_}};
+}
+
+std::string SokdStrategy::inspect_text() const {
+  if (last_b_ < 0) return "";
+  const auto& ops = policies_[static_cast<size_t>(last_b_)];
+  const Tensor mag = policy_->buffer("magnitude").to(Device::cpu()), prob = policy_->buffer("probability").to(Device::cpu());
+  std::string out = detail::cat("sub-policy ", last_b_, " of ", policies_.size(), ":");
+  for (int i = 0; i < 2; ++i) {
+    const FeatureOp op = ops[static_cast<size_t>(i)];
+    const double m = value_at(mag, 2 * last_b_ + i);
+    out += detail::cat(" ", feature_op_name(op), " (p ", value_at(prob, 2 * last_b_ + i), ", m ", m, " -> v ",
+                       feature_op_value(op, m), ", ", last_applied_[static_cast<size_t>(i)] ? "applied" : "skipped", ")");
+  }
+  return out;
 }
 
 Json SokdStrategy::params() const {

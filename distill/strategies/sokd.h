@@ -44,6 +44,10 @@ class SokdStrategy final : public Strategy {
   std::vector<std::pair<std::string, Tensor>> compute_parts(const DistillContext& ctx) override;
   void after_step(const TrainProgress& progress) override;
   Json params() const override;
+  // mask, boxes, scores, heatmap_classes (of the regions), student (ConvReg output), teacher (the
+  // tapped feature) and augmented_teacher; the text names the sampled sub-policy and its ops.
+  std::vector<std::pair<std::string, Tensor>> inspect() const override;
+  std::string inspect_text() const override;
 
   // The latest step's regions, augmented teacher feature and sample (for inspection and tests).
   const DamRegions& last_regions() const { return last_regions_; }
@@ -64,7 +68,7 @@ class SokdStrategy final : public Strategy {
   std::shared_ptr<AugmentationPolicy> policy_;
   uint64_t seed_ = 0;
   DamRegions last_regions_;
-  Tensor last_augmented_;
+  Tensor last_augmented_, last_student_, last_teacher_;
   int64_t last_b_ = -1;
   std::array<bool, 2> last_applied_{};
 };

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# retort-inspect --distill end to end on synthetic data: a 1-epoch teacher from retort-train, then one
+# SoKD step of a config that distils from it — the terms, the strategy's view (sub-policy, mask grid),
+# the dump file and the loss graph. Usage: inspect_distill.sh BIN_DIR
+set -euo pipefail
+bin=$1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+data='"data": {"dataset": "synthetic", "image_size": 16, "channels": 1, "num_classes": 4, "synthetic_size": 64,
+               "batch_size": 32, "num_workers": 0}'
+solver='"solver": {"optimizer": "sgd", "lr": 0.05, "epochs": 1}'
+cat > "$tmp/teacher.json" <<JSON
+{"schema_version": 1, "experiment": {"name": "t", "seed": 0, "output_dir": "$tmp"}, $data,
+ "model": {"arch": "resnet8"}, $solver}
+JSON
+"$bin/retort-train" "$tmp/teacher.json" --run-dir "$tmp/teacher" > "$tmp/train.log"
+cat > "$tmp/sokd.json" <<JSON
+{"schema_version": 1, "experiment": {"name": "s", "seed": 0, "output_dir": "$tmp"}, $data,
+ "model": {"arch": "resnet8"}, "teacher": {"arch": "resnet8", "checkpoint": "$tmp/teacher/model.safetensors"},
+ "distill": {"terms": [{"type": "ce"}, {"type": "sokd", "params": {"heatmap_classes": 4, "area_num": 3}}]}, $solver}
+JSON
+out=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --batch 4 --step 3 --dump "$tmp/view.safetensors")
+echo "$out"
+for want in "sokd.feat" "sokd.dam" "sub-policy" "mask, sample 0" "augmented_teacher    f32[4, 32, 8, 8]" "wrote 10 tensors"; do
+  grep -qF "$want" <<<"$out" || { echo "FAIL: no '$want' in the output"; exit 1; }
+done
+"$bin/retort-inspect" "$tmp/view.safetensors" | grep -qF "term.sokd.mask" || { echo "FAIL: dump lacks the mask"; exit 1; }
+"$bin/retort-inspect" --distill "$tmp/sokd.json" --batch 2 --graph | grep -q "DAM\|SigmoidBackward" ||
+  { echo "FAIL: the graph shows no DAM head"; exit 1; }
+# A missing checkpoint is a clear error naming it, exit code 2.
+set +e
+err=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --checkpoint "$tmp/nope.safetensors" 2>&1); rc=$?
+set -e
+[ "$rc" = 2 ] && grep -qF "nope.safetensors" <<<"$err" || { echo "FAIL: rc $rc, '$err'"; exit 1; }
+echo "inspect_distill: ok"

@@ -24,9 +24,12 @@ echo "$out"
 for want in "sokd.feat" "sokd.dam" "sub-policy" "mask, sample 0" "augmented_teacher    f32[4, 32, 8, 8]" "wrote 10 tensors"; do
   grep -qF "$want" <<<"$out" || { echo "FAIL: no '$want' in the output"; exit 1; }
 done
-"$bin/retort-inspect" "$tmp/view.safetensors" | grep -qF "term.sokd.mask" || { echo "FAIL: dump lacks the mask"; exit 1; }
-"$bin/retort-inspect" --distill "$tmp/sokd.json" --batch 2 --graph | grep -q "DAM\|SigmoidBackward" ||
-  { echo "FAIL: the graph shows no DAM head"; exit 1; }
+# (Outputs go to variables first: with pipefail, `prog | grep -q` fails when grep exits early.)
+listing=$("$bin/retort-inspect" "$tmp/view.safetensors")
+grep -qF "term.sokd.mask" <<<"$listing" || { echo "FAIL: dump lacks the mask"; exit 1; }
+graph=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --batch 2 --graph)
+grep -qF "SigmoidBackward" <<<"$graph" || { echo "FAIL: the graph shows no DAM head (SigmoidBackward)"; exit 1; }
+grep -qF "MseLossBackward" <<<"$graph" || { echo "FAIL: the graph shows no feature loss"; exit 1; }
 # A missing checkpoint is a clear error naming it, exit code 2.
 set +e
 err=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --checkpoint "$tmp/nope.safetensors" 2>&1); rc=$?

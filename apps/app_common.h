@@ -13,6 +13,7 @@
 #include "distill/trainer.h"
 #include "engine/backend.h"
 #include "engine/error.h"
+#include "models/registry.h"
 
 namespace retort::app {
 
@@ -103,6 +104,23 @@ inline ExperimentConfig load_run_config(RunFlags& f) {
 
 inline std::string run_dir_of(const RunFlags& f, const ExperimentConfig& cfg) {
   return f.run_dir.empty() ? cfg.output_dir + "/" + cfg.name : f.run_dir;
+}
+
+// The student (drawn from gen) and, when the config names one, the teacher (its own generator, then
+// its checkpoint) of a distillation config, for inputs described by mo. Unknown architectures are
+// usage errors; a missing or mismatched teacher checkpoint is a runtime error naming the file.
+struct DistillModels {
+  std::shared_ptr<Module> student, teacher;
+};
+inline DistillModels make_distill_models(const ExperimentConfig& cfg, const ModelOptions& mo, Generator& gen) {
+  DistillModels m;
+  m.student = as_usage([&] { return create_model(cfg.arch, mo, gen); });
+  if (!cfg.teacher.arch.empty()) {
+    Generator tgen(0);
+    m.teacher = as_usage([&] { return create_model(cfg.teacher.arch, mo, tgen); });
+    load_model_file(*m.teacher, cfg.teacher.checkpoint);
+  }
+  return m;
 }
 
 }  // namespace retort::app

@@ -30,13 +30,9 @@ int main(int argc, char** argv) {
     const Shape s = data.train->sample_shape();
     const ModelOptions mo{data.train->num_classes(), s[0], s[1]};
     Generator gen(cfg.seed);
-    auto student = app::as_usage([&] { return create_model(cfg.arch, mo, gen); });
-    std::shared_ptr<Module> teacher;
+    const auto [student, teacher] = app::make_distill_models(cfg, mo, gen);
     double teacher_top1 = -1;
-    if (!cfg.teacher.arch.empty()) {
-      Generator tgen(0);
-      teacher = app::as_usage([&] { return create_model(cfg.teacher.arch, mo, tgen); });
-      load_model_file(*teacher, cfg.teacher.checkpoint);
+    if (teacher) {
       DataLoader tl(data.test, LoaderOptions{cfg.data.eval_batch_size, false, false, cfg.data.num_workers, 0},
                     eval_transform(cfg.data));
       teacher_top1 = evaluate(*teacher, tl).top1;

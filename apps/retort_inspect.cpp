@@ -134,13 +134,7 @@ int inspect_distill(const DistillInspect& o, Device dev) {
   const Shape s = data.train->sample_shape();
   const ModelOptions mo{data.train->num_classes(), s[0], s[1]};
   Generator gen(cfg.seed);
-  auto student = app::as_usage([&] { return create_model(cfg.arch, mo, gen); });
-  std::shared_ptr<Module> teacher;
-  if (!cfg.teacher.arch.empty()) {
-    Generator tgen(0);
-    teacher = app::as_usage([&] { return create_model(cfg.teacher.arch, mo, tgen); });
-    load_model_file(*teacher, cfg.teacher.checkpoint);
-  }
+  const auto [student, teacher] = app::make_distill_models(cfg, mo, gen);
   Distiller d(student, teacher, app::as_usage([&] { return parse_terms(cfg.terms, o.config); }),
               DistillerOptions{cfg.teacher.bn_mode}, s, gen);
   if (!o.checkpoint.empty()) {

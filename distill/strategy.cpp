@@ -3,6 +3,8 @@
 
 #include <mutex>
 
+#include "engine/functions.h"
+
 namespace retort {
 
 namespace {
@@ -31,6 +33,13 @@ const Tensor& DistillContext::teacher_feature(const std::string& spec) const {
 }
 const Shape& TapShapes::of_student(const std::string& spec) const { return lookup_shape(student, spec, "student"); }
 const Shape& TapShapes::of_teacher(const std::string& spec) const { return lookup_shape(teacher, spec, "teacher"); }
+
+Tensor sum_of_parts(const std::vector<std::pair<std::string, Tensor>>& parts) {
+  RETORT_CHECK(!parts.empty(), "sum_of_parts: a strategy returned no parts");
+  Tensor total = parts[0].second;
+  for (size_t i = 1; i < parts.size(); ++i) total = add(total, parts[i].second);
+  return total;
+}
 
 Tensor Strategy::forward(const Tensor&) {
   RETORT_FAIL(type_name(), ": a strategy is not a layer; the Distiller calls compute()");

@@ -77,6 +77,9 @@ class Strategy : public Module {
   Tensor forward(const Tensor&) final;  // strategies are not layers: calling it is an error
 };
 
+// The sum of named parts (compute() of a strategy that overrides compute_parts); a 0-D tensor.
+Tensor sum_of_parts(const std::vector<std::pair<std::string, Tensor>>& parts);
+
 using StrategyFactory = std::function<std::shared_ptr<Strategy>(JsonReader& params)>;
 
 // Registers a strategy type; a duplicate name is an error.

@@ -69,16 +69,13 @@ class MtkdSsrStrategy final : public Strategy {
     }
   }
 
-  Tensor compute(const DistillContext& ctx) override {
-    Tensor total;
-    for (auto& [name, l] : compute_parts(ctx)) total = total.defined() ? add(total, l) : l;
-    return total;
-  }
+  Tensor compute(const DistillContext& ctx) override { return sum_of_parts(compute_parts(ctx)); }
 
   std::vector<std::pair<std::string, Tensor>> compute_parts(const DistillContext& ctx) override {
     const size_t k = o_.s_stages.size();
     std::vector<std::pair<std::string, Tensor>> parts;
     auto weighted = [](const Tensor& l, double w) { return w == 1.0 ? l : l * w; };
+    auto accumulate = [](Tensor& sum, const Tensor& l) { sum = sum.defined() ? add(sum, l) : l; };
 
     // Stage logits: auxiliary heads for k < K, the networks' own logits for K.
     std::vector<Tensor> zs, zt;
@@ -91,18 +88,12 @@ class MtkdSsrStrategy final : public Strategy {
 
     if (k > 1 && o_.aux_ce_weight > 0) {
       Tensor ce;
-      for (size_t i = 0; i + 1 < k; ++i) {
-        const Tensor l = cross_entropy(zs[i], ctx.targets);
-        ce = ce.defined() ? add(ce, l) : l;
-      }
+      for (size_t i = 0; i + 1 < k; ++i) accumulate(ce, cross_entropy(zs[i], ctx.targets));
       parts.emplace_back("aux_ce", weighted(ce, o_.aux_ce_weight));
     }
     if (!teacher_heads_.empty()) {
       Tensor ce;
-      for (size_t i = 0; i + 1 < k; ++i) {
-        const Tensor l = cross_entropy(zt[i], ctx.targets);
-        ce = ce.defined() ? add(ce, l) : l;
-      }
+      for (size_t i = 0; i + 1 < k; ++i) accumulate(ce, cross_entropy(zt[i], ctx.targets));
       parts.emplace_back("teacher_heads_ce", weighted(ce, o_.teacher_heads_ce_weight));
     }
     if (!adapters_.empty() && o_.scd_weight > 0) {
@@ -119,7 +110,7 @@ class MtkdSsrStrategy final : public Strategy {
           if (ft.shape()[2] != h || ft.shape()[3] != w) ft = adaptive_avg_pool2d(ft, h, w);
           l = cwd_loss(fs, ft, o_.tau);
         }
-        scd = scd.defined() ? add(scd, l) : l;
+        accumulate(scd, l);
       }
       parts.emplace_back("scd", weighted(scd, o_.scd_weight));
     }

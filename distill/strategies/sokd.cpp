@@ -93,11 +93,7 @@ void SokdStrategy::build(const TapShapes& shapes, Generator& gen) {
   seed_ = gen.next_u64();
 }
 
-Tensor SokdStrategy::compute(const DistillContext& ctx) {
-  Tensor total;
-  for (auto& [n, l] : compute_parts(ctx)) total = total.defined() ? add(total, l) : l;
-  return total;
-}
+Tensor SokdStrategy::compute(const DistillContext& ctx) { return sum_of_parts(compute_parts(ctx)); }
 
 std::vector<std::pair<std::string, Tensor>> SokdStrategy::compute_parts(const DistillContext& ctx) {
   const Tensor fs = (*regressor_)(ctx.student_feature(o_.s_tap));
@@ -225,8 +221,7 @@ Tensor SokdStrategy::augment(const Tensor& f, const TrainProgress& progress) {
     }
   }
   if (learn) {
-    std::vector<double> g(gumbel.begin(), gumbel.end());
-    const Tensor soft = softmax(mul(add(w_t, Tensor::from_vector(g, {n}, w_t.dtype()).to(w_t.device())),
+    const Tensor soft = softmax(mul(add(w_t, Tensor::from_vector(gumbel, {n}, w_t.dtype()).to(w_t.device())),
                                     Tensor::scalar(1.0 / tau, w_t.dtype(), w_t.device())),
                                 0);
     const Tensor sb = element(soft, b);
@@ -235,7 +230,6 @@ Tensor SokdStrategy::augment(const Tensor& f, const TrainProgress& progress) {
   }
   return x;
 }
-
 
 void register_sokd_strategy() {
   register_strategy("sokd", [](JsonReader& p) {

@@ -73,15 +73,20 @@ Tensor attention_map(const Tensor& f, double p) {
                 });
 }
 
-Tensor at_loss(const Tensor& fs, const Tensor& ft, double p) {
-  check_feature_pair("at_loss", fs, ft);
+std::pair<Tensor, Tensor> pool_to_common_size(const Tensor& fs, const Tensor& ft) {
   // mdistiller pools the larger map to the smaller one's (H, H); per dimension here, which is the same
   // for the square maps of every model in the zoo.
   const int64_t h = std::min(fs.shape()[2], ft.shape()[2]), w = std::min(fs.shape()[3], ft.shape()[3]);
   auto to_common = [h, w](const Tensor& f) {
     return f.shape()[2] == h && f.shape()[3] == w ? f : adaptive_avg_pool2d(f, h, w);
   };
-  return mse_loss(attention_map(to_common(fs), p), attention_map(to_common(ft), p));
+  return {to_common(fs), to_common(ft)};
+}
+
+Tensor at_loss(const Tensor& fs, const Tensor& ft, double p) {
+  check_feature_pair("at_loss", fs, ft);
+  const auto [s, t] = pool_to_common_size(fs, ft);
+  return mse_loss(attention_map(s, p), attention_map(t, p));
 }
 
 // ---- CWD ---------------------------------------------------------------------------------------------

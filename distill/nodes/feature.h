@@ -13,6 +13,7 @@
 // teacher features usually need no gradient and then cost none.
 #pragma once
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/gradcheck.h"
@@ -22,6 +23,9 @@ namespace retort {
 
 // f [B, C, H, W] -> [B, H*W]. One "AttentionMapBackward" node.
 Tensor attention_map(const Tensor& f, double p = 2.0);
+// fs and ft [B, *, H, W] brought to one spatial size: where a size differs, the larger is
+// adaptive-avg-pooled to the smaller (per dimension); a map already at that size is returned as is.
+std::pair<Tensor, Tensor> pool_to_common_size(const Tensor& fs, const Tensor& ft);
 // fs [B, Cs, Hs, Ws], ft [B, Ct, Ht, Wt]: channels may differ; where a spatial size differs the larger
 // is adaptive-avg-pooled to the smaller (mdistiller's single_stage_at_loss). 0-D result. Composed of
 // attention_map (and adaptive_avg_pool2d) nodes and one mse_loss node.

@@ -99,18 +99,14 @@ class MtkdSsrStrategy final : public Strategy {
     if (!adapters_.empty() && o_.scd_weight > 0) {
       Tensor scd;
       for (size_t i = 0; i < k; ++i) {
-        Tensor fs = (*adapters_[i])(ctx.student_feature(o_.s_stages[i]));
-        Tensor ft = ctx.teacher_feature(o_.t_stages[i]);
-        Tensor l;
+        const Tensor fs = (*adapters_[i])(ctx.student_feature(o_.s_stages[i]));
+        const Tensor& ft = ctx.teacher_feature(o_.t_stages[i]);
         if (o_.scd == "cd") {
-          l = channel_distill_loss(fs, ft);
+          accumulate(scd, channel_distill_loss(fs, ft));
         } else {
-          const int64_t h = std::min(fs.shape()[2], ft.shape()[2]), w = std::min(fs.shape()[3], ft.shape()[3]);
-          if (fs.shape()[2] != h || fs.shape()[3] != w) fs = adaptive_avg_pool2d(fs, h, w);
-          if (ft.shape()[2] != h || ft.shape()[3] != w) ft = adaptive_avg_pool2d(ft, h, w);
-          l = cwd_loss(fs, ft, o_.tau);
+          const auto [s, t] = pool_to_common_size(fs, ft);
+          accumulate(scd, cwd_loss(s, t, o_.tau));
         }
-        accumulate(scd, l);
       }
       parts.emplace_back("scd", weighted(scd, o_.scd_weight));
     }

@@ -10,23 +10,17 @@
 #include "engine/autograd.h"
 #include "engine/functions.h"
 #include "models/registry.h"
+#include "tests/common/distill_fixtures.h"
 
 using namespace retort;
 namespace fs = std::filesystem;
 
 namespace {
 
-const Shape kSample{1, 16, 16};
-const ModelOptions kOpts{4, 1, 16};
-
-Batch make_batch(int64_t n, uint64_t seed) {
-  Generator g(seed);
-  std::vector<int64_t> y;
-  for (int64_t i = 0; i < n; ++i) y.push_back(i % 4);
-  return Batch{Tensor::randn({n, 1, 16, 16}, g), Tensor::from_int64(y, {n}), Tensor::arange(n, DType::I64)};
-}
-
-std::vector<DistillTerm> terms_from(const std::string& json) { return parse_terms(Json::parse(json), "test.json"); }
+const Shape& kSample = retort::testing::kTinySample;
+const ModelOptions& kOpts = retort::testing::kTinyModel;
+using retort::testing::terms_from;
+Batch make_batch(int64_t n, uint64_t seed) { return retort::testing::tiny_batch(n, seed); }
 
 StateDict snapshot(const Module& m) {
   StateDict s;

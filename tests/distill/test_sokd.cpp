@@ -15,6 +15,7 @@
 #include "engine/autograd.h"
 #include "engine/functions.h"
 #include "models/registry.h"
+#include "tests/common/distill_fixtures.h"
 #include "tests/common/expect.h"
 #include "tests/common/golden.h"
 
@@ -179,15 +180,6 @@ TEST(DistinctiveAreaDetector, HeadsNamesAndRanges) {
 }
 
 namespace {
-const Shape kSample{1, 16, 16};
-const ModelOptions kOpts{4, 1, 16};
-
-Batch batch_of(int64_t n, uint64_t seed) {
-  Generator g(seed);
-  std::vector<int64_t> y;
-  for (int64_t i = 0; i < n; ++i) y.push_back(i % 4);
-  return Batch{Tensor::randn({n, 1, 16, 16}, g), Tensor::from_int64(y, {n}), Tensor::arange(n, DType::I64)};
-}
 
 struct SokdRun {
   std::shared_ptr<Module> student, teacher;
@@ -203,12 +195,12 @@ struct SokdRun {
 SokdRun make_run(const std::string& params) {
   Generator gen(1);
   SokdRun r;
-  r.student = create_model("resnet8", kOpts, gen);
-  r.teacher = create_model("resnet8x4", kOpts, gen);
+  r.student = create_model("resnet8", retort::testing::kTinyModel, gen);
+  r.teacher = create_model("resnet8x4", retort::testing::kTinyModel, gen);
   r.d = std::make_unique<Distiller>(
       r.student, r.teacher,
-      parse_terms(Json::parse(R"([{"type": "sokd", "params": )" + params + "}]"), "test.json"), DistillerOptions{},
-      kSample, gen);
+      retort::testing::terms_from(R"([{"type": "sokd", "params": )" + params + "}]"), DistillerOptions{},
+      retort::testing::kTinySample, gen);
   return r;
 }
 }  // namespace
@@ -224,7 +216,7 @@ TEST(SokdStrategy, PolicyLearnsOnlyWhileSearchingAndSamplingFollowsTheStep) {
   TrainProgress prog{0, 2, 0, 0, 10};
   for (;; ++prog.step) {
     Tensor logits;
-    LossTerms terms = run.d->losses(batch_of(4, 7), prog, logits);
+    LossTerms terms = run.d->losses(retort::testing::tiny_batch(4, 7), prog, logits);
     ASSERT_EQ(terms.size(), 2u);
     EXPECT_EQ(terms[0].first, "sokd.feat");
     EXPECT_EQ(terms[1].first, "sokd.dam");
@@ -250,7 +242,7 @@ TEST(SokdStrategy, PolicyLearnsOnlyWhileSearchingAndSamplingFollowsTheStep) {
   const Tensor frozen = run.buf("policy.probability").clone();
   TrainProgress later{1, 2, 50, 0, 10};
   Tensor logits;
-  LossTerms terms = run.d->losses(batch_of(4, 8), later, logits);
+  LossTerms terms = run.d->losses(retort::testing::tiny_batch(4, 8), later, logits);
   add(terms[0].second, terms[1].second).backward();
   EXPECT_FALSE(run.buf("policy.probability").grad().defined());
   run.d->after_step(later);
@@ -259,10 +251,10 @@ TEST(SokdStrategy, PolicyLearnsOnlyWhileSearchingAndSamplingFollowsTheStep) {
   // The sample is a function of (seed, step): the same step draws the same sub-policy and flags.
   for (int64_t step : {3, 11, 40}) {
     TrainProgress p{1, 2, step, 0, 10};
-    run.d->losses(batch_of(4, 9), p, logits);
+    run.d->losses(retort::testing::tiny_batch(4, 9), p, logits);
     const auto first = std::pair{s.last_sub_policy(), s.last_applied()};
     const Tensor aug = s.last_augmented().clone();
-    run.d->losses(batch_of(4, 9), p, logits);
+    run.d->losses(retort::testing::tiny_batch(4, 9), p, logits);
     EXPECT_EQ(first, (std::pair{s.last_sub_policy(), s.last_applied()})) << "step " << step;
     EXPECT_TRUE(close_to("augmented teacher feature", s.last_augmented(), aug, 0, 0)) << "step " << step;
   }
@@ -276,7 +268,7 @@ TEST(SokdStrategy, SearchNoneNeverTouchesThePolicyAndConfigErrorsAreClear) {
   for (int64_t step = 0; step < 4; ++step) {
     TrainProgress prog{0, 2, step, step, 10};
     Tensor logits;
-    LossTerms terms = run.d->losses(batch_of(4, 7), prog, logits);
+    LossTerms terms = run.d->losses(retort::testing::tiny_batch(4, 7), prog, logits);
     add(terms[0].second, terms[1].second).backward();
     EXPECT_FALSE(run.buf("policy.probability").grad().defined());
     run.d->after_step(prog);
@@ -284,7 +276,7 @@ TEST(SokdStrategy, SearchNoneNeverTouchesThePolicyAndConfigErrorsAreClear) {
   EXPECT_TRUE(close_to("policy", run.buf("policy.probability"), p0, 0, 0));
   auto error_of = [](const std::string& params) {
     try {
-      parse_terms(Json::parse(R"([{"type": "sokd", "params": )" + params + "}]"), "test.json");
+      retort::testing::terms_from(R"([{"type": "sokd", "params": )" + params + "}]");
     } catch (const Error& e) {
       return std::string(e.what());
     }

@@ -59,7 +59,9 @@ Distiller::Distiller(std::shared_ptr<Module> student, std::shared_ptr<Module> te
   for (auto& t : terms_) t.strategy->build(shapes, gen);
   for (const auto& s : s_specs) student_->tap(s, [this, s](const Tensor& x) { student_feats_[s] = x; });
   if (teacher_) {
-    for (const auto& s : t_specs) teacher_->tap(s, [this, s](const Tensor& x) { teacher_feats_[s] = x; });
+    for (const auto& s : t_specs) teacher_->tap(s, [this, s](const Tensor& x) {
+        if (!rerunning_teacher_) teacher_feats_[s] = x;
+      });
     for (auto& p : teacher_->parameters()) p.set_requires_grad(false);
     teacher_mode();
   }
@@ -101,24 +103,41 @@ int64_t Distiller::extra_parameter_count() const {
   return n;
 }
 
+Tensor Distiller::run_teacher(const Tensor& inputs) {
+  if (options_.teacher_bn != "train") return (*teacher_)(inputs);
+  // Batch statistics, but the frozen teacher's running statistics must not move: restore them.
+  std::vector<std::pair<Tensor, Tensor>> saved_buffers;
+  for (auto& [n, b] : teacher_->named_buffers()) saved_buffers.emplace_back(b, b.clone());
+  Tensor out = (*teacher_)(inputs);
+  for (auto& [live, copy] : saved_buffers) backend_for(live).copy(copy.raw_data(), live.raw_data(), live.nbytes());
+  return out;
+}
+
 LossTerms Distiller::losses(const Batch& batch, const TrainProgress& progress, Tensor& logits) {
   student_feats_.clear();
   teacher_feats_.clear();
   Tensor teacher_logits;
   if (teacher_) {
     NoGradGuard ng;
-    if (options_.teacher_bn == "train") {
-      // Batch statistics, but the frozen teacher's running statistics must not move: restore them.
-      std::vector<std::pair<Tensor, Tensor>> saved_buffers;
-      for (auto& [n, b] : teacher_->named_buffers()) saved_buffers.emplace_back(b, b.clone());
-      teacher_logits = (*teacher_)(batch.inputs);
-      for (auto& [live, copy] : saved_buffers) backend_for(live).copy(copy.raw_data(), live.raw_data(), live.nbytes());
-    } else {
-      teacher_logits = (*teacher_)(batch.inputs);
-    }
+    teacher_logits = run_teacher(batch.inputs);
   }
   logits = (*student_)(batch.inputs);
-  DistillContext ctx{logits, teacher_logits, batch.targets, student_feats_, teacher_feats_, progress};
+  DistillContext ctx{logits, teacher_logits, batch.targets, student_feats_, teacher_feats_, progress, {}};
+  if (teacher_)
+    ctx.teacher_from = [this, &batch](const std::string& tap, const Tensor& feature) {
+      // The taps stay quiet (the features above belong to the real pass) and the substitute is removed
+      // however the run ends.
+      struct Restore {
+        Distiller& d;
+        ~Restore() {
+          d.teacher_->clear_substitutes();
+          d.rerunning_teacher_ = false;
+        }
+      } restore{*this};
+      rerunning_teacher_ = true;
+      teacher_->substitute(tap, feature);
+      return run_teacher(batch.inputs);
+    };
   LossTerms out;
   for (auto& t : terms_) {
     double w = t.weight;

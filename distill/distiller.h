@@ -54,11 +54,13 @@ class Distiller : public TrainingTask {
 
  private:
   void teacher_mode();
+  Tensor run_teacher(const Tensor& inputs);  // the teacher's forward (restoring BN statistics in "train")
 
   std::shared_ptr<Module> student_, teacher_;
   std::vector<DistillTerm> terms_;
   DistillerOptions options_;
   std::map<std::string, Tensor> student_feats_, teacher_feats_;
+  bool rerunning_teacher_ = false;  // inside DistillContext::teacher_from: taps do not record
 };
 
 // Builds the terms of a config's "distill": {"terms": [...]} array, strictly.

@@ -34,6 +34,11 @@ struct DistillContext {
   const std::map<std::string, Tensor>& student_features;  // tap spec -> tensor
   const std::map<std::string, Tensor>& teacher_features;
   const TrainProgress& progress;
+  // Runs the teacher on this batch again with the output of module `tap` replaced by `feature` and
+  // returns its logits: the rest of the teacher applied to a changed feature (SoKD's refined teacher
+  // logits). Gradients reach `feature` unless the caller holds a NoGradGuard; the teacher's features
+  // above are not overwritten. Empty when there is no teacher.
+  std::function<Tensor(const std::string& tap, const Tensor& feature)> teacher_from;
   const Tensor& student_feature(const std::string& spec) const;
   const Tensor& teacher_feature(const std::string& spec) const;
 };
@@ -54,6 +59,9 @@ class Strategy : public Module {
   virtual std::vector<std::string> teacher_taps() const { return {}; }
   // Whether it needs a teacher at all (ce does not).
   virtual bool needs_teacher() const { return true; }
+  // Whether compute() reads the teacher's logits (a wrapper that refines the teacher's targets then
+  // refines the logits too). Feature methods say no.
+  virtual bool uses_teacher_logits() const { return needs_teacher(); }
   // Sizes connectors from the tap shapes; called once before training.
   virtual void build(const TapShapes& shapes, Generator& gen) {}
   // The unweighted loss for this batch (a 0-D tensor).

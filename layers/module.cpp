@@ -10,7 +10,10 @@
 namespace retort {
 
 Tensor Module::operator()(const Tensor& x) {
-  Tensor y = forward(x);
+  if (substitute_.defined())
+    RETORT_CHECK(x.dim() >= 1 && substitute_.dim() >= 1 && x.shape()[0] == substitute_.shape()[0], type_name_,
+                 ": substituted output ", substitute_.meta_str(), " does not match the batch of input ", x.meta_str());
+  Tensor y = substitute_.defined() ? substitute_ : forward(x);
   if (!taps_.empty()) emit("output", y);
   return y;
 }
@@ -242,6 +245,18 @@ void Module::tap(const std::string& spec, TapFn fn) {
   Module& m = find(path);
   if (point == "output") m.taps_.emplace(point, std::move(fn));
   else m.add_point_tap(point, std::move(fn));
+}
+
+void Module::substitute(const std::string& path, Tensor t) {
+  RETORT_CHECK(path.find(':') == std::string::npos, "substitute '", path,
+               "': only a module's output can be substituted, not a named point");
+  RETORT_CHECK(t.defined(), "substitute '", path, "': undefined tensor");
+  find(path).substitute_ = std::move(t);
+}
+
+void Module::clear_substitutes() {
+  substitute_ = Tensor();
+  for (auto& [n, c] : children_) c->clear_substitutes();
 }
 
 void Module::clear_taps() {

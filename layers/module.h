@@ -78,7 +78,16 @@ class Module {
   // path: "module.path" (its output) or "module.path:point" (a named point it emits).
   void tap(const std::string& path, TapFn fn);
   void clear_taps();  // recursively
-  bool has_taps() const { return !taps_.empty(); }  // this module's own, not its children's
+  // Whether this module (not its children) has taps or a substitute: a forward that fuses it away must
+  // then call it through operator().
+  bool has_taps() const { return !taps_.empty() || substitute_.defined(); }
+
+  // ---- substitution ------------------------------------------------------------------------------
+  // Makes the module at `path` skip its forward and return `t` instead (its output taps see `t`), so
+  // that running the whole network runs the rest of it from that point on a changed feature: SoKD's
+  // refined teacher logits. `t`'s batch size must be the input's. Removed with clear_substitutes().
+  void substitute(const std::string& path, Tensor t);
+  void clear_substitutes();  // recursively
 
   // A readable tree: "ResNet(\n  (conv1): Conv2d(3, 16, kernel_size=3, ...)\n ...)".
   std::string str() const;
@@ -114,6 +123,7 @@ class Module {
   std::vector<std::pair<std::string, Tensor>> buffers_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
   std::multimap<std::string, TapFn> taps_;  // point ("output" or a name) -> listeners
+  Tensor substitute_;                       // returned in place of forward() when defined
 };
 
 using ModulePtr = std::shared_ptr<Module>;

@@ -14,6 +14,7 @@ class ATStrategy final : public Strategy {
       : Strategy("at"), s_taps_(std::move(s)), t_taps_(std::move(t)), p_(p) {}
   std::vector<std::string> student_taps() const override { return s_taps_; }
   std::vector<std::string> teacher_taps() const override { return t_taps_; }
+  bool uses_teacher_logits() const override { return false; }
   Tensor compute(const DistillContext& ctx) override {
     Tensor total;
     for (size_t i = 0; i < s_taps_.size(); ++i) {

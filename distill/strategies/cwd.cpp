@@ -15,6 +15,7 @@ class CWDStrategy final : public Strategy {
       : Strategy("cwd"), s_tap_(std::move(s)), t_tap_(std::move(t)), tau_(tau) {}
   std::vector<std::string> student_taps() const override { return {s_tap_}; }
   std::vector<std::string> teacher_taps() const override { return {t_tap_}; }
+  bool uses_teacher_logits() const override { return false; }
   void build(const TapShapes& shapes, Generator& gen) override {
     const Shape& s = shapes.of_student(s_tap_);
     const Shape& t = shapes.of_teacher(t_tap_);

@@ -14,6 +14,7 @@ class FitNetStrategy final : public Strategy {
       : Strategy("fitnet"), s_tap_(std::move(s_tap)), t_tap_(std::move(t_tap)) {}
   std::vector<std::string> student_taps() const override { return {s_tap_}; }
   std::vector<std::string> teacher_taps() const override { return {t_tap_}; }
+  bool uses_teacher_logits() const override { return false; }
   void build(const TapShapes& shapes, Generator& gen) override {
     regressor_ = register_module("regressor",
                                  std::make_shared<ConvReg>(shapes.of_student(s_tap_), shapes.of_teacher(t_tap_), gen));

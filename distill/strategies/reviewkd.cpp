@@ -23,6 +23,7 @@ class ReviewKDStrategy final : public Strategy {
       : Strategy("reviewkd"), s_taps_(std::move(s)), t_taps_(std::move(t)), max_mid_(max_mid) {}
   std::vector<std::string> student_taps() const override { return s_taps_; }
   std::vector<std::string> teacher_taps() const override { return t_taps_; }
+  bool uses_teacher_logits() const override { return false; }
 
   void build(const TapShapes& shapes, Generator& gen) override {
     const size_t n = s_taps_.size();

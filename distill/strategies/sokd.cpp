@@ -24,10 +24,19 @@
 //     Bernoulli sample at temperature relax_temperature (0.5); its value is the hard o_i;
 //   - sub-policy logits: f̃_t ← f̃_t · (1 + s_b − sg(s_b)), s = softmax((w + gumbel) / relax_temperature).
 // After the search the policy is frozen and only sampling continues; search "none" never updates it.
+//
+// Plug-in (params "host", methods.md §3.1.5): another strategy (kd, dkd, fitnet, reviewkd, ...) is
+// computed on the refined teacher targets — every teacher feature it reads goes through the step's
+// sub-policy (the same draw for all; a pooled [B, C] feature as [B, C, 1, 1], as the dev code's
+// DFKD_ReviewKD augments every ReviewKD level), and if it reads the teacher's logits (refine_logits) they
+// are the rest of the teacher run on f̃_t at teacher_tap. Its parts are reported as "<host type>[.part]";
+// its modules are this term's submodule "host". SoKD's own masked feature and DAM losses are added beside
+// it unless both their weights are 0. The policy's gradients come from every part.
 #include "distill/strategies/sokd.h"
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <tuple>
 
 #include "distill/strategies/strategies.h"
@@ -68,17 +77,43 @@ Tensor AugmentationPolicy::forward(const Tensor&) {
   throw Error("AugmentationPolicy holds SoKD's policy tensors; it is not a layer and has no forward");
 }
 
-SokdStrategy::SokdStrategy(SokdOptions o) : Strategy("sokd"), o_(std::move(o)), policies_(all_sub_policies()) {}
+SokdStrategy::SokdStrategy(SokdOptions o) : Strategy("sokd"), o_(std::move(o)), policies_(all_sub_policies()) {
+  if (o_.host) register_module("host", o_.host);
+}
+
+namespace {
+std::vector<std::string> merged(std::vector<std::string> a, const std::vector<std::string>& b) {
+  for (const auto& x : b)
+    if (std::find(a.begin(), a.end(), x) == a.end()) a.push_back(x);
+  return a;
+}
+}  // namespace
+
+std::vector<std::string> SokdStrategy::student_taps() const {
+  std::vector<std::string> own = own_losses() ? std::vector<std::string>{o_.s_tap} : std::vector<std::string>{};
+  return o_.host ? merged(own, o_.host->student_taps()) : own;
+}
+
+std::vector<std::string> SokdStrategy::teacher_taps() const {
+  return o_.host ? merged({o_.t_tap}, o_.host->teacher_taps()) : std::vector<std::string>{o_.t_tap};
+}
 
 void SokdStrategy::build(const TapShapes& shapes, Generator& gen) {
-  const Shape& s = shapes.of_student(o_.s_tap);
+  if (o_.host) o_.host->build(shapes, gen);
   const Shape& t = shapes.of_teacher(o_.t_tap);
   RETORT_CHECK(t.size() == 4, "sokd: teacher tap ", o_.t_tap, " gives ", shape_str(t), ", expected a feature map");
-  regressor_ = register_module("regressor", std::make_shared<ConvReg>(s, t, gen));
-  dam_ = register_module("dam",
-                         std::make_shared<DistinctiveAreaDetector>(t[1], o_.heatmap_classes, o_.trailing_relu, gen));
-  RETORT_CHECK(o_.area_num <= o_.heatmap_classes * t[2] * t[3], "sokd: area_num ", o_.area_num, " exceeds the ",
-               o_.heatmap_classes * t[2] * t[3], " heatmap positions of teacher feature ", shape_str(t));
+  if (own_losses()) {
+    const Shape& s = shapes.of_student(o_.s_tap);
+    regressor_ = register_module("regressor", std::make_shared<ConvReg>(s, t, gen));
+    dam_ = register_module("dam",
+                           std::make_shared<DistinctiveAreaDetector>(t[1], o_.heatmap_classes, o_.trailing_relu, gen));
+    RETORT_CHECK(o_.area_num <= o_.heatmap_classes * t[2] * t[3], "sokd: area_num ", o_.area_num, " exceeds the ",
+                 o_.heatmap_classes * t[2] * t[3], " heatmap positions of teacher feature ", shape_str(t));
+  }
+  if (o_.host && o_.refine_logits && o_.augment && o_.host->uses_teacher_logits())
+    RETORT_CHECK(o_.t_tap.find(':') == std::string::npos, "sokd: refining the teacher's logits for host '",
+                 o_.host->type_name(), "' runs the rest of the teacher from teacher_tap, which must be a module's "
+                 "output; '", o_.t_tap, "' is a named point (choose a module, or set refine_logits false)");
   const int64_t n = static_cast<int64_t>(policies_.size());
   policy_ = register_module("policy", std::make_shared<AugmentationPolicy>());
   policy_->register_buffer("probability", Tensor::full({n, 2}, 0.5));
@@ -96,20 +131,59 @@ void SokdStrategy::build(const TapShapes& shapes, Generator& gen) {
 Tensor SokdStrategy::compute(const DistillContext& ctx) { return sum_of_parts(compute_parts(ctx)); }
 
 std::vector<std::pair<std::string, Tensor>> SokdStrategy::compute_parts(const DistillContext& ctx) {
-  const Tensor fs = (*regressor_)(ctx.student_feature(o_.s_tap));
-  const Tensor ft = o_.augment ? augment(ctx.teacher_feature(o_.t_tap), ctx.progress) : ctx.teacher_feature(o_.t_tap);
-  const DistinctiveAreaDetector::Output ds = dam_->heads(fs), dt = dam_->heads(ft);
-  last_regions_ = dam_regions(ds.heatmap, ds.wh, ds.offset, o_.area_num);
+  Generator gen(seed_ ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(ctx.progress.step + 1)));
+  const bool learn = o_.augment && searching(ctx.progress);
+  for (const char* name : {"probability", "magnitude", "weight"}) policy_->buffer(name).set_requires_grad(learn);
+  const Draw d = draw(gen);
+  last_b_ = d.b;
+  last_applied_ = d.on;
+  // Each teacher target refined once per step, in the order asked for (SoKD's own tap first).
+  std::map<std::string, Tensor> refined;
+  auto refine = [&](const std::string& tap) -> Tensor {
+    auto it = refined.find(tap);
+    if (it != refined.end()) return it->second;
+    const Tensor& f = ctx.teacher_feature(tap);
+    return refined[tap] = o_.augment ? augment(f, d, learn, gen) : f;
+  };
+  const Tensor ft = refine(o_.t_tap);
   last_augmented_ = ft.detach();
-  last_student_ = fs.detach();
   last_teacher_ = ctx.teacher_feature(o_.t_tap).detach();
-  const Tensor feat = masked_feature_mse(fs, ft, last_regions_.mask);
-  const Tensor dam = mse_loss(cat({ds.heatmap, ds.wh, ds.offset}, 1), cat({dt.heatmap, dt.wh, dt.offset}, 1));
-  return {{"feat", feat * o_.feat_weight}, {"dam", dam * o_.dam_weight}};
+  std::vector<std::pair<std::string, Tensor>> parts;
+  if (own_losses()) {
+    const Tensor fs = (*regressor_)(ctx.student_feature(o_.s_tap));
+    const DistinctiveAreaDetector::Output ds = dam_->heads(fs), dt = dam_->heads(ft);
+    last_regions_ = dam_regions(ds.heatmap, ds.wh, ds.offset, o_.area_num);
+    last_student_ = fs.detach();
+    const Tensor feat = masked_feature_mse(fs, ft, last_regions_.mask);
+    const Tensor dam = mse_loss(cat({ds.heatmap, ds.wh, ds.offset}, 1), cat({dt.heatmap, dt.wh, dt.offset}, 1));
+    parts = {{"feat", feat * o_.feat_weight}, {"dam", dam * o_.dam_weight}};
+  }
+  if (!o_.host) return parts;
+  std::map<std::string, Tensor> host_feats = ctx.teacher_features;
+  for (const auto& tap : o_.host->teacher_taps()) host_feats[tap] = refine(tap);
+  Tensor teacher_logits = ctx.teacher_logits;
+  last_refined_logits_ = Tensor();
+  if (o_.augment && o_.refine_logits && o_.host->uses_teacher_logits()) {
+    RETORT_CHECK(static_cast<bool>(ctx.teacher_from), "sokd: refining the teacher's logits needs a teacher to run");
+    if (learn) {
+      teacher_logits = ctx.teacher_from(o_.t_tap, ft);
+    } else {
+      NoGradGuard ng;
+      teacher_logits = ctx.teacher_from(o_.t_tap, ft);
+    }
+    last_refined_logits_ = teacher_logits.detach();
+    last_teacher_logits_ = ctx.teacher_logits;
+  }
+  const DistillContext host_ctx{ctx.student_logits, teacher_logits,    ctx.targets,     ctx.student_features,
+                                host_feats,         ctx.progress,      ctx.teacher_from};
+  const std::string name = o_.host->type_name();
+  for (auto& [part, l] : o_.host->compute_parts(host_ctx)) parts.emplace_back(part.empty() ? name : name + "." + part, l);
+  return parts;
 }
 
 void SokdStrategy::after_step(const TrainProgress& progress) {
-  if (!searching(progress)) return;
+  if (o_.host) o_.host->after_step(progress);
+  if (!(o_.augment && searching(progress))) return;
   const double lr = o_.policy_lr, wd = o_.policy_weight_decay;
   Tensor& step_buf = policy_->buffer("adam_step");
   const double step = static_cast<double>(step_buf.data<float>()[0]) + 1.0;
@@ -141,10 +215,20 @@ void SokdStrategy::after_step(const TrainProgress& progress) {
 
 std::vector<std::pair<std::string, Tensor>> SokdStrategy::inspect() const {
   if (!last_augmented_.defined()) return {};
-  return {{"mask", last_regions_.mask},          {"boxes", last_regions_.boxes},
-          {"scores", last_regions_.scores},      {"heatmap_classes", last_regions_.classes},
-          {"student", last_student_},            {"teacher", last_teacher_},
-          {"augmented_teacher", last_augmented_}};
+  std::vector<std::pair<std::string, Tensor>> out;
+  if (own_losses())
+    out = {{"mask", last_regions_.mask},         {"boxes", last_regions_.boxes},
+           {"scores", last_regions_.scores},     {"heatmap_classes", last_regions_.classes},
+           {"student", last_student_}};
+  out.emplace_back("teacher", last_teacher_);
+  out.emplace_back("augmented_teacher", last_augmented_);
+  if (last_refined_logits_.defined()) {
+    out.emplace_back("teacher_logits", last_teacher_logits_);
+    out.emplace_back("refined_teacher_logits", last_refined_logits_);
+  }
+  if (o_.host)
+    for (auto& [n, t] : o_.host->inspect()) out.emplace_back("host." + n, t);
+  return out;
 }
 
 std::string SokdStrategy::inspect_text() const {
@@ -158,50 +242,65 @@ std::string SokdStrategy::inspect_text() const {
     out += detail::cat(" ", feature_op_name(op), " (p ", value_at(prob, 2 * last_b_ + i), ", m ", m, " -> v ",
                        feature_op_value(op, m), ", ", last_applied_[static_cast<size_t>(i)] ? "applied" : "skipped", ")");
   }
+  if (!o_.augment) out += " (augment off: targets unchanged)";
+  if (o_.host) {
+    out += detail::cat("; host ", o_.host->type_name(), " on the refined targets",
+                       last_refined_logits_.defined() ? " (teacher logits refined through the rest of the teacher)" : "");
+    const std::string h = o_.host->inspect_text();
+    if (!h.empty()) out += "; " + h;
+  }
   return out;
 }
 
 Json SokdStrategy::params() const {
-  return {{"student_tap", o_.s_tap},           {"teacher_tap", o_.t_tap},
+  Json j = {{"student_tap", o_.s_tap},           {"teacher_tap", o_.t_tap},
           {"area_num", o_.area_num},           {"heatmap_classes", o_.heatmap_classes},
           {"trailing_relu", o_.trailing_relu}, {"augment", o_.augment},
           {"feat_weight", o_.feat_weight},     {"dam_weight", o_.dam_weight},
           {"search", o_.search},               {"search_epochs", o_.search_epochs},
           {"policy_lr", o_.policy_lr},         {"policy_weight_decay", o_.policy_weight_decay},
           {"relax_temperature", o_.relax_temperature}};
+  if (o_.host) {
+    j["host"] = {{"type", o_.host->type_name()}, {"params", o_.host->params()}};
+    j["refine_logits"] = o_.refine_logits;
+  }
+  return j;
 }
 
-Tensor SokdStrategy::augment(const Tensor& f, const TrainProgress& progress) {
-  Generator gen(seed_ ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(progress.step + 1)));
+SokdStrategy::Draw SokdStrategy::draw(Generator& gen) const {
+  const Tensor prob = policy_->buffer("probability").to(Device::cpu()), w = policy_->buffer("weight").to(Device::cpu());
+  const int64_t n = static_cast<int64_t>(policies_.size());
+  Draw d;
+  // Sub-policy by Gumbel-max.
+  d.gumbel.resize(static_cast<size_t>(n));
+  for (int64_t s = 0; s < n; ++s) {
+    d.gumbel[static_cast<size_t>(s)] = -std::log(-std::log(std::max(gen.uniform(), 1e-300)));
+    if (value_at(w, s) + d.gumbel[static_cast<size_t>(s)] > value_at(w, d.b) + d.gumbel[static_cast<size_t>(d.b)]) d.b = s;
+  }
+  // Op flags by logistic noise.
+  for (int i = 0; i < 2; ++i) {
+    const double u = std::clamp(gen.uniform(), 1e-12, 1.0 - 1e-12);
+    d.noise[static_cast<size_t>(i)] = std::log(u) - std::log1p(-u);
+    const double p = value_at(prob, 2 * d.b + i);
+    d.on[static_cast<size_t>(i)] = std::log(p) - std::log1p(-p) + d.noise[static_cast<size_t>(i)] > 0;
+  }
+  return d;
+}
+
+Tensor SokdStrategy::augment(const Tensor& f, const Draw& d, bool learn, Generator& gen) {
+  if (f.dim() == 2) return reshape(augment(reshape(f, {f.shape()[0], f.shape()[1], 1, 1}), d, learn, gen), f.shape());
+  RETORT_CHECK(f.dim() == 4, "sokd: cannot augment teacher feature ", f.meta_str(), " (expected [B, C, H, W] or [B, C])");
   Tensor& prob_t = policy_->buffer("probability");
   Tensor& mag_t = policy_->buffer("magnitude");
   Tensor& w_t = policy_->buffer("weight");
-  const Tensor prob = prob_t.to(Device::cpu()), mag = mag_t.to(Device::cpu()), w = w_t.to(Device::cpu());
-  const int64_t n = static_cast<int64_t>(policies_.size());
+  const Tensor mag = mag_t.to(Device::cpu());
+  const int64_t n = static_cast<int64_t>(policies_.size()), b = d.b;
   const double tau = o_.relax_temperature;
-  // Sub-policy by Gumbel-max.
-  std::vector<double> gumbel(static_cast<size_t>(n));
-  int64_t b = 0;
-  for (int64_t s = 0; s < n; ++s) {
-    gumbel[static_cast<size_t>(s)] = -std::log(-std::log(std::max(gen.uniform(), 1e-300)));
-    if (value_at(w, s) + gumbel[static_cast<size_t>(s)] > value_at(w, b) + gumbel[static_cast<size_t>(b)]) b = s;
-  }
-  // Op flags by logistic noise.
-  std::array<double, 2> noise{};
-  for (int i = 0; i < 2; ++i) {
-    const double u = std::clamp(gen.uniform(), 1e-12, 1.0 - 1e-12);
-    noise[static_cast<size_t>(i)] = std::log(u) - std::log1p(-u);
-    const double p = value_at(prob, 2 * b + i);
-    last_applied_[static_cast<size_t>(i)] = std::log(p) - std::log1p(-p) + noise[static_cast<size_t>(i)] > 0;
-  }
-  last_b_ = b;
-  const bool learn = searching(progress);
-  for (Tensor* t : {&prob_t, &mag_t, &w_t}) t->set_requires_grad(learn);
   Tensor x = f;
   Tensor mag_sum;
   for (int i = 0; i < 2; ++i) {
     const FeatureOp op = policies_[static_cast<size_t>(b)][static_cast<size_t>(i)];
-    const bool on = last_applied_[static_cast<size_t>(i)];
+    const bool on = d.on[static_cast<size_t>(i)];
     if (!learn && !on) continue;
     const Tensor y = apply_feature_op(x, op, feature_op_value(op, value_at(mag, 2 * b + i)), gen);
     if (!learn) {
@@ -211,7 +310,7 @@ Tensor SokdStrategy::augment(const Tensor& f, const TrainProgress& progress) {
     // ô = o + (q − sg(q)), q = sigmoid((logit P + noise) / τ): the value is the hard flag.
     const Tensor p = element(prob_t, b, i);
     const Tensor logit_p = sub(log(p), log(sub(Tensor::scalar(1.0, p.dtype(), p.device()), p)));
-    const Tensor q = sigmoid(mul(add(logit_p, Tensor::scalar(noise[static_cast<size_t>(i)], p.dtype(), p.device())),
+    const Tensor q = sigmoid(mul(add(logit_p, Tensor::scalar(d.noise[static_cast<size_t>(i)], p.dtype(), p.device())),
                                  Tensor::scalar(1.0 / tau, p.dtype(), p.device())));
     const Tensor o_hat = add(sub(q, q.detach()), Tensor::scalar(on ? 1.0 : 0.0, p.dtype(), p.device()));
     x = add(x, mul(sub(y, x), o_hat.to(x.dtype())));
@@ -221,7 +320,7 @@ Tensor SokdStrategy::augment(const Tensor& f, const TrainProgress& progress) {
     }
   }
   if (learn) {
-    const Tensor soft = softmax(mul(add(w_t, Tensor::from_vector(gumbel, {n}, w_t.dtype()).to(w_t.device())),
+    const Tensor soft = softmax(mul(add(w_t, Tensor::from_vector(d.gumbel, {n}, w_t.dtype()).to(w_t.device())),
                                     Tensor::scalar(1.0 / tau, w_t.dtype(), w_t.device())),
                                 0);
     const Tensor sb = element(soft, b);
@@ -259,6 +358,21 @@ void register_sokd_strategy() {
     o.relax_temperature = p.get<double>("relax_temperature", 0.5);
     RETORT_CHECK(o.policy_lr >= 0 && o.policy_weight_decay >= 0 && o.relax_temperature > 0, p.where("policy_lr"),
                  ": policy_lr and policy_weight_decay must be >= 0 and relax_temperature > 0");
+    if (p.has("host")) {
+      JsonReader& h = p.child("host");
+      const std::string type = h.require<std::string>("type");
+      RETORT_CHECK(type != "sokd", h.where("type"), ": SoKD cannot host itself");
+      if (h.has("params")) {
+        o.host = create_strategy(type, h.child("params"));
+      } else {
+        static const Json kNoParams = Json::object();
+        JsonReader none(kNoParams, "", "");
+        o.host = create_strategy(type, none);
+      }
+      RETORT_CHECK(o.host->needs_teacher(), h.where("type"), ": host '", type,
+                   "' uses no teacher, so there is nothing to refine (add it as a term of its own)");
+      o.refine_logits = p.get<bool>("refine_logits", true);
+    }
     return std::make_shared<SokdStrategy>(std::move(o));
   });
 }

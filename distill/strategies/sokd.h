@@ -21,6 +21,11 @@ struct SokdOptions {
   std::string search = "first_order";  // "first_order" | "none"
   int search_epochs = 20;
   double policy_lr = 3e-4, policy_weight_decay = 1e-3, relax_temperature = 0.5;
+  // The plug-in (methods.md §3.1.5): another method computed on the refined teacher targets — every
+  // teacher feature it reads augmented by the step's sub-policy and, when it reads the teacher's
+  // logits and refine_logits is on, the logits of the rest of the teacher run on f̃_t. Null: none.
+  std::shared_ptr<Strategy> host;
+  bool refine_logits = true;
 };
 
 // The augmentation policy's state, a module of buffers only (kept out of the student's optimizer):
@@ -37,21 +42,29 @@ class AugmentationPolicy : public Module {
 class SokdStrategy final : public Strategy {
  public:
   explicit SokdStrategy(SokdOptions o);
-  std::vector<std::string> student_taps() const override { return {o_.s_tap}; }
-  std::vector<std::string> teacher_taps() const override { return {o_.t_tap}; }
+  std::vector<std::string> student_taps() const override;
+  std::vector<std::string> teacher_taps() const override;
   void build(const TapShapes& shapes, Generator& gen) override;
   Tensor compute(const DistillContext& ctx) override;
   std::vector<std::pair<std::string, Tensor>> compute_parts(const DistillContext& ctx) override;
   void after_step(const TrainProgress& progress) override;
   Json params() const override;
   // mask, boxes, scores, heatmap_classes (of the regions), student (ConvReg output), teacher (the
-  // tapped feature) and augmented_teacher; the text names the sampled sub-policy and its ops.
+  // tapped feature), augmented_teacher and, with a host reading logits, refined_teacher_logits and
+  // teacher_logits; then the host's own views as "host.<name>". The text names the sampled sub-policy
+  // and its ops.
   std::vector<std::pair<std::string, Tensor>> inspect() const override;
   std::string inspect_text() const override;
 
   // The latest step's regions, augmented teacher feature and sample (for inspection and tests).
   const DamRegions& last_regions() const { return last_regions_; }
   const Tensor& last_augmented() const { return last_augmented_; }
+  // The host's teacher logits of the latest step when they were refined (else undefined).
+  const Tensor& last_refined_logits() const { return last_refined_logits_; }
+  Strategy* host() const { return o_.host.get(); }
+  // Whether this term computes its own masked feature and DAM losses: always without a host; with one,
+  // only when feat_weight or dam_weight is non-zero (else the regressor and DAM are not built).
+  bool own_losses() const { return !o_.host || o_.feat_weight > 0 || o_.dam_weight > 0; }
   int64_t last_sub_policy() const { return last_b_; }
   std::array<bool, 2> last_applied() const { return last_applied_; }
   // The 36 sub-policies (pairs of ops) the policy tensors index.
@@ -59,7 +72,17 @@ class SokdStrategy final : public Strategy {
   bool searching(const TrainProgress& p) const { return o_.search == "first_order" && p.epoch < o_.search_epochs; }
 
  private:
-  Tensor augment(const Tensor& f, const TrainProgress& progress);
+  // One step's draw: the sub-policy, its ops' flags and the noise that made them (for the relaxations).
+  struct Draw {
+    int64_t b = 0;
+    std::array<bool, 2> on{};
+    std::vector<double> gumbel;
+    std::array<double, 2> noise{};
+  };
+  Draw draw(Generator& gen) const;
+  // f through the drawn sub-policy (feature maps [B, C, H, W]; [B, C] is treated as [B, C, 1, 1]); with
+  // `learn`, carrying the straight-through factors that give the policy its gradients.
+  Tensor augment(const Tensor& f, const Draw& d, bool learn, Generator& gen);
 
   SokdOptions o_;
   std::vector<std::array<FeatureOp, 2>> policies_;
@@ -68,7 +91,7 @@ class SokdStrategy final : public Strategy {
   std::shared_ptr<AugmentationPolicy> policy_;
   uint64_t seed_ = 0;
   DamRegions last_regions_;
-  Tensor last_augmented_, last_student_, last_teacher_;
+  Tensor last_augmented_, last_student_, last_teacher_, last_refined_logits_, last_teacher_logits_;
   int64_t last_b_ = -1;
   std::array<bool, 2> last_applied_{};
 };

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "distill/distiller.h"
+#include "distill/nodes/logit.h"
 #include "distill/strategies/sokd.h"
 #include "distill/trainer.h"
 #include "engine/autograd.h"
@@ -334,4 +335,197 @@ TEST(SokdStrategy, ResumeMidSearchEqualsUninterruptedRun) {
   }
   EXPECT_TRUE(policy_seen);
   std::filesystem::remove_all(base);
+}
+
+// ---- SoKD as a plug-in around another method (params "host") -----------------------------------------
+
+namespace {
+
+// A distiller of one "sokd" term around `host_json` (or of the plain host when plain is true), on the
+// same tiny networks and generator as make_run, so the two build the host's modules identically.
+SokdRun make_host_run(const std::string& sokd_params, const std::string& host_json, bool plain = false) {
+  Generator gen(1);
+  SokdRun r;
+  r.student = create_model("resnet8", retort::testing::kTinyModel, gen);
+  r.teacher = create_model("resnet8x4", retort::testing::kTinyModel, gen);
+  const std::string terms =
+      plain ? "[" + host_json + "]"
+            : R"([{"type": "sokd", "params": {"host": )" + host_json + (sokd_params.empty() ? "" : ", ") + sokd_params + "}}]";
+  r.d = std::make_unique<Distiller>(r.student, r.teacher, retort::testing::terms_from(terms), DistillerOptions{},
+                                    retort::testing::kTinySample, gen);
+  r.d->train(true);
+  return r;
+}
+
+Tensor view(const Strategy& s, const std::string& name) {
+  for (auto& [n, t] : s.inspect())
+    if (n == name) return t;
+  ADD_FAILURE() << "no view " << name;
+  return Tensor();
+}
+
+double only_value(const LossTerms& terms, const std::string& name) {
+  EXPECT_EQ(terms.size(), 1u);
+  EXPECT_EQ(terms.at(0).first, name);
+  return terms.at(0).second.item();
+}
+
+// Calls teacher_from, then reports the teacher feature the context holds (it must be the real pass's).
+class RerunProbe final : public Strategy {
+ public:
+  RerunProbe() : Strategy("rerun_probe") {}
+  std::vector<std::string> teacher_taps() const override { return {"layer2"}; }
+  Tensor compute(const DistillContext& ctx) override {
+    before = ctx.teacher_feature("layer2").clone();
+    rerun = ctx.teacher_from("layer2", mul(ctx.teacher_feature("layer2"), Tensor::scalar(3.0)));
+    after = ctx.teacher_feature("layer2").clone();
+    return Tensor::scalar(0.0);
+  }
+  Json params() const override { return Json::object(); }
+  Tensor before, after, rerun;
+};
+
+}  // namespace
+
+// With the targets left as they are (augment off) and SoKD's own losses weighted 0, the plug-in is the
+// host itself, bit for bit: same modules (built first, from the same generator), same value.
+TEST(SokdPlugIn, UnrefinedTargetsGiveTheHostItself) {
+  const Batch batch = retort::testing::tiny_batch(4, 7);
+  const TrainProgress prog{0, 2, 5, 0, 10};
+  for (const std::string host : {R"({"type": "fitnet"})", R"({"type": "kd", "params": {"temperature": 4}})",
+                                 R"({"type": "reviewkd"})"}) {
+    SCOPED_TRACE(host);
+    SokdRun wrapped = make_host_run(R"("augment": false, "feat_weight": 0, "dam_weight": 0)", host);
+    SokdRun plain = make_host_run("", host, true);
+    Tensor l1, l2;
+    const LossTerms a = wrapped.d->losses(batch, prog, l1), b = plain.d->losses(batch, prog, l2);
+    const std::string type = Json::parse(host)["type"];
+    EXPECT_EQ(only_value(a, "sokd." + type), only_value(b, type));
+    // No regressor or DAM of its own: the trainable extras are the host's, under "host.".
+    std::vector<std::string> names;
+    for (auto& [n, t] : wrapped.sokd().named_parameters()) names.push_back(n);
+    for (const auto& n : names) EXPECT_EQ(n.rfind("host.", 0), 0u) << n;
+    EXPECT_EQ(names.size(), plain.d->terms()[0].strategy->named_parameters().size());
+  }
+}
+
+// With a logit host the teacher's logits are refined: the rest of the teacher (after teacher_tap) run on
+// the augmented feature f̃_t — exactly what substituting f̃_t into the teacher gives — and the host's loss
+// is computed on them. Refined targets also reach a feature host, and the policy learns through either.
+TEST(SokdPlugIn, LogitHostSeesTheRestOfTheTeacherOnTheAugmentedFeature) {
+  SokdRun run = make_host_run(R"("feat_weight": 0, "dam_weight": 0, "search_epochs": 1)",
+                              R"({"type": "kd", "params": {"temperature": 4}})");
+  SokdStrategy& s = run.sokd();
+  ASSERT_NE(s.host(), nullptr);
+  // Every op on, every magnitude away from the identity.
+  for (const char* name : {"policy.probability", "policy.magnitude"}) {
+    Tensor t = run.buf(name);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = 0.95f;
+  }
+  const Batch batch = retort::testing::tiny_batch(4, 7);
+  TrainProgress prog{0, 2, 0, 0, 10};
+  Tensor logits;
+  for (;; ++prog.step)
+    if (run.d->losses(batch, prog, logits), s.last_applied()[0] && s.last_applied()[1]) break;
+  LossTerms terms = run.d->losses(batch, prog, logits);
+  ASSERT_EQ(terms.size(), 1u);
+  EXPECT_EQ(terms[0].first, "sokd.kd");
+  const Tensor refined = s.last_refined_logits();
+  ASSERT_TRUE(refined.defined());
+  Tensor manual, original;
+  {
+    NoGradGuard ng;
+    original = (*run.teacher)(batch.inputs);
+    run.teacher->substitute("layer2", s.last_augmented());
+    manual = (*run.teacher)(batch.inputs);
+    run.teacher->clear_substitutes();
+  }
+  EXPECT_TRUE(close_to("refined teacher logits", refined, manual, 1e-6, 1e-6));
+  EXPECT_GT(max(abs(sub(refined, original))).item(), 1e-3) << "the augmentation did not change the logits";
+  EXPECT_NEAR(terms[0].second.item(), kd_loss(logits, manual, 4).item(), 1e-5);
+  // The policy learns through the rest of the teacher.
+  terms[0].second.backward();
+  EXPECT_TRUE(run.buf("policy.magnitude").grad().defined());
+  EXPECT_TRUE(run.buf("policy.weight").grad().defined());
+  EXPECT_GT(std::abs(sum(abs(run.buf("policy.magnitude").grad())).item()), 0.0);
+  const Tensor w0 = run.buf("policy.weight").clone();
+  run.d->after_step(prog);
+  EXPECT_NE(run.buf("policy.weight").data<float>()[s.last_sub_policy()], w0.data<float>()[s.last_sub_policy()]);
+  EXPECT_EQ(view(s, "refined_teacher_logits").to_vector(), refined.to_vector());
+  EXPECT_NE(s.inspect_text().find("host kd on the refined targets"), std::string::npos) << s.inspect_text();
+
+  // A feature host gets f̃_t in place of the teacher feature (and no logit rerun), plus SoKD's own parts.
+  SokdRun feat = make_host_run(R"("heatmap_classes": 10, "area_num": 4, "search": "none")", R"({"type": "fitnet"})");
+  for (const char* name : {"policy.probability", "policy.magnitude"}) {
+    Tensor t = feat.buf(name);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = 0.95f;
+  }
+  terms = feat.d->losses(batch, prog, logits);
+  ASSERT_EQ(terms.size(), 3u);
+  EXPECT_EQ(terms[0].first, "sokd.feat");
+  EXPECT_EQ(terms[1].first, "sokd.dam");
+  EXPECT_EQ(terms[2].first, "sokd.fitnet");
+  EXPECT_FALSE(feat.sokd().last_refined_logits().defined());
+  // fitnet = mse(ConvReg(student layer2), f̃_t) with the host's regressor.
+  Tensor fs;
+  feat.student->tap("layer2", [&](const Tensor& t) { fs = t; });
+  (*feat.student)(batch.inputs);
+  feat.student->clear_taps();
+  const Tensor want = mse_loss(feat.sokd().host()->find("regressor")(fs), feat.sokd().last_augmented());
+  EXPECT_NEAR(terms[2].second.item(), want.item(), 1e-6 * std::max(1.0, want.item()));
+  EXPECT_GT(max(abs(sub(feat.sokd().last_augmented(), view(feat.sokd(), "teacher")))).item(), 1e-4)
+      << "the feature host's target was not augmented";
+}
+
+// The teacher re-run leaves the context's teacher features as the real pass made them, and restores the
+// teacher (no substitute left behind).
+TEST(SokdPlugIn, TeacherRerunKeepsTheRealPassFeatures) {
+  Generator gen(1);
+  auto student = create_model("resnet8", retort::testing::kTinyModel, gen);
+  auto teacher = create_model("resnet8x4", retort::testing::kTinyModel, gen);
+  auto probe = std::make_shared<RerunProbe>();
+  std::vector<DistillTerm> terms{{"probe", 1.0, 0, probe}};
+  Distiller d(student, teacher, std::move(terms), DistillerOptions{}, retort::testing::kTinySample, gen);
+  d.train(true);
+  const Batch batch = retort::testing::tiny_batch(4, 7);
+  Tensor logits;
+  d.losses(batch, TrainProgress{0, 1, 0, 0, 1}, logits);
+  EXPECT_EQ(probe->before.to_vector(), probe->after.to_vector());
+  NoGradGuard ng;
+  const Tensor plain = (*teacher)(batch.inputs);
+  teacher->substitute("layer2", mul(probe->before, Tensor::scalar(3.0)));
+  const Tensor manual = (*teacher)(batch.inputs);
+  teacher->clear_substitutes();
+  EXPECT_EQ(probe->rerun.to_vector(), manual.to_vector());
+  EXPECT_NE(probe->rerun.to_vector(), plain.to_vector());
+  EXPECT_EQ((*teacher)(batch.inputs).to_vector(), plain.to_vector()) << "a substitute was left in the teacher";
+}
+
+TEST(SokdPlugIn, ConfigErrorsNameTheKey) {
+  auto error_of = [](const std::string& params) {
+    try {
+      retort::testing::terms_from(R"([{"type": "sokd", "params": )" + params + "}]");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(error_of(R"({"host": {"type": "sokd"}})").find("SoKD cannot host itself"), std::string::npos);
+  EXPECT_NE(error_of(R"({"host": {"type": "ce"}})").find("uses no teacher"), std::string::npos);
+  const std::string bad = error_of(R"({"host": {"type": "kd", "params": {"temprature": 4}}})");
+  EXPECT_NE(bad.find("params.host.params.temprature"), std::string::npos) << bad;
+  EXPECT_NE(error_of(R"({"host": {"type": "nope"}})").find("nope"), std::string::npos);
+  EXPECT_NE(error_of(R"({"host": "kd"})").find("host"), std::string::npos);
+  // Refining logits runs the teacher from teacher_tap, so it must be a module's output.
+  Generator gen(1);
+  auto student = create_model("resnet8", retort::testing::kTinyModel, gen);
+  auto teacher = create_model("resnet8x4", retort::testing::kTinyModel, gen);
+  expect_error(
+      [&] {
+        Distiller d(student, teacher,
+                    retort::testing::terms_from(
+                        R"([{"type": "sokd", "params": {"teacher_tap": "layer2:preact", "host": {"type": "kd"}}}])"),
+                    DistillerOptions{}, retort::testing::kTinySample, gen);
+      },
+      {"must be a module's output"});
 }

@@ -337,6 +337,33 @@ TEST(SeqContainer, IndexingAndTaps) {
   EXPECT_EQ(seen.size(), 3u);
 }
 
+// A substituted module returns the given tensor instead of running: the rest of the network runs on it
+// (what SoKD's refined teacher logits need); taps on it see the substitute; clearing restores the net.
+TEST(SeqContainer, SubstituteRunsTheRestOfTheNetworkOnTheGivenTensor) {
+  Generator gen(5);
+  auto net = small_net(gen);
+  net->eval();
+  const Tensor x = Tensor::randn({2, 3, 8, 8}, gen);
+  const Tensor before = (*net)(x);
+  const Tensor z = Tensor::randn({2, 16, 8, 8}, gen);
+  net->substitute("1", z);  // the BatchNorm's output
+  std::vector<Shape> seen;
+  double tapped_sum = 0;
+  net->tap("1", [&](const Tensor& t) { tapped_sum = sum(t).item(); });
+  const Tensor got = (*net)(x);
+  Tensor want = z;
+  for (size_t i = 2; i < net->size(); ++i) want = (*net)[i](want);
+  EXPECT_EQ(got.to_vector(), want.to_vector());
+  EXPECT_DOUBLE_EQ(tapped_sum, sum(z).item());
+  net->clear_taps();
+  net->clear_substitutes();
+  EXPECT_EQ((*net)(x).to_vector(), before.to_vector());
+  EXPECT_TRUE(contains(error_of([&] { net->substitute("1:pre", z); }), "only a module's output"));
+  net->substitute("1", Tensor::randn({3, 16, 8, 8}, gen));
+  EXPECT_TRUE(contains(error_of([&] { (*net)(x); }), "does not match the batch"));
+  net->clear_substitutes();
+}
+
 TEST(SeqContainer, NamedPointsGoToTheLastChild) {
   // outer = [Emitter(1), inner = [Emitter(10), Emitter(100)]]: "1:pre" reaches inner's last child,
   // whose input is x + 1 + 10; the root's ":pre" reaches the same module.

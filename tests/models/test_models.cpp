@@ -378,6 +378,34 @@ TEST(EvalFusion, ZooForwardMatchesTheUnfusedForward) {
 }
 
 // A tap on a BN (or a block's preact point) sees the same tensor with or without the fusion.
+// Substituting a stage's output with itself leaves every family's logits bit for bit (also in eval,
+// where fused paths must give way to the substituted module), and a changed feature changes them: the
+// rest of the network really runs on the substitute (SoKD's refined teacher logits rely on it).
+TEST(Substitute, ZooRunsTheRestOfTheNetworkFromAStage) {
+  for (auto [name, tap] : std::vector<std::pair<const char*, const char*>>{
+           {"resnet8", "layer2"}, {"wrn_16_1", "block2"}, {"vgg8", "block1"}, {"mobile_half", "blocks.3"},
+           {"ShuffleV1", "layer2"}, {"ShuffleV2", "layer2"}, {"ResNet50", "layer2"}}) {
+    SCOPED_TRACE(name);
+    auto model = build(name, kCifar100, 3);
+    randomise_batch_norms(*model, 4);
+    model->eval();
+    NoGradGuard ng;
+    const Tensor x = input(kCifar100, 2, 5);
+    Tensor f;
+    model->tap(tap, [&](const Tensor& t) { f = t; });
+    const Tensor y = (*model)(x);
+    model->clear_taps();
+    ASSERT_TRUE(f.defined());
+    model->substitute(tap, f.clone());
+    EXPECT_EQ((*model)(x).to_vector(), y.to_vector());
+    model->substitute(tap, mul(f, Tensor::scalar(2.0)));
+    const Tensor changed = (*model)(x);
+    model->clear_substitutes();
+    EXPECT_GT(max(abs(sub(changed, y))).item(), 1e-6);  // the identity above gives exactly 0
+    EXPECT_EQ((*model)(x).to_vector(), y.to_vector());
+  }
+}
+
 TEST(EvalFusion, TapsStillSeeTheirTensors) {
   auto model = build("resnet8", kCifar100, 3);
   randomise_batch_norms(*model, 4);

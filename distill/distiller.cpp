@@ -2,6 +2,7 @@
 #include "distill/distiller.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "engine/autograd.h"
 #include "engine/backend.h"
@@ -84,6 +85,94 @@ void Distiller::train(bool on) {
   student_->train(on);
   for (auto& t : terms_) t.strategy->train(on);
   if (teacher_) teacher_mode();
+}
+
+namespace {
+void assign(Tensor& dst, const Tensor& src) { backend_for(dst).copy(src.raw_data(), dst.raw_data(), dst.nbytes()); }
+}  // namespace
+
+void Distiller::before_step(const Batch& batch, const TrainProgress& progress) {
+  Strategy* searcher = nullptr;
+  Strategy::UnrolledSettings set;
+  for (auto& t : terms_)
+    if (auto s = t.strategy->unrolled_search(progress)) {
+      RETORT_CHECK(!searcher, "distill terms: only one term may run a second-order search (found '",
+                   searcher ? searcher->type_name() : "", "' and '", t.name, "')");
+      searcher = t.strategy.get();
+      set = *s;
+    }
+  if (!searcher) return;
+  std::vector<Tensor> theta = trainable_parameters();
+  const std::vector<Tensor*> alpha = searcher->search_parameters();
+  std::vector<Tensor> saved, buffers, saved_buffers;
+  for (auto& p : theta) saved.push_back(p.clone());
+  for (auto& [n, b] : student_->named_buffers()) buffers.push_back(b);
+  for (auto& t : terms_)
+    for (auto& [n, b] : t.strategy->named_buffers()) buffers.push_back(b);
+  for (auto& b : buffers) saved_buffers.push_back(b.clone());
+  auto zero_all = [&] {
+    for (auto& p : theta) p.zero_grad();
+    for (Tensor* a : alpha) a->zero_grad();
+  };
+  auto loss_backward = [&] {
+    zero_all();
+    Tensor logits;
+    const LossTerms terms = losses(batch, progress, logits);
+    Tensor total = terms[0].second;
+    for (size_t i = 1; i < terms.size(); ++i) total = add(total, terms[i].second);
+    total.backward();
+  };
+  auto grads_of = [](std::vector<Tensor>& ts) {
+    std::vector<Tensor> g;
+    for (auto& t : ts) g.push_back(t.grad().defined() ? t.grad().clone() : Tensor::zeros(t.shape(), t.dtype(), t.device()));
+    return g;
+  };
+  // θ' = θ − lr (∇θ L + wd θ)
+  loss_backward();
+  {
+    const std::vector<Tensor> g = grads_of(theta);
+    NoGradGuard ng;
+    for (size_t i = 0; i < theta.size(); ++i)
+      assign(theta[i], sub(saved[i], mul(add(g[i], mul(saved[i], Tensor::scalar(set.weight_decay, saved[i].dtype(),
+                                                                                     saved[i].device()))),
+                                         Tensor::scalar(set.lr, saved[i].dtype(), saved[i].device()))));
+  }
+  // v = ∇θ' L_upper(θ')
+  searcher->set_upper_level(true);
+  try {
+    loss_backward();
+  } catch (...) {
+    searcher->set_upper_level(false);
+    throw;
+  }
+  searcher->set_upper_level(false);
+  const std::vector<Tensor> v = grads_of(theta);
+  double norm2 = 0;
+  for (const auto& x : v) norm2 += sum(mul(x, x)).item();
+  std::vector<Tensor> upper;
+  for (Tensor* a : alpha) upper.push_back(Tensor::zeros(a->shape(), a->dtype(), a->device()));
+  if (norm2 > 0 && std::isfinite(norm2)) {
+    const double r = set.radius / std::sqrt(norm2);
+    std::vector<std::vector<Tensor>> g_pm;
+    for (double sign : {1.0, -1.0}) {
+      {
+        NoGradGuard ng;
+        for (size_t i = 0; i < theta.size(); ++i)
+          assign(theta[i], add(saved[i], mul(v[i], Tensor::scalar(sign * r, v[i].dtype(), v[i].device()))));
+      }
+      loss_backward();
+      std::vector<Tensor> g;
+      for (Tensor* a : alpha) g.push_back(a->grad().defined() ? a->grad().clone() : Tensor::zeros(a->shape(), a->dtype(), a->device()));
+      g_pm.push_back(std::move(g));
+    }
+    NoGradGuard ng;
+    for (size_t i = 0; i < alpha.size(); ++i)
+      upper[i] = mul(sub(g_pm[0][i], g_pm[1][i]), Tensor::scalar(-1.0 / (2 * r), upper[i].dtype(), upper[i].device()));
+  }
+  for (size_t i = 0; i < theta.size(); ++i) assign(theta[i], saved[i]);
+  for (size_t i = 0; i < buffers.size(); ++i) assign(buffers[i], saved_buffers[i]);
+  zero_all();
+  searcher->search_step(upper, progress);
 }
 
 void Distiller::after_step(const TrainProgress& progress) {

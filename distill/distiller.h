@@ -41,6 +41,7 @@ class Distiller : public TrainingTask {
   std::vector<Tensor> trainable_parameters() override;
   LossTerms losses(const Batch& batch, const TrainProgress& progress, Tensor& logits) override;
   void train(bool on) override;
+  void before_step(const Batch& batch, const TrainProgress& progress) override;
   void after_step(const TrainProgress& progress) override;
   void to(Device device) override;
   StateDict extra_state() const override;

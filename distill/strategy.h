@@ -17,6 +17,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -75,6 +76,21 @@ class Strategy : public Module {
   // After every optimizer step: state the strategy updates itself, outside the model's optimizer
   // (SoKD's augmentation policy). Its gradients are those the step's backward left on it.
   virtual void after_step(const TrainProgress&) {}
+  // Second-order (DARTS) search of the strategy's own state α (SoKD's augmentation policy). When
+  // unrolled_search() returns settings for this step, the Distiller, before the step and on the same
+  // batch, with θ = every trainable parameter and L the total loss of all terms:
+  //   θ' = θ − lr·(∇θ L(θ, α) + weight_decay·θ)              (a virtual SGD step, no momentum)
+  //   v  = ∇θ' L_upper(θ')                                    (set_upper_level(true) during this pass)
+  //   R  = radius / ‖v‖,  g± = ∇α L(θ ± R·v, α)
+  //   search_step(−(g+ − g−) / (2R))                          (the implicit gradient of L_upper wrt α)
+  // and then restores θ and every buffer. search_parameters() are the α tensors (their gradients).
+  struct UnrolledSettings {
+    double lr = 0.01, weight_decay = 1e-4, radius = 0.01;
+  };
+  virtual std::optional<UnrolledSettings> unrolled_search(const TrainProgress&) const { return std::nullopt; }
+  virtual std::vector<Tensor*> search_parameters() { return {}; }
+  virtual void set_upper_level(bool) {}
+  virtual void search_step(const std::vector<Tensor>& gradients, const TrainProgress& progress) {}
   // What the latest compute() saw or made that is worth looking at (masks, refined targets), by
   // name, for retort-inspect --distill; and a line of text about it. Default: nothing.
   virtual std::vector<std::pair<std::string, Tensor>> inspect() const { return {}; }

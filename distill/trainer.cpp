@@ -304,6 +304,7 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
       TrainProgress prog{pos.epoch, epochs, pos.step, pos.batch, nb};
       const double lr = schedule_->lr(prog.epoch_fraction());
       optimizer_->set_lr(lr);
+      task_.before_step(batch, prog);
       Tensor logits;
       LossTerms terms = task_.losses(batch, prog, logits);
       RETORT_CHECK(!terms.empty(), task_.describe(), ": produced no loss term");

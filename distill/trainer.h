@@ -51,6 +51,10 @@ class TrainingTask {
   virtual std::vector<Tensor> trainable_parameters() { return model().parameters(); }
   // Loss terms for one batch; `logits` receives the model's output (for training accuracy).
   virtual LossTerms losses(const Batch& batch, const TrainProgress& progress, Tensor& logits) = 0;
+  // Called before every step's losses() on the same batch (SoKD's second-order policy search runs its
+  // virtual step here); it must leave the trainable parameters, their gradients and the model's buffers
+  // as it found them.
+  virtual void before_step(const Batch&, const TrainProgress&) {}
   // Called after every optimizer step with that step's progress (SoKD updates its augmentation policy
   // here, outside the model's optimizer).
   virtual void after_step(const TrainProgress&) {}

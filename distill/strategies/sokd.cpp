@@ -15,14 +15,21 @@
 // run draws what the uninterrupted one did: b ~ Categorical(softmax(w)) by Gumbel-max, each op of b
 // applied with probability P_b,i by logistic noise, magnitudes M_b,i.
 //
-// Policy search (search "first_order", our reading of methods.md §3.1.4 (b); the faithful second-order
-// DARTS step is not built): during the first search_epochs epochs the policy gets gradients of this
-// term's loss through straight-through estimators and takes an Adam step after each optimizer step
-// (lr 3e-4, betas (0.5, 0.999), weight decay 1e-3, as the reference's policy optimizer):
+// Policy search. "first_order" (methods.md §3.1.4 (b), our reading): during the first search_epochs
+// epochs the policy gets gradients of this term's loss through straight-through estimators and takes
+// an Adam step after each optimizer step (lr 3e-4, betas (0.5, 0.999), weight decay 1e-3, as the
+// reference's policy optimizer):
 //   - magnitudes: DADA's straight-through mix (straight_through_magnitude), ∂L/∂M_b,i = Σ ∂L/∂f̃_t;
 //   - op probabilities: x ← x + ô_i (op_i(x) − x), ô_i = o_i + (q_i − sg(q_i)) with q_i the relaxed
 //     Bernoulli sample at temperature relax_temperature (0.5); its value is the hard o_i;
 //   - sub-policy logits: f̃_t ← f̃_t · (1 + s_b − sg(s_b)), s = softmax((w + gumbel) / relax_temperature).
+// "second_order" (the reference's DARTS step, §3.1.4 (a)): before each step, on the same batch, the
+// Distiller takes a virtual SGD step of every trainable parameter on the total loss (unrolled_lr 0.01,
+// unrolled_weight_decay 1e-4, no momentum), takes the gradient v of the upper-level loss there (the
+// same total loss with the sampled ops applied and no relaxations, the dev code's augmenting=False),
+// and gives the policy −(g+ − g−)/(2R), g± = ∇α L(θ ± R·v), R = hessian_radius / ‖v‖ — with the same
+// straight-through estimators for ∇α (the reference uses RELAX for P and w; not built). Parameters and
+// buffers are restored, so only the policy moves (the dev code leaves the model at the virtual step).
 // After the search the policy is frozen and only sampling continues; search "none" never updates it.
 //
 // Plug-in (params "host", methods.md §3.1.5): another strategy (kd, dkd, fitnet, reviewkd, ...) is
@@ -132,7 +139,8 @@ Tensor SokdStrategy::compute(const DistillContext& ctx) { return sum_of_parts(co
 
 std::vector<std::pair<std::string, Tensor>> SokdStrategy::compute_parts(const DistillContext& ctx) {
   Generator gen(seed_ ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(ctx.progress.step + 1)));
-  const bool learn = o_.augment && searching(ctx.progress);
+  const bool learn = o_.augment && searching(ctx.progress) && !upper_level_;
+  const Mode mode = upper_level_ ? Mode::Hard : learn ? Mode::Relaxed : Mode::Plain;
   for (const char* name : {"probability", "magnitude", "weight"}) policy_->buffer(name).set_requires_grad(learn);
   const Draw d = draw(gen);
   last_b_ = d.b;
@@ -143,7 +151,7 @@ std::vector<std::pair<std::string, Tensor>> SokdStrategy::compute_parts(const Di
     auto it = refined.find(tap);
     if (it != refined.end()) return it->second;
     const Tensor& f = ctx.teacher_feature(tap);
-    return refined[tap] = o_.augment ? augment(f, d, learn, gen) : f;
+    return refined[tap] = o_.augment ? augment(f, d, mode, gen) : f;
   };
   const Tensor ft = refine(o_.t_tap);
   last_augmented_ = ft.detach();
@@ -183,24 +191,53 @@ std::vector<std::pair<std::string, Tensor>> SokdStrategy::compute_parts(const Di
 
 void SokdStrategy::after_step(const TrainProgress& progress) {
   if (o_.host) o_.host->after_step(progress);
-  if (!(o_.augment && searching(progress))) return;
+  std::vector<Tensor> grads;
+  for (Tensor* t : search_parameters()) {
+    grads.push_back(t->grad().defined() ? t->grad().to(Device::cpu()) : Tensor());
+    t->zero_grad();
+  }
+  // First order: the step's own gradients. Second order: the policy already stepped in before_step
+  // (search_step); the gradients this step's backward left are not used.
+  if (o_.search == "first_order" && o_.augment && searching(progress)) policy_step(grads);
+}
+
+std::optional<Strategy::UnrolledSettings> SokdStrategy::unrolled_search(const TrainProgress& progress) const {
+  if (o_.search != "second_order" || !o_.augment || !searching(progress)) return std::nullopt;
+  return UnrolledSettings{o_.unrolled_lr, o_.unrolled_weight_decay, o_.hessian_radius};
+}
+
+std::vector<Tensor*> SokdStrategy::search_parameters() {
+  return {&policy_->buffer("probability"), &policy_->buffer("magnitude"), &policy_->buffer("weight")};
+}
+
+void SokdStrategy::search_step(const std::vector<Tensor>& gradients, const TrainProgress&) {
+  RETORT_CHECK(gradients.size() == 3, "sokd: search_step expects 3 gradients, got ", gradients.size());
+  last_upper_gradient_.clear();
+  for (const auto& g : gradients) last_upper_gradient_.push_back(g.to(Device::cpu()));
+  policy_step(last_upper_gradient_);
+}
+
+void SokdStrategy::policy_step(const std::vector<Tensor>& gradients) {
   const double lr = o_.policy_lr, wd = o_.policy_weight_decay;
   Tensor& step_buf = policy_->buffer("adam_step");
-  const double step = static_cast<double>(step_buf.data<float>()[0]) + 1.0;
-  step_buf.data<float>()[0] = static_cast<float>(step);
+  Tensor step_host = step_buf.to(Device::cpu());
+  const double step = static_cast<double>(step_host.data<float>()[0]) + 1.0;
+  step_host.data<float>()[0] = static_cast<float>(step);
+  copy_into(step_buf, step_host);
   const double c1 = 1.0 - std::pow(kBeta1, step), c2 = 1.0 - std::pow(kBeta2, step);
+  size_t k = 0;
   for (auto [name, lo, hi] : {std::tuple{"probability", 1e-3, 1.0 - 1e-3}, std::tuple{"magnitude", 0.0, 1.0},
                               std::tuple{"weight", -1e30, 1e30}}) {
-    Tensor* t = &policy_->buffer(name);
-    const Tensor g = t->grad().defined() ? t->grad().to(Device::cpu()) : Tensor();
-    t->zero_grad();
+    const Tensor g = gradients[k++];
     if (!g.defined()) continue;
+    Tensor* t = &policy_->buffer(name);
     Tensor host = t->to(Device::cpu());
     Tensor m = policy_->buffer(std::string("adam_m_") + name).to(Device::cpu());
     Tensor v = policy_->buffer(std::string("adam_v_") + name).to(Device::cpu());
+    const Tensor gf = g.to(DType::F32);
     float* p = host.data<float>();
     for (int64_t i = 0; i < host.numel(); ++i) {
-      const double gi = static_cast<double>(g.data<float>()[i]) + wd * p[i];
+      const double gi = static_cast<double>(gf.data<float>()[i]) + wd * p[i];
       const double mi = kBeta1 * m.data<float>()[i] + (1 - kBeta1) * gi;
       const double vi = kBeta2 * v.data<float>()[i] + (1 - kBeta2) * gi * gi;
       m.data<float>()[i] = static_cast<float>(mi);
@@ -260,6 +297,11 @@ Json SokdStrategy::params() const {
           {"search", o_.search},               {"search_epochs", o_.search_epochs},
           {"policy_lr", o_.policy_lr},         {"policy_weight_decay", o_.policy_weight_decay},
           {"relax_temperature", o_.relax_temperature}};
+  if (o_.search == "second_order") {
+    j["unrolled_lr"] = o_.unrolled_lr;
+    j["unrolled_weight_decay"] = o_.unrolled_weight_decay;
+    j["hessian_radius"] = o_.hessian_radius;
+  }
   if (o_.host) {
     j["host"] = {{"type", o_.host->type_name()}, {"params", o_.host->params()}};
     j["refine_logits"] = o_.refine_logits;
@@ -287,8 +329,9 @@ SokdStrategy::Draw SokdStrategy::draw(Generator& gen) const {
   return d;
 }
 
-Tensor SokdStrategy::augment(const Tensor& f, const Draw& d, bool learn, Generator& gen) {
-  if (f.dim() == 2) return reshape(augment(reshape(f, {f.shape()[0], f.shape()[1], 1, 1}), d, learn, gen), f.shape());
+Tensor SokdStrategy::augment(const Tensor& f, const Draw& d, Mode mode, Generator& gen) {
+  if (f.dim() == 2) return reshape(augment(reshape(f, {f.shape()[0], f.shape()[1], 1, 1}), d, mode, gen), f.shape());
+  const bool learn = mode == Mode::Relaxed;
   RETORT_CHECK(f.dim() == 4, "sokd: cannot augment teacher feature ", f.meta_str(), " (expected [B, C, H, W] or [B, C])");
   Tensor& prob_t = policy_->buffer("probability");
   Tensor& mag_t = policy_->buffer("magnitude");
@@ -301,10 +344,10 @@ Tensor SokdStrategy::augment(const Tensor& f, const Draw& d, bool learn, Generat
   for (int i = 0; i < 2; ++i) {
     const FeatureOp op = policies_[static_cast<size_t>(b)][static_cast<size_t>(i)];
     const bool on = d.on[static_cast<size_t>(i)];
-    if (!learn && !on) continue;
+    if (mode == Mode::Plain && !on) continue;
     const Tensor y = apply_feature_op(x, op, feature_op_value(op, value_at(mag, 2 * b + i)), gen);
     if (!learn) {
-      x = y;
+      if (on) x = y;
       continue;
     }
     // ô = o + (q − sg(q)), q = sigmoid((logit P + noise) / τ): the value is the hard flag.
@@ -346,11 +389,17 @@ void register_sokd_strategy() {
     RETORT_CHECK(std::isfinite(o.feat_weight) && o.feat_weight >= 0 && std::isfinite(o.dam_weight) && o.dam_weight >= 0,
                  p.where("feat_weight"), ": feat_weight and dam_weight must be finite and >= 0");
     o.search = p.get<std::string>("search", "first_order");
-    RETORT_CHECK(o.search != "second_order", p.where("search"),
-                 ": the reference's second-order (DARTS) policy step is not implemented (docs/STATUS.md); use "
-                 "\"first_order\" or \"none\"");
-    RETORT_CHECK(o.search == "first_order" || o.search == "none", p.where("search"),
-                 ": expected \"first_order\" or \"none\", got \"", o.search, "\"");
+    RETORT_CHECK(o.search == "first_order" || o.search == "second_order" || o.search == "none", p.where("search"),
+                 ": expected \"first_order\", \"second_order\" or \"none\", got \"", o.search, "\"");
+    o.unrolled_lr = p.get<double>("unrolled_lr", 0.01);
+    o.unrolled_weight_decay = p.get<double>("unrolled_weight_decay", 1e-4);
+    o.hessian_radius = p.get<double>("hessian_radius", 0.01);
+    RETORT_CHECK(o.unrolled_lr >= 0 && o.unrolled_weight_decay >= 0 && o.hessian_radius > 0, p.where("unrolled_lr"),
+                 ": unrolled_lr and unrolled_weight_decay must be >= 0 and hessian_radius > 0");
+    RETORT_CHECK(o.search == "second_order" || !(p.has("unrolled_lr") || p.has("unrolled_weight_decay") ||
+                                                  p.has("hessian_radius")),
+                 p.where("search"), ": unrolled_lr, unrolled_weight_decay and hessian_radius belong to "
+                 "\"second_order\" search (search is \"", o.search, "\")");
     o.search_epochs = p.get<int>("search_epochs", 20);
     RETORT_CHECK(o.search_epochs >= 0, p.where("search_epochs"), ": must be >= 0, got ", o.search_epochs);
     o.policy_lr = p.get<double>("policy_lr", 3e-4);

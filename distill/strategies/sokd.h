@@ -4,6 +4,7 @@
 #pragma once
 #include <array>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,8 +19,11 @@ struct SokdOptions {
   int64_t area_num = 8, heatmap_classes = 100;
   bool trailing_relu = true, augment = true;
   double feat_weight = 1000.0, dam_weight = 1000.0;
-  std::string search = "first_order";  // "first_order" | "none"
+  std::string search = "first_order";  // "first_order" | "second_order" | "none"
   int search_epochs = 20;
+  // second_order: the virtual step's lr and weight decay (the dev code's η 0.01, λ 1e-4) and the
+  // finite-difference radius r of the Hessian-vector product (R = r / ‖v‖).
+  double unrolled_lr = 0.01, unrolled_weight_decay = 1e-4, hessian_radius = 0.01;
   double policy_lr = 3e-4, policy_weight_decay = 1e-3, relax_temperature = 0.5;
   // The plug-in (methods.md §3.1.5): another method computed on the refined teacher targets — every
   // teacher feature it reads augmented by the step's sub-policy and, when it reads the teacher's
@@ -48,6 +52,10 @@ class SokdStrategy final : public Strategy {
   Tensor compute(const DistillContext& ctx) override;
   std::vector<std::pair<std::string, Tensor>> compute_parts(const DistillContext& ctx) override;
   void after_step(const TrainProgress& progress) override;
+  std::optional<UnrolledSettings> unrolled_search(const TrainProgress& progress) const override;
+  std::vector<Tensor*> search_parameters() override;  // probability, magnitude, weight
+  void set_upper_level(bool on) override { upper_level_ = on; }
+  void search_step(const std::vector<Tensor>& gradients, const TrainProgress& progress) override;
   Json params() const override;
   // mask, boxes, scores, heatmap_classes (of the regions), student (ConvReg output), teacher (the
   // tapped feature), augmented_teacher and, with a host reading logits, refined_teacher_logits and
@@ -69,7 +77,9 @@ class SokdStrategy final : public Strategy {
   std::array<bool, 2> last_applied() const { return last_applied_; }
   // The 36 sub-policies (pairs of ops) the policy tensors index.
   const std::vector<std::array<FeatureOp, 2>>& sub_policies() const { return policies_; }
-  bool searching(const TrainProgress& p) const { return o_.search == "first_order" && p.epoch < o_.search_epochs; }
+  bool searching(const TrainProgress& p) const { return o_.search != "none" && p.epoch < o_.search_epochs; }
+  // The implicit gradients the latest second-order search step used (probability, magnitude, weight).
+  const std::vector<Tensor>& last_upper_gradient() const { return last_upper_gradient_; }
 
  private:
   // One step's draw: the sub-policy, its ops' flags and the noise that made them (for the relaxations).
@@ -80,9 +90,15 @@ class SokdStrategy final : public Strategy {
     std::array<double, 2> noise{};
   };
   Draw draw(Generator& gen) const;
-  // f through the drawn sub-policy (feature maps [B, C, H, W]; [B, C] is treated as [B, C, 1, 1]); with
-  // `learn`, carrying the straight-through factors that give the policy its gradients.
-  Tensor augment(const Tensor& f, const Draw& d, bool learn, Generator& gen);
+  // How augment() applies the drawn sub-policy: Plain skips the ops not drawn; Relaxed computes both
+  // ops and carries the straight-through factors that give the policy its gradients; Hard computes both
+  // (the same random draws as Relaxed) but applies only the drawn ones, without the factors — the
+  // second-order search's upper level (the dev code's augmenting=False).
+  enum class Mode { Plain, Relaxed, Hard };
+  // f through the drawn sub-policy (feature maps [B, C, H, W]; [B, C] is treated as [B, C, 1, 1]).
+  Tensor augment(const Tensor& f, const Draw& d, Mode mode, Generator& gen);
+  // One Adam step of the policy with these gradients (probability, magnitude, weight; undefined = none).
+  void policy_step(const std::vector<Tensor>& gradients);
 
   SokdOptions o_;
   std::vector<std::array<FeatureOp, 2>> policies_;
@@ -94,6 +110,8 @@ class SokdStrategy final : public Strategy {
   Tensor last_augmented_, last_student_, last_teacher_, last_refined_logits_, last_teacher_logits_;
   int64_t last_b_ = -1;
   std::array<bool, 2> last_applied_{};
+  bool upper_level_ = false;
+  std::vector<Tensor> last_upper_gradient_;
 };
 
 }  // namespace retort

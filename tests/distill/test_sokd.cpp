@@ -14,6 +14,7 @@
 #include "distill/strategies/sokd.h"
 #include "distill/trainer.h"
 #include "engine/autograd.h"
+#include "engine/backend.h"
 #include "engine/functions.h"
 #include "models/registry.h"
 #include "tests/common/distill_fixtures.h"
@@ -283,10 +284,114 @@ TEST(SokdStrategy, SearchNoneNeverTouchesThePolicyAndConfigErrorsAreClear) {
     }
     return std::string("no error");
   };
-  EXPECT_NE(error_of(R"({"search": "second_order"})").find("second-order (DARTS) policy step is not implemented"),
+  EXPECT_NE(error_of(R"({"search": "random"})").find("expected \"first_order\", \"second_order\" or \"none\""),
             std::string::npos);
-  EXPECT_NE(error_of(R"({"search": "random"})").find("expected \"first_order\" or \"none\""), std::string::npos);
+  EXPECT_NE(error_of(R"({"hessian_radius": 0.1})").find("belong to \"second_order\" search"), std::string::npos);
+  EXPECT_NE(error_of(R"({"search": "second_order", "hessian_radius": 0})").find("hessian_radius > 0"),
+            std::string::npos);
   EXPECT_NE(error_of(R"({"area_num": 0})").find("area_num: must be >= 1"), std::string::npos);
+}
+
+// The second-order search (before the step, on the same batch) leaves the networks, their buffers and
+// gradients as they were, and steps the policy by −(g+ − g−) / 2R, where g± = ∇α L(θ ± R·v) and v is the
+// gradient of the upper-level loss (sampled ops applied, no relaxations) after a virtual SGD step
+// θ' = θ − η(∇θ L + λθ) — recomputed here step by step through the public interface.
+TEST(SokdStrategy, SecondOrderSearchStepsThePolicyByTheImplicitGradient) {
+  SokdRun run = make_run(R"({"heatmap_classes": 10, "area_num": 4, "search": "second_order", "search_epochs": 1,
+                            "unrolled_lr": 0.05})");
+  SokdStrategy& s = run.sokd();
+  Distiller& d = *run.d;
+  d.train(true);
+  for (const char* name : {"policy.probability", "policy.magnitude"}) {
+    Tensor t = run.buf(name);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = 0.9f;
+  }
+  const Batch batch = retort::testing::tiny_batch(4, 7);
+  TrainProgress prog{0, 2, 0, 0, 10};
+  Tensor logits;
+  for (;; ++prog.step)  // a step whose two ops both apply
+    if (d.losses(batch, prog, logits), s.last_applied()[0] && s.last_applied()[1]) break;
+  std::vector<Tensor> theta = d.trainable_parameters(), theta0, buffers, buffers0;
+  std::vector<std::string> buffer_names;
+  for (auto& p : theta) theta0.push_back(p.clone());
+  for (auto& [n, b] : run.student->named_buffers()) buffers.push_back(b), buffer_names.push_back("student." + n);
+  for (auto& [n, b] : s.named_buffers()) buffers.push_back(b), buffer_names.push_back(n);
+  for (auto& b : buffers) buffers0.push_back(b.clone());
+  ASSERT_TRUE(s.unrolled_search(prog).has_value());
+  const Tensor mag0 = run.buf("policy.magnitude").clone();
+  d.before_step(batch, prog);
+  for (size_t i = 0; i < theta.size(); ++i) {
+    EXPECT_EQ(theta[i].to_vector(), theta0[i].to_vector()) << "parameter " << i << " moved";
+    EXPECT_FALSE(theta[i].grad().defined()) << "parameter " << i << " kept a gradient";
+  }
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    const bool policy = buffer_names[i].rfind("policy.", 0) == 0;
+    if (!policy) {
+      EXPECT_EQ(buffers[i].to_vector(), buffers0[i].to_vector()) << buffer_names[i] << " moved";
+    }
+  }
+  EXPECT_NE(run.buf("policy.magnitude").to_vector(), mag0.to_vector()) << "the policy did not step";
+  EXPECT_EQ(run.buf("policy.adam_step").data<float>()[0], 1.0f);
+  const std::vector<Tensor> got = s.last_upper_gradient();
+  ASSERT_EQ(got.size(), 3u);
+
+  // The same computation by hand, from the saved state.
+  auto assign = [](Tensor& dst, const Tensor& src) {
+    backend_for(dst).copy(src.raw_data(), dst.raw_data(), dst.nbytes());
+  };
+  for (size_t i = 0; i < buffers.size(); ++i) assign(buffers[i], buffers0[i]);
+  const std::vector<Tensor*> alpha = s.search_parameters();
+  auto grad_of = [](const Tensor& t) { return t.grad().defined() ? t.grad().clone() : Tensor::zeros_like(t); };
+  auto backward = [&] {
+    for (auto& p : theta) p.zero_grad();
+    for (Tensor* a : alpha) a->zero_grad();
+    LossTerms terms = d.losses(batch, prog, logits);
+    Tensor total = terms[0].second;
+    for (size_t i = 1; i < terms.size(); ++i) total = add(total, terms[i].second);
+    total.backward();
+  };
+  backward();
+  {
+    std::vector<Tensor> g;
+    for (auto& p : theta) g.push_back(grad_of(p));
+    NoGradGuard ng;
+    for (size_t i = 0; i < theta.size(); ++i)
+      assign(theta[i], sub(theta0[i], mul(add(g[i], mul(theta0[i], Tensor::scalar(1e-4))), Tensor::scalar(0.05))));
+  }
+  s.set_upper_level(true);
+  backward();
+  s.set_upper_level(false);
+  std::vector<Tensor> v;
+  double norm2 = 0;
+  for (auto& p : theta) {
+    v.push_back(grad_of(p));
+    norm2 += sum(mul(v.back(), v.back())).item();
+  }
+  const double r = 0.01 / std::sqrt(norm2);
+  std::vector<std::vector<Tensor>> g;
+  for (double sign : {1.0, -1.0}) {
+    {
+      NoGradGuard ng;
+      for (size_t i = 0; i < theta.size(); ++i) assign(theta[i], add(theta0[i], mul(v[i], Tensor::scalar(sign * r))));
+    }
+    backward();
+    g.emplace_back();
+    for (Tensor* a : alpha) g.back().push_back(grad_of(*a));
+  }
+  double largest = 0;
+  for (size_t k = 0; k < 3; ++k) {
+    const Tensor want = mul(sub(g[0][k], g[1][k]), Tensor::scalar(-1.0 / (2 * r)));
+    largest = std::max(largest, max(abs(want)).item());
+    EXPECT_TRUE(close_to("implicit gradient " + std::to_string(k), got[k], want, 1e-6, 1e-4));
+  }
+  EXPECT_GT(largest, 0.0) << "the implicit gradient is zero: the test shows nothing";
+  // The main step's own policy gradients are not applied in second-order mode.
+  for (size_t i = 0; i < theta.size(); ++i) assign(theta[i], theta0[i]);
+  const Tensor w_before = run.buf("policy.weight").clone();
+  backward();
+  d.after_step(prog);
+  EXPECT_EQ(run.buf("policy.weight").to_vector(), w_before.to_vector());
+  EXPECT_FALSE(run.buf("policy.weight").grad().defined());
 }
 
 // An interrupted SoKD run resumed from its checkpoint ends bitwise where the uninterrupted one does:
@@ -302,6 +407,8 @@ TEST(SokdStrategy, ResumeMidSearchEqualsUninterruptedRun) {
     "solver": {"lr": 0.05, "epochs": 3},
     "log": {"every_steps": 1000}
   })"), "sokd_resume.json");
+  for (const std::string search : {"first_order", "second_order"}) {
+  SCOPED_TRACE(search);
   auto run_it = [&](const std::string& dir, const std::string& resume, int64_t stop_after) {
     Generator gen(cfg.seed);
     const ModelOptions mo{4, 1, 16};
@@ -310,7 +417,9 @@ TEST(SokdStrategy, ResumeMidSearchEqualsUninterruptedRun) {
     auto teacher = create_model("resnet8", mo, tgen);
     Distiller d(student, teacher,
                 parse_terms(Json::parse(R"([{"type": "ce"}, {"type": "sokd", "params": {"heatmap_classes": 4,
-                              "area_num": 3, "search_epochs": 2, "policy_lr": 0.05}}])"), "t.json"),
+                              "area_num": 3, "search_epochs": 2, "policy_lr": 0.05, "search": ")" + search +
+                                        R"("}}])"),
+                            "t.json"),
                 DistillerOptions{}, Shape{1, 16, 16}, gen);
     DataSplits data = load_datasets(cfg.data);
     RunDir run(dir);
@@ -335,6 +444,7 @@ TEST(SokdStrategy, ResumeMidSearchEqualsUninterruptedRun) {
   }
   EXPECT_TRUE(policy_seen);
   std::filesystem::remove_all(base);
+  }
 }
 
 // ---- SoKD as a plug-in around another method (params "host") -----------------------------------------

@@ -40,9 +40,24 @@ void apply_override(Json& doc, const std::string& assignment) {
   while (true) {
     const size_t dot = path.find('.', start);
     const std::string key = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    const std::string here = path.substr(0, start ? start - 1 : 0);
     RETORT_CHECK(!key.empty(), "--set '", assignment, "': empty key in path");
-    RETORT_CHECK(node->is_object(), "--set '", assignment, "': '", path.substr(0, start ? start - 1 : 0),
-                 "' is not an object");
+    if (node->is_array()) {
+      // An array element by index: --set distill.terms.1.params.feat_weight=100
+      RETORT_CHECK(key.find_first_not_of("0123456789") == std::string::npos, "--set '", assignment, "': '", here,
+                   "' is an array; expected an index, got '", key, "'");
+      const size_t i = std::stoul(key);
+      RETORT_CHECK(i < node->size(), "--set '", assignment, "': index ", i, " is out of range for '", here,
+                   "' (", node->size(), " elements)");
+      if (dot == std::string::npos) {
+        (*node)[i] = value;
+        return;
+      }
+      node = &(*node)[i];
+      start = dot + 1;
+      continue;
+    }
+    RETORT_CHECK(node->is_object(), "--set '", assignment, "': '", here, "' is not an object or array");
     if (dot == std::string::npos) {
       (*node)[key] = value;
       return;

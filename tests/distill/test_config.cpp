@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "distill/experiment.h"
+#include "distill/json_reader.h"
 #include "tests/common/expect.h"
 
 using namespace retort;
@@ -65,6 +66,24 @@ TEST(Config, OverridesApplyBeforeValidation) {
   EXPECT_TRUE(c.solver.nesterov);
   expect_error([&] { ExperimentConfig::load(path, {"solver.lrate=0.2"}); }, {"unknown key solver.lrate"});
   expect_error([&] { ExperimentConfig::load(path, {"novalue"}); }, {"--set", "key.path=value"});
+}
+
+// --set reaches into arrays by index (a distillation term's parameter), and says what is wrong.
+TEST(Config, OverridesIndexArrays) {
+  Json doc = Json::parse(R"({"distill": {"terms": [{"type": "ce"}, {"type": "sokd", "params": {"feat_weight": 1000}}]}})");
+  apply_override(doc, "distill.terms.1.params.feat_weight=100");
+  apply_override(doc, "distill.terms.1.params.host={\"type\": \"kd\"}");
+  apply_override(doc, "distill.terms.0.weight=0.5");
+  EXPECT_EQ(doc["distill"]["terms"][1]["params"]["feat_weight"], 100);
+  EXPECT_EQ(doc["distill"]["terms"][1]["params"]["host"]["type"], "kd");
+  EXPECT_EQ(doc["distill"]["terms"][0]["weight"], 0.5);
+  apply_override(doc, "distill.terms.0={\"type\": \"kd\"}");
+  EXPECT_EQ(doc["distill"]["terms"][0]["type"], "kd");
+  expect_error([&] { apply_override(doc, "distill.terms.2.weight=1"); },
+               {"--set 'distill.terms.2.weight=1'", "index 2 is out of range for 'distill.terms' (2 elements)"});
+  expect_error([&] { apply_override(doc, "distill.terms.first.weight=1"); },
+               {"'distill.terms' is an array; expected an index, got 'first'"});
+  expect_error([&] { apply_override(doc, "distill.terms.0.type.x=1"); }, {"'distill.terms.0.type' is not an object"});
 }
 
 TEST(Config, MalformedJsonNamesLineAndColumn) {

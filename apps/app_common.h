@@ -107,7 +107,8 @@ inline std::string run_dir_of(const RunFlags& f, const ExperimentConfig& cfg) {
 }
 
 // The student (drawn from gen) and, when the config names one, the teacher (its own generator, then
-// its checkpoint) of a distillation config, for inputs described by mo. Unknown architectures are
+// its checkpoint) of a distillation config, for inputs described by mo; model.init, when given, replaces
+// the student's drawn weights. Unknown architectures are
 // usage errors; a missing or mismatched teacher checkpoint is a runtime error naming the file.
 struct DistillModels {
   std::shared_ptr<Module> student, teacher;
@@ -115,6 +116,7 @@ struct DistillModels {
 inline DistillModels make_distill_models(const ExperimentConfig& cfg, const ModelOptions& mo, Generator& gen) {
   DistillModels m;
   m.student = as_usage([&] { return create_model(cfg.arch, mo, gen); });
+  if (!cfg.init.empty()) load_model_file(*m.student, cfg.init);  // model.init (a resumed checkpoint overrides it)
   if (!cfg.teacher.arch.empty()) {
     Generator tgen(0);
     m.teacher = as_usage([&] { return create_model(cfg.teacher.arch, mo, tgen); });

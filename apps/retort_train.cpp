@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
     Generator gen(cfg.seed);
     ModelOptions mo{data.train->num_classes(), s[0], s[1]};
     auto model = app::as_usage([&] { return create_model(cfg.arch, mo, gen); });
+    if (!cfg.init.empty()) load_model_file(*model, cfg.init);  // model.init (a resumed checkpoint overrides it)
     ClassifierTask task(model, label_smoothing);
     RunDir run(app::run_dir_of(flags, cfg));
 
@@ -43,6 +44,7 @@ int main(int argc, char** argv) {
                 data.train->describe().c_str(), data.train->size(), data.test->size(), cfg.solver.optimizer.c_str(),
                 cfg.solver.lr, cfg.solver.epochs, static_cast<long long>(cfg.data.batch_size), cpu_backend_info().c_str(),
                 run.path().c_str());
+    if (!cfg.init.empty()) std::printf("  init    weights from %s\n", cfg.init.c_str());
     Trainer trainer(cfg, task, data, run);
     const TrainSummary sum = trainer.fit(flags.resume);
     std::printf("retort-train: done: best top-1 %.2f%% (epoch %d), last top-1 %.2f%%, %.0f s, %.0f img/s\n"

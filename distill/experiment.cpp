@@ -93,6 +93,7 @@ ExperimentConfig ExperimentConfig::from_json(const Json& doc, const std::string&
   if (r.has("data")) parse_data(r.child("data"), c.data);
   JsonReader& m = r.child("model");
   c.arch = m.require<std::string>("arch");
+  c.init = m.get<std::string>("init", "");
   if (r.has("solver")) parse_solver(r.child("solver"), c.solver);
   if (r.has("log")) parse_log(r.child("log"), c.log);
   if (r.has("teacher")) {
@@ -137,6 +138,7 @@ Json ExperimentConfig::to_json() const {
                {"synthetic_size", data.synthetic_size}};
   if (!data.mean.empty()) j["data"]["normalize"] = {{"mean", data.mean}, {"std", data.std}};
   j["model"] = {{"arch", arch}};
+  if (!init.empty()) j["model"]["init"] = init;
   j["solver"] = {{"optimizer", solver.optimizer}, {"lr", solver.lr},       {"momentum", solver.momentum},
                  {"weight_decay", solver.weight_decay}, {"nesterov", solver.nesterov}, {"beta1", solver.beta1},
                  {"beta2", solver.beta2},          {"eps", solver.eps},     {"epochs", solver.epochs},

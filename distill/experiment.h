@@ -77,6 +77,7 @@ struct ExperimentConfig {
   bool deterministic = true;
   DataConfig data;
   std::string arch;  // model.arch
+  std::string init;  // model.init: a model file or checkpoint whose weights the model starts from ("" = fresh)
   SolverConfig solver;
   LogConfig log;
   TeacherConfig teacher;

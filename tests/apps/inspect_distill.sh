@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # retort-inspect --distill end to end on synthetic data: a 1-epoch teacher from retort-train, then one
 # SoKD step of a config that distils from it — the terms, the strategy's view (sub-policy, mask grid),
-# the dump file and the loss graph. Usage: inspect_distill.sh BIN_DIR
+# the dump file and the loss graph; SoKD around KD (the refined teacher logits). Usage: inspect_distill.sh BIN_DIR
 set -euo pipefail
 bin=$1
 tmp=$(mktemp -d)
@@ -30,6 +30,17 @@ grep -qF "term.sokd.mask" <<<"$listing" || { echo "FAIL: dump lacks the mask"; e
 graph=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --batch 2 --graph)
 grep -qF "SigmoidBackward" <<<"$graph" || { echo "FAIL: the graph shows no DAM head (SigmoidBackward)"; exit 1; }
 grep -qF "MseLossBackward" <<<"$graph" || { echo "FAIL: the graph shows no feature loss"; exit 1; }
+# SoKD as a plug-in around KD: the host's part, and the refined teacher logits beside the original ones.
+cat > "$tmp/plugin.json" <<JSON
+{"schema_version": 1, "experiment": {"name": "p", "seed": 0, "output_dir": "$tmp"}, $data,
+ "model": {"arch": "resnet8"}, "teacher": {"arch": "resnet8", "checkpoint": "$tmp/teacher/model.safetensors"},
+ "distill": {"terms": [{"type": "ce"}, {"type": "sokd", "params": {"feat_weight": 0, "dam_weight": 0,
+             "host": {"type": "kd", "params": {"temperature": 4}}}}]}, $solver}
+JSON
+out=$("$bin/retort-inspect" --distill "$tmp/plugin.json" --batch 4 --step 3)
+for want in "sokd.kd" "refined_teacher_logits" "host kd on the refined targets"; do
+  grep -qF "$want" <<<"$out" || { echo "FAIL: no '$want' in the plug-in's output"; echo "$out"; exit 1; }
+done
 # A missing checkpoint is a clear error naming it, exit code 2.
 set +e
 err=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --checkpoint "$tmp/nope.safetensors" 2>&1); rc=$?

@@ -68,6 +68,18 @@ TEST(Config, OverridesApplyBeforeValidation) {
   expect_error([&] { ExperimentConfig::load(path, {"novalue"}); }, {"--set", "key.path=value"});
 }
 
+// model.init names the weights a model starts from; it round-trips and is absent by default.
+TEST(Config, ModelInit) {
+  const std::string path = ::testing::TempDir() + "/cfg_init.json";
+  std::ofstream(path) << kMinimal;
+  EXPECT_EQ(ExperimentConfig::load(path).init, "");
+  const ExperimentConfig c = ExperimentConfig::load(path, {"model.init=runs/st/model.safetensors"});
+  EXPECT_EQ(c.init, "runs/st/model.safetensors");
+  EXPECT_EQ(c.to_json()["model"]["init"], "runs/st/model.safetensors");
+  EXPECT_FALSE(ExperimentConfig::load(path).to_json()["model"].contains("init"));
+  expect_error([&] { ExperimentConfig::load(path, {"model.init=3"}); }, {"model.init", "expected a string"});
+}
+
 // --set reaches into arrays by index (a distillation term's parameter), and says what is wrong.
 TEST(Config, OverridesIndexArrays) {
   Json doc = Json::parse(R"({"distill": {"terms": [{"type": "ce"}, {"type": "sokd", "params": {"feat_weight": 1000}}]}})");

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The Generous Teacher pipeline on Fashion-MNIST (docs/methods/generous_teacher.md, results in
-# docs/reproducing.md), three phases with the same binaries and budget (first 10 000 training images,
-# 5 epochs, batch 64, SGD 0.05 cosine):
-#   1. the standard teacher (ST): resnet8x4, CE only         configs/fmnist/gt_standard_teacher.json
-#   2. the generous teacher (GT): resnet8x4 from scratch, CE + 8 * NCKD(ST -> GT) at k = 2
+# docs/reproducing.md), three phases (batch 64, SGD 0.05 cosine):
+#   1. the standard teacher (ST): resnet8x4, CE only, all 60 000 training images, 2 epochs
+#                                                             configs/fmnist/gt_standard_teacher.json
+#   2. the generous teacher (GT): resnet8x4 from scratch, CE + 8 * NCKD(ST -> GT) at k = 2, same budget
 #                                                             configs/fmnist/gt_generous_teacher.json
-#   3. a resnet8 KD student (T 4, 0.1 CE + 0.9 KD) from each teacher, over 3 seeds
-#                                                             configs/fmnist/gt_student_kd_from_{standard,generous}.json
+#   3. a resnet8 KD student (T 4, 0.1 CE + 0.9 KD) from each teacher, over 3 seeds, on the table's
+#      budget (first 10 000 images, 5 epochs)                 configs/fmnist/gt_student_kd_from_{standard,generous}.json
 # Prints both teachers' test top-1 and each student's mean ± sample std of the last-epoch top-1.
-# About 30 minutes on 2 cores. Resumable: finished runs are skipped.
+# About an hour on 2 cores (the teachers take most of it). Resumable: finished runs are skipped.
 #   bash scripts/generous_teacher_fmnist.sh        (SEEDS="0 1 2" by default)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

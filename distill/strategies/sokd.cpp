@@ -7,8 +7,9 @@
 //   feat = masked_feature_mse(f̂_s, f̃_t, M)               dam = mse(DAM(f̂_s), DAM(f̃_t))
 //   loss = feat_weight · feat + dam_weight · dam          (parts "feat" and "dam")
 // The DAM is shared by both sides and trained with the student (it is this term's module, with the
-// regressor). The augmentation policy — probabilities P [36, 2], magnitudes M [36, 2] and sub-policy
-// logits w [36] over the 36 unordered pairs of the 9 ops — is kept in buffers, outside the student's
+// regressor). The augmentation policy — probabilities P [S, 2], magnitudes M [S, 2] and sub-policy
+// logits w [S] over the S unordered pairs of the allowed ops (param "ops"; 36 for all 9) — is kept in
+// buffers, outside the student's
 // optimizer, and checkpointed with its Adam moments.
 //
 // Sampling: per step, from a generator seeded by (the term's seed, the global step) so that a resumed
@@ -56,11 +57,12 @@ namespace {
 
 constexpr double kBeta1 = 0.5, kBeta2 = 0.999, kAdamEps = 1e-8;
 
-// The 36 sub-policies: every unordered pair (i < j) of the 9 ops, in lexicographic order.
-std::vector<std::array<FeatureOp, 2>> all_sub_policies() {
+// The sub-policies: every unordered pair (i < j) of the allowed ops (by default all 9: 36 pairs), in
+// the ops' order.
+std::vector<std::array<FeatureOp, 2>> all_sub_policies(const std::vector<FeatureOp>& ops) {
   std::vector<std::array<FeatureOp, 2>> out;
-  for (int i = 0; i < kNumFeatureOps; ++i)
-    for (int j = i + 1; j < kNumFeatureOps; ++j) out.push_back({static_cast<FeatureOp>(i), static_cast<FeatureOp>(j)});
+  for (size_t i = 0; i < ops.size(); ++i)
+    for (size_t j = i + 1; j < ops.size(); ++j) out.push_back({ops[i], ops[j]});
   return out;
 }
 
@@ -84,7 +86,7 @@ Tensor AugmentationPolicy::forward(const Tensor&) {
   throw Error("AugmentationPolicy holds SoKD's policy tensors; it is not a layer and has no forward");
 }
 
-SokdStrategy::SokdStrategy(SokdOptions o) : Strategy("sokd"), o_(std::move(o)), policies_(all_sub_policies()) {
+SokdStrategy::SokdStrategy(SokdOptions o) : Strategy("sokd"), o_(std::move(o)), policies_(all_sub_policies(o_.ops)) {
   if (o_.host) register_module("host", o_.host);
 }
 
@@ -290,7 +292,10 @@ std::string SokdStrategy::inspect_text() const {
 }
 
 Json SokdStrategy::params() const {
-  Json j = {{"student_tap", o_.s_tap},           {"teacher_tap", o_.t_tap},
+  std::vector<std::string> ops;
+  for (FeatureOp op : o_.ops) ops.push_back(feature_op_name(op));
+  Json j = {{"ops", ops},
+            {"student_tap", o_.s_tap},           {"teacher_tap", o_.t_tap},
           {"area_num", o_.area_num},           {"heatmap_classes", o_.heatmap_classes},
           {"trailing_relu", o_.trailing_relu}, {"augment", o_.augment},
           {"feat_weight", o_.feat_weight},     {"dam_weight", o_.dam_weight},
@@ -378,6 +383,23 @@ void register_sokd_strategy() {
     SokdOptions o;
     o.s_tap = p.get<std::string>("student_tap", "layer2");
     o.t_tap = p.get<std::string>("teacher_tap", o.s_tap);
+    if (p.has("ops")) {
+      o.ops.clear();
+      std::string known;
+      for (int i = 0; i < kNumFeatureOps; ++i) known += std::string(i ? ", " : "") + feature_op_name(static_cast<FeatureOp>(i));
+      for (const auto& name : p.get<std::vector<std::string>>("ops", {})) {
+        int found = -1;
+        for (int i = 0; i < kNumFeatureOps; ++i)
+          if (name == feature_op_name(static_cast<FeatureOp>(i))) found = i;
+        RETORT_CHECK(found >= 0, p.where("ops"), ": unknown op '", name, "' (known: ", known, ")");
+        const FeatureOp op = static_cast<FeatureOp>(found);
+        RETORT_CHECK(std::find(o.ops.begin(), o.ops.end(), op) == o.ops.end(), p.where("ops"), ": '", name,
+                     "' listed twice");
+        o.ops.push_back(op);
+      }
+      RETORT_CHECK(o.ops.size() >= 2, p.where("ops"), ": sub-policies are pairs of ops, so at least 2 are needed, got ",
+                   o.ops.size());
+    }
     o.area_num = p.get<int64_t>("area_num", 8);
     RETORT_CHECK(o.area_num >= 1, p.where("area_num"), ": must be >= 1, got ", o.area_num);
     o.heatmap_classes = p.get<int64_t>("heatmap_classes", 100);

@@ -15,6 +15,10 @@
 namespace retort {
 
 struct SokdOptions {
+  // The ops the sub-policies pair (every unordered pair of them; all 9 ops = the reference's 36).
+  std::vector<FeatureOp> ops{FeatureOp::ShearX,  FeatureOp::ShearY, FeatureOp::TranslateX,
+                             FeatureOp::TranslateY, FeatureOp::Rotate, FeatureOp::Cutout,
+                             FeatureOp::Noise,   FeatureOp::ChannelShuffle, FeatureOp::ChannelDrop};
   std::string s_tap = "layer2", t_tap = "layer2";
   int64_t area_num = 8, heatmap_classes = 100;
   bool trailing_relu = true, augment = true;
@@ -33,7 +37,8 @@ struct SokdOptions {
 };
 
 // The augmentation policy's state, a module of buffers only (kept out of the student's optimizer):
-// probability [36, 2], magnitude [36, 2], weight [36] (sub-policy logits), their Adam moments
+// probability [S, 2], magnitude [S, 2], weight [S] (sub-policy logits; S = 36 pairs of the 9 ops, or
+// the pairs of the ops the config allows), their Adam moments
 // adam_m_* / adam_v_* and adam_step. In a checkpoint: term.<name>.policy.probability, ...
 class AugmentationPolicy : public Module {
  public:
@@ -75,7 +80,7 @@ class SokdStrategy final : public Strategy {
   bool own_losses() const { return !o_.host || o_.feat_weight > 0 || o_.dam_weight > 0; }
   int64_t last_sub_policy() const { return last_b_; }
   std::array<bool, 2> last_applied() const { return last_applied_; }
-  // The 36 sub-policies (pairs of ops) the policy tensors index.
+  // The sub-policies (pairs of ops; 36 by default) the policy tensors index.
   const std::vector<std::array<FeatureOp, 2>>& sub_policies() const { return policies_; }
   bool searching(const TrainProgress& p) const { return o_.search != "none" && p.epoch < o_.search_epochs; }
   // The implicit gradients the latest second-order search step used (probability, magnitude, weight).

@@ -290,6 +290,25 @@ TEST(SokdStrategy, SearchNoneNeverTouchesThePolicyAndConfigErrorsAreClear) {
   EXPECT_NE(error_of(R"({"search": "second_order", "hessian_radius": 0})").find("hessian_radius > 0"),
             std::string::npos);
   EXPECT_NE(error_of(R"({"area_num": 0})").find("area_num: must be >= 1"), std::string::npos);
+  EXPECT_NE(error_of(R"({"ops": ["ShearX", "Shear"]})").find("unknown op 'Shear' (known: ShearX, ShearY"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"ops": ["Noise", "Noise"]})").find("'Noise' listed twice"), std::string::npos);
+  EXPECT_NE(error_of(R"({"ops": ["Noise"]})").find("at least 2 are needed, got 1"), std::string::npos);
+
+  // "ops" restricts the sub-policies to the pairs of the ops given (and sizes the policy to them).
+  SokdRun three = make_run(R"({"heatmap_classes": 10, "ops": ["Rotate", "Noise", "ShearY"]})");
+  const auto& pairs = three.sokd().sub_policies();
+  ASSERT_EQ(pairs.size(), 3u);
+  EXPECT_EQ(pairs[0], (std::array<FeatureOp, 2>{FeatureOp::Rotate, FeatureOp::Noise}));
+  EXPECT_EQ(pairs[2], (std::array<FeatureOp, 2>{FeatureOp::Noise, FeatureOp::ShearY}));
+  EXPECT_EQ(three.buf("policy.probability").shape(), (Shape{3, 2}));
+  EXPECT_EQ(three.buf("policy.weight").shape(), (Shape{3}));
+  EXPECT_EQ(three.sokd().params()["ops"], Json({"Rotate", "Noise", "ShearY"}));
+  for (int64_t step = 0; step < 20; ++step) {
+    Tensor logits;
+    three.d->losses(retort::testing::tiny_batch(4, 7), TrainProgress{0, 2, step, step, 10}, logits);
+    EXPECT_LT(three.sokd().last_sub_policy(), 3);
+  }
 }
 
 // The second-order search (before the step, on the same batch) leaves the networks, their buffers and

@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 
@@ -57,6 +59,43 @@ inline ::testing::AssertionResult close_to(const std::string& name, const Tensor
     os << "\n  [" << i << "] ours " << a[i] << "  torch " << b[i] << "  |diff| " << std::abs(a[i] - b[i]);
   }
   return ::testing::AssertionFailure() << os.str();
+}
+
+// One case in tools/golden.py's layout (record_case): rebuilds NAME/in<i> as leaves — floating ones in
+// `dtype`, or as stored when none is given; those with a stored gradient require one —, runs fn, backpropagates
+// NAME/upstream and compares the output and every stored input gradient NAME/grad_in<i>.
+inline void check_golden_case(const GoldenFile& g, const std::string& name,
+                              const std::function<Tensor(const std::vector<Tensor>&)>& fn,
+                              std::optional<DType> dtype, double atol, double rtol) {
+  std::vector<Tensor> ins;
+  for (int i = 0; g.has(name + "/in" + std::to_string(i)); ++i) {
+    const Tensor& stored = g[name + "/in" + std::to_string(i)];
+    Tensor t = (dtype && stored.dtype() != DType::I64 ? stored.to(*dtype) : stored).clone();
+    if (g.has(name + "/grad_in" + std::to_string(i))) t.set_requires_grad();
+    ins.push_back(t);
+  }
+  ASSERT_FALSE(ins.empty()) << "no inputs stored for " << name;
+  const Tensor out = fn(ins);
+  const std::string tag = !dtype ? "" : *dtype == DType::F32 ? " (f32)" : " (f64)";
+  if (dtype) {
+    EXPECT_EQ(out.dtype(), *dtype) << name;
+  }
+  EXPECT_TRUE(close_to(name + "/out" + tag, out, g[name + "/out"], atol, rtol));
+  const Tensor& up = g[name + "/upstream"];
+  out.backward(dtype ? up.to(*dtype) : up);
+  for (size_t i = 0; i < ins.size(); ++i) {
+    const std::string key = name + "/grad_in" + std::to_string(i);
+    if (!g.has(key)) continue;
+    ASSERT_TRUE(ins[i].grad().defined()) << key << ": Retort produced no gradient";
+    EXPECT_TRUE(close_to(key + tag, ins[i].grad(), g[key], atol, rtol));
+  }
+}
+
+// The tolerances the distillation goldens use: PyTorch computes in f64; Retort in f32 or f64.
+inline void check_golden_case(const GoldenFile& g, const std::string& name,
+                              const std::function<Tensor(const std::vector<Tensor>&)>& fn, DType dtype) {
+  const bool f32 = dtype == DType::F32;
+  check_golden_case(g, name, fn, dtype, f32 ? 2e-5 : 1e-12, f32 ? 1e-3 : 1e-9);
 }
 
 }  // namespace retort::testing

@@ -384,26 +384,8 @@ const GoldenFile& golden() {
   return g;
 }
 
-// Rebuilds the case's inputs in `dtype`, runs fn, backpropagates the stored upstream gradient and
-// compares the output and every input gradient with PyTorch's (float64) values.
 void check_case(const std::string& name, const std::function<Tensor(const std::vector<Tensor>&)>& fn, DType dtype) {
-  const GoldenFile& g = golden();
-  const bool f32 = dtype == DType::F32;
-  const double atol = f32 ? 2e-5 : 1e-12, rtol = f32 ? 1e-3 : 1e-9;
-  std::vector<Tensor> ins;
-  for (int i = 0; g.has(name + "/in" + std::to_string(i)); ++i)
-    ins.push_back(g[name + "/in" + std::to_string(i)].to(dtype).clone().set_requires_grad());
-  ASSERT_FALSE(ins.empty()) << "no inputs stored for " << name;
-  const Tensor out = fn(ins);
-  EXPECT_EQ(out.dtype(), dtype);
-  const std::string tag = f32 ? " (f32)" : " (f64)";
-  EXPECT_TRUE(close_to(name + "/out" + tag, out, g[name + "/out"], atol, rtol));
-  out.backward(g[name + "/upstream"].to(dtype));
-  for (size_t i = 0; i < ins.size(); ++i) {
-    const std::string key = name + "/grad_in" + std::to_string(i);
-    ASSERT_TRUE(ins[i].grad().defined()) << key << ": Retort produced no gradient";
-    EXPECT_TRUE(close_to(key + tag, ins[i].grad(), g[key], atol, rtol));
-  }
+  retort::testing::check_golden_case(golden(), name, fn, dtype);
 }
 
 class GoldenFeature : public ::testing::TestWithParam<DType> {};

@@ -24,30 +24,8 @@ const GoldenFile& golden() {
   return g;
 }
 
-// Rebuilds the case's inputs in `dtype` (those with a stored gradient require one), runs fn,
-// backpropagates the stored upstream gradient and compares the output and the input gradients.
 void check_case(const std::string& name, const std::function<Tensor(const std::vector<Tensor>&)>& fn, DType dtype) {
-  const GoldenFile& g = golden();
-  const bool f32 = dtype == DType::F32;
-  const double atol = f32 ? 2e-5 : 1e-12, rtol = f32 ? 1e-3 : 1e-9;
-  std::vector<Tensor> ins;
-  for (int i = 0; g.has(name + "/in" + std::to_string(i)); ++i) {
-    const bool grad = g.has(name + "/grad_in" + std::to_string(i));
-    Tensor t = g[name + "/in" + std::to_string(i)].to(dtype).clone();
-    ins.push_back(grad ? t.set_requires_grad() : t);
-  }
-  ASSERT_FALSE(ins.empty()) << "no inputs stored for " << name;
-  const Tensor out = fn(ins);
-  EXPECT_EQ(out.dtype(), dtype);
-  const std::string tag = f32 ? " (f32)" : " (f64)";
-  EXPECT_TRUE(close_to(name + "/out" + tag, out, g[name + "/out"], atol, rtol));
-  out.backward(g[name + "/upstream"].to(dtype));
-  for (size_t i = 0; i < ins.size(); ++i) {
-    const std::string key = name + "/grad_in" + std::to_string(i);
-    if (!g.has(key)) continue;
-    ASSERT_TRUE(ins[i].grad().defined()) << key << ": Retort produced no gradient";
-    EXPECT_TRUE(close_to(key + tag, ins[i].grad(), g[key], atol, rtol));
-  }
+  retort::testing::check_golden_case(golden(), name, fn, dtype);
 }
 
 // The stored PyTorch state dict "<prefix>/state/<name>" for every entry of m's.

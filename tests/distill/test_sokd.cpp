@@ -205,6 +205,22 @@ SokdRun make_run(const std::string& params) {
       retort::testing::kTinySample, gen);
   return r;
 }
+
+// Sets every op probability and magnitude of the policy to v (ops on, magnitudes away from the identity).
+void force_policy(SokdRun& run, float v) {
+  for (const char* name : {"policy.probability", "policy.magnitude"}) {
+    Tensor t = run.buf(name);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = v;
+  }
+}
+
+// The first step from `prog` on whose sub-policy both ops apply (that step's losses have been computed).
+TrainProgress step_applying_both(SokdRun& run, const Batch& batch, TrainProgress prog) {
+  Tensor logits;
+  for (;; ++prog.step)
+    if (run.d->losses(batch, prog, logits), run.sokd().last_applied()[0] && run.sokd().last_applied()[1]) return prog;
+}
+
 }  // namespace
 
 TEST(SokdStrategy, PolicyLearnsOnlyWhileSearchingAndSamplingFollowsTheStep) {
@@ -321,15 +337,10 @@ TEST(SokdStrategy, SecondOrderSearchStepsThePolicyByTheImplicitGradient) {
   SokdStrategy& s = run.sokd();
   Distiller& d = *run.d;
   d.train(true);
-  for (const char* name : {"policy.probability", "policy.magnitude"}) {
-    Tensor t = run.buf(name);
-    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = 0.9f;
-  }
+  force_policy(run, 0.9f);
   const Batch batch = retort::testing::tiny_batch(4, 7);
-  TrainProgress prog{0, 2, 0, 0, 10};
+  const TrainProgress prog = step_applying_both(run, batch, TrainProgress{0, 2, 0, 0, 10});
   Tensor logits;
-  for (;; ++prog.step)  // a step whose two ops both apply
-    if (d.losses(batch, prog, logits), s.last_applied()[0] && s.last_applied()[1]) break;
   std::vector<Tensor> theta = d.trainable_parameters(), theta0, buffers, buffers0;
   std::vector<std::string> buffer_names;
   for (auto& p : theta) theta0.push_back(p.clone());
@@ -546,16 +557,10 @@ TEST(SokdPlugIn, LogitHostSeesTheRestOfTheTeacherOnTheAugmentedFeature) {
                               R"({"type": "kd", "params": {"temperature": 4}})");
   SokdStrategy& s = run.sokd();
   ASSERT_NE(s.host(), nullptr);
-  // Every op on, every magnitude away from the identity.
-  for (const char* name : {"policy.probability", "policy.magnitude"}) {
-    Tensor t = run.buf(name);
-    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = 0.95f;
-  }
+  force_policy(run, 0.95f);
   const Batch batch = retort::testing::tiny_batch(4, 7);
-  TrainProgress prog{0, 2, 0, 0, 10};
+  const TrainProgress prog = step_applying_both(run, batch, TrainProgress{0, 2, 0, 0, 10});
   Tensor logits;
-  for (;; ++prog.step)
-    if (run.d->losses(batch, prog, logits), s.last_applied()[0] && s.last_applied()[1]) break;
   LossTerms terms = run.d->losses(batch, prog, logits);
   ASSERT_EQ(terms.size(), 1u);
   EXPECT_EQ(terms[0].first, "sokd.kd");
@@ -585,10 +590,7 @@ TEST(SokdPlugIn, LogitHostSeesTheRestOfTheTeacherOnTheAugmentedFeature) {
 
   // A feature host gets f̃_t in place of the teacher feature (and no logit rerun), plus SoKD's own parts.
   SokdRun feat = make_host_run(R"("heatmap_classes": 10, "area_num": 4, "search": "none")", R"({"type": "fitnet"})");
-  for (const char* name : {"policy.probability", "policy.magnitude"}) {
-    Tensor t = feat.buf(name);
-    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = 0.95f;
-  }
+  force_policy(feat, 0.95f);
   terms = feat.d->losses(batch, prog, logits);
   ASSERT_EQ(terms.size(), 3u);
   EXPECT_EQ(terms[0].first, "sokd.feat");

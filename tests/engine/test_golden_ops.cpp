@@ -19,27 +19,9 @@ const GoldenFile& golden() {
   return g;
 }
 
-// Rebuilds the case's inputs as leaves, runs fn, backpropagates the stored upstream gradient and
-// compares the output and every stored input gradient.
 void check_case(const std::string& name, const std::function<Tensor(const std::vector<Tensor>&)>& fn,
                 double atol = 1e-5, double rtol = 1e-4) {
-  const GoldenFile& g = golden();
-  std::vector<Tensor> ins;
-  for (int i = 0; g.has(name + "/in" + std::to_string(i)); ++i) {
-    Tensor t = g[name + "/in" + std::to_string(i)].clone();
-    if (g.has(name + "/grad_in" + std::to_string(i))) t.set_requires_grad();
-    ins.push_back(t);
-  }
-  ASSERT_FALSE(ins.empty()) << "no inputs stored for " << name;
-  Tensor out = fn(ins);
-  EXPECT_TRUE(close_to(name + "/out", out, g[name + "/out"], atol, rtol));
-  out.backward(g[name + "/upstream"]);
-  for (size_t i = 0; i < ins.size(); ++i) {
-    const std::string key = name + "/grad_in" + std::to_string(i);
-    if (!g.has(key)) continue;
-    ASSERT_TRUE(ins[i].grad().defined()) << key << ": Retort produced no gradient";
-    EXPECT_TRUE(close_to(key, ins[i].grad(), g[key], atol, rtol));
-  }
+  retort::testing::check_golden_case(golden(), name, fn, std::nullopt, atol, rtol);
 }
 
 }  // namespace

@@ -206,6 +206,16 @@ SokdRun make_run(const std::string& params) {
   return r;
 }
 
+// The error a "sokd" term with these params gives when parsed ("no error" when it parses).
+std::string sokd_config_error(const std::string& params) {
+  try {
+    retort::testing::terms_from(R"([{"type": "sokd", "params": )" + params + "}]");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
 // Sets every op probability and magnitude of the policy to v (ops on, magnitudes away from the identity).
 void force_policy(SokdRun& run, float v) {
   for (const char* name : {"policy.probability", "policy.magnitude"}) {
@@ -292,24 +302,16 @@ TEST(SokdStrategy, SearchNoneNeverTouchesThePolicyAndConfigErrorsAreClear) {
     run.d->after_step(prog);
   }
   EXPECT_TRUE(close_to("policy", run.buf("policy.probability"), p0, 0, 0));
-  auto error_of = [](const std::string& params) {
-    try {
-      retort::testing::terms_from(R"([{"type": "sokd", "params": )" + params + "}]");
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
-  EXPECT_NE(error_of(R"({"search": "random"})").find("expected \"first_order\", \"second_order\" or \"none\""),
+  EXPECT_NE(sokd_config_error(R"({"search": "random"})").find("expected \"first_order\", \"second_order\" or \"none\""),
             std::string::npos);
-  EXPECT_NE(error_of(R"({"hessian_radius": 0.1})").find("belong to \"second_order\" search"), std::string::npos);
-  EXPECT_NE(error_of(R"({"search": "second_order", "hessian_radius": 0})").find("hessian_radius > 0"),
+  EXPECT_NE(sokd_config_error(R"({"hessian_radius": 0.1})").find("belong to \"second_order\" search"), std::string::npos);
+  EXPECT_NE(sokd_config_error(R"({"search": "second_order", "hessian_radius": 0})").find("hessian_radius > 0"),
             std::string::npos);
-  EXPECT_NE(error_of(R"({"area_num": 0})").find("area_num: must be >= 1"), std::string::npos);
-  EXPECT_NE(error_of(R"({"ops": ["ShearX", "Shear"]})").find("unknown op 'Shear' (known: ShearX, ShearY"),
+  EXPECT_NE(sokd_config_error(R"({"area_num": 0})").find("area_num: must be >= 1"), std::string::npos);
+  EXPECT_NE(sokd_config_error(R"({"ops": ["ShearX", "Shear"]})").find("unknown op 'Shear' (known: ShearX, ShearY"),
             std::string::npos);
-  EXPECT_NE(error_of(R"({"ops": ["Noise", "Noise"]})").find("'Noise' listed twice"), std::string::npos);
-  EXPECT_NE(error_of(R"({"ops": ["Noise"]})").find("at least 2 are needed, got 1"), std::string::npos);
+  EXPECT_NE(sokd_config_error(R"({"ops": ["Noise", "Noise"]})").find("'Noise' listed twice"), std::string::npos);
+  EXPECT_NE(sokd_config_error(R"({"ops": ["Noise"]})").find("at least 2 are needed, got 1"), std::string::npos);
 
   // "ops" restricts the sub-policies to the pairs of the ops given (and sizes the policy to them).
   SokdRun three = make_run(R"({"heatmap_classes": 10, "ops": ["Rotate", "Noise", "ShearY"]})");
@@ -633,20 +635,12 @@ TEST(SokdPlugIn, TeacherRerunKeepsTheRealPassFeatures) {
 }
 
 TEST(SokdPlugIn, ConfigErrorsNameTheKey) {
-  auto error_of = [](const std::string& params) {
-    try {
-      retort::testing::terms_from(R"([{"type": "sokd", "params": )" + params + "}]");
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
-  EXPECT_NE(error_of(R"({"host": {"type": "sokd"}})").find("SoKD cannot host itself"), std::string::npos);
-  EXPECT_NE(error_of(R"({"host": {"type": "ce"}})").find("uses no teacher"), std::string::npos);
-  const std::string bad = error_of(R"({"host": {"type": "kd", "params": {"temprature": 4}}})");
+  EXPECT_NE(sokd_config_error(R"({"host": {"type": "sokd"}})").find("SoKD cannot host itself"), std::string::npos);
+  EXPECT_NE(sokd_config_error(R"({"host": {"type": "ce"}})").find("uses no teacher"), std::string::npos);
+  const std::string bad = sokd_config_error(R"({"host": {"type": "kd", "params": {"temprature": 4}}})");
   EXPECT_NE(bad.find("params.host.params.temprature"), std::string::npos) << bad;
-  EXPECT_NE(error_of(R"({"host": {"type": "nope"}})").find("nope"), std::string::npos);
-  EXPECT_NE(error_of(R"({"host": "kd"})").find("host"), std::string::npos);
+  EXPECT_NE(sokd_config_error(R"({"host": {"type": "nope"}})").find("nope"), std::string::npos);
+  EXPECT_NE(sokd_config_error(R"({"host": "kd"})").find("host"), std::string::npos);
   // Refining logits runs the teacher from teacher_tap, so it must be a module's output.
   Generator gen(1);
   auto student = create_model("resnet8", retort::testing::kTinyModel, gen);

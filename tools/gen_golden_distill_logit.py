@@ -80,10 +80,12 @@ case("kd_ls_t2", lambda s, t: kd(zscore(s), zscore(t), 2.0), [logits(4, 20, 3.0)
 case("dkd_ls_a9_b72_t2", lambda s, t, y: dkd(zscore(s), zscore(t), y, 9.0, 72.0, 2.0),
      [logits(4, 20, 3.0), logits(4, 20, 5.0), targets(4, 20)], alpha=9.0, beta=72.0, T=2.0)
 
-def generous_teacher(zg, zs, y, k, tckd_weight, only_correct):
+def generous_teacher(zg, zs, y, k, tckd_weight, only_correct, standard_std=False):
     # Generous Teacher (methods.md §3.3): DKD+LS per sample, NCKD masked to the rows the standard
-    # teacher (zs here) classifies right; the batch mean is over every row.
-    a, b = zscore(zg) / k, zscore(zs) / k
+    # teacher (zs here) classifies right; the batch mean is over every row. standard_std: the generous
+    # rows are centred by their own mean but scaled by the standard teacher's std (the other reading).
+    ga = (zg - zg.mean(dim=-1, keepdims=True)) / (1e-7 + zs.std(dim=-1, keepdims=True)) if standard_std else zscore(zg)
+    a, b = ga / k, zscore(zs) / k
     gt = torch.zeros_like(a).scatter_(1, y.unsqueeze(1), 1.0)
     pa, pb = cat_mask(F.softmax(a, dim=1), gt, 1 - gt), cat_mask(F.softmax(b, dim=1), gt, 1 - gt)
     tckd = (pb * (torch.log(pb) - torch.log(pa))).sum(1)
@@ -101,6 +103,11 @@ case("generous_k2_all", lambda g, s, y: generous_teacher(g, s, y, 2.0, 0.0, Fals
      [logits(6, 20, 3.0), z_st.clone(), y_gt], k=2.0, tckd_weight=0.0, select="all")
 case("generous_k3_tckd05_teacher_correct", lambda g, s, y: generous_teacher(g, s, y, 3.0, 0.5, True),
      [logits(6, 20, 3.0), z_st.clone(), y_gt], k=3.0, tckd_weight=0.5, select="teacher_correct")
+
+# Appended later (session 7): the standard teacher's std for both rows.
+case("generous_k2_standard_std_tckd025", lambda g, s, y: generous_teacher(g, s, y, 2.0, 0.25, False, True),
+     [logits(6, 20, 3.0), logits(6, 20, 2.0), targets(6, 20)], k=2.0, tckd_weight=0.25, select="all",
+     std="standard_teacher")
 
 save_safetensors(sys.argv[1], tensors, meta)
 print(f"wrote {len(tensors)} tensors to {sys.argv[1]}")

@@ -16,6 +16,7 @@
 #include <limits>
 
 #include "engine/autograd.h"
+#include "engine/functions.h"
 #include "engine/functions/common.h"
 
 namespace retort {
@@ -438,7 +439,7 @@ Tensor correct_prediction_mask(const Tensor& logits, const Tensor& targets) {
 }
 
 Tensor generous_teacher_loss(const Tensor& generous_logits, const Tensor& standard_logits, const Tensor& targets,
-                             double k, double tckd_weight, bool only_teacher_correct) {
+                             double k, double tckd_weight, bool only_teacher_correct, bool standard_std) {
   const char* op = "generous_teacher_loss";
   RETORT_CHECK(std::isfinite(k) && k > 0.0, op, ": the temperature multiple k must be finite and > 0, got ", k);
   RETORT_CHECK(std::isfinite(tckd_weight) && tckd_weight >= 0.0, op, ": tckd_weight must be finite and >= 0, got ",
@@ -448,7 +449,17 @@ Tensor generous_teacher_loss(const Tensor& generous_logits, const Tensor& standa
   const Tensor mask = only_teacher_correct ? correct_prediction_mask(standard_logits, targets)
                                            : Tensor::ones({standard_logits.shape()[0]}, standard_logits.dtype(),
                                                           standard_logits.device());
-  return dkd_impl(op, zscore(generous_logits), zscore(standard_logits), targets, tckd_weight, 0.0, mask, k);
+  Tensor g = zscore(generous_logits);
+  if (standard_std) {
+    fn::check_float(op, generous_logits, "generous_logits");
+    fn::check_dim(op, generous_logits, 2, "generous_logits", "[B, K]");
+    RETORT_CHECK(generous_logits.shape() == standard_logits.shape(), op, ": generous_logits ",
+                 generous_logits.meta_str(), " and standard_logits ", standard_logits.meta_str(), " differ in shape");
+    const Tensor sigma = add(stddev(standard_logits, {1}, true, true),
+                             Tensor::scalar(1e-7, standard_logits.dtype(), standard_logits.device()));
+    g = div(sub(generous_logits, mean(generous_logits, {1}, true)), sigma);
+  }
+  return dkd_impl(op, g, zscore(standard_logits), targets, tckd_weight, 0.0, mask, k);
 }
 
 }  // namespace retort

@@ -73,8 +73,11 @@ Tensor zscore(const Tensor& logits, double eps = 1e-7);
 // only where S is right; TCKD, if weighted, still on every sample). The batch mean is over all B.
 // It is dkd_loss_per_sample_beta(zscore(G), zscore(S), y, tckd_weight, m, k), so its graph shows
 // ZScoreBackward and DKDLossBackward. generous_logits play the student's role (they get the gradient).
+// With standard_std (methods.md's other reading, "the ST's std for both"), G's rows are centred by their
+// own mean but scaled by S's std: G' = (G − mean(G)) / (σ(S) + 1e-7), so both rows share S's
+// temperature k·σ(S); S' = zscore(S) as before.
 Tensor generous_teacher_loss(const Tensor& generous_logits, const Tensor& standard_logits, const Tensor& targets,
-                             double k, double tckd_weight, bool only_teacher_correct);
+                             double k, double tckd_weight, bool only_teacher_correct, bool standard_std = false);
 // The mask m of generous_teacher_loss with only_teacher_correct: 1 where argmax(logits) == target
 // (the first maximum on ties, as torch.argmax), else 0; [B] in the logits' dtype and device.
 Tensor correct_prediction_mask(const Tensor& logits, const Tensor& targets);

@@ -103,6 +103,11 @@ void add_logit_node_checks(std::vector<GradcheckCase>& out) {
                    return Inputs{gc_randn({4, 8}, g, 2.0), zt.set_requires_grad(), y};
                  },
                  [](const Inputs& in) { return generous_teacher_loss(in[0], in[1], in[2], 3.0, 0.5, true); }});
+  out.push_back({"generous_teacher_loss.standard_std", "generous_teacher_loss",
+                 [](Generator& g) {
+                   return Inputs{gc_randn({4, 10}, g, 3.0), gc_randn({4, 10}, g, 2.0), targets_for(4, 10)};
+                 },
+                 [](const Inputs& in) { return generous_teacher_loss(in[0], in[1], in[2], 2.0, 0.25, false, true); }});
 
   // ---- z-score
   out.push_back({"zscore.rows4x10", "zscore", [](Generator& g) { return Inputs{gc_randn({4, 10}, g, 3.0)}; },

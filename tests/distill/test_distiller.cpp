@@ -193,6 +193,8 @@ TEST(Distiller, ConfigErrorsNameTheTerm) {
   expect_error(R"([{"type": "kd", "params": {"temperature": -1}}])", "temperature");
   expect_error(R"([{"type": "generous_teacher", "params": {"select": "correct"}}])",
                "distill.terms[0].params.select: expected \"all\" or \"teacher_correct\", got \"correct\"");
+  expect_error(R"([{"type": "generous_teacher", "params": {"std_from": "student"}}])",
+               "distill.terms[0].params.std_from: expected \"each\"");
   expect_error(R"([{"type": "mtkd_ssr", "params": {"scd": "kl"}}])", "expected one of \"cwd\", \"cd\", \"none\"");
   expect_error(R"([{"type": "mtkd_ssr", "params": {"teacher_stages": ["layer1"]}}])",
                "1 teacher stages for 3 student stages");

@@ -351,6 +351,9 @@ TEST(GoldenDistillLogit, GenerousTeacher) {
     check_golden("generous_k3_tckd05_teacher_correct", dt, [](const Tensor& g, const Tensor& s, const Tensor& y) {
       return generous_teacher_loss(g, s, y, 3.0, 0.5, true);
     });
+    check_golden("generous_k2_standard_std_tckd025", dt, [](const Tensor& g, const Tensor& s, const Tensor& y) {
+      return generous_teacher_loss(g, s, y, 2.0, 0.25, false, /*standard_std=*/true);
+    });
   }
 }
 

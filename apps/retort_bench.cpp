@@ -144,8 +144,7 @@ void train_step(TrainingTask& task, Optimizer& opt, const Batch& batch, int64_t 
   const TrainProgress prog{0, 1, step, 0, 1};
   Tensor logits;
   LossTerms terms = task.losses(batch, prog, logits);
-  Tensor total = terms[0].second;
-  for (size_t i = 1; i < terms.size(); ++i) total = add(total, terms[i].second);
+  const Tensor total = total_loss(terms);
   const double loss = total.item();
   if (!std::isfinite(loss)) throw NonFiniteLoss(detail::cat("retort-bench: non-finite loss at step ", step));
   opt.zero_grad();

@@ -168,8 +168,7 @@ int inspect_distill(const DistillInspect& o, Device dev) {
   b.to(dev);
   Tensor logits;
   const LossTerms terms = d.losses(b, TrainProgress{static_cast<int>(o.epoch), cfg.solver.epochs, o.step, 0, 1}, logits);
-  Tensor total = terms[0].second;
-  for (size_t i = 1; i < terms.size(); ++i) total = add(total, terms[i].second);
+  const Tensor total = total_loss(terms);
   if (o.graph) {
     std::printf("%s", graph_to_dot(total).c_str());
     return app::kOk;

@@ -11,6 +11,9 @@
 namespace retort {
 
 namespace {
+// Overwrites dst's storage with src's (same shape, dtype and device), outside autograd.
+void assign(Tensor& dst, const Tensor& src) { backend_for(dst).copy(src.raw_data(), dst.raw_data(), dst.nbytes()); }
+
 // Runs `model` on a zero batch of two in eval mode without recording, returning the tapped shapes
 // (and the output's shape in *logits).
 std::map<std::string, Shape> probe(Module& model, const std::vector<std::string>& specs, const Shape& sample,
@@ -88,7 +91,8 @@ void Distiller::train(bool on) {
 }
 
 namespace {
-void assign(Tensor& dst, const Tensor& src) { backend_for(dst).copy(src.raw_data(), dst.raw_data(), dst.nbytes()); }
+// A copy of t's gradient, or zeros where it got none.
+Tensor grad_or_zeros(const Tensor& t) { return t.grad().defined() ? t.grad().clone() : Tensor::zeros_like(t); }
 }  // namespace
 
 void Distiller::before_step(const Batch& batch, const TrainProgress& progress) {
@@ -117,14 +121,11 @@ void Distiller::before_step(const Batch& batch, const TrainProgress& progress) {
   auto loss_backward = [&] {
     zero_all();
     Tensor logits;
-    const LossTerms terms = losses(batch, progress, logits);
-    Tensor total = terms[0].second;
-    for (size_t i = 1; i < terms.size(); ++i) total = add(total, terms[i].second);
-    total.backward();
+    total_loss(losses(batch, progress, logits)).backward();
   };
-  auto grads_of = [](std::vector<Tensor>& ts) {
+  auto grads_of = [](const std::vector<Tensor>& ts) {
     std::vector<Tensor> g;
-    for (auto& t : ts) g.push_back(t.grad().defined() ? t.grad().clone() : Tensor::zeros(t.shape(), t.dtype(), t.device()));
+    for (const auto& t : ts) g.push_back(grad_or_zeros(t));
     return g;
   };
   // θ' = θ − lr (∇θ L + wd θ)
@@ -162,7 +163,7 @@ void Distiller::before_step(const Batch& batch, const TrainProgress& progress) {
       }
       loss_backward();
       std::vector<Tensor> g;
-      for (Tensor* a : alpha) g.push_back(a->grad().defined() ? a->grad().clone() : Tensor::zeros(a->shape(), a->dtype(), a->device()));
+      for (Tensor* a : alpha) g.push_back(grad_or_zeros(*a));
       g_pm.push_back(std::move(g));
     }
     NoGradGuard ng;
@@ -198,7 +199,7 @@ Tensor Distiller::run_teacher(const Tensor& inputs) {
   std::vector<std::pair<Tensor, Tensor>> saved_buffers;
   for (auto& [n, b] : teacher_->named_buffers()) saved_buffers.emplace_back(b, b.clone());
   Tensor out = (*teacher_)(inputs);
-  for (auto& [live, copy] : saved_buffers) backend_for(live).copy(copy.raw_data(), live.raw_data(), live.nbytes());
+  for (auto& [live, copy] : saved_buffers) assign(live, copy);
   return out;
 }
 

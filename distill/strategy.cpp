@@ -36,9 +36,7 @@ const Shape& TapShapes::of_teacher(const std::string& spec) const { return looku
 
 Tensor sum_of_parts(const std::vector<std::pair<std::string, Tensor>>& parts) {
   RETORT_CHECK(!parts.empty(), "sum_of_parts: a strategy returned no parts");
-  Tensor total = parts[0].second;
-  for (size_t i = 1; i < parts.size(); ++i) total = add(total, parts[i].second);
-  return total;
+  return total_loss(parts);
 }
 
 Tensor Strategy::forward(const Tensor&) {

@@ -21,6 +21,13 @@ namespace fs = std::filesystem;
 
 // ---- tasks and evaluation --------------------------------------------------------------------------
 
+Tensor total_loss(const LossTerms& terms) {
+  RETORT_CHECK(!terms.empty(), "total_loss: no loss terms");
+  Tensor total = terms[0].second;
+  for (size_t i = 1; i < terms.size(); ++i) total = add(total, terms[i].second);
+  return total;
+}
+
 LossTerms ClassifierTask::losses(const Batch& batch, const TrainProgress&, Tensor& logits) {
   logits = (*model_)(batch.inputs);
   return {{"ce", cross_entropy(logits, batch.targets, label_smoothing_)}};
@@ -308,8 +315,7 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
       Tensor logits;
       LossTerms terms = task_.losses(batch, prog, logits);
       RETORT_CHECK(!terms.empty(), task_.describe(), ": produced no loss term");
-      Tensor total = terms[0].second;
-      for (size_t i = 1; i < terms.size(); ++i) total = add(total, terms[i].second);
+      Tensor total = total_loss(terms);
       const double loss_value = total.item();
       if (!std::isfinite(loss_value)) {
         std::string which;

@@ -41,6 +41,8 @@ struct TrainProgress {
 
 // Named, already weighted loss terms; the optimised loss is their sum.
 using LossTerms = std::vector<std::pair<std::string, Tensor>>;
+// Their sum, added in order (the optimised loss); at least one term.
+Tensor total_loss(const LossTerms& terms);
 
 class TrainingTask {
  public:

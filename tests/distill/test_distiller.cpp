@@ -38,8 +38,7 @@ LossTerms one_step(const std::string& terms_json, const std::string& student_arc
   d.train(true);
   Tensor logits;
   LossTerms terms = d.losses(make_batch(8, 2), TrainProgress{0, 10, 0, 0, 10}, logits);
-  Tensor total = terms[0].second;
-  for (size_t i = 1; i < terms.size(); ++i) total = add(total, terms[i].second);
+  const Tensor total = total_loss(terms);
   total.backward();
   // Feature terms reach only the layers below their taps; every term reaches the stem.
   EXPECT_TRUE(student->named_parameters()[0].second.grad().defined()) << terms_json << ": no gradient for the stem";

@@ -377,10 +377,7 @@ TEST(SokdStrategy, SecondOrderSearchStepsThePolicyByTheImplicitGradient) {
   auto backward = [&] {
     for (auto& p : theta) p.zero_grad();
     for (Tensor* a : alpha) a->zero_grad();
-    LossTerms terms = d.losses(batch, prog, logits);
-    Tensor total = terms[0].second;
-    for (size_t i = 1; i < terms.size(); ++i) total = add(total, terms[i].second);
-    total.backward();
+    total_loss(d.losses(batch, prog, logits)).backward();
   };
   backward();
   {

@@ -10,10 +10,14 @@
 namespace retort {
 
 Tensor Module::operator()(const Tensor& x) {
-  if (substitute_.defined())
+  Tensor y;
+  if (substitute_.defined()) {
     RETORT_CHECK(x.dim() >= 1 && substitute_.dim() >= 1 && x.shape()[0] == substitute_.shape()[0], type_name_,
                  ": substituted output ", substitute_.meta_str(), " does not match the batch of input ", x.meta_str());
-  Tensor y = substitute_.defined() ? substitute_ : forward(x);
+    y = substitute_;
+  } else {
+    y = forward(x);
+  }
   if (!taps_.empty()) emit("output", y);
   return y;
 }

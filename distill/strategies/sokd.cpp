@@ -141,7 +141,7 @@ Tensor SokdStrategy::compute(const DistillContext& ctx) { return sum_of_parts(co
 
 std::vector<std::pair<std::string, Tensor>> SokdStrategy::compute_parts(const DistillContext& ctx) {
   Generator gen(seed_ ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(ctx.progress.step + 1)));
-  const bool learn = o_.augment && searching(ctx.progress) && !upper_level_;
+  const bool learn = searching(ctx.progress) && !upper_level_;
   const Mode mode = upper_level_ ? Mode::Hard : learn ? Mode::Relaxed : Mode::Plain;
   for (const char* name : {"probability", "magnitude", "weight"}) policy_->buffer(name).set_requires_grad(learn);
   const Draw d = draw(gen);
@@ -200,11 +200,11 @@ void SokdStrategy::after_step(const TrainProgress& progress) {
   }
   // First order: the step's own gradients. Second order: the policy already stepped in before_step
   // (search_step); the gradients this step's backward left are not used.
-  if (o_.search == "first_order" && o_.augment && searching(progress)) policy_step(grads);
+  if (o_.search == "first_order" && searching(progress)) policy_step(grads);
 }
 
 std::optional<Strategy::UnrolledSettings> SokdStrategy::unrolled_search(const TrainProgress& progress) const {
-  if (o_.search != "second_order" || !o_.augment || !searching(progress)) return std::nullopt;
+  if (o_.search != "second_order" || !searching(progress)) return std::nullopt;
   return UnrolledSettings{o_.unrolled_lr, o_.unrolled_weight_decay, o_.hessian_radius};
 }
 

@@ -82,7 +82,10 @@ class SokdStrategy final : public Strategy {
   std::array<bool, 2> last_applied() const { return last_applied_; }
   // The sub-policies (pairs of ops; 36 by default) the policy tensors index.
   const std::vector<std::array<FeatureOp, 2>>& sub_policies() const { return policies_; }
-  bool searching(const TrainProgress& p) const { return o_.search != "none" && p.epoch < o_.search_epochs; }
+  // Whether the policy is being searched at this point: augmentation on, a search mode, within search_epochs.
+  bool searching(const TrainProgress& p) const {
+    return o_.augment && o_.search != "none" && p.epoch < o_.search_epochs;
+  }
   // The implicit gradients the latest second-order search step used (probability, magnitude, weight).
   const std::vector<Tensor>& last_upper_gradient() const { return last_upper_gradient_; }
 

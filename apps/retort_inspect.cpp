@@ -18,11 +18,11 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 
 #include "apps/app_common.h"
 #include "distill/distiller.h"
 #include "distill/experiment.h"
+#include "distill/run_dir.h"
 #include "engine/autograd.h"
 #include "engine/functions.h"
 #include "engine/serialize.h"
@@ -144,19 +144,13 @@ int inspect_distill(const DistillInspect& o, Device dev) {
     std::string file = o.checkpoint;
     if (fs::is_directory(file)) file += "/checkpoints/latest";
     if (fs::path(file).filename() == "latest") {
-      std::ifstream in(file);
-      std::string name;
-      if (!(in >> name)) throw app::UsageError("--checkpoint " + o.checkpoint + ": cannot read " + file);
-      file = (fs::path(file).parent_path() / name).string();
+      const std::string dir = fs::path(file).parent_path().string();
+      const std::string name = latest_checkpoint_in(dir);
+      if (name.empty()) throw app::UsageError("--checkpoint " + o.checkpoint + ": cannot read " + file);
+      file = dir + "/" + name;
     }
-    SafetensorsFile f = load_safetensors(file);
-    StateDict model, extra;
-    for (auto& [k, t] : f.tensors) {
-      if (k.rfind("model.", 0) == 0) model.emplace_back(k.substr(6), t);
-      else if (k.rfind("extra.", 0) == 0) extra.emplace_back(k.substr(6), t);
-      else if (k.rfind("optim.", 0) != 0) model.emplace_back(k, t);
-    }
-    student->load_state_dict(model);
+    StateDict extra;
+    load_model_file(*student, file, &extra);
     if (!extra.empty()) d.load_extra_state(extra);
   }
   d.to(dev);

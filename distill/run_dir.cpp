@@ -70,14 +70,16 @@ void RunDir::log_line(const std::string& line) {
   std::fflush(log_);
 }
 
-std::string RunDir::latest_checkpoint() const {
-  std::ifstream in(checkpoint_dir() + "/latest");
+std::string latest_checkpoint_in(const std::string& checkpoint_dir) {
+  std::ifstream in(checkpoint_dir + "/latest");
   std::string name;
   if (!(in >> name)) return "";
-  RETORT_CHECK(fs::exists(checkpoint_dir() + "/" + name), checkpoint_dir(), "/latest names ", name,
+  RETORT_CHECK(fs::exists(checkpoint_dir + "/" + name), checkpoint_dir, "/latest names ", name,
                ", which does not exist");
   return name;
 }
+
+std::string RunDir::latest_checkpoint() const { return latest_checkpoint_in(checkpoint_dir()); }
 
 void RunDir::set_latest_checkpoint(const std::string& file_name, int keep) {
   write_file_atomic(checkpoint_dir() + "/latest", file_name + "\n");

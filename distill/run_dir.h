@@ -17,6 +17,10 @@ namespace retort {
 // Writes `text` to `path` atomically (temp file, fsync, rename). Throws naming the path on failure.
 void write_file_atomic(const std::string& path, const std::string& text);
 
+// The newest complete checkpoint's file name named by `checkpoint_dir`/latest ("" when there is none);
+// a name whose file is missing is an error.
+std::string latest_checkpoint_in(const std::string& checkpoint_dir);
+
 class RunDir {
  public:
   explicit RunDir(std::string path);  // creates it (and parents)

@@ -450,7 +450,7 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
   return summary;
 }
 
-StateDict read_model_state(const std::string& path, std::map<std::string, std::string>* metadata) {
+StateDict read_model_state(const std::string& path, std::map<std::string, std::string>* metadata, StateDict* extra) {
   SafetensorsFile f = load_safetensors(path);
   auto fmt = f.metadata.find("format");
   const bool checkpoint = fmt != f.metadata.end() && fmt->second == "retort-checkpoint-1";
@@ -458,13 +458,14 @@ StateDict read_model_state(const std::string& path, std::map<std::string, std::s
   for (auto& [k, t] : f.tensors) {
     if (!checkpoint) state.emplace_back(k, t);
     else if (k.rfind("model.", 0) == 0) state.emplace_back(k.substr(6), t);
+    else if (extra && k.rfind("extra.", 0) == 0) extra->emplace_back(k.substr(6), t);
   }
   if (metadata) *metadata = std::move(f.metadata);
   return state;
 }
 
-void load_model_file(Module& model, const std::string& path) {
-  StateDict state = read_model_state(path);
+void load_model_file(Module& model, const std::string& path, StateDict* extra) {
+  StateDict state = read_model_state(path, nullptr, extra);
   try {
     model.load_state_dict(state);
   } catch (const Error& e) {

@@ -147,10 +147,12 @@ class Trainer {
 };
 
 // The model tensors of a run's model.safetensors, a checkpoint ("model." prefix stripped) or an
-// imported model; `metadata` receives the file's metadata when given.
-StateDict read_model_state(const std::string& path, std::map<std::string, std::string>* metadata = nullptr);
+// imported model; `metadata` receives the file's metadata and `extra` a checkpoint's extra.* tensors
+// (the task's own modules, prefix stripped) when given.
+StateDict read_model_state(const std::string& path, std::map<std::string, std::string>* metadata = nullptr,
+                           StateDict* extra = nullptr);
 // read_model_state + a strict load_state_dict; errors name the file and every mismatched key.
-void load_model_file(Module& model, const std::string& path);
+void load_model_file(Module& model, const std::string& path, StateDict* extra = nullptr);
 
 // Saves `model` alone (what retort-eval and a distillation teacher read) with metadata.
 void export_model(const std::string& path, const Module& model, const std::map<std::string, std::string>& metadata);

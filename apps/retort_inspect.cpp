@@ -136,19 +136,11 @@ int inspect_distill(const DistillInspect& o, Device dev) {
   Generator gen(cfg.seed);
   const auto [student, teacher] = app::make_distill_models(cfg, mo, gen);
   Distiller d(student, teacher, app::as_usage([&] { return parse_terms(cfg.terms, o.config); }),
-              DistillerOptions{cfg.teacher.bn_mode}, s, gen);
+              app::distiller_options(cfg, mo), s, gen);
   if (!o.checkpoint.empty()) {
     // A run directory or its checkpoints/latest pointer (the newest checkpoint), a run's checkpoint
     // (model.*, extra.*) or a plain model file (the student's weights).
-    namespace fs = std::filesystem;
-    std::string file = o.checkpoint;
-    if (fs::is_directory(file)) file += "/checkpoints/latest";
-    if (fs::path(file).filename() == "latest") {
-      const std::string dir = fs::path(file).parent_path().string();
-      const std::string name = latest_checkpoint_in(dir);
-      if (name.empty()) throw app::UsageError("--checkpoint " + o.checkpoint + ": cannot read " + file);
-      file = dir + "/" + name;
-    }
+    const std::string file = app::as_usage([&] { return resolve_checkpoint(o.checkpoint); });
     StateDict extra;
     load_model_file(*student, file, &extra);
     if (!extra.empty()) d.load_extra_state(extra);

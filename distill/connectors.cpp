@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 
+#include "engine/autograd.h"
 #include "engine/backend.h"
 #include "engine/functions.h"
 #include "engine/functions/common.h"
@@ -269,6 +271,84 @@ AuxClassifier::AuxClassifier(const Shape& stage_shape, int64_t final_channels, i
 
 Tensor AuxClassifier::forward(const Tensor& x) {
   return (*fc_)(flatten(adaptive_avg_pool2d((*features_)(x), 1, 1), 1));
+}
+
+// ---- StageCopyClassifier -------------------------------------------------------------------------
+
+StageCopyClassifier::StageCopyClassifier(Module& fresh, const std::string& from, const std::string& to,
+                                         const Shape& sample_shape, int64_t num_classes, Generator& gen)
+    : Module("StageCopyClassifier") {
+  const std::string arch = fresh.type_name();
+  for (const auto& tap : {from, to})
+    RETORT_CHECK(tap.find(':') == std::string::npos, "stage-copy head on ", arch, ": '", tap,
+                 "' is a named point; the head copies whole modules (give a module path such as layer2)");
+  fresh.find(from);  // both must exist (the error lists the children)
+  fresh.find(to);
+  // The units: top-level children, opening every ancestor of `from` and `to`.
+  std::vector<std::pair<std::string, ModulePtr>> units;
+  std::function<void(const std::string&, Module&)> open = [&](const std::string& prefix, Module& m) {
+    for (const auto& [name, child] : m.children()) {
+      const std::string path = prefix.empty() ? name : prefix + "." + name;
+      if (from.rfind(path + ".", 0) == 0 || to.rfind(path + ".", 0) == 0) open(path, *child);
+      else units.emplace_back(path, child);
+    }
+  };
+  open("", fresh);
+  // Which units run, in what order, and their outputs on a probe batch.
+  std::vector<size_t> order;
+  std::vector<Tensor> outputs(units.size());
+  for (size_t i = 0; i < units.size(); ++i)
+    fresh.tap(units[i].first, [&order, &outputs, i](const Tensor& t) {
+      order.push_back(i);
+      outputs[i] = t;
+    });
+  NoGradGuard no_grad;
+  fresh.eval();
+  Generator probe_gen(0x5eed);
+  Shape in{2};
+  in.insert(in.end(), sample_shape.begin(), sample_shape.end());
+  fresh(Tensor::randn(in, probe_gen));
+  fresh.clear_taps();
+  auto position = [&](const std::string& path) {
+    for (size_t k = 0; k < order.size(); ++k)
+      if (units[order[k]].first == path) return k;
+    RETORT_FAIL("stage-copy head on ", arch, ": '", path, "' never runs in its forward");
+  };
+  const size_t a = position(from), b = position(to);
+  RETORT_CHECK(a < b, "stage-copy head on ", arch, ": '", to, "' must run after '", from, "'");
+  for (size_t k = a + 1; k <= b; ++k) {
+    const auto& [path, m] = units[order[k]];
+    RETORT_CHECK(std::count(order.begin(), order.end(), order[k]) == 1, "stage-copy head on ", arch, ": '", path,
+                 "' runs more than once in the forward; cannot copy it as a stage");
+    std::string name = path;
+    std::replace(name.begin(), name.end(), '.', '_');
+    unit_paths_.push_back(path);
+    units_.push_back(m);
+    register_module(name, m);
+  }
+  // The copy must reproduce the network from `from` to `to`.
+  Tensor x = outputs[order[a]];
+  for (auto& m : units_) x = (*m)(x);
+  const Tensor& want = outputs[order[b]];
+  RETORT_CHECK(x.shape() == want.shape() && want.dim() == 4, "stage-copy head on ", arch, ": running ",
+               unit_paths_.size(), " modules after '", from, "' gives ", shape_str(x.shape()), ", but '", to, "' gives ",
+               shape_str(want.shape()), " (a [N, C, H, W] feature is needed)");
+  const std::vector<double> got = x.to_vector(), ref = want.to_vector();
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    diff = std::max(diff, std::abs(got[i] - ref[i]));
+    scale = std::max(scale, std::abs(ref[i]));
+  }
+  RETORT_CHECK(diff <= 1e-4 * (1 + scale), "stage-copy head on ", arch, ": the modules after '", from, "' through '",
+               to, "' do not reproduce '", to, "' (max difference ", diff, "): its forward does more between them "
+               "than calling them in order; use head \"conv\"");
+  fc_ = register_module("fc", std::make_shared<Linear>(want.size(1), num_classes, gen));
+}
+
+Tensor StageCopyClassifier::forward(const Tensor& x) {
+  Tensor h = x;
+  for (auto& m : units_) h = (*m)(h);
+  return (*fc_)(flatten(adaptive_avg_pool2d(h, 1, 1), 1));
 }
 
 // ---- DistinctiveAreaDetector ----------------------------------------------------------------------

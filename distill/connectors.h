@@ -15,6 +15,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "engine/generator.h"
 #include "engine/tensor.h"
@@ -126,6 +127,32 @@ class AuxClassifier : public Module {
 
  private:
   std::shared_ptr<Sequential> features_;
+  std::shared_ptr<Linear> fc_;
+};
+
+// The HSAKD-style auxiliary classifier (methods.md §3.2's template, winycg/HSAKD
+// `Auxiliary_Classifier`): a freshly initialised copy of the network's stages after `from` through
+// `to`, then global average pooling and Linear(C_to -> num_classes) (PyTorch's default init from gen), so that stage `from`'s feature
+// goes through as much depth as the network's own classifier sees (its heads are as deep as the
+// network). `fresh` is a newly built network of the same architecture (this head takes ownership of
+// its modules; discard the rest): its top-level children are the units, a child that contains `from`
+// or `to` being opened into its own children ("blocks.3" in MobileNetV2's `blocks`). The tail is
+// the units that run after `from` up to and including `to` in the network's forward, found by running
+// `fresh` once (eval mode, no graph) on a random batch of two `sample_shape` inputs; the head is
+// checked to reproduce `to`'s output from `from`'s there (1e-4 relative), so that an architecture
+// whose forward does more between its children than calling them is refused rather than copied wrong.
+// Named points ("layer3:preact") are refused. Parameter names: the units' paths with '.' -> '_'
+// (layer2.0.conv1.weight, blocks_4.conv.0.weight, ...), then fc.weight, fc.bias.
+class StageCopyClassifier : public Module {
+ public:
+  StageCopyClassifier(Module& fresh, const std::string& from, const std::string& to, const Shape& sample_shape,
+                      int64_t num_classes, Generator& gen);
+  Tensor forward(const Tensor& x) override;
+  const std::vector<std::string>& units() const { return unit_paths_; }  // the copied modules' paths in order
+
+ private:
+  std::vector<std::string> unit_paths_;
+  std::vector<ModulePtr> units_;
   std::shared_ptr<Linear> fc_;
 };
 

@@ -58,6 +58,9 @@ Distiller::Distiller(std::shared_ptr<Module> student, std::shared_ptr<Module> te
   const auto s_specs = collect_specs(terms_, [](const Strategy& s) { return s.student_taps(); });
   const auto t_specs = collect_specs(terms_, [](const Strategy& s) { return s.teacher_taps(); });
   TapShapes shapes;
+  shapes.input = probe_shape;
+  shapes.fresh_student = options_.fresh_student;
+  shapes.fresh_teacher = options_.fresh_teacher;
   shapes.student = probe(*student_, s_specs, probe_shape, &shapes.student_logits);
   if (teacher_) shapes.teacher = probe(*teacher_, t_specs, probe_shape, &shapes.teacher_logits);
   for (auto& t : terms_) t.strategy->build(shapes, gen);
@@ -183,7 +186,8 @@ void Distiller::after_step(const TrainProgress& progress) {
 std::vector<Tensor> Distiller::trainable_parameters() {
   std::vector<Tensor> ps = student_->parameters();
   for (auto& t : terms_)
-    for (auto& p : t.strategy->parameters()) ps.push_back(p);
+    for (auto& p : t.strategy->parameters())
+      if (p.requires_grad()) ps.push_back(p);  // frozen extras (pre-trained MTKD-SSR heads) are not trained
   return ps;
 }
 

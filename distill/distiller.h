@@ -8,6 +8,7 @@
 // (warmup as mdistiller: epoch counted from 1, so the first epoch of a 20-epoch warmup has weight
 // 1/20). The loss terms are reported by name, weighted.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,6 +27,10 @@ struct DistillTerm {
 
 struct DistillerOptions {
   std::string teacher_bn = "eval";  // "eval" | "train"
+  // Builders of fresh networks of the student's and the teacher's architecture (TapShapes::fresh_*),
+  // for strategies whose heads copy stages of a network; the apps pass create_model of the config's
+  // archs. A strategy that needs one refuses when it is empty.
+  std::function<std::shared_ptr<Module>(Generator&)> fresh_student, fresh_teacher;
 };
 
 class Distiller : public TrainingTask {

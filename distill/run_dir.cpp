@@ -79,6 +79,16 @@ std::string latest_checkpoint_in(const std::string& checkpoint_dir) {
   return name;
 }
 
+std::string resolve_checkpoint(const std::string& path) {
+  std::string file = path;
+  if (fs::is_directory(file)) file += "/checkpoints/latest";
+  if (fs::path(file).filename() != "latest") return file;
+  const std::string dir = fs::path(file).parent_path().string();
+  const std::string name = latest_checkpoint_in(dir);
+  RETORT_CHECK(!name.empty(), path, ": no checkpoint (cannot read ", file, ")");
+  return dir + "/" + name;
+}
+
 std::string RunDir::latest_checkpoint() const { return latest_checkpoint_in(checkpoint_dir()); }
 
 void RunDir::set_latest_checkpoint(const std::string& file_name, int keep) {

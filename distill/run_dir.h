@@ -21,6 +21,11 @@ void write_file_atomic(const std::string& path, const std::string& text);
 // a name whose file is missing is an error.
 std::string latest_checkpoint_in(const std::string& checkpoint_dir);
 
+// The checkpoint file a user means by `path`: a run directory -> its newest checkpoint
+// (checkpoints/latest), a `latest` pointer -> the file it names, any other path as given. A directory
+// or pointer naming no checkpoint is an error naming `path`.
+std::string resolve_checkpoint(const std::string& path);
+
 class RunDir {
  public:
   explicit RunDir(std::string path);  // creates it (and parents)

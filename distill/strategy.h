@@ -48,6 +48,10 @@ struct DistillContext {
 struct TapShapes {
   std::map<std::string, Shape> student, teacher;
   Shape student_logits, teacher_logits;  // the networks' outputs ([2, K]); teacher_logits empty without one
+  Shape input;                           // one sample's shape [C, H, W]
+  // Builders of a freshly initialised network of the student's / teacher's architecture, for strategies
+  // whose heads copy part of it (MTKD-SSR's stage-copy heads); empty when the caller gave none.
+  std::function<std::shared_ptr<Module>(Generator&)> fresh_student, fresh_teacher;
   const Shape& of_student(const std::string& spec) const;
   const Shape& of_teacher(const std::string& spec) const;
 };

@@ -2,13 +2,16 @@
 // docs/methods/mtkd_ssr.md). The paper's code is not public; this is the proposed reading of
 // methods.md with every choice a parameter. Over the stages k = 1..K of both networks
 // (student_stages / teacher_stages, default layer1..layer3 of the CIFAR ResNets):
-//   - auxiliary classifiers (AuxClassifier) on the student's stages k < K, trained with CE ("aux_ce");
-//     stage K is the network's own classifier. They are the strategy's modules: trained, checkpointed,
+//   - auxiliary classifiers on the student's stages k < K, trained with CE ("aux_ce"); stage K is the
+//     network's own classifier. head "conv": the cheap AuxClassifier; head "stages": HSAKD's, a fresh
+//     copy of the network's stages k+1..K + GAP + FC (StageCopyClassifier; both sides' heads). They are the strategy's modules: trained, checkpointed,
 //     discarded at test time (evaluation uses the student's own logits).
 //   - teacher stage logits for SRD: with teacher_heads "joint" the strategy owns the same kind of
 //     heads on the frozen teacher's stages, trained in the same run by CE on the (gradient-free)
 //     teacher features ("teacher_heads_ce"); SRD reads them detached, so the student never moves
-//     them. With "none", every stage's SRD target is the teacher's final logits.
+//     them. With "pretrained" the heads are read from an earlier run's checkpoint (teacher_heads_from,
+//     one that trained them "joint") and frozen: no gradient, eval-mode BN, computed without a graph.
+//     With "none", every stage's SRD target is the teacher's final logits.
 //   - SCD (stage-wise channel distillation, "scd"): per stage, the student feature through a 1x1
 //     conv + BN + ReLU adapter to the teacher's width, both pooled to the smaller size, then CWD at
 //     tau (scd "cwd") or the MSE of channel means (scd "cd", CCSKD), summed over stages.
@@ -17,11 +20,15 @@
 //     own stage logits (a deeper stage re-teaches the shallower ones, stop-gradient on the teacher).
 // compute_parts() reports each part, weighted by its own weight; the term's weight and warmup scale all.
 #include <cmath>
+#include <optional>
+#include <set>
 
 #include "distill/connectors.h"
 #include "distill/nodes/feature.h"
 #include "distill/nodes/stage.h"
+#include "distill/run_dir.h"
 #include "distill/strategies/strategies.h"
+#include "engine/autograd.h"
 #include "engine/functions.h"
 
 namespace retort {
@@ -30,7 +37,9 @@ namespace {
 
 struct MtkdOptions {
   std::vector<std::string> s_stages, t_stages;
-  std::string teacher_heads = "joint";  // "joint" | "none"
+  std::string teacher_heads = "joint";  // "joint" | "pretrained" | "none"
+  std::string heads_from, heads_term;   // "pretrained": the checkpoint (or run dir) and its term's name
+  std::string head = "conv";            // "conv" (AuxClassifier) | "stages" (StageCopyClassifier)
   std::string scd = "cwd";              // "cwd" | "cd" | "none"
   double tau = 4.0, temperature = 4.0;
   double aux_ce_weight = 1.0, teacher_heads_ce_weight = 1.0, scd_weight = 1.0, srd_weight = 1.0, crd_weight = 1.0;
@@ -49,8 +58,6 @@ class MtkdSsrStrategy final : public Strategy {
     RETORT_CHECK(shapes.teacher_logits.size() == 2 && shapes.teacher_logits.back() == classes,
                  "mtkd_ssr: student logits ", shape_str(shapes.student_logits), " and teacher logits ",
                  shape_str(shapes.teacher_logits), " must have the same number of classes");
-    const Shape& s_last = shapes.of_student(o_.s_stages.back());
-    const Shape& t_last = shapes.of_teacher(o_.t_stages.back());
     for (size_t i = 0; i < k; ++i) {
       const Shape& s = shapes.of_student(o_.s_stages[i]);
       const Shape& t = shapes.of_teacher(o_.t_stages[i]);
@@ -58,15 +65,35 @@ class MtkdSsrStrategy final : public Strategy {
                    o_.s_stages[i], " ", shape_str(s), " and teacher ", o_.t_stages[i], " ", shape_str(t));
       const std::string idx = std::to_string(i + 1);
       if (i + 1 < k) {
-        student_heads_.push_back(register_module(
-            "student_head" + idx, std::make_shared<AuxClassifier>(s, s_last[1], s_last[2], s_last[3], classes, gen)));
-        if (o_.teacher_heads == "joint")
-          teacher_heads_.push_back(register_module(
-              "teacher_head" + idx, std::make_shared<AuxClassifier>(t, t_last[1], t_last[2], t_last[3], classes, gen)));
+        student_heads_.push_back(register_module("student_head" + idx, make_head(shapes, true, i, gen)));
+        if (o_.teacher_heads != "none")
+          teacher_heads_.push_back(register_module("teacher_head" + idx, make_head(shapes, false, i, gen)));
       }
       if (o_.scd != "none")
         adapters_.push_back(register_module("adapter" + idx, std::make_shared<Adapter1x1>(s[1], t[1], true, gen)));
     }
+    if (o_.teacher_heads == "pretrained") load_pretrained_heads();
+  }
+
+  // The stage-k head of one side: the cheap conv head, or a fresh copy of the network's later stages.
+  ModulePtr make_head(const TapShapes& shapes, bool student, size_t i, Generator& gen) const {
+    const auto& stages = student ? o_.s_stages : o_.t_stages;
+    const Shape& last = student ? shapes.of_student(stages.back()) : shapes.of_teacher(stages.back());
+    const Shape& here = student ? shapes.of_student(stages[i]) : shapes.of_teacher(stages[i]);
+    const int64_t classes = shapes.student_logits.back();
+    if (o_.head == "conv") return std::make_shared<AuxClassifier>(here, last[1], last[2], last[3], classes, gen);
+    const auto& fresh = student ? shapes.fresh_student : shapes.fresh_teacher;
+    const char* who = student ? "student" : "teacher";
+    RETORT_CHECK(fresh, "mtkd_ssr: head \"stages\" copies the ", who, "'s stages, but no builder of a fresh ", who,
+                 " network was given (DistillerOptions::fresh_", who, "; the apps pass the config's arch)");
+    const ModulePtr net = fresh(gen);
+    return std::make_shared<StageCopyClassifier>(*net, stages[i], stages.back(), shapes.input, classes, gen);
+  }
+
+  // Frozen (pre-trained) teacher heads stay in eval mode: their BN uses the running statistics.
+  void train(bool on) override {
+    Strategy::train(on);
+    if (frozen()) for (auto& h : teacher_heads_) h->train(false);
   }
 
   Tensor compute(const DistillContext& ctx) override { return sum_of_parts(compute_parts(ctx)); }
@@ -81,9 +108,13 @@ class MtkdSsrStrategy final : public Strategy {
     std::vector<Tensor> zs, zt;
     for (size_t i = 0; i + 1 < k; ++i) zs.push_back((*student_heads_[i])(ctx.student_feature(o_.s_stages[i])));
     zs.push_back(ctx.student_logits);
-    for (size_t i = 0; i + 1 < k; ++i)
-      zt.push_back(teacher_heads_.empty() ? ctx.teacher_logits
-                                          : (*teacher_heads_[i])(ctx.teacher_feature(o_.t_stages[i]).detach()));
+    {
+      std::optional<NoGradGuard> no_grad;
+      if (frozen()) no_grad.emplace();
+      for (size_t i = 0; i + 1 < k; ++i)
+        zt.push_back(teacher_heads_.empty() ? ctx.teacher_logits
+                                            : (*teacher_heads_[i])(ctx.teacher_feature(o_.t_stages[i]).detach()));
+    }
     zt.push_back(ctx.teacher_logits);
 
     if (k > 1 && o_.aux_ce_weight > 0) {
@@ -91,7 +122,7 @@ class MtkdSsrStrategy final : public Strategy {
       for (size_t i = 0; i + 1 < k; ++i) accumulate(ce, cross_entropy(zs[i], ctx.targets));
       parts.emplace_back("aux_ce", weighted(ce, o_.aux_ce_weight));
     }
-    if (!teacher_heads_.empty()) {
+    if (!teacher_heads_.empty() && !frozen()) {
       Tensor ce;
       for (size_t i = 0; i + 1 < k; ++i) accumulate(ce, cross_entropy(zt[i], ctx.targets));
       parts.emplace_back("teacher_heads_ce", weighted(ce, o_.teacher_heads_ce_weight));
@@ -120,9 +151,10 @@ class MtkdSsrStrategy final : public Strategy {
   }
 
   Json params() const override {
-    return {{"student_stages", o_.s_stages},
+    Json j = {{"student_stages", o_.s_stages},
             {"teacher_stages", o_.t_stages},
             {"teacher_heads", o_.teacher_heads},
+            {"head", o_.head},
             {"scd", o_.scd},
             {"tau", o_.tau},
             {"temperature", o_.temperature},
@@ -133,11 +165,65 @@ class MtkdSsrStrategy final : public Strategy {
             {"crd_weight", o_.crd_weight},
             {"crd_pairs", o_.crd_adjacent ? "adjacent" : "all"},
             {"crd_direction", o_.crd_deep_teaches_shallow ? "deep_teaches_shallow" : "shallow_teaches_deep"}};
+    if (frozen()) {
+      j["teacher_heads_from"] = o_.heads_from;
+      j["teacher_heads_file"] = heads_file_;  // the checkpoint actually read
+      j["teacher_heads_term"] = o_.heads_term;
+    }
+    return j;
   }
 
  private:
+  bool frozen() const { return o_.teacher_heads == "pretrained"; }
+
+  // Reads term.<X>.teacher_head<k>.* from the extra tensors of a checkpoint that trained them ("joint")
+  // into the heads, strictly (same stages, same head shapes), and freezes them.
+  void load_pretrained_heads() {
+    heads_file_ = resolve_checkpoint(o_.heads_from);
+    const std::string where = "mtkd_ssr teacher_heads_from " + heads_file_;
+    StateDict extra;
+    read_model_state(heads_file_, nullptr, &extra);
+    std::set<std::string> terms;  // the terms in the file that own teacher heads
+    for (const auto& [key, t] : extra) {
+      const size_t h = key.find(".teacher_head");
+      if (key.rfind("term.", 0) == 0 && h != std::string::npos) terms.insert(key.substr(5, h - 5));
+    }
+    RETORT_CHECK(!terms.empty(), where, ": holds no teacher heads (no extra.term.<name>.teacher_head<k>.* tensors); "
+                 "expected a checkpoint (or run directory) of an mtkd_ssr run with teacher_heads \"joint\"");
+    if (o_.heads_term.empty()) {
+      std::string list;
+      for (const auto& n : terms) list += (list.empty() ? "" : ", ") + n;
+      RETORT_CHECK(terms.size() == 1, where, ": holds teacher heads of several terms (", list,
+                   "); choose one with teacher_heads_term");
+      o_.heads_term = *terms.begin();
+    }
+    RETORT_CHECK(terms.count(o_.heads_term), where, ": holds no teacher heads of term \"", o_.heads_term, "\"");
+    const std::string prefix = "term." + o_.heads_term + ".teacher_head";
+    std::vector<StateDict> per_head(teacher_heads_.size());
+    for (const auto& [key, t] : extra) {
+      if (key.rfind(prefix, 0) != 0) continue;
+      const size_t dot = key.find('.', prefix.size());
+      const std::string num = key.substr(prefix.size(), dot == std::string::npos ? std::string::npos : dot - prefix.size());
+      const size_t i = num.empty() || num.find_first_not_of("0123456789") != std::string::npos ? 0 : std::stoul(num);
+      RETORT_CHECK(i >= 1 && i <= teacher_heads_.size() && dot != std::string::npos, where, ": tensor extra.", key,
+                   " is not one of this term's ", teacher_heads_.size(), " teacher heads (teacher_head1..",
+                   teacher_heads_.size(), "); was it trained on the same ", o_.t_stages.size(), " stages?");
+      per_head[i - 1].emplace_back(key.substr(dot + 1), t);
+    }
+    for (size_t i = 0; i < teacher_heads_.size(); ++i) {
+      try {
+        teacher_heads_[i]->load_state_dict(per_head[i], true);
+      } catch (const Error& e) {
+        throw Error(where + ": teacher_head" + std::to_string(i + 1) + " (term " + o_.heads_term + "): " + e.what());
+      }
+      for (auto& p : teacher_heads_[i]->parameters()) p.set_requires_grad(false);
+      teacher_heads_[i]->train(false);
+    }
+  }
+
   MtkdOptions o_;
-  std::vector<std::shared_ptr<AuxClassifier>> student_heads_, teacher_heads_;
+  std::string heads_file_;
+  std::vector<ModulePtr> student_heads_, teacher_heads_;
   std::vector<std::shared_ptr<Adapter1x1>> adapters_;
 };
 
@@ -166,7 +252,17 @@ void register_mtkd_ssr_strategy() {
     RETORT_CHECK(!o.s_stages.empty() && o.s_stages.size() == o.t_stages.size(), p.where("teacher_stages"), ": ",
                  o.t_stages.size(), " teacher stages for ", o.s_stages.size(),
                  " student stages (one per stage, same count, at least one)");
-    o.teacher_heads = one_of(p, "teacher_heads", "joint", {"joint", "none"});
+    o.teacher_heads = one_of(p, "teacher_heads", "joint", {"joint", "pretrained", "none"});
+    if (o.teacher_heads == "pretrained") {
+      RETORT_CHECK(p.has("teacher_heads_from"), p.where("teacher_heads_from"),
+                   ": teacher_heads \"pretrained\" needs the checkpoint or run directory that trained them");
+      o.heads_from = p.get<std::string>("teacher_heads_from", "");
+      o.heads_term = p.get<std::string>("teacher_heads_term", "");
+    } else {
+      RETORT_CHECK(!p.has("teacher_heads_from") && !p.has("teacher_heads_term"), p.where("teacher_heads_from"),
+                   ": only read with teacher_heads \"pretrained\" (it is \"", o.teacher_heads, "\")");
+    }
+    o.head = one_of(p, "head", "conv", {"conv", "stages"});
     o.scd = one_of(p, "scd", "cwd", {"cwd", "cd", "none"});
     o.tau = p.get<double>("tau", 4.0);
     RETORT_CHECK(std::isfinite(o.tau) && o.tau > 0, p.where("tau"), ": must be positive, got ", o.tau);

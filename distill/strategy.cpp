@@ -25,6 +25,19 @@ const Shape& lookup_shape(const std::map<std::string, Shape>& m, const std::stri
 }
 }  // namespace
 
+Tensor location_mask_at(const Tensor& mask, int64_t h, int64_t w) {
+  RETORT_CHECK(mask.dim() == 3, "location mask: expected [B, H, W], got ", shape_str(mask.shape()));
+  const int64_t b = mask.size(0), mh = mask.size(1), mw = mask.size(2);
+  if (mh == h && mw == w) return mask;
+  const Tensor m = reshape(mask, {b, 1, mh, mw});
+  Tensor out;
+  if (h > 0 && mh % h == 0 && mw % w == 0 && mh / h == mw / w) out = max_pool2d(m, mh / h);
+  else if (mh > 0 && h % mh == 0 && w % mw == 0 && h / mh == w / mw) out = interpolate_nearest(m, h, w);
+  RETORT_CHECK(out.defined(), "location mask ", mh, "x", mw, " cannot be brought to a ", h, "x", w,
+               " feature: the sizes must agree or differ by one integer factor in both dimensions");
+  return reshape(out, {b, h, w});
+}
+
 const Tensor& DistillContext::student_feature(const std::string& spec) const {
   return lookup(student_features, spec, "student");
 }

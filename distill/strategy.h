@@ -40,6 +40,11 @@ struct DistillContext {
   // logits). Gradients reach `feature` unless the caller holds a NoGradGuard; the teacher's features
   // above are not overwritten. Empty when there is no teacher.
   std::function<Tensor(const std::string& tap, const Tensor& feature)> teacher_from;
+  // Where the transfer should focus, or null: per-location weights [B, H, W] (no gradient) that a
+  // strategy accepting them (accepts_location_mask()) multiplies into its per-location difference,
+  // brought to each feature's size by location_mask_at(). SoKD sets its DAM region mask here for its
+  // host ("mask_host").
+  const Tensor* location_mask = nullptr;
   const Tensor& student_feature(const std::string& spec) const;
   const Tensor& teacher_feature(const std::string& spec) const;
 };
@@ -67,6 +72,9 @@ class Strategy : public Module {
   // Whether compute() reads the teacher's logits (a wrapper that refines the teacher's targets then
   // refines the logits too). Feature methods say no.
   virtual bool uses_teacher_logits() const { return needs_teacher(); }
+  // Whether compute() honours DistillContext::location_mask (feature methods with a per-location loss:
+  // fitnet, at).
+  virtual bool accepts_location_mask() const { return false; }
   // Sizes connectors from the tap shapes; called once before training.
   virtual void build(const TapShapes& shapes, Generator& gen) {}
   // The unweighted loss for this batch (a 0-D tensor).
@@ -104,6 +112,11 @@ class Strategy : public Module {
 
   Tensor forward(const Tensor&) final;  // strategies are not layers: calling it is an error
 };
+
+// A location mask [B, H, W] at a feature's spatial size h x w: as is when the sizes agree, max-pooled
+// (a location counts if any of the finer ones it covers does) when the feature is an integer factor
+// smaller, nearest-upsampled when an integer factor larger; other sizes are an error naming both.
+Tensor location_mask_at(const Tensor& mask, int64_t h, int64_t w);
 
 // The sum of named parts (compute() of a strategy that overrides compute_parts); a 0-D tensor.
 Tensor sum_of_parts(const std::vector<std::pair<std::string, Tensor>>& parts);

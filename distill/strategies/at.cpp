@@ -1,7 +1,10 @@
 // "at": attention transfer (methods.md §1.3): the sum over stages of the mean squared difference of
 // L2-normalised attention maps mean_c(f^p). Default stages: "layer1", "layer2", "layer3" (CIFAR
-// ResNets); other families name theirs (e.g. WRN "block1".."block3", VGG "block1".."block4").
+// ResNets); other families name theirs (e.g. WRN "block1".."block3", VGG "block1".."block4"). With a
+// location mask M (SoKD's DAM regions, "mask_host"): mean_{b,i} ((q_s − q_t)[b, i] · M[b, i])² per
+// stage, M brought to the stage's size — at_loss when M is all ones.
 #include "distill/nodes/feature.h"
+#include "distill/nodes/sokd.h"
 #include "distill/strategies/strategies.h"
 #include "engine/functions.h"
 
@@ -15,10 +18,21 @@ class ATStrategy final : public Strategy {
   std::vector<std::string> student_taps() const override { return s_taps_; }
   std::vector<std::string> teacher_taps() const override { return t_taps_; }
   bool uses_teacher_logits() const override { return false; }
+  bool accepts_location_mask() const override { return true; }
   Tensor compute(const DistillContext& ctx) override {
     Tensor total;
     for (size_t i = 0; i < s_taps_.size(); ++i) {
-      Tensor l = at_loss(ctx.student_feature(s_taps_[i]), ctx.teacher_feature(t_taps_[i]), p_);
+      const Tensor& fs = ctx.student_feature(s_taps_[i]);
+      const Tensor& ft = ctx.teacher_feature(t_taps_[i]);
+      Tensor l;
+      if (!ctx.location_mask) {
+        l = at_loss(fs, ft, p_);
+      } else {  // at_loss with the map difference weighted per location
+        const auto [s, t] = pool_to_common_size(fs, ft);
+        const int64_t b = s.size(0), h = s.size(2), w = s.size(3);
+        l = masked_feature_mse(reshape(attention_map(s, p_), {b, 1, h, w}), reshape(attention_map(t, p_), {b, 1, h, w}),
+                               location_mask_at(*ctx.location_mask, h, w));
+      }
       total = total.defined() ? add(total, l) : l;
     }
     return total;

@@ -2,6 +2,7 @@
 // feature at one stage (default "layer2" in both — feats[2] of CIFAR ResNets; name the stage of other
 // families, e.g. "block2" for WRN). The ConvReg regressor is this term's trainable module.
 #include "distill/connectors.h"
+#include "distill/nodes/sokd.h"
 #include "distill/strategies/strategies.h"
 #include "engine/functions.h"
 
@@ -15,12 +16,16 @@ class FitNetStrategy final : public Strategy {
   std::vector<std::string> student_taps() const override { return {s_tap_}; }
   std::vector<std::string> teacher_taps() const override { return {t_tap_}; }
   bool uses_teacher_logits() const override { return false; }
+  bool accepts_location_mask() const override { return true; }
   void build(const TapShapes& shapes, Generator& gen) override {
     regressor_ = register_module("regressor",
                                  std::make_shared<ConvReg>(shapes.of_student(s_tap_), shapes.of_teacher(t_tap_), gen));
   }
   Tensor compute(const DistillContext& ctx) override {
-    return mse_loss((*regressor_)(ctx.student_feature(s_tap_)), ctx.teacher_feature(t_tap_));
+    const Tensor fs = (*regressor_)(ctx.student_feature(s_tap_));
+    const Tensor& ft = ctx.teacher_feature(t_tap_);
+    if (!ctx.location_mask) return mse_loss(fs, ft);
+    return masked_feature_mse(fs, ft, location_mask_at(*ctx.location_mask, ft.size(2), ft.size(3)));
   }
   Json params() const override { return {{"student_tap", s_tap_}, {"teacher_tap", t_tap_}}; }
 

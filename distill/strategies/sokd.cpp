@@ -184,8 +184,9 @@ std::vector<std::pair<std::string, Tensor>> SokdStrategy::compute_parts(const Di
     last_refined_logits_ = teacher_logits.detach();
     last_teacher_logits_ = ctx.teacher_logits;
   }
-  const DistillContext host_ctx{ctx.student_logits, teacher_logits,    ctx.targets,     ctx.student_features,
-                                host_feats,         ctx.progress,      ctx.teacher_from};
+  DistillContext host_ctx{ctx.student_logits, teacher_logits, ctx.targets, ctx.student_features,
+                          host_feats,         ctx.progress,   ctx.teacher_from};
+  if (o_.mask_host) host_ctx.location_mask = &last_regions_.mask;
   const std::string name = o_.host->type_name();
   for (auto& [part, l] : o_.host->compute_parts(host_ctx)) parts.emplace_back(part.empty() ? name : name + "." + part, l);
   return parts;
@@ -310,6 +311,7 @@ Json SokdStrategy::params() const {
   if (o_.host) {
     j["host"] = {{"type", o_.host->type_name()}, {"params", o_.host->params()}};
     j["refine_logits"] = o_.refine_logits;
+    j["mask_host"] = o_.mask_host;
   }
   return j;
 }
@@ -443,6 +445,13 @@ void register_sokd_strategy() {
       RETORT_CHECK(o.host->needs_teacher(), h.where("type"), ": host '", type,
                    "' uses no teacher, so there is nothing to refine (add it as a term of its own)");
       o.refine_logits = p.get<bool>("refine_logits", true);
+      o.mask_host = p.get<bool>("mask_host", false);
+      if (o.mask_host) {
+        RETORT_CHECK(o.host->accepts_location_mask(), p.where("mask_host"), ": host '", type,
+                     "' has no per-location loss to weight by the DAM mask (fitnet and at have)");
+        RETORT_CHECK(o.feat_weight > 0 || o.dam_weight > 0, p.where("mask_host"),
+                     ": the DAM mask needs the DAM, which is built only when feat_weight or dam_weight is > 0");
+      }
     }
     return std::make_shared<SokdStrategy>(std::move(o));
   });

@@ -34,6 +34,9 @@ struct SokdOptions {
   // logits and refine_logits is on, the logits of the rest of the teacher run on f̃_t. Null: none.
   std::shared_ptr<Strategy> host;
   bool refine_logits = true;
+  // Whether the host's own per-location loss is weighted by this step's DAM region mask
+  // (DistillContext::location_mask; hosts with accepts_location_mask(): fitnet, at).
+  bool mask_host = false;
 };
 
 // The augmentation policy's state, a module of buffers only (kept out of the student's optimizer):

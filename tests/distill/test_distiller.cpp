@@ -3,12 +3,15 @@
 // and BN statistics stay exactly as loaded, warmup scales a term, and configs are validated.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <map>
 
 #include "distill/distiller.h"
 #include "distill/nodes/logit.h"
 #include "engine/autograd.h"
 #include "engine/functions.h"
+#include "engine/serialize.h"
 #include "models/registry.h"
 #include "tests/common/distill_fixtures.h"
 
@@ -230,23 +233,52 @@ TEST(Distiller, UnbridgeableFeaturesAndMissingTeacherAreClearErrors) {
 }
 
 // Every config we ship parses strictly; every distillation recipe builds its Distiller (taps exist,
-// connectors bridge the shapes) for the architectures and input it names.
+// connectors bridge the shapes) for the architectures and input it names. A config that reads
+// pre-trained MTKD-SSR teacher heads from another shipped config's run (output_dir/name) gets them
+// from that config's Distiller, written as a checkpoint: the two phases fit together.
 TEST(ShippedConfigs, ParseAndBuild) {
   int n = 0;
   for (const auto& dir : {"configs/fmnist", "configs/cifar100"}) {
-    for (const auto& e : fs::directory_iterator(std::string(RETORT_SOURCE_DIR) + "/" + dir)) {
-      if (e.path().extension() != ".json") continue;
-      SCOPED_TRACE(e.path().string());
-      const ExperimentConfig cfg = ExperimentConfig::load(e.path().string());
-      ++n;
-      if (cfg.terms.empty() || cfg.teacher.arch.empty()) continue;
+    std::map<std::string, std::string> producer;  // default run directory -> config file
+    std::vector<fs::path> files;
+    for (const auto& e : fs::directory_iterator(std::string(RETORT_SOURCE_DIR) + "/" + dir))
+      if (e.path().extension() == ".json") files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+    for (const auto& f : files) {
+      const ExperimentConfig cfg = ExperimentConfig::load(f.string());
+      producer[cfg.output_dir + "/" + cfg.name] = f.string();
+    }
+    auto build = [&](const ExperimentConfig& cfg, const Json& terms, const std::string& file) {
       const bool cifar = cfg.data.dataset == "cifar100";
       const ModelOptions mo{cifar ? 100 : 10, cifar ? 3 : 1, cifar ? 32 : 28};
+      DistillerOptions opts{cfg.teacher.bn_mode};
+      opts.fresh_student = [arch = cfg.arch, mo](Generator& g) { return create_model(arch, mo, g); };
+      opts.fresh_teacher = [arch = cfg.teacher.arch, mo](Generator& g) { return create_model(arch, mo, g); };
       Generator gen(0);
-      Distiller d(create_model(cfg.arch, mo, gen), create_model(cfg.teacher.arch, mo, gen),
-                  parse_terms(cfg.terms, e.path().string()), DistillerOptions{cfg.teacher.bn_mode},
-                  Shape{mo.in_channels, mo.input_size, mo.input_size}, gen);
-      EXPECT_FALSE(d.terms().empty());
+      return std::make_unique<Distiller>(create_model(cfg.arch, mo, gen), create_model(cfg.teacher.arch, mo, gen),
+                                         parse_terms(terms, file), opts, Shape{mo.in_channels, mo.input_size, mo.input_size},
+                                         gen);
+    };
+    for (const auto& f : files) {
+      SCOPED_TRACE(f.string());
+      const ExperimentConfig cfg = ExperimentConfig::load(f.string());
+      ++n;
+      if (cfg.terms.empty() || cfg.teacher.arch.empty()) continue;
+      Json terms = cfg.terms;
+      for (auto& t : terms) {
+        if (!t.contains("params") || t["params"].value("teacher_heads", "") != "pretrained") continue;
+        const std::string from = t["params"]["teacher_heads_from"];
+        ASSERT_TRUE(producer.count(from)) << "teacher_heads_from " << from << " is no shipped config's run";
+        const ExperimentConfig phase1 = ExperimentConfig::load(producer[from]);
+        auto d1 = build(phase1, phase1.terms, producer[from]);
+        StateDict tensors;
+        for (auto& [k, v] : d1->extra_state()) tensors.emplace_back("extra." + k, v);
+        const std::string ckpt = ::testing::TempDir() + "/retort_shipped_heads.safetensors";
+        save_safetensors(ckpt, tensors, {{"format", "retort-checkpoint-1"}, {"arch", phase1.arch}});
+        t["params"]["teacher_heads_from"] = ckpt;
+      }
+      auto d = build(cfg, terms, f.string());
+      EXPECT_FALSE(d->terms().empty());
     }
   }
   EXPECT_GE(n, 30);

@@ -10,7 +10,9 @@
 #include <set>
 
 #include "distill/distiller.h"
+#include "distill/nodes/feature.h"
 #include "distill/nodes/logit.h"
+#include "distill/nodes/sokd.h"
 #include "distill/strategies/sokd.h"
 #include "distill/trainer.h"
 #include "engine/autograd.h"
@@ -605,6 +607,89 @@ TEST(SokdPlugIn, LogitHostSeesTheRestOfTheTeacherOnTheAugmentedFeature) {
   EXPECT_NEAR(terms[2].second.item(), want.item(), 1e-6 * std::max(1.0, want.item()));
   EXPECT_GT(max(abs(sub(feat.sokd().last_augmented(), view(feat.sokd(), "teacher")))).item(), 1e-4)
       << "the feature host's target was not augmented";
+}
+
+// "mask_host": the host's own per-location loss weighted by the step's DAM region mask, brought to each
+// host feature's size (fitnet at the mask's size; at over three stages: upsampled, as is, max-pooled).
+TEST(SokdPlugIn, MaskHostWeightsTheHostsLossByTheDamRegions) {
+  const Batch batch = retort::testing::tiny_batch(4, 7);
+  const TrainProgress prog{0, 1, 0, 0, 1};
+  Tensor logits, fs;
+  SokdRun fit = make_host_run(R"("heatmap_classes": 10, "area_num": 2, "search": "none", "mask_host": true)",
+                              R"({"type": "fitnet"})");
+  force_policy(fit, 0.95f);
+  LossTerms terms = fit.d->losses(batch, prog, logits);
+  ASSERT_EQ(terms.size(), 3u);
+  EXPECT_EQ(terms[2].first, "sokd.fitnet");
+  EXPECT_EQ(fit.sokd().params()["mask_host"], true);
+  fit.student->tap("layer2", [&](const Tensor& t) { fs = t; });
+  (*fit.student)(batch.inputs);
+  fit.student->clear_taps();
+  const Tensor mask = fit.sokd().last_regions().mask;
+  const Tensor r = fit.sokd().host()->find("regressor")(fs);
+  const Tensor want = masked_feature_mse(r, fit.sokd().last_augmented(), mask);
+  const Tensor unmasked = mse_loss(r, fit.sokd().last_augmented());
+  EXPECT_NEAR(terms[2].second.item(), want.item(), 1e-6 * std::max(1.0, want.item()));
+  EXPECT_GT(std::abs(want.item() - unmasked.item()), 1e-3 * unmasked.item()) << "the mask changed nothing";
+  EXPECT_GT(sum(mask).item(), 0.0);
+
+  // at over layer1..layer3 (16x16, 8x8, 4x4) with the 8x8 mask of teacher layer2; augment off, so the
+  // teacher's features are the real pass's.
+  SokdRun at = make_host_run(R"("heatmap_classes": 10, "area_num": 2, "augment": false, "mask_host": true)",
+                             R"({"type": "at"})");
+  terms = at.d->losses(batch, prog, logits);
+  ASSERT_EQ(terms.back().first, "sokd.at");
+  std::map<std::string, Tensor> s_f, t_f;
+  for (const char* l : {"layer1", "layer2", "layer3"}) {
+    at.student->tap(l, [&s_f, l](const Tensor& t) { s_f[l] = t; });
+    at.teacher->tap(l, [&t_f, l](const Tensor& t) { t_f[l] = t; });
+  }
+  {
+    NoGradGuard ng;
+    (*at.student)(batch.inputs);  // train-mode BN as in losses(): the same batch statistics
+    (*at.teacher)(batch.inputs);  // the frozen teacher in eval mode, as the Distiller keeps it
+  }
+  at.student->clear_taps();
+  at.teacher->clear_taps();
+  const Tensor m8 = at.sokd().last_regions().mask;
+  ASSERT_EQ(m8.shape(), (Shape{4, 8, 8}));
+  double expect = 0, plain = 0;
+  for (const char* l : {"layer1", "layer2", "layer3"}) {
+    const int64_t h = s_f[l].size(2);
+    const Tensor qs = reshape(attention_map(s_f[l]), {4, 1, h, h}), qt = reshape(attention_map(t_f[l]), {4, 1, h, h});
+    expect += masked_feature_mse(qs, qt, location_mask_at(m8, h, h)).item();
+    plain += at_loss(s_f[l], t_f[l]).item();
+  }
+  EXPECT_NEAR(terms.back().second.item(), expect, 1e-6 * std::max(1.0, expect));
+  EXPECT_GT(std::abs(expect - plain), 1e-3 * plain);
+}
+
+TEST(SokdPlugIn, LocationMaskAtEachFeatureSize) {
+  // One sample, a 4x4 mask with a 2x1 box (counts 1) and one doubly covered cell.
+  Tensor m = Tensor::from_vector(std::vector<double>{0, 0, 0, 0,  //
+                                                     0, 1, 0, 0,  //
+                                                     0, 1, 0, 2,  //
+                                                     0, 0, 0, 0},
+                                 {1, 4, 4});
+  EXPECT_EQ(location_mask_at(m, 4, 4).to_vector(), m.to_vector());
+  EXPECT_EQ(location_mask_at(m, 2, 2).to_vector(), (std::vector<double>{1, 0, 1, 2}));  // any finer cell: max
+  const std::vector<double> up = location_mask_at(m, 8, 8).to_vector();
+  ASSERT_EQ(up.size(), 64u);
+  EXPECT_EQ(up[2 * 8 + 2], 1.0);  // (1, 1) -> rows 2..3, columns 2..3
+  EXPECT_EQ(up[3 * 8 + 3], 1.0);
+  EXPECT_EQ(up[5 * 8 + 7], 2.0);
+  EXPECT_EQ(up[0], 0.0);
+  expect_error([&] { location_mask_at(m, 3, 3); }, {"location mask 4x4", "3x3 feature", "integer factor"});
+  expect_error([&] { location_mask_at(m, 2, 4); }, {"2x4"});
+}
+
+TEST(SokdPlugIn, MaskHostNeedsAHostWithAPerLocationLossAndTheDam) {
+  EXPECT_NE(sokd_config_error(R"({"host": {"type": "kd"}, "mask_host": true})").find("no per-location loss"),
+            std::string::npos);
+  const std::string no_dam =
+      sokd_config_error(R"({"host": {"type": "fitnet"}, "mask_host": true, "feat_weight": 0, "dam_weight": 0})");
+  EXPECT_NE(no_dam.find("needs the DAM"), std::string::npos) << no_dam;
+  EXPECT_NE(sokd_config_error(R"({"mask_host": true})").find("mask_host"), std::string::npos);
 }
 
 // The teacher re-run leaves the context's teacher features as the real pass made them, and restores the

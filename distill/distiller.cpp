@@ -98,7 +98,13 @@ namespace {
 Tensor grad_or_zeros(const Tensor& t) { return t.grad().defined() ? t.grad().clone() : Tensor::zeros_like(t); }
 }  // namespace
 
-void Distiller::before_step(const Batch& batch, const TrainProgress& progress) {
+bool Distiller::wants_held_out() const {
+  for (const auto& t : terms_)
+    if (t.strategy->wants_held_out()) return true;
+  return false;
+}
+
+void Distiller::before_step(const Batch& batch, const TrainProgress& progress, const Batch* held_out) {
   Strategy* searcher = nullptr;
   Strategy::UnrolledSettings set;
   for (auto& t : terms_)
@@ -109,6 +115,10 @@ void Distiller::before_step(const Batch& batch, const TrainProgress& progress) {
       set = *s;
     }
   if (!searcher) return;
+  RETORT_CHECK(!set.held_out || held_out, searcher->type_name(),
+               ": the second-order search's upper level runs on a held-out batch, but none was given "
+               "(set data.held_out)");
+  const Batch& upper_batch = set.held_out ? *held_out : batch;
   std::vector<Tensor> theta = trainable_parameters();
   const std::vector<Tensor*> alpha = searcher->search_parameters();
   std::vector<Tensor> saved, buffers, saved_buffers;
@@ -144,7 +154,13 @@ void Distiller::before_step(const Batch& batch, const TrainProgress& progress) {
   // v = ∇θ' L_upper(θ')
   searcher->set_upper_level(true);
   try {
-    loss_backward();
+    zero_all();
+    if (set.ce_only) {
+      cross_entropy((*student_)(upper_batch.inputs), upper_batch.targets).backward();
+    } else {
+      Tensor logits;
+      total_loss(losses(upper_batch, progress, logits)).backward();
+    }
   } catch (...) {
     searcher->set_upper_level(false);
     throw;

@@ -46,7 +46,8 @@ class Distiller : public TrainingTask {
   std::vector<Tensor> trainable_parameters() override;
   LossTerms losses(const Batch& batch, const TrainProgress& progress, Tensor& logits) override;
   void train(bool on) override;
-  void before_step(const Batch& batch, const TrainProgress& progress) override;
+  void before_step(const Batch& batch, const TrainProgress& progress, const Batch* held_out = nullptr) override;
+  bool wants_held_out() const override;
   void after_step(const TrainProgress& progress) override;
   void to(Device device) override;
   StateDict extra_state() const override;

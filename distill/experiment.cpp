@@ -39,6 +39,8 @@ void parse_data(JsonReader& r, DataConfig& d) {
   }
   d.train_limit = r.get<int64_t>("train_limit", d.train_limit);
   d.test_limit = r.get<int64_t>("test_limit", d.test_limit);
+  d.held_out = r.get<int64_t>("held_out", d.held_out);
+  RETORT_CHECK(d.held_out >= 0, r.where("held_out"), ": must be >= 0 (the number of held-out training samples)");
   d.image_size = r.get<int64_t>("image_size", d.image_size);
   d.channels = r.get<int64_t>("channels", d.channels);
   d.num_classes = r.get<int64_t>("num_classes", d.num_classes);
@@ -132,6 +134,7 @@ Json ExperimentConfig::to_json() const {
                {"augment", {{"random_crop_padding", data.random_crop_padding}, {"hflip", data.hflip}}},
                {"train_limit", data.train_limit},
                {"test_limit", data.test_limit},
+               {"held_out", data.held_out},
                {"image_size", data.image_size},
                {"channels", data.channels},
                {"num_classes", data.num_classes},

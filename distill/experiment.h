@@ -36,6 +36,8 @@ struct DataConfig {
   bool hflip = false;
   std::vector<double> mean, std;    // per channel; empty = no normalisation
   int64_t train_limit = 0;          // use only the first N training samples (0 = all): quick demos
+  int64_t held_out = 0;             // the last N training samples form a held-out split, never trained on
+                                    // (SoKD's second-order upper level, "upper_batch": "held_out"); 0 = none
   int64_t test_limit = 0;
   int64_t image_size = 32;          // image_folder: resize to this; synthetic: the side
   int64_t channels = 3;             // image_folder / synthetic

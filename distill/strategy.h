@@ -92,13 +92,20 @@ class Strategy : public Module {
   // unrolled_search() returns settings for this step, the Distiller, before the step and on the same
   // batch, with θ = every trainable parameter and L the total loss of all terms:
   //   θ' = θ − lr·(∇θ L(θ, α) + weight_decay·θ)              (a virtual SGD step, no momentum)
-  //   v  = ∇θ' L_upper(θ')                                    (set_upper_level(true) during this pass)
+  //   v  = ∇θ' L_upper(θ')                                    (set_upper_level(true) during this pass;
+  //                                                            on the held-out batch with held_out)
   //   R  = radius / ‖v‖,  g± = ∇α L(θ ± R·v, α)
   //   search_step(−(g+ − g−) / (2R))                          (the implicit gradient of L_upper wrt α)
   // and then restores θ and every buffer. search_parameters() are the α tensors (their gradients).
+  // held_out: the upper level runs on the step's held-out batch (data.held_out) instead of the
+  // training batch; ce_only: L_upper is the student's cross-entropy alone (classic DARTS' validation
+  // loss) instead of the total loss.
   struct UnrolledSettings {
     double lr = 0.01, weight_decay = 1e-4, radius = 0.01;
+    bool held_out = false, ce_only = false;
   };
+  // Whether unrolled_search() will ever ask for a held-out batch (the Trainer then builds the split).
+  virtual bool wants_held_out() const { return false; }
   virtual std::optional<UnrolledSettings> unrolled_search(const TrainProgress&) const { return std::nullopt; }
   virtual std::vector<Tensor*> search_parameters() { return {}; }
   virtual void set_upper_level(bool) {}

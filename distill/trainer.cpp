@@ -84,24 +84,30 @@ EvalResult evaluate(Module& model, DataLoader& loader) {
 // ---- datasets --------------------------------------------------------------------------------------
 
 namespace {
-// The first `limit` samples of a dataset (quick demos and tests).
-class PrefixDataset final : public Dataset {
+// Samples begin .. begin + n of a dataset (the first `limit` for quick demos; the held-out tail).
+class RangeDataset final : public Dataset {
  public:
-  PrefixDataset(std::shared_ptr<const Dataset> base, size_t limit) : base_(std::move(base)), n_(limit) {}
+  RangeDataset(std::shared_ptr<const Dataset> base, size_t begin, size_t n, std::string what)
+      : base_(std::move(base)), begin_(begin), n_(n), what_(std::move(what)) {}
   size_t size() const override { return n_; }
-  Example get(size_t i) const override { return base_->get(i); }
+  Example get(size_t i) const override {
+    Example e = base_->get(begin_ + i);
+    e.index = static_cast<int64_t>(i);
+    return e;
+  }
   Shape sample_shape() const override { return base_->sample_shape(); }
   int64_t num_classes() const override { return base_->num_classes(); }
-  std::string describe() const override { return detail::cat(base_->describe(), " (first ", n_, ")"); }
+  std::string describe() const override { return detail::cat(base_->describe(), " (", what_, ")"); }
 
  private:
   std::shared_ptr<const Dataset> base_;
-  size_t n_;
+  size_t begin_, n_;
+  std::string what_;
 };
 
 std::shared_ptr<const Dataset> limit(std::shared_ptr<const Dataset> d, int64_t n) {
   if (n <= 0 || static_cast<size_t>(n) >= d->size()) return d;
-  return std::make_shared<PrefixDataset>(std::move(d), static_cast<size_t>(n));
+  return std::make_shared<RangeDataset>(std::move(d), 0, static_cast<size_t>(n), detail::cat("first ", n));
 }
 }  // namespace
 
@@ -133,6 +139,12 @@ DataSplits load_datasets(const DataConfig& cfg) {
     s.test = std::make_shared<SyntheticDataset>(cfg.synthetic_size, shape, cfg.num_classes, 2);
   } else {
     RETORT_FAIL("data.dataset: unknown dataset '", cfg.dataset, "'");
+  }
+  if (cfg.held_out > 0) {
+    const size_t n = s.train->size(), h = static_cast<size_t>(cfg.held_out);
+    RETORT_CHECK(h < n, "data.held_out: ", h, " held-out samples leave none to train on in ", s.train->describe());
+    s.held_out = std::make_shared<RangeDataset>(s.train, n - h, h, detail::cat("held out: the last ", h));
+    s.train = std::make_shared<RangeDataset>(s.train, 0, n - h, detail::cat("without the last ", h, ", held out"));
   }
   s.train = limit(s.train, cfg.train_limit);
   s.test = limit(s.test, cfg.test_limit);
@@ -166,6 +178,12 @@ Trainer::Trainer(const ExperimentConfig& cfg, TrainingTask& task, const DataSpli
   train_loader_ = std::make_unique<DataLoader>(data.train, tr, train_transform(cfg.data, data.train->sample_shape()));
   test_loader_ = std::make_unique<DataLoader>(data.test, te, eval_transform(cfg.data));
   RETORT_CHECK(train_loader_->num_batches() > 0, "the training set ", data.train->describe(), " yields no batch");
+  if (task_.wants_held_out()) {
+    RETORT_CHECK(data.held_out, task_.describe(), ": needs a held-out split every step; set data.held_out to the ",
+                 "number of training samples to hold out (e.g. 5000)");
+    LoaderOptions ho{cfg.data.batch_size, true, false, 0, derive_seed(cfg.seed, {0x68656c64})};
+    held_loader_ = std::make_unique<DataLoader>(data.held_out, ho, train_transform(cfg.data, data.held_out->sample_shape()));
+  }
   Json opt{{"type", cfg.solver.optimizer}, {"lr", cfg.solver.lr}, {"weight_decay", cfg.solver.weight_decay}};
   if (cfg.solver.optimizer == "sgd") {
     opt["momentum"] = cfg.solver.momentum;
@@ -305,13 +323,20 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
     int64_t interval_steps = 0, correct = 0, seen = 0, epoch_steps = 0;
     auto t_interval = Clock::now();
     int64_t interval_images = 0;
-    Batch batch;
+    Batch batch, held_batch;
     while (train_loader_->next(batch)) {
       batch.to(device_);
       TrainProgress prog{pos.epoch, epochs, pos.step, pos.batch, nb};
       const double lr = schedule_->lr(prog.epoch_fraction());
       optimizer_->set_lr(lr);
-      task_.before_step(batch, prog);
+      if (held_loader_) {
+        // A pure function of the step (resuming draws what the uninterrupted run did): the held-out
+        // split's shuffled batches in order, one per step, epoch after epoch.
+        const auto nh = static_cast<int64_t>(held_loader_->num_batches());
+        held_batch = held_loader_->make_batch(pos.step / nh, static_cast<size_t>(pos.step % nh));
+        held_batch.to(device_);
+      }
+      task_.before_step(batch, prog, held_loader_ ? &held_batch : nullptr);
       Tensor logits;
       LossTerms terms = task_.losses(batch, prog, logits);
       RETORT_CHECK(!terms.empty(), task_.describe(), ": produced no loss term");

@@ -56,7 +56,10 @@ class TrainingTask {
   // Called before every step's losses() on the same batch (SoKD's second-order policy search runs its
   // virtual step here); it must leave the trainable parameters, their gradients and the model's buffers
   // as it found them.
-  virtual void before_step(const Batch&, const TrainProgress&) {}
+  // `held_out` is this step's batch of the held-out split when wants_held_out() (else null).
+  virtual void before_step(const Batch&, const TrainProgress&, const Batch* held_out = nullptr) {}
+  // Whether before_step needs a held-out batch every step (the Trainer then requires data.held_out).
+  virtual bool wants_held_out() const { return false; }
   // Called after every optimizer step with that step's progress (SoKD updates its augmentation policy
   // here, outside the model's optimizer).
   virtual void after_step(const TrainProgress&) {}
@@ -93,8 +96,10 @@ struct EvalResult {
 EvalResult evaluate(Module& model, DataLoader& loader);
 
 // Datasets as the config describes them (train_limit/test_limit applied).
+// data.held_out > 0 moves the last held_out training samples into `held_out` before train_limit
+// applies to the rest; held_out is null otherwise.
 struct DataSplits {
-  std::shared_ptr<const Dataset> train, test;
+  std::shared_ptr<const Dataset> train, test, held_out;
 };
 DataSplits load_datasets(const DataConfig& cfg);
 // The training transform (random crop, flip, normalise) and the evaluation one (normalise only).
@@ -140,6 +145,7 @@ class Trainer {
   TrainingTask& task_;
   RunDir& run_;
   std::unique_ptr<DataLoader> train_loader_, test_loader_;
+  std::unique_ptr<DataLoader> held_loader_;  // data.held_out's batches, when the task wants them
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<LrSchedule> schedule_;
   bool tty_ = false;

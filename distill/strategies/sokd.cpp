@@ -27,7 +27,9 @@
 // "second_order" (the reference's DARTS step, §3.1.4 (a)): before each step, on the same batch, the
 // Distiller takes a virtual SGD step of every trainable parameter on the total loss (unrolled_lr 0.01,
 // unrolled_weight_decay 1e-4, no momentum), takes the gradient v of the upper-level loss there (the
-// same total loss with the sampled ops applied and no relaxations, the dev code's augmenting=False),
+// same total loss with the sampled ops applied and no relaxations, the dev code's augmenting=False;
+// "upper_batch": "held_out" takes it on the step's batch of data.held_out, "upper_loss": "ce" makes it
+// the student's cross-entropy alone — classic DARTS' validation objective),
 // and gives the policy −(g+ − g−)/(2R), g± = ∇α L(θ ± R·v), R = hessian_radius / ‖v‖ — with the same
 // straight-through estimators for ∇α (the reference uses RELAX for P and w; not built). Parameters and
 // buffers are restored, so only the policy moves (the dev code leaves the model at the virtual step).
@@ -206,7 +208,8 @@ void SokdStrategy::after_step(const TrainProgress& progress) {
 
 std::optional<Strategy::UnrolledSettings> SokdStrategy::unrolled_search(const TrainProgress& progress) const {
   if (o_.search != "second_order" || !searching(progress)) return std::nullopt;
-  return UnrolledSettings{o_.unrolled_lr, o_.unrolled_weight_decay, o_.hessian_radius};
+  return UnrolledSettings{o_.unrolled_lr, o_.unrolled_weight_decay, o_.hessian_radius, o_.upper_batch == "held_out",
+                          o_.upper_loss == "ce"};
 }
 
 std::vector<Tensor*> SokdStrategy::search_parameters() {
@@ -307,6 +310,8 @@ Json SokdStrategy::params() const {
     j["unrolled_lr"] = o_.unrolled_lr;
     j["unrolled_weight_decay"] = o_.unrolled_weight_decay;
     j["hessian_radius"] = o_.hessian_radius;
+    j["upper_batch"] = o_.upper_batch;
+    j["upper_loss"] = o_.upper_loss;
   }
   if (o_.host) {
     j["host"] = {{"type", o_.host->type_name()}, {"params", o_.host->params()}};
@@ -420,9 +425,16 @@ void register_sokd_strategy() {
     o.hessian_radius = p.get<double>("hessian_radius", 0.01);
     RETORT_CHECK(o.unrolled_lr >= 0 && o.unrolled_weight_decay >= 0 && o.hessian_radius > 0, p.where("unrolled_lr"),
                  ": unrolled_lr and unrolled_weight_decay must be >= 0 and hessian_radius > 0");
+    o.upper_batch = p.get<std::string>("upper_batch", "same");
+    RETORT_CHECK(o.upper_batch == "same" || o.upper_batch == "held_out", p.where("upper_batch"),
+                 ": expected \"same\" or \"held_out\", got \"", o.upper_batch, "\"");
+    o.upper_loss = p.get<std::string>("upper_loss", "total");
+    RETORT_CHECK(o.upper_loss == "total" || o.upper_loss == "ce", p.where("upper_loss"),
+                 ": expected \"total\" or \"ce\", got \"", o.upper_loss, "\"");
     RETORT_CHECK(o.search == "second_order" || !(p.has("unrolled_lr") || p.has("unrolled_weight_decay") ||
-                                                  p.has("hessian_radius")),
-                 p.where("search"), ": unrolled_lr, unrolled_weight_decay and hessian_radius belong to "
+                                                  p.has("hessian_radius") || p.has("upper_batch") ||
+                                                  p.has("upper_loss")),
+                 p.where("search"), ": unrolled_lr, unrolled_weight_decay, hessian_radius, upper_batch and upper_loss belong to "
                  "\"second_order\" search (search is \"", o.search, "\")");
     o.search_epochs = p.get<int>("search_epochs", 20);
     RETORT_CHECK(o.search_epochs >= 0, p.where("search_epochs"), ": must be >= 0, got ", o.search_epochs);

@@ -28,6 +28,10 @@ struct SokdOptions {
   // second_order: the virtual step's lr and weight decay (the dev code's η 0.01, λ 1e-4) and the
   // finite-difference radius r of the Hessian-vector product (R = r / ‖v‖).
   double unrolled_lr = 0.01, unrolled_weight_decay = 1e-4, hessian_radius = 0.01;
+  // second_order: the upper level's batch ("same": the training batch, the dev code's; "held_out": the
+  // step's batch of data.held_out, classic DARTS) and loss ("total": every term, the dev code's; "ce":
+  // the student's cross-entropy alone).
+  std::string upper_batch = "same", upper_loss = "total";
   double policy_lr = 3e-4, policy_weight_decay = 1e-3, relax_temperature = 0.5;
   // The plug-in (methods.md §3.1.5): another method computed on the refined teacher targets — every
   // teacher feature it reads augmented by the step's sub-policy and, when it reads the teacher's
@@ -61,6 +65,7 @@ class SokdStrategy final : public Strategy {
   std::vector<std::pair<std::string, Tensor>> compute_parts(const DistillContext& ctx) override;
   void after_step(const TrainProgress& progress) override;
   std::optional<UnrolledSettings> unrolled_search(const TrainProgress& progress) const override;
+  bool wants_held_out() const override { return o_.search == "second_order" && o_.upper_batch == "held_out"; }
   std::vector<Tensor*> search_parameters() override;  // probability, magnitude, weight
   void set_upper_level(bool on) override { upper_level_ = on; }
   void search_step(const std::vector<Tensor>& gradients, const TrainProgress& progress) override;

@@ -335,14 +335,20 @@ TEST(SokdStrategy, SearchNoneNeverTouchesThePolicyAndConfigErrorsAreClear) {
 // gradients as they were, and steps the policy by −(g+ − g−) / 2R, where g± = ∇α L(θ ± R·v) and v is the
 // gradient of the upper-level loss (sampled ops applied, no relaxations) after a virtual SGD step
 // θ' = θ − η(∇θ L + λθ) — recomputed here step by step through the public interface.
-TEST(SokdStrategy, SecondOrderSearchStepsThePolicyByTheImplicitGradient) {
-  SokdRun run = make_run(R"({"heatmap_classes": 10, "area_num": 4, "search": "second_order", "search_epochs": 1,
-                            "unrolled_lr": 0.05})");
+// With held, the upper level runs on a held-out batch; with ce, L_upper is the student's cross-entropy.
+void second_order_case(bool held, bool ce) {
+  SCOPED_TRACE(std::string(held ? "held-out batch" : "same batch") + (ce ? ", ce" : ", total loss"));
+  SokdRun run = make_run(std::string(R"({"heatmap_classes": 10, "area_num": 4, "search": "second_order", "search_epochs": 1,
+                            "unrolled_lr": 0.05, "upper_batch": ")") + (held ? "held_out" : "same") +
+                         R"(", "upper_loss": ")" + (ce ? "ce" : "total") + R"("})");
   SokdStrategy& s = run.sokd();
   Distiller& d = *run.d;
   d.train(true);
   force_policy(run, 0.9f);
   const Batch batch = retort::testing::tiny_batch(4, 7);
+  const Batch held_batch = retort::testing::tiny_batch(4, 8);
+  const Batch& upper = held ? held_batch : batch;
+  EXPECT_EQ(d.wants_held_out(), held);
   const TrainProgress prog = step_applying_both(run, batch, TrainProgress{0, 2, 0, 0, 10});
   Tensor logits;
   std::vector<Tensor> theta = d.trainable_parameters(), theta0, buffers, buffers0;
@@ -353,7 +359,8 @@ TEST(SokdStrategy, SecondOrderSearchStepsThePolicyByTheImplicitGradient) {
   for (auto& b : buffers) buffers0.push_back(b.clone());
   ASSERT_TRUE(s.unrolled_search(prog).has_value());
   const Tensor mag0 = run.buf("policy.magnitude").clone();
-  d.before_step(batch, prog);
+  if (held) expect_error([&] { d.before_step(batch, prog); }, {"held-out batch", "data.held_out"});
+  d.before_step(batch, prog, held ? &held_batch : nullptr);
   for (size_t i = 0; i < theta.size(); ++i) {
     EXPECT_EQ(theta[i].to_vector(), theta0[i].to_vector()) << "parameter " << i << " moved";
     EXPECT_FALSE(theta[i].grad().defined()) << "parameter " << i << " kept a gradient";
@@ -390,7 +397,9 @@ TEST(SokdStrategy, SecondOrderSearchStepsThePolicyByTheImplicitGradient) {
       assign(theta[i], sub(theta0[i], mul(add(g[i], mul(theta0[i], Tensor::scalar(1e-4))), Tensor::scalar(0.05))));
   }
   s.set_upper_level(true);
-  backward();
+  for (auto& p : theta) p.zero_grad();
+  if (ce) cross_entropy((*run.student)(upper.inputs), upper.targets).backward();
+  else total_loss(d.losses(upper, prog, logits)).backward();
   s.set_upper_level(false);
   std::vector<Tensor> v;
   double norm2 = 0;
@@ -425,6 +434,38 @@ TEST(SokdStrategy, SecondOrderSearchStepsThePolicyByTheImplicitGradient) {
   EXPECT_FALSE(run.buf("policy.weight").grad().defined());
 }
 
+TEST(SokdStrategy, SecondOrderSearchStepsThePolicyByTheImplicitGradient) { second_order_case(false, false); }
+
+// The classic DARTS variants: the upper level on a held-out batch, its loss the student's CE — the
+// same recomputation, with v taken there; without the held-out batch the step refuses.
+TEST(SokdStrategy, SecondOrderUpperLevelOnAHeldOutBatchOrCrossEntropy) {
+  second_order_case(true, false);
+  second_order_case(true, true);
+  second_order_case(false, true);
+}
+
+// A task whose search wants a held-out batch every step is refused by the Trainer without data.held_out.
+TEST(SokdStrategy, HeldOutUpperLevelNeedsTheSplit) {
+  const ExperimentConfig cfg = ExperimentConfig::from_json(Json::parse(R"({
+    "schema_version": 1, "experiment": {"name": "sokd_held", "seed": 3},
+    "data": {"dataset": "synthetic", "channels": 1, "image_size": 16, "num_classes": 4, "synthetic_size": 32,
+             "batch_size": 8, "num_workers": 0},
+    "model": {"arch": "resnet8"}, "solver": {"lr": 0.05, "epochs": 1}})"), "sokd_held.json");
+  Generator gen(1);
+  const ModelOptions mo{4, 1, 16};
+  Distiller d(create_model("resnet8", mo, gen), create_model("resnet8", mo, gen),
+              parse_terms(Json::parse(R"([{"type": "sokd", "params": {"heatmap_classes": 4, "search": "second_order",
+                                          "upper_batch": "held_out"}}])"), "t.json"),
+              DistillerOptions{}, Shape{1, 16, 16}, gen);
+  EXPECT_TRUE(d.wants_held_out());
+  const DataSplits data = load_datasets(cfg.data);
+  RunDir run(::testing::TempDir() + "/retort_sokd_held");
+  expect_error([&] { Trainer t(cfg, d, data, run); }, {"held-out split", "data.held_out"});
+  EXPECT_NE(sokd_config_error(R"({"upper_batch": "held_out"})").find("belong to \"second_order\""), std::string::npos);
+  EXPECT_NE(sokd_config_error(R"({"search": "second_order", "upper_loss": "kl"})").find("\"total\" or \"ce\""),
+            std::string::npos);
+}
+
 // An interrupted SoKD run resumed from its checkpoint ends bitwise where the uninterrupted one does:
 // student, regressor, DAM and the augmentation policy with its Adam moments (the search spans the
 // interruption), because the policy is checkpointed and every draw is seeded by the step.
@@ -438,8 +479,13 @@ TEST(SokdStrategy, ResumeMidSearchEqualsUninterruptedRun) {
     "solver": {"lr": 0.05, "epochs": 3},
     "log": {"every_steps": 1000}
   })"), "sokd_resume.json");
-  for (const std::string search : {"first_order", "second_order"}) {
+  for (const std::string search : {"first_order", "second_order", "second_order_held_out"}) {
   SCOPED_TRACE(search);
+  // The held-out variant: 8 of the 32 samples held out (3 steps per epoch), the upper level on them.
+  const bool held = search == "second_order_held_out";
+  ExperimentConfig c = cfg;
+  if (held) c.data.held_out = 8;
+  const std::string params = held ? R"(second_order", "upper_batch": "held_out", "upper_loss": "ce)" : search;
   auto run_it = [&](const std::string& dir, const std::string& resume, int64_t stop_after) {
     Generator gen(cfg.seed);
     const ModelOptions mo{4, 1, 16};
@@ -448,13 +494,13 @@ TEST(SokdStrategy, ResumeMidSearchEqualsUninterruptedRun) {
     auto teacher = create_model("resnet8", mo, tgen);
     Distiller d(student, teacher,
                 parse_terms(Json::parse(R"([{"type": "ce"}, {"type": "sokd", "params": {"heatmap_classes": 4,
-                              "area_num": 3, "search_epochs": 2, "policy_lr": 0.05, "search": ")" + search +
+                              "area_num": 3, "search_epochs": 2, "policy_lr": 0.05, "search": ")" + params +
                                         R"("}}])"),
                             "t.json"),
                 DistillerOptions{}, Shape{1, 16, 16}, gen);
-    DataSplits data = load_datasets(cfg.data);
+    DataSplits data = load_datasets(c.data);
     RunDir run(dir);
-    Trainer trainer(cfg, d, data, run);
+    Trainer trainer(c, d, data, run);
     trainer.fit(resume, stop_after);
     StateDict out;
     for (auto& [k, t] : student->state_dict()) out.emplace_back(k, t.clone());
@@ -464,7 +510,7 @@ TEST(SokdStrategy, ResumeMidSearchEqualsUninterruptedRun) {
   const std::string base = ::testing::TempDir() + "/retort_sokd_resume";
   std::filesystem::remove_all(base);
   const StateDict straight = run_it(base + "/straight", "", 0);
-  run_it(base + "/interrupted", "", 6);  // 4 steps per epoch: stops in epoch 2, inside the search
+  run_it(base + "/interrupted", "", held ? 4 : 6);  // stops in epoch 2, inside the search
   const StateDict resumed = run_it(base + "/interrupted", "auto", 0);
   ASSERT_EQ(straight.size(), resumed.size());
   bool policy_seen = false;

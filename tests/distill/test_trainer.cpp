@@ -194,3 +194,38 @@ TEST(Trainer, CudaDevice) {
     EXPECT_LE(worst, 5e-2 * scale) << on_cpu[i].first;
   }
 }
+
+// data.held_out: the last N training samples become the held-out split (never trained on), and
+// train_limit applies to the rest; holding out everything is refused naming the key.
+TEST(Data, HeldOutIsTheTailOfTheTrainingSet) {
+  DataConfig d;
+  d.dataset = "synthetic";
+  d.channels = 1;
+  d.image_size = 8;
+  d.synthetic_size = 40;
+  const DataSplits full = load_datasets(d);
+  EXPECT_EQ(full.held_out, nullptr);
+  d.held_out = 10;
+  const DataSplits split = load_datasets(d);
+  ASSERT_NE(split.held_out, nullptr);
+  EXPECT_EQ(split.train->size(), 30u);
+  EXPECT_EQ(split.held_out->size(), 10u);
+  for (size_t i : {0u, 9u}) {
+    const Example h = split.held_out->get(i), f = full.train->get(30 + i);
+    EXPECT_EQ(h.input.to_vector(), f.input.to_vector());
+    EXPECT_EQ(h.target, f.target);
+    EXPECT_EQ(h.index, static_cast<int64_t>(i));
+  }
+  EXPECT_EQ(split.train->get(29).input.to_vector(), full.train->get(29).input.to_vector());
+  EXPECT_NE(split.held_out->describe().find("held out: the last 10"), std::string::npos) << split.held_out->describe();
+  d.train_limit = 12;
+  EXPECT_EQ(load_datasets(d).train->size(), 12u);
+  EXPECT_EQ(load_datasets(d).held_out->size(), 10u);
+  d.held_out = 40;
+  try {
+    load_datasets(d);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("data.held_out: 40"), std::string::npos) << e.what();
+  }
+}

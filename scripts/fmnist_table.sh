@@ -10,6 +10,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 build=${RETORT_BUILD_DIR:-$root/build}
 cd "$root"
 bash scripts/build.sh >/dev/null
+. scripts/lib/results.sh
 seeds=${SEEDS:-"0 1 2"}
 
 if [ ! -f runs/fmnist_resnet8x4/summary.json ]; then
@@ -19,7 +20,6 @@ fi
 if [ $# -gt 0 ]; then names=("$@"); else
   names=(); for f in configs/fmnist/student_*.json; do n=${f##*/student_}; names+=("${n%.json}"); done
 fi
-top1() { sed -n 's/.*"last_top1": \([0-9.]*\).*/\1/p' "$1/summary.json"; }
 for n in "${names[@]}"; do
   for s in $seeds; do
     dir=runs/fmnist/${n}_s$s
@@ -31,7 +31,5 @@ done
 printf '\n%-12s %s\n' "teacher" "resnet8x4 $(top1 runs/fmnist_resnet8x4)%"
 for n in "${names[@]}"; do
   vals=""; for s in $seeds; do vals="$vals $(top1 runs/fmnist/${n}_s$s)"; done
-  echo "$n $vals" | awk '{ m = 0; for (i = 2; i <= NF; i++) m += $i; m /= (NF - 1);
-    v = 0; for (i = 2; i <= NF; i++) v += ($i - m) ^ 2; sd = (NF > 2) ? sqrt(v / (NF - 2)) : 0;
-    printf "%-12s %.2f ± %.2f  (%s)\n", $1, m, sd, substr($0, length($1) + 2) }'
+  mean_std 12 "$n" $vals
 done

@@ -15,6 +15,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 build=${RETORT_BUILD_DIR:-$root/build}
 cd "$root"
 bash scripts/build.sh >/dev/null
+. scripts/lib/results.sh
 seeds=${SEEDS:-"0 1 2"}
 out=runs/fmnist_gt
 
@@ -30,12 +31,9 @@ for who in standard generous; do
   done
 done
 
-top1() { sed -n 's/.*"last_top1": \([0-9.]*\).*/\1/p' "$1/summary.json"; }
 printf '\n%-28s %s\n' "standard teacher resnet8x4" "$(top1 $out/standard_teacher)%"
 printf '%-28s %s\n' "generous teacher resnet8x4" "$(top1 $out/generous_teacher)%"
 for who in standard generous; do
   vals=""; for s in $seeds; do vals="$vals $(top1 $out/student_from_${who}_s$s)"; done
-  echo "kd_student_from_$who $vals" | awk '{ m = 0; for (i = 2; i <= NF; i++) m += $i; m /= (NF - 1);
-    v = 0; for (i = 2; i <= NF; i++) v += ($i - m) ^ 2; sd = (NF > 2) ? sqrt(v / (NF - 2)) : 0;
-    printf "%-28s %.2f ± %.2f  (%s)\n", $1, m, sd, substr($0, length($1) + 2) }'
+  mean_std 28 "kd_student_from_$who" $vals
 done

@@ -17,6 +17,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 build=${RETORT_BUILD_DIR:-$root/build}
 cd "$root"
 bash scripts/build.sh >/dev/null
+. scripts/lib/results.sh
 seeds=${SEEDS:-"0 1 2"}
 out=runs/fmnist_mtkd
 
@@ -34,11 +35,8 @@ for v in joint pretrained stages; do
   done
 done
 
-top1() { sed -n 's/.*"last_top1": \([0-9.]*\).*/\1/p' "$1/summary.json"; }
 echo
 for v in joint pretrained stages; do
   vals=""; for s in $seeds; do vals="$vals $(top1 "$(dir_of $v $s)")"; done
-  echo "mtkd_ssr_$v $vals" | awk '{ m = 0; for (i = 2; i <= NF; i++) m += $i; m /= (NF - 1);
-    v = 0; for (i = 2; i <= NF; i++) v += ($i - m) ^ 2; sd = (NF > 2) ? sqrt(v / (NF - 2)) : 0;
-    printf "%-22s %.2f ± %.2f  (%s)\n", $1, m, sd, substr($0, length($1) + 2) }'
+  mean_std 22 "mtkd_ssr_$v" $vals
 done

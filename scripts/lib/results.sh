@@ -1,0 +1,10 @@
+# Shared by the experiment scripts (source it): reading a run's result and summarising seeds.
+# top1 RUN_DIR            the last-epoch test top-1 from RUN_DIR/summary.json
+# mean_std WIDTH LABEL V… prints "LABEL  mean ± sample std  (V…)", LABEL padded to WIDTH
+top1() { sed -n 's/.*"last_top1": \([0-9.]*\).*/\1/p' "$1/summary.json"; }
+mean_std() {
+  local width=$1 label=$2; shift 2
+  echo "$*" | awk -v w="$width" -v label="$label" '{ m = 0; for (i = 1; i <= NF; i++) m += $i; m /= NF;
+    v = 0; for (i = 1; i <= NF; i++) v += ($i - m) ^ 2; sd = (NF > 1) ? sqrt(v / (NF - 1)) : 0;
+    printf "%-*s %.2f ± %.2f  (%s)\n", w, label, m, sd, $0 }'
+}

@@ -19,7 +19,9 @@
 //   - CRD (cross-stage review, "crd"): cross_stage_review_loss over review_pairs() of the student's
 //     own stage logits (a deeper stage re-teaches the shallower ones, stop-gradient on the teacher).
 // compute_parts() reports each part, weighted by its own weight; the term's weight and warmup scale all.
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <optional>
 #include <set>
 
@@ -116,6 +118,11 @@ class MtkdSsrStrategy final : public Strategy {
                                             : (*teacher_heads_[i])(ctx.teacher_feature(o_.t_stages[i]).detach()));
     }
     zt.push_back(ctx.teacher_logits);
+    last_zs_.clear();
+    last_zt_.clear();
+    for (const auto& z : zs) last_zs_.push_back(z.detach());
+    for (const auto& z : zt) last_zt_.push_back(z.detach());
+    last_targets_ = ctx.targets;
 
     if (k > 1 && o_.aux_ce_weight > 0) {
       Tensor ce;
@@ -148,6 +155,45 @@ class MtkdSsrStrategy final : public Strategy {
     }
     RETORT_CHECK(!parts.empty(), "mtkd_ssr: every part is switched off (all weights 0)");
     return parts;
+  }
+
+  // Every stage's logits of the latest step: student_stage<k> (its head, or the network's own at K) and
+  // teacher_stage<k> (SRD's target at stage k).
+  std::vector<std::pair<std::string, Tensor>> inspect() const override {
+    std::vector<std::pair<std::string, Tensor>> out;
+    for (size_t i = 0; i < last_zs_.size(); ++i) out.emplace_back("student_stage" + std::to_string(i + 1), last_zs_[i]);
+    for (size_t i = 0; i < last_zt_.size(); ++i) out.emplace_back("teacher_stage" + std::to_string(i + 1), last_zt_[i]);
+    return out;
+  }
+  // Per stage, on the latest batch: the top-1 of the student's stage logits and of the teacher's stage
+  // target, and how often the two agree.
+  std::string inspect_text() const override {
+    if (last_zs_.empty()) return "";
+    const std::vector<double> y = last_targets_.to_vector();
+    auto argmax = [](const Tensor& z) {
+      const std::vector<double> v = z.to_vector();
+      const size_t c = static_cast<size_t>(z.size(1));
+      std::vector<size_t> out;
+      for (size_t r = 0; r * c < v.size(); ++r)
+        out.push_back(static_cast<size_t>(std::max_element(v.begin() + r * c, v.begin() + (r + 1) * c) - v.begin()) - r * c);
+      return out;
+    };
+    std::string text = "top-1 on the batch, student head / teacher target (agreement):";
+    for (size_t k = 0; k < last_zs_.size(); ++k) {
+      const auto s = argmax(last_zs_[k]), t = argmax(last_zt_[k]);
+      size_t sc = 0, tc = 0, agree = 0;
+      for (size_t i = 0; i < s.size(); ++i) {
+        sc += s[i] == static_cast<size_t>(y[i]);
+        tc += t[i] == static_cast<size_t>(y[i]);
+        agree += s[i] == t[i];
+      }
+      const double n = static_cast<double>(s.size()) / 100.0;
+      char buf[128];
+      std::snprintf(buf, sizeof buf, "%s stage %zu %.1f%% / %.1f%% (%.1f%%)", k ? ";" : "", k + 1, sc / n, tc / n,
+                    agree / n);
+      text += buf;
+    }
+    return text;
   }
 
   Json params() const override {
@@ -223,6 +269,8 @@ class MtkdSsrStrategy final : public Strategy {
 
   MtkdOptions o_;
   std::string heads_file_;
+  std::vector<Tensor> last_zs_, last_zt_;  // the latest step's stage logits (detached)
+  Tensor last_targets_;
   std::vector<ModulePtr> student_heads_, teacher_heads_;
   std::vector<std::shared_ptr<Adapter1x1>> adapters_;
 };

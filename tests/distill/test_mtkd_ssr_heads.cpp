@@ -138,12 +138,16 @@ TEST(MtkdSsrPretrainedHeads, LoadedExactlyFromARunDirectoryAndFrozen) {
   }();
   train_steps(*d, 2);
   for (auto& [n, p] : s.named_parameters())
-    if (n.rfind("teacher_head", 0) == 0) EXPECT_FALSE(p.grad().defined()) << n;
+    if (n.rfind("teacher_head", 0) == 0) {
+      EXPECT_FALSE(p.grad().defined()) << n;
+    }
   const StateDict after = heads_of(s);
   for (size_t i = 0; i < after.size(); ++i)
     EXPECT_EQ(after[i].second.to_vector(), trained[i].second.to_vector()) << after[i].first;
   for (auto& [k, t] : s.state_dict())
-    if (k == student_head_before[0].first) EXPECT_NE(t.to_vector(), student_head_before[0].second.to_vector());
+    if (k == student_head_before[0].first) {
+      EXPECT_NE(t.to_vector(), student_head_before[0].second.to_vector());
+    }
 
   // The resolved file and term are recorded with the parameters.
   const Json p = s.params();
@@ -390,4 +394,54 @@ TEST(MtkdSsrStageHeads, NeedsTheFreshNetworkBuilders) {
                   DistillerOptions{}, kSample, gen);
       },
       {"head \"stages\"", "student", "DistillerOptions::fresh_student"});
+}
+
+// For people looking inside: retort-inspect's views of an MTKD-SSR term are every stage's logits of the
+// latest step, the last stage being the networks' own, and its text the per-stage top-1 and agreement.
+TEST(MtkdSsrInspect, StageLogitsAndTheirAgreement) {
+  auto d = make(kJoint, 3);
+  d->train(false);
+  const Batch b = tiny_batch(8, 4);
+  EXPECT_EQ(strategy(*d).inspect_text(), "");  // nothing before a step
+  Tensor logits;
+  d->losses(b, TrainProgress{}, logits);
+  std::map<std::string, Tensor> views;
+  for (auto& [n, t] : strategy(*d).inspect()) views[n] = t;
+  ASSERT_EQ(views.size(), 6u);  // three stages, student and teacher
+  for (int k = 1; k <= 3; ++k) {
+    for (const std::string who : {"student_stage", "teacher_stage"}) {
+      ASSERT_TRUE(views.count(who + std::to_string(k))) << who << k;
+      EXPECT_EQ(views[who + std::to_string(k)].shape(), (Shape{8, kOpts.num_classes})) << who << k;
+    }
+  }
+  EXPECT_EQ(views["student_stage3"].to_vector(), logits.to_vector());
+  Tensor teacher_logits;
+  {
+    NoGradGuard ng;
+    teacher_logits = (*d->teacher())(b.inputs);  // eval mode, as in the distiller
+  }
+  EXPECT_EQ(views["teacher_stage3"].to_vector(), teacher_logits.to_vector());
+
+  // The text's last stage recomputed from the two networks' logits.
+  auto top1 = [](const Tensor& z) {
+    const std::vector<double> v = z.to_vector();
+    std::vector<int64_t> out;
+    for (int64_t r = 0; r < z.size(0); ++r)
+      out.push_back(std::max_element(v.begin() + r * z.size(1), v.begin() + (r + 1) * z.size(1)) - v.begin() -
+                    r * z.size(1));
+    return out;
+  };
+  const auto s = top1(logits), t = top1(teacher_logits);
+  const std::vector<double> y = b.targets.to_vector();
+  int sc = 0, tc = 0, agree = 0;
+  for (size_t i = 0; i < s.size(); ++i) {
+    sc += s[i] == static_cast<int64_t>(y[i]);
+    tc += t[i] == static_cast<int64_t>(y[i]);
+    agree += s[i] == t[i];
+  }
+  char expected[96];
+  std::snprintf(expected, sizeof expected, "stage 3 %.1f%% / %.1f%% (%.1f%%)", sc * 12.5, tc * 12.5, agree * 12.5);
+  const std::string text = strategy(*d).inspect_text();
+  EXPECT_NE(text.find("stage 1 "), std::string::npos) << text;
+  EXPECT_NE(text.find(expected), std::string::npos) << text << " lacks " << expected;
 }

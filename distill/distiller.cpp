@@ -131,10 +131,13 @@ void Distiller::before_step(const Batch& batch, const TrainProgress& progress, c
     for (auto& p : theta) p.zero_grad();
     for (Tensor* a : alpha) a->zero_grad();
   };
-  auto loss_backward = [&] {
+  auto loss_backward = [&] {  // returns the loss's value
     zero_all();
     Tensor logits;
-    total_loss(losses(batch, progress, logits)).backward();
+    Tensor loss = total_loss(losses(batch, progress, logits));
+    const double value = loss.item();
+    loss.backward();
+    return value;
   };
   auto grads_of = [](const std::vector<Tensor>& ts) {
     std::vector<Tensor> g;
@@ -180,14 +183,15 @@ void Distiller::before_step(const Batch& batch, const TrainProgress& progress, c
         for (size_t i = 0; i < theta.size(); ++i)
           assign(theta[i], add(saved[i], mul(v[i], Tensor::scalar(sign * r, v[i].dtype(), v[i].device()))));
       }
-      loss_backward();
-      std::vector<Tensor> g;
-      for (Tensor* a : alpha) g.push_back(grad_or_zeros(*a));
-      g_pm.push_back(std::move(g));
+      g_pm.push_back(searcher->search_gradients(loss_backward()));
+      RETORT_CHECK(g_pm.back().size() == alpha.size(), searcher->type_name(), ": search_gradients gave ",
+                   g_pm.back().size(), " gradients for ", alpha.size(), " search parameters");
     }
     NoGradGuard ng;
-    for (size_t i = 0; i < alpha.size(); ++i)
-      upper[i] = mul(sub(g_pm[0][i], g_pm[1][i]), Tensor::scalar(-1.0 / (2 * r), upper[i].dtype(), upper[i].device()));
+    for (size_t i = 0; i < alpha.size(); ++i) {
+      const Tensor d = sub(g_pm[0][i], g_pm[1][i]);
+      upper[i] = mul(d, Tensor::scalar(-1.0 / (2 * r), d.dtype(), d.device()));
+    }
   }
   for (size_t i = 0; i < theta.size(); ++i) assign(theta[i], saved[i]);
   for (size_t i = 0; i < buffers.size(); ++i) assign(buffers[i], saved_buffers[i]);
@@ -252,6 +256,7 @@ LossTerms Distiller::losses(const Batch& batch, const TrainProgress& progress, T
   for (auto& t : terms_) {
     double w = t.weight;
     if (t.warmup_epochs > 0) w *= std::min(1.0, static_cast<double>(progress.epoch + 1) / t.warmup_epochs);
+    ctx.weight = w;
     for (auto& [part, l] : t.strategy->compute_parts(ctx)) {
       const std::string name = part.empty() ? t.name : t.name + "." + part;
       RETORT_CHECK(l.numel() == 1, "distill term '", name, "' returned ", l.meta_str(), ", expected a scalar");

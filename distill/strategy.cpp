@@ -52,6 +52,12 @@ Tensor sum_of_parts(const std::vector<std::pair<std::string, Tensor>>& parts) {
   return total_loss(parts);
 }
 
+std::vector<Tensor> Strategy::search_gradients(double) {
+  std::vector<Tensor> g;
+  for (Tensor* t : search_parameters()) g.push_back(t->grad().defined() ? t->grad().clone() : Tensor::zeros_like(*t));
+  return g;
+}
+
 Tensor Strategy::forward(const Tensor&) {
   RETORT_FAIL(type_name(), ": a strategy is not a layer; the Distiller calls compute()");
 }

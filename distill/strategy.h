@@ -45,6 +45,9 @@ struct DistillContext {
   // brought to each feature's size by location_mask_at(). SoKD sets its DAM region mask here for its
   // host ("mask_host").
   const Tensor* location_mask = nullptr;
+  // The weight (warmup included) the Distiller gives the term being computed at this step: a strategy
+  // that needs the value of its own contribution to the loss (SoKD's RELAX estimator) multiplies by it.
+  double weight = 1.0;
   const Tensor& student_feature(const std::string& spec) const;
   const Tensor& teacher_feature(const std::string& spec) const;
 };
@@ -108,6 +111,9 @@ class Strategy : public Module {
   virtual bool wants_held_out() const { return false; }
   virtual std::optional<UnrolledSettings> unrolled_search(const TrainProgress&) const { return std::nullopt; }
   virtual std::vector<Tensor*> search_parameters() { return {}; }
+  // g± above: ∇α L after a backward of L, whose value was `loss`. The default reads the gradients the
+  // backward left (zeros where none); SoKD's RELAX estimator replaces those of its discrete choices.
+  virtual std::vector<Tensor> search_gradients(double loss);
   virtual void set_upper_level(bool) {}
   virtual void search_step(const std::vector<Tensor>& gradients, const TrainProgress& progress) {}
   // What the latest compute() saw or made that is worth looking at (masks, refined targets), by

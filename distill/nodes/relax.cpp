@@ -267,7 +267,8 @@ RelaxEstimate relax_estimate(const std::vector<double>& p, const std::vector<dou
   return e;
 }
 
-RelaxLatents relax_latents(int64_t b, const std::vector<double>& gumbel, const double (&b_noise)[2], Generator& gen) {
+RelaxLatents relax_latents(int64_t b, const std::vector<double>& gumbel, const std::array<double, 2>& b_noise,
+                           Generator& gen) {
   const size_t s = gumbel.size();
   RETORT_CHECK(b >= 0 && static_cast<size_t>(b) < s, "relax: sub-policy ", b, " of ", s);
   RelaxLatents lat;

@@ -18,6 +18,7 @@
 // variance's gradient needs (tests/distill/test_sokd_relax.cpp checks each by finite differences and
 // the estimator's unbiasedness by enumeration).
 #pragma once
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -71,6 +72,7 @@ RelaxEstimate relax_estimate(const std::vector<double>& p, const std::vector<dou
 // The latents of one draw: b and the flags of sub-policy b given (from the draw that picked them:
 // gumbel [S], the two flags' logistic noise), the other sub-policies' flag noise and all the
 // conditional uniforms from gen.
-RelaxLatents relax_latents(int64_t b, const std::vector<double>& gumbel, const double (&b_noise)[2], Generator& gen);
+RelaxLatents relax_latents(int64_t b, const std::vector<double>& gumbel, const std::array<double, 2>& b_noise,
+                           Generator& gen);
 
 }  // namespace retort

@@ -31,8 +31,19 @@
 // "upper_batch": "held_out" takes it on the step's batch of data.held_out, "upper_loss": "ce" makes it
 // the student's cross-entropy alone — classic DARTS' validation objective),
 // and gives the policy −(g+ − g−)/(2R), g± = ∇α L(θ ± R·v), R = hessian_radius / ‖v‖ — with the same
-// straight-through estimators for ∇α (the reference uses RELAX for P and w; not built). Parameters and
-// buffers are restored, so only the policy moves (the dev code leaves the model at the virtual step).
+// straight-through estimators for ∇α, or with "estimator": "relax" RELAX for P and w as the reference
+// (below). Parameters and buffers are restored, so only the policy moves (the dev code leaves the model
+// at the virtual step).
+//
+// "estimator": "relax" (distill/nodes/relax.h): P and w get no straight-through factor (the ops apply as
+// drawn) and their gradient is RELAX's estimate, ĝ = (f − c(z̃)) ∇ log p(b, o) + ∇c(z) − ∇c(z̃), with
+// the control variate c_φ (the reference's QFunc, Linear(3S → relax_hidden) → tanh → Linear(→ 1), in the
+// policy's buffers) trained by Adam on ∇φ mean(ĝ²). First order: f is this term's weighted loss of the
+// step. Second order: f = the total loss at θ± (the reference's); the draw is the same at θ+ and θ−, so
+// c_φ cancels and the implicit gradient is −(f+ − f−)/(2R) ∇ log p(b, o); c_φ then descends the mean of
+// its two variance gradients. Every flag of every sub-policy is drawn (the reference's latent: the
+// sub-policies not chosen get their flags' score too); the score of b is counted once (the reference's
+// broadcast counts it 2S times).
 // After the search the policy is frozen and only sampling continues; search "none" never updates it.
 //
 // Plug-in (params "host", methods.md §3.1.5): another strategy (kd, dkd, fitnet, reviewkd, ...) is
@@ -137,6 +148,42 @@ void SokdStrategy::build(const TapShapes& shapes, Generator& gen) {
   }
   policy_->register_buffer("adam_step", Tensor::zeros({1}));
   seed_ = gen.next_u64();
+  if (relax()) {
+    // c_φ with PyTorch Linear's initialisation, from its own stream (the shared generator is untouched).
+    q_func_ = policy_->register_module("q_func", std::make_shared<AugmentationPolicy>("QFunc"));
+    Generator qg(seed_ ^ 0x5851F42D4C957F2Dull);
+    const int64_t in = 3 * n, h = o_.relax_hidden;
+    auto uniform = [&](const Shape& shape, int64_t fan_in) {
+      const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+      std::vector<double> v(static_cast<size_t>(shape_numel(shape)));
+      for (double& x : v) x = qg.uniform(-bound, bound);
+      return Tensor::from_vector(v, shape, DType::F32);
+    };
+    for (auto [name, shape, fan_in] : {std::tuple{"h1_weight", Shape{h, in}, in}, std::tuple{"h1_bias", Shape{h}, in},
+                                       std::tuple{"out_weight", Shape{1, h}, h}, std::tuple{"out_bias", Shape{1}, h}}) {
+      q_func_->register_buffer(name, uniform(shape, fan_in));
+      q_func_->register_buffer(std::string("adam_m_") + name, Tensor::zeros(shape));
+      q_func_->register_buffer(std::string("adam_v_") + name, Tensor::zeros(shape));
+    }
+  }
+}
+
+RelaxControlVariate SokdStrategy::control_variate() const {
+  RETORT_CHECK(q_func_ != nullptr, "sokd: the control variate exists only with estimator \"relax\"");
+  RelaxControlVariate c;
+  c.inputs = 3 * static_cast<int64_t>(policies_.size());
+  c.hidden = o_.relax_hidden;
+  c.w1 = q_func_->buffer("h1_weight").to_vector();
+  c.b1 = q_func_->buffer("h1_bias").to_vector();
+  c.w2 = q_func_->buffer("out_weight").to_vector();
+  c.b2 = q_func_->buffer("out_bias").to_vector()[0];
+  return c;
+}
+
+RelaxEstimate SokdStrategy::relax_estimate_for(double f) const {
+  RETORT_CHECK(!last_latents_.gumbel.empty(), "sokd: no RELAX draw yet (no searching step has run)");
+  return relax_estimate(policy_->buffer("probability").to_vector(), policy_->buffer("weight").to_vector(),
+                        last_latents_, o_.relax_temperature, control_variate(), f);
 }
 
 Tensor SokdStrategy::compute(const DistillContext& ctx) { return sum_of_parts(compute_parts(ctx)); }
@@ -147,6 +194,20 @@ std::vector<std::pair<std::string, Tensor>> SokdStrategy::compute_parts(const Di
   const Mode mode = upper_level_ ? Mode::Hard : learn ? Mode::Relaxed : Mode::Plain;
   for (const char* name : {"probability", "magnitude", "weight"}) policy_->buffer(name).set_requires_grad(learn);
   const Draw d = draw(gen);
+  if (learn && relax()) {
+    // The rest of RELAX's noise (the other sub-policies' flags, the conditional uniforms) from a stream
+    // of its own, seeded by the step like the draw.
+    Generator rg(seed_ ^ 0xA0761D6478BD642Full ^ (0xE7037ED1A0B428DBull * static_cast<uint64_t>(ctx.progress.step + 1)));
+    last_latents_ = relax_latents(d.b, d.gumbel, d.noise, rg);
+  }
+  last_own_loss_ = Tensor();
+  auto finish = [&](std::vector<std::pair<std::string, Tensor>>& parts) {
+    if (learn && relax()) {
+      last_own_loss_ = sum_of_parts(parts).detach();
+      last_weight_ = ctx.weight;
+    }
+    return parts;
+  };
   last_b_ = d.b;
   last_applied_ = d.on;
   // Each teacher target refined once per step, in the order asked for (SoKD's own tap first).
@@ -170,7 +231,7 @@ std::vector<std::pair<std::string, Tensor>> SokdStrategy::compute_parts(const Di
     const Tensor dam = mse_loss(cat({ds.heatmap, ds.wh, ds.offset}, 1), cat({dt.heatmap, dt.wh, dt.offset}, 1));
     parts = {{"feat", feat * o_.feat_weight}, {"dam", dam * o_.dam_weight}};
   }
-  if (!o_.host) return parts;
+  if (!o_.host) return finish(parts);
   std::map<std::string, Tensor> host_feats = ctx.teacher_features;
   for (const auto& tap : o_.host->teacher_taps()) host_feats[tap] = refine(tap);
   Tensor teacher_logits = ctx.teacher_logits;
@@ -189,9 +250,10 @@ std::vector<std::pair<std::string, Tensor>> SokdStrategy::compute_parts(const Di
   DistillContext host_ctx{ctx.student_logits, teacher_logits, ctx.targets, ctx.student_features,
                           host_feats,         ctx.progress,   ctx.teacher_from};
   if (o_.mask_host) host_ctx.location_mask = &last_regions_.mask;
+  host_ctx.weight = ctx.weight;
   const std::string name = o_.host->type_name();
   for (auto& [part, l] : o_.host->compute_parts(host_ctx)) parts.emplace_back(part.empty() ? name : name + "." + part, l);
-  return parts;
+  return finish(parts);
 }
 
 void SokdStrategy::after_step(const TrainProgress& progress) {
@@ -201,9 +263,40 @@ void SokdStrategy::after_step(const TrainProgress& progress) {
     grads.push_back(t->grad().defined() ? t->grad().to(Device::cpu()) : Tensor());
     t->zero_grad();
   }
-  // First order: the step's own gradients. Second order: the policy already stepped in before_step
-  // (search_step); the gradients this step's backward left are not used.
-  if (o_.search == "first_order" && searching(progress)) policy_step(grads);
+  // First order: the step's own gradients (with "relax", RELAX's for the probabilities and the
+  // sub-policy logits, f = this term's weighted loss). Second order: the policy already stepped in
+  // before_step (search_step); the gradients this step's backward left are not used.
+  if (o_.search == "first_order" && searching(progress)) {
+    std::vector<double> control_gradient;
+    if (relax() && last_own_loss_.defined()) {
+      const int64_t n = static_cast<int64_t>(policies_.size());
+      last_f_ = last_weight_ * last_own_loss_.item();
+      last_relax_ = relax_estimate_for(last_f_);
+      grads[0] = Tensor::from_vector(last_relax_.grad_p, {n, 2}, DType::F64);
+      grads[2] = Tensor::from_vector(last_relax_.grad_w, {n}, DType::F64);
+      control_gradient = last_relax_.grad_phi;
+    }
+    policy_step(grads, control_gradient);
+  }
+  last_own_loss_ = Tensor();
+}
+
+std::vector<Tensor> SokdStrategy::search_gradients(double loss) {
+  std::vector<Tensor> g = Strategy::search_gradients(loss);
+  if (!relax()) return g;
+  // RELAX for the discrete choices, f = the total loss at this θ (the reference's); the magnitudes keep
+  // the backward's straight-through gradient. F64, so that g+ − g− loses nothing to rounding.
+  const int64_t n = static_cast<int64_t>(policies_.size());
+  last_f_ = loss;
+  last_relax_ = relax_estimate_for(loss);
+  const Device dev = policy_->buffer("probability").device();
+  g[0] = Tensor::from_vector(last_relax_.grad_p, {n, 2}, DType::F64).to(dev);
+  g[2] = Tensor::from_vector(last_relax_.grad_w, {n}, DType::F64).to(dev);
+  g[1] = g[1].to(DType::F64);
+  if (control_gradient_sum_.empty()) control_gradient_sum_.assign(last_relax_.grad_phi.size(), 0.0);
+  for (size_t i = 0; i < control_gradient_sum_.size(); ++i) control_gradient_sum_[i] += last_relax_.grad_phi[i];
+  ++control_gradient_count_;
+  return g;
 }
 
 std::optional<Strategy::UnrolledSettings> SokdStrategy::unrolled_search(const TrainProgress& progress) const {
@@ -220,10 +313,16 @@ void SokdStrategy::search_step(const std::vector<Tensor>& gradients, const Train
   RETORT_CHECK(gradients.size() == 3, "sokd: search_step expects 3 gradients, got ", gradients.size());
   last_upper_gradient_.clear();
   for (const auto& g : gradients) last_upper_gradient_.push_back(g.to(Device::cpu()));
-  policy_step(last_upper_gradient_);
+  // "relax": c_φ descends the mean of its variance gradients at θ+ and θ− (it cancels from g+ − g−, so
+  // this only keeps it trained; the reference differences these too, which has no objective).
+  std::vector<double> control_gradient = control_gradient_sum_;
+  for (double& x : control_gradient) x /= std::max(control_gradient_count_, 1);
+  control_gradient_sum_.clear();
+  control_gradient_count_ = 0;
+  policy_step(last_upper_gradient_, control_gradient);
 }
 
-void SokdStrategy::policy_step(const std::vector<Tensor>& gradients) {
+void SokdStrategy::policy_step(const std::vector<Tensor>& gradients, const std::vector<double>& control_gradient) {
   const double lr = o_.policy_lr, wd = o_.policy_weight_decay;
   Tensor& step_buf = policy_->buffer("adam_step");
   Tensor step_host = step_buf.to(Device::cpu());
@@ -231,19 +330,18 @@ void SokdStrategy::policy_step(const std::vector<Tensor>& gradients) {
   step_host.data<float>()[0] = static_cast<float>(step);
   copy_into(step_buf, step_host);
   const double c1 = 1.0 - std::pow(kBeta1, step), c2 = 1.0 - std::pow(kBeta2, step);
-  size_t k = 0;
-  for (auto [name, lo, hi] : {std::tuple{"probability", 1e-3, 1.0 - 1e-3}, std::tuple{"magnitude", 0.0, 1.0},
-                              std::tuple{"weight", -1e30, 1e30}}) {
-    const Tensor g = gradients[k++];
-    if (!g.defined()) continue;
-    Tensor* t = &policy_->buffer(name);
+  // Adam (with L2 weight decay, as torch.optim.Adam) on holder's buffer `name`, clamped to [lo, hi].
+  auto adam = [&](AugmentationPolicy& holder, const std::string& name, const std::vector<double>& g, double lo,
+                  double hi) {
+    Tensor* t = &holder.buffer(name);
     Tensor host = t->to(Device::cpu());
-    Tensor m = policy_->buffer(std::string("adam_m_") + name).to(Device::cpu());
-    Tensor v = policy_->buffer(std::string("adam_v_") + name).to(Device::cpu());
-    const Tensor gf = g.to(DType::F32);
+    Tensor m = holder.buffer("adam_m_" + name).to(Device::cpu());
+    Tensor v = holder.buffer("adam_v_" + name).to(Device::cpu());
+    RETORT_CHECK(static_cast<int64_t>(g.size()) == host.numel(), "sokd: ", g.size(), " gradients for ", name, " ",
+                 host.meta_str());
     float* p = host.data<float>();
     for (int64_t i = 0; i < host.numel(); ++i) {
-      const double gi = static_cast<double>(gf.data<float>()[i]) + wd * p[i];
+      const double gi = g[static_cast<size_t>(i)] + wd * p[i];
       const double mi = kBeta1 * m.data<float>()[i] + (1 - kBeta1) * gi;
       const double vi = kBeta2 * v.data<float>()[i] + (1 - kBeta2) * gi * gi;
       m.data<float>()[i] = static_cast<float>(mi);
@@ -251,8 +349,27 @@ void SokdStrategy::policy_step(const std::vector<Tensor>& gradients) {
       p[i] = static_cast<float>(std::clamp(p[i] - lr * (mi / c1) / (std::sqrt(vi / c2) + kAdamEps), lo, hi));
     }
     copy_into(*t, host);
-    copy_into(policy_->buffer(std::string("adam_m_") + name), m);
-    copy_into(policy_->buffer(std::string("adam_v_") + name), v);
+    copy_into(holder.buffer("adam_m_" + name), m);
+    copy_into(holder.buffer("adam_v_" + name), v);
+  };
+  size_t k = 0;
+  for (auto [name, lo, hi] : {std::tuple{"probability", 1e-3, 1.0 - 1e-3}, std::tuple{"magnitude", 0.0, 1.0},
+                              std::tuple{"weight", -1e30, 1e30}}) {
+    const Tensor g = gradients[k++];
+    if (g.defined()) adam(*policy_, name, g.to_vector(), lo, hi);
+  }
+  if (!control_gradient.empty()) {
+    RETORT_CHECK(q_func_ != nullptr, "sokd: a control-variate gradient without the \"relax\" estimator");
+    const RelaxControlVariate c = control_variate();
+    const size_t n1 = c.w1.size(), h = static_cast<size_t>(c.hidden);
+    const auto part = [&](size_t from, size_t count) {
+      return std::vector<double>(control_gradient.begin() + static_cast<std::ptrdiff_t>(from),
+                                 control_gradient.begin() + static_cast<std::ptrdiff_t>(from + count));
+    };
+    adam(*q_func_, "h1_weight", part(0, n1), -1e30, 1e30);
+    adam(*q_func_, "h1_bias", part(n1, h), -1e30, 1e30);
+    adam(*q_func_, "out_weight", part(n1 + h, h), -1e30, 1e30);
+    adam(*q_func_, "out_bias", part(n1 + 2 * h, 1), -1e30, 1e30);
   }
 }
 
@@ -286,6 +403,13 @@ std::string SokdStrategy::inspect_text() const {
                        feature_op_value(op, m), ", ", last_applied_[static_cast<size_t>(i)] ? "applied" : "skipped", ")");
   }
   if (!o_.augment) out += " (augment off: targets unchanged)";
+  if (relax() && !last_latents_.gumbel.empty() && (last_own_loss_.defined() || !last_relax_.grad_w.empty())) {
+    // The estimator on this draw: the loss value f, the control variate at the relaxed and the
+    // conditional sample, and the variance proxy mean(ĝ²) that c_φ is trained to lower.
+    const double f = last_own_loss_.defined() ? last_weight_ * last_own_loss_.item() : last_f_;
+    const RelaxEstimate e = relax_estimate_for(f);
+    out += detail::cat("; relax: f ", f, ", c(z) ", e.c_x, ", c(z~) ", e.c_x_tilde, ", mean g^2 ", e.variance);
+  }
   if (o_.host) {
     out += detail::cat("; host ", o_.host->type_name(), " on the refined targets",
                        last_refined_logits_.defined() ? " (teacher logits refined through the rest of the teacher)" : "");
@@ -305,7 +429,8 @@ Json SokdStrategy::params() const {
           {"feat_weight", o_.feat_weight},     {"dam_weight", o_.dam_weight},
           {"search", o_.search},               {"search_epochs", o_.search_epochs},
           {"policy_lr", o_.policy_lr},         {"policy_weight_decay", o_.policy_weight_decay},
-          {"relax_temperature", o_.relax_temperature}};
+          {"relax_temperature", o_.relax_temperature}, {"estimator", o_.estimator}};
+  if (relax()) j["relax_hidden"] = o_.relax_hidden;
   if (o_.search == "second_order") {
     j["unrolled_lr"] = o_.unrolled_lr;
     j["unrolled_weight_decay"] = o_.unrolled_weight_decay;
@@ -344,6 +469,9 @@ SokdStrategy::Draw SokdStrategy::draw(Generator& gen) const {
 Tensor SokdStrategy::augment(const Tensor& f, const Draw& d, Mode mode, Generator& gen) {
   if (f.dim() == 2) return reshape(augment(reshape(f, {f.shape()[0], f.shape()[1], 1, 1}), d, mode, gen), f.shape());
   const bool learn = mode == Mode::Relaxed;
+  // Straight-through factors for the discrete choices: only with that estimator (RELAX estimates them
+  // from the loss's value; the ops then apply as drawn, as in Hard). Magnitudes: whenever learning.
+  const bool st_choices = learn && !relax();
   RETORT_CHECK(f.dim() == 4, "sokd: cannot augment teacher feature ", f.meta_str(), " (expected [B, C, H, W] or [B, C])");
   Tensor& prob_t = policy_->buffer("probability");
   Tensor& mag_t = policy_->buffer("magnitude");
@@ -358,7 +486,11 @@ Tensor SokdStrategy::augment(const Tensor& f, const Draw& d, Mode mode, Generato
     const bool on = d.on[static_cast<size_t>(i)];
     if (mode == Mode::Plain && !on) continue;
     const Tensor y = apply_feature_op(x, op, feature_op_value(op, value_at(mag, 2 * b + i)), gen);
-    if (!learn) {
+    if (learn && on) {
+      const Tensor m = element(mag_t, b, i);
+      mag_sum = mag_sum.defined() ? add(mag_sum, m) : m;
+    }
+    if (!st_choices) {
       if (on) x = y;
       continue;
     }
@@ -369,19 +501,15 @@ Tensor SokdStrategy::augment(const Tensor& f, const Draw& d, Mode mode, Generato
                                  Tensor::scalar(1.0 / tau, p.dtype(), p.device())));
     const Tensor o_hat = add(sub(q, q.detach()), Tensor::scalar(on ? 1.0 : 0.0, p.dtype(), p.device()));
     x = add(x, mul(sub(y, x), o_hat.to(x.dtype())));
-    if (on) {
-      const Tensor m = element(mag_t, b, i);
-      mag_sum = mag_sum.defined() ? add(mag_sum, m) : m;
-    }
   }
-  if (learn) {
+  if (st_choices) {
     const Tensor soft = softmax(mul(add(w_t, Tensor::from_vector(d.gumbel, {n}, w_t.dtype()).to(w_t.device())),
                                     Tensor::scalar(1.0 / tau, w_t.dtype(), w_t.device())),
                                 0);
     const Tensor sb = element(soft, b);
     x = mul(x, add(sub(sb, sb.detach()), Tensor::scalar(1.0, sb.dtype(), sb.device())).to(x.dtype()));
-    if (mag_sum.defined()) x = straight_through_magnitude(x, mag_sum.to(x.dtype()));
   }
+  if (learn && mag_sum.defined()) x = straight_through_magnitude(x, mag_sum.to(x.dtype()));
   return x;
 }
 
@@ -443,6 +571,16 @@ void register_sokd_strategy() {
     o.relax_temperature = p.get<double>("relax_temperature", 0.5);
     RETORT_CHECK(o.policy_lr >= 0 && o.policy_weight_decay >= 0 && o.relax_temperature > 0, p.where("policy_lr"),
                  ": policy_lr and policy_weight_decay must be >= 0 and relax_temperature > 0");
+    o.estimator = p.get<std::string>("estimator", "straight_through");
+    RETORT_CHECK(o.estimator == "straight_through" || o.estimator == "relax", p.where("estimator"),
+                 ": expected \"straight_through\" or \"relax\", got \"", o.estimator, "\"");
+    RETORT_CHECK(o.estimator != "relax" || (o.search != "none" && o.augment), p.where("estimator"),
+                 ": \"relax\" estimates the policy's gradients, so it needs augment true and a search mode (search is \"",
+                 o.search, "\", augment ", o.augment ? "true" : "false", ")");
+    o.relax_hidden = p.get<int64_t>("relax_hidden", 100);
+    RETORT_CHECK(o.relax_hidden >= 1, p.where("relax_hidden"), ": must be >= 1, got ", o.relax_hidden);
+    RETORT_CHECK(o.estimator == "relax" || !p.has("relax_hidden"), p.where("relax_hidden"),
+                 ": relax_hidden belongs to estimator \"relax\"");
     if (p.has("host")) {
       JsonReader& h = p.child("host");
       const std::string type = h.require<std::string>("type");

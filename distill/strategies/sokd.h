@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "distill/connectors.h"
+#include "distill/nodes/relax.h"
 #include "distill/nodes/sokd.h"
 #include "distill/strategy.h"
 
@@ -33,6 +34,12 @@ struct SokdOptions {
   // the student's cross-entropy alone).
   std::string upper_batch = "same", upper_loss = "total";
   double policy_lr = 3e-4, policy_weight_decay = 1e-3, relax_temperature = 0.5;
+  // How the policy's discrete choices (the sub-policy, the ops' flags) get their gradients:
+  // "straight_through" (relaxed samples whose value is the hard draw) or "relax" (RELAX with a learned
+  // control variate, the reference's estimator: distill/nodes/relax.h). Magnitudes are straight-through
+  // in both.
+  std::string estimator = "straight_through";
+  int64_t relax_hidden = 100;  // the control variate's hidden width (the reference's QFunc: 100)
   // The plug-in (methods.md §3.1.5): another method computed on the refined teacher targets — every
   // teacher feature it reads augmented by the step's sub-policy and, when it reads the teacher's
   // logits and refine_logits is on, the logits of the rest of the teacher run on f̃_t. Null: none.
@@ -47,12 +54,16 @@ struct SokdOptions {
 // probability [S, 2], magnitude [S, 2], weight [S] (sub-policy logits; S = 36 pairs of the 9 ops, or
 // the pairs of the ops the config allows), their Adam moments
 // adam_m_* / adam_v_* and adam_step. In a checkpoint: term.<name>.policy.probability, ...
+// With the "relax" estimator the policy also holds the control variate c_φ, submodule "q_func" (type
+// QFunc) of buffers h1_weight [hidden, 3S], h1_bias, out_weight [1, hidden], out_bias [1] and their
+// Adam moments (term.<name>.policy.q_func.h1_weight, ...).
 class AugmentationPolicy : public Module {
  public:
-  AugmentationPolicy() : Module("AugmentationPolicy") {}
+  explicit AugmentationPolicy(std::string type = "AugmentationPolicy") : Module(std::move(type)) {}
   Tensor forward(const Tensor&) override;  // not a layer: an error
   using Module::buffer;
   using Module::register_buffer;
+  using Module::register_module;
 };
 
 class SokdStrategy final : public Strategy {
@@ -96,6 +107,12 @@ class SokdStrategy final : public Strategy {
   }
   // The implicit gradients the latest second-order search step used (probability, magnitude, weight).
   const std::vector<Tensor>& last_upper_gradient() const { return last_upper_gradient_; }
+  // The "relax" estimator: the control variate as it is now, the latest draw's latents, and the latest
+  // estimate (first order: the step's; second order: the θ− pass's).
+  RelaxControlVariate control_variate() const;
+  const RelaxLatents& last_latents() const { return last_latents_; }
+  const RelaxEstimate& last_relax() const { return last_relax_; }
+  std::vector<Tensor> search_gradients(double loss) override;
 
  private:
   // One step's draw: the sub-policy, its ops' flags and the noise that made them (for the relaxations).
@@ -113,8 +130,12 @@ class SokdStrategy final : public Strategy {
   enum class Mode { Plain, Relaxed, Hard };
   // f through the drawn sub-policy (feature maps [B, C, H, W]; [B, C] is treated as [B, C, 1, 1]).
   Tensor augment(const Tensor& f, const Draw& d, Mode mode, Generator& gen);
-  // One Adam step of the policy with these gradients (probability, magnitude, weight; undefined = none).
-  void policy_step(const std::vector<Tensor>& gradients);
+  // One Adam step of the policy with these gradients (probability, magnitude, weight; undefined = none)
+  // and, when given, of the control variate (∇φ, in relax.h's order).
+  void policy_step(const std::vector<Tensor>& gradients, const std::vector<double>& control_gradient = {});
+  bool relax() const { return o_.estimator == "relax"; }
+  // The RELAX estimate for loss value f on the latest draw, with the policy as it is now.
+  RelaxEstimate relax_estimate_for(double f) const;
 
   SokdOptions o_;
   std::vector<std::array<FeatureOp, 2>> policies_;
@@ -128,6 +149,13 @@ class SokdStrategy final : public Strategy {
   std::array<bool, 2> last_applied_{};
   bool upper_level_ = false;
   std::vector<Tensor> last_upper_gradient_;
+  std::shared_ptr<AugmentationPolicy> q_func_;  // "relax" only
+  RelaxLatents last_latents_;
+  RelaxEstimate last_relax_;
+  Tensor last_own_loss_;  // first order, "relax": this term's latest loss (weighted by its own weights)
+  double last_weight_ = 1.0, last_f_ = 0.0;
+  std::vector<double> control_gradient_sum_;  // second order, "relax": ∇φ summed over the θ± passes
+  int control_gradient_count_ = 0;
 };
 
 }  // namespace retort

@@ -12,6 +12,7 @@
 #include "distill/distiller.h"
 #include "distill/nodes/feature.h"
 #include "distill/nodes/logit.h"
+#include "distill/nodes/relax.h"
 #include "distill/nodes/sokd.h"
 #include "distill/strategies/sokd.h"
 #include "distill/trainer.h"
@@ -444,6 +445,126 @@ TEST(SokdStrategy, SecondOrderUpperLevelOnAHeldOutBatchOrCrossEntropy) {
   second_order_case(false, true);
 }
 
+// ---- the "relax" estimator (distill/nodes/relax.h) in the strategy ------------------------------------
+
+namespace {
+
+std::vector<double> relax_score_p(const std::vector<double>& p, const RelaxLatents& lat) {
+  const std::vector<bool> o = relax_flags(p, lat);
+  std::vector<double> out;
+  for (size_t j = 0; j < p.size(); ++j) out.push_back(o[j] ? 1.0 / p[j] : -1.0 / (1.0 - p[j]));
+  return out;
+}
+
+std::vector<double> relax_score_w(const std::vector<double>& w, int64_t b) {
+  double m = -INFINITY, z = 0;
+  for (double x : w) m = std::max(m, x);
+  for (double x : w) z += std::exp(x - m);
+  std::vector<double> out;
+  for (size_t k = 0; k < w.size(); ++k) out.push_back((static_cast<int64_t>(k) == b ? 1.0 : 0.0) - std::exp(w[k] - m) / z);
+  return out;
+}
+
+}  // namespace
+
+// First order: the probabilities and sub-policy logits step by RELAX's estimate for this term's loss
+// value (no straight-through gradient reaches them), the magnitudes by the straight-through gradient,
+// and the control variate by its variance gradient — one Adam step each, so every entry moves by the
+// learning rate against the sign of its gradient.
+TEST(SokdRelax, FirstOrderStepsByTheEstimateOfTheTermsLoss) {
+  SokdRun run = make_run(R"({"heatmap_classes": 10, "area_num": 4, "search_epochs": 1, "estimator": "relax",
+                             "relax_hidden": 16, "policy_lr": 0.01, "policy_weight_decay": 0})");
+  SokdStrategy& s = run.sokd();
+  Distiller& d = *run.d;
+  d.train(true);
+  force_policy(run, 0.7f);
+  const Batch batch = retort::testing::tiny_batch(4, 7);
+  const TrainProgress prog = step_applying_both(run, batch, TrainProgress{0, 2, 0, 0, 10});
+  Tensor logits;
+  d.trainable_parameters();
+  for (Tensor* a : s.search_parameters()) a->zero_grad();
+  Tensor loss = total_loss(d.losses(batch, prog, logits));
+  const double f = loss.item();
+  loss.backward();
+  EXPECT_FALSE(run.buf("policy.probability").grad().defined());
+  EXPECT_FALSE(run.buf("policy.weight").grad().defined());
+  ASSERT_TRUE(run.buf("policy.magnitude").grad().defined());
+  const std::vector<double> p0 = run.buf("policy.probability").to_vector(), w0 = run.buf("policy.weight").to_vector(),
+                            m0 = run.buf("policy.magnitude").to_vector(),
+                            mg = run.buf("policy.magnitude").grad().to_vector(),
+                            q0 = run.buf("policy.q_func.out_bias").to_vector();
+  const RelaxEstimate want = relax_estimate(p0, w0, s.last_latents(), 0.5, s.control_variate(), f);
+  d.after_step(prog);
+  EXPECT_EQ(s.last_relax().grad_p, want.grad_p);
+  EXPECT_EQ(s.last_relax().grad_w, want.grad_w);
+  const std::vector<double> p1 = run.buf("policy.probability").to_vector(), w1 = run.buf("policy.weight").to_vector(),
+                            m1 = run.buf("policy.magnitude").to_vector(), q1 = run.buf("policy.q_func.out_bias").to_vector();
+  auto sign = [](double x) { return static_cast<double>((x > 0) - (x < 0)); };
+  for (size_t j = 0; j < p0.size(); ++j)
+    EXPECT_NEAR(p1[j] - p0[j], -0.01 * sign(want.grad_p[j]), 1e-5) << "probability " << j;
+  for (size_t k = 0; k < w0.size(); ++k)
+    EXPECT_NEAR(w1[k] - w0[k], -0.01 * sign(want.grad_w[k]), 1e-5) << "weight " << k;
+  for (size_t j = 0; j < m0.size(); ++j)
+    EXPECT_NEAR(m1[j] - m0[j], mg[j] == 0 ? 0.0 : -0.01 * sign(mg[j]), 1e-5) << "magnitude " << j;
+  EXPECT_NEAR(q1[0] - q0[0], -0.01 * sign(want.grad_phi.back()), 1e-5) << "the control variate's out bias";
+  EXPECT_NE(s.inspect_text().find("relax: f"), std::string::npos) << s.inspect_text();
+}
+
+// Second order: the control variate and the relaxations are the same at θ+ and θ−, so they cancel from
+// g+ − g−: the implicit gradient of the probabilities and sub-policy logits is the score of the draw
+// times −(L(θ+) − L(θ−)) / (2R) — whatever c_φ is —, and the magnitudes' is the straight-through one.
+TEST(SokdRelax, SecondOrderImplicitGradientIsTheScoreTimesTheDirectionalDifference) {
+  const std::string params = R"({"heatmap_classes": 10, "area_num": 4, "search": "second_order", "search_epochs": 1,
+                                 "unrolled_lr": 0.05, "estimator": ")";
+  std::vector<std::vector<Tensor>> upper;
+  double factor = 0;
+  for (const std::string variant : {"relax", "relax_other_control", "straight_through"}) {
+    SCOPED_TRACE(variant);
+    SokdRun run = make_run(params + (variant == "straight_through" ? R"(straight_through"})" : R"(relax", "relax_hidden": 8})"));
+    SokdStrategy& s = run.sokd();
+    run.d->train(true);
+    force_policy(run, 0.7f);
+    if (variant == "relax_other_control") {
+      Tensor w = run.buf("policy.q_func.out_weight");
+      for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] *= -3.0f;
+    }
+    const Batch batch = retort::testing::tiny_batch(4, 7);
+    const TrainProgress prog = step_applying_both(run, batch, TrainProgress{0, 2, 0, 0, 10});
+    const std::vector<double> p0 = run.buf("policy.probability").to_vector(), w0 = run.buf("policy.weight").to_vector();
+    run.d->before_step(batch, prog);
+    upper.push_back(s.last_upper_gradient());
+    if (variant == "straight_through") break;
+    const std::vector<double> sp = relax_score_p(p0, s.last_latents()), sw = relax_score_w(w0, s.last_latents().b);
+    const std::vector<double> gp = upper.back()[0].to_vector(), gw = upper.back()[2].to_vector();
+    const double k = gw[static_cast<size_t>(s.last_latents().b)] / sw[static_cast<size_t>(s.last_latents().b)];
+    EXPECT_NE(k, 0.0);
+    for (size_t j = 0; j < gp.size(); ++j) EXPECT_NEAR(gp[j], k * sp[j], 1e-9 * (1 + std::abs(k * sp[j]))) << j;
+    for (size_t i = 0; i < gw.size(); ++i) EXPECT_NEAR(gw[i], k * sw[i], 1e-9 * (1 + std::abs(k * sw[i]))) << i;
+    if (variant == "relax") factor = k;
+    else EXPECT_NEAR(k, factor, 1e-9 * std::abs(factor)) << "the control variate changed the implicit gradient";
+  }
+  // The forward values are the same under both estimators, so the magnitudes' implicit gradient is too.
+  EXPECT_TRUE(close_to("magnitude", upper[0][1].to(DType::F32), upper[2][1], 1e-6, 1e-3));
+}
+
+TEST(SokdRelax, ConfigErrorsNameTheKey) {
+  EXPECT_NE(sokd_config_error(R"({"estimator": "reinforce"})").find("\"straight_through\" or \"relax\""),
+            std::string::npos);
+  EXPECT_NE(sokd_config_error(R"({"estimator": "relax", "search": "none"})").find("needs augment true and a search mode"),
+            std::string::npos);
+  EXPECT_NE(sokd_config_error(R"({"estimator": "relax", "augment": false})").find("estimator"), std::string::npos);
+  EXPECT_NE(sokd_config_error(R"({"relax_hidden": 10})").find("belongs to estimator \"relax\""), std::string::npos);
+  EXPECT_NE(sokd_config_error(R"({"estimator": "relax", "relax_hidden": 0})").find("relax_hidden"), std::string::npos);
+  // Without "relax" the checkpoint has no control variate; with it, the buffers and their moments.
+  std::set<std::string> plain, relaxed;
+  for (auto& [n, t] : make_run(R"({"heatmap_classes": 4})").sokd().named_buffers()) plain.insert(n);
+  for (auto& [n, t] : make_run(R"({"heatmap_classes": 4, "estimator": "relax"})").sokd().named_buffers()) relaxed.insert(n);
+  EXPECT_EQ(plain.count("policy.q_func.h1_weight"), 0u);
+  EXPECT_EQ(relaxed.count("policy.q_func.h1_weight"), 1u);
+  EXPECT_EQ(relaxed.count("policy.q_func.adam_v_out_bias"), 1u);
+  EXPECT_EQ(relaxed.size(), plain.size() + 12);
+}
+
 // A task whose search wants a held-out batch every step is refused by the Trainer without data.held_out.
 TEST(SokdStrategy, HeldOutUpperLevelNeedsTheSplit) {
   const ExperimentConfig cfg = ExperimentConfig::from_json(Json::parse(R"({
@@ -479,13 +600,15 @@ TEST(SokdStrategy, ResumeMidSearchEqualsUninterruptedRun) {
     "solver": {"lr": 0.05, "epochs": 3},
     "log": {"every_steps": 1000}
   })"), "sokd_resume.json");
-  for (const std::string search : {"first_order", "second_order", "second_order_held_out"}) {
+  for (const std::string search : {"first_order", "second_order", "second_order_held_out", "first_order_relax"}) {
   SCOPED_TRACE(search);
   // The held-out variant: 8 of the 32 samples held out (3 steps per epoch), the upper level on them.
   const bool held = search == "second_order_held_out";
   ExperimentConfig c = cfg;
   if (held) c.data.held_out = 8;
-  const std::string params = held ? R"(second_order", "upper_batch": "held_out", "upper_loss": "ce)" : search;
+  const std::string params = held                          ? R"(second_order", "upper_batch": "held_out", "upper_loss": "ce)"
+                             : search == "first_order_relax" ? R"(first_order", "estimator": "relax)"
+                                                             : search;
   auto run_it = [&](const std::string& dir, const std::string& resume, int64_t stop_after) {
     Generator gen(cfg.seed);
     const ModelOptions mo{4, 1, 16};
@@ -513,13 +636,15 @@ TEST(SokdStrategy, ResumeMidSearchEqualsUninterruptedRun) {
   run_it(base + "/interrupted", "", held ? 4 : 6);  // stops in epoch 2, inside the search
   const StateDict resumed = run_it(base + "/interrupted", "auto", 0);
   ASSERT_EQ(straight.size(), resumed.size());
-  bool policy_seen = false;
+  bool policy_seen = false, control_seen = false;
   for (size_t i = 0; i < straight.size(); ++i) {
     ASSERT_EQ(straight[i].first, resumed[i].first);
     EXPECT_EQ(straight[i].second.to_vector(), resumed[i].second.to_vector()) << straight[i].first << " differs";
     policy_seen |= straight[i].first == "term.sokd.policy.magnitude";
+    control_seen |= straight[i].first == "term.sokd.policy.q_func.h1_weight";
   }
   EXPECT_TRUE(policy_seen);
+  EXPECT_EQ(control_seen, search == "first_order_relax");
   std::filesystem::remove_all(base);
   }
 }

@@ -36,7 +36,7 @@ RelaxLatents sample(const std::vector<double>& w, Generator& g) {
     gumbel[k] = -std::log(-std::log(std::clamp(g.uniform(), 1e-300, 1.0 - 1e-16)));
     if (w[k] + gumbel[k] > w[static_cast<size_t>(b)] + gumbel[static_cast<size_t>(b)]) b = static_cast<int64_t>(k);
   }
-  double noise[2];
+  std::array<double, 2> noise;
   for (double& n : noise) {
     const double u = std::clamp(g.uniform(), 1e-12, 1.0 - 1e-12);
     n = std::log(u) - std::log1p(-u);

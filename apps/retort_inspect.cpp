@@ -5,7 +5,7 @@
 //   retort-inspect --arch resnet8x4 [--classes 100 --channels 3 --size 32]
 //                                                 the module tree, parameter count and feature taps
 //   retort-inspect --arch resnet8x4 --graph       the autograd graph of forward + cross-entropy as DOT
-//   retort-inspect --distill CONFIG [--checkpoint FILE] [--batch 8] [--epoch E --step S] [--dump OUT.safetensors]
+//   retort-inspect --distill CONFIG [--set K=V] [--checkpoint FILE] [--batch 8] [--epoch E --step S] [--dump OUT.safetensors]
 //                  [--graph]                      one distillation step of a config on the first test images
 //                                                 (eval-mode BN): every term's value, what each strategy
 //                                                 shows (SoKD: sub-policy, DAM regions, mask grid), the
@@ -108,6 +108,7 @@ struct DistillInspect {
   std::string config, checkpoint, dump;
   int64_t batch = 8, epoch = 0, step = 0;
   bool graph = false;
+  std::vector<std::string> overrides;  // --set key.path=value, as retort-distill's
 };
 
 // Sample 0 of a [B, H, W] mask as a grid of counts ('.' for 0).
@@ -127,7 +128,7 @@ void print_mask(const std::string& name, const Tensor& mask) {
 }
 
 int inspect_distill(const DistillInspect& o, Device dev) {
-  const ExperimentConfig cfg = app::as_usage([&] { return ExperimentConfig::load(o.config); });
+  const ExperimentConfig cfg = app::as_usage([&] { return ExperimentConfig::load(o.config, o.overrides); });
   if (cfg.terms.empty()) throw app::UsageError(o.config + ": no distill.terms to inspect");
   if (o.batch < 1) throw app::UsageError("--batch must be >= 1");
   const DataSplits data = load_datasets(cfg.data);
@@ -209,6 +210,7 @@ int main(int argc, char** argv) {
   cli.add_option("--batch", di.batch, "With --distill: how many test images (default 8)");
   cli.add_option("--epoch", di.epoch, "With --distill: the 0-based epoch the step belongs to (search phases, warmups)");
   cli.add_option("--step", di.step, "With --distill: the global step (SoKD draws its augmentation from it)");
+  cli.add_option("--set", di.overrides, "With --distill: override a config value, key.path=value (repeatable)");
   cli.add_option("--dump", di.dump, "With --distill: write inputs, logits and every strategy view to this .safetensors");
   CLI11_PARSE(cli, argc, argv);
   return app::run_guarded("retort-inspect", [&] {

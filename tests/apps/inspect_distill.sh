@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # retort-inspect --distill end to end on synthetic data: a 1-epoch teacher from retort-train, then one
-# SoKD step of a config that distils from it — the terms, the strategy's view (sub-policy, mask grid),
+# SoKD step of a config that distils from it (also with --set) — the terms, the strategy's view (sub-policy, mask grid),
 # the dump file and the loss graph; SoKD around KD (the refined teacher logits). Usage: inspect_distill.sh BIN_DIR
 set -euo pipefail
 bin=$1
@@ -41,6 +41,14 @@ out=$("$bin/retort-inspect" --distill "$tmp/plugin.json" --batch 4 --step 3)
 for want in "sokd.kd" "refined_teacher_logits" "host kd on the refined targets"; do
   grep -qF "$want" <<<"$out" || { echo "FAIL: no '$want' in the plug-in's output"; echo "$out"; exit 1; }
 done
+# --set changes the config as in retort-distill: SoKD with the RELAX estimator shows its estimate; a bad
+# value is refused naming the key.
+out=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --set distill.terms.1.params.estimator=relax --batch 4 --step 3)
+grep -qF "relax: f " <<<"$out" || { echo "FAIL: no RELAX estimate with --set estimator=relax"; echo "$out"; exit 1; }
+set +e
+err=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --set distill.terms.1.params.estimator=reinforce 2>&1); rc=$?
+set -e
+[ "$rc" != 0 ] && grep -qF "params.estimator" <<<"$err" || { echo "FAIL: rc $rc, '$err'"; exit 1; }
 # A missing checkpoint is a clear error naming it, exit code 2.
 set +e
 err=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --checkpoint "$tmp/nope.safetensors" 2>&1); rc=$?

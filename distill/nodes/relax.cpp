@@ -24,6 +24,9 @@ Sizes check(const std::vector<double>& p, const std::vector<double>& w, const Re
                    static_cast<size_t>(lat.b) < s,
                "relax: inconsistent sizes (", s, " sub-policies, P ", p.size(), ", gumbel ", lat.gumbel.size(),
                ", flag noise ", lat.flag_noise.size(), ", b ", lat.b, ")");
+  for (size_t j = 0; j < p.size(); ++j)
+    RETORT_CHECK(p[j] > 0 && p[j] < 1, "relax: op probability ", j, " is ", p[j], ", expected inside (0, 1)");
+  for (size_t k = 0; k < s; ++k) RETORT_CHECK(std::isfinite(w[k]), "relax: sub-policy logit ", k, " is ", w[k]);
   return {s};
 }
 

@@ -246,6 +246,9 @@ TEST(RelaxEstimator, RefusesInconsistentSizes) {
   const RelaxLatents lat = sample(s.w, g);
   const RelaxControlVariate c = random_control(6, 4, g);  // 6 inputs for 3 sub-policies (needs 9)
   EXPECT_THROW(relax_estimate(s.p, s.w, lat, kTau, c, 1.0), Error);
+  Policy q = s;
+  q.p[0] = 1.0;  // a probability on the boundary has no logit
+  EXPECT_THROW(relax_log_prob(q.p, q.w, lat), Error);
   s.p.pop_back();
   EXPECT_THROW(relax_log_prob(s.p, s.w, lat), Error);
 }

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -14,6 +15,7 @@
 #include "engine/backend.h"
 #include "engine/functions.h"
 #include "engine/serialize.h"
+#include "layers/layers.h"
 
 namespace retort {
 
@@ -221,12 +223,18 @@ void Trainer::save_checkpoint(const Position& pos) {
                      {"best_top1", pos.best_top1}, {"best_epoch", pos.best_epoch}};
   char name[96];
   std::snprintf(name, sizeof name, "ckpt_epoch%04d_step%09lld.safetensors", pos.epoch, static_cast<long long>(pos.step));
-  save_safetensors(run_.checkpoint_dir() + "/" + name, tensors,
-                   {{"format", "retort-checkpoint-1"},
-                    {"arch", cfg_.arch},
-                    {"trainer", trainer.dump()},
-                    {"optimizer", optimizer_->hyperparams().dump()},
-                    {"config", cfg_.to_json().dump()}});
+  std::map<std::string, std::string> meta{{"format", "retort-checkpoint-1"},
+                                          {"arch", cfg_.arch},
+                                          {"trainer", trainer.dump()},
+                                          {"optimizer", optimizer_->hyperparams().dump()},
+                                          {"config", cfg_.to_json().dump()}};
+  // The model's random streams (its Dropout layers' generators), so that a resumed run draws the masks
+  // the uninterrupted one would: "rng" = {module path: generator state}.
+  Json rng = Json::object();
+  for (auto& [path, m] : task_.model().named_modules())
+    if (auto* d = dynamic_cast<Dropout*>(m)) rng[path] = d->generator().state();
+  if (!rng.empty()) meta["rng"] = rng.dump();
+  save_safetensors(run_.checkpoint_dir() + "/" + name, tensors, meta);
   run_.set_latest_checkpoint(name, cfg_.log.keep_checkpoints);
 }
 
@@ -252,6 +260,13 @@ Trainer::Position Trainer::load_checkpoint(const std::string& path) {
     task_.load_extra_state(extra);
     optimizer_->load_state_dict(optim);
     optimizer_->load_hyperparams(Json::parse(meta("optimizer")));
+    const auto rng_it = f.metadata.find("rng");
+    const Json rng = rng_it == f.metadata.end() ? Json::object() : Json::parse(rng_it->second);
+    for (auto& [module_path, state] : rng.items()) {
+        auto* d = dynamic_cast<Dropout*>(&task_.model().find(module_path));
+        RETORT_CHECK(d != nullptr, "rng: module '", module_path, "' is not a Dropout layer in this model");
+        d->generator().set_state(state.get<std::string>());
+    }
   } catch (const Error& e) {
     RETORT_FAIL(path, ": ", e.what());
   }

@@ -45,10 +45,9 @@ std::shared_ptr<Module> make_model(const ExperimentConfig& cfg) {
   return create_model(cfg.arch, ModelOptions{cfg.data.num_classes, cfg.data.channels, cfg.data.image_size}, gen);
 }
 
-// Trains in `dir` (optionally stopping after N steps) and returns the final model state.
-StateDict train(const ExperimentConfig& cfg, const std::string& dir, const std::string& resume = "",
-                int64_t stop_after = 0) {
-  auto model = make_model(cfg);
+// Trains `model` in `dir` (optionally stopping after N steps) and returns its final state.
+StateDict train_model(const std::shared_ptr<Module>& model, const ExperimentConfig& cfg, const std::string& dir,
+                      const std::string& resume = "", int64_t stop_after = 0) {
   ClassifierTask task(model);
   DataSplits data = load_datasets(cfg.data);
   RunDir run(dir);
@@ -57,6 +56,12 @@ StateDict train(const ExperimentConfig& cfg, const std::string& dir, const std::
   StateDict out;
   for (auto& [k, t] : model->state_dict()) out.emplace_back(k, t.clone());
   return out;
+}
+
+// The config's zoo model trained by train_model.
+StateDict train(const ExperimentConfig& cfg, const std::string& dir, const std::string& resume = "",
+                int64_t stop_after = 0) {
+  return train_model(make_model(cfg), cfg, dir, resume, stop_after);
 }
 
 void expect_bitwise_equal(const StateDict& a, const StateDict& b) {
@@ -136,15 +141,7 @@ class DropoutNet : public Module {
 StateDict train_dropout_net(const ExperimentConfig& cfg, const std::string& dir, const std::string& resume = "",
                             int64_t stop_after = 0) {
   Generator gen(cfg.seed);
-  auto model = std::make_shared<DropoutNet>(gen);
-  ClassifierTask task(model);
-  DataSplits data = load_datasets(cfg.data);
-  RunDir run(dir);
-  Trainer trainer(cfg, task, data, run);
-  trainer.fit(resume, stop_after);
-  StateDict out;
-  for (auto& [k, t] : model->state_dict()) out.emplace_back(k, t.clone());
-  return out;
+  return train_model(std::make_shared<DropoutNet>(gen), cfg, dir, resume, stop_after);
 }
 }  // namespace
 

@@ -9,7 +9,6 @@
 #include <functional>
 #include <string>
 
-#include "distill/distiller.h"
 #include "distill/experiment.h"
 #include "distill/trainer.h"
 #include "engine/backend.h"
@@ -124,17 +123,6 @@ inline DistillModels make_distill_models(const ExperimentConfig& cfg, const Mode
     load_model_file(*m.teacher, cfg.teacher.checkpoint);
   }
   return m;
-}
-
-// The Distiller's options for a config: the teacher's BN mode and builders of fresh networks of the
-// config's student and teacher architectures (for heads that copy stages, MTKD-SSR "head": "stages").
-inline DistillerOptions distiller_options(const ExperimentConfig& cfg, const ModelOptions& mo) {
-  DistillerOptions o;
-  o.teacher_bn = cfg.teacher.bn_mode;
-  o.fresh_student = [arch = cfg.arch, mo](Generator& g) { return create_model(arch, mo, g); };
-  if (!cfg.teacher.arch.empty())
-    o.fresh_teacher = [arch = cfg.teacher.arch, mo](Generator& g) { return create_model(arch, mo, g); };
-  return o;
 }
 
 }  // namespace retort::app

@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
                   cfg.teacher.checkpoint.c_str(), teacher_top1);
     }
     std::vector<DistillTerm> terms = app::as_usage([&] { return parse_terms(cfg.terms, flags.config_path); });
-    Distiller distiller(student, teacher, std::move(terms), app::distiller_options(cfg, mo), s, gen);
+    Distiller distiller(student, teacher, std::move(terms), DistillerOptions::from_config(cfg, mo), s, gen);
     RunDir run(app::run_dir_of(flags, cfg));
     std::printf("retort-distill: %s\n  student %s, %.3f M parameters (+%lld in distillation modules)\n"
                 "  loss    %s\n  data    %s (train %zu, test %zu)\n  solver  %s lr %g, %d epochs, batch %lld\n"

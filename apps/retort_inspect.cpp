@@ -137,7 +137,7 @@ int inspect_distill(const DistillInspect& o, Device dev) {
   Generator gen(cfg.seed);
   const auto [student, teacher] = app::make_distill_models(cfg, mo, gen);
   Distiller d(student, teacher, app::as_usage([&] { return parse_terms(cfg.terms, o.config); }),
-              app::distiller_options(cfg, mo), s, gen);
+              DistillerOptions::from_config(cfg, mo), s, gen);
   if (!o.checkpoint.empty()) {
     // A run directory or its checkpoints/latest pointer (the newest checkpoint), a run's checkpoint
     // (model.*, extra.*) or a plain model file (the student's weights).

@@ -93,10 +93,14 @@ void Distiller::train(bool on) {
   if (teacher_) teacher_mode();
 }
 
-namespace {
-// A copy of t's gradient, or zeros where it got none.
-Tensor grad_or_zeros(const Tensor& t) { return t.grad().defined() ? t.grad().clone() : Tensor::zeros_like(t); }
-}  // namespace
+DistillerOptions DistillerOptions::from_config(const ExperimentConfig& cfg, const ModelOptions& mo) {
+  DistillerOptions o;
+  o.teacher_bn = cfg.teacher.bn_mode;
+  o.fresh_student = [arch = cfg.arch, mo](Generator& g) { return create_model(arch, mo, g); };
+  if (!cfg.teacher.arch.empty())
+    o.fresh_teacher = [arch = cfg.teacher.arch, mo](Generator& g) { return create_model(arch, mo, g); };
+  return o;
+}
 
 bool Distiller::wants_held_out() const {
   for (const auto& t : terms_)
@@ -131,10 +135,10 @@ void Distiller::before_step(const Batch& batch, const TrainProgress& progress, c
     for (auto& p : theta) p.zero_grad();
     for (Tensor* a : alpha) a->zero_grad();
   };
-  auto loss_backward = [&] {  // returns the loss's value
+  auto loss_backward = [&](const Batch& on) {  // the total loss on `on`, backward; returns its value
     zero_all();
     Tensor logits;
-    Tensor loss = total_loss(losses(batch, progress, logits));
+    Tensor loss = total_loss(losses(on, progress, logits));
     const double value = loss.item();
     loss.backward();
     return value;
@@ -145,7 +149,7 @@ void Distiller::before_step(const Batch& batch, const TrainProgress& progress, c
     return g;
   };
   // θ' = θ − lr (∇θ L + wd θ)
-  loss_backward();
+  loss_backward(batch);
   {
     const std::vector<Tensor> g = grads_of(theta);
     NoGradGuard ng;
@@ -157,12 +161,11 @@ void Distiller::before_step(const Batch& batch, const TrainProgress& progress, c
   // v = ∇θ' L_upper(θ')
   searcher->set_upper_level(true);
   try {
-    zero_all();
     if (set.ce_only) {
+      zero_all();
       cross_entropy((*student_)(upper_batch.inputs), upper_batch.targets).backward();
     } else {
-      Tensor logits;
-      total_loss(losses(upper_batch, progress, logits)).backward();
+      loss_backward(upper_batch);
     }
   } catch (...) {
     searcher->set_upper_level(false);
@@ -183,7 +186,7 @@ void Distiller::before_step(const Batch& batch, const TrainProgress& progress, c
         for (size_t i = 0; i < theta.size(); ++i)
           assign(theta[i], add(saved[i], mul(v[i], Tensor::scalar(sign * r, v[i].dtype(), v[i].device()))));
       }
-      g_pm.push_back(searcher->search_gradients(loss_backward()));
+      g_pm.push_back(searcher->search_gradients(loss_backward(batch)));
       RETORT_CHECK(g_pm.back().size() == alpha.size(), searcher->type_name(), ": search_gradients gave ",
                    g_pm.back().size(), " gradients for ", alpha.size(), " search parameters");
     }

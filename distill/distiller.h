@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "distill/strategy.h"
+#include "models/registry.h"
 #include "distill/trainer.h"
 
 namespace retort {
@@ -31,6 +32,9 @@ struct DistillerOptions {
   // for strategies whose heads copy stages of a network; the apps pass create_model of the config's
   // archs. A strategy that needs one refuses when it is empty.
   std::function<std::shared_ptr<Module>(Generator&)> fresh_student, fresh_teacher;
+  // What a config asks for: its teacher's BN mode, and fresh networks of its student's and (when it
+  // names one) teacher's architectures built with `mo`.
+  static DistillerOptions from_config(const ExperimentConfig& cfg, const ModelOptions& mo);
 };
 
 class Distiller : public TrainingTask {

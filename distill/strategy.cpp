@@ -52,9 +52,11 @@ Tensor sum_of_parts(const std::vector<std::pair<std::string, Tensor>>& parts) {
   return total_loss(parts);
 }
 
+Tensor grad_or_zeros(const Tensor& t) { return t.grad().defined() ? t.grad().clone() : Tensor::zeros_like(t); }
+
 std::vector<Tensor> Strategy::search_gradients(double) {
   std::vector<Tensor> g;
-  for (Tensor* t : search_parameters()) g.push_back(t->grad().defined() ? t->grad().clone() : Tensor::zeros_like(*t));
+  for (Tensor* t : search_parameters()) g.push_back(grad_or_zeros(*t));
   return g;
 }
 

@@ -131,6 +131,9 @@ class Strategy : public Module {
 // smaller, nearest-upsampled when an integer factor larger; other sizes are an error naming both.
 Tensor location_mask_at(const Tensor& mask, int64_t h, int64_t w);
 
+// A copy of t's gradient, or zeros shaped like t where it got none.
+Tensor grad_or_zeros(const Tensor& t);
+
 // The sum of named parts (compute() of a strategy that overrides compute_parts); a 0-D tensor.
 Tensor sum_of_parts(const std::vector<std::pair<std::string, Tensor>>& parts);
 

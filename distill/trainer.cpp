@@ -263,9 +263,9 @@ Trainer::Position Trainer::load_checkpoint(const std::string& path) {
     const auto rng_it = f.metadata.find("rng");
     const Json rng = rng_it == f.metadata.end() ? Json::object() : Json::parse(rng_it->second);
     for (auto& [module_path, state] : rng.items()) {
-        auto* d = dynamic_cast<Dropout*>(&task_.model().find(module_path));
-        RETORT_CHECK(d != nullptr, "rng: module '", module_path, "' is not a Dropout layer in this model");
-        d->generator().set_state(state.get<std::string>());
+      auto* d = dynamic_cast<Dropout*>(&task_.model().find(module_path));
+      RETORT_CHECK(d != nullptr, "rng: module '", module_path, "' is not a Dropout layer in this model");
+      d->generator().set_state(state.get<std::string>());
     }
   } catch (const Error& e) {
     RETORT_FAIL(path, ": ", e.what());

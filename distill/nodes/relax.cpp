@@ -13,11 +13,8 @@ namespace {
 double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 double logit(double p) { return std::log(p) - std::log1p(-p); }
 
-struct Sizes {
-  size_t s;  // sub-policies
-};
-
-Sizes check(const std::vector<double>& p, const std::vector<double>& w, const RelaxLatents& lat) {
+// Validates the inputs; returns the number of sub-policies S.
+size_t check(const std::vector<double>& p, const std::vector<double>& w, const RelaxLatents& lat) {
   const size_t s = w.size();
   RETORT_CHECK(s >= 1 && p.size() == 2 * s && lat.gumbel.size() == s && lat.v_w.size() == s &&
                    lat.flag_noise.size() == 2 * s && lat.v_p.size() == 2 * s && lat.b >= 0 &&
@@ -27,7 +24,7 @@ Sizes check(const std::vector<double>& p, const std::vector<double>& w, const Re
   for (size_t j = 0; j < p.size(); ++j)
     RETORT_CHECK(p[j] > 0 && p[j] < 1, "relax: op probability ", j, " is ", p[j], ", expected inside (0, 1)");
   for (size_t k = 0; k < s; ++k) RETORT_CHECK(std::isfinite(w[k]), "relax: sub-policy logit ", k, " is ", w[k]);
-  return {s};
+  return s;
 }
 
 std::vector<double> softmax(const std::vector<double>& z, double scale) {
@@ -52,7 +49,7 @@ struct Relaxed {
 
 Relaxed relax(const std::vector<double>& p, const std::vector<double>& w, const RelaxLatents& lat, double tau,
               bool tilde) {
-  const size_t s = check(p, w, lat).s;
+  const size_t s = check(p, w, lat);
   Relaxed r;
   r.theta = softmax(w, 1.0);
   r.x.assign(3 * s, 0.0);
@@ -132,30 +129,25 @@ std::pair<std::vector<double>, std::vector<double>> x_transpose(const Relaxed& r
   return {gp, gw};
 }
 
-// Hidden pre-activations and tanh of the control variate at x.
-struct Hidden {
-  std::vector<double> h;
-};
-
-Hidden hidden_of(const RelaxControlVariate& c, const std::vector<double>& x) {
+// The control variate's hidden activations tanh(W1 (2x − 1) + b1) at x.
+std::vector<double> hidden_of(const RelaxControlVariate& c, const std::vector<double>& x) {
   RETORT_CHECK(static_cast<int64_t>(x.size()) == c.inputs, "relax: the control variate takes ", c.inputs,
                " inputs, got ", x.size());
-  Hidden out;
-  out.h.resize(static_cast<size_t>(c.hidden));
+  std::vector<double> out(static_cast<size_t>(c.hidden));
   for (int64_t j = 0; j < c.hidden; ++j) {
     double a = c.b1[static_cast<size_t>(j)];
     const double* row = c.w1.data() + j * c.inputs;
     for (int64_t k = 0; k < c.inputs; ++k) a += row[k] * (2.0 * x[static_cast<size_t>(k)] - 1.0);
-    out.h[static_cast<size_t>(j)] = std::tanh(a);
+    out[static_cast<size_t>(j)] = std::tanh(a);
   }
   return out;
 }
 
 // ∇x c(x).
-std::vector<double> grad_x(const RelaxControlVariate& c, const Hidden& hd) {
+std::vector<double> grad_x(const RelaxControlVariate& c, const std::vector<double>& hd) {
   std::vector<double> g(static_cast<size_t>(c.inputs), 0.0);
   for (int64_t j = 0; j < c.hidden; ++j) {
-    const double hj = hd.h[static_cast<size_t>(j)];
+    const double hj = hd[static_cast<size_t>(j)];
     const double coef = 2.0 * c.w2[static_cast<size_t>(j)] * (1.0 - hj * hj);
     const double* row = c.w1.data() + j * c.inputs;
     for (int64_t k = 0; k < c.inputs; ++k) g[static_cast<size_t>(k)] += coef * row[k];
@@ -164,11 +156,11 @@ std::vector<double> grad_x(const RelaxControlVariate& c, const Hidden& hd) {
 }
 
 // out += scale · ∇φ c(x).
-void add_grad_phi_value(const RelaxControlVariate& c, const std::vector<double>& x, const Hidden& hd, double scale,
+void add_grad_phi_value(const RelaxControlVariate& c, const std::vector<double>& x, const std::vector<double>& hd, double scale,
                         std::vector<double>& out) {
   const size_t n1 = c.w1.size(), h = static_cast<size_t>(c.hidden);
   for (size_t j = 0; j < h; ++j) {
-    const double hj = hd.h[j], da = scale * c.w2[j] * (1.0 - hj * hj);
+    const double hj = hd[j], da = scale * c.w2[j] * (1.0 - hj * hj);
     for (int64_t k = 0; k < c.inputs; ++k) out[j * c.inputs + k] += da * (2.0 * x[static_cast<size_t>(k)] - 1.0);
     out[n1 + j] += da;
     out[n1 + h + j] += scale * hj;
@@ -177,14 +169,14 @@ void add_grad_phi_value(const RelaxControlVariate& c, const std::vector<double>&
 }
 
 // out += scale · ∇φ (∇x c(x) · d).
-void add_grad_phi_directional(const RelaxControlVariate& c, const std::vector<double>& x, const Hidden& hd,
+void add_grad_phi_directional(const RelaxControlVariate& c, const std::vector<double>& x, const std::vector<double>& hd,
                               const std::vector<double>& d, double scale, std::vector<double>& out) {
   const size_t n1 = c.w1.size(), h = static_cast<size_t>(c.hidden);
   for (size_t j = 0; j < h; ++j) {
     const double* row = c.w1.data() + j * c.inputs;
     double e = 0;
     for (int64_t k = 0; k < c.inputs; ++k) e += row[k] * d[static_cast<size_t>(k)];
-    const double hj = hd.h[j], sech2 = 1.0 - hj * hj;
+    const double hj = hd[j], sech2 = 1.0 - hj * hj;
     const double da = scale * (-4.0 * c.w2[j] * e * hj * sech2);
     const double dd = scale * 2.0 * c.w2[j] * sech2;
     for (int64_t k = 0; k < c.inputs; ++k)
@@ -197,9 +189,9 @@ void add_grad_phi_directional(const RelaxControlVariate& c, const std::vector<do
 }  // namespace
 
 double RelaxControlVariate::value(const std::vector<double>& x) const {
-  const Hidden hd = hidden_of(*this, x);
+  const std::vector<double> hd = hidden_of(*this, x);
   double out = b2;
-  for (int64_t j = 0; j < hidden; ++j) out += w2[static_cast<size_t>(j)] * hd.h[static_cast<size_t>(j)];
+  for (int64_t j = 0; j < hidden; ++j) out += w2[static_cast<size_t>(j)] * hd[static_cast<size_t>(j)];
   return out;
 }
 
@@ -233,12 +225,12 @@ std::pair<std::vector<double>, std::vector<double>> relax_control_gradient(const
 
 RelaxEstimate relax_estimate(const std::vector<double>& p, const std::vector<double>& w, const RelaxLatents& lat,
                              double tau, const RelaxControlVariate& c, double f) {
-  const size_t s = check(p, w, lat).s;
+  const size_t s = check(p, w, lat);
   RETORT_CHECK(c.inputs == static_cast<int64_t>(3 * s), "relax: the control variate takes ", c.inputs,
                " inputs, the policy has ", s, " sub-policies (", 3 * s, " inputs)");
   RETORT_CHECK(std::isfinite(f), "relax: the loss value is ", f);
   const Relaxed rx = relax(p, w, lat, tau, false), rt = relax(p, w, lat, tau, true);
-  const Hidden hx = hidden_of(c, rx.x), ht = hidden_of(c, rt.x);
+  const std::vector<double> hx = hidden_of(c, rx.x), ht = hidden_of(c, rt.x);
   RelaxEstimate e;
   e.c_x = c.value(rx.x);
   e.c_x_tilde = c.value(rt.x);

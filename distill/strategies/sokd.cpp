@@ -159,6 +159,7 @@ void SokdStrategy::build(const TapShapes& shapes, Generator& gen) {
       for (double& x : v) x = qg.uniform(-bound, bound);
       return Tensor::from_vector(v, shape, DType::F32);
     };
+    // In the order of relax.h's φ vectors (policy_step relies on it).
     for (auto [name, shape, fan_in] : {std::tuple{"h1_weight", Shape{h, in}, in}, std::tuple{"h1_bias", Shape{h}, in},
                                        std::tuple{"out_weight", Shape{1, h}, h}, std::tuple{"out_bias", Shape{1}, h}}) {
       q_func_->register_buffer(name, uniform(shape, fan_in));
@@ -360,16 +361,21 @@ void SokdStrategy::policy_step(const std::vector<Tensor>& gradients, const std::
   }
   if (!control_gradient.empty()) {
     RETORT_CHECK(q_func_ != nullptr, "sokd: a control-variate gradient without the \"relax\" estimator");
-    const RelaxControlVariate c = control_variate();
-    const size_t n1 = c.w1.size(), h = static_cast<size_t>(c.hidden);
-    const auto part = [&](size_t from, size_t count) {
-      return std::vector<double>(control_gradient.begin() + static_cast<std::ptrdiff_t>(from),
-                                 control_gradient.begin() + static_cast<std::ptrdiff_t>(from + count));
-    };
-    adam(*q_func_, "h1_weight", part(0, n1), -1e30, 1e30);
-    adam(*q_func_, "h1_bias", part(n1, h), -1e30, 1e30);
-    adam(*q_func_, "out_weight", part(n1 + h, h), -1e30, 1e30);
-    adam(*q_func_, "out_bias", part(n1 + 2 * h, 1), -1e30, 1e30);
+    // φ's buffers in registration order (build's, relax.h's), each followed by its two Adam moments.
+    size_t from = 0;
+    for (const auto& [name, phi] : q_func_->named_buffers()) {
+      if (name.rfind("adam_", 0) == 0) continue;
+      const size_t to = from + static_cast<size_t>(phi.numel());
+      RETORT_CHECK(to <= control_gradient.size(), "sokd: ", control_gradient.size(),
+                   " control-variate gradients are too few for its buffers");
+      adam(*q_func_, name,
+           std::vector<double>(control_gradient.begin() + static_cast<std::ptrdiff_t>(from),
+                               control_gradient.begin() + static_cast<std::ptrdiff_t>(to)),
+           -1e30, 1e30);
+      from = to;
+    }
+    RETORT_CHECK(from == control_gradient.size(), "sokd: ", control_gradient.size(),
+                 " control-variate gradients for ", from, " buffer entries");
   }
 }
 
@@ -405,9 +411,11 @@ std::string SokdStrategy::inspect_text() const {
   if (!o_.augment) out += " (augment off: targets unchanged)";
   if (relax() && !last_latents_.gumbel.empty() && (last_own_loss_.defined() || !last_relax_.grad_w.empty())) {
     // The estimator on this draw: the loss value f, the control variate at the relaxed and the
-    // conditional sample, and the variance proxy mean(ĝ²) that c_φ is trained to lower.
-    const double f = last_own_loss_.defined() ? last_weight_ * last_own_loss_.item() : last_f_;
-    const RelaxEstimate e = relax_estimate_for(f);
+    // conditional sample, and the variance proxy mean(ĝ²) that c_φ is trained to lower — the estimate
+    // the step used, or, before one (a step computed but not taken: retort-inspect), computed now.
+    const bool pending = last_own_loss_.defined();
+    const double f = pending ? last_weight_ * last_own_loss_.item() : last_f_;
+    const RelaxEstimate e = pending ? relax_estimate_for(f) : last_relax_;
     out += detail::cat("; relax: f ", f, ", c(z) ", e.c_x, ", c(z~) ", e.c_x_tilde, ", mean g^2 ", e.variance);
   }
   if (o_.host) {

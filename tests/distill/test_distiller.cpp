@@ -148,8 +148,10 @@ TEST(Distiller, TeacherStaysFrozenInBothBatchNormModes) {
     auto student = create_model("resnet8", kOpts, gen);
     auto teacher = create_model("resnet14", kOpts, gen);
     const StateDict before = snapshot(*teacher);
-    Distiller d(student, teacher, terms_from(R"([{"type": "ce"}, {"type": "kd"}, {"type": "fitnet"}])"),
-                DistillerOptions{mode}, kSample, gen);
+    DistillerOptions opts;
+    opts.teacher_bn = mode;
+    Distiller d(student, teacher, terms_from(R"([{"type": "ce"}, {"type": "kd"}, {"type": "fitnet"}])"), opts,
+                kSample, gen);
     auto opt = make_optimizer(Json{{"type", "sgd"}, {"lr", 0.1}, {"momentum", 0.9}}, d.trainable_parameters());
     d.train(true);
     for (int step = 0; step < 3; ++step) {
@@ -251,9 +253,7 @@ TEST(ShippedConfigs, ParseAndBuild) {
     auto build = [&](const ExperimentConfig& cfg, const Json& terms, const std::string& file) {
       const bool cifar = cfg.data.dataset == "cifar100";
       const ModelOptions mo{cifar ? 100 : 10, cifar ? 3 : 1, cifar ? 32 : 28};
-      DistillerOptions opts{cfg.teacher.bn_mode};
-      opts.fresh_student = [arch = cfg.arch, mo](Generator& g) { return create_model(arch, mo, g); };
-      opts.fresh_teacher = [arch = cfg.teacher.arch, mo](Generator& g) { return create_model(arch, mo, g); };
+      const DistillerOptions opts = DistillerOptions::from_config(cfg, mo);
       Generator gen(0);
       return std::make_unique<Distiller>(create_model(cfg.arch, mo, gen), create_model(cfg.teacher.arch, mo, gen),
                                          parse_terms(terms, file), opts, Shape{mo.in_channels, mo.input_size, mo.input_size},

@@ -14,8 +14,10 @@
 #include "engine/functions.h"
 #include "engine/optim/optim.h"
 #include "engine/serialize.h"
+#include "tests/common/expect.h"
 
 using namespace retort;
+using retort::testing::error_of;
 using Json = nlohmann::ordered_json;
 
 namespace {
@@ -90,15 +92,6 @@ void expect_close(const Tensor& got, const std::vector<double>& want, const std:
 bool bitwise_equal(const Tensor& a, const Tensor& b) {
   return a.dtype() == b.dtype() && a.shape() == b.shape() &&
          (a.nbytes() == 0 || std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()) == 0);
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 }  // namespace

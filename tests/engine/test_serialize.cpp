@@ -13,8 +13,10 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/serialize.h"
+#include "tests/common/expect.h"
 
 using namespace retort;
+using retort::testing::error_of;
 namespace fs = std::filesystem;
 
 namespace {
@@ -55,15 +57,6 @@ std::string u64_le(uint64_t n) {
 // A file from a header text and a data section, with the length field computed unless given.
 std::string make_file(const std::string& header, const std::string& data, int64_t length = -1) {
   return u64_le(length < 0 ? header.size() : static_cast<uint64_t>(length)) + header + data;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 bool same_bytes(const Tensor& a, const Tensor& b) {

@@ -12,8 +12,10 @@
 #include "engine/functions.h"
 #include "layers/init.h"
 #include "layers/layers.h"
+#include "tests/common/expect.h"
 
 using namespace retort;
+using retort::testing::error_of;
 
 namespace {
 
@@ -21,16 +23,6 @@ std::vector<std::string> keys(const StateDict& sd) {
   std::vector<std::string> out;
   for (const auto& [k, t] : sd) out.push_back(k);
   return out;
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
 }
 
 bool contains(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }

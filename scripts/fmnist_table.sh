@@ -6,12 +6,7 @@
 # three minutes per student run on 2 cores. Resumable: finished runs are skipped.
 #   bash scripts/fmnist_table.sh [strategy ...]      (default: every student_*.json)
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-build=${RETORT_BUILD_DIR:-$root/build}
-cd "$root"
-bash scripts/build.sh >/dev/null
-. scripts/lib/results.sh
-seeds=${SEEDS:-"0 1 2"}
+. "$(dirname "$0")/lib/experiment.sh"
 
 if [ ! -f runs/fmnist_resnet8x4/summary.json ]; then
   "$build/apps/retort-train" configs/fmnist/resnet8x4.json --run-dir runs/fmnist_resnet8x4 --resume auto

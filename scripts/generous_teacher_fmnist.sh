@@ -11,12 +11,7 @@
 # About an hour on 2 cores (the teachers take most of it). Resumable: finished runs are skipped.
 #   bash scripts/generous_teacher_fmnist.sh        (SEEDS="0 1 2" by default)
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-build=${RETORT_BUILD_DIR:-$root/build}
-cd "$root"
-bash scripts/build.sh >/dev/null
-. scripts/lib/results.sh
-seeds=${SEEDS:-"0 1 2"}
+. "$(dirname "$0")/lib/experiment.sh"
 out=runs/fmnist_gt
 
 [ -f $out/standard_teacher/summary.json ] ||

@@ -13,12 +13,7 @@
 # core (stages: about 10). Resumable: finished runs are skipped.
 #   bash scripts/mtkd_ssr_fmnist.sh        (SEEDS="0 1 2" by default)
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-build=${RETORT_BUILD_DIR:-$root/build}
-cd "$root"
-bash scripts/build.sh >/dev/null
-. scripts/lib/results.sh
-seeds=${SEEDS:-"0 1 2"}
+. "$(dirname "$0")/lib/experiment.sh"
 out=runs/fmnist_mtkd
 
 [ -f runs/fmnist_resnet8x4/summary.json ] ||

@@ -1,6 +1,14 @@
-# Shared by the experiment scripts (source it): reading a run's result and summarising seeds.
+# Sourced by the experiment scripts after `set -euo pipefail`: goes to the repository root, builds
+# (scripts/build.sh), sets `root`, `build` (RETORT_BUILD_DIR or build/) and `seeds` (SEEDS, default
+# "0 1 2"), and defines the helpers that read and summarise results:
 # top1 RUN_DIR            the last-epoch test top-1 from RUN_DIR/summary.json
 # mean_std WIDTH LABEL V… prints "LABEL  mean ± sample std  (V…)", LABEL padded to WIDTH
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+build=${RETORT_BUILD_DIR:-$root/build}
+cd "$root"
+bash scripts/build.sh >/dev/null
+seeds=${SEEDS:-"0 1 2"}
+
 top1() { sed -n 's/.*"last_top1": \([0-9.]*\).*/\1/p' "$1/summary.json"; }
 mean_std() {
   local width=$1 label=$2; shift 2

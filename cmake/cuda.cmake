@@ -1,8 +1,15 @@
-# RETORT_CUDA=AUTO|ON|OFF. AUTO compiles the CUDA backend wherever nvcc is found (our machines have the
+# RETORT_CUDA=AUTO|ON|OFF|EMU. AUTO compiles the CUDA backend wherever nvcc is found (our machines have the
 # CUDA 13 toolkit but no GPU: the code is compiled and linked everywhere, and runs where a GPU is).
 # Architecture: sm_90 (H100/H200) plus PTX, so newer GPUs JIT-compile it.
+# EMU builds the CUDA backend as C++ against tools/cudaemu, a CPU stand-in for the CUDA runtime, cuBLAS
+# and cuDNN, so its host code and kernels run (slowly) where there is no GPU: the parity tests then
+# compare our kernels with the CPU backend for real (docs/cuda.md, "Without a GPU").
 set(RETORT_HAVE_CUDA OFF)
-if(NOT RETORT_CUDA STREQUAL "OFF")
+set(RETORT_CUDA_EMU OFF)
+if(RETORT_CUDA STREQUAL "EMU")
+  find_package(Python3 REQUIRED COMPONENTS Interpreter)
+  set(RETORT_CUDA_EMU ON)
+elseif(NOT RETORT_CUDA STREQUAL "OFF")
   if(NOT CMAKE_CUDA_COMPILER AND EXISTS /usr/local/cuda/bin/nvcc)
     set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc)
   endif()

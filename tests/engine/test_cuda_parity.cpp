@@ -1436,34 +1436,50 @@ TEST(CudaInfra, Tf32StaysCloseAndIsOffByDefaultForParity) {
 #endif  // RETORT_WITH_CUDA
 
 // A zoo model moved with Module::to(Device) gives the CPU's logits and parameter gradients.
+// Whole models through Module::to: the loss in F32, and the loss and every parameter gradient in F64.
+// F32 gradients are not compared: batch norm over 2x2 planes of a 4-image batch (the last stages of
+// mobile_half and ShuffleV2) amplifies rounding differences, so two correct F32 backends differ by up to
+// ~1% of a gradient there (measured with the emulator, docs/cuda.md), while in F64 they agree to ~1e-15.
 TEST(CudaParity, ModelForwardBackward) {
   REQUIRE_GPU();
   for (const char* arch : {"resnet8", "wrn_16_1", "mobile_half", "ShuffleV2", "vgg8"}) {
-    Generator g1(5), g2(5);
-    auto cpu_model = create_model(arch, ModelOptions{10, 3, 32}, g1);
-    auto gpu_model = create_model(arch, ModelOptions{10, 3, 32}, g2);
-    gpu_model->to(Device::cuda(0));
-    EXPECT_TRUE(gpu_model->device().is_cuda()) << arch;
-    Generator gx(9);
-    const Tensor x = Tensor::randn({4, 3, 32, 32}, gx);
-    const Tensor y = Tensor::from_int64({1, 2, 3, 4}, {4});
-    const Tensor lc = retort::cross_entropy((*cpu_model)(x), y);
-    const Tensor lg = retort::cross_entropy((*gpu_model)(x.to(Device::cuda(0))), y.to(Device::cuda(0)));
-    EXPECT_NEAR(lc.item(), lg.item(), 1e-3 * std::max(1.0, std::abs(lc.item()))) << arch;
-    lc.backward();
-    lg.backward();
-    const auto pc = cpu_model->named_parameters(), pg = gpu_model->named_parameters();
-    ASSERT_EQ(pc.size(), pg.size());
-    for (size_t i = 0; i < pc.size(); ++i) {
-      ASSERT_TRUE(pg[i].second.grad().defined()) << arch << " " << pc[i].first;
-      EXPECT_TRUE(pg[i].second.grad().device().is_cuda()) << pc[i].first;
-      const auto a = pc[i].second.grad().to_vector(), b = pg[i].second.grad().to_vector();
-      double worst = 0, scale = 1e-6;
-      for (size_t k = 0; k < a.size(); ++k) {
-        worst = std::max(worst, std::abs(a[k] - b[k]));
-        scale = std::max(scale, std::abs(a[k]));
+    for (const DType dt : kFloatTypes) {
+      Generator g1(5), g2(5);
+      auto cpu_model = create_model(arch, ModelOptions{10, 3, 32}, g1);
+      auto gpu_model = create_model(arch, ModelOptions{10, 3, 32}, g2);
+      cpu_model->to(dt);
+      gpu_model->to(dt);
+      gpu_model->to(Device::cuda(0));
+      EXPECT_TRUE(gpu_model->device().is_cuda()) << arch;
+      Generator gx(9);
+      const Tensor x = Tensor::randn({4, 3, 32, 32}, gx).to(dt);
+      const Tensor y = Tensor::from_int64({1, 2, 3, 4}, {4});
+      const Tensor lc = retort::cross_entropy((*cpu_model)(x), y);
+      const Tensor lg = retort::cross_entropy((*gpu_model)(x.to(Device::cuda(0))), y.to(Device::cuda(0)));
+      const double loss_tol = dt == DType::F64 ? 1e-12 : 1e-3;
+      EXPECT_NEAR(lc.item(), lg.item(), loss_tol * std::max(1.0, std::abs(lc.item()))) << arch << " " << dtype_name(dt);
+      if (dt != DType::F64) continue;
+      lc.backward();
+      lg.backward();
+      const auto pc = cpu_model->named_parameters(), pg = gpu_model->named_parameters();
+      ASSERT_EQ(pc.size(), pg.size());
+      // Gradients that are zero in exact arithmetic (a conv bias followed by batch norm) are compared
+      // against a floor of 1e-4 of the model's largest gradient.
+      double model_scale = 0;
+      for (const auto& [name, p] : pc)
+        for (const double v : p.grad().to_vector()) model_scale = std::max(model_scale, std::abs(v));
+      for (size_t i = 0; i < pc.size(); ++i) {
+        ASSERT_TRUE(pg[i].second.grad().defined()) << arch << " " << pc[i].first;
+        EXPECT_TRUE(pg[i].second.grad().device().is_cuda()) << pc[i].first;
+        const auto a = pc[i].second.grad().to_vector(), b = pg[i].second.grad().to_vector();
+        double worst = 0, scale = 1e-4 * model_scale;
+        for (size_t k = 0; k < a.size(); ++k) {
+          worst = std::max(worst, std::abs(a[k] - b[k]));
+          scale = std::max(scale, std::abs(a[k]));
+        }
+        EXPECT_LE(worst, 1e-9 * scale) << arch << " " << pc[i].first << " grad";
       }
-      EXPECT_LE(worst, 2e-3 * scale) << arch << " " << pc[i].first << " grad";
     }
   }
 }
+

@@ -41,6 +41,9 @@ struct StridedView {
 
 // Row-major (strided-batched) GEMM: C[b] = alpha * op(A[b]) @ op(B[b]) + beta * C[b], with op(A) of
 // shape [m, k], op(B) [k, n], C [m, n]. Pointers are raw device pointers of `dtype`.
+// C = alpha op(A) op(B) + beta C per batch, row-major: A is [m, k] (or [k, m] with trans_a) with leading
+// dimension lda, B is [k, n] (or [n, k]), C is [m, n]. With k == 0 nothing of A or B is read (C = beta C,
+// beta == 0 overwriting) and lda, ldb may be anything >= 0.
 struct GemmArgs {
   bool trans_a = false, trans_b = false;
   int64_t m = 0, n = 0, k = 0;

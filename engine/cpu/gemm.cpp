@@ -1,5 +1,6 @@
 // CPU GEMM through OpenBLAS (cblas, row-major). Batched calls loop over the batch; each call is
 // multithreaded by OpenBLAS itself (OpenMP flavour, sharing our thread pool).
+#include <algorithm>
 #include <cblas.h>
 #include <omp.h>
 
@@ -9,17 +10,21 @@ namespace retort::cpu {
 
 void CpuBackend::gemm(const GemmArgs& g) {
   if (g.m == 0 || g.n == 0) return;
+  // BLAS refuses a leading dimension below the operand's stored columns even when k == 0 and nothing is
+  // read (GemmArgs allows any then); a valid caller with k > 0 always meets these floors.
+  const int64_t lda = std::max<int64_t>({g.lda, 1, g.trans_a ? g.m : g.k});
+  const int64_t ldb = std::max<int64_t>({g.ldb, 1, g.trans_b ? g.k : g.n});
   const CBLAS_TRANSPOSE ta = g.trans_a ? CblasTrans : CblasNoTrans;
   const CBLAS_TRANSPOSE tb = g.trans_b ? CblasTrans : CblasNoTrans;
   for (int64_t i = 0; i < g.batch; ++i) {
     if (g.dtype == DType::F32) {
       cblas_sgemm(CblasRowMajor, ta, tb, g.m, g.n, g.k, static_cast<float>(g.alpha),
-                  static_cast<const float*>(g.a) + i * g.stride_a, g.lda,
-                  static_cast<const float*>(g.b) + i * g.stride_b, g.ldb, static_cast<float>(g.beta),
+                  static_cast<const float*>(g.a) + i * g.stride_a, lda,
+                  static_cast<const float*>(g.b) + i * g.stride_b, ldb, static_cast<float>(g.beta),
                   static_cast<float*>(g.c) + i * g.stride_c, g.ldc);
     } else if (g.dtype == DType::F64) {
       cblas_dgemm(CblasRowMajor, ta, tb, g.m, g.n, g.k, g.alpha, static_cast<const double*>(g.a) + i * g.stride_a,
-                  g.lda, static_cast<const double*>(g.b) + i * g.stride_b, g.ldb, g.beta,
+                  lda, static_cast<const double*>(g.b) + i * g.stride_b, ldb, g.beta,
                   static_cast<double*>(g.c) + i * g.stride_c, g.ldc);
     } else {
       RETORT_FAIL("gemm: unsupported dtype ", dtype_name(g.dtype));

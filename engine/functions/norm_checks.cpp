@@ -25,7 +25,9 @@ void add_norm_checks(std::vector<GradcheckCase>& out) {
                    return Inputs{gc_randn({2, 3, 2, 2}, g, 2.0), gc_uniform({3}, g, 0.5, 1.5), gc_randn({3}, g)};
                  },
                  [](const Inputs& in) {
-                   Tensor rm = Tensor::zeros({3}, DType::F64), rv = Tensor::ones({3}, DType::F64);
+                   // On the device the case runs on (retort-gradcheck --device cuda).
+                   const Device d = in[0].device();
+                   Tensor rm = Tensor::zeros({3}, DType::F64, d), rv = Tensor::ones({3}, DType::F64, d);
                    return batch_norm(in[0], rm, rv, in[1], in[2], /*training=*/true, 0.1, 1e-5);
                  }});
   out.push_back({"batch_norm.train_2d", "batch_norm",

@@ -579,7 +579,7 @@ TEST(CudaParity, GemmKernelDirect) {
   };
   const std::vector<Dims> dims = {
       {13, 9, 17, 3, false, 0.75, -0.5}, {1, 33, 8, 2, true, 1.0, 0.0}, {40, 1, 65, 1, false, -2.0, 1.0},
-      {128, 96, 200, 2, false, 1.0, 0.25}};
+      {128, 96, 200, 2, false, 1.0, 0.25}, {6, 5, 0, 2, false, 1.0, 0.5}};
   for (DType dt : kFloatTypes)
     for (const Dims& d : dims)
       for (bool ta : {false, true})
@@ -606,6 +606,8 @@ TEST(CudaParity, GemmKernelDirect) {
           g.stride_a = a_rows * lda;
           g.stride_b = d.share_b ? 0 : b_rows * ldb;
           g.stride_c = d.m * ldc;
+          // k == 0 (C = beta C) with leading dimensions of 0, as a caller with nothing to read may pass.
+          if (d.k == 0) g.lda = g.ldb = 0;
           Tensor Cc = C.clone();
           g.a = A.raw_data();
           g.b = B.raw_data();

@@ -155,20 +155,31 @@ void on_segv(int sig, siginfo_t* info, void*) {
     const uintptr_t addr = reinterpret_cast<uintptr_t>(info->si_addr);
     const char* who = a.access_depth > 0 ? "a kernel (or copy) went outside its allocation" :
                                            "host code touched device memory";
-    // Nearest allocation at or below the address, for the message (not async-signal-safe, but we die).
-    uintptr_t start = 0;
-    size_t size = 0;
-    auto it = a.live.upper_bound(addr);
-    if (it != a.live.begin()) {
-      --it;
-      start = it->first;
-      size = it->second.size;
+    // The nearest live allocations below and above the address, for the message (not
+    // async-signal-safe, but we die).
+    auto above = a.live.upper_bound(addr);
+    if (above != a.live.begin()) {
+      auto below = std::prev(above);
+      const int n = std::snprintf(buf, sizeof buf,
+                                  "cudaemu: %s: address 0x%" PRIxPTR " is %" PRIdPTR " bytes from the start of the "
+                                  "allocation below it (0x%" PRIxPTR ", %zu bytes)\n",
+                                  who, addr, static_cast<intptr_t>(addr - below->first), below->first,
+                                  below->second.size);
+      if (n > 0) (void)!write(2, buf, static_cast<size_t>(n));
     }
-    const int n = std::snprintf(buf, sizeof buf,
-                                "cudaemu: %s: address 0x%" PRIxPTR " (nearest allocation below: 0x%" PRIxPTR
-                                ", %zu bytes; offset %" PRIdPTR ")\n",
-                                who, addr, start, size, static_cast<intptr_t>(addr - start));
-    if (n > 0) (void)!write(2, buf, static_cast<size_t>(n));
+    if (above != a.live.end()) {
+      const int n = std::snprintf(buf, sizeof buf,
+                                  "cudaemu: %s: address 0x%" PRIxPTR " is %" PRIdPTR " bytes before the allocation "
+                                  "above it (0x%" PRIxPTR ", %zu bytes)\n",
+                                  who, addr, static_cast<intptr_t>(above->first - addr), above->first,
+                                  above->second.size);
+      if (n > 0) (void)!write(2, buf, static_cast<size_t>(n));
+    }
+    if (a.live.empty()) {
+      const int n = std::snprintf(buf, sizeof buf, "cudaemu: %s: address 0x%" PRIxPTR " (no live allocation)\n",
+                                  who, addr);
+      if (n > 0) (void)!write(2, buf, static_cast<size_t>(n));
+    }
     void* frames[64];
     backtrace_symbols_fd(frames, backtrace(frames, 64), 2);
   }
@@ -607,10 +618,13 @@ cudaError_t cudaMalloc(void** ptr, size_t size) {
   cudaemu::Allocation al;
   al.pages = a.base + a.top;
   al.page_bytes = data;
-  // The data ends where its pages end (8-byte aligned), so one element past the end is the guard page.
+  // The data ends where its pages end (8-byte aligned), so one element past the end is the guard page;
+  // with RETORT_CUDAEMU_ALIGN=start it starts where they start instead, right after the previous
+  // allocation's guard page, so one element before the start faults.
   al.size = size;
   a.top += data + cudaemu::kPage;
-  char* start = al.pages + data - cudaemu::round_up(size, 8);
+  static const bool at_start = cudaemu::env_is("RETORT_CUDAEMU_ALIGN", "start");
+  char* start = at_start ? al.pages : al.pages + data - cudaemu::round_up(size, 8);
   a.protect(al, true);
   std::memset(start, 0xFF, size);  // NaN in F32/F64: reading what nobody wrote shows
   a.protect(al, false);

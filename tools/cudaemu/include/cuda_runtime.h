@@ -222,7 +222,7 @@ T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
 // Threads of a block never run at the same time (a fiber switches only at a barrier), so a
 // read-modify-write is atomic as it stands.
 template <class T>
-T atomicAdd(T* address, T v) {
+T atomicAdd(T* address, std::type_identity_t<T> v) {
   const T old = *address;
   *address = old + v;
   return old;

@@ -6,10 +6,11 @@
 # oneDNN (libdnnl-dev) runs the F32 CPU convolutions; like OpenBLAS it uses GNU OpenMP threads.
 # OpenBLAS: we take the OpenMP flavour (libopenblas-openmp-dev) so that OpenBLAS threads and our own
 # OpenMP loops share one thread pool instead of oversubscribing the cores.
+# python3 rewrites the CUDA launches for the emulator build (-DRETORT_CUDA=EMU, tools/cudaemu).
 set -euo pipefail
 
 packages=(
-  cmake g++ make pkg-config
+  cmake g++ make pkg-config python3
   libopenblas-openmp-dev
   libdnnl-dev
   libgtest-dev

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything the [cuda] issue asks of a GPU, in one call on the GPU machine (see scripts/gpu_bundle.sh):
 #   1. the whole test suite (CPU tests and the CUDA parity tests, which run instead of skipping),
-#   2. retort-gradcheck --all --device cuda (float64 finite differences through the CUDA kernels),
+#   2. retort-gradcheck --all --device cuda (float64 finite differences through the CUDA kernels), and
+#      tests/apps/device_runs.sh (retort-train/eval/distill with every strategy on cuda vs the CPU),
 #   3. a Fashion-MNIST training run on the GPU (configs/fmnist/resnet8x4.json, STEPS limits it),
 #   4. retort-bench against PyTorch eager on the same GPU (bench/compare.sh with DEVICE=cuda).
 # Logs go to $OUT (the device tool brings them back) or to gpu-logs/.
@@ -40,6 +41,8 @@ fi
 if [[ $parts == *gradcheck* ]]; then
   retort-gradcheck --all --device cuda >"$logs/gradcheck_cuda.txt" 2>&1 || rc=1
   tail -3 "$logs/gradcheck_cuda.txt"; grep FAIL "$logs/gradcheck_cuda.txt" | head -20
+  bash tests/apps/device_runs.sh "$g/bin" >"$logs/device_runs.txt" 2>&1 || rc=1
+  tail -15 "$logs/device_runs.txt"
 fi
 if [[ $parts == *train* ]]; then
   /usr/bin/time -v retort-train configs/fmnist/resnet8x4.json --device cuda --run-dir /tmp/gpu_fmnist \

@@ -4,7 +4,8 @@
 # retort-distill with every built-in strategy (SoKD in its three search modes and as a plug-in around
 # KD), each for one epoch of 4 steps. The run on the GPU must end with the CPU run's train and test
 # losses within 1% (a broken kernel, a tensor left on the wrong device or a strategy module that did
-# not move shows up as an error or a different loss), and retort-eval must agree on the result.
+# not move shows up as an error or a different loss), retort-eval must agree on the result, and a run
+# resumed on the GPU from its checkpoint must end exactly where the uninterrupted one does.
 # Registered where the CUDA backend is built (tests/CMakeLists.txt): it runs on the emulator build and on
 # a GPU machine, and is skipped (exit 77) where no CUDA device is visible.
 # Usage: device_runs.sh BIN_DIR
@@ -55,6 +56,17 @@ compare train
 ecpu=$("$bin/retort-eval" "$tmp/train_cuda/model.safetensors" --config "$tmp/train.json" --device cpu 2>&1 | grep "top-1" | head -1)
 ecuda=$("$bin/retort-eval" "$tmp/train_cuda/model.safetensors" --config "$tmp/train.json" --device cuda 2>&1 | grep "top-1" | head -1)
 [ -n "$ecpu" ] && [ "$ecpu" = "$ecuda" ] || { echo "FAIL: retort-eval: cpu '$ecpu' vs cuda '$ecuda'"; exit 1; }
+
+# Resuming on the device: two epochs straight, and one epoch then --resume auto into the second, end
+# with bitwise the same losses (deterministic cuDNN algorithms; our kernels are deterministic here).
+export RETORT_CUDA_DETERMINISTIC=1
+"$bin/retort-train" "$tmp/train.json" --run-dir "$tmp/straight" --device cuda --set solver.epochs=2 > /dev/null
+"$bin/retort-train" "$tmp/train.json" --run-dir "$tmp/resumed" --device cuda > /dev/null
+"$bin/retort-train" "$tmp/train.json" --run-dir "$tmp/resumed" --device cuda --set solver.epochs=2 --resume auto > /dev/null
+straight=$(losses "$tmp/straight"); resumed=$(losses "$tmp/resumed")
+[ "$straight" = "$resumed" ] || { echo "FAIL: resume on cuda: straight '$straight', resumed '$resumed'"; exit 1; }
+echo "resume on cuda: $resumed (both runs)"
+unset RETORT_CUDA_DETERMINISTIC
 
 # retort-distill, one config per strategy.
 declare -A terms=(

@@ -23,6 +23,9 @@
 #if !defined(__x86_64__)
 #include <ucontext.h>
 #endif
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
 
 #include <atomic>
 #include <cinttypes>
@@ -266,6 +269,7 @@ void switch_to(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
 
 struct Fiber {
   Context ctx;
+  void* asan_fake_stack = nullptr;  // AddressSanitizer's bookkeeping while the fiber is switched out
   char* stack = nullptr;
   State state = State::Ready;
   uint3 tid{};
@@ -279,6 +283,8 @@ constexpr size_t kStack = 256 * 1024;
 struct Runner {
   std::vector<Fiber> fibers;
   Context sched;
+  const void* sched_stack = nullptr;  // the scheduler's stack, for AddressSanitizer
+  size_t sched_stack_size = 0;
   const std::function<void()>* body = nullptr;
   int current = -1;    // the running fiber, or -1 in plain (fiber-less) mode
   bool direct = false; // running without fibers
@@ -300,13 +306,35 @@ struct Runner {
 
 thread_local Runner t_runner;
 
+// Switches between the scheduler and a fiber, telling AddressSanitizer (when the build has it) which
+// stack is current, so that it neither reports the switch nor loses track of either stack.
+#if defined(__SANITIZE_ADDRESS__)
+void resume_fiber(Runner& r, Fiber& f) {
+  void* save = nullptr;
+  __sanitizer_start_switch_fiber(&save, f.stack, kStack);
+  switch_to(r.sched, f.ctx);
+  __sanitizer_finish_switch_fiber(save, nullptr, nullptr);
+}
+void back_to_scheduler(Runner& r, Fiber& f, bool finished) {
+  __sanitizer_start_switch_fiber(finished ? nullptr : &f.asan_fake_stack, r.sched_stack, r.sched_stack_size);
+  switch_to(f.ctx, r.sched);
+  __sanitizer_finish_switch_fiber(f.asan_fake_stack, &r.sched_stack, &r.sched_stack_size);
+}
+void fiber_started(Runner& r) { __sanitizer_finish_switch_fiber(nullptr, &r.sched_stack, &r.sched_stack_size); }
+#else
+void resume_fiber(Runner& r, Fiber& f) { switch_to(r.sched, f.ctx); }
+void back_to_scheduler(Runner& r, Fiber& f, bool) { switch_to(f.ctx, r.sched); }
+void fiber_started(Runner&) {}
+#endif
+
 // Every fiber starts here, runs the thread and goes back to the scheduler for good.
 void fiber_trampoline() {
   Runner& r = t_runner;
+  fiber_started(r);
   (*r.body)();
   Fiber& f = r.fibers[static_cast<size_t>(r.current)];
   f.state = State::Done;
-  switch_to(f.ctx, r.sched);
+  back_to_scheduler(r, f, true);
   __builtin_unreachable();
 }
 
@@ -318,7 +346,7 @@ void wait_here(State s) {
   r.saw_barrier = true;
   Fiber& f = r.fibers[static_cast<size_t>(r.current)];
   f.state = s;
-  switch_to(f.ctx, r.sched);
+  back_to_scheduler(r, f, false);
 }
 
 std::string describe_block(const Runner& r, size_t n) {
@@ -399,7 +427,7 @@ void run_block_fibers(Runner& r, size_t n, dim3 block, bool reverse) {
           if (f.state != State::Ready) continue;
           r.current = static_cast<int>(i);
           tls.thread = f.tid;
-          switch_to(r.sched, f.ctx);
+          resume_fiber(r, f);
         }
       } while (release_warp(r, n, w));
     }

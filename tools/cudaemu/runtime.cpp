@@ -2,9 +2,10 @@
 //
 // Kernels. A launch runs its blocks one after another on the calling thread. Within a block every CUDA
 // thread is a fiber with its own stack (switched by the few instructions below on x86-64, by ucontext
-// elsewhere); the scheduler runs each ready fiber until it waits
-// at a barrier (__syncthreads, or a warp shuffle) or returns, then releases the barriers every
-// participant has reached, and repeats. A launch site whose first launch reached no barrier is from
+// elsewhere). The scheduler takes one warp at a time: its lanes run until each waits at a barrier
+// (__syncthreads, or a warp shuffle) or returns; a shuffle all lanes have reached is released and the
+// lanes run on; then the next warp. When every thread waits at __syncthreads (or has returned), that
+// barrier is released and the round repeats. A launch site whose first launch reached no barrier is from
 // then on run without fibers (each thread is a plain call), which is much faster; should such a thread
 // reach a barrier after all, the process stops with a message (set RETORT_CUDAEMU_FIBERS=always).
 //
@@ -83,7 +84,7 @@ size_t round_up(size_t v, size_t to) { return (v + to - 1) / to * to; }
 struct Allocation {
   char* pages = nullptr;  // first data page
   size_t page_bytes = 0;  // data pages (the guard page follows)
-  size_t size = 0;        // what was asked for; the data is [end - size, end)
+  size_t size = 0;        // what was asked for (the data's start is the key in Arena::live)
 };
 
 struct Opened {
@@ -114,7 +115,8 @@ struct Arena {
     const char* c = static_cast<const char*>(p);
     return c >= base && c < base + kReserve;
   }
-  // The live allocation holding address p, if any (caller holds mu).
+  // The live allocation holding address p, if any (caller holds mu; the SIGSEGV handler reads without
+  // it, on the faulting thread, which holds no lock of ours then).
   const std::pair<const uintptr_t, Allocation>* find(const void* p) const {
     const uintptr_t a = reinterpret_cast<uintptr_t>(p);
     auto it = live.upper_bound(a);

@@ -892,6 +892,24 @@ TEST_F(CudaEmu, CudnnConvolutionForwardOfOneChannel3x3) {
             CUDNN_STATUS_SUCCESS);
   EXPECT_EQ(dy.download()[0], 147.0f);
 
+  // IMPLICIT_PRECOMP_GEMM asks for a workspace (one element per output, plus one), so the engine's
+  // workspace path runs: too small a workspace is refused; a big enough one is scribbled on and used.
+  size_t ws = 0;
+  ASSERT_EQ(cudnnGetConvolutionForwardWorkspaceSize(handle, xd, wd, cd, yd,
+                                                    CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, &ws),
+            CUDNN_STATUS_SUCCESS);
+  EXPECT_EQ(ws, 5 * sizeof(float));
+  DeviceArray<float> scratch(5);
+  EXPECT_EQ(cudnnConvolutionForward(handle, &alpha, xd, dx.get(), wd, dw.get(), cd,
+                                    CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, scratch.get(), ws - 4, &beta,
+                                    yd, dy.get()),
+            CUDNN_STATUS_BAD_PARAM);
+  ASSERT_EQ(cudnnConvolutionForward(handle, &alpha, xd, dx.get(), wd, dw.get(), cd,
+                                    CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, scratch.get(), ws, &beta, yd,
+                                    dy.get()),
+            CUDNN_STATUS_SUCCESS);
+  EXPECT_EQ(dy.download()[0], 147.0f);
+
   EXPECT_EQ(cudnnDestroyConvolutionDescriptor(cd), CUDNN_STATUS_SUCCESS);
   EXPECT_EQ(cudnnDestroyFilterDescriptor(wd), CUDNN_STATUS_SUCCESS);
   EXPECT_EQ(cudnnDestroyTensorDescriptor(yd), CUDNN_STATUS_SUCCESS);

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -588,10 +589,27 @@ cudnnStatus_t check_algo(const char* fn, Dir dir, int algo) {
   return CUDNN_STATUS_SUCCESS;
 }
 
+// The workspace an emulated algorithm needs: the first candidate of each direction asks for one element
+// per element it writes (plus one), the second for none, so callers run both their workspace and their
+// no-workspace paths. The convolution fills it with 0xFF bytes before computing (real scratch holds
+// garbage and is written by the algorithm), so a workspace that overlaps an operand shows in the result.
+size_t required_workspace(Dir dir, const Geometry& g, int algo) {
+  const size_t elem = g.dtype == CUDNN_DATA_DOUBLE ? sizeof(double) : sizeof(float);
+  switch (dir) {
+    case Dir::Forward:
+      return algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM ? (static_cast<size_t>(g.y_count) + 1) * elem : 0;
+    case Dir::BackwardData:
+      return algo == CUDNN_CONVOLUTION_BWD_DATA_ALGO_1 ? (static_cast<size_t>(g.x_count) + 1) * elem : 0;
+    case Dir::BackwardFilter:
+      return algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1 ? (static_cast<size_t>(g.w_count) + 1) * elem : 0;
+  }
+  return 0;
+}
+
 // The heuristics' answer: a deterministic algorithm first, then (for the backward passes) a
 // non-deterministic one, so callers that filter on determinism are exercised. Each is reported with
-// the convolution's math type and no workspace; when the configuration cannot run, each carries the
-// reason in its status (the call itself succeeds, as cuDNN's does).
+// the convolution's math type and its workspace (required_workspace); when the configuration cannot
+// run, each carries the reason in its status (the call itself succeeds, as cuDNN's does).
 template <class Perf, class Algo>
 cudnnStatus_t heuristics(const char* fn, Dir dir, cudnnHandle_t handle, const cudnnTensorStruct* x,
                          const cudnnFilterStruct* w, const cudnnConvolutionStruct* conv, const cudnnTensorStruct* y,
@@ -612,7 +630,7 @@ cudnnStatus_t heuristics(const char* fn, Dir dir, cudnnHandle_t handle, const cu
     perf[i].algo = algos[i];
     perf[i].status = st;
     perf[i].time = -1.0f;  // a heuristic: nothing was timed
-    perf[i].memory = 0;
+    perf[i].memory = st == CUDNN_STATUS_SUCCESS ? required_workspace(dir, g, static_cast<int>(algos[i])) : 0;
     perf[i].determinism = det[i];
     perf[i].mathType = conv->math;
   }
@@ -628,7 +646,7 @@ cudnnStatus_t workspace_size(const char* fn, Dir dir, cudnnHandle_t handle, cons
   Geometry g;
   if (const cudnnStatus_t st = make_geometry(fn, dir, x, w, conv, y, &g); st != CUDNN_STATUS_SUCCESS) return st;
   if (const cudnnStatus_t st = check_algo(fn, dir, algo); st != CUDNN_STATUS_SUCCESS) return st;
-  *bytes = 0;
+  *bytes = required_workspace(dir, g, algo);
   return CUDNN_STATUS_SUCCESS;
 }
 
@@ -664,8 +682,13 @@ cudnnStatus_t convolve(const char* fn, Dir dir, cudnnHandle_t handle, const void
   if (workspace && workspace_bytes > 0 && !cudaemu::is_device_range(workspace, workspace_bytes))
     return dnn_fail(CUDNN_STATUS_EXECUTION_FAILED, fn, "the workspace (%zu bytes at %p) is not inside one device "
                     "allocation", workspace_bytes, workspace);
+  const size_t needed = required_workspace(dir, g, algo);
+  if (needed > 0 && (!workspace || workspace_bytes < needed))
+    return dnn_fail(CUDNN_STATUS_BAD_PARAM, fn, "algorithm %d needs a workspace of %zu bytes; got %zu at %p", algo,
+                    needed, workspace_bytes, workspace);
 
   const cudaemu::DeviceAccess access;
+  if (needed > 0) std::memset(workspace, 0xFF, needed);
   if (f64)
     run_conv<double>(dir, g, in1, in2, out, a, b);
   else

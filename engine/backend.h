@@ -7,6 +7,7 @@
 // function already checked. A backend that lacks a kernel answers supports() == false and throws a
 // retort::Error naming it — never a silent fallback.
 #pragma once
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,10 +41,9 @@ struct StridedView {
 };
 
 // Row-major (strided-batched) GEMM: C[b] = alpha * op(A[b]) @ op(B[b]) + beta * C[b], with op(A) of
-// shape [m, k], op(B) [k, n], C [m, n]. Pointers are raw device pointers of `dtype`.
-// C = alpha op(A) op(B) + beta C per batch, row-major: A is [m, k] (or [k, m] with trans_a) with leading
-// dimension lda, B is [k, n] (or [n, k]), C is [m, n]. With k == 0 nothing of A or B is read (C = beta C,
-// beta == 0 overwriting) and lda, ldb may be anything >= 0.
+// shape [m, k], op(B) [k, n], C [m, n]; A is stored [m, k] ([k, m] with trans_a) with leading dimension
+// lda, B [k, n] ([n, k]) with ldb. Pointers are raw device pointers of `dtype`. With k == 0 nothing of A
+// or B is read (C = beta C, beta == 0 overwriting) and lda, ldb may be anything >= 0.
 struct GemmArgs {
   bool trans_a = false, trans_b = false;
   int64_t m = 0, n = 0, k = 0;
@@ -53,6 +53,12 @@ struct GemmArgs {
   void* c = nullptr;       int64_t ldc = 0;
   DType dtype = DType::F32;
   int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;  // element strides between batches
+
+  // lda and ldb as BLAS libraries (OpenBLAS, cuBLAS) accept them: at least 1 and the stored operand's
+  // width. They check this even when k == 0 and nothing is read; a valid call with k > 0 already meets
+  // it, so only k == 0 calls change.
+  int64_t blas_lda() const { return std::max<int64_t>({lda, 1, trans_a ? m : k}); }
+  int64_t blas_ldb() const { return std::max<int64_t>({ldb, 1, trans_b ? k : n}); }
 };
 
 struct Conv2dParams {

@@ -1,6 +1,5 @@
 // CPU GEMM through OpenBLAS (cblas, row-major). Batched calls loop over the batch; each call is
 // multithreaded by OpenBLAS itself (OpenMP flavour, sharing our thread pool).
-#include <algorithm>
 #include <cblas.h>
 #include <omp.h>
 
@@ -10,10 +9,7 @@ namespace retort::cpu {
 
 void CpuBackend::gemm(const GemmArgs& g) {
   if (g.m == 0 || g.n == 0) return;
-  // BLAS refuses a leading dimension below the operand's stored columns even when k == 0 and nothing is
-  // read (GemmArgs allows any then); a valid caller with k > 0 always meets these floors.
-  const int64_t lda = std::max<int64_t>({g.lda, 1, g.trans_a ? g.m : g.k});
-  const int64_t ldb = std::max<int64_t>({g.ldb, 1, g.trans_b ? g.k : g.n});
+  const int64_t lda = g.blas_lda(), ldb = g.blas_ldb();  // GemmArgs allows anything when k == 0
   const CBLAS_TRANSPOSE ta = g.trans_a ? CblasTrans : CblasNoTrans;
   const CBLAS_TRANSPOSE tb = g.trans_b ? CblasTrans : CblasNoTrans;
   for (int64_t i = 0; i < g.batch; ++i) {

@@ -20,12 +20,9 @@ void CudaBackend::gemm(const GemmArgs& g) {
   // In the column-major view, cuBLAS's first operand is our B and its second our A.
   const cublasOperation_t op_first = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op_second = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-  // cuBLAS checks each leading dimension against the operand's stored rows even when k == 0 and
-  // nothing is read (C = beta * C), where a caller may pass 0. The floors below are cuBLAS's minimums
-  // in the swapped call (our A [m, k], or [k, m] transposed, needs lda >= k, or m; our B likewise n or
-  // k): a valid caller with k > 0 always meets them, so they only change what k == 0 never reads.
-  const int64_t lda = std::max<int64_t>({g.lda, 1, g.trans_a ? g.m : g.k});
-  const int64_t ldb = std::max<int64_t>({g.ldb, 1, g.trans_b ? g.k : g.n});
+  // GemmArgs allows any leading dimension when k == 0, cuBLAS does not; the swapped call's minimums are
+  // the same stored widths as in the row-major view.
+  const int64_t lda = g.blas_lda(), ldb = g.blas_ldb();
   const auto what = [&] {
     return detail::cat("a ", dtype_name(g.dtype), " GEMM of [", g.m, ", ", g.k, "] @ [", g.k, ", ", g.n, "]",
                        g.trans_a ? " (A transposed)" : "", g.trans_b ? " (B transposed)" : "", " x ", g.batch,

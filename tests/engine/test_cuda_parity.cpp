@@ -1437,7 +1437,6 @@ TEST(CudaInfra, Tf32StaysCloseAndIsOffByDefaultForParity) {
 
 #endif  // RETORT_WITH_CUDA
 
-// A zoo model moved with Module::to(Device) gives the CPU's logits and parameter gradients.
 // Whole models through Module::to: the loss in F32, and the loss and every parameter gradient in F64.
 // F32 gradients are not compared: batch norm over 2x2 planes of a 4-image batch (the last stages of
 // mobile_half and ShuffleV2) amplifies rounding differences, so two correct F32 backends differ by up to
@@ -1484,4 +1483,3 @@ TEST(CudaParity, ModelForwardBackward) {
     }
   }
 }
-

@@ -124,6 +124,23 @@ bool untrack(const void* p, Kind kind) {
   return true;
 }
 
+// cudnnCreate* and cudnnDestroy* of one kind of object: creating hands out a new tracked object;
+// destroying null does nothing, and destroying what is not a live object of that kind is refused.
+template <class T>
+cudnnStatus_t create_dnn_object(T** out, Kind kind, const char* fn) {
+  if (!out) return dnn_fail(CUDNN_STATUS_BAD_PARAM, fn, "null pointer");
+  *out = new T();
+  track(*out, kind);
+  return CUDNN_STATUS_SUCCESS;
+}
+template <class T>
+cudnnStatus_t destroy_dnn_object(T* p, Kind kind, const char* fn, const char* what) {
+  if (!p) return CUDNN_STATUS_SUCCESS;
+  if (!untrack(p, kind)) return dnn_fail(CUDNN_STATUS_BAD_PARAM, fn, "%p is not a live %s", static_cast<void*>(p), what);
+  delete p;
+  return CUDNN_STATUS_SUCCESS;
+}
+
 // ---- device memory ----------------------------------------------------------------------------------
 
 // Elements spanned by `count` blocks of `block` elements placed `stride` apart, and the offset of the
@@ -762,19 +779,11 @@ const char* cudnnGetErrorString(cudnnStatus_t status) {
 // ---- handles ----------------------------------------------------------------------------------------
 
 cudnnStatus_t cudnnCreate(cudnnHandle_t* handle) {
-  if (!handle) return dnn_fail(CUDNN_STATUS_BAD_PARAM, "cudnnCreate", "handle is a null pointer");
-  *handle = new cudnnContext();
-  track(*handle, Kind::CudnnHandle);
-  return CUDNN_STATUS_SUCCESS;
+  return create_dnn_object(handle, Kind::CudnnHandle, "cudnnCreate");
 }
 
 cudnnStatus_t cudnnDestroy(cudnnHandle_t handle) {
-  if (!handle) return CUDNN_STATUS_SUCCESS;
-  if (!untrack(handle, Kind::CudnnHandle))
-    return dnn_fail(CUDNN_STATUS_BAD_PARAM, "cudnnDestroy", "handle %p is not a live cuDNN handle",
-                    static_cast<void*>(handle));
-  delete handle;
-  return CUDNN_STATUS_SUCCESS;
+  return destroy_dnn_object(handle, Kind::CudnnHandle, "cudnnDestroy", "cuDNN handle");
 }
 
 cudnnStatus_t cudnnSetStream(cudnnHandle_t handle, cudaStream_t streamId) {
@@ -793,10 +802,7 @@ cudnnStatus_t cudnnGetStream(cudnnHandle_t handle, cudaStream_t* streamId) {
 // ---- tensor and filter descriptors -------------------------------------------------------------------
 
 cudnnStatus_t cudnnCreateTensorDescriptor(cudnnTensorDescriptor_t* tensorDesc) {
-  if (!tensorDesc) return dnn_fail(CUDNN_STATUS_BAD_PARAM, "cudnnCreateTensorDescriptor", "null pointer");
-  *tensorDesc = new cudnnTensorStruct();
-  track(*tensorDesc, Kind::Tensor);
-  return CUDNN_STATUS_SUCCESS;
+  return create_dnn_object(tensorDesc, Kind::Tensor, "cudnnCreateTensorDescriptor");
 }
 
 cudnnStatus_t cudnnSetTensor4dDescriptor(cudnnTensorDescriptor_t tensorDesc, cudnnTensorFormat_t format,
@@ -821,19 +827,11 @@ cudnnStatus_t cudnnSetTensor4dDescriptor(cudnnTensorDescriptor_t tensorDesc, cud
 }
 
 cudnnStatus_t cudnnDestroyTensorDescriptor(cudnnTensorDescriptor_t tensorDesc) {
-  if (!tensorDesc) return CUDNN_STATUS_SUCCESS;
-  if (!untrack(tensorDesc, Kind::Tensor))
-    return dnn_fail(CUDNN_STATUS_BAD_PARAM, "cudnnDestroyTensorDescriptor", "%p is not a live tensor descriptor",
-                    static_cast<void*>(tensorDesc));
-  delete tensorDesc;
-  return CUDNN_STATUS_SUCCESS;
+  return destroy_dnn_object(tensorDesc, Kind::Tensor, "cudnnDestroyTensorDescriptor", "tensor descriptor");
 }
 
 cudnnStatus_t cudnnCreateFilterDescriptor(cudnnFilterDescriptor_t* filterDesc) {
-  if (!filterDesc) return dnn_fail(CUDNN_STATUS_BAD_PARAM, "cudnnCreateFilterDescriptor", "null pointer");
-  *filterDesc = new cudnnFilterStruct();
-  track(*filterDesc, Kind::Filter);
-  return CUDNN_STATUS_SUCCESS;
+  return create_dnn_object(filterDesc, Kind::Filter, "cudnnCreateFilterDescriptor");
 }
 
 cudnnStatus_t cudnnSetFilter4dDescriptor(cudnnFilterDescriptor_t filterDesc, cudnnDataType_t dataType,
@@ -856,30 +854,17 @@ cudnnStatus_t cudnnSetFilter4dDescriptor(cudnnFilterDescriptor_t filterDesc, cud
 }
 
 cudnnStatus_t cudnnDestroyFilterDescriptor(cudnnFilterDescriptor_t filterDesc) {
-  if (!filterDesc) return CUDNN_STATUS_SUCCESS;
-  if (!untrack(filterDesc, Kind::Filter))
-    return dnn_fail(CUDNN_STATUS_BAD_PARAM, "cudnnDestroyFilterDescriptor", "%p is not a live filter descriptor",
-                    static_cast<void*>(filterDesc));
-  delete filterDesc;
-  return CUDNN_STATUS_SUCCESS;
+  return destroy_dnn_object(filterDesc, Kind::Filter, "cudnnDestroyFilterDescriptor", "filter descriptor");
 }
 
 // ---- convolution descriptors -----------------------------------------------------------------------
 
 cudnnStatus_t cudnnCreateConvolutionDescriptor(cudnnConvolutionDescriptor_t* convDesc) {
-  if (!convDesc) return dnn_fail(CUDNN_STATUS_BAD_PARAM, "cudnnCreateConvolutionDescriptor", "null pointer");
-  *convDesc = new cudnnConvolutionStruct();
-  track(*convDesc, Kind::Convolution);
-  return CUDNN_STATUS_SUCCESS;
+  return create_dnn_object(convDesc, Kind::Convolution, "cudnnCreateConvolutionDescriptor");
 }
 
 cudnnStatus_t cudnnDestroyConvolutionDescriptor(cudnnConvolutionDescriptor_t convDesc) {
-  if (!convDesc) return CUDNN_STATUS_SUCCESS;
-  if (!untrack(convDesc, Kind::Convolution))
-    return dnn_fail(CUDNN_STATUS_BAD_PARAM, "cudnnDestroyConvolutionDescriptor",
-                    "%p is not a live convolution descriptor", static_cast<void*>(convDesc));
-  delete convDesc;
-  return CUDNN_STATUS_SUCCESS;
+  return destroy_dnn_object(convDesc, Kind::Convolution, "cudnnDestroyConvolutionDescriptor", "convolution descriptor");
 }
 
 cudnnStatus_t cudnnSetConvolutionMathType(cudnnConvolutionDescriptor_t convDesc, cudnnMathType_t mathType) {

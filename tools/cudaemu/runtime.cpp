@@ -30,6 +30,7 @@
 
 #include <atomic>
 #include <cinttypes>
+#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -152,11 +153,20 @@ bool open_on_touch(Arena& a, const void* addr) {
   return true;
 }
 
+// One line to stderr from the SIGSEGV handler (write(2), no stdio buffering).
+__attribute__((format(printf, 1, 2))) void say(const char* fmt, ...) {
+  char buf[512];
+  va_list args;
+  va_start(args, fmt);
+  const int n = std::vsnprintf(buf, sizeof buf, fmt, args);
+  va_end(args);
+  if (n > 0) (void)!write(2, buf, std::min(static_cast<size_t>(n), sizeof buf - 1));
+}
+
 void on_segv(int sig, siginfo_t* info, void*) {
   Arena& a = arena();
   if (a.contains(info->si_addr)) {
     if (open_on_touch(a, info->si_addr)) return;  // the access is retried, now allowed
-    char buf[512];
     const uintptr_t addr = reinterpret_cast<uintptr_t>(info->si_addr);
     const char* who = a.access_depth > 0 ? "a kernel (or copy) went outside its allocation" :
                                            "host code touched device memory";
@@ -165,26 +175,15 @@ void on_segv(int sig, siginfo_t* info, void*) {
     auto above = a.live.upper_bound(addr);
     if (above != a.live.begin()) {
       auto below = std::prev(above);
-      const int n = std::snprintf(buf, sizeof buf,
-                                  "cudaemu: %s: address 0x%" PRIxPTR " is %" PRIdPTR " bytes from the start of the "
-                                  "allocation below it (0x%" PRIxPTR ", %zu bytes)\n",
-                                  who, addr, static_cast<intptr_t>(addr - below->first), below->first,
-                                  below->second.size);
-      if (n > 0) (void)!write(2, buf, static_cast<size_t>(n));
+      say("cudaemu: %s: address 0x%" PRIxPTR " is %" PRIdPTR " bytes from the start of the allocation below it "
+          "(0x%" PRIxPTR ", %zu bytes)\n",
+          who, addr, static_cast<intptr_t>(addr - below->first), below->first, below->second.size);
     }
-    if (above != a.live.end()) {
-      const int n = std::snprintf(buf, sizeof buf,
-                                  "cudaemu: %s: address 0x%" PRIxPTR " is %" PRIdPTR " bytes before the allocation "
-                                  "above it (0x%" PRIxPTR ", %zu bytes)\n",
-                                  who, addr, static_cast<intptr_t>(above->first - addr), above->first,
-                                  above->second.size);
-      if (n > 0) (void)!write(2, buf, static_cast<size_t>(n));
-    }
-    if (a.live.empty()) {
-      const int n = std::snprintf(buf, sizeof buf, "cudaemu: %s: address 0x%" PRIxPTR " (no live allocation)\n",
-                                  who, addr);
-      if (n > 0) (void)!write(2, buf, static_cast<size_t>(n));
-    }
+    if (above != a.live.end())
+      say("cudaemu: %s: address 0x%" PRIxPTR " is %" PRIdPTR " bytes before the allocation above it (0x%" PRIxPTR
+          ", %zu bytes)\n",
+          who, addr, static_cast<intptr_t>(above->first - addr), above->first, above->second.size);
+    if (a.live.empty()) say("cudaemu: %s: address 0x%" PRIxPTR " (no live allocation)\n", who, addr);
     void* frames[64];
     backtrace_symbols_fd(frames, backtrace(frames, 64), 2);
   }
@@ -367,7 +366,6 @@ uint3 thread_of(size_t i, dim3 b) {
                static_cast<unsigned>(i / (static_cast<size_t>(b.x) * b.y))};
 }
 
-// Releases the shuffles of warps whose lanes have all arrived; false if none could be released.
 // Releases warp w's shuffle if every lane in its mask has arrived; false if it cannot be released.
 bool release_warp(Runner& r, size_t n, size_t w) {
   const size_t lo = w * 32, hi = std::min(n, lo + 32);

@@ -101,7 +101,7 @@ Tensor WideResNet::forward(const Tensor& x) {
 void register_wrn_models(ModelTable& table) {
   for (auto [depth, width] : {std::pair<int64_t, int64_t>{16, 1}, {16, 2}, {40, 1}, {40, 2}})
     table.add("wrn_" + std::to_string(depth) + "_" + std::to_string(width),
-              [depth, width](const ModelOptions& o, Generator& g) {
+              [depth = depth, width = width](const ModelOptions& o, Generator& g) {
                 return std::make_shared<WideResNet>(depth, width, o, g);
               });
 }

@@ -127,6 +127,10 @@ Parsed parse_header(std::FILE* f, const std::string& path, uint64_t file_size) {
   } catch (const nlohmann::json::parse_error& e) {
     RETORT_FAIL(where, ": the header (file offsets 8..", 8 + n, ") is not valid JSON; error at file offset ",
                 8 + (e.byte ? e.byte - 1 : 0), ": ", e.what());
+  } catch (const nlohmann::json::exception& e) {
+    // Well-formed JSON nlohmann cannot represent, such as a number beyond the range of a double
+    // ("data_offsets": [0, 1e999]); its message quotes the token.
+    RETORT_FAIL(where, ": the header (file offsets 8..", 8 + n, ") holds a value that cannot be read: ", e.what());
   }
   RETORT_CHECK(root.is_object(), where, ": the header at offset 8 must be a JSON object, got ", root.type_name());
   RETORT_CHECK(duplicate.empty(), where, ": the header names tensor '", duplicate, "' more than once");

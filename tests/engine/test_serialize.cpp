@@ -255,6 +255,16 @@ TEST_F(CorruptSafetensors, HeaderNotJson) {
   EXPECT_HAS(e, "tensor 't'");
 }
 
+// Found by fuzzing (tests/fuzz/corpus/safetensors/crash_number_overflow.safetensors): well-formed JSON
+// holding a number beyond a double escaped as nlohmann's out_of_range, naming no file.
+TEST_F(CorruptSafetensors, HeaderNumberOutOfRange) {
+  const std::string e = load_error(one(R"({"dtype": "F32", "shape": [1], "data_offsets": [0, 1e999]})", 4));
+  EXPECT_HAS(e, "the header (file offsets 8..");
+  EXPECT_HAS(e, "holds a value that cannot be read");
+  EXPECT_HAS(e, "1e999");
+  EXPECT_HAS(error_of([&] { read_safetensors_header(path_); }), "1e999");
+}
+
 TEST_F(CorruptSafetensors, EntryFieldsMissingOrWrong) {
   EXPECT_HAS(load_error(one(R"({"shape": [1], "data_offsets": [0, 4]})", 4)), "tensor 't': missing 'dtype'");
   EXPECT_HAS(load_error(one(R"({"dtype": "F32", "data_offsets": [0, 4]})", 4)), "tensor 't': missing 'shape'");

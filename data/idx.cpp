@@ -53,15 +53,19 @@ IdxArray read_idx(const std::string& path, uint32_t expected_magic) {
                " bytes, the data ends at offset ", bytes.size());
 
   IdxArray out;
+  constexpr uint64_t kMaxValues = uint64_t(1) << 40;
   uint64_t count = 1;
   std::ostringstream dims_text;
   for (size_t d = 0; d < ndims; ++d) {
     const uint32_t n = read_be32(bytes.data() + 4 + 4 * d);
-    RETORT_CHECK(n > 0, path, ": IDX dimension ", d, " is 0");
+    RETORT_CHECK(n > 0, path, ": IDX dimension ", d, " is 0 (the size at offset ", 4 + 4 * d, ")");
+    dims_text << (d ? " x " : "") << n;
+    // Checked before multiplying: three 32-bit sizes can wrap a 64-bit product (2^31 x 2^8 x 2^25
+    // is 0 mod 2^64), which would pass for an empty file.
+    RETORT_CHECK(n < kMaxValues / count, path, ": IDX dimensions ", dims_text.str(), " (from offset 4) are implausibly ",
+                 "large: more than 2^40 values");
     out.dims.push_back(n);
     count *= n;
-    RETORT_CHECK(count < (uint64_t(1) << 40), path, ": IDX dimensions are implausibly large");
-    dims_text << (d ? " x " : "") << n;
   }
   const uint64_t expected = header + count;
   RETORT_CHECK(bytes.size() >= expected, path, ": truncated IDX file: expected ", expected, " bytes (",

@@ -137,6 +137,17 @@ TEST(Idx, CorruptionIsNamed) {
   expect_error(load, {"train-labels-idx1-ubyte", "label 10", "index 2", "[0, 10)"});
 }
 
+// Found by review while fuzzing (tests/fuzz/corpus/idx/regression_dims_product_wraps): the size
+// product was checked after multiplying, so 2^31 x 2^8 x 2^25 wrapped to 0 and a 16-byte file with
+// no data passed as an empty array of those dimensions.
+TEST(Idx, DimensionProductThatWouldWrapIsRefused) {
+  const std::string path = temp_dir() + "/huge-images-idx3-ubyte";
+  write_file(path, idx_bytes(kIdxImagesMagic, {1u << 31, 1u << 8, 1u << 25}, {}));
+  expect_error([&] { read_idx(path, kIdxImagesMagic); },
+               {"huge-images-idx3-ubyte", "IDX dimensions 2147483648 x 256 x 33554432", "offset 4",
+                "more than 2^40 values"});
+}
+
 TEST(Idx, GzipCorruptionIsNamed) {
   const std::string dir = temp_dir();
   const std::string img = dir + "/train-images-idx3-ubyte.gz";

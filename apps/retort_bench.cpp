@@ -4,7 +4,7 @@
 //
 //   retort-bench [--models a,b] [--pairs t:s,...] [--batch 64,128] [--threads 1,2] [--steps 10]
 //                [--warmup 3] [--mode train,kd,infer] [--input 3x32x32] [--classes 100] [--json]
-//                [--profile]
+//                [--math ieee|bf16|tf32] [--profile]
 //
 // --profile times every backend kernel of `--steps` further steps (after the timed ones, so the
 // throughput is measured without the timers) and reports the time per kernel type and each
@@ -70,6 +70,7 @@ struct Options {
   int steps = 10, warmup = 3;
   std::string input = "3x32x32";
   std::string device = "cpu";
+  std::string math = "ieee";  // as experiment.math: ieee | bf16 (CPU) | tf32 (CUDA)
   int64_t classes = 100;
   uint64_t seed = 0;
   bool json = false, profile = false;
@@ -258,6 +259,8 @@ Json run_row(const Row& r, const Options& o) {
   if (r.mode != "infer") set_kernel_autotune(false);
   const double base_mb = status_mb("VmHWM");
   const Device dev = Device::parse(o.device);
+  if (o.math == "bf16") set_cpu_conv_bf16(true);
+  if (o.math == "tf32") set_cuda_allow_tf32(true);
   Generator gen(o.seed);
   const ModelOptions mo{o.classes, o.c, o.hw};
   Batch batch;
@@ -338,6 +341,7 @@ Json run_row(const Row& r, const Options& o) {
                 {"classes", o.classes},
                 {"device", dev.str()},
                 {"kernel_autotune", kernel_autotune()},
+                {"math", o.math},
                 {"cpu", cpu_model_name()},
                 {"backend", cpu_backend_info()},
                 {"host", host_name()},
@@ -388,7 +392,7 @@ std::vector<std::string> child_args(const Row& r, const Options& o) {
   a.insert(a.end(), {r.mode == "kd" ? "--pairs" : "--models", r.model});
   a.insert(a.end(), {"--batch", std::to_string(r.batch), "--threads", std::to_string(r.threads), "--steps",
                      std::to_string(o.steps), "--warmup", std::to_string(o.warmup), "--input", o.input, "--classes",
-                     std::to_string(o.classes), "--seed", std::to_string(o.seed), "--device", o.device, "--json"});
+                     std::to_string(o.classes), "--seed", std::to_string(o.seed), "--device", o.device, "--math", o.math, "--json"});
   if (o.profile) a.push_back("--profile");
   return a;
 }
@@ -445,6 +449,13 @@ void validate(Options& o) {
   o.hw = h;
   const Device d = app::as_usage([&] { return Device::parse(o.device); });
   app::as_usage([&] { app::check_device(d, "--device"); return 0; });
+  if (o.math != "ieee" && o.math != "bf16" && o.math != "tf32")
+    throw app::UsageError("--math: '" + o.math + "' (expected ieee, bf16 or tf32)");
+  if (o.math == "bf16" && !d.is_cpu())
+    throw app::UsageError("--math bf16: bfloat16 convolutions are built for the CPU only (on a GPU: --math tf32)");
+  if (o.math == "tf32" && d.is_cpu())
+    throw app::UsageError("--math tf32: TF32 is a GPU tensor-core format (on the CPU: --math bf16)");
+  if (o.math == "bf16") app::as_usage([&] { set_cpu_conv_bf16(true); set_cpu_conv_bf16(false); return 0; });
 }
 
 }  // namespace
@@ -464,6 +475,8 @@ int main(int argc, char** argv) {
   cli.add_option("--device", o.device, "cpu | cuda | cuda:N (GPU rows are timed with a device sync per step)")
       ->capture_default_str();
   cli.add_option("--seed", o.seed, "Seed of the weights, inputs and labels")->capture_default_str();
+  cli.add_option("--math", o.math, "Convolution arithmetic, as experiment.math: ieee | bf16 (CPU) | tf32 (CUDA)")
+      ->capture_default_str();
   cli.add_flag("--json", o.json, "One JSON object per row on stdout instead of a table");
   cli.add_flag("--profile", o.profile,
                "Also time every kernel of --steps more steps: ms per kernel type, GFLOP/s per convolution");

@@ -42,16 +42,16 @@ int main(int argc, char** argv) {
     std::vector<DistillTerm> terms = app::as_usage([&] { return parse_terms(cfg.terms, flags.config_path); });
     Distiller distiller(student, teacher, std::move(terms), DistillerOptions::from_config(cfg, mo), s, gen);
     RunDir run(app::run_dir_of(flags, cfg));
+    Trainer trainer(cfg, distiller, data, run);  // (sets the kernel switches the cpu line reports)
     std::printf("retort-distill: %s\n  student %s, %.3f M parameters (+%lld in distillation modules)\n"
                 "  loss    %s\n  data    %s (train %zu, test %zu)\n  solver  %s lr %g, %d epochs, batch %lld\n"
-                "  cpu     %s\n  run     %s\n",
+                "  cpu     %s\n  kernels %s\n  run     %s\n",
                 cfg.name.c_str(), cfg.arch.c_str(), static_cast<double>(student->num_parameters()) / 1e6,
                 static_cast<long long>(distiller.extra_parameter_count()), distiller.describe().c_str(),
                 data.train->describe().c_str(), data.train->size(), data.test->size(), cfg.solver.optimizer.c_str(),
                 cfg.solver.lr, cfg.solver.epochs, static_cast<long long>(cfg.data.batch_size),
-                cpu_backend_info().c_str(), run.path().c_str());
+                cpu_backend_info().c_str(), trainer.switches().describe().c_str(), run.path().c_str());
     if (!cfg.init.empty()) std::printf("  init    student weights from %s\n", cfg.init.c_str());
-    Trainer trainer(cfg, distiller, data, run);
     if (teacher) trainer.add_summary_field("teacher_top1", teacher_top1);
     trainer.add_summary_field("terms", distiller.terms_json());
     trainer.add_summary_field("extra_parameters", distiller.extra_parameter_count());

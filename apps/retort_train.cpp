@@ -38,14 +38,14 @@ int main(int argc, char** argv) {
     ClassifierTask task(model, label_smoothing);
     RunDir run(app::run_dir_of(flags, cfg));
 
+    Trainer trainer(cfg, task, data, run);  // (sets the kernel switches the cpu line reports)
     std::printf("retort-train: %s\n  model   %s, %.3f M parameters\n  data    %s (train %zu, test %zu)\n"
-                "  solver  %s lr %g, %d epochs, batch %lld\n  cpu     %s\n  run     %s\n",
+                "  solver  %s lr %g, %d epochs, batch %lld\n  cpu     %s\n  kernels %s\n  run     %s\n",
                 cfg.name.c_str(), cfg.arch.c_str(), static_cast<double>(model->num_parameters()) / 1e6,
                 data.train->describe().c_str(), data.train->size(), data.test->size(), cfg.solver.optimizer.c_str(),
                 cfg.solver.lr, cfg.solver.epochs, static_cast<long long>(cfg.data.batch_size), cpu_backend_info().c_str(),
-                run.path().c_str());
+                trainer.switches().describe().c_str(), run.path().c_str());
     if (!cfg.init.empty()) std::printf("  init    weights from %s\n", cfg.init.c_str());
-    Trainer trainer(cfg, task, data, run);
     const TrainSummary sum = trainer.fit(flags.resume);
     std::printf("retort-train: done: best top-1 %.2f%% (epoch %d), last top-1 %.2f%%, %.0f s, %.0f img/s\n"
                 "  model saved to %s\n",

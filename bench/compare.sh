@@ -13,6 +13,11 @@
 #   MODELS  PAIRS (teacher:student)  MODES (train,kd,infer)  BATCHES  THREADS  FORMATS  STEPS  WARMUP
 #   DEVICE  cpu (default) or cuda[:N]: both sides run on the GPU (FP32 without TF32, steps timed between
 #           device synchronisations); memory is then each side's peak device memory
+#   MATH    Retort's convolution arithmetic (retort-bench --math): ieee (default), bf16 (CPU), tf32 (GPU)
+#   TORCH_MATH  PyTorch's, comma-separated (torch_reference.py --math; default: MATH): ieee, bf16 (the
+#           same arithmetic as Retort's bf16; torch >= 2.9), autocast (torch.autocast bf16), tf32. With
+#           several, the fastest PyTorch row of a compatible mode is the yardstick (autocast counts
+#           against Retort's bf16), and the table names the mode it came from.
 #   RETORT_BUILD_DIR (default build/)  BENCH (the retort-bench binary)
 #   PYTHONS  interpreters with torch, comma-separated; each row is measured in every one and the fastest
 #            (interpreter x memory format) is the yardstick. Default: Debian's /usr/bin/python3
@@ -40,19 +45,24 @@ torch = {}
 for r in rows:
     if r["framework"].startswith("torch"):
         torch.setdefault(key(r), []).append(r)
+# The PyTorch arithmetic a Retort row is compared with: the same, and for bf16 also autocast.
+compatible = {"ieee": {"ieee"}, "bf16": {"bf16", "autocast"}, "tf32": {"tf32"}}
 print("| model | mode | batch | threads | ours img/s | best torch img/s (version, format) | ours / torch | ours MiB | torch MiB |")
 print("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
 for r in rows:
     if r["framework"] != "retort":
         continue
-    ts = torch.get(key(r), [])
+    math = r.get("math", "ieee")
+    ts = [t for t in torch.get(key(r), []) if t.get("math", "ieee") in compatible[math]]
     best = max(ts, key=lambda t: t["images_per_s"]) if ts else None
-    model = r["model"].replace(":", " → ")
+    model = r["model"].replace(":", " → ") + (f" ({math})" if math != "ieee" else "")
     ours = f"{r['images_per_s']:.1f}"
     ours_mb = f"{mem(r):.0f}"
     if best:
         fmt = "NCHW" if best["memory_format"] == "nchw" else "channels_last"
         ver = best["framework"].replace("torch ", "")
+        if best.get("math", "ieee") != "ieee":
+            fmt += ", " + best["math"]
         print(f"| {model} | {r['mode']} | {r['batch']} | {r['threads']} | {ours} | {best['images_per_s']:.1f} ({ver}, {fmt}) "
               f"| {r['images_per_s'] / best['images_per_s']:.2f} | {ours_mb} | "
               f"{mem(best):.0f} |")
@@ -80,6 +90,7 @@ if [[ -z ${MODELS:-} && -z ${PAIRS:-} ]]; then
 fi
 modes=${MODES:-train,kd,infer} batches=${BATCHES:-64,128} threads=${THREADS:-1,2}
 formats=${FORMATS:-nchw,channels_last} steps=${STEPS:-10} warmup=${WARMUP:-3} device=${DEVICE:-cpu}
+math=${MATH:-ieee} torch_math=${TORCH_MATH:-$math}
 
 # CPU model names are long and hostnames in containers are random: "intel-xeon-2c" names the machine.
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- || echo unknown)
@@ -126,17 +137,19 @@ for row in "${rows[@]}"; do
       common=(--mode "$mode" "$flag" "$unit" --batch "$b" --threads "$t" --steps "$steps" --warmup "$warmup"
         --device "$device" --json)
       echo "compare.sh: $unit $mode batch $b threads $t" >&2
-      if line=$("$bench" "${common[@]}"); then
+      if line=$("$bench" "${common[@]}" --math "$math"); then
         echo "${line%\}},\"commit\":\"$commit\"}" >>"$out"
       else
         echo "compare.sh: retort-bench failed on this row" >&2
         failed=1
       fi
       for py in $pythons; do
-        if ! "$py" "$root/bench/torch_reference.py" "${common[@]}" --memory-format "$formats" >>"$out"; then
-          echo "compare.sh: torch_reference.py ($py) failed on this row" >&2
-          failed=1
-        fi
+        for tm in $(split "$torch_math"); do
+          if ! "$py" "$root/bench/torch_reference.py" "${common[@]}" --memory-format "$formats" --math "$tm" >>"$out"; then
+            echo "compare.sh: torch_reference.py ($py, --math $tm) failed on this row" >&2
+            failed=1
+          fi
+        done
       done
     done
   done

@@ -14,6 +14,12 @@ tools/models_torch.py (identical definitions and parameter names). The steps mir
          KD = T^2 * KL(softmax(t/T) || softmax(s/T)) averaged over the batch, then as train
   infer  eval mode, no_grad, forward
 
+--math picks the arithmetic, as retort-bench's --math: ieee (FP32; TF32 off on GPUs), bf16 (CPU:
+oneDNN's convolutions with bfloat16 operands on FP32 tensors, torch.backends.mkldnn.conv.fp32_precision
+= "bf16" — the same arithmetic as Retort's bf16; torch 2.9 and later), autocast (CPU: torch.autocast
+with bfloat16, PyTorch's usual mixed precision: activations and most ops in bf16 too — faster and
+less precise than bf16) or tf32 (GPU: TF32 tensor cores in cuBLAS and cuDNN).
+
 As in retort-bench, peak_rss_mb is VmHWM (the whole process's high-water mark), so with more than one
 row each row runs in a fresh child interpreter. base_rss_mb is VmHWM before the model is built —
 for PyTorch it is mostly the cost of `import torch`, which a fair memory comparison subtracts."""
@@ -51,6 +57,8 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (GPU steps end with a synchronize)")
     p.add_argument("--memory-format", type=csv(str), default=list(FORMATS), help="nchw, channels_last")
+    p.add_argument("--math", default="ieee", choices=["ieee", "bf16", "autocast", "tf32"],
+                   help="ieee; bf16 or autocast (CPU); tf32 (GPU) — see the module's docstring")
     p.add_argument("--json", action="store_true", help="one JSON object per row instead of a table")
     a = p.parse_args(argv)
     if a.models is None and a.pairs is None:
@@ -144,6 +152,26 @@ def run_row(a, mode, model_name, batch, threads, fmt):
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cudnn.benchmark = True  # algorithm chosen once per shape, as Retort's cuDNN path does
 
+    if a.math in ("bf16", "autocast") and dev.type != "cpu":
+        raise SystemExit(f"torch_reference.py: --math {a.math} is a CPU mode (on a GPU: --math tf32)")
+    if a.math == "tf32":
+        if dev.type != "cuda":
+            raise SystemExit("torch_reference.py: --math tf32 is a GPU mode (on the CPU: --math bf16)")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if a.math == "bf16":
+        conv = getattr(torch.backends.mkldnn, "conv", None)
+        if conv is None or not hasattr(conv, "fp32_precision"):
+            raise SystemExit(f"torch_reference.py: --math bf16 needs torch.backends.mkldnn.conv.fp32_precision "
+                             f"(torch 2.9 or later); this is torch {torch.__version__}")
+        conv.fp32_precision = "bf16"
+    import contextlib
+
+    def amp():
+        if a.math == "autocast":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
@@ -160,7 +188,8 @@ def run_row(a, mode, model_name, batch, threads, fmt):
         opt = sgd(model.parameters())
 
         def step():
-            loss = F.cross_entropy(model(x), y)
+            with amp():
+                loss = F.cross_entropy(model(x), y)
             if not math.isfinite(loss.item()):
                 raise SystemExit("torch_reference.py: non-finite loss")
             opt.zero_grad(set_to_none=True)
@@ -176,9 +205,11 @@ def run_row(a, mode, model_name, batch, threads, fmt):
         extra = {"teacher": tname, "student": sname}
 
         def step():
-            with torch.no_grad():
-                t_logits = teacher(x)
-            s_logits = model(x)
+            with amp():
+                with torch.no_grad():
+                    t_logits = teacher(x)
+                s_logits = model(x)
+            s_logits, t_logits = s_logits.float(), t_logits.float()  # the losses in FP32, as autocast would
             kd = F.kl_div(F.log_softmax(s_logits / T, 1), F.softmax(t_logits / T, 1), reduction="batchmean") * T * T
             loss = 0.1 * F.cross_entropy(s_logits, y) + 0.9 * kd
             if not math.isfinite(loss.item()):
@@ -190,7 +221,7 @@ def run_row(a, mode, model_name, batch, threads, fmt):
         model = build(model_name).eval()
 
         def step():
-            with torch.no_grad():
+            with torch.no_grad(), amp():
                 model(x)
 
     for _ in range(a.warmup):
@@ -210,7 +241,7 @@ def run_row(a, mode, model_name, batch, threads, fmt):
         return round(v, 3)
 
     row = {"framework": f"torch {torch.__version__}", "model": model_name, "mode": mode, "batch": batch,
-           "threads": threads, "memory_format": fmt, **extra,
+           "threads": threads, "memory_format": fmt, "math": a.math, **extra,
            "ms_median": r3(median), "ms_min": r3(min(ms)), "ms_max": r3(max(ms)),
            "images_per_s": r3(batch * 1000.0 / median), "peak_rss_mb": r3(status_mb("VmHWM")),
            "base_rss_mb": r3(base_mb), "steps": a.steps, "warmup": a.warmup, "input": a.input,
@@ -229,7 +260,7 @@ def child_argv(a, row):
     return [sys.executable, os.path.abspath(__file__), "--mode", mode, "--pairs" if mode == "kd" else "--models",
             unit, "--batch", str(b), "--threads", str(t), "--steps", str(a.steps), "--warmup", str(a.warmup),
             "--input", a.input, "--classes", str(a.classes), "--seed", str(a.seed), "--device", a.device,
-            "--memory-format", f, "--json"]
+            "--memory-format", f, "--math", a.math, "--json"]
 
 
 def header():

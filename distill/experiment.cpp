@@ -91,6 +91,9 @@ ExperimentConfig ExperimentConfig::from_json(const Json& doc, const std::string&
     c.output_dir = e.get<std::string>("output_dir", c.output_dir);
     c.device = e.get<std::string>("device", c.device);
     c.deterministic = e.get<bool>("deterministic", c.deterministic);
+    c.math = e.get<std::string>("math", c.math);
+    RETORT_CHECK(c.math == "ieee" || c.math == "bf16" || c.math == "tf32", e.where("math"), ": \"", c.math,
+                 "\" is not a math mode (expected \"ieee\", \"bf16\" for the CPU or \"tf32\" for CUDA)");
   }
   if (r.has("data")) parse_data(r.child("data"), c.data);
   JsonReader& m = r.child("model");
@@ -125,7 +128,7 @@ Json ExperimentConfig::to_json() const {
   Json j;
   j["schema_version"] = schema_version;
   j["experiment"] = {{"name", name}, {"seed", seed}, {"output_dir", output_dir}, {"device", device},
-                     {"deterministic", deterministic}};
+                     {"deterministic", deterministic}, {"math", math}};
   j["data"] = {{"dataset", data.dataset},
                {"root", data.root},
                {"batch_size", data.batch_size},

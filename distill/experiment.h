@@ -76,7 +76,13 @@ struct ExperimentConfig {
   uint64_t seed = 0;
   std::string output_dir = "runs";
   std::string device = "cpu";
+  // CPU: the Trainer pins the convolution kernels (no choice by timing), so a resumed run is bitwise
+  // equal to an uninterrupted one; CUDA: cuDNN uses deterministic algorithms only. false: both may
+  // pick the fastest kernel, and runs with one seed can differ in the last bits.
   bool deterministic = true;
+  // The arithmetic of F32 convolutions: "ieee" (F32 throughout), "bf16" (CPU: oneDNN's bfloat16
+  // convolutions, backend.h cpu_conv_bf16) or "tf32" (CUDA: TF32 tensor cores in cuBLAS and cuDNN).
+  std::string math = "ieee";
   DataConfig data;
   std::string arch;  // model.arch
   std::string init;  // model.init: a model file or checkpoint whose weights the model starts from ("" = fresh)

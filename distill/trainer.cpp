@@ -171,6 +171,47 @@ TransformPtr eval_transform(const DataConfig& cfg) {
   return c;
 }
 
+// ---- kernel switches -------------------------------------------------------------------------------
+
+KernelSwitches::KernelSwitches(const ExperimentConfig& cfg, Device device)
+    : math_(cfg.math),
+      deterministic_(cfg.deterministic),
+      prev_autotune_(kernel_autotune()),
+      prev_bf16_(cpu_conv_bf16()),
+      prev_tf32_(cuda_allow_tf32()),
+      prev_cuda_det_(cuda_deterministic()) {
+  RETORT_CHECK(math_ == "ieee" || math_ == "bf16" || math_ == "tf32", "experiment.math: \"", math_,
+               "\" is not a math mode (expected \"ieee\", \"bf16\" or \"tf32\")");
+  RETORT_CHECK(math_ != "bf16" || device.is_cpu(), "experiment.math \"bf16\": bfloat16 convolutions are built for ",
+               "the CPU only, and this run is on ", device.str(), " (on a GPU, \"tf32\" is the reduced-precision mode)");
+  RETORT_CHECK(math_ != "tf32" || !device.is_cpu(), "experiment.math \"tf32\": TF32 is a GPU tensor-core format and ",
+               "this run is on the CPU (there, \"bf16\" is the reduced-precision mode)");
+  if (math_ == "bf16") {
+    try {
+      set_cpu_conv_bf16(true);
+    } catch (const Error& e) {
+      RETORT_FAIL("experiment.math \"bf16\": ", e.what());
+    }
+  } else {
+    set_cpu_conv_bf16(false);
+  }
+  set_cuda_allow_tf32(math_ == "tf32");
+  // Kernels chosen by timing would make the run's bits depend on the machine's load (backend.h).
+  if (deterministic_) set_kernel_autotune(false);
+  set_cuda_deterministic(deterministic_);
+}
+
+KernelSwitches::~KernelSwitches() {
+  set_kernel_autotune(prev_autotune_);
+  set_cpu_conv_bf16(prev_bf16_);  // (was possible before, so cannot throw now)
+  set_cuda_allow_tf32(prev_tf32_);
+  set_cuda_deterministic(prev_cuda_det_);
+}
+
+std::string KernelSwitches::describe() const {
+  return detail::cat("math ", math_, deterministic_ ? ", deterministic" : ", kernels chosen by speed");
+}
+
 // ---- trainer ---------------------------------------------------------------------------------------
 
 Trainer::Trainer(const ExperimentConfig& cfg, TrainingTask& task, const DataSplits& data, RunDir& run)
@@ -195,6 +236,7 @@ Trainer::Trainer(const ExperimentConfig& cfg, TrainingTask& task, const DataSpli
     opt["eps"] = cfg.solver.eps;
   }
   device_ = Device::parse(cfg.device);
+  switches_ = std::make_unique<KernelSwitches>(cfg, device_);
   task.to(device_);  // before the optimizer: moving replaces the parameter tensors
   optimizer_ = make_optimizer(opt, task.trainable_parameters());
   Json sched = cfg.solver.schedule.empty() ? Json{{"type", "constant"}} : cfg.solver.schedule;
@@ -248,6 +290,14 @@ Trainer::Position Trainer::load_checkpoint(const std::string& path) {
   RETORT_CHECK(meta("format") == "retort-checkpoint-1", path, ": unknown checkpoint format '", meta("format"), "'");
   RETORT_CHECK(meta("arch") == cfg_.arch, path, ": checkpoint of architecture '", meta("arch"),
                "' but the config trains '", cfg_.arch, "'");
+  // The metadata values that hold JSON; a corrupt one is an error naming the file and the key.
+  auto meta_json = [&](const std::string& k) {
+    try {
+      return Json::parse(meta(k));
+    } catch (const nlohmann::json::exception& e) {
+      RETORT_FAIL(path, ": metadata key '", k, "' is not valid JSON: ", e.what());
+    }
+  };
   StateDict model, extra, optim;
   for (auto& [k, t] : f.tensors) {
     if (k.rfind("model.", 0) == 0) model.emplace_back(k.substr(6), t);
@@ -259,24 +309,32 @@ Trainer::Position Trainer::load_checkpoint(const std::string& path) {
     task_.model().load_state_dict(model);
     task_.load_extra_state(extra);
     optimizer_->load_state_dict(optim);
-    optimizer_->load_hyperparams(Json::parse(meta("optimizer")));
-    const auto rng_it = f.metadata.find("rng");
-    const Json rng = rng_it == f.metadata.end() ? Json::object() : Json::parse(rng_it->second);
+    optimizer_->load_hyperparams(meta_json("optimizer"));
+    const Json rng = f.metadata.count("rng") ? meta_json("rng") : Json::object();
+    RETORT_CHECK(rng.is_object(), "metadata key 'rng' must be an object {module path: generator state}");
     for (auto& [module_path, state] : rng.items()) {
       auto* d = dynamic_cast<Dropout*>(&task_.model().find(module_path));
       RETORT_CHECK(d != nullptr, "rng: module '", module_path, "' is not a Dropout layer in this model");
+      RETORT_CHECK(state.is_string(), "rng: the generator state of '", module_path, "' must be a string");
       d->generator().set_state(state.get<std::string>());
     }
   } catch (const Error& e) {
-    RETORT_FAIL(path, ": ", e.what());
+    const std::string msg = e.what();
+    RETORT_FAIL(msg.rfind(path, 0) == 0 ? msg : path + ": " + msg);
+  } catch (const nlohmann::json::exception& e) {
+    RETORT_FAIL(path, ": the optimizer or rng metadata does not fit this run: ", e.what());
   }
-  const Json t = Json::parse(meta("trainer"));
+  // Read strictly (types and ranges checked): "<path> (metadata 'trainer'): epoch: ...".
+  const Json t = meta_json("trainer");
+  JsonReader r(t, path + " (metadata 'trainer')");
   Position p;
-  p.epoch = t.at("epoch").get<int>();
-  p.batch = t.at("batch").get<int64_t>();
-  p.step = t.at("step").get<int64_t>();
-  p.best_top1 = t.at("best_top1").get<double>();
-  p.best_epoch = t.at("best_epoch").get<int>();
+  p.epoch = r.require<int>("epoch");
+  p.batch = r.require<int64_t>("batch");
+  p.step = r.require<int64_t>("step");
+  p.best_top1 = r.require<double>("best_top1");
+  p.best_epoch = r.require<int>("best_epoch");
+  RETORT_CHECK(p.epoch >= 0 && p.batch >= 0 && p.step >= 0, r.where("epoch"), ": the position (epoch ", p.epoch,
+               ", batch ", p.batch, ", step ", p.step, ") must not be negative");
   return p;
 }
 
@@ -291,12 +349,6 @@ std::string fmt_duration(double s) {
 }  // namespace
 
 TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
-  // Kernels chosen by timing would make the run's bits depend on the machine's load (backend.h).
-  struct PinKernels {
-    bool prev = kernel_autotune();
-    PinKernels() { set_kernel_autotune(false); }
-    ~PinKernels() { set_kernel_autotune(prev); }
-  } pin;
   using Clock = std::chrono::steady_clock;
   const auto t_start = Clock::now();
   Position pos;

@@ -113,6 +113,27 @@ struct TrainSummary {
   double wall_seconds = 0, images_per_second = 0;
 };
 
+// The engine's global kernel switches that an experiment selects, set for this object's lifetime
+// and restored after (the Trainer holds one for its whole run):
+//   experiment.deterministic  true: CPU convolution kernels pinned (kernel_autotune off), cuDNN's
+//                             deterministic algorithms only; false: both may choose by speed.
+//   experiment.math           "bf16": the CPU's bfloat16 convolutions; "tf32": CUDA's TF32 tensor cores.
+// Throws, naming experiment.math, where the device cannot run the mode asked for.
+class KernelSwitches {
+ public:
+  KernelSwitches(const ExperimentConfig& cfg, Device device);
+  ~KernelSwitches();
+  KernelSwitches(const KernelSwitches&) = delete;
+  KernelSwitches& operator=(const KernelSwitches&) = delete;
+  // "math bf16, deterministic" — for the run's log.
+  std::string describe() const;
+
+ private:
+  std::string math_;
+  bool deterministic_;
+  bool prev_autotune_, prev_bf16_, prev_tf32_, prev_cuda_det_;
+};
+
 class Trainer {
  public:
   Trainer(const ExperimentConfig& cfg, TrainingTask& task, const DataSplits& data, RunDir& run);
@@ -125,6 +146,7 @@ class Trainer {
   TrainSummary fit(const std::string& resume = "", int64_t stop_after_steps = 0);
 
   Optimizer& optimizer() { return *optimizer_; }
+  const KernelSwitches& switches() const { return *switches_; }
   // Extra fields for summary.json (e.g. the teacher's accuracy).
   void add_summary_field(const std::string& key, Json value) { summary_extra_[key] = std::move(value); }
 
@@ -144,6 +166,7 @@ class Trainer {
   Device device_;
   TrainingTask& task_;
   RunDir& run_;
+  std::unique_ptr<KernelSwitches> switches_;  // set in the constructor, before any kernel runs
   std::unique_ptr<DataLoader> train_loader_, test_loader_;
   std::unique_ptr<DataLoader> held_loader_;  // data.held_out's batches, when the task wants them
   std::unique_ptr<Optimizer> optimizer_;

@@ -76,6 +76,34 @@ int cuda_device_count() {
 #endif
 }
 
+bool cuda_deterministic() {
+#ifdef RETORT_WITH_CUDA
+  return cuda::deterministic();
+#else
+  return false;
+#endif
+}
+
+void set_cuda_deterministic([[maybe_unused]] bool on) {
+#ifdef RETORT_WITH_CUDA
+  cuda::set_deterministic(on);
+#endif
+}
+
+bool cuda_allow_tf32() {
+#ifdef RETORT_WITH_CUDA
+  return cuda::allow_tf32();
+#else
+  return false;
+#endif
+}
+
+void set_cuda_allow_tf32([[maybe_unused]] bool on) {
+#ifdef RETORT_WITH_CUDA
+  cuda::set_allow_tf32(on);
+#endif
+}
+
 Backend& backend_for_unprofiled(Device device) {
   static cpu::CpuBackend cpu_backend;
   if (device.is_cpu()) return cpu_backend;

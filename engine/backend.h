@@ -213,8 +213,28 @@ std::string cpu_backend_info();
 bool kernel_autotune();
 void set_kernel_autotune(bool on);
 
+// bfloat16 arithmetic for F32 convolutions on the CPU (the experiment's `"math": "bf16"`,
+// retort-bench --math bf16; docs/performance.md "bf16 convolutions"). While on, oneDNN's convolutions
+// (forward, both backwards, the fused inference conv + BN) round their two F32 operands to bfloat16
+// and sum the products in F32 into an F32 result — the arithmetic of AVX512-BF16 and AMX — so tensors,
+// parameters, optimizer state and everything else stay F32. Convolutions oneDNN does not take (and
+// the direct depthwise kernels) stay F32; F64 is never affected. Off by default; RETORT_CPU_CONV_BF16=1
+// in the environment starts it on. Turning it on throws, naming the CPU's instruction set, where
+// oneDNN has no bfloat16 convolutions (below AVX-512).
+bool cpu_conv_bf16();
+void set_cpu_conv_bf16(bool on);
+
 // Whether this build contains the CUDA backend, and how many GPUs it sees (0 without CUDA).
 bool cuda_built();
 int cuda_device_count();
+
+// The CUDA backend's global switches (engine/cuda/context.h), here so that code which is built
+// with or without CUDA can set them; in a build without CUDA they read false and setting them does
+// nothing. Deterministic: cuDNN picks only deterministic algorithms. TF32: cuBLAS and cuDNN may use
+// TF32 tensor cores for F32.
+bool cuda_deterministic();
+void set_cuda_deterministic(bool on);
+bool cuda_allow_tf32();
+void set_cuda_allow_tf32(bool on);
 
 }  // namespace retort

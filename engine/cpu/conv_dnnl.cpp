@@ -9,7 +9,12 @@
 // large net win. F64 (the gradcheck dtype) and anything oneDNN refuses keep the im2col path in
 // conv.cpp, which stays the readable reference these kernels are tested against.
 //
-// One cache entry per (direction, shapes, parameters) holds the primitive and its reorders, so
+// bf16 (cpu_conv_bf16(), backend.h): the same primitives with their two inputs declared bfloat16 and
+// the output F32. The reorder into the blocked layout rounds to bf16 in the same memory pass it
+// already made, and oneDNN's avx512_core_bf16 / AMX kernels sum the products in F32. A shape oneDNN
+// has no bf16 kernel for runs its F32 kernel (dnnl_conv_choices() says which ran).
+//
+// One cache entry per (direction, shapes, parameters, bf16) holds the primitive and its reorders, so
 // primitive descriptors are built once per shape. Blocked copies and oneDNN's scratchpad live in
 // one workspace that grows to the largest call and is reused, so a training step does not allocate.
 #include <oneapi/dnnl/dnnl.hpp>
@@ -50,6 +55,33 @@ ConvImpl& impl_setting() {
   return impl;
 }
 
+// The instruction sets on which oneDNN 2.6 has bfloat16 convolutions (AVX-512 emulates the bf16
+// dot products; avx512_core_bf16 has them; AMX runs them on tiles). Empty when supported, else why not.
+std::string bf16_unsupported_reason() {
+  switch (dnnl::get_effective_cpu_isa()) {
+    case dnnl::cpu_isa::avx512_core:
+    case dnnl::cpu_isa::avx512_core_vnni:
+    case dnnl::cpu_isa::avx512_core_bf16:
+    case dnnl::cpu_isa::avx512_core_amx:
+      return "";
+    default:
+      return "oneDNN has no bfloat16 convolutions below AVX-512 (this CPU's oneDNN ISA: " +
+             std::string(dnnl::get_effective_cpu_isa() == dnnl::cpu_isa::avx2 ? "avx2" : "older than avx2") + ")";
+  }
+}
+
+bool& bf16_setting() {
+  static bool on = [] {
+    const char* env = std::getenv("RETORT_CPU_CONV_BF16");
+    if (!env || !*env || std::string(env) == "0") return false;
+    RETORT_CHECK(std::string(env) == "1", "environment variable RETORT_CPU_CONV_BF16=\"", env, "\": expected 0 or 1");
+    const std::string why = bf16_unsupported_reason();
+    RETORT_CHECK(why.empty(), "environment variable RETORT_CPU_CONV_BF16=1: ", why);
+    return true;
+  }();
+  return on;
+}
+
 // An operand as the caller holds it (plain layout, our pointer) and as the primitive wants it.
 struct Operand {
   memory::desc user, prim;
@@ -67,6 +99,7 @@ struct Entry {
   memory::desc per_channel;     // forward with an epilogue: [1, O, 1, 1] scale and shift
   memory::desc scratch;
   std::string impl_name;
+  bool bf16 = false;  // the inputs are rounded to bfloat16
 };
 
 // The candidates for one call signature and the one chosen (-1 until the first call times them).
@@ -81,7 +114,7 @@ size_t align_up(size_t n) { return (n + 63) / 64 * 64; }
 struct Dnnl {
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   dnnl::stream strm{eng};
-  std::map<std::array<int64_t, 21>, Slot> cache;
+  std::map<std::array<int64_t, 22>, Slot> cache;
   std::mutex mu;
   void* ws = nullptr;
   size_t ws_size = 0;
@@ -112,8 +145,8 @@ memory::desc plain_wei(const Shape& w, int64_t groups) {
   if (groups == 1) return memory::desc({w[0], w[1], w[2], w[3]}, memory::data_type::f32, tag::oihw);
   return memory::desc({groups, w[0] / groups, w[1], w[2], w[3]}, memory::data_type::f32, tag::goihw);
 }
-memory::desc any_like(const memory::desc& d) {
-  return memory::desc(d.dims(), memory::data_type::f32, tag::any);
+memory::desc any_like(const memory::desc& d, memory::data_type dt = memory::data_type::f32) {
+  return memory::desc(d.dims(), dt, tag::any);
 }
 
 void finish_operand(Dnnl& d, Operand& op, bool input) {
@@ -125,8 +158,14 @@ void finish_operand(Dnnl& d, Operand& op, bool input) {
 }
 
 Entry build(Dnnl& d, DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p,
-            bool has_bias, const DnnlEpilogue* epi, bool inference) {
+            bool has_bias, const DnnlEpilogue* epi, bool inference, bool bf16) {
   Entry e;
+  e.bf16 = bf16;
+  // The operands a direction reads (x and w forward; gy and w, gy and x backward) are bf16 in the
+  // primitive's layout when bf16 is on; what it writes stays F32. The backward primitives' forward
+  // hint must then declare x and w bf16 too: with an F32 x oneDNN 2.6 offers no bf16 backward kernel.
+  const memory::data_type in_t = bf16 ? memory::data_type::bf16 : memory::data_type::f32;
+  const bool fwd = dir == DnnlConvDir::Forward;
   const memory::dims strides{p.stride_h, p.stride_w};
   const memory::dims dilates{p.dilation_h - 1, p.dilation_w - 1};
   // PyTorch pads symmetrically and floors; oneDNN wants the right padding that makes the output
@@ -152,8 +191,9 @@ Entry build(Dnnl& d, DnnlConvDir dir, const Shape& xs, const Shape& ws, const Sh
   try {
     const auto fwd_d = dnnl::convolution_forward::desc(
         inference ? dnnl::prop_kind::forward_inference : dnnl::prop_kind::forward_training,
-        dnnl::algorithm::convolution_direct, any_like(x_user), any_like(w_user),
-        has_bias ? any_like(bias_user) : memory::desc(), any_like(y_user), strides, dilates, pad_l, pad_r);
+        dnnl::algorithm::convolution_direct, any_like(x_user, in_t), any_like(w_user, in_t),
+        has_bias ? any_like(bias_user) : memory::desc(), any_like(y_user, fwd ? memory::data_type::f32 : in_t),
+        strides, dilates, pad_l, pad_r);
     const auto fwd_pd = dnnl::convolution_forward::primitive_desc(fwd_d, attr, d.eng);
     if (dir == DnnlConvDir::Forward) {
       e.prim = dnnl::convolution_forward(fwd_pd);
@@ -169,8 +209,8 @@ Entry build(Dnnl& d, DnnlConvDir dir, const Shape& xs, const Shape& ws, const Sh
       e.impl_name = fwd_pd.impl_info_str();
     } else if (dir == DnnlConvDir::BackwardData) {
       const auto bd = dnnl::convolution_backward_data::desc(dnnl::algorithm::convolution_direct, any_like(x_user),
-                                                            any_like(w_user), any_like(y_user), strides, dilates,
-                                                            pad_l, pad_r);
+                                                            any_like(w_user, in_t), any_like(y_user, in_t), strides,
+                                                            dilates, pad_l, pad_r);
       const auto pd = dnnl::convolution_backward_data::primitive_desc(bd, attr, d.eng, fwd_pd);
       e.prim = dnnl::convolution_backward_data(pd);
       e.arg_in0 = DNNL_ARG_DIFF_DST; e.arg_in1 = DNNL_ARG_WEIGHTS; e.arg_out = DNNL_ARG_DIFF_SRC;
@@ -181,8 +221,8 @@ Entry build(Dnnl& d, DnnlConvDir dir, const Shape& xs, const Shape& ws, const Sh
       e.impl_name = pd.impl_info_str();
     } else {
       const auto bw = dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct,
-                                                               any_like(x_user), any_like(w_user),
-                                                               any_like(y_user), strides, dilates, pad_l, pad_r);
+                                                               any_like(x_user, in_t), any_like(w_user),
+                                                               any_like(y_user, in_t), strides, dilates, pad_l, pad_r);
       const auto pd = dnnl::convolution_backward_weights::primitive_desc(bw, attr, d.eng, fwd_pd);
       e.prim = dnnl::convolution_backward_weights(pd);
       e.arg_in0 = DNNL_ARG_DIFF_DST; e.arg_in1 = DNNL_ARG_SRC; e.arg_out = DNNL_ARG_DIFF_WEIGHTS;
@@ -266,6 +306,14 @@ bool& tuning_setting() {
 namespace retort {
 bool kernel_autotune() { return cpu::tuning_setting(); }
 void set_kernel_autotune(bool on) { cpu::tuning_setting() = on; }
+bool cpu_conv_bf16() { return cpu::bf16_setting(); }
+void set_cpu_conv_bf16(bool on) {
+  if (on) {
+    const std::string why = cpu::bf16_unsupported_reason();
+    RETORT_CHECK(why.empty(), "bf16 convolutions: ", why, "; use F32 (math \"ieee\") on this machine");
+  }
+  cpu::bf16_setting() = on;
+}
 }  // namespace retort
 
 namespace retort::cpu {
@@ -281,18 +329,22 @@ bool dnnl_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape&
     return false;
   Dnnl& d = dnnl_state();
   std::lock_guard<std::mutex> lock(d.mu);
-  const std::array<int64_t, 21> key{static_cast<int64_t>(dir), xs[0], xs[1], xs[2], xs[3], ws[0], ws[1], ws[2],
+  const bool bf16 = bf16_setting();
+  const std::array<int64_t, 22> key{static_cast<int64_t>(dir), xs[0], xs[1], xs[2], xs[3], ws[0], ws[1], ws[2],
                                     ws[3], ys[2], ys[3], p.stride_h, p.stride_w, p.pad_h, p.pad_w,
                                     p.dilation_h, p.dilation_w, p.groups, bias != nullptr, epi != nullptr,
-                                    epi && epi->relu};
+                                    epi && epi->relu, bf16};
   auto it = d.cache.find(key);
   if (it == d.cache.end()) {
     Slot slot;
-    slot.cand.push_back(build(d, dir, xs, ws, ys, p, bias != nullptr, epi, false));
+    slot.cand.push_back(build(d, dir, xs, ws, ys, p, bias != nullptr, epi, false, bf16));
+    // No bf16 kernel for this shape: oneDNN's F32 one, rather than leaving it to the slower im2col path.
+    if (bf16 && !slot.cand.front().supported)
+      slot.cand.front() = build(d, dir, xs, ws, ys, p, bias != nullptr, epi, false, false);
     // A forward has a second candidate: oneDNN's choice for an inference forward, often a different
     // kernel (brgconv on NHWC instead of the direct kernel on nChw16c): timed below, once per shape.
     if (dir == DnnlConvDir::Forward && tuning_setting()) {
-      Entry alt = build(d, dir, xs, ws, ys, p, bias != nullptr, epi, true);
+      Entry alt = build(d, dir, xs, ws, ys, p, bias != nullptr, epi, true, slot.cand.front().bf16);
       const Entry& first = slot.cand.front();
       if (alt.supported && (!first.supported || alt.impl_name != first.impl_name || alt.in0.prim != first.in0.prim))
         slot.cand.push_back(std::move(alt));
@@ -360,9 +412,11 @@ std::vector<std::string> dnnl_conv_choices() {
     const std::string timed = slot.chosen >= 0 && slot.chosen != slot.last
                                   ? ", pinned; timing chose " + slot.cand[static_cast<size_t>(slot.chosen)].impl_name
                                   : "";
+    // With bf16 on, the kernel's input type: "bf16" or "f32 (no bf16 kernel)".
+    const std::string math = !k[21] ? "" : e.bf16 ? " bf16" : " f32 (no bf16 kernel)";
     out.push_back(detail::cat(dirs[k[0]], k[19] ? (k[20] ? "+bn+relu" : "+bn") : "", " x[", k[1], ", ", k[2], ", ",
                               k[3], ", ", k[4], "] w[", k[5], ", ", k[6], ", ", k[7], ", ", k[8], "] g", k[17], ": ",
-                              e.impl_name, " (", slot.cand.size(), " candidate", slot.cand.size() > 1 ? "s" : "",
+                              e.impl_name, math, " (", slot.cand.size(), " candidate", slot.cand.size() > 1 ? "s" : "",
                               timed, ")"));
   }
   return out;
@@ -387,8 +441,10 @@ std::string dnnl_info() {
   }
   const char* mode = impl_setting() == ConvImpl::Im2col ? "off (RETORT_CPU_CONV=im2col)"
                      : impl_setting() == ConvImpl::Dnnl ? "forced (RETORT_CPU_CONV=dnnl)"
-                                                         : "f32";
-  return detail::cat("oneDNN ", v->major, ".", v->minor, ".", v->patch, " convolutions ", mode, ", ISA ", isa);
+                                                         : "";
+  const char* math = impl_setting() == ConvImpl::Im2col ? "" : bf16_setting() ? "bf16" : "f32";
+  return detail::cat("oneDNN ", v->major, ".", v->minor, ".", v->patch, " convolutions ", mode,
+                     *mode && *math ? " " : "", math, ", ISA ", isa);
 }
 
 }  // namespace retort::cpu

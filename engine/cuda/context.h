@@ -18,6 +18,7 @@
 #include <cstddef>
 #include <string>
 
+#include "engine/cuda/cuda_device.h"
 #include "engine/error.h"
 
 namespace retort::cuda {
@@ -80,14 +81,7 @@ class Context {
 // The context of device `index`, created on first use (and made current on the calling thread).
 Context& context(int index);
 
-// Global switches (also set from the environment at start-up):
-//   RETORT_CUDA_DETERMINISTIC=1  cuDNN picks only deterministic algorithms (bitwise-reproducible runs);
-//   RETORT_ALLOW_TF32=1          cuBLAS GEMMs and cuDNN convolutions may use TF32 tensor cores for F32.
-// Both are off by default: F32 results then follow IEEE single precision as on the CPU.
-bool deterministic();
-void set_deterministic(bool on);
-bool allow_tf32();
-void set_allow_tf32(bool on);
+// The global switches (deterministic, allow_tf32) are declared in cuda_device.h.
 
 // Caching allocator statistics for one device (bytes).
 struct MemoryStats {

@@ -1,6 +1,6 @@
-// CUDA device discovery. Compiled only when the build has the CUDA backend (RETORT_WITH_CUDA).
-// The kernels themselves belong to the [cuda] work; for now the build proves that nvcc, the CUDA
-// runtime, cuBLAS and cuDNN compile and link, and answers how many GPUs there are.
+// CUDA device discovery and the backend's global switches, in a header that includes no CUDA
+// header (plain C++ code includes it). Compiled only when the build has the CUDA backend
+// (RETORT_WITH_CUDA).
 #pragma once
 #include <string>
 
@@ -12,5 +12,16 @@ int device_count();
 std::string describe_devices();
 // Versions the binary was built against: "CUDA runtime 13.0, cuBLAS 13.x, cuDNN 9.x".
 std::string library_versions();
+
+// Global switches (also set from the environment at start-up):
+//   RETORT_CUDA_DETERMINISTIC=1  cuDNN picks only deterministic algorithms (bitwise-reproducible runs);
+//   RETORT_ALLOW_TF32=1          cuBLAS GEMMs and cuDNN convolutions may use TF32 tensor cores for F32.
+// Both are off by default: F32 results then follow IEEE single precision as on the CPU. A run from an
+// experiment config sets the first from `experiment.deterministic` and the second from
+// `experiment.math` (distill/trainer.cpp).
+bool deterministic();
+void set_deterministic(bool on);
+bool allow_tf32();
+void set_allow_tf32(bool on);
 
 }  // namespace retort::cuda

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <ostream>
 #include <string>
@@ -574,4 +575,164 @@ TEST(Conv2d, ListingNamesTheKernelAPinnedCallRan) {
   // Either kernel computes the same convolution.
   const auto a = timed.to_vector(), b = pinned.to_vector();
   for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-4 * (1 + std::abs(a[i]))) << i;
+}
+
+// ---- bf16 convolutions (cpu_conv_bf16) ----------------------------------------------------------
+
+namespace {
+
+// x rounded to the nearest bfloat16, ties to even (what oneDNN's F32 -> bf16 reorder does).
+float round_bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  u &= 0xFFFF0000u;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+Tensor bf16_rounded_f64(const Tensor& t, bool absolute = false) {
+  std::vector<double> v;
+  for (double e : t.to_vector()) {
+    const double r = round_bf16(static_cast<float>(e));
+    v.push_back(absolute ? std::abs(r) : r);
+  }
+  return Tensor::from_vector(v, t.shape(), DType::F64);
+}
+
+// Turns bf16 on for a scope (oneDNN path, autotuning off), or reports why this CPU cannot.
+struct Bf16Scope {
+  std::string unsupported;
+  cpu::ConvImpl impl = cpu::conv_impl();
+  bool tune = kernel_autotune();
+  Bf16Scope() {
+    cpu::set_conv_impl(cpu::ConvImpl::Auto);
+    set_kernel_autotune(false);
+    try {
+      set_cpu_conv_bf16(true);
+    } catch (const Error& e) {
+      unsupported = e.what();
+    }
+  }
+  ~Bf16Scope() {
+    set_cpu_conv_bf16(false);
+    set_kernel_autotune(tune);
+    cpu::set_conv_impl(impl);
+  }
+};
+
+struct Bf16Case {
+  Shape x, w;
+  int64_t stride, pad, groups;
+};
+
+}  // namespace
+
+// With bf16 on, each direction (forward with bias, backward-data, backward-weight) equals the F64
+// convolution of its two operands rounded to bfloat16, to within F32 summation error (the products of
+// two bf16 values are exact in F32), and is far closer to it than the F32 result is: so the operands
+// really were rounded, and nothing else was. Off again, the same call gives the F32 result.
+TEST(Conv2dBf16, EachDirectionIsTheConvolutionOfBf16RoundedOperands) {
+  Bf16Scope scope;
+  if (!scope.unsupported.empty()) GTEST_SKIP() << scope.unsupported;
+  Backend& be = backend_for(Device::cpu());
+  Generator gen(41);
+  for (const Bf16Case& c : {Bf16Case{{4, 24, 10, 10}, {32, 24, 3, 3}, 1, 1, 1},
+                            Bf16Case{{3, 16, 9, 9}, {32, 8, 3, 3}, 2, 1, 2},
+                            Bf16Case{{4, 32, 8, 8}, {48, 32, 1, 1}, 1, 0, 1}}) {
+    const Conv2dParams p = params(c.stride, c.stride, c.pad, c.pad, 1, 1, c.groups);
+    const Shape ys = out_shape(c.x, c.w, p);
+    const Tensor x = Tensor::randn(c.x, gen), w = Tensor::randn(c.w, gen), gy = Tensor::randn(ys, gen);
+    const Tensor bias = Tensor::randn({c.w[0]}, gen);
+    // Each direction as (name, its two operands, the output shape, the number of products per output).
+    enum Dir { Fwd, BwdData, BwdWeight };
+    for (const Dir dir : {Fwd, BwdData, BwdWeight}) {
+      const Shape out = dir == Fwd ? ys : dir == BwdData ? c.x : c.w;
+      auto run = [&](const Tensor& a, const Tensor& b, bool abs_bias) {
+        Tensor r = Tensor::empty(out, a.dtype());
+        if (dir == Fwd) {
+          Tensor bb = a.dtype() == DType::F32 ? bias : bias.to(DType::F64);
+          if (abs_bias) bb = Tensor::from_vector([&] {
+              auto v = bb.to_vector();
+              for (auto& e : v) e = std::abs(e);
+              return v;
+            }(), bb.shape(), DType::F64);
+          be.conv2d_forward(a, b, bb, p, r);
+        } else if (dir == BwdData) {
+          be.conv2d_backward_input(a, b, p, r);
+        } else {
+          be.conv2d_backward_weight(a, b, p, r);
+        }
+        return r.to_vector();
+      };
+      const Tensor& a = dir == Fwd ? x : gy;
+      const Tensor& b = dir == BwdWeight ? x : w;
+      const auto bf16 = run(a, b, false);
+      set_cpu_conv_bf16(false);
+      const auto f32 = run(a, b, false);
+      set_cpu_conv_bf16(true);
+      const auto ref = run(bf16_rounded_f64(a), bf16_rounded_f64(b), false);
+      const auto abs_ref = run(bf16_rounded_f64(a, true), bf16_rounded_f64(b, true), true);
+      const double terms = dir == Fwd         ? static_cast<double>(c.w[1] * c.w[2] * c.w[3] + 1)
+                           : dir == BwdData   ? static_cast<double>(c.w[0] / c.groups * c.w[2] * c.w[3])
+                                              : static_cast<double>(ys[0] * ys[2] * ys[3]);
+      double bf16_err = 0, f32_err = 0;
+      for (size_t i = 0; i < ref.size(); ++i) {
+        const double bound = (terms + 1) * std::ldexp(1.0, -24) * abs_ref[i];
+        ASSERT_LE(std::abs(bf16[i] - ref[i]), bound)
+            << "direction " << dir << ", x " << shape_str(c.x) << ", w " << shape_str(c.w) << ", element " << i
+            << ": bf16 " << bf16[i] << ", f32 " << f32[i] << ", reference " << ref[i];
+        bf16_err = std::max(bf16_err, std::abs(bf16[i] - ref[i]));
+        f32_err = std::max(f32_err, std::abs(f32[i] - ref[i]));
+      }
+      EXPECT_GT(f32_err, 10 * bf16_err) << "direction " << dir << ", x " << shape_str(c.x)
+                                        << ": the bf16 call did not round its operands";
+    }
+  }
+  const auto choices = cpu::dnnl_conv_choices();
+  for (const char* prefix : {"fwd x[4, 24, 10, 10]", "bwd-data x[4, 24, 10, 10]", "bwd-weight x[4, 24, 10, 10]"}) {
+    const auto it = std::find_if(choices.begin(), choices.end(), [&](const std::string& s) {
+      return s.rfind(prefix, 0) == 0 && s.find(" bf16 (") != std::string::npos;
+    });
+    EXPECT_NE(it, choices.end()) << prefix << " is not listed as a bf16 kernel";
+  }
+}
+
+// The inference conv + eval BN + ReLU (one oneDNN call with an epilogue) takes the bf16 kernel too,
+// and equals the bf16 convolution followed by the batch norm and ReLU in F32.
+TEST(Conv2dBf16, FusedInferenceConvBnReluMatchesTheUnfusedBf16Path) {
+  Bf16Scope scope;
+  if (!scope.unsupported.empty()) GTEST_SKIP() << scope.unsupported;
+  Generator gen(43);
+  const Tensor x = Tensor::randn({2, 16, 12, 12}, gen), w = Tensor::randn({24, 16, 3, 3}, gen);
+  const Tensor bn_w = Tensor::randn({24}, gen), bn_b = Tensor::randn({24}, gen), mean = Tensor::randn({24}, gen);
+  const Tensor var = Tensor::rand({24}, gen, DType::F32, 0.5, 1.5);
+  const Conv2dParams p = params(1, 1, 1, 1);
+  const Tensor fused = conv2d_bn_eval(x, w, Tensor(), p, bn_w, bn_b, mean, var, 1e-5, true);
+  const Tensor conv = conv2d(x, w, Tensor(), 1, 1);
+  const auto c = conv.to_vector(), f = fused.to_vector(), g = bn_w.to_vector(), b = bn_b.to_vector(),
+             m = mean.to_vector(), v = var.to_vector();
+  const int64_t plane = 12 * 12;
+  for (size_t i = 0; i < c.size(); ++i) {
+    const size_t ch = static_cast<size_t>(static_cast<int64_t>(i) / plane % 24);
+    const double want = std::max(0.0, (c[i] - m[ch]) / std::sqrt(v[ch] + 1e-5) * g[ch] + b[ch]);
+    ASSERT_NEAR(f[i], want, 1e-4 * (1 + std::abs(want))) << i;
+  }
+  const auto choices = cpu::dnnl_conv_choices();
+  EXPECT_TRUE(std::any_of(choices.begin(), choices.end(), [](const std::string& s) {
+    return s.rfind("fwd+bn+relu x[2, 16, 12, 12]", 0) == 0 && s.find(" bf16 (") != std::string::npos;
+  }));
+}
+
+// Where oneDNN has no bfloat16 convolutions, turning bf16 on is refused naming the instruction set.
+TEST(Conv2dBf16, UnsupportedCpuIsRefusedNamingItsInstructionSet) {
+  Bf16Scope scope;
+  if (scope.unsupported.empty()) {
+    EXPECT_TRUE(cpu_conv_bf16());
+    EXPECT_NE(cpu::dnnl_info().find(" bf16, ISA "), std::string::npos) << cpu::dnnl_info();
+    GTEST_SKIP() << "this CPU has bf16 convolutions (" << cpu::dnnl_info() << ")";
+  }
+  EXPECT_NE(scope.unsupported.find("AVX-512"), std::string::npos) << scope.unsupported;
+  EXPECT_NE(scope.unsupported.find("ISA"), std::string::npos) << scope.unsupported;
+  EXPECT_FALSE(cpu_conv_bf16());
 }

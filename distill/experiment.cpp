@@ -45,6 +45,16 @@ void parse_data(JsonReader& r, DataConfig& d) {
   d.channels = r.get<int64_t>("channels", d.channels);
   d.num_classes = r.get<int64_t>("num_classes", d.num_classes);
   d.synthetic_size = r.get<int64_t>("synthetic_size", d.synthetic_size);
+  // The loaders take these as int or size_t: a negative or huge value must stop here, not wrap there.
+  constexpr int64_t kMaxSide = 1 << 16;
+  RETORT_CHECK(d.train_limit >= 0, r.where("train_limit"), ": must be >= 0 (0 = all), got ", d.train_limit);
+  RETORT_CHECK(d.test_limit >= 0, r.where("test_limit"), ": must be >= 0 (0 = all), got ", d.test_limit);
+  RETORT_CHECK(d.image_size >= 0 && d.image_size <= kMaxSide, r.where("image_size"), ": must be in [0, ", kMaxSide,
+               "] (0 = keep the images' size), got ", d.image_size);
+  RETORT_CHECK(d.channels > 0 && d.channels <= kMaxSide, r.where("channels"), ": must be in [1, ", kMaxSide, "], got ",
+               d.channels);
+  RETORT_CHECK(d.num_classes > 0, r.where("num_classes"), ": must be positive, got ", d.num_classes);
+  RETORT_CHECK(d.synthetic_size > 0, r.where("synthetic_size"), ": must be positive, got ", d.synthetic_size);
 }
 
 void parse_solver(JsonReader& r, SolverConfig& s) {

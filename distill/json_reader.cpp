@@ -22,18 +22,31 @@ Json read_json_file(const std::string& path) {
     const size_t nl = text.rfind('\n', off ? off - 1 : 0);
     const size_t col = nl == std::string::npos ? off : off - nl - 1;
     RETORT_FAIL(path, ":", line, ":", col, ": invalid JSON: ", e.what());
+  } catch (const nlohmann::json::exception& e) {
+    // Well-formed JSON that nlohmann cannot hold, such as a number beyond the range of a double
+    // (1e999); the message quotes the token.
+    RETORT_FAIL(path, ": invalid JSON: ", e.what());
   }
 }
 
 void apply_override(Json& doc, const std::string& assignment) {
   const size_t eq = assignment.find('=');
   RETORT_CHECK(eq != std::string::npos && eq > 0, "--set '", assignment, "': expected key.path=value");
+  // Keys and bare-word values go into the document as they are, and the document is written back
+  // as JSON (the run directory's config.json), which must be UTF-8.
+  try {
+    (void)Json(assignment).dump();
+  } catch (const nlohmann::json::type_error& e) {
+    RETORT_FAIL("--set '", assignment, "': not valid UTF-8 (", e.what(), ")");
+  }
   const std::string path = assignment.substr(0, eq), text = assignment.substr(eq + 1);
   Json value;
   try {
     value = Json::parse(text);
   } catch (const nlohmann::json::parse_error&) {
     value = text;  // bare words are strings: --set data.dataset=cifar100
+  } catch (const nlohmann::json::exception& e) {
+    RETORT_FAIL("--set '", assignment, "': the value cannot be read: ", e.what());  // 1e999
   }
   Json* node = &doc;
   size_t start = 0;
@@ -46,8 +59,8 @@ void apply_override(Json& doc, const std::string& assignment) {
       // An array element by index: --set distill.terms.1.params.feat_weight=100
       RETORT_CHECK(key.find_first_not_of("0123456789") == std::string::npos, "--set '", assignment, "': '", here,
                    "' is an array; expected an index, got '", key, "'");
-      const size_t i = std::stoul(key);
-      RETORT_CHECK(i < node->size(), "--set '", assignment, "': index ", i, " is out of range for '", here,
+      const size_t i = key.size() <= 9 ? std::stoul(key) : node->size();  // more digits: out of range anyway
+      RETORT_CHECK(i < node->size(), "--set '", assignment, "': index ", key, " is out of range for '", here,
                    "' (", node->size(), " elements)");
       if (dot == std::string::npos) {
         (*node)[i] = value;

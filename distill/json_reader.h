@@ -6,9 +6,11 @@
 //   double lr = r.child("solver").get<double>("lr", 0.1);
 //   ...; r.finish_all();   // "configs/kd.json: unknown key solver.learnig_rate (did you mean solver.lr?)"
 #pragma once
+#include <limits>
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -75,6 +77,12 @@ void JsonReader::check_type(const Json& v, const std::string& key) const {
     if (!v.is_boolean()) type_error("a boolean");
   } else if constexpr (std::is_integral_v<T>) {
     if (!v.is_number_integer()) type_error("an integer");
+    // nlohmann's get<T>() would wrap an integer T cannot hold (4294967297 -> 1 for an int).
+    const bool fits = v.is_number_unsigned() ? std::in_range<T>(v.template get<uint64_t>())
+                                             : std::in_range<T>(v.template get<int64_t>());
+    if (!fits)
+      RETORT_FAIL(where(key), ": expected an integer in [", +std::numeric_limits<T>::min(), ", ",
+                  +std::numeric_limits<T>::max(), "], got ", v.dump());
   } else if constexpr (std::is_floating_point_v<T>) {
     if (!v.is_number()) type_error("a number");
   } else if constexpr (std::is_same_v<T, std::string>) {

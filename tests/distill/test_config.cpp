@@ -104,3 +104,46 @@ TEST(Config, MalformedJsonNamesLineAndColumn) {
   expect_error([&] { ExperimentConfig::load(path); }, {"bad.json:3:", "invalid JSON"});
   expect_error([&] { ExperimentConfig::load(::testing::TempDir() + "/missing.json"); }, {"missing.json", "cannot open"});
 }
+
+// Inputs the fuzzer (tests/fuzz/fuzz_config.cpp) and its review turned up: each once escaped as a
+// std:: or nlohmann exception naming no file or key, or was silently wrapped into another value.
+TEST(Config, NumbersBeyondADoubleAreErrorsNamingTheFile) {
+  const std::string path = ::testing::TempDir() + "/huge.json";
+  std::ofstream(path) << R"({"schema_version": 1, "model": {"arch": "x"}, "solver": {"lr": 1e999}})";
+  expect_error([&] { ExperimentConfig::load(path); }, {"huge.json", "invalid JSON", "1e999"});
+  Json doc = Json::parse(kMinimal);
+  expect_error([&] { apply_override(doc, "solver.lr=1e999"); }, {"--set 'solver.lr=1e999'", "cannot be read", "1e999"});
+}
+
+TEST(Config, OverrideIndexTooLargeForAnInteger) {
+  Json doc = Json::parse(R"({"distill": {"terms": [{"type": "ce"}]}})");
+  expect_error([&] { apply_override(doc, "distill.terms.99999999999999999999.weight=1"); },
+               {"index 99999999999999999999 is out of range for 'distill.terms' (1 elements)"});
+}
+
+TEST(Config, OverrideMustBeUtf8) {
+  Json doc = Json::parse(kMinimal);
+  expect_error([&] { apply_override(doc, "experiment.name=caf\xe9"); },
+               {"--set 'experiment.name=caf", "not valid UTF-8", "0xE9"});
+  expect_error([&] { apply_override(doc, "solver.schedule.\xff=1"); }, {"not valid UTF-8", "index 16: 0xFF"});
+}
+
+TEST(Config, IntegersMustFitTheirField) {
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "solver": {"epochs": 4294967297}})"); },
+               {"test.json: solver.epochs", "expected an integer in [-2147483648, 2147483647], got 4294967297"});
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "experiment": {"seed": -1}})"); },
+               {"test.json: experiment.seed", "expected an integer in [0, 18446744073709551615], got -1"});
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "data": {"num_workers": 2147483648}})"); },
+               {"data.num_workers", "got 2147483648"});
+}
+
+TEST(Config, DataSizesAreCheckedAtParse) {
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "data": {"synthetic_size": -5}})"); },
+               {"test.json: data.synthetic_size", "must be positive, got -5"});
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "data": {"image_size": 4294967328}})"); },
+               {"test.json: data.image_size", "must be in [0, 65536]"});
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "data": {"train_limit": -1}})"); },
+               {"test.json: data.train_limit", ">= 0"});
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "data": {"channels": 0}})"); },
+               {"test.json: data.channels"});
+}

@@ -234,7 +234,7 @@ TEST(Trainer, CorruptCheckpointMetadataIsAnErrorNamingFileAndKey) {
              "step: required key is missing");
   expect_has(resume_error("trainer", R"({"epoch": -1, )" + pos + "}"), "must not be negative");
   expect_has(resume_error("optimizer", "[1,"), "metadata key 'optimizer' is not valid JSON");
-  expect_has(resume_error("optimizer", "[]"), "optimizer");
+  expect_has(resume_error("optimizer", "[]"), "load_hyperparams: expected a JSON object");
   expect_has(resume_error("rng", "[]"), "metadata key 'rng' must be an object");
   expect_has(resume_error("rng", "{\"x\": 1e999}"), "metadata key 'rng' is not valid JSON");
 }

@@ -96,6 +96,7 @@ inline ExperimentConfig load_run_config(RunFlags& f) {
   ExperimentConfig cfg = as_usage([&] { return ExperimentConfig::load(f.config_path, f.overrides); });
   as_usage([&] {
     check_device(Device::parse(cfg.device), "experiment.device");
+    KernelSwitches probe(cfg, Device::parse(cfg.device));  // a math mode the device lacks: refused now
     return 0;
   });
   if (f.threads > 0) omp_set_num_threads(f.threads);

@@ -255,12 +255,11 @@ void print_profile(const Json& p) {
 
 Json run_row(const Row& r, const Options& o) {
   omp_set_num_threads(r.threads);
-  // As the Trainer: training and KD steps run pinned kernels, inference times its candidates.
-  if (r.mode != "infer") set_kernel_autotune(false);
   const double base_mb = status_mb("VmHWM");
   const Device dev = Device::parse(o.device);
-  if (o.math == "bf16") set_cpu_conv_bf16(true);
-  if (o.math == "tf32") set_cuda_allow_tf32(true);
+  // As the Trainer: training and KD steps run pinned kernels, inference times its candidates; the
+  // convolution arithmetic of --math.
+  const KernelSwitches switches(o.math, r.mode != "infer", dev, "--math");
   Generator gen(o.seed);
   const ModelOptions mo{o.classes, o.c, o.hw};
   Batch batch;
@@ -449,13 +448,7 @@ void validate(Options& o) {
   o.hw = h;
   const Device d = app::as_usage([&] { return Device::parse(o.device); });
   app::as_usage([&] { app::check_device(d, "--device"); return 0; });
-  if (o.math != "ieee" && o.math != "bf16" && o.math != "tf32")
-    throw app::UsageError("--math: '" + o.math + "' (expected ieee, bf16 or tf32)");
-  if (o.math == "bf16" && !d.is_cpu())
-    throw app::UsageError("--math bf16: bfloat16 convolutions are built for the CPU only (on a GPU: --math tf32)");
-  if (o.math == "tf32" && d.is_cpu())
-    throw app::UsageError("--math tf32: TF32 is a GPU tensor-core format (on the CPU: --math bf16)");
-  if (o.math == "bf16") app::as_usage([&] { set_cpu_conv_bf16(true); set_cpu_conv_bf16(false); return 0; });
+  app::as_usage([&] { KernelSwitches probe(o.math, true, d, "--math"); return 0; });  // refused here, not per row
 }
 
 }  // namespace

@@ -19,7 +19,7 @@ using namespace retort;
 
 int main(int argc, char** argv) {
   CLI::App cli{"Retort: evaluate a trained model on a dataset"};
-  std::string path, split = "test", dataset, root, arch, config_path, device = "cpu";
+  std::string path, split = "test", dataset, root, arch, config_path, device = "cpu", math = "ieee";
   int64_t batch_size = 256;
   bool json_out = false;
   cli.add_option("model", path, "model.safetensors of a run, or a checkpoint")->required();
@@ -30,12 +30,15 @@ int main(int argc, char** argv) {
   cli.add_option("--data-root", root, "Dataset root directory (default: the training run's)");
   cli.add_option("--batch-size", batch_size, "Evaluation batch size");
   cli.add_option("--device", device, "cpu | cuda | cuda:N");
+  cli.add_option("--math", math, "Convolution arithmetic, as experiment.math: ieee | bf16 (CPU) | tf32 (CUDA)");
   cli.add_flag("--json", json_out, "Print the result as one JSON object");
   CLI11_PARSE(cli, argc, argv);
 
   return app::run_guarded("retort-eval", [&] {
     const Device dev = app::as_usage([&] { return Device::parse(device); });
     app::as_usage([&] { app::check_device(dev, "--device"); return 0; });
+    // Inference may choose kernels by speed (deterministic false), as evaluation always has.
+    const auto switches = app::as_usage([&] { return std::make_unique<KernelSwitches>(math, false, dev, "--math"); });
     SafetensorsFile f = load_safetensors(path);
     auto meta = [&](const std::string& k) {
       auto it = f.metadata.find(k);
@@ -87,13 +90,14 @@ int main(int argc, char** argv) {
     const EvalResult r = evaluate(*model, loader);
     if (json_out) {
       std::printf("%s\n", Json{{"model", path}, {"arch", arch}, {"dataset", cfg.data.dataset}, {"split", split},
-                               {"samples", r.samples}, {"top1", r.top1}, {"top5", r.top5}, {"loss", r.loss}}
+                               {"samples", r.samples}, {"top1", r.top1}, {"top5", r.top5}, {"loss", r.loss},
+                               {"math", math}}
                               .dump()
                               .c_str());
     } else {
-      std::printf("%s (%s) on %s %s, %lld samples: top-1 %.2f%%  top-5 %.2f%%  loss %.4f\n", path.c_str(),
+      std::printf("%s (%s) on %s %s, %lld samples: top-1 %.2f%%  top-5 %.2f%%  loss %.4f%s\n", path.c_str(),
                   arch.c_str(), cfg.data.dataset.c_str(), split.c_str(), static_cast<long long>(r.samples),
-                  r.top1, r.top5, r.loss);
+                  r.top1, r.top5, r.loss, math == "ieee" ? "" : ("  (math " + math + ")").c_str());
     }
     return app::kOk;
   });

@@ -174,23 +174,26 @@ TransformPtr eval_transform(const DataConfig& cfg) {
 // ---- kernel switches -------------------------------------------------------------------------------
 
 KernelSwitches::KernelSwitches(const ExperimentConfig& cfg, Device device)
-    : math_(cfg.math),
-      deterministic_(cfg.deterministic),
+    : KernelSwitches(cfg.math, cfg.deterministic, device, "experiment.math") {}
+
+KernelSwitches::KernelSwitches(const std::string& math, bool deterministic, Device device, const std::string& key)
+    : math_(math),
+      deterministic_(deterministic),
       prev_autotune_(kernel_autotune()),
       prev_bf16_(cpu_conv_bf16()),
       prev_tf32_(cuda_allow_tf32()),
       prev_cuda_det_(cuda_deterministic()) {
-  RETORT_CHECK(math_ == "ieee" || math_ == "bf16" || math_ == "tf32", "experiment.math: \"", math_,
+  RETORT_CHECK(math_ == "ieee" || math_ == "bf16" || math_ == "tf32", key, ": \"", math_,
                "\" is not a math mode (expected \"ieee\", \"bf16\" or \"tf32\")");
-  RETORT_CHECK(math_ != "bf16" || device.is_cpu(), "experiment.math \"bf16\": bfloat16 convolutions are built for ",
+  RETORT_CHECK(math_ != "bf16" || device.is_cpu(), key, " \"bf16\": bfloat16 convolutions are built for ",
                "the CPU only, and this run is on ", device.str(), " (on a GPU, \"tf32\" is the reduced-precision mode)");
-  RETORT_CHECK(math_ != "tf32" || !device.is_cpu(), "experiment.math \"tf32\": TF32 is a GPU tensor-core format and ",
+  RETORT_CHECK(math_ != "tf32" || !device.is_cpu(), key, " \"tf32\": TF32 is a GPU tensor-core format and ",
                "this run is on the CPU (there, \"bf16\" is the reduced-precision mode)");
   if (math_ == "bf16") {
     try {
       set_cpu_conv_bf16(true);
     } catch (const Error& e) {
-      RETORT_FAIL("experiment.math \"bf16\": ", e.what());
+      RETORT_FAIL(key, " \"bf16\": ", e.what());
     }
   } else {
     set_cpu_conv_bf16(false);

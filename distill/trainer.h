@@ -118,10 +118,12 @@ struct TrainSummary {
 //   experiment.deterministic  true: CPU convolution kernels pinned (kernel_autotune off), cuDNN's
 //                             deterministic algorithms only; false: both may choose by speed.
 //   experiment.math           "bf16": the CPU's bfloat16 convolutions; "tf32": CUDA's TF32 tensor cores.
-// Throws, naming experiment.math, where the device cannot run the mode asked for.
+// Throws, naming experiment.math (or `key`), where the device cannot run the mode asked for. The apps'
+// --math flags (retort-bench, retort-eval) go through the second constructor.
 class KernelSwitches {
  public:
   KernelSwitches(const ExperimentConfig& cfg, Device device);
+  KernelSwitches(const std::string& math, bool deterministic, Device device, const std::string& key);
   ~KernelSwitches();
   KernelSwitches(const KernelSwitches&) = delete;
   KernelSwitches& operator=(const KernelSwitches&) = delete;

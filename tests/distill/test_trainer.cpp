@@ -344,7 +344,9 @@ TEST(Trainer, DeterministicSetsTheKernelSwitchesForTheRun) {
     {
       Trainer trainer(cfg, task, data, run);
       EXPECT_EQ(kernel_autotune(), !det);
-      if (cuda_built()) EXPECT_EQ(cuda_deterministic(), det);
+      if (cuda_built()) {
+        EXPECT_EQ(cuda_deterministic(), det);
+      }
       EXPECT_NE(trainer.switches().describe().find(det ? "deterministic" : "chosen by speed"), std::string::npos)
           << trainer.switches().describe();
     }

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# experiment.math / --math end to end on synthetic data: a retort-train run with math "bf16" says so in
+# its start-up block and config.json, and its convolutions really run in bf16 (retort-bench's kernel
+# listing); retort-eval --math bf16 gives a test loss within 1 % of --math ieee's, but not equal; modes the device
+# cannot run (tf32 on the CPU, an unknown mode) are refused as usage errors (exit code 1) with the reason. Where
+# oneDNN has no bf16 convolutions (below AVX-512) the refusal is checked and the rest skipped (77).
+# Usage: math_modes.sh BIN_DIR
+set -euo pipefail
+bin=$1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cat > "$tmp/a.json" <<JSON
+{"schema_version": 1, "experiment": {"name": "a", "seed": 0, "output_dir": "$tmp", "math": "bf16"},
+ "data": {"dataset": "synthetic", "image_size": 16, "channels": 3, "num_classes": 4, "synthetic_size": 256,
+          "batch_size": 32, "num_workers": 0},
+ "model": {"arch": "resnet8"}, "solver": {"optimizer": "sgd", "lr": 0.05, "epochs": 2}}
+JSON
+expect_refusal() {  # expect_refusal WHAT TEXT command...
+  local what=$1 text=$2 rc err
+  shift 2
+  set +e
+  err=$("$@" 2>&1); rc=$?
+  set -e
+  [ "$rc" = 1 ] && grep -qF -- "$text" <<<"$err" || { echo "FAIL: $what: rc $rc, '$err'"; exit 1; }
+}
+set +e
+out=$("$bin/retort-train" "$tmp/a.json" --run-dir "$tmp/a" 2>&1); rc=$?
+set -e
+if [ "$rc" != 0 ]; then
+  grep -qF 'experiment.math "bf16"' <<<"$out" && grep -qF "AVX-512" <<<"$out" ||
+    { echo "FAIL: bf16 run: rc $rc, '$out'"; exit 1; }
+  echo "math_modes: no bf16 convolutions on this CPU, refused as expected: $out"
+  exit 77
+fi
+grep -qF "kernels math bf16, deterministic" <<<"$out" || { echo "FAIL: no kernels line in '$out'"; exit 1; }
+grep -qF "convolutions bf16" <<<"$out" || { echo "FAIL: the cpu line does not say bf16: '$out'"; exit 1; }
+grep -qE '"math": ?"bf16"' "$tmp/a/config.json" || { echo "FAIL: config.json does not record the math mode"; exit 1; }
+listing=$("$bin/retort-bench" --models resnet8 --mode train --batch 8 --threads 1 --steps 1 --warmup 0 \
+          --input 3x16x16 --classes 4 --math bf16 --profile)
+for dir in fwd bwd-data bwd-weight; do
+  grep -qE "^  $dir x\[8, 16, 16, 16\] w\[16, 16, 3, 3\] g1: .* bf16 \(" <<<"$listing" ||
+    { echo "FAIL: retort-bench --math bf16 ran no bf16 $dir kernel:"; echo "$listing"; exit 1; }
+done
+loss() { "$bin/retort-eval" "$tmp/a/model.safetensors" --math "$1" --json | sed -E 's/.*"loss":([0-9.e+-]+).*/\1/'; }
+a=$(loss ieee); b=$(loss bf16)
+awk -v a="$a" -v b="$b" 'BEGIN { d = (a - b) / a; exit !(a != b && d <= 0.01 && d >= -0.01) }' ||
+  { echo "FAIL: eval loss ieee $a vs bf16 $b (expected within 1 %, not equal)"; exit 1; }
+"$bin/retort-eval" "$tmp/a/model.safetensors" --math bf16 | grep -qF "(math bf16)" || { echo "FAIL: eval line"; exit 1; }
+expect_refusal "tf32 on the CPU" 'experiment.math "tf32": TF32 is a GPU tensor-core format' \
+  "$bin/retort-train" "$tmp/a.json" --run-dir "$tmp/b" --set experiment.math=tf32
+expect_refusal "unknown mode" '"fp16" is not a math mode' \
+  "$bin/retort-train" "$tmp/a.json" --run-dir "$tmp/c" --set experiment.math=fp16
+expect_refusal "bench tf32 on the CPU" '--math "tf32"' "$bin/retort-bench" --models resnet8 --math tf32
+expect_refusal "eval tf32 on the CPU" '--math "tf32"' "$bin/retort-eval" "$tmp/a/model.safetensors" --math tf32
+echo "math_modes: ok (eval loss ieee $a, bf16 $b)"

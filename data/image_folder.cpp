@@ -5,11 +5,13 @@
 
 #include <algorithm>
 #include <cctype>
+#include <climits>
 #include <cmath>
 #include <filesystem>
 #include <memory>
 #include <vector>
 
+#include "data/file_io.h"
 #include "data/transforms.h"
 #include "engine/error.h"
 
@@ -63,10 +65,57 @@ struct Decoded {
   std::unique_ptr<stbi_uc, void (*)(void*)> hwc{nullptr, stbi_image_free};  // interleaved, `channels` per pixel
 };
 
+// stb_image 2.27 (Debian 12's libstb-dev) builds each JPEG Huffman table from its 16 code counts
+// without checking that they sum to at most 256, and writes past the table's 257-entry size list
+// when they do not (heap corruption from a 9-byte file; upstream checks since 2.28). Every DHT
+// table stb_image would build is checked here first, read as it reads them: a segment's tables
+// follow one another while its length lasts, and bytes past the end of the file read as 0.
+void check_jpeg_huffman_tables(const std::vector<uint8_t>& b, const fs::path& file) {
+  const size_t n = b.size();
+  if (n < 2 || b[0] != 0xFF || b[1] != 0xD8) return;  // not a JPEG
+  auto at = [&](size_t i) -> unsigned { return i < n ? b[i] : 0; };
+  size_t p = 2;
+  while (p + 1 < n) {
+    if (b[p] != 0xFF) {  // entropy-coded data or junk: look for the next marker
+      ++p;
+      continue;
+    }
+    const unsigned m = b[p + 1];
+    if (m == 0xFF) {  // fill byte
+      ++p;
+      continue;
+    }
+    if (m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD8)) {  // stuffed 0xFF, TEM, RSTn, SOI: no length
+      p += 2;
+      continue;
+    }
+    if (m == 0xD9) return;  // EOI
+    const size_t len = (at(p + 2) << 8) | at(p + 3);
+    if (m == 0xC4) {
+      int64_t left = static_cast<int64_t>(len) - 2;
+      size_t q = p + 4;
+      while (left > 0) {
+        size_t codes = 0;
+        for (size_t i = 0; i < 16; ++i) codes += at(q + 1 + i);
+        RETORT_CHECK(codes <= 256, file.string(), ": corrupt JPEG: the Huffman table at byte offset ", q,
+                     " declares ", codes, " codes (at most 256)");
+        q += 17 + codes;
+        left -= static_cast<int64_t>(17 + codes);
+      }
+    }
+    p += 2 + len;
+  }
+}
+
 Decoded decode(const fs::path& file, int channels) {
+  const std::vector<uint8_t> bytes = read_file_bytes(file.string());
+  check_jpeg_huffman_tables(bytes, file);
+  RETORT_CHECK(bytes.size() <= static_cast<size_t>(INT_MAX), file.string(), ": ", bytes.size(),
+               " bytes is too large for the image decoder");
   Decoded d;
   int file_channels = 0;
-  d.hwc.reset(stbi_load(file.c_str(), &d.width, &d.height, &file_channels, channels));
+  d.hwc.reset(stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &d.width, &d.height,
+                                    &file_channels, channels));
   RETORT_CHECK(d.hwc != nullptr, file.string(), ": cannot decode image (stb_image: ", stbi_failure_reason(), ")");
   return d;
 }

@@ -321,6 +321,16 @@ namespace {
 Tensor ramp(const Shape& shape) { return Tensor::arange(shape_numel(shape)).view_as_shape(shape) + 1.0; }
 }  // namespace
 
+// Found by fuzz_image_folder (tests/fuzz/corpus/image_folder/crash_jpeg_huffman_table_overflow.jpg):
+// stb_image 2.27 wrote past a Huffman table whose code counts sum to more than 256.
+TEST(ImageFolder, CorruptJpegHuffmanTableIsRefusedBeforeDecoding) {
+  const std::string root = temp_dir() + "/jpeg_dht";
+  fs::create_directories(root + "/cls");
+  write_file(root + "/cls/img.jpg", Bytes{0xFF, 0xD8, 0xFF, 0xC4, 0x01, 0xB4, 0x03, 0x4A, 0xD9});
+  expect_error([&] { load_image_folder(root); },
+               {"cls/img.jpg", "corrupt JPEG", "Huffman table at byte offset 6", "declares 291 codes (at most 256)"});
+}
+
 TEST(Transforms, RandomCropPadsWithZerosAndShiftsContent) {
   const Tensor x = ramp({2, 4, 5});
   const RandomCrop crop(4, 5, 2);

@@ -107,9 +107,37 @@ void check_jpeg_huffman_tables(const std::vector<uint8_t>& b, const fs::path& fi
   }
 }
 
+// stb_image reads an uncompressed BMP's rows without noticing the end of the file: a truncated file
+// decodes as an image padded with zeros, and a 130-byte file whose header says 13747200 x 4 pixels
+// becomes a 165 MB blank image. The rows the header describes must be in the file.
+void check_bmp_size(const std::vector<uint8_t>& b, const fs::path& file) {
+  const size_t n = b.size();
+  if (n < 26 || b[0] != 'B' || b[1] != 'M') return;  // not a BMP (or too short for stb_image to try)
+  auto u16 = [&](size_t i) -> uint64_t { return i + 2 <= n ? b[i] | (b[i + 1] << 8) : 0; };
+  auto u32 = [&](size_t i) -> uint64_t { return i + 4 <= n ? u16(i) | (u16(i + 2) << 16) : 0; };
+  const uint64_t data_offset = u32(10), header_size = u32(14);
+  uint64_t width, height, bits, compression = 0;
+  if (header_size == 12) {  // OS/2 BITMAPCOREHEADER
+    width = u16(18), height = u16(20), bits = u16(24);
+  } else {
+    width = u32(18), bits = u16(28), compression = u32(30);
+    const int32_t h = static_cast<int32_t>(u32(22));  // negative: rows stored top-down
+    height = h < 0 ? -static_cast<int64_t>(h) : h;
+  }
+  if ((compression != 0 && compression != 3) || width == 0 || height == 0 || bits == 0 || width > (1u << 30))
+    return;  // compressed, or a header stb_image refuses itself
+  const uint64_t row_bits = width * bits;
+  const uint64_t stride = (row_bits + 31) / 32 * 4, last_row = (row_bits + 7) / 8;
+  const uint64_t start = std::max<uint64_t>(data_offset, 14 + header_size);
+  const uint64_t needed = start + stride * (height - 1) + last_row;
+  RETORT_CHECK(n >= needed, file.string(), ": truncated BMP: its header says ", width, " x ", height, " pixels of ",
+               bits, " bits, ", needed - start, " bytes from byte offset ", start, ", but the file ends at byte ", n);
+}
+
 Decoded decode(const fs::path& file, int channels) {
   const std::vector<uint8_t> bytes = read_file_bytes(file.string());
   check_jpeg_huffman_tables(bytes, file);
+  check_bmp_size(bytes, file);
   RETORT_CHECK(bytes.size() <= static_cast<size_t>(INT_MAX), file.string(), ": ", bytes.size(),
                " bytes is too large for the image decoder");
   Decoded d;

@@ -331,6 +331,29 @@ TEST(ImageFolder, CorruptJpegHuffmanTableIsRefusedBeforeDecoding) {
                {"cls/img.jpg", "corrupt JPEG", "Huffman table at byte offset 6", "declares 291 codes (at most 256)"});
 }
 
+// Found by fuzz_image_folder as a timeout (tests/fuzz/corpus/image_folder/timeout_bmp_header_beyond_file.bmp):
+// stb_image pads a truncated uncompressed BMP with zeros, so a 130-byte file became a 165 MB blank
+// image; a BMP cut short by a byte decoded without complaint.
+TEST(ImageFolder, TruncatedBmpIsRefused) {
+  const std::string root = temp_dir() + "/bmp_truncated";
+  fs::create_directories(root + "/cls");
+  const std::string path = root + "/cls/img.bmp";
+  Bytes bmp(54 + 2 * 8, 0);  // 2 x 2 pixels, 24 bits: rows of 6 bytes padded to 8
+  const auto put = [&](size_t at, uint32_t v, int n) {
+    for (int i = 0; i < n; ++i) bmp[at + i] = static_cast<uint8_t>(v >> (8 * i));
+  };
+  bmp[0] = 'B', bmp[1] = 'M';
+  put(2, static_cast<uint32_t>(bmp.size()), 4), put(10, 54, 4), put(14, 40, 4), put(18, 2, 4), put(22, 2, 4);
+  put(26, 1, 2), put(28, 24, 2);
+  write_file(path, bmp);
+  EXPECT_EQ(load_image_folder(root)->size(), 1u);
+  bmp.resize(bmp.size() - 3);  // the last row's last pixel is missing
+  write_file(path, bmp);
+  expect_error([&] { load_image_folder(root); },
+               {"cls/img.bmp", "truncated BMP", "2 x 2 pixels of 24 bits, 14 bytes from byte offset 54",
+                "the file ends at byte 67"});
+}
+
 TEST(Transforms, RandomCropPadsWithZerosAndShiftsContent) {
   const Tensor x = ramp({2, 4, 5});
   const RandomCrop crop(4, 5, 2);

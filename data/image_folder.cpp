@@ -72,9 +72,11 @@ struct Decoded {
 // follow one another while its length lasts, and bytes past the end of the file read as 0.
 void check_jpeg_huffman_tables(const std::vector<uint8_t>& b, const fs::path& file) {
   const size_t n = b.size();
-  if (n < 2 || b[0] != 0xFF || b[1] != 0xD8) return;  // not a JPEG
+  size_t p = 0;  // stb_image, like the standard, allows 0xFF fill bytes before any marker, SOI included
+  while (p < n && b[p] == 0xFF) ++p;
+  if (p == 0 || p >= n || b[p] != 0xD8) return;  // not a JPEG
+  ++p;
   auto at = [&](size_t i) -> unsigned { return i < n ? b[i] : 0; };
-  size_t p = 2;
   while (p + 1 < n) {
     if (b[p] != 0xFF) {  // entropy-coded data or junk: look for the next marker
       ++p;

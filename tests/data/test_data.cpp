@@ -329,6 +329,9 @@ TEST(ImageFolder, CorruptJpegHuffmanTableIsRefusedBeforeDecoding) {
   write_file(root + "/cls/img.jpg", Bytes{0xFF, 0xD8, 0xFF, 0xC4, 0x01, 0xB4, 0x03, 0x4A, 0xD9});
   expect_error([&] { load_image_folder(root); },
                {"cls/img.jpg", "corrupt JPEG", "Huffman table at byte offset 6", "declares 291 codes (at most 256)"});
+  // The same after a fill byte before the SOI marker, which stb_image skips (crash_jpeg_fill_before_soi).
+  write_file(root + "/cls/img.jpg", Bytes{0xFF, 0xFF, 0xD8, 0xFF, 0xC4, 0x01, 0xB4, 0x03, 0x4A, 0xD9});
+  expect_error([&] { load_image_folder(root); }, {"cls/img.jpg", "Huffman table at byte offset 7", "291 codes"});
 }
 
 // Found by fuzz_image_folder as a timeout (tests/fuzz/corpus/image_folder/timeout_bmp_header_beyond_file.bmp):

@@ -65,12 +65,18 @@ struct Decoded {
   std::unique_ptr<stbi_uc, void (*)(void*)> hwc{nullptr, stbi_image_free};  // interleaved, `channels` per pixel
 };
 
+// Two checks of a JPEG before stb_image sees it.
+//
+// Truncation: stb_image reads past the end of a JPEG's data as zeros, so a cut-off file decodes
+// without complaint as an image whose lower part is invented. The end-of-image marker (FF D9) must
+// follow the last segment; bytes after it are allowed, as decoders allow them.
+//
 // stb_image 2.27 (Debian 12's libstb-dev) builds each JPEG Huffman table from its 16 code counts
 // without checking that they sum to at most 256, and writes past the table's 257-entry size list
 // when they do not (heap corruption from a 9-byte file; upstream checks since 2.28). Every DHT
 // table stb_image would build is checked here first, read as it reads them: a segment's tables
 // follow one another while its length lasts, and bytes past the end of the file read as 0.
-void check_jpeg_huffman_tables(const std::vector<uint8_t>& b, const fs::path& file) {
+void check_jpeg(const std::vector<uint8_t>& b, const fs::path& file) {
   const size_t n = b.size();
   size_t p = 0;  // stb_image, like the standard, allows 0xFF fill bytes before any marker, SOI included
   while (p < n && b[p] == 0xFF) ++p;
@@ -107,6 +113,8 @@ void check_jpeg_huffman_tables(const std::vector<uint8_t>& b, const fs::path& fi
     }
     p += 2 + len;
   }
+  RETORT_FAIL(file.string(), ": truncated JPEG: no end-of-image marker (FF D9) before the file ends at byte ", n,
+              " (a cut-off file would decode with its missing rows made up)");
 }
 
 // stb_image reads an uncompressed BMP's rows without noticing the end of the file: a truncated file
@@ -138,7 +146,7 @@ void check_bmp_size(const std::vector<uint8_t>& b, const fs::path& file) {
 
 Decoded decode(const fs::path& file, int channels) {
   const std::vector<uint8_t> bytes = read_file_bytes(file.string());
-  check_jpeg_huffman_tables(bytes, file);
+  check_jpeg(bytes, file);
   check_bmp_size(bytes, file);
   RETORT_CHECK(bytes.size() <= static_cast<size_t>(INT_MAX), file.string(), ": ", bytes.size(),
                " bytes is too large for the image decoder");

@@ -301,7 +301,7 @@ TEST(ImageFolder, LoadsSortedClassesConvertsAndResizes) {
   write_png(root + "/dog/d.png", 5, 5, 0);
   expect_error([&] { load_image_folder(root); }, {"d.png", "5x5", "3x4"});
   EXPECT_EQ(load_image_folder(root, {3, 2, 2})->size(), 4u);
-  write_file(root + "/dog/e.jpg", {0xff, 0xd8, 0x00, 0x01, 0x02});
+  write_file(root + "/dog/e.jpg", {0xff, 0xd8, 0x00, 0x01, 0x02, 0xff, 0xd9});
   expect_error([&] { load_image_folder(root, {3, 2, 2}); }, {"e.jpg", "cannot decode", "stb_image"});
 }
 
@@ -320,6 +320,25 @@ TEST(ImageFolder, StructuralErrors) {
 namespace {
 Tensor ramp(const Shape& shape) { return Tensor::arange(shape_numel(shape)).view_as_shape(shape) + 1.0; }
 }  // namespace
+
+// A JPEG cut off before its end-of-image marker is refused (stb_image would decode it, making up the
+// missing rows from zeros); the whole file, and the whole file with bytes after the marker, load.
+TEST(ImageFolder, TruncatedJpegIsRefused) {
+  std::ifstream in(std::string(RETORT_SOURCE_DIR) + "/tests/fuzz/corpus/image_folder/seed_rgb_6x4.jpg", std::ios::binary);
+  const Bytes whole((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_GT(whole.size(), 100u);
+  const std::string root = ::testing::TempDir() + "/retort_jpeg_truncated";
+  fs::remove_all(root);
+  fs::create_directories(root + "/cls");
+  Bytes trailing = whole;
+  trailing.insert(trailing.end(), {0x00, 0x12, 0x34});
+  write_file(root + "/cls/img.jpg", trailing);
+  EXPECT_EQ(load_image_folder(root)->size(), 1u);
+  write_file(root + "/cls/img.jpg", Bytes(whole.begin(), whole.end() - static_cast<std::ptrdiff_t>(whole.size() / 3)));
+  expect_error([&] { load_image_folder(root); },
+               {"cls/img.jpg", "truncated JPEG", "no end-of-image marker (FF D9)",
+                "ends at byte " + std::to_string(whole.size() - whole.size() / 3)});
+}
 
 // Found by fuzz_image_folder (tests/fuzz/corpus/image_folder/crash_jpeg_huffman_table_overflow.jpg):
 // stb_image 2.27 wrote past a Huffman table whose code counts sum to more than 256.

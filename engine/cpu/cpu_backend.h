@@ -62,6 +62,15 @@ int64_t dnnl_conv_calls();
 // "oneDNN 2.6.3 convolutions f32, ISA avx512_core", for the start-up log line.
 std::string dnnl_info();
 
+// The cache of large host blocks (memory.cpp): bytes held in its free lists now, and how many large
+// allocations it served from them and from malloc. host_empty_cache() frees every cached block.
+struct HostCacheStats {
+  size_t cached_bytes = 0;
+  int64_t reused = 0, fresh = 0;
+};
+HostCacheStats host_cache_stats();
+void host_empty_cache();
+
 // Hot inner loops (one row of a kernel, no OpenMP parallel region inside) are compiled three times —
 // AVX-512 (x86-64-v4), AVX2 + FMA (x86-64-v3) and the baseline x86-64 the rest of the build targets —
 // and the dynamic loader picks the best one for the running CPU (GCC target_clones, an ifunc). The

@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "engine/cpu/cpu_backend.h"
 #include "engine/functions.h"
 
 using namespace retort;
@@ -102,4 +103,35 @@ TEST(Tensor, DeviceParsing) {
   EXPECT_EQ(Device::parse("cuda").str(), "cuda:0");
   EXPECT_THROW(Device::parse("gpu"), Error);
   EXPECT_THROW(Device::parse("cuda:x"), Error);
+}
+
+// Large host blocks (1 MiB and more) are cached after they are freed and handed out again for the
+// same size, so a training or inference step stops mapping and page-faulting its activations; small
+// ones are not cached; host_empty_cache() gives every cached block back.
+TEST(HostMemory, LargeBlocksAreReusedSmallOnesAreNot) {
+  cpu::host_empty_cache();
+  const cpu::HostCacheStats s0 = cpu::host_cache_stats();
+  EXPECT_EQ(s0.cached_bytes, 0u);
+  const void* first = nullptr;
+  {
+    Tensor t = Tensor::zeros({1024, 1024});  // 4 MiB
+    first = t.data<float>();
+  }
+  const cpu::HostCacheStats s1 = cpu::host_cache_stats();
+  EXPECT_EQ(s1.cached_bytes, size_t{4} << 20);
+  {
+    Tensor t = Tensor::ones({1024, 1024});  // the same size: the same block, its contents written anew
+    EXPECT_EQ(static_cast<const void*>(t.data<float>()), first);
+    EXPECT_EQ(t.to_vector()[12345], 1.0);
+    const cpu::HostCacheStats s2 = cpu::host_cache_stats();
+    EXPECT_EQ(s2.reused, s1.reused + 1);
+    EXPECT_EQ(s2.cached_bytes, 0u);
+  }
+  {
+    Tensor small = Tensor::zeros({1000});
+    (void)small;
+  }
+  EXPECT_EQ(cpu::host_cache_stats().cached_bytes, size_t{4} << 20);  // the 4 MiB block only
+  cpu::host_empty_cache();
+  EXPECT_EQ(cpu::host_cache_stats().cached_bytes, 0u);
 }

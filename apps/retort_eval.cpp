@@ -51,13 +51,8 @@ int main(int argc, char** argv) {
       data_cfg = app::as_usage([&] { return ExperimentConfig::load(config_path).data; });
     } else if (!meta("config").empty()) {
       data_cfg = app::as_usage([&] {
-        Json doc;
-        try {
-          doc = Json::parse(meta("config"));
-        } catch (const nlohmann::json::exception& e) {
-          RETORT_FAIL(path, ": metadata key 'config' is not valid JSON: ", e.what());
-        }
-        return ExperimentConfig::from_json(doc, path + " (metadata)").data;
+        return ExperimentConfig::from_json(parse_metadata_json(path, "config", meta("config")), path + " (metadata)")
+            .data;
       });
     } else if (!meta("dataset").empty()) {
       data_cfg.dataset = meta("dataset");

@@ -29,6 +29,14 @@ Json read_json_file(const std::string& path) {
   }
 }
 
+Json parse_metadata_json(const std::string& file, const std::string& key, const std::string& text) {
+  try {
+    return Json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    RETORT_FAIL(file, ": metadata key '", key, "' is not valid JSON: ", e.what());
+  }
+}
+
 void apply_override(Json& doc, const std::string& assignment) {
   const size_t eq = assignment.find('=');
   RETORT_CHECK(eq != std::string::npos && eq > 0, "--set '", assignment, "': expected key.path=value");

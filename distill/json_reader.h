@@ -23,6 +23,9 @@ using Json = nlohmann::ordered_json;
 
 // Parses a JSON file; errors name the file, line and column.
 Json read_json_file(const std::string& path);
+// Parses the JSON text a model file or checkpoint holds under metadata key `key`; an error names the
+// file and the key ("<file>: metadata key 'trainer' is not valid JSON: ...").
+Json parse_metadata_json(const std::string& file, const std::string& key, const std::string& text);
 // Applies "a.b.c=value" overrides (value parsed as JSON when it is valid JSON, else taken as a
 // string). Intermediate objects are created; the strict reader then rejects unknown keys.
 void apply_override(Json& doc, const std::string& assignment);

@@ -294,13 +294,7 @@ Trainer::Position Trainer::load_checkpoint(const std::string& path) {
   RETORT_CHECK(meta("arch") == cfg_.arch, path, ": checkpoint of architecture '", meta("arch"),
                "' but the config trains '", cfg_.arch, "'");
   // The metadata values that hold JSON; a corrupt one is an error naming the file and the key.
-  auto meta_json = [&](const std::string& k) {
-    try {
-      return Json::parse(meta(k));
-    } catch (const nlohmann::json::exception& e) {
-      RETORT_FAIL(path, ": metadata key '", k, "' is not valid JSON: ", e.what());
-    }
-  };
+  auto meta_json = [&](const std::string& k) { return parse_metadata_json(path, k, meta(k)); };
   StateDict model, extra, optim;
   for (auto& [k, t] : f.tensors) {
     if (k.rfind("model.", 0) == 0) model.emplace_back(k.substr(6), t);

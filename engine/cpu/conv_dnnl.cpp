@@ -55,19 +55,25 @@ ConvImpl& impl_setting() {
   return impl;
 }
 
+// The instruction set oneDNN's kernels use on this CPU, by oneDNN's name ("other" below AVX2).
+const char* isa_name() {
+  switch (dnnl::get_effective_cpu_isa()) {
+    case dnnl::cpu_isa::avx512_core_amx: return "avx512_core_amx";
+    case dnnl::cpu_isa::avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl::cpu_isa::avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl::cpu_isa::avx512_core: return "avx512_core";
+    case dnnl::cpu_isa::avx2: return "avx2";
+    default: return "other";
+  }
+}
+
 // The instruction sets on which oneDNN 2.6 has bfloat16 convolutions (AVX-512 emulates the bf16
 // dot products; avx512_core_bf16 has them; AMX runs them on tiles). Empty when supported, else why not.
 std::string bf16_unsupported_reason() {
-  switch (dnnl::get_effective_cpu_isa()) {
-    case dnnl::cpu_isa::avx512_core:
-    case dnnl::cpu_isa::avx512_core_vnni:
-    case dnnl::cpu_isa::avx512_core_bf16:
-    case dnnl::cpu_isa::avx512_core_amx:
-      return "";
-    default:
-      return "oneDNN has no bfloat16 convolutions below AVX-512 (this CPU's oneDNN ISA: " +
-             std::string(dnnl::get_effective_cpu_isa() == dnnl::cpu_isa::avx2 ? "avx2" : "older than avx2") + ")";
-  }
+  const std::string isa = isa_name();
+  if (isa.rfind("avx512_core", 0) == 0) return "";
+  return "oneDNN has no bfloat16 convolutions below AVX-512 (this CPU's oneDNN ISA: " +
+         (isa == "other" ? std::string("older than avx2") : isa) + ")";
 }
 
 bool& bf16_setting() {
@@ -430,21 +436,12 @@ int64_t dnnl_conv_calls() {
 
 std::string dnnl_info() {
   const dnnl_version_t* v = dnnl_version();
-  std::string isa;
-  switch (dnnl::get_effective_cpu_isa()) {
-    case dnnl::cpu_isa::avx512_core_amx: isa = "avx512_core_amx"; break;
-    case dnnl::cpu_isa::avx512_core_bf16: isa = "avx512_core_bf16"; break;
-    case dnnl::cpu_isa::avx512_core_vnni: isa = "avx512_core_vnni"; break;
-    case dnnl::cpu_isa::avx512_core: isa = "avx512_core"; break;
-    case dnnl::cpu_isa::avx2: isa = "avx2"; break;
-    default: isa = "other"; break;
-  }
   const char* mode = impl_setting() == ConvImpl::Im2col ? "off (RETORT_CPU_CONV=im2col)"
                      : impl_setting() == ConvImpl::Dnnl ? "forced (RETORT_CPU_CONV=dnnl)"
                                                          : "";
   const char* math = impl_setting() == ConvImpl::Im2col ? "" : bf16_setting() ? "bf16" : "f32";
   return detail::cat("oneDNN ", v->major, ".", v->minor, ".", v->patch, " convolutions ", mode,
-                     *mode && *math ? " " : "", math, ", ISA ", isa);
+                     *mode && *math ? " " : "", math, ", ISA ", isa_name());
 }
 
 }  // namespace retort::cpu

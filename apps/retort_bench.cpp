@@ -4,7 +4,7 @@
 //
 //   retort-bench [--models a,b] [--pairs t:s,...] [--batch 64,128] [--threads 1,2] [--steps 10]
 //                [--warmup 3] [--mode train,kd,infer] [--input 3x32x32] [--classes 100] [--json]
-//                [--math ieee|bf16|tf32] [--profile]
+//                [--math ieee|bf16|winograd|tf32] [--profile]
 //
 // --profile times every backend kernel of `--steps` further steps (after the timed ones, so the
 // throughput is measured without the timers) and reports the time per kernel type and each
@@ -70,7 +70,7 @@ struct Options {
   int steps = 10, warmup = 3;
   std::string input = "3x32x32";
   std::string device = "cpu";
-  std::string math = "ieee";  // as experiment.math: ieee | bf16 (CPU) | tf32 (CUDA)
+  std::string math = "ieee";  // as experiment.math: ieee | bf16, winograd (CPU) | tf32 (CUDA)
   int64_t classes = 100;
   uint64_t seed = 0;
   bool json = false, profile = false;
@@ -468,7 +468,7 @@ int main(int argc, char** argv) {
   cli.add_option("--device", o.device, "cpu | cuda | cuda:N (GPU rows are timed with a device sync per step)")
       ->capture_default_str();
   cli.add_option("--seed", o.seed, "Seed of the weights, inputs and labels")->capture_default_str();
-  cli.add_option("--math", o.math, "Convolution arithmetic, as experiment.math: ieee | bf16 (CPU) | tf32 (CUDA)")
+  cli.add_option("--math", o.math, "Convolution arithmetic, as experiment.math: ieee | bf16, winograd (CPU) | tf32 (CUDA)")
       ->capture_default_str();
   cli.add_flag("--json", o.json, "One JSON object per row on stdout instead of a table");
   cli.add_flag("--profile", o.profile,

@@ -30,7 +30,7 @@ int main(int argc, char** argv) {
   cli.add_option("--data-root", root, "Dataset root directory (default: the training run's)");
   cli.add_option("--batch-size", batch_size, "Evaluation batch size");
   cli.add_option("--device", device, "cpu | cuda | cuda:N");
-  cli.add_option("--math", math, "Convolution arithmetic, as experiment.math: ieee | bf16 (CPU) | tf32 (CUDA)");
+  cli.add_option("--math", math, "Convolution arithmetic, as experiment.math: ieee | bf16, winograd (CPU) | tf32 (CUDA)");
   cli.add_flag("--json", json_out, "Print the result as one JSON object");
   CLI11_PARSE(cli, argc, argv);
 

@@ -13,7 +13,8 @@
 #   MODELS  PAIRS (teacher:student)  MODES (train,kd,infer)  BATCHES  THREADS  FORMATS  STEPS  WARMUP
 #   DEVICE  cpu (default) or cuda[:N]: both sides run on the GPU (FP32 without TF32, steps timed between
 #           device synchronisations); memory is then each side's peak device memory
-#   MATH    Retort's convolution arithmetic (retort-bench --math): ieee (default), bf16 (CPU), tf32 (GPU)
+#   MATH    Retort's convolution arithmetic (retort-bench --math): ieee (default), bf16 or winograd
+#           (CPU), tf32 (GPU); winograd rows are compared with PyTorch's F32 (TORCH_MATH defaults to ieee)
 #   TORCH_MATH  PyTorch's, comma-separated (torch_reference.py --math; default: MATH): ieee, bf16 (the
 #           same arithmetic as Retort's bf16; torch >= 2.9), autocast (torch.autocast bf16), tf32. With
 #           several, the fastest PyTorch row of a compatible mode is the yardstick (autocast counts
@@ -45,8 +46,9 @@ torch = {}
 for r in rows:
     if r["framework"].startswith("torch"):
         torch.setdefault(key(r), []).append(r)
-# The PyTorch arithmetic a Retort row is compared with: the same, and for bf16 also autocast.
-compatible = {"ieee": {"ieee"}, "bf16": {"bf16", "autocast"}, "tf32": {"tf32"}}
+# The PyTorch arithmetic a Retort row is compared with: the same, for bf16 also autocast, and for
+# Winograd PyTorch's F32 (PyTorch has no Winograd switch on the CPU; both are F32 throughout).
+compatible = {"ieee": {"ieee"}, "bf16": {"bf16", "autocast"}, "winograd": {"ieee"}, "tf32": {"tf32"}}
 print("| model | mode | batch | threads | ours img/s | best torch img/s (version, format) | ours / torch | ours MiB | torch MiB |")
 print("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
 for r in rows:
@@ -91,6 +93,7 @@ fi
 modes=${MODES:-train,kd,infer} batches=${BATCHES:-64,128} threads=${THREADS:-1,2}
 formats=${FORMATS:-nchw,channels_last} steps=${STEPS:-10} warmup=${WARMUP:-3} device=${DEVICE:-cpu}
 math=${MATH:-ieee} torch_math=${TORCH_MATH:-$math}
+[ "$torch_math" = winograd ] && torch_math=ieee  # (PyTorch's F32 convolutions are its only F32 ones)
 
 # CPU model names are long and hostnames in containers are random: "intel-xeon-2c" names the machine.
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- || echo unknown)

@@ -3,7 +3,7 @@
 // with plain NCHW memory and with the blocked layouts it picks itself (format any, no reorders
 // counted). Forward, backward-data and backward-weights, median of 10 after 2 warm-ups, per shape.
 // Built on demand (not part of `all`):  cmake --build build --target bench_conv_micro
-//   OMP_NUM_THREADS=2 build/bench/bench_conv_micro
+//   OMP_NUM_THREADS=2 build/bench/bench_conv_micro [--winograd]
 // Results: bench/results/2026-11-22_conv_micro_intel-xeon-2c.txt.
 #include <dnnl.hpp>
 #include <chrono>
@@ -11,6 +11,7 @@
 #include <vector>
 #include <algorithm>
 #include <functional>
+#include <string>
 #include "engine/tensor.h"
 #include "engine/backend.h"
 using namespace dnnl;
@@ -21,7 +22,9 @@ double timeit(std::function<void()> f, int reps = 10) {
   for (int i = 0; i < reps; ++i) { auto a = clk::now(); f(); t.push_back(std::chrono::duration<double>(clk::now() - a).count()); }
   std::sort(t.begin(), t.end()); return t[reps / 2] * 1e3;
 }
-int main() {
+int main(int argc, char** argv) {
+  // --winograd: ours with F32 direct kernels against ours with Winograd (retort::set_cpu_conv_winograd).
+  const bool winograd = argc > 1 && std::string(argv[1]) == "--winograd";
   engine eng(engine::kind::cpu, 0); stream s(eng);
   struct S { int N, C, H, O, k, st; };
   std::vector<S> shapes = {{64,16,32,16,3,1},{64,32,16,32,3,1},{64,64,8,64,3,1},{64,64,32,64,3,1},{64,128,16,128,3,1},{64,256,8,256,3,1},{64,64,32,128,3,2},{64,128,16,128,3,1}};
@@ -38,6 +41,16 @@ int main() {
     double of = timeit([&] { be.conv2d_forward(x, w, retort::Tensor(), p, y); });
     double ob = timeit([&] { be.conv2d_backward_input(y, w, p, gx); });
     double ow = timeit([&] { be.conv2d_backward_weight(y, x, p, gw); });
+    if (winograd) {  // the same calls with Winograd on (3x3 stride 1 only; others run the direct kernel)
+      retort::set_cpu_conv_winograd(true);
+      double wf = timeit([&] { be.conv2d_forward(x, w, retort::Tensor(), p, y); });
+      double wb = timeit([&] { be.conv2d_backward_input(y, w, p, gx); });
+      double ww = timeit([&] { be.conv2d_backward_weight(y, x, p, gw); });
+      retort::set_cpu_conv_winograd(false);
+      printf("N%d C%d H%d O%d k%d s%d | ours f %.2f bd %.2f bw %.2f ms | winograd f %.2f bd %.2f bw %.2f ms | speed-up %.2fx\n",
+             sh.N, sh.C, sh.H, sh.O, sh.k, sh.st, of, ob, ow, wf, wb, ww, (of + ob + ow) / (wf + wb + ww));
+      continue;
+    }
     for (int fmt : {0, 2}) {  // plain NCHW, blocked (nhwc f32 runs oneDNN 2.6's reference kernel: 100x slower)
       auto tag_a = fmt == 0 ? memory::format_tag::nchw : fmt == 1 ? memory::format_tag::nhwc : memory::format_tag::any;
       auto wtag = fmt == 2 ? memory::format_tag::any : memory::format_tag::oihw;

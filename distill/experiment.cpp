@@ -88,6 +88,11 @@ void parse_log(JsonReader& r, LogConfig& l) {
 
 }  // namespace
 
+void math_mode_check(const std::string& math, const std::string& where) {
+  RETORT_CHECK(math == "ieee" || math == "bf16" || math == "winograd" || math == "tf32", where, ": \"", math,
+               "\" is not a math mode (expected \"ieee\", \"bf16\" or \"winograd\" for the CPU, or \"tf32\" for CUDA)");
+}
+
 ExperimentConfig ExperimentConfig::from_json(const Json& doc, const std::string& file) {
   ExperimentConfig c;
   JsonReader r(doc, file);
@@ -102,8 +107,7 @@ ExperimentConfig ExperimentConfig::from_json(const Json& doc, const std::string&
     c.device = e.get<std::string>("device", c.device);
     c.deterministic = e.get<bool>("deterministic", c.deterministic);
     c.math = e.get<std::string>("math", c.math);
-    RETORT_CHECK(c.math == "ieee" || c.math == "bf16" || c.math == "tf32", e.where("math"), ": \"", c.math,
-                 "\" is not a math mode (expected \"ieee\", \"bf16\" for the CPU or \"tf32\" for CUDA)");
+    math_mode_check(c.math, e.where("math"));
   }
   if (r.has("data")) parse_data(r.child("data"), c.data);
   JsonReader& m = r.child("model");

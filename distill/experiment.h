@@ -70,6 +70,10 @@ struct LogConfig {
   int keep_checkpoints = 2;
 };
 
+// Throws, naming `where`, unless `math` is one of experiment.math's modes: ieee, bf16, winograd, tf32.
+// (Whether the device can run it is KernelSwitches' check.)
+void math_mode_check(const std::string& math, const std::string& where);
+
 struct ExperimentConfig {
   int schema_version = kSchemaVersion;
   std::string name = "experiment";
@@ -80,8 +84,10 @@ struct ExperimentConfig {
   // equal to an uninterrupted one; CUDA: cuDNN uses deterministic algorithms only. false: both may
   // pick the fastest kernel, and runs with one seed can differ in the last bits.
   bool deterministic = true;
-  // The arithmetic of F32 convolutions: "ieee" (F32 throughout), "bf16" (CPU: oneDNN's bfloat16
-  // convolutions, backend.h cpu_conv_bf16) or "tf32" (CUDA: TF32 tensor cores in cuBLAS and cuDNN).
+  // The arithmetic of F32 convolutions (math_mode_check): "ieee" (F32 throughout), "bf16" (CPU:
+  // oneDNN's bfloat16 convolutions, backend.h cpu_conv_bf16), "winograd" (CPU: oneDNN's F32 Winograd
+  // kernels for 3x3 stride-1 layers, backend.h cpu_conv_winograd) or "tf32" (CUDA: TF32 tensor cores
+  // in cuBLAS and cuDNN).
   std::string math = "ieee";
   DataConfig data;
   std::string arch;  // model.arch

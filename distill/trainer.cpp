@@ -181,22 +181,25 @@ KernelSwitches::KernelSwitches(const std::string& math, bool deterministic, Devi
       deterministic_(deterministic),
       prev_autotune_(kernel_autotune()),
       prev_bf16_(cpu_conv_bf16()),
+      prev_winograd_(cpu_conv_winograd()),
       prev_tf32_(cuda_allow_tf32()),
       prev_cuda_det_(cuda_deterministic()) {
-  RETORT_CHECK(math_ == "ieee" || math_ == "bf16" || math_ == "tf32", key, ": \"", math_,
-               "\" is not a math mode (expected \"ieee\", \"bf16\" or \"tf32\")");
-  RETORT_CHECK(math_ != "bf16" || device.is_cpu(), key, " \"bf16\": bfloat16 convolutions are built for ",
-               "the CPU only, and this run is on ", device.str(), " (on a GPU, \"tf32\" is the reduced-precision mode)");
+  math_mode_check(math_, key);
+  RETORT_CHECK(!(math_ == "bf16" || math_ == "winograd") || device.is_cpu(), key, " \"", math_,
+               "\": these convolutions are built for the CPU only, and this run is on ", device.str(),
+               " (on a GPU, \"tf32\" is the reduced-precision mode)");
   RETORT_CHECK(math_ != "tf32" || !device.is_cpu(), key, " \"tf32\": TF32 is a GPU tensor-core format and ",
-               "this run is on the CPU (there, \"bf16\" is the reduced-precision mode)");
-  if (math_ == "bf16") {
-    try {
-      set_cpu_conv_bf16(true);
-    } catch (const Error& e) {
-      RETORT_FAIL(key, " \"bf16\": ", e.what());
-    }
-  } else {
-    set_cpu_conv_bf16(false);
+               "this run is on the CPU (there, \"bf16\" and \"winograd\" are the faster modes)");
+  // Off first: bf16 and Winograd refuse to come on while the other is.
+  set_cpu_conv_bf16(false);
+  set_cpu_conv_winograd(false);
+  try {
+    if (math_ == "bf16") set_cpu_conv_bf16(true);
+    if (math_ == "winograd") set_cpu_conv_winograd(true);
+  } catch (const Error& e) {
+    set_cpu_conv_bf16(prev_bf16_);
+    set_cpu_conv_winograd(prev_winograd_);
+    RETORT_FAIL(key, " \"", math_, "\": ", e.what());
   }
   set_cuda_allow_tf32(math_ == "tf32");
   // Kernels chosen by timing would make the run's bits depend on the machine's load (backend.h).
@@ -206,7 +209,11 @@ KernelSwitches::KernelSwitches(const std::string& math, bool deterministic, Devi
 
 KernelSwitches::~KernelSwitches() {
   set_kernel_autotune(prev_autotune_);
-  set_cpu_conv_bf16(prev_bf16_);  // (was possible before, so cannot throw now)
+  // (Both were possible before, so cannot throw now; off first, as above.)
+  set_cpu_conv_bf16(false);
+  set_cpu_conv_winograd(false);
+  set_cpu_conv_bf16(prev_bf16_);
+  set_cpu_conv_winograd(prev_winograd_);
   set_cuda_allow_tf32(prev_tf32_);
   set_cuda_deterministic(prev_cuda_det_);
 }

@@ -117,7 +117,8 @@ struct TrainSummary {
 // and restored after (the Trainer holds one for its whole run):
 //   experiment.deterministic  true: CPU convolution kernels pinned (kernel_autotune off), cuDNN's
 //                             deterministic algorithms only; false: both may choose by speed.
-//   experiment.math           "bf16": the CPU's bfloat16 convolutions; "tf32": CUDA's TF32 tensor cores.
+//   experiment.math           "bf16": the CPU's bfloat16 convolutions; "winograd": the CPU's F32
+//                             Winograd convolutions; "tf32": CUDA's TF32 tensor cores.
 // Throws, naming experiment.math (or `key`), where the device cannot run the mode asked for. The apps'
 // --math flags (retort-bench, retort-eval) go through the second constructor.
 class KernelSwitches {
@@ -133,7 +134,7 @@ class KernelSwitches {
  private:
   std::string math_;
   bool deterministic_;
-  bool prev_autotune_, prev_bf16_, prev_tf32_, prev_cuda_det_;
+  bool prev_autotune_, prev_bf16_, prev_winograd_, prev_tf32_, prev_cuda_det_;
 };
 
 class Trainer {

@@ -14,7 +14,13 @@
 // already made, and oneDNN's avx512_core_bf16 / AMX kernels sum the products in F32. A shape oneDNN
 // has no bf16 kernel for runs its F32 kernel (dnnl_conv_choices() says which ran).
 //
-// One cache entry per (direction, shapes, parameters, bf16) holds the primitive and its reorders, so
+// Winograd (cpu_conv_winograd(), backend.h): the same primitives built with oneDNN's
+// convolution_winograd algorithm (jit_wino_4x3, AVX-512, F32) for the 3x3 stride-1 shapes of 32
+// channels and more (winograd_shape below), in every direction; the inference conv + BN folds the BN
+// into the weights and bias, since those kernels take no per-channel post-ops. The transforms and
+// reorders cost more than they save on narrower layers.
+//
+// One cache entry per (direction, shapes, parameters, bf16, winograd) holds the primitive and its reorders, so
 // primitive descriptors are built once per shape. Blocked copies and oneDNN's scratchpad live in
 // one workspace that grows to the largest call and is reused, so a training step does not allocate.
 #include <oneapi/dnnl/dnnl.hpp>
@@ -76,6 +82,15 @@ std::string bf16_unsupported_reason() {
          (isa == "other" ? std::string("older than avx2") : isa) + ")";
 }
 
+// oneDNN 2.6 has Winograd F(4x4, 3x3) kernels (jit_wino_4x3) for F32 on AVX-512 only. Empty when
+// supported, else why not.
+std::string winograd_unsupported_reason() {
+  const std::string isa = isa_name();
+  if (isa.rfind("avx512_core", 0) == 0) return "";
+  return "oneDNN has Winograd convolutions on AVX-512 only (this CPU's oneDNN ISA: " +
+         (isa == "other" ? std::string("older than avx2") : isa) + ")";
+}
+
 bool& bf16_setting() {
   static bool on = [] {
     const char* env = std::getenv("RETORT_CPU_CONV_BF16");
@@ -86,6 +101,31 @@ bool& bf16_setting() {
     return true;
   }();
   return on;
+}
+
+bool& winograd_setting() {
+  static bool on = [] {
+    const char* env = std::getenv("RETORT_CPU_CONV_WINOGRAD");
+    if (!env || !*env || std::string(env) == "0") return false;
+    RETORT_CHECK(std::string(env) == "1", "environment variable RETORT_CPU_CONV_WINOGRAD=\"", env,
+                 "\": expected 0 or 1");
+    const std::string why = winograd_unsupported_reason();
+    RETORT_CHECK(why.empty(), "environment variable RETORT_CPU_CONV_WINOGRAD=1: ", why);
+    RETORT_CHECK(!bf16_setting(), "environment variables RETORT_CPU_CONV_WINOGRAD=1 and RETORT_CPU_CONV_BF16=1: ",
+                 "oneDNN's Winograd kernels are F32 only; set one of them");
+    return true;
+  }();
+  return on;
+}
+
+// The shapes Winograd F(4x4, 3x3) is used for: 3x3 kernels, stride 1, no dilation, no groups, and
+// at least 32 input and output channels. Below that the transforms and reorders cost more than the
+// multiplications saved: measured with the reorders (bench/conv_micro.cpp --winograd, 2-core AMD
+// EPYC, batch 64, all three directions) 16 channels at 32x32 ran 0.63x the direct kernel, 32 at 16x16
+// 1.14x, 64 at 8x8 1.49x, 64-256 at 32x32-8x8 1.52-2.08x.
+bool winograd_shape(const Shape& ws, const Conv2dParams& p) {
+  return ws[2] == 3 && ws[3] == 3 && p.stride_h == 1 && p.stride_w == 1 && p.dilation_h == 1 &&
+         p.dilation_w == 1 && p.groups == 1 && ws[0] >= 32 && ws[1] >= 32;
 }
 
 // An operand as the caller holds it (plain layout, our pointer) and as the primitive wants it.
@@ -105,7 +145,12 @@ struct Entry {
   memory::desc per_channel;     // forward with an epilogue: [1, O, 1, 1] scale and shift
   memory::desc scratch;
   std::string impl_name;
-  bool bf16 = false;  // the inputs are rounded to bfloat16
+  bool bf16 = false;      // the inputs are rounded to bfloat16
+  bool winograd = false;  // oneDNN's Winograd algorithm
+  // A Winograd forward with a BN epilogue: oneDNN's Winograd kernels take no binary post-ops, so the
+  // BN's scale is folded into a copy of the weights and its shift becomes the bias (ReLU stays a
+  // post-op), as inference engines fold BN.
+  bool fold_bn = false;
 };
 
 // The candidates for one call signature and the one chosen (-1 until the first call times them).
@@ -120,7 +165,7 @@ size_t align_up(size_t n) { return (n + 63) / 64 * 64; }
 struct Dnnl {
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   dnnl::stream strm{eng};
-  std::map<std::array<int64_t, 22>, Slot> cache;
+  std::map<std::array<int64_t, 23>, Slot> cache;
   std::mutex mu;
   void* ws = nullptr;
   size_t ws_size = 0;
@@ -164,9 +209,12 @@ void finish_operand(Dnnl& d, Operand& op, bool input) {
 }
 
 Entry build(Dnnl& d, DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p,
-            bool has_bias, const DnnlEpilogue* epi, bool inference, bool bf16) {
+            bool has_bias, const DnnlEpilogue* epi, bool inference, bool bf16, bool winograd) {
   Entry e;
   e.bf16 = bf16;
+  e.winograd = winograd;
+  // Every direction names the same algorithm, in its own descriptor and in its forward hint.
+  const auto alg = winograd ? dnnl::algorithm::convolution_winograd : dnnl::algorithm::convolution_direct;
   // The operands a direction reads (x and w forward; gy and w, gy and x backward) are bf16 in the
   // primitive's layout when bf16 is on; what it writes stays F32. The backward primitives' forward
   // hint must then declare x and w bf16 too: with an F32 x oneDNN 2.6 offers no bf16 backward kernel.
@@ -180,11 +228,17 @@ Entry build(Dnnl& d, DnnlConvDir dir, const Shape& xs, const Shape& ws, const Sh
   const memory::dims pad_r{(ys[2] - 1) * p.stride_h + (ws[2] - 1) * p.dilation_h + 1 - xs[2] - p.pad_h,
                            (ys[3] - 1) * p.stride_w + (ws[3] - 1) * p.dilation_w + 1 - xs[3] - p.pad_w};
   const memory::desc x_user = plain_act(xs), w_user = plain_wei(ws, p.groups), y_user = plain_act(ys);
-  const memory::desc bias_user =
-      has_bias ? memory::desc({ys[1]}, memory::data_type::f32, tag::x) : memory::desc();
+  memory::desc bias_user = has_bias ? memory::desc({ys[1]}, memory::data_type::f32, tag::x) : memory::desc();
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  if (epi) {
+  if (epi && winograd) {
+    e.fold_bn = true;
+    has_bias = true;  // the BN's shift
+    bias_user = memory::desc({ys[1]}, memory::data_type::f32, tag::x);
+    dnnl::post_ops ops;
+    if (epi->relu) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    attr.set_post_ops(ops);
+  } else if (epi) {
     // Binary post-ops with a per-channel operand, then the ReLU: applied to the accumulators in
     // registers, before the (blocked) output is stored.
     e.per_channel = memory::desc({1, ys[1], 1, 1}, memory::data_type::f32, tag::nchw);
@@ -197,7 +251,7 @@ Entry build(Dnnl& d, DnnlConvDir dir, const Shape& xs, const Shape& ws, const Sh
   try {
     const auto fwd_d = dnnl::convolution_forward::desc(
         inference ? dnnl::prop_kind::forward_inference : dnnl::prop_kind::forward_training,
-        dnnl::algorithm::convolution_direct, any_like(x_user, in_t), any_like(w_user, in_t),
+        alg, any_like(x_user, in_t), any_like(w_user, in_t),
         has_bias ? any_like(bias_user) : memory::desc(), any_like(y_user, fwd ? memory::data_type::f32 : in_t),
         strides, dilates, pad_l, pad_r);
     const auto fwd_pd = dnnl::convolution_forward::primitive_desc(fwd_d, attr, d.eng);
@@ -214,7 +268,7 @@ Entry build(Dnnl& d, DnnlConvDir dir, const Shape& xs, const Shape& ws, const Sh
       e.scratch = fwd_pd.scratchpad_desc();
       e.impl_name = fwd_pd.impl_info_str();
     } else if (dir == DnnlConvDir::BackwardData) {
-      const auto bd = dnnl::convolution_backward_data::desc(dnnl::algorithm::convolution_direct, any_like(x_user),
+      const auto bd = dnnl::convolution_backward_data::desc(alg, any_like(x_user),
                                                             any_like(w_user, in_t), any_like(y_user, in_t), strides,
                                                             dilates, pad_l, pad_r);
       const auto pd = dnnl::convolution_backward_data::primitive_desc(bd, attr, d.eng, fwd_pd);
@@ -226,7 +280,7 @@ Entry build(Dnnl& d, DnnlConvDir dir, const Shape& xs, const Shape& ws, const Sh
       e.scratch = pd.scratchpad_desc();
       e.impl_name = pd.impl_info_str();
     } else {
-      const auto bw = dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct,
+      const auto bw = dnnl::convolution_backward_weights::desc(alg,
                                                                any_like(x_user, in_t), any_like(w_user),
                                                                any_like(y_user, in_t), strides, dilates, pad_l, pad_r);
       const auto pd = dnnl::convolution_backward_weights::primitive_desc(bw, attr, d.eng, fwd_pd);
@@ -265,7 +319,17 @@ void execute(Dnnl& d, Entry& e, const Shape& xs, const Shape& ws, const Shape& y
   const size_t n1 = e.in1.same() ? 0 : align_up(e.in1.prim.get_size());
   const size_t no = e.out.same() ? 0 : align_up(e.out.prim.get_size());
   const size_t ns = align_up(e.scratch.get_size());
-  char* ws_ptr = d.workspace(n0 + n1 + no + ns + 64);
+  const size_t nw = e.fold_bn ? align_up(static_cast<size_t>(shape_numel(ws)) * sizeof(float)) : 0;
+  char* ws_ptr = d.workspace(n0 + n1 + no + ns + nw + 64);
+  if (e.fold_bn) {  // w * scale[o], in the workspace's last region; the shift is the bias
+    float* folded = reinterpret_cast<float*>(ws_ptr + n0 + n1 + no + ns);
+    const int64_t per_o = shape_numel(ws) / ws[0];
+    for (int64_t o = 0; o < ws[0]; ++o)
+      for (int64_t k = 0; k < per_o; ++k) folded[o * per_o + k] = in1[o * per_o + k] * epi->scale[o];
+    in1 = folded;
+    bias = epi->shift;
+    epi = nullptr;
+  }
   try {
     auto bind_input = [&](Operand& op, const float* user_ptr, char* blocked) {
       memory user(op.user, d.eng, const_cast<float*>(user_ptr));
@@ -318,7 +382,19 @@ void set_cpu_conv_bf16(bool on) {
     const std::string why = cpu::bf16_unsupported_reason();
     RETORT_CHECK(why.empty(), "bf16 convolutions: ", why, "; use F32 (math \"ieee\") on this machine");
   }
+  RETORT_CHECK(!on || !cpu::winograd_setting(), "bf16 convolutions: Winograd convolutions are on, and oneDNN's ",
+               "Winograd kernels are F32 only; turn them off first");
   cpu::bf16_setting() = on;
+}
+bool cpu_conv_winograd() { return cpu::winograd_setting(); }
+void set_cpu_conv_winograd(bool on) {
+  if (on) {
+    const std::string why = cpu::winograd_unsupported_reason();
+    RETORT_CHECK(why.empty(), "Winograd convolutions: ", why, "; use math \"ieee\" on this machine");
+    RETORT_CHECK(!cpu::bf16_setting(), "Winograd convolutions: bf16 convolutions are on, and oneDNN's Winograd ",
+                 "kernels are F32 only; turn bf16 off first");
+  }
+  cpu::winograd_setting() = on;
 }
 }  // namespace retort
 
@@ -336,21 +412,24 @@ bool dnnl_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape&
   Dnnl& d = dnnl_state();
   std::lock_guard<std::mutex> lock(d.mu);
   const bool bf16 = bf16_setting();
-  const std::array<int64_t, 22> key{static_cast<int64_t>(dir), xs[0], xs[1], xs[2], xs[3], ws[0], ws[1], ws[2],
+  const bool wino = winograd_setting() && winograd_shape(ws, p);
+  const std::array<int64_t, 23> key{static_cast<int64_t>(dir), xs[0], xs[1], xs[2], xs[3], ws[0], ws[1], ws[2],
                                     ws[3], ys[2], ys[3], p.stride_h, p.stride_w, p.pad_h, p.pad_w,
                                     p.dilation_h, p.dilation_w, p.groups, bias != nullptr, epi != nullptr,
-                                    epi && epi->relu, bf16};
+                                    epi && epi->relu, bf16, wino};
   auto it = d.cache.find(key);
   if (it == d.cache.end()) {
     Slot slot;
-    slot.cand.push_back(build(d, dir, xs, ws, ys, p, bias != nullptr, epi, false, bf16));
-    // No bf16 kernel for this shape: oneDNN's F32 one, rather than leaving it to the slower im2col path.
-    if (bf16 && !slot.cand.front().supported)
-      slot.cand.front() = build(d, dir, xs, ws, ys, p, bias != nullptr, epi, false, false);
+    slot.cand.push_back(build(d, dir, xs, ws, ys, p, bias != nullptr, epi, false, bf16, wino));
+    // No bf16 or Winograd kernel for this shape: oneDNN's direct F32 one, rather than leaving it to
+    // the slower im2col path.
+    if ((bf16 || wino) && !slot.cand.front().supported)
+      slot.cand.front() = build(d, dir, xs, ws, ys, p, bias != nullptr, epi, false, false, false);
     // A forward has a second candidate: oneDNN's choice for an inference forward, often a different
     // kernel (brgconv on NHWC instead of the direct kernel on nChw16c): timed below, once per shape.
     if (dir == DnnlConvDir::Forward && tuning_setting()) {
-      Entry alt = build(d, dir, xs, ws, ys, p, bias != nullptr, epi, true, slot.cand.front().bf16);
+      Entry alt = build(d, dir, xs, ws, ys, p, bias != nullptr, epi, true, slot.cand.front().bf16,
+                        slot.cand.front().winograd);
       const Entry& first = slot.cand.front();
       if (alt.supported && (!first.supported || alt.impl_name != first.impl_name || alt.in0.prim != first.in0.prim))
         slot.cand.push_back(std::move(alt));
@@ -418,8 +497,11 @@ std::vector<std::string> dnnl_conv_choices() {
     const std::string timed = slot.chosen >= 0 && slot.chosen != slot.last
                                   ? ", pinned; timing chose " + slot.cand[static_cast<size_t>(slot.chosen)].impl_name
                                   : "";
-    // With bf16 on, the kernel's input type: "bf16" or "f32 (no bf16 kernel)".
-    const std::string math = !k[21] ? "" : e.bf16 ? " bf16" : " f32 (no bf16 kernel)";
+    // With bf16 on, the kernel's input type: "bf16" or "f32 (no bf16 kernel)"; with Winograd on, for
+    // the 3x3 stride-1 shapes it applies to, "winograd" or "direct (no winograd kernel)".
+    const std::string math = k[21] ? (e.bf16 ? " bf16" : " f32 (no bf16 kernel)")
+                             : k[22] ? (e.winograd ? " winograd" : " direct (no winograd kernel)")
+                                     : "";
     out.push_back(detail::cat(dirs[k[0]], k[19] ? (k[20] ? "+bn+relu" : "+bn") : "", " x[", k[1], ", ", k[2], ", ",
                               k[3], ", ", k[4], "] w[", k[5], ", ", k[6], ", ", k[7], ", ", k[8], "] g", k[17], ": ",
                               e.impl_name, math, " (", slot.cand.size(), " candidate", slot.cand.size() > 1 ? "s" : "",
@@ -439,7 +521,10 @@ std::string dnnl_info() {
   const char* mode = impl_setting() == ConvImpl::Im2col ? "off (RETORT_CPU_CONV=im2col)"
                      : impl_setting() == ConvImpl::Dnnl ? "forced (RETORT_CPU_CONV=dnnl)"
                                                          : "";
-  const char* math = impl_setting() == ConvImpl::Im2col ? "" : bf16_setting() ? "bf16" : "f32";
+  const char* math = impl_setting() == ConvImpl::Im2col ? ""
+                     : bf16_setting()                     ? "bf16"
+                     : winograd_setting()                 ? "f32 winograd"
+                                                          : "f32";
   return detail::cat("oneDNN ", v->major, ".", v->minor, ".", v->patch, " convolutions ", mode,
                      *mode && *math ? " " : "", math, ", ISA ", isa_name());
 }

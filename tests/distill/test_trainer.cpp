@@ -329,6 +329,49 @@ TEST(Trainer, MathBf16RunsBf16ConvolutionsAndRestoresTheSwitch) {
   EXPECT_TRUE(any_differs) << "the bf16 step was bitwise equal to the F32 step";
 }
 
+// experiment.math "winograd": the run's eligible convolutions (3x3, stride 1, >= 32 channels: resnet8's
+// second and third stages) take oneDNN's Winograd kernels in every direction, its first SGD step is
+// the F32 step to within rounding but not bitwise, and the switch is off again once the Trainer is
+// gone. Below AVX-512 the run is refused naming the key and the instruction set.
+TEST(Trainer, MathWinogradRunsWinogradConvolutionsAndRestoresTheSwitch) {
+  ExperimentConfig cfg = tiny_config("winograd", 1);
+  cfg.math = "winograd";
+  StateDict start;
+  for (auto& [k, t] : make_model(cfg)->state_dict()) start.emplace_back(k, t.clone());
+  StateDict wino;
+  try {
+    wino = train(cfg, fresh_dir("winograd"), "", 1);
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("experiment.math \"winograd\""), std::string::npos) << msg;
+    EXPECT_NE(msg.find("AVX-512"), std::string::npos) << msg;
+    GTEST_SKIP() << "no Winograd convolutions on this CPU: " << msg;
+  }
+  EXPECT_FALSE(cpu_conv_winograd());
+  const auto choices = cpu::dnnl_conv_choices();
+  for (const char* dir : {"fwd ", "bwd-data ", "bwd-weight "})
+    EXPECT_TRUE(std::any_of(choices.begin(), choices.end(), [&](const std::string& c) {
+      return c.rfind(dir, 0) == 0 && c.find(" winograd (") != std::string::npos;
+    })) << "no " << dir << "convolution ran the Winograd kernel";
+  const StateDict ieee = train(tiny_config("winograd_ieee", 1), fresh_dir("winograd_ieee"), "", 1);
+  ASSERT_EQ(wino.size(), ieee.size());
+  // The whole model's first update, Winograd against F32, as one vector: the same direction to
+  // rounding (the convolutions differ by about 1e-6 of their scale), yet not the same bits.
+  double dot = 0, nb = 0, na = 0;
+  bool any_differs = false;
+  for (size_t i = 0; i < wino.size(); ++i) {
+    const auto w0 = start[i].second.to_vector(), a = ieee[i].second.to_vector(), b = wino[i].second.to_vector();
+    for (size_t k = 0; k < a.size(); ++k) {
+      dot += (a[k] - w0[k]) * (b[k] - w0[k]);
+      na += (a[k] - w0[k]) * (a[k] - w0[k]);
+      nb += (b[k] - w0[k]) * (b[k] - w0[k]);
+      any_differs = any_differs || a[k] != b[k];
+    }
+  }
+  EXPECT_GT(dot / std::sqrt(na * nb), 1 - 1e-9);  // measured: 1 - 2.5e-14
+  EXPECT_TRUE(any_differs) << "the Winograd step was bitwise equal to the F32 step";
+}
+
 // experiment.deterministic pins the CPU's convolution kernels (and asks cuDNN for deterministic
 // algorithms) while the Trainer lives; false leaves the choice by speed on; both are restored after.
 TEST(Trainer, DeterministicSetsTheKernelSwitchesForTheRun) {
@@ -371,6 +414,7 @@ TEST(Trainer, MathModesTheDeviceCannotRunAreRefused) {
       for (const auto& part : parts) EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
     }
     EXPECT_FALSE(cpu_conv_bf16());
+    EXPECT_FALSE(cpu_conv_winograd());
     EXPECT_FALSE(cuda_allow_tf32());
   };
   ExperimentConfig tf32 = tiny_config("math_tf32", 1);
@@ -380,6 +424,10 @@ TEST(Trainer, MathModesTheDeviceCannotRunAreRefused) {
   bf16.math = "bf16";
   bf16.device = "cuda";
   refused(bf16, {"experiment.math \"bf16\"", "cuda:0"});
+  ExperimentConfig wino = tiny_config("math_winograd_cuda", 1);
+  wino.math = "winograd";
+  wino.device = "cuda";
+  refused(wino, {"experiment.math \"winograd\"", "cuda:0"});
   try {
     ExperimentConfig::from_json(Json::parse(R"({"schema_version": 1, "experiment": {"math": "fp16"},
                                                 "model": {"arch": "resnet8"}})"), "math.json");

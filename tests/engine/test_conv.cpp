@@ -736,3 +736,174 @@ TEST(Conv2dBf16, UnsupportedCpuIsRefusedNamingItsInstructionSet) {
   EXPECT_NE(scope.unsupported.find("ISA"), std::string::npos) << scope.unsupported;
   EXPECT_FALSE(cpu_conv_bf16());
 }
+
+// ---- Winograd convolutions (cpu_conv_winograd) ------------------------------------------------------
+
+namespace {
+
+// Turns Winograd on for a scope (oneDNN path, autotuning off), or reports why this CPU cannot.
+struct WinogradScope {
+  std::string unsupported;
+  cpu::ConvImpl impl = cpu::conv_impl();
+  bool tune = kernel_autotune();
+  WinogradScope() {
+    cpu::set_conv_impl(cpu::ConvImpl::Auto);
+    set_kernel_autotune(false);
+    try {
+      set_cpu_conv_winograd(true);
+    } catch (const Error& e) {
+      unsupported = e.what();
+    }
+  }
+  ~WinogradScope() {
+    set_cpu_conv_winograd(false);
+    set_kernel_autotune(tune);
+    cpu::set_conv_impl(impl);
+  }
+};
+
+// One direction of a convolution (0 forward with bias, 1 backward-data, 2 backward-weight) on the CPU
+// backend, in a's dtype.
+std::vector<double> conv_direction(int dir, const Tensor& a, const Tensor& b, const Tensor& bias,
+                                   const Conv2dParams& p, const Shape& out) {
+  Backend& be = backend_for(Device::cpu());
+  Tensor r = Tensor::empty(out, a.dtype());
+  if (dir == 0) be.conv2d_forward(a, b, a.dtype() == DType::F32 ? bias : bias.to(DType::F64), p, r);
+  if (dir == 1) be.conv2d_backward_input(a, b, p, r);
+  if (dir == 2) be.conv2d_backward_weight(a, b, p, r);
+  return r.to_vector();
+}
+
+}  // namespace
+
+// With Winograd on, each direction of an eligible convolution (3x3, stride 1, >= 32 channels) runs
+// oneDNN's Winograd kernel (the listing says so) and stays within a normwise bound of the F64
+// convolution, while differing from the direct F32 result (so another algorithm really ran).
+TEST(Conv2dWinograd, EachDirectionIsCloseToF64AndRunsTheWinogradKernel) {
+  WinogradScope scope;
+  if (!scope.unsupported.empty()) GTEST_SKIP() << scope.unsupported;
+  Generator gen(47);
+  const Shape xs{4, 32, 12, 12}, wsh{48, 32, 3, 3};
+  const Conv2dParams p = params(1, 1, 1, 1);
+  const Shape ys = out_shape(xs, wsh, p);
+  const Tensor x = Tensor::randn(xs, gen), w = Tensor::randn(wsh, gen), gy = Tensor::randn(ys, gen);
+  const Tensor bias = Tensor::randn({wsh[0]}, gen);
+  for (int dir : {0, 1, 2}) {
+    const Shape out = dir == 0 ? ys : dir == 1 ? xs : wsh;
+    const Tensor& a = dir == 0 ? x : gy;
+    const Tensor& b = dir == 2 ? x : w;
+    const auto wino = conv_direction(dir, a, b, bias, p, out);
+    set_cpu_conv_winograd(false);
+    const auto direct = conv_direction(dir, a, b, bias, p, out);
+    set_cpu_conv_winograd(true);
+    const auto ref = conv_direction(dir, a.to(DType::F64), b.to(DType::F64), bias, p, out);
+    double scale = 0, wino_err = 0, direct_err = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      scale = std::max(scale, std::abs(ref[i]));
+      wino_err = std::max(wino_err, std::abs(wino[i] - ref[i]));
+      direct_err = std::max(direct_err, std::abs(direct[i] - ref[i]));
+    }
+    // Measured on AVX-512 (jit_wino_4x3): 0.9-1.3e-6 of the largest output, the direct kernel's
+    // 0.3-0.7e-6: oneDNN's F(4x4, 3x3) transforms lose little at these sizes.
+    EXPECT_LE(wino_err, 1e-5 * scale) << "direction " << dir << ": direct kernel's error " << direct_err;
+    EXPECT_NE(wino, direct) << "direction " << dir << ": bitwise the direct kernel's result";
+  }
+  const auto choices = cpu::dnnl_conv_choices();
+  for (const char* prefix : {"fwd x[4, 32, 12, 12]", "bwd-data x[4, 32, 12, 12]", "bwd-weight x[4, 32, 12, 12]"}) {
+    const auto it = std::find_if(choices.begin(), choices.end(), [&](const std::string& s) {
+      return s.rfind(prefix, 0) == 0 && s.find(" winograd (") != std::string::npos && s.find("wino") < s.find(" winograd (");
+    });
+    EXPECT_NE(it, choices.end()) << prefix << " is not listed as a Winograd kernel";
+  }
+  EXPECT_NE(cpu::dnnl_info().find("f32 winograd"), std::string::npos) << cpu::dnnl_info();
+}
+
+// The inference conv + eval BN + ReLU runs the Winograd kernel too, with the BN folded into the weights
+// and bias (oneDNN's Winograd kernels take no per-channel post-ops), and equals the Winograd
+// convolution followed by the batch norm and ReLU.
+TEST(Conv2dWinograd, FusedInferenceConvBnReluFoldsTheBatchNorm) {
+  WinogradScope scope;
+  if (!scope.unsupported.empty()) GTEST_SKIP() << scope.unsupported;
+  Generator gen(59);
+  const Tensor x = Tensor::randn({2, 32, 12, 12}, gen), w = Tensor::randn({40, 32, 3, 3}, gen);
+  const Tensor cb = Tensor::randn({40}, gen);
+  const Tensor bn_w = Tensor::randn({40}, gen), bn_b = Tensor::randn({40}, gen), mean = Tensor::randn({40}, gen);
+  const Tensor var = Tensor::rand({40}, gen, DType::F32, 0.5, 1.5);
+  const Conv2dParams p = params(1, 1, 1, 1);
+  for (const bool relu : {true, false}) {
+    const Tensor fused = conv2d_bn_eval(x, w, cb, p, bn_w, bn_b, mean, var, 1e-5, relu);
+    const Tensor conv = conv2d(x, w, cb, 1, 1);
+    const auto c = conv.to_vector(), f = fused.to_vector(), g = bn_w.to_vector(), b = bn_b.to_vector(),
+               m = mean.to_vector(), v = var.to_vector();
+    const int64_t plane = 12 * 12;
+    for (size_t i = 0; i < c.size(); ++i) {
+      const size_t ch = static_cast<size_t>(static_cast<int64_t>(i) / plane % 40);
+      double want = (c[i] - m[ch]) / std::sqrt(v[ch] + 1e-5) * g[ch] + b[ch];
+      if (relu) want = std::max(0.0, want);
+      ASSERT_NEAR(f[i], want, 1e-4 * (1 + std::abs(want))) << "relu " << relu << ", element " << i;
+    }
+    const auto choices = cpu::dnnl_conv_choices();
+    const std::string prefix = relu ? "fwd+bn+relu x[2, 32, 12, 12]" : "fwd+bn x[2, 32, 12, 12]";
+    EXPECT_TRUE(std::any_of(choices.begin(), choices.end(), [&](const std::string& s) {
+      return s.rfind(prefix, 0) == 0 && s.find(" winograd (") != std::string::npos;
+    })) << prefix << " did not run the Winograd kernel";
+  }
+}
+
+// Shapes Winograd is not used for — fewer than 32 channels, stride 2, 1x1, grouped — give bitwise the
+// result they give with Winograd off.
+TEST(Conv2dWinograd, OtherShapesRunTheDirectKernelUnchanged) {
+  WinogradScope scope;
+  if (!scope.unsupported.empty()) GTEST_SKIP() << scope.unsupported;
+  Generator gen(53);
+  struct Case { Shape x, w; int64_t stride, pad, groups; };
+  for (const Case& c : {Case{{2, 16, 10, 10}, {16, 16, 3, 3}, 1, 1, 1}, Case{{2, 32, 10, 10}, {32, 32, 3, 3}, 2, 1, 1},
+                        Case{{2, 32, 8, 8}, {48, 32, 1, 1}, 1, 0, 1}, Case{{2, 64, 8, 8}, {64, 32, 3, 3}, 1, 1, 2}}) {
+    const Conv2dParams p = params(c.stride, c.stride, c.pad, c.pad, 1, 1, c.groups);
+    const Shape ys = out_shape(c.x, c.w, p);
+    const Tensor x = Tensor::randn(c.x, gen), w = Tensor::randn(c.w, gen), gy = Tensor::randn(ys, gen);
+    const Tensor bias = Tensor::randn({c.w[0]}, gen);
+    for (int dir : {0, 1, 2}) {
+      const Shape out = dir == 0 ? ys : dir == 1 ? c.x : c.w;
+      const Tensor& a = dir == 0 ? x : gy;
+      const Tensor& b = dir == 2 ? x : w;
+      const auto on = conv_direction(dir, a, b, bias, p, out);
+      set_cpu_conv_winograd(false);
+      const auto off = conv_direction(dir, a, b, bias, p, out);
+      set_cpu_conv_winograd(true);
+      EXPECT_EQ(on, off) << "direction " << dir << ", x " << shape_str(c.x) << ", w " << shape_str(c.w);
+    }
+  }
+}
+
+// bf16 and Winograd are exclusive (oneDNN's Winograd kernels are F32): turning one on while the other
+// is on is refused, naming both, and changes nothing.
+TEST(Conv2dWinograd, ExclusiveWithBf16) {
+  WinogradScope scope;
+  if (!scope.unsupported.empty()) GTEST_SKIP() << scope.unsupported;
+  try {
+    set_cpu_conv_bf16(true);
+    ADD_FAILURE() << "bf16 came on while Winograd was on";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("Winograd"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(cpu_conv_bf16());
+  EXPECT_TRUE(cpu_conv_winograd());
+  set_cpu_conv_winograd(false);
+  Bf16Scope bf16;
+  if (!bf16.unsupported.empty()) return;
+  EXPECT_THROW(set_cpu_conv_winograd(true), Error);
+  EXPECT_FALSE(cpu_conv_winograd());
+}
+
+// Where oneDNN has no Winograd kernels, turning Winograd on is refused naming the instruction set.
+TEST(Conv2dWinograd, UnsupportedCpuIsRefusedNamingItsInstructionSet) {
+  WinogradScope scope;
+  if (scope.unsupported.empty()) {
+    EXPECT_TRUE(cpu_conv_winograd());
+    GTEST_SKIP() << "this CPU has Winograd convolutions (" << cpu::dnnl_info() << ")";
+  }
+  EXPECT_NE(scope.unsupported.find("AVX-512"), std::string::npos) << scope.unsupported;
+  EXPECT_NE(scope.unsupported.find("ISA"), std::string::npos) << scope.unsupported;
+  EXPECT_FALSE(cpu_conv_winograd());
+}

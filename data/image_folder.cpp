@@ -144,12 +144,22 @@ void check_bmp_size(const std::vector<uint8_t>& b, const fs::path& file) {
                bits, " bits, ", needed - start, " bytes from byte offset ", start, ", but the file ends at byte ", n);
 }
 
+// The most pixels an image may have: 2^26 (8192 x 8192; 192 MiB decoded as RGB). A few hundred bytes
+// of JPEG or PNG can declare 65535 x 65535 pixels, which stb_image would try to allocate (12 GiB) and
+// fill; checked from the header, before anything is decoded.
+constexpr int64_t kMaxImagePixels = int64_t{1} << 26;
+
 Decoded decode(const fs::path& file, int channels) {
   const std::vector<uint8_t> bytes = read_file_bytes(file.string());
   check_jpeg(bytes, file);
   check_bmp_size(bytes, file);
   RETORT_CHECK(bytes.size() <= static_cast<size_t>(INT_MAX), file.string(), ": ", bytes.size(),
                " bytes is too large for the image decoder");
+  int header_w = 0, header_h = 0, header_c = 0;
+  if (stbi_info_from_memory(bytes.data(), static_cast<int>(bytes.size()), &header_w, &header_h, &header_c))
+    RETORT_CHECK(int64_t{header_w} * header_h <= kMaxImagePixels, file.string(), ": its header says ", header_w,
+                 " x ", header_h, " pixels, more than the image folder loader takes (", kMaxImagePixels,
+                 ", 8192 x 8192); resize the image first");
   Decoded d;
   int file_channels = 0;
   d.hwc.reset(stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()), &d.width, &d.height,

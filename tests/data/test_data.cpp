@@ -340,6 +340,27 @@ TEST(ImageFolder, TruncatedJpegIsRefused) {
                 "ends at byte " + std::to_string(whole.size() - whole.size() / 3)});
 }
 
+// A JPEG whose frame header declares more than 2^26 pixels is refused from its header, before stb_image
+// allocates and decodes them (a few hundred bytes could otherwise ask for 65535 x 65535 pixels).
+TEST(ImageFolder, HugeDeclaredSizeIsRefusedBeforeDecoding) {
+  std::ifstream in(std::string(RETORT_SOURCE_DIR) + "/tests/fuzz/corpus/image_folder/seed_rgb_6x4.jpg", std::ios::binary);
+  Bytes jpeg((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  size_t sof = 0;  // the baseline frame header FF C0: length (2), precision (1), height (2), width (2)
+  for (size_t i = 2; i + 9 < jpeg.size() && !sof; ++i)
+    if (jpeg[i] == 0xFF && jpeg[i + 1] == 0xC0) sof = i;
+  ASSERT_GT(sof, 0u) << "no SOF0 in the seed JPEG";
+  ASSERT_EQ(jpeg[sof + 5] * 256 + jpeg[sof + 6], 4);
+  ASSERT_EQ(jpeg[sof + 7] * 256 + jpeg[sof + 8], 6);
+  const std::string root = temp_dir() + "/jpeg_huge";
+  fs::create_directories(root + "/cls");
+  jpeg[sof + 5] = 0x40, jpeg[sof + 6] = 0x00, jpeg[sof + 7] = 0x40, jpeg[sof + 8] = 0x01;  // 16385 x 16384
+  write_file(root + "/cls/img.jpg", jpeg);
+  expect_error([&] { load_image_folder(root); }, {"cls/img.jpg", "16385 x 16384 pixels", "67108864"});
+  jpeg[sof + 5] = 0x00, jpeg[sof + 6] = 0x04, jpeg[sof + 7] = 0x00, jpeg[sof + 8] = 0x06;  // back to 6 x 4
+  write_file(root + "/cls/img.jpg", jpeg);
+  EXPECT_EQ(load_image_folder(root)->size(), 1u);
+}
+
 // Found by fuzz_image_folder (tests/fuzz/corpus/image_folder/crash_jpeg_huffman_table_overflow.jpg):
 // stb_image 2.27 wrote past a Huffman table whose code counts sum to more than 256.
 TEST(ImageFolder, CorruptJpegHuffmanTableIsRefusedBeforeDecoding) {

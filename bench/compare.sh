@@ -13,9 +13,11 @@
 #   MODELS  PAIRS (teacher:student)  MODES (train,kd,infer)  BATCHES  THREADS  FORMATS  STEPS  WARMUP
 #   DEVICE  cpu (default) or cuda[:N]: both sides run on the GPU (FP32 without TF32, steps timed between
 #           device synchronisations); memory is then each side's peak device memory
-#   MATH    Retort's convolution arithmetic (retort-bench --math): ieee (default), bf16 or winograd
-#           (CPU), tf32 (GPU); winograd rows are compared with PyTorch's F32 (TORCH_MATH defaults to ieee)
-#   TORCH_MATH  PyTorch's, comma-separated (torch_reference.py --math; default: MATH): ieee, bf16 (the
+#   MATH    Retort's convolution arithmetic (retort-bench --math), comma-separated: ieee (default), bf16
+#           or winograd (CPU), tf32 (GPU); each row is measured in each, back to back. Winograd rows are
+#           compared with PyTorch's F32
+#   TORCH_MATH  PyTorch's, comma-separated (torch_reference.py --math; default: MATH's, winograd as
+#           ieee): ieee, bf16 (the
 #           same arithmetic as Retort's bf16; torch >= 2.9), autocast (torch.autocast bf16), tf32. With
 #           several, the fastest PyTorch row of a compatible mode is the yardstick (autocast counts
 #           against Retort's bf16), and the table names the mode it came from.
@@ -92,8 +94,9 @@ if [[ -z ${MODELS:-} && -z ${PAIRS:-} ]]; then
 fi
 modes=${MODES:-train,kd,infer} batches=${BATCHES:-64,128} threads=${THREADS:-1,2}
 formats=${FORMATS:-nchw,channels_last} steps=${STEPS:-10} warmup=${WARMUP:-3} device=${DEVICE:-cpu}
-math=${MATH:-ieee} torch_math=${TORCH_MATH:-$math}
-[ "$torch_math" = winograd ] && torch_math=ieee  # (PyTorch's F32 convolutions are its only F32 ones)
+math=${MATH:-ieee}
+# PyTorch's modes by default: each of MATH's, winograd as ieee (PyTorch has no Winograd switch), once each.
+torch_math=${TORCH_MATH:-$(split "$math" | tr ' ' '\n' | sed 's/^winograd$/ieee/' | awk 'NF && !seen[$0]++' | paste -sd,)}
 
 # CPU model names are long and hostnames in containers are random: "intel-xeon-2c" names the machine.
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- || echo unknown)
@@ -140,12 +143,14 @@ for row in "${rows[@]}"; do
       common=(--mode "$mode" "$flag" "$unit" --batch "$b" --threads "$t" --steps "$steps" --warmup "$warmup"
         --device "$device" --json)
       echo "compare.sh: $unit $mode batch $b threads $t" >&2
-      if line=$("$bench" "${common[@]}" --math "$math"); then
-        echo "${line%\}},\"commit\":\"$commit\"}" >>"$out"
-      else
-        echo "compare.sh: retort-bench failed on this row" >&2
-        failed=1
-      fi
+      for rm in $(split "$math"); do
+        if line=$("$bench" "${common[@]}" --math "$rm"); then
+          echo "${line%\}},\"commit\":\"$commit\"}" >>"$out"
+        else
+          echo "compare.sh: retort-bench (--math $rm) failed on this row" >&2
+          failed=1
+        fi
+      done
       for py in $pythons; do
         for tm in $(split "$torch_math"); do
           if ! "$py" "$root/bench/torch_reference.py" "${common[@]}" --memory-format "$formats" --math "$tm" >>"$out"; then

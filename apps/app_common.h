@@ -76,6 +76,7 @@ struct RunFlags {
   std::vector<std::string> overrides;
   int64_t seed = -1;
   int threads = 0;
+  bool allow_config_change = false;
 };
 
 inline void add_run_flags(CLI::App& cli, RunFlags& f) {
@@ -86,6 +87,9 @@ inline void add_run_flags(CLI::App& cli, RunFlags& f) {
   cli.add_option("--seed", f.seed, "Override experiment.seed");
   cli.add_option("--device", f.device, "cpu | cuda | cuda:N (overrides experiment.device)");
   cli.add_option("--threads", f.threads, "OpenMP/BLAS threads (default: all cores)");
+  cli.add_flag("--allow-config-change", f.allow_config_change,
+               "On resume, continue with a config that changes what is trained (solver, data, model, terms); "
+               "refused otherwise, listing the changes");
 }
 
 // Loads the config with the flags' overrides (errors are usage errors), checks the device and sets

@@ -55,6 +55,7 @@ int main(int argc, char** argv) {
     if (teacher) trainer.add_summary_field("teacher_top1", teacher_top1);
     trainer.add_summary_field("terms", distiller.terms_json());
     trainer.add_summary_field("extra_parameters", distiller.extra_parameter_count());
+    trainer.set_allow_config_change(flags.allow_config_change);
     const TrainSummary sum = trainer.fit(flags.resume);
     std::printf("retort-distill: done: student best top-1 %.2f%% (epoch %d), last %.2f%%%s, %.0f s, %.0f img/s\n"
                 "  model saved to %s\n",

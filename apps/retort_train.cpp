@@ -46,6 +46,7 @@ int main(int argc, char** argv) {
                 cfg.solver.lr, cfg.solver.epochs, static_cast<long long>(cfg.data.batch_size), cpu_backend_info().c_str(),
                 trainer.switches().describe().c_str(), run.path().c_str());
     if (!cfg.init.empty()) std::printf("  init    weights from %s\n", cfg.init.c_str());
+    trainer.set_allow_config_change(flags.allow_config_change);
     const TrainSummary sum = trainer.fit(flags.resume);
     std::printf("retort-train: done: best top-1 %.2f%% (epoch %d), last top-1 %.2f%%, %.0f s, %.0f img/s\n"
                 "  model saved to %s\n",

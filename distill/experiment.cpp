@@ -2,6 +2,7 @@
 #include "distill/experiment.h"
 
 #include <algorithm>
+#include <set>
 
 #include "distill/distiller.h"
 
@@ -91,6 +92,30 @@ void parse_log(JsonReader& r, LogConfig& l) {
 void math_mode_check(const std::string& math, const std::string& where) {
   RETORT_CHECK(math == "ieee" || math == "bf16" || math == "winograd" || math == "tf32", where, ": \"", math,
                "\" is not a math mode (expected \"ieee\", \"bf16\" or \"winograd\" for the CPU, or \"tf32\" for CUDA)");
+}
+
+namespace {
+void collect_changes(const std::string& key, const Json& a, const Json& b, std::vector<ConfigChange>& out) {
+  if (a.is_object() && b.is_object()) {
+    std::set<std::string> keys;
+    for (const auto& [k, v] : a.items()) keys.insert(k);
+    for (const auto& [k, v] : b.items()) keys.insert(k);
+    for (const auto& k : keys) {
+      const std::string sub = key.empty() ? k : key + "." + k;
+      collect_changes(sub, a.contains(k) ? a.at(k) : Json(), b.contains(k) ? b.at(k) : Json(), out);
+    }
+  } else if (a.is_array() && b.is_array() && a.size() == b.size()) {
+    for (size_t i = 0; i < a.size(); ++i) collect_changes(key + "." + std::to_string(i), a.at(i), b.at(i), out);
+  } else if (a != b) {
+    out.push_back({key, a, b});
+  }
+}
+}  // namespace
+
+std::vector<ConfigChange> config_changes(const Json& before, const Json& after) {
+  std::vector<ConfigChange> out;
+  collect_changes("", before, after, out);
+  return out;
 }
 
 ExperimentConfig ExperimentConfig::from_json(const Json& doc, const std::string& file) {

@@ -74,6 +74,16 @@ struct LogConfig {
 // (Whether the device can run it is KernelSwitches' check.)
 void math_mode_check(const std::string& math, const std::string& where);
 
+// One value that differs between two configs' JSON (ExperimentConfig::to_json), by its dotted key
+// ("solver.weight_decay", "distill.terms.1.weight"); a side that lacks the key holds null.
+struct ConfigChange {
+  std::string key;
+  Json before, after;
+};
+// Every differing leaf, in key order: objects are compared key by key, arrays of equal length element
+// by element, anything else (and arrays of different lengths) as a whole.
+std::vector<ConfigChange> config_changes(const Json& before, const Json& after);
+
 struct ExperimentConfig {
   int schema_version = kSchemaVersion;
   std::string name = "experiment";

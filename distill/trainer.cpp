@@ -290,6 +290,62 @@ void Trainer::save_checkpoint(const Position& pos) {
   run_.set_latest_checkpoint(name, cfg_.log.keep_checkpoints);
 }
 
+namespace {
+
+// What a config change between a checkpoint and the resuming run does to the result.
+enum class ChangeEffect { None, HowItRuns, WhatItTrains };
+
+ChangeEffect change_effect(const std::string& key) {
+  auto under = [&](const char* prefix) {
+    const std::string p = prefix;
+    return key == p || key.rfind(p + ".", 0) == 0;
+  };
+  // No effect on the weights: where the run is written, how it is logged and evaluated, how many
+  // workers decode (the loader's order and augmentation depend on the seed alone), the initial
+  // weights (a resumed run takes them from the checkpoint).
+  for (const char* k : {"experiment.name", "experiment.output_dir", "log", "data.num_workers", "data.eval_batch_size",
+                        "model.init"})
+    if (under(k)) return ChangeEffect::None;
+  // The same training carried out differently (bits may change, the recipe does not), or extended.
+  for (const char* k : {"experiment.device", "experiment.deterministic", "experiment.math", "data.root",
+                        "data.test_limit", "solver.epochs", "solver.schedule.total_epochs", "teacher.checkpoint"})
+    if (under(k)) return ChangeEffect::HowItRuns;
+  return ChangeEffect::WhatItTrains;
+}
+
+std::string change_str(const ConfigChange& c) {
+  auto show = [](const Json& v) { return v.is_null() ? std::string("(absent)") : v.dump(); };
+  return detail::cat(c.key, " ", show(c.before), " -> ", show(c.after));
+}
+
+}  // namespace
+
+// The checkpoint's config (metadata "config") against this run's: see set_allow_config_change.
+// Returns true when the checkpoint's optimizer hyper-parameters are to be restored (no change to what
+// is trained, or none accepted).
+bool Trainer::check_resumed_config(const std::string& path, const std::string& saved_config) {
+  const Json saved = parse_metadata_json(path, "config", saved_config);
+  std::vector<std::string> how, what;
+  for (const ConfigChange& c : config_changes(saved, cfg_.to_json())) {
+    const ChangeEffect e = change_effect(c.key);
+    if (e == ChangeEffect::HowItRuns) how.push_back(change_str(c));
+    if (e == ChangeEffect::WhatItTrains) what.push_back(change_str(c));
+  }
+  auto joined = [](const std::vector<std::string>& v) {
+    std::string s;
+    for (const auto& e : v) s += (s.empty() ? "" : "; ") + e;
+    return s;
+  };
+  if (!how.empty()) log("config changed since the checkpoint (same recipe): " + joined(how));
+  if (what.empty()) return true;
+  RETORT_CHECK(allow_config_change_, path, ": this run's config differs from the checkpoint's in what it trains: ",
+               joined(what), ". Resume with the checkpoint's values, start a new run (another experiment.name or ",
+               "--run-dir), or pass --allow-config-change to continue with the new ones");
+  log("config changed since the checkpoint, accepted (--allow-config-change; the optimizer takes the new "
+      "hyper-parameters): " + joined(what));
+  return false;
+}
+
 Trainer::Position Trainer::load_checkpoint(const std::string& path) {
   SafetensorsFile f = load_safetensors(path);
   auto meta = [&](const std::string& k) {
@@ -300,6 +356,9 @@ Trainer::Position Trainer::load_checkpoint(const std::string& path) {
   RETORT_CHECK(meta("format") == "retort-checkpoint-1", path, ": unknown checkpoint format '", meta("format"), "'");
   RETORT_CHECK(meta("arch") == cfg_.arch, path, ": checkpoint of architecture '", meta("arch"),
                "' but the config trains '", cfg_.arch, "'");
+  // (Checkpoints written before the config was stored in them are not checked.)
+  const bool restore_hyperparams =
+      f.metadata.count("config") ? check_resumed_config(path, f.metadata.at("config")) : true;
   // The metadata values that hold JSON; a corrupt one is an error naming the file and the key.
   auto meta_json = [&](const std::string& k) { return parse_metadata_json(path, k, meta(k)); };
   StateDict model, extra, optim;
@@ -313,7 +372,7 @@ Trainer::Position Trainer::load_checkpoint(const std::string& path) {
     task_.model().load_state_dict(model);
     task_.load_extra_state(extra);
     optimizer_->load_state_dict(optim);
-    optimizer_->load_hyperparams(meta_json("optimizer"));
+    if (restore_hyperparams) optimizer_->load_hyperparams(meta_json("optimizer"));
     const Json rng = f.metadata.count("rng") ? meta_json("rng") : Json::object();
     RETORT_CHECK(rng.is_object(), "metadata key 'rng' must be an object {module path: generator state}");
     for (auto& [module_path, state] : rng.items()) {

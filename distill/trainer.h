@@ -148,6 +148,14 @@ class Trainer {
   // it to simulate an interruption.
   TrainSummary fit(const std::string& resume = "", int64_t stop_after_steps = 0);
 
+  // Resuming checks the checkpoint's config against this run's (Trainer::load_checkpoint): a change
+  // to what is trained (model, data, solver, distillation terms, seed, ...) is refused, listing each
+  // change, unless this is on; then the new values are used (the optimizer keeps the config's
+  // hyper-parameters instead of the checkpoint's) and each change is logged. Changes to how the run
+  // goes (device, math, deterministic, data.root, epochs, the teacher's file) are always allowed and
+  // logged; those with no effect on the result (name, output_dir, log.*, num_workers, ...) pass.
+  void set_allow_config_change(bool on) { allow_config_change_ = on; }
+
   Optimizer& optimizer() { return *optimizer_; }
   const KernelSwitches& switches() const { return *switches_; }
   // Extra fields for summary.json (e.g. the teacher's accuracy).
@@ -163,6 +171,7 @@ class Trainer {
   };
   void save_checkpoint(const Position& pos);
   Position load_checkpoint(const std::string& path);
+  bool check_resumed_config(const std::string& path, const std::string& saved_config);
   void log(const std::string& line);
 
   const ExperimentConfig& cfg_;
@@ -175,6 +184,7 @@ class Trainer {
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<LrSchedule> schedule_;
   bool tty_ = false;
+  bool allow_config_change_ = false;
   Json summary_extra_ = Json::object();
 };
 

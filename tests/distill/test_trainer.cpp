@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
-
 #include <fstream>
 
 #include "distill/trainer.h"
@@ -118,6 +117,74 @@ TEST(Trainer, ResumeMidEpochEqualsUninterruptedRun) {
   // The run directory is complete.
   for (const char* f : {"config.json", "metrics.jsonl", "train.log", "summary.json", "model.safetensors"})
     EXPECT_TRUE(fs::exists(dir + "/" + f)) << f;
+}
+
+namespace {
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+}  // namespace
+
+// Resuming with a config that changes what is trained is refused, naming the checkpoint and every
+// change with both values: the checkpoint's optimizer hyper-parameters used to win silently (a new
+// weight decay was ignored) and a new momentum failed inside the optimizer.
+TEST(Trainer, ResumeRefusesAChangedRecipeNamingEachChange) {
+  const ExperimentConfig cfg = tiny_config("recipe", 2);
+  const std::string dir = fresh_dir("recipe");
+  train(cfg, dir, "", 10);
+  ExperimentConfig changed = cfg;
+  changed.solver.weight_decay = 1e-3;
+  changed.seed = 9;
+  try {
+    train(changed, dir, "auto");
+    ADD_FAILURE() << "expected the changed config to be refused";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const char* part : {"checkpoints/ckpt_epoch0001_step000000010.safetensors", "differs from the checkpoint's",
+                             "solver.weight_decay 0.0005 -> 0.001", "experiment.seed 7 -> 9", "--allow-config-change"})
+      EXPECT_NE(msg.find(part), std::string::npos) << part << " not in: " << msg;
+  }
+}
+
+// Changes that leave the recipe alone resume exactly: where the run is logged and how often, the
+// loader's workers, the run's name, how much of the test set is evaluated (that one is logged).
+TEST(Trainer, ResumeWithChangesOutsideTheRecipeIsExact) {
+  const ExperimentConfig cfg = tiny_config("outside", 2);
+  const StateDict straight = train(cfg, fresh_dir("outside_straight"));
+  const std::string dir = fresh_dir("outside");
+  train(cfg, dir, "", 10);
+  ExperimentConfig changed = cfg;
+  changed.name = "renamed";
+  changed.log.every_steps = 3;
+  changed.data.num_workers = 0;
+  changed.data.test_limit = 16;
+  expect_bitwise_equal(straight, train(changed, dir, "auto"));
+  const std::string log = read_text(dir + "/train.log");
+  EXPECT_NE(log.find("config changed since the checkpoint (same recipe): data.test_limit 0 -> 16"), std::string::npos)
+      << log;
+  EXPECT_EQ(log.find("log.every_steps"), std::string::npos) << log;
+}
+
+// --allow-config-change: the run continues with the new values — the optimizer's weight decay is the
+// new one, not the checkpoint's — and the log lists what changed.
+TEST(Trainer, AllowConfigChangeContinuesWithTheNewHyperparameters) {
+  const ExperimentConfig cfg = tiny_config("allowed", 2);
+  const std::string dir = fresh_dir("allowed");
+  train(cfg, dir, "", 10);
+  ExperimentConfig changed = cfg;
+  changed.solver.weight_decay = 1e-3;
+  auto model = make_model(changed);
+  ClassifierTask task(model);
+  DataSplits data = load_datasets(changed.data);
+  RunDir run(dir);
+  Trainer trainer(changed, task, data, run);
+  trainer.set_allow_config_change(true);
+  trainer.fit("auto");
+  EXPECT_EQ(trainer.optimizer().hyperparams()["param_groups"][0]["weight_decay"].get<double>(), 1e-3);
+  const std::string log = read_text(dir + "/train.log");
+  EXPECT_NE(log.find("accepted (--allow-config-change"), std::string::npos) << log;
+  EXPECT_NE(log.find("solver.weight_decay 0.0005 -> 0.001"), std::string::npos) << log;
 }
 
 namespace {

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# --resume with a changed config, end to end on synthetic data: a 1-epoch run A with a checkpoint; resuming
+# it with a changed recipe (solver.lr) is refused (exit code 2) naming the key, both values and the flag;
+# with more epochs (allowed, logged) it continues from epoch 2; with --allow-config-change the changed
+# recipe continues and config.json records the new value. Usage: resume_config.sh BIN_DIR
+set -euo pipefail
+bin=$1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cat > "$tmp/a.json" <<JSON
+{"schema_version": 1, "experiment": {"name": "a", "seed": 0, "output_dir": "$tmp"},
+ "data": {"dataset": "synthetic", "image_size": 16, "channels": 1, "num_classes": 4, "synthetic_size": 64,
+          "batch_size": 32, "num_workers": 0},
+ "model": {"arch": "resnet8"}, "solver": {"optimizer": "sgd", "lr": 0.05, "epochs": 1}}
+JSON
+"$bin/retort-train" "$tmp/a.json" --run-dir "$tmp/a" > /dev/null
+set +e
+err=$("$bin/retort-train" "$tmp/a.json" --run-dir "$tmp/a" --resume auto --set solver.epochs=2 --set solver.lr=0.1 2>&1)
+rc=$?
+set -e
+[ "$rc" = 2 ] && grep -qF "solver.lr 0.05 -> 0.1" <<<"$err" && grep -qF -- "--allow-config-change" <<<"$err" &&
+  ! tail -1 <<<"$err" | grep -qF "solver.epochs" || { echo "FAIL: changed recipe: rc $rc, '$err'"; exit 1; }
+out=$("$bin/retort-train" "$tmp/a.json" --run-dir "$tmp/a" --resume auto --set solver.epochs=2 2>&1)
+grep -qF "config changed since the checkpoint (same recipe): solver.epochs 1 -> 2" <<<"$out" &&
+  grep -qF "at epoch 2" <<<"$out" || { echo "FAIL: more epochs: '$out'"; exit 1; }
+out=$("$bin/retort-train" "$tmp/a.json" --run-dir "$tmp/a" --resume auto --set solver.epochs=3 --set solver.lr=0.1 \
+      --allow-config-change 2>&1)
+grep -qF "accepted (--allow-config-change" <<<"$out" && grep -qF "solver.lr 0.05 -> 0.1" <<<"$out" ||
+  { echo "FAIL: --allow-config-change: '$out'"; exit 1; }
+grep -qE '"lr": ?0.1[,}]' "$tmp/a/config.json" || { echo "FAIL: config.json does not record the new lr"; exit 1; }
+echo "resume_config: ok"

@@ -351,6 +351,35 @@ TEST(Trainer, CudaDevice) {
   }
 }
 
+namespace {
+// Each convolution direction ran at least one kernel that the listing marks with `mark`.
+void expect_every_direction_listed(const std::string& mark) {
+  const auto choices = cpu::dnnl_conv_choices();
+  for (const char* dir : {"fwd ", "bwd-data ", "bwd-weight "})
+    EXPECT_TRUE(std::any_of(choices.begin(), choices.end(), [&](const std::string& c) {
+      return c.rfind(dir, 0) == 0 && c.find(mark) != std::string::npos;
+    })) << "no " << dir << "convolution listed with \"" << mark << "\"";
+}
+
+// The whole model's update from `start` in two runs, each as one vector: their cosine, and whether
+// any value differs.
+std::pair<double, bool> update_cosine(const StateDict& start, const StateDict& a, const StateDict& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double dot = 0, na = 0, nb = 0;
+  bool any_differs = false;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    const auto w0 = start[i].second.to_vector(), x = a[i].second.to_vector(), y = b[i].second.to_vector();
+    for (size_t k = 0; k < x.size(); ++k) {
+      dot += (x[k] - w0[k]) * (y[k] - w0[k]);
+      na += (x[k] - w0[k]) * (x[k] - w0[k]);
+      nb += (y[k] - w0[k]) * (y[k] - w0[k]);
+      any_differs = any_differs || x[k] != y[k];
+    }
+  }
+  return {dot / std::sqrt(na * nb), any_differs};
+}
+}  // namespace
+
 // experiment.math "bf16": the run's convolutions take oneDNN's bfloat16 kernels (the kernel listing says
 // bf16 for every direction), its first SGD step points the way the F32 run's does without being equal
 // to it, and the switch is off again once the Trainer is gone. Where oneDNN has no bf16 convolutions (below AVX-512) the run is
@@ -370,29 +399,14 @@ TEST(Trainer, MathBf16RunsBf16ConvolutionsAndRestoresTheSwitch) {
     GTEST_SKIP() << "no bf16 convolutions on this CPU: " << msg;
   }
   EXPECT_FALSE(cpu_conv_bf16());
-  const auto choices = cpu::dnnl_conv_choices();
-  for (const char* dir : {"fwd ", "bwd-data ", "bwd-weight "})
-    EXPECT_TRUE(std::any_of(choices.begin(), choices.end(), [&](const std::string& c) {
-      return c.rfind(dir, 0) == 0 && c.find(" bf16 (") != std::string::npos;
-    })) << "no " << dir << "convolution ran in bf16";
+  expect_every_direction_listed(" bf16 (");
   const StateDict ieee = train(tiny_config("bf16_ieee", 1), fresh_dir("bf16_ieee"), "", 1);
-  ASSERT_EQ(bf16.size(), ieee.size());
-  // The whole model's first update, bf16 against F32, as one vector: the same direction (cosine), but
-  // not the same bits. Per tensor the two differ by 5-20 % on this untrained 8-sample batch — as much
-  // as exact bf16 rounding of every convolution operand gives in a float64 simulation with PyTorch
-  // (resnet20: 20-50 %): BN's backward cancels most of each gradient, leaving the rounding.
-  double dot = 0, nb = 0, na = 0;
-  bool any_differs = false;
-  for (size_t i = 0; i < bf16.size(); ++i) {
-    const auto w0 = start[i].second.to_vector(), a = ieee[i].second.to_vector(), b = bf16[i].second.to_vector();
-    for (size_t k = 0; k < a.size(); ++k) {
-      dot += (a[k] - w0[k]) * (b[k] - w0[k]);
-      na += (a[k] - w0[k]) * (a[k] - w0[k]);
-      nb += (b[k] - w0[k]) * (b[k] - w0[k]);
-      any_differs = any_differs || a[k] != b[k];
-    }
-  }
-  EXPECT_GT(dot / std::sqrt(na * nb), 0.95);
+  // The whole model's first update, bf16 against F32: the same direction (cosine), but not the same
+  // bits. Per tensor the two differ by 5-20 % on this untrained 8-sample batch — as much as exact bf16
+  // rounding of every convolution operand gives in a float64 simulation with PyTorch (resnet20:
+  // 20-50 %): BN's backward cancels most of each gradient, leaving the rounding.
+  const auto [cosine, any_differs] = update_cosine(start, ieee, bf16);
+  EXPECT_GT(cosine, 0.95);
   EXPECT_TRUE(any_differs) << "the bf16 step was bitwise equal to the F32 step";
 }
 
@@ -415,27 +429,12 @@ TEST(Trainer, MathWinogradRunsWinogradConvolutionsAndRestoresTheSwitch) {
     GTEST_SKIP() << "no Winograd convolutions on this CPU: " << msg;
   }
   EXPECT_FALSE(cpu_conv_winograd());
-  const auto choices = cpu::dnnl_conv_choices();
-  for (const char* dir : {"fwd ", "bwd-data ", "bwd-weight "})
-    EXPECT_TRUE(std::any_of(choices.begin(), choices.end(), [&](const std::string& c) {
-      return c.rfind(dir, 0) == 0 && c.find(" winograd (") != std::string::npos;
-    })) << "no " << dir << "convolution ran the Winograd kernel";
+  expect_every_direction_listed(" winograd (");
   const StateDict ieee = train(tiny_config("winograd_ieee", 1), fresh_dir("winograd_ieee"), "", 1);
-  ASSERT_EQ(wino.size(), ieee.size());
-  // The whole model's first update, Winograd against F32, as one vector: the same direction to
-  // rounding (the convolutions differ by about 1e-6 of their scale), yet not the same bits.
-  double dot = 0, nb = 0, na = 0;
-  bool any_differs = false;
-  for (size_t i = 0; i < wino.size(); ++i) {
-    const auto w0 = start[i].second.to_vector(), a = ieee[i].second.to_vector(), b = wino[i].second.to_vector();
-    for (size_t k = 0; k < a.size(); ++k) {
-      dot += (a[k] - w0[k]) * (b[k] - w0[k]);
-      na += (a[k] - w0[k]) * (a[k] - w0[k]);
-      nb += (b[k] - w0[k]) * (b[k] - w0[k]);
-      any_differs = any_differs || a[k] != b[k];
-    }
-  }
-  EXPECT_GT(dot / std::sqrt(na * nb), 1 - 1e-9);  // measured: 1 - 2.5e-14
+  // The whole model's first update, Winograd against F32: the same direction to rounding (the
+  // convolutions differ by about 1e-6 of their scale), yet not the same bits.
+  const auto [cosine, any_differs] = update_cosine(start, ieee, wino);
+  EXPECT_GT(cosine, 1 - 1e-9);  // measured: 1 - 2.5e-14
   EXPECT_TRUE(any_differs) << "the Winograd step was bitwise equal to the F32 step";
 }
 

@@ -600,25 +600,30 @@ Tensor bf16_rounded_f64(const Tensor& t, bool absolute = false) {
   return Tensor::from_vector(v, t.shape(), DType::F64);
 }
 
-// Turns bf16 on for a scope (oneDNN path, autotuning off), or reports why this CPU cannot.
-struct Bf16Scope {
+// Turns one convolution math switch (set_cpu_conv_bf16, set_cpu_conv_winograd) on for a scope, on
+// the oneDNN path with autotuning off, or reports why this CPU cannot.
+struct ConvMathScope {
   std::string unsupported;
+  void (*set)(bool);
   cpu::ConvImpl impl = cpu::conv_impl();
   bool tune = kernel_autotune();
-  Bf16Scope() {
+  explicit ConvMathScope(void (*setter)(bool)) : set(setter) {
     cpu::set_conv_impl(cpu::ConvImpl::Auto);
     set_kernel_autotune(false);
     try {
-      set_cpu_conv_bf16(true);
+      set(true);
     } catch (const Error& e) {
       unsupported = e.what();
     }
   }
-  ~Bf16Scope() {
-    set_cpu_conv_bf16(false);
+  ~ConvMathScope() {
+    set(false);
     set_kernel_autotune(tune);
     cpu::set_conv_impl(impl);
   }
+};
+struct Bf16Scope : ConvMathScope {
+  Bf16Scope() : ConvMathScope(set_cpu_conv_bf16) {}
 };
 
 struct Bf16Case {
@@ -741,25 +746,8 @@ TEST(Conv2dBf16, UnsupportedCpuIsRefusedNamingItsInstructionSet) {
 
 namespace {
 
-// Turns Winograd on for a scope (oneDNN path, autotuning off), or reports why this CPU cannot.
-struct WinogradScope {
-  std::string unsupported;
-  cpu::ConvImpl impl = cpu::conv_impl();
-  bool tune = kernel_autotune();
-  WinogradScope() {
-    cpu::set_conv_impl(cpu::ConvImpl::Auto);
-    set_kernel_autotune(false);
-    try {
-      set_cpu_conv_winograd(true);
-    } catch (const Error& e) {
-      unsupported = e.what();
-    }
-  }
-  ~WinogradScope() {
-    set_cpu_conv_winograd(false);
-    set_kernel_autotune(tune);
-    cpu::set_conv_impl(impl);
-  }
+struct WinogradScope : ConvMathScope {
+  WinogradScope() : ConvMathScope(set_cpu_conv_winograd) {}
 };
 
 // One direction of a convolution (0 forward with bias, 1 backward-data, 2 backward-weight) on the CPU

@@ -69,6 +69,19 @@ grep -qE "^  fwd\+bn x\[8, 32, 8, 8\] w\[32, 32, 3, 3\] g1: .*wino.* winograd \(
 w=$(loss winograd)
 awk -v a="$a" -v b="$w" 'BEGIN { d = (a - b) / a; exit !(d <= 1e-4 && d >= -1e-4) }' ||
   { echo "FAIL: eval loss ieee $a vs winograd $w (expected within 1e-4)"; exit 1; }
+# A KD run in Winograd mode (run a, resnet8, as the frozen teacher: its eval-mode forward takes the
+# fused conv + BN with the BN folded into the Winograd kernel) ends with a finite loss.
+cat > "$tmp/kd.json" <<JSON
+{"schema_version": 1, "experiment": {"name": "kd", "seed": 0, "output_dir": "$tmp", "math": "winograd"},
+ "data": {"dataset": "synthetic", "image_size": 16, "channels": 3, "num_classes": 4, "synthetic_size": 128,
+          "batch_size": 32, "num_workers": 0},
+ "model": {"arch": "resnet8"}, "teacher": {"arch": "resnet8", "checkpoint": "$tmp/a/model.safetensors"},
+ "distill": {"terms": [{"type": "ce", "weight": 0.1}, {"type": "kd", "weight": 0.9, "params": {"temperature": 4}}]},
+ "solver": {"optimizer": "sgd", "lr": 0.05, "epochs": 1}}
+JSON
+out=$("$bin/retort-distill" "$tmp/kd.json" --run-dir "$tmp/kd" 2>&1)
+grep -qF "kernels math winograd" <<<"$out" && grep -qE "done: student best top-1 [0-9.]+%" <<<"$out" ||
+  { echo "FAIL: KD run in Winograd mode: '$out'"; exit 1; }
 expect_refusal "tf32 on the CPU" 'experiment.math "tf32": TF32 is a GPU tensor-core format' \
   "$bin/retort-train" "$tmp/a.json" --run-dir "$tmp/b" --set experiment.math=tf32
 expect_refusal "unknown mode" '"fp16" is not a math mode' \

@@ -205,16 +205,18 @@ Json profile_steps(const std::function<void(int64_t)>& step, int64_t first, int 
     if (st.flops > 0) j["gflops"] = round3(st.flops / st.seconds / 1e9);
     by_kernel.push_back(j);
   }
-  double conv_s = 0, conv_f = 0;
+  double conv_s = 0, conv_f = 0, conv_layout_s = 0;
   std::vector<std::pair<std::string, profiling::Stat>> cs(t.by_conv_shape.begin(), t.by_conv_shape.end());
   std::sort(cs.begin(), cs.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
   for (const auto& [k, st] : cs) {
     conv_s += st.seconds;
     conv_f += st.flops;
+    conv_layout_s += st.layout_seconds;
     const double gf = st.flops / st.seconds / 1e9;
     by_conv.push_back(Json{{"conv", k}, {"ms_per_step", round3(st.seconds * 1e3 / steps)},
                            {"calls_per_step", st.calls / steps}, {"gflops", round3(gf)},
-                           {"percent_of_sgemm_peak", round3(100.0 * gf / peak)}});
+                           {"percent_of_sgemm_peak", round3(100.0 * gf / peak)},
+                           {"reorder_percent", round3(100.0 * st.layout_seconds / st.seconds)}});
   }
   return Json{{"steps", steps},
               {"ms_per_step", round3(wall * 1e3 / steps)},
@@ -223,6 +225,8 @@ Json profile_steps(const std::function<void(int64_t)>& step, int64_t first, int 
               {"sgemm_peak_gflops", round3(peak)},
               {"conv_gflops", conv_s > 0 ? round3(conv_f / conv_s / 1e9) : 0.0},
               {"conv_percent_of_sgemm_peak", conv_s > 0 ? round3(100.0 * conv_f / conv_s / 1e9 / peak) : 0.0},
+              {"conv_reorder_ms_per_step", round3(conv_layout_s * 1e3 / steps)},
+              {"conv_reorder_percent", conv_s > 0 ? round3(100.0 * conv_layout_s / conv_s) : 0.0},
               {"by_kernel", by_kernel},
               {"by_conv", by_conv},
               {"conv_kernels", dev.type == DeviceType::CPU ? Json(cpu::dnnl_conv_choices()) : Json::array()}};
@@ -242,11 +246,13 @@ void print_profile(const Json& p) {
   std::printf("\nconvolutions: %.0f GFLOP/s overall = %.0f%% of the measured SGEMM peak (%.0f GFLOP/s)\n",
               p["conv_gflops"].get<double>(), p["conv_percent_of_sgemm_peak"].get<double>(),
               p["sgemm_peak_gflops"].get<double>());
-  std::printf("%-58s %9s %6s %9s %7s\n", "convolution", "ms/step", "calls", "GFLOP/s", "% peak");
+  std::printf("of which reorders between NCHW and oneDNN's blocked layouts: %.1f ms/step (%.0f%%)\n",
+              p["conv_reorder_ms_per_step"].get<double>(), p["conv_reorder_percent"].get<double>());
+  std::printf("%-58s %9s %6s %9s %7s %9s\n", "convolution", "ms/step", "calls", "GFLOP/s", "% peak", "reorder %");
   for (const auto& c : p["by_conv"])
-    std::printf("%-58s %9.2f %6lld %9.0f %7.0f\n", c["conv"].get<std::string>().c_str(), c["ms_per_step"].get<double>(),
-                static_cast<long long>(c["calls_per_step"].get<int64_t>()), c["gflops"].get<double>(),
-                c["percent_of_sgemm_peak"].get<double>());
+    std::printf("%-58s %9.2f %6lld %9.0f %7.0f %9.0f\n", c["conv"].get<std::string>().c_str(),
+                c["ms_per_step"].get<double>(), static_cast<long long>(c["calls_per_step"].get<int64_t>()),
+                c["gflops"].get<double>(), c["percent_of_sgemm_peak"].get<double>(), c["reorder_percent"].get<double>());
   if (p.contains("conv_kernels") && !p["conv_kernels"].empty()) {
     std::printf("\noneDNN kernel per convolution (forwards: the faster of the timed candidates)\n");
     for (const auto& k : p["conv_kernels"]) std::printf("  %s\n", k.get<std::string>().c_str());

@@ -16,6 +16,7 @@ namespace {
 
 bool g_enabled = false;
 Table g_table;
+double g_layout_pending = 0;  // add_layout_seconds within the call being timed
 
 double conv_flops(const Shape& w, const Shape& y) {
   // 2 * N * O * OH * OW * (C/groups) * KH * KW multiply-adds, the same for each of the three passes.
@@ -35,6 +36,7 @@ class Timer {
   Timer(Backend& b, std::string name, double flops = 0, std::string shape_key = {})
       : b_(b), name_(std::move(name)), key_(std::move(shape_key)), flops_(flops) {
     b_.synchronize();
+    g_layout_pending = 0;
     t0_ = std::chrono::steady_clock::now();
   }
   ~Timer() {
@@ -42,6 +44,7 @@ class Timer {
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
     add(g_table.by_kernel[name_], s);
     if (!key_.empty()) add(g_table.by_conv_shape[key_], s);
+    g_layout_pending = 0;
   }
 
  private:
@@ -49,6 +52,7 @@ class Timer {
     st.calls += 1;
     st.seconds += s;
     st.flops += flops_;
+    st.layout_seconds += g_layout_pending;
   }
   Backend& b_;
   std::string name_, key_;
@@ -214,6 +218,7 @@ class ProfilingBackend final : public Backend {
 
 void enable(bool on) { g_enabled = on; }
 bool enabled() { return g_enabled; }
+void add_layout_seconds(double s) { g_layout_pending += s; }
 void reset() { g_table = Table{}; }
 Table snapshot() { return g_table; }
 

@@ -20,7 +20,8 @@ namespace retort::profiling {
 struct Stat {
   int64_t calls = 0;
   double seconds = 0;
-  double flops = 0;  // convolutions and GEMMs only
+  double flops = 0;           // convolutions and GEMMs only
+  double layout_seconds = 0;  // part of `seconds` spent converting layouts (add_layout_seconds)
 };
 
 struct Table {
@@ -30,6 +31,10 @@ struct Table {
 
 void enable(bool on);
 bool enabled();
+// Called by a backend inside a kernel call, while profiling is enabled: `s` seconds of that call went
+// to converting its operands' layouts (the CPU's oneDNN convolutions reorder NCHW to their blocked
+// layouts and back). Counted into the call's Stat::layout_seconds.
+void add_layout_seconds(double s);
 void reset();
 Table snapshot();
 

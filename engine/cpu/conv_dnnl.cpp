@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "engine/cpu/cpu_backend.h"
+#include "engine/profile.h"
 
 namespace retort::cpu {
 
@@ -331,11 +332,22 @@ void execute(Dnnl& d, Entry& e, const Shape& xs, const Shape& ws, const Shape& y
     epi = nullptr;
   }
   try {
+    // With the profiler on, the reorders' share of the call is reported (profile.h).
+    const bool timed = profiling::enabled();
+    double layout_s = 0;
+    auto reorder = [&](const dnnl::reorder& r, memory& from, memory& to) {
+      const auto t0 = timed ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
+      r.execute(d.strm, from, to);
+      if (timed) {
+        d.strm.wait();
+        layout_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      }
+    };
     auto bind_input = [&](Operand& op, const float* user_ptr, char* blocked) {
       memory user(op.user, d.eng, const_cast<float*>(user_ptr));
       if (op.same()) return user;
       memory prim(op.prim, d.eng, blocked);
-      op.to_prim->execute(d.strm, user, prim);
+      reorder(*op.to_prim, user, prim);
       return prim;
     };
     memory m0 = bind_input(e.in0, in0, ws_ptr);
@@ -353,8 +365,9 @@ void execute(Dnnl& d, Entry& e, const Shape& xs, const Shape& ws, const Shape& y
                    memory(e.per_channel, d.eng, const_cast<float*>(epi->shift)));
     }
     e.prim.execute(d.strm, args);
-    if (!e.out.same()) e.out.to_user->execute(d.strm, prim_out, user_out);
+    if (!e.out.same()) reorder(*e.out.to_user, prim_out, user_out);
     d.strm.wait();
+    if (timed) profiling::add_layout_seconds(layout_s);
   } catch (const dnnl::error& err) {
     RETORT_FAIL("conv2d (oneDNN ", e.impl_name, "): x ", shape_str(xs), ", w ", shape_str(ws), ", y ",
                 shape_str(ys), ": ", err.what());

@@ -39,3 +39,24 @@ TEST(Profiling, CountsKernelsAndConvolutionFlopsOnlyWhileEnabled) {
   profiling::reset();
   EXPECT_TRUE(profiling::snapshot().by_kernel.empty());
 }
+
+// The oneDNN convolutions report the reorders between NCHW and their blocked layouts as part of their
+// call (Stat::layout_seconds, retort-bench's "reorder %"): more than nothing, less than the call. A
+// kernel that converts nothing reports none, and a call outside profiling adds nothing to the next one.
+TEST(Profiling, ConvolutionsReportTheirLayoutReorders) {
+  Generator gen(5);
+  const Tensor x = Tensor::randn({8, 32, 16, 16}, gen), w = Tensor::randn({32, 32, 3, 3}, gen);
+  conv2d(x, w, Tensor(), 1, 1);  // builds the oneDNN primitive outside the timed call
+  profiling::reset();
+  profiling::enable(true);
+  conv2d(x, w, Tensor(), 1, 1);
+  relu(x);
+  profiling::enable(false);
+  const profiling::Table t = profiling::snapshot();
+  const profiling::Stat& conv = t.by_conv_shape.at("fwd x[8, 32, 16, 16] w[32, 32, 3, 3] s1 p1");
+  EXPECT_GT(conv.layout_seconds, 0.0);
+  EXPECT_LT(conv.layout_seconds, conv.seconds);
+  EXPECT_EQ(t.by_kernel.at("conv2d_forward").layout_seconds, conv.layout_seconds);
+  EXPECT_EQ(t.by_kernel.at("unary:relu").layout_seconds, 0.0);
+  profiling::reset();
+}

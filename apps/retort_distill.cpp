@@ -33,6 +33,8 @@ int main(int argc, char** argv) {
     const auto [student, teacher] = app::make_distill_models(cfg, mo, gen);
     double teacher_top1 = -1;
     if (teacher) {
+      // In the run's arithmetic (experiment.math), as the teacher's forwards in the run will be.
+      const KernelSwitches switches(cfg, Device::parse(cfg.device));
       DataLoader tl(data.test, LoaderOptions{cfg.data.eval_batch_size, false, false, cfg.data.num_workers, 0},
                     eval_transform(cfg.data));
       teacher_top1 = evaluate(*teacher, tl).top1;

@@ -324,7 +324,13 @@ std::string change_str(const ConfigChange& c) {
 // Returns true when the checkpoint's optimizer hyper-parameters are to be restored (no change to what
 // is trained, or none accepted).
 bool Trainer::check_resumed_config(const std::string& path, const std::string& saved_config) {
-  const Json saved = parse_metadata_json(path, "config", saved_config);
+  Json saved = parse_metadata_json(path, "config", saved_config);
+  // Read as a config and written again, so that a key an older Retort did not write yet compares as its
+  // default; a config this build cannot read is compared as it stands.
+  try {
+    saved = ExperimentConfig::from_json(saved, path + " (metadata 'config')").to_json();
+  } catch (const Error&) {
+  }
   std::vector<std::string> how, what;
   for (const ConfigChange& c : config_changes(saved, cfg_.to_json())) {
     const ChangeEffect e = change_effect(c.key);

@@ -166,6 +166,36 @@ TEST(Trainer, ResumeWithChangesOutsideTheRecipeIsExact) {
   EXPECT_EQ(log.find("log.every_steps"), std::string::npos) << log;
 }
 
+// A checkpoint whose stored config lacks keys a later Retort added (written before data.held_out and
+// experiment.math existed) resumes as if they held their defaults: no change, the same weights. A
+// corrupt stored config is an error naming the file and the key.
+TEST(Trainer, ResumeFromAnOlderConfigTakesMissingKeysAsDefaults) {
+  const ExperimentConfig cfg = tiny_config("older", 2);
+  const StateDict straight = train(cfg, fresh_dir("older_straight"));
+  const std::string dir = fresh_dir("older");
+  train(cfg, dir, "", 10);
+  const std::string ckpt = dir + "/checkpoints/" + RunDir(dir).latest_checkpoint();
+  SafetensorsFile f = load_safetensors(ckpt);
+  Json old_config = Json::parse(f.metadata.at("config"));
+  old_config["data"].erase("held_out");
+  old_config["experiment"].erase("math");
+  auto meta = f.metadata;
+  meta["config"] = old_config.dump();
+  save_safetensors(ckpt, f.tensors, meta);
+  expect_bitwise_equal(straight, train(cfg, dir, "auto"));
+  EXPECT_EQ(read_text(dir + "/train.log").find("config changed"), std::string::npos);
+  meta["config"] = "{";
+  const std::string bad = dir + "/corrupt_config.safetensors";
+  save_safetensors(bad, f.tensors, meta);
+  try {
+    train(cfg, fresh_dir("older_corrupt"), bad);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(bad), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("metadata key 'config' is not valid JSON"), std::string::npos) << e.what();
+  }
+}
+
 // --allow-config-change: the run continues with the new values — the optimizer's weight decay is the
 // new one, not the checkpoint's — and the log lists what changed.
 TEST(Trainer, AllowConfigChangeContinuesWithTheNewHyperparameters) {

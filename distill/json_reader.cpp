@@ -144,8 +144,7 @@ void JsonReader::finish_all() const {
       if (d < best_d) best_d = d, best = k;
     }
     const std::string prefix = path_.empty() ? "" : path_ + ".";
-    std::string known;
-    for (const auto& k : known_) known += (known.empty() ? "" : ", ") + k;
+    const std::string known = detail::join(known_);
     RETORT_FAIL(file_, ": unknown key ", prefix, it.key(),
                 best.empty() ? " (known keys here: " + (known.empty() ? std::string("none") : known) + ")"
                              : " (did you mean " + prefix + best + "?)");

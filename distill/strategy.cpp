@@ -102,9 +102,7 @@ std::shared_ptr<Strategy> create_strategy(const std::string& type, JsonReader& p
   ensure_builtins();
   for (const auto& [n, f] : table().entries)
     if (n == type) return f(params);
-  std::string known;
-  for (const auto& n : strategy_types()) known += (known.empty() ? "" : ", ") + n;
-  RETORT_FAIL("unknown strategy type '", type, "' (known: ", known, ")");
+  RETORT_FAIL("unknown strategy type '", type, "' (known: ", detail::join(strategy_types()), ")");
 }
 
 }  // namespace retort

@@ -337,18 +337,13 @@ bool Trainer::check_resumed_config(const std::string& path, const std::string& s
     if (e == ChangeEffect::HowItRuns) how.push_back(change_str(c));
     if (e == ChangeEffect::WhatItTrains) what.push_back(change_str(c));
   }
-  auto joined = [](const std::vector<std::string>& v) {
-    std::string s;
-    for (const auto& e : v) s += (s.empty() ? "" : "; ") + e;
-    return s;
-  };
-  if (!how.empty()) log("config changed since the checkpoint (same recipe): " + joined(how));
+  if (!how.empty()) log("config changed since the checkpoint (same recipe): " + detail::join(how, "; "));
   if (what.empty()) return true;
   RETORT_CHECK(allow_config_change_, path, ": this run's config differs from the checkpoint's in what it trains: ",
-               joined(what), ". Resume with the checkpoint's values, start a new run (another experiment.name or ",
+               detail::join(what, "; "), ". Resume with the checkpoint's values, start a new run (another experiment.name or ",
                "--run-dir), or pass --allow-config-change to continue with the new ones");
   log("config changed since the checkpoint, accepted (--allow-config-change; the optimizer takes the new "
-      "hyper-parameters): " + joined(what));
+      "hyper-parameters): " + detail::join(what, "; "));
   return false;
 }
 

@@ -22,6 +22,14 @@ std::string cat(const Args&... args) {
   (os << ... << args);
   return os.str();
 }
+
+// The strings of a range joined by `sep`: join(std::vector<std::string>{"a", "b"}) == "a, b".
+template <class Range>
+std::string join(const Range& items, const std::string& sep = ", ") {
+  std::string s;
+  for (const auto& item : items) s += (s.empty() ? "" : sep) + item;
+  return s;
+}
 }  // namespace detail
 
 }  // namespace retort

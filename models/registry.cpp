@@ -31,12 +31,6 @@ const ModelTable& table() {
   return t;
 }
 
-std::string joined(const std::vector<std::string>& names) {
-  std::string s;
-  for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
-  return s;
-}
-
 }  // namespace
 
 void ModelTable::add(const std::string& name, ModelFactory factory) {
@@ -59,7 +53,7 @@ std::vector<std::string> ModelTable::names() const {
 
 std::shared_ptr<Module> create_model(const std::string& name, const ModelOptions& options, Generator& gen) {
   const ModelFactory* factory = table().find(name);
-  RETORT_CHECK(factory != nullptr, "unknown model '", name, "'; known models: ", joined(table().names()));
+  RETORT_CHECK(factory != nullptr, "unknown model '", name, "'; known models: ", detail::join(table().names()));
   RETORT_CHECK(options.num_classes > 0 && options.in_channels > 0 && options.input_size > 0, "create_model(", name,
                "): num_classes, in_channels and input_size must be positive, got ", options.num_classes, ", ",
                options.in_channels, ", ", options.input_size);

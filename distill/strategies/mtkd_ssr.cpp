@@ -237,9 +237,7 @@ class MtkdSsrStrategy final : public Strategy {
     RETORT_CHECK(!terms.empty(), where, ": holds no teacher heads (no extra.term.<name>.teacher_head<k>.* tensors); "
                  "expected a checkpoint (or run directory) of an mtkd_ssr run with teacher_heads \"joint\"");
     if (o_.heads_term.empty()) {
-      std::string list;
-      for (const auto& n : terms) list += (list.empty() ? "" : ", ") + n;
-      RETORT_CHECK(terms.size() == 1, where, ": holds teacher heads of several terms (", list,
+      RETORT_CHECK(terms.size() == 1, where, ": holds teacher heads of several terms (", detail::join(terms),
                    "); choose one with teacher_heads_term");
       o_.heads_term = *terms.begin();
     }

@@ -74,47 +74,41 @@ const char* isa_name() {
   }
 }
 
-// The instruction sets on which oneDNN 2.6 has bfloat16 convolutions (AVX-512 emulates the bf16
-// dot products; avx512_core_bf16 has them; AMX runs them on tiles). Empty when supported, else why not.
-std::string bf16_unsupported_reason() {
+constexpr const char* kBf16Convs = "bfloat16 convolutions";
+constexpr const char* kWinogradConvs = "Winograd convolutions";
+
+// oneDNN 2.6 has its bfloat16 convolutions (AVX-512 emulates the bf16 dot products; avx512_core_bf16
+// has them; AMX runs them on tiles) and its Winograd F(4x4, 3x3) kernels (jit_wino_4x3, F32) on
+// AVX-512 only. Empty when this CPU has `what`, else why not.
+std::string avx512_unsupported_reason(const char* what) {
   const std::string isa = isa_name();
   if (isa.rfind("avx512_core", 0) == 0) return "";
-  return "oneDNN has no bfloat16 convolutions below AVX-512 (this CPU's oneDNN ISA: " +
-         (isa == "other" ? std::string("older than avx2") : isa) + ")";
+  return detail::cat("oneDNN has no ", what, " below AVX-512 (this CPU's oneDNN ISA: ",
+                     isa == "other" ? std::string("older than avx2") : isa, ")");
 }
 
-// oneDNN 2.6 has Winograd F(4x4, 3x3) kernels (jit_wino_4x3) for F32 on AVX-512 only. Empty when
-// supported, else why not.
-std::string winograd_unsupported_reason() {
-  const std::string isa = isa_name();
-  if (isa.rfind("avx512_core", 0) == 0) return "";
-  return "oneDNN has Winograd convolutions on AVX-512 only (this CPU's oneDNN ISA: " +
-         (isa == "other" ? std::string("older than avx2") : isa) + ")";
+// A switch's starting value from the environment: `var` "1" on, "0" or unset off, anything else an
+// error; on is refused where this CPU lacks `what`.
+bool env_switch(const char* var, const char* what) {
+  const char* env = std::getenv(var);
+  if (!env || !*env || std::string(env) == "0") return false;
+  RETORT_CHECK(std::string(env) == "1", "environment variable ", var, "=\"", env, "\": expected 0 or 1");
+  const std::string why = avx512_unsupported_reason(what);
+  RETORT_CHECK(why.empty(), "environment variable ", var, "=1: ", why);
+  return true;
 }
 
 bool& bf16_setting() {
-  static bool on = [] {
-    const char* env = std::getenv("RETORT_CPU_CONV_BF16");
-    if (!env || !*env || std::string(env) == "0") return false;
-    RETORT_CHECK(std::string(env) == "1", "environment variable RETORT_CPU_CONV_BF16=\"", env, "\": expected 0 or 1");
-    const std::string why = bf16_unsupported_reason();
-    RETORT_CHECK(why.empty(), "environment variable RETORT_CPU_CONV_BF16=1: ", why);
-    return true;
-  }();
+  static bool on = env_switch("RETORT_CPU_CONV_BF16", kBf16Convs);
   return on;
 }
 
 bool& winograd_setting() {
   static bool on = [] {
-    const char* env = std::getenv("RETORT_CPU_CONV_WINOGRAD");
-    if (!env || !*env || std::string(env) == "0") return false;
-    RETORT_CHECK(std::string(env) == "1", "environment variable RETORT_CPU_CONV_WINOGRAD=\"", env,
-                 "\": expected 0 or 1");
-    const std::string why = winograd_unsupported_reason();
-    RETORT_CHECK(why.empty(), "environment variable RETORT_CPU_CONV_WINOGRAD=1: ", why);
-    RETORT_CHECK(!bf16_setting(), "environment variables RETORT_CPU_CONV_WINOGRAD=1 and RETORT_CPU_CONV_BF16=1: ",
+    const bool v = env_switch("RETORT_CPU_CONV_WINOGRAD", kWinogradConvs);
+    RETORT_CHECK(!v || !bf16_setting(), "environment variables RETORT_CPU_CONV_WINOGRAD=1 and RETORT_CPU_CONV_BF16=1: ",
                  "oneDNN's Winograd kernels are F32 only; set one of them");
-    return true;
+    return v;
   }();
   return on;
 }
@@ -229,13 +223,13 @@ Entry build(Dnnl& d, DnnlConvDir dir, const Shape& xs, const Shape& ws, const Sh
   const memory::dims pad_r{(ys[2] - 1) * p.stride_h + (ws[2] - 1) * p.dilation_h + 1 - xs[2] - p.pad_h,
                            (ys[3] - 1) * p.stride_w + (ws[3] - 1) * p.dilation_w + 1 - xs[3] - p.pad_w};
   const memory::desc x_user = plain_act(xs), w_user = plain_wei(ws, p.groups), y_user = plain_act(ys);
-  memory::desc bias_user = has_bias ? memory::desc({ys[1]}, memory::data_type::f32, tag::x) : memory::desc();
+  e.fold_bn = epi && winograd;
+  if (e.fold_bn) has_bias = true;  // the BN's shift
+  const memory::desc bias_user =
+      has_bias ? memory::desc({ys[1]}, memory::data_type::f32, tag::x) : memory::desc();
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  if (epi && winograd) {
-    e.fold_bn = true;
-    has_bias = true;  // the BN's shift
-    bias_user = memory::desc({ys[1]}, memory::data_type::f32, tag::x);
+  if (e.fold_bn) {
     dnnl::post_ops ops;
     if (epi->relu) ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
     attr.set_post_ops(ops);
@@ -392,7 +386,7 @@ void set_kernel_autotune(bool on) { cpu::tuning_setting() = on; }
 bool cpu_conv_bf16() { return cpu::bf16_setting(); }
 void set_cpu_conv_bf16(bool on) {
   if (on) {
-    const std::string why = cpu::bf16_unsupported_reason();
+    const std::string why = cpu::avx512_unsupported_reason(cpu::kBf16Convs);
     RETORT_CHECK(why.empty(), "bf16 convolutions: ", why, "; use F32 (math \"ieee\") on this machine");
   }
   RETORT_CHECK(!on || !cpu::winograd_setting(), "bf16 convolutions: Winograd convolutions are on, and oneDNN's ",
@@ -402,7 +396,7 @@ void set_cpu_conv_bf16(bool on) {
 bool cpu_conv_winograd() { return cpu::winograd_setting(); }
 void set_cpu_conv_winograd(bool on) {
   if (on) {
-    const std::string why = cpu::winograd_unsupported_reason();
+    const std::string why = cpu::avx512_unsupported_reason(cpu::kWinogradConvs);
     RETORT_CHECK(why.empty(), "Winograd convolutions: ", why, "; use math \"ieee\" on this machine");
     RETORT_CHECK(!cpu::bf16_setting(), "Winograd convolutions: bf16 convolutions are on, and oneDNN's Winograd ",
                  "kernels are F32 only; turn bf16 off first");

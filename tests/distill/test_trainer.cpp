@@ -408,6 +408,27 @@ std::pair<double, bool> update_cosine(const StateDict& start, const StateDict& a
   }
   return {dot / std::sqrt(na * nb), any_differs};
 }
+
+// One epoch of the tiny run in experiment.math `math` and the same in "ieee", from one start; or,
+// where the Trainer refused the mode, its message.
+struct MathModeRuns {
+  std::string refused;
+  StateDict start, run, ieee;
+};
+MathModeRuns train_in_math_mode(const std::string& math) {
+  ExperimentConfig cfg = tiny_config(math, 1);
+  cfg.math = math;
+  MathModeRuns r;
+  for (auto& [k, t] : make_model(cfg)->state_dict()) r.start.emplace_back(k, t.clone());
+  try {
+    r.run = train(cfg, fresh_dir(math), "", 1);
+  } catch (const Error& e) {
+    r.refused = e.what();
+    return r;
+  }
+  r.ieee = train(tiny_config(math + "_ieee", 1), fresh_dir(math + "_ieee"), "", 1);
+  return r;
+}
 }  // namespace
 
 // experiment.math "bf16": the run's convolutions take oneDNN's bfloat16 kernels (the kernel listing says
@@ -415,27 +436,19 @@ std::pair<double, bool> update_cosine(const StateDict& start, const StateDict& a
 // to it, and the switch is off again once the Trainer is gone. Where oneDNN has no bf16 convolutions (below AVX-512) the run is
 // refused naming the key and the instruction set.
 TEST(Trainer, MathBf16RunsBf16ConvolutionsAndRestoresTheSwitch) {
-  ExperimentConfig cfg = tiny_config("bf16", 1);
-  cfg.math = "bf16";
-  StateDict start;
-  for (auto& [k, t] : make_model(cfg)->state_dict()) start.emplace_back(k, t.clone());
-  StateDict bf16;
-  try {
-    bf16 = train(cfg, fresh_dir("bf16"), "", 1);
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    EXPECT_NE(msg.find("experiment.math \"bf16\""), std::string::npos) << msg;
-    EXPECT_NE(msg.find("AVX-512"), std::string::npos) << msg;
-    GTEST_SKIP() << "no bf16 convolutions on this CPU: " << msg;
+  const MathModeRuns r = train_in_math_mode("bf16");
+  if (!r.refused.empty()) {
+    EXPECT_NE(r.refused.find("experiment.math \"bf16\""), std::string::npos) << r.refused;
+    EXPECT_NE(r.refused.find("AVX-512"), std::string::npos) << r.refused;
+    GTEST_SKIP() << "no bf16 convolutions on this CPU: " << r.refused;
   }
   EXPECT_FALSE(cpu_conv_bf16());
   expect_every_direction_listed(" bf16 (");
-  const StateDict ieee = train(tiny_config("bf16_ieee", 1), fresh_dir("bf16_ieee"), "", 1);
   // The whole model's first update, bf16 against F32: the same direction (cosine), but not the same
   // bits. Per tensor the two differ by 5-20 % on this untrained 8-sample batch — as much as exact bf16
   // rounding of every convolution operand gives in a float64 simulation with PyTorch (resnet20:
   // 20-50 %): BN's backward cancels most of each gradient, leaving the rounding.
-  const auto [cosine, any_differs] = update_cosine(start, ieee, bf16);
+  const auto [cosine, any_differs] = update_cosine(r.start, r.ieee, r.run);
   EXPECT_GT(cosine, 0.95);
   EXPECT_TRUE(any_differs) << "the bf16 step was bitwise equal to the F32 step";
 }
@@ -445,25 +458,17 @@ TEST(Trainer, MathBf16RunsBf16ConvolutionsAndRestoresTheSwitch) {
 // the F32 step to within rounding but not bitwise, and the switch is off again once the Trainer is
 // gone. Below AVX-512 the run is refused naming the key and the instruction set.
 TEST(Trainer, MathWinogradRunsWinogradConvolutionsAndRestoresTheSwitch) {
-  ExperimentConfig cfg = tiny_config("winograd", 1);
-  cfg.math = "winograd";
-  StateDict start;
-  for (auto& [k, t] : make_model(cfg)->state_dict()) start.emplace_back(k, t.clone());
-  StateDict wino;
-  try {
-    wino = train(cfg, fresh_dir("winograd"), "", 1);
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    EXPECT_NE(msg.find("experiment.math \"winograd\""), std::string::npos) << msg;
-    EXPECT_NE(msg.find("AVX-512"), std::string::npos) << msg;
-    GTEST_SKIP() << "no Winograd convolutions on this CPU: " << msg;
+  const MathModeRuns r = train_in_math_mode("winograd");
+  if (!r.refused.empty()) {
+    EXPECT_NE(r.refused.find("experiment.math \"winograd\""), std::string::npos) << r.refused;
+    EXPECT_NE(r.refused.find("AVX-512"), std::string::npos) << r.refused;
+    GTEST_SKIP() << "no Winograd convolutions on this CPU: " << r.refused;
   }
   EXPECT_FALSE(cpu_conv_winograd());
   expect_every_direction_listed(" winograd (");
-  const StateDict ieee = train(tiny_config("winograd_ieee", 1), fresh_dir("winograd_ieee"), "", 1);
   // The whole model's first update, Winograd against F32: the same direction to rounding (the
   // convolutions differ by about 1e-6 of their scale), yet not the same bits.
-  const auto [cosine, any_differs] = update_cosine(start, ieee, wino);
+  const auto [cosine, any_differs] = update_cosine(r.start, r.ieee, r.run);
   EXPECT_GT(cosine, 1 - 1e-9);  // measured: 1 - 2.5e-14
   EXPECT_TRUE(any_differs) << "the Winograd step was bitwise equal to the F32 step";
 }

@@ -750,13 +750,14 @@ struct WinogradScope : ConvMathScope {
   WinogradScope() : ConvMathScope(set_cpu_conv_winograd) {}
 };
 
-// One direction of a convolution (0 forward with bias, 1 backward-data, 2 backward-weight) on the CPU
-// backend, in a's dtype.
-std::vector<double> conv_direction(int dir, const Tensor& a, const Tensor& b, const Tensor& bias,
-                                   const Conv2dParams& p, const Shape& out) {
+// One direction of the convolution of x and w on the CPU backend — 0 forward with bias, 1 the data
+// gradient of gy, 2 the weight gradient of gy — with the operands converted to `dt`.
+std::vector<double> conv_direction(int dir, const Tensor& x, const Tensor& w, const Tensor& gy, const Tensor& bias,
+                                   const Conv2dParams& p, DType dt = DType::F32) {
   Backend& be = backend_for(Device::cpu());
-  Tensor r = Tensor::empty(out, a.dtype());
-  if (dir == 0) be.conv2d_forward(a, b, a.dtype() == DType::F32 ? bias : bias.to(DType::F64), p, r);
+  const Tensor a = (dir == 0 ? x : gy).to(dt), b = (dir == 2 ? x : w).to(dt);
+  Tensor r = Tensor::empty(dir == 0 ? gy.shape() : dir == 1 ? x.shape() : w.shape(), dt);
+  if (dir == 0) be.conv2d_forward(a, b, bias.to(dt), p, r);
   if (dir == 1) be.conv2d_backward_input(a, b, p, r);
   if (dir == 2) be.conv2d_backward_weight(a, b, p, r);
   return r.to_vector();
@@ -777,14 +778,11 @@ TEST(Conv2dWinograd, EachDirectionIsCloseToF64AndRunsTheWinogradKernel) {
   const Tensor x = Tensor::randn(xs, gen), w = Tensor::randn(wsh, gen), gy = Tensor::randn(ys, gen);
   const Tensor bias = Tensor::randn({wsh[0]}, gen);
   for (int dir : {0, 1, 2}) {
-    const Shape out = dir == 0 ? ys : dir == 1 ? xs : wsh;
-    const Tensor& a = dir == 0 ? x : gy;
-    const Tensor& b = dir == 2 ? x : w;
-    const auto wino = conv_direction(dir, a, b, bias, p, out);
+    const auto wino = conv_direction(dir, x, w, gy, bias, p);
     set_cpu_conv_winograd(false);
-    const auto direct = conv_direction(dir, a, b, bias, p, out);
+    const auto direct = conv_direction(dir, x, w, gy, bias, p);
     set_cpu_conv_winograd(true);
-    const auto ref = conv_direction(dir, a.to(DType::F64), b.to(DType::F64), bias, p, out);
+    const auto ref = conv_direction(dir, x, w, gy, bias, p, DType::F64);
     double scale = 0, wino_err = 0, direct_err = 0;
     for (size_t i = 0; i < ref.size(); ++i) {
       scale = std::max(scale, std::abs(ref[i]));
@@ -852,12 +850,9 @@ TEST(Conv2dWinograd, OtherShapesRunTheDirectKernelUnchanged) {
     const Tensor x = Tensor::randn(c.x, gen), w = Tensor::randn(c.w, gen), gy = Tensor::randn(ys, gen);
     const Tensor bias = Tensor::randn({c.w[0]}, gen);
     for (int dir : {0, 1, 2}) {
-      const Shape out = dir == 0 ? ys : dir == 1 ? c.x : c.w;
-      const Tensor& a = dir == 0 ? x : gy;
-      const Tensor& b = dir == 2 ? x : w;
-      const auto on = conv_direction(dir, a, b, bias, p, out);
+      const auto on = conv_direction(dir, x, w, gy, bias, p);
       set_cpu_conv_winograd(false);
-      const auto off = conv_direction(dir, a, b, bias, p, out);
+      const auto off = conv_direction(dir, x, w, gy, bias, p);
       set_cpu_conv_winograd(true);
       EXPECT_EQ(on, off) << "direction " << dir << ", x " << shape_str(c.x) << ", w " << shape_str(c.w);
     }

@@ -6,10 +6,12 @@
 //                                                 the module tree, parameter count and feature taps
 //   retort-inspect --arch resnet8x4 --graph       the autograd graph of forward + cross-entropy as DOT
 //   retort-inspect --distill CONFIG [--set K=V] [--checkpoint FILE] [--batch 8] [--epoch E --step S] [--dump OUT.safetensors]
+//                  [--images DIR [--scale N]]
 //                  [--graph]                      one distillation step of a config on the first test images
 //                                                 (eval-mode BN): every term's value, what each strategy
 //                                                 shows (SoKD: sub-policy, DAM regions, mask grid), the
-//                                                 loss graph as DOT, or everything as tensors in a file
+//                                                 loss graph as DOT, everything as tensors in a file, or
+//                                                 as pictures (PNG + index.html) in a directory
 //   retort-inspect FILE --check-arch resnet8x4 [--classes 100 ...]
 //                                                 does FILE load into that model? lists every missing,
 //                                                 unexpected and wrongly shaped key
@@ -22,6 +24,7 @@
 #include "apps/app_common.h"
 #include "distill/distiller.h"
 #include "distill/experiment.h"
+#include "distill/pictures.h"
 #include "distill/run_dir.h"
 #include "engine/autograd.h"
 #include "engine/functions.h"
@@ -105,8 +108,8 @@ int inspect_arch(const std::string& arch, const ModelOptions& mo, bool graph, De
 }
 
 struct DistillInspect {
-  std::string config, checkpoint, dump;
-  int64_t batch = 8, epoch = 0, step = 0;
+  std::string config, checkpoint, dump, images;
+  int64_t batch = 8, epoch = 0, step = 0, scale = 0;  // scale 0: pictures at least 96 pixels high
   bool graph = false;
   std::vector<std::string> overrides;  // --set key.path=value, as retort-distill's
 };
@@ -168,6 +171,14 @@ int inspect_distill(const DistillInspect& o, Device dev) {
   std::vector<std::pair<std::string, Tensor>> dumped{{"input", b.inputs.to(Device::cpu())},
                                                      {"targets", b.targets.to(Device::cpu())},
                                                      {"student_logits", logits.detach().to(Device::cpu())}};
+  std::vector<std::pair<std::string, Tensor>> views;  // what --images draws: the taps, then the terms' views
+  if (!d.student_features().empty() || !d.teacher_features().empty()) std::printf("\ntapped features\n");
+  for (const auto& [side, feats] : {std::pair{"student", &d.student_features()}, {"teacher", &d.teacher_features()}})
+    for (const auto& [tap, f] : *feats) {
+      const std::string name = std::string(side) + "." + tap;
+      std::printf("  %-28s %s\n", name.c_str(), f.meta_str().c_str());
+      views.emplace_back(name, f.detach().to(Device::cpu()));
+    }
   for (const auto& t : d.terms()) {
     const std::string text = t.strategy->inspect_text();
     const auto shown = t.strategy->inspect();
@@ -176,10 +187,19 @@ int inspect_distill(const DistillInspect& o, Device dev) {
                 text.c_str());
     for (const auto& [k, v] : shown) {
       std::printf("  %-20s %s\n", k.c_str(), v.meta_str().c_str());
-      dumped.emplace_back("term." + t.name + "." + k, v.to(Device::cpu()));
+      views.emplace_back("term." + t.name + "." + k, v.detach().to(Device::cpu()));
     }
     for (const auto& [k, v] : shown)
       if (k == "mask" && v.dim() == 3) print_mask(k, v);
+  }
+  dumped.insert(dumped.end(), views.begin(), views.end());
+  if (!o.images.empty()) {
+    const int64_t scale = o.scale > 0 ? o.scale : std::max<int64_t>(1, (96 + s[1] - 1) / s[1]);
+    const int64_t n = write_step_pictures(o.images, dumped[0].second, dumped[1].second, dumped[2].second, views,
+                                          cfg.data.mean, cfg.data.std, scale,
+                                          o.config + ": " + d.describe() + ", epoch " + std::to_string(o.epoch + 1) +
+                                              ", step " + std::to_string(o.step));
+    std::printf("\nwrote %lld pictures and %s/index.html\n", static_cast<long long>(n), o.images.c_str());
   }
   if (!o.dump.empty()) {
     save_safetensors(o.dump, dumped, {{"config", o.config}, {"checkpoint", o.checkpoint}});
@@ -211,7 +231,9 @@ int main(int argc, char** argv) {
   cli.add_option("--epoch", di.epoch, "With --distill: the 0-based epoch the step belongs to (search phases, warmups)");
   cli.add_option("--step", di.step, "With --distill: the global step (SoKD draws its augmentation from it)");
   cli.add_option("--set", di.overrides, "With --distill: override a config value, key.path=value (repeatable)");
-  cli.add_option("--dump", di.dump, "With --distill: write inputs, logits and every strategy view to this .safetensors");
+  cli.add_option("--dump", di.dump, "With --distill: write inputs, logits, tapped features and every strategy view to this .safetensors");
+  cli.add_option("--images", di.images, "With --distill: draw the inputs, tapped features and strategy views as PNG files in this directory, with an index.html");
+  cli.add_option("--scale", di.scale, "With --images: enlarge every picture to the input's size times this (default: at least 96 pixels high)");
   CLI11_PARSE(cli, argc, argv);
   return app::run_guarded("retort-inspect", [&] {
     const Device dev = app::as_usage([&] { return Device::parse(device); });

@@ -61,6 +61,9 @@ class Distiller : public TrainingTask {
   // Parameters of the strategies' extra modules (connectors, heads): reported at start.
   int64_t extra_parameter_count() const;
   const std::vector<DistillTerm>& terms() const { return terms_; }
+  // The features the taps recorded in the latest losses(): tap spec -> tensor (for retort-inspect).
+  const std::map<std::string, Tensor>& student_features() const { return student_feats_; }
+  const std::map<std::string, Tensor>& teacher_features() const { return teacher_feats_; }
   Json terms_json() const;
 
  private:

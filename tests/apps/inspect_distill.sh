@@ -19,14 +19,29 @@ cat > "$tmp/sokd.json" <<JSON
  "model": {"arch": "resnet8"}, "teacher": {"arch": "resnet8", "checkpoint": "$tmp/teacher/model.safetensors"},
  "distill": {"terms": [{"type": "ce"}, {"type": "sokd", "params": {"heatmap_classes": 4, "area_num": 3}}]}, $solver}
 JSON
-out=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --batch 4 --step 3 --dump "$tmp/view.safetensors")
+out=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --batch 4 --step 3 --dump "$tmp/view.safetensors" \
+     --images "$tmp/pictures")
 echo "$out"
-for want in "sokd.feat" "sokd.dam" "sub-policy" "mask, sample 0" "augmented_teacher    f32[4, 32, 8, 8]" "wrote 10 tensors"; do
+for want in "sokd.feat" "sokd.dam" "sub-policy" "mask, sample 0" "augmented_teacher    f32[4, 32, 8, 8]" \
+            "teacher.layer2               f32[4, 32, 8, 8]" "wrote 12 tensors" "wrote 32 pictures"; do
   grep -qF "$want" <<<"$out" || { echo "FAIL: no '$want' in the output"; exit 1; }
 done
 # (Outputs go to variables first: with pipefail, `prog | grep -q` fails when grep exits early.)
 listing=$("$bin/retort-inspect" "$tmp/view.safetensors")
 grep -qF "term.sokd.mask" <<<"$listing" || { echo "FAIL: dump lacks the mask"; exit 1; }
+grep -qF "student.layer2" <<<"$listing" || { echo "FAIL: dump lacks the tapped student feature"; exit 1; }
+# --images: per sample the input, 2 taps and 5 maps of the SoKD term (mask, student, teacher, augmented
+# teacher, the mask on the input) = 8 PNG files for each of the 4 samples, enlarged 6x (16 -> 96 pixels), and
+# a page that shows them.
+[ "$(ls "$tmp/pictures"/*.png | wc -l)" = 32 ] || { echo "FAIL: not 32 PNG files"; ls "$tmp/pictures"; exit 1; }
+png=$(od -An -tx1 -N24 "$tmp/pictures/sample3_term.sokd.augmented_teacher.png" | tr -d ' \n')
+[ "${png:0:16}" = 89504e470d0a1a0a ] || { echo "FAIL: not a PNG file: $png"; exit 1; }
+[ "${png:32:16}" = 0000006000000060 ] || { echo "FAIL: not 96x96 pixels: $png"; exit 1; }
+page=$(cat "$tmp/pictures/index.html")
+for want in 'src="sample3_term.sokd.mask_on_input.png"' "term.sokd.augmented_teacher" "teacher.layer2" \
+            "term.sokd.boxes i64[4, 3, 4]"; do
+  grep -qF "$want" <<<"$page" || { echo "FAIL: no '$want' in index.html"; exit 1; }
+done
 graph=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --batch 2 --graph)
 grep -qF "SigmoidBackward" <<<"$graph" || { echo "FAIL: the graph shows no DAM head (SigmoidBackward)"; exit 1; }
 grep -qF "MseLossBackward" <<<"$graph" || { echo "FAIL: the graph shows no feature loss"; exit 1; }

@@ -35,10 +35,18 @@ using namespace retort;
 
 namespace {
 
+void print_metadata(const std::map<std::string, std::string>& metadata) {
+  for (const auto& [k, v] : metadata)
+    if (k == kSafetensorsChecksumKey)
+      std::printf("meta  %-12s a CRC32 per tensor (checked when the data is read: --stats, loading)\n", k.c_str());
+    else
+      std::printf("meta  %-12s %s\n", k.c_str(), v.size() > 100 ? (v.substr(0, 97) + "...").c_str() : v.c_str());
+}
+
 int inspect_file(const std::string& path, bool stats) {
+  const SafetensorsHeader h = read_safetensors_header(path);
   if (!stats) {
-    const SafetensorsHeader h = read_safetensors_header(path);
-    for (const auto& [k, v] : h.metadata) std::printf("meta  %-12s %s\n", k.c_str(), v.size() > 100 ? (v.substr(0, 97) + "...").c_str() : v.c_str());
+    print_metadata(h.metadata);
     int64_t total = 0;
     for (const auto& e : h.entries) {
       std::printf("%-48s %s%s\n", e.name.c_str(), e.dtype.c_str(), shape_str(e.shape).c_str());
@@ -47,8 +55,8 @@ int inspect_file(const std::string& path, bool stats) {
     std::printf("%zu tensors, %lld elements\n", h.entries.size(), static_cast<long long>(total));
     return app::kOk;
   }
-  const SafetensorsFile f = load_safetensors(path);
-  for (const auto& [k, v] : f.metadata) std::printf("meta  %-12s %s\n", k.c_str(), v.size() > 100 ? (v.substr(0, 97) + "...").c_str() : v.c_str());
+  const SafetensorsFile f = load_safetensors(path);  // checks the checksums, if the file has them
+  print_metadata(f.metadata);
   for (const auto& [k, t] : f.tensors) {
     const auto v = t.to_vector();
     double lo = INFINITY, hi = -INFINITY, sum = 0, sq = 0;
@@ -58,6 +66,8 @@ int inspect_file(const std::string& path, bool stats) {
     std::printf("%-48s %-16s min %11.4g max %11.4g mean %11.4g std %11.4g\n", k.c_str(), t.meta_str().c_str(), lo, hi,
                 mean, std::sqrt(std::max(0.0, sq / n - mean * mean)));
   }
+  if (h.metadata.count(kSafetensorsChecksumKey))
+    std::printf("every tensor's data matches its CRC32 (%zu checked)\n", f.tensors.size());
   return app::kOk;
 }
 

@@ -15,6 +15,7 @@
 #include <set>
 
 #include <nlohmann/json.hpp>
+#include <zlib.h>
 
 #include "engine/error.h"
 
@@ -244,6 +245,37 @@ OpenFile open_for_reading(const std::string& path) {
   return {std::move(f), static_cast<uint64_t>(st.st_size)};
 }
 
+// ---- checksums -------------------------------------------------------------------------------------
+
+uint32_t crc32_of(const void* data, size_t n) {
+  return static_cast<uint32_t>(crc32_z(0, static_cast<const Bytef*>(data), n));
+}
+
+std::string hex32(uint32_t v) {
+  char buf[9];
+  std::snprintf(buf, sizeof buf, "%08x", v);
+  return buf;
+}
+
+// The checksums of a file's metadata value: `count` groups of 8 hex digits separated by single spaces.
+std::vector<uint32_t> parse_checksums(const std::string& where, const std::string& text, size_t count) {
+  std::vector<uint32_t> out;
+  size_t i = 0;
+  while (i < text.size()) {
+    const size_t n = std::min<size_t>(8, text.size() - i);
+    const std::string digits = text.substr(i, n);
+    RETORT_CHECK(n == 8 && digits.find_first_not_of("0123456789abcdef") == std::string::npos &&
+                     (i + 8 == text.size() || text[i + 8] == ' '),
+                 where, ": metadata '", kSafetensorsChecksumKey, "' must be groups of 8 lower-case hex digits separated by spaces; ",
+                 "character ", i, " starts '", digits, "'");
+    out.push_back(static_cast<uint32_t>(std::stoul(digits, nullptr, 16)));
+    i += 9;
+  }
+  RETORT_CHECK(out.size() == count, where, ": metadata '", kSafetensorsChecksumKey, "' holds ", out.size(),
+               " checksums for ", count, " tensors");
+  return out;
+}
+
 // ---- writing ---------------------------------------------------------------------------------------
 
 void write_all(std::FILE* f, const void* data, size_t n, const std::string& tmp) {
@@ -283,15 +315,25 @@ SafetensorsFile load_safetensors(const std::string& path) {
   // and the entries tile the data section in order: the reads below are sequential.
   SafetensorsFile out;
   out.metadata = std::move(parsed.header.metadata);
+  std::vector<uint32_t> crcs;  // empty: the file has none
+  if (auto it = out.metadata.find(kSafetensorsChecksumKey); it != out.metadata.end()) {
+    crcs = parse_checksums("safetensors file '" + path + "'", it->second, parsed.header.entries.size());
+    out.metadata.erase(it);
+  }
   for (size_t i = 0; i < parsed.header.entries.size(); ++i) {
     const SafetensorsEntry& e = parsed.header.entries[i];
     const StoredDType& sd = *parsed.dtypes[i];
     const size_t nbytes = static_cast<size_t>(e.end - e.begin);
     auto read_into = [&](void* dst) {
-      if (nbytes == 0) return;
-      RETORT_CHECK(std::fread(dst, 1, nbytes, f) == nbytes, "safetensors file '", path, "': tensor '", e.name,
-                   "': reading ", file_range(start, e.begin, e.end), " failed",
-                   std::ferror(f) ? ": " + os_error(errno) : std::string(" (file shrank while being read?)"));
+      if (nbytes > 0)
+        RETORT_CHECK(std::fread(dst, 1, nbytes, f) == nbytes, "safetensors file '", path, "': tensor '", e.name,
+                     "': reading ", file_range(start, e.begin, e.end), " failed",
+                     std::ferror(f) ? ": " + os_error(errno) : std::string(" (file shrank while being read?)"));
+      if (crcs.empty()) return;
+      const uint32_t got = crc32_of(dst, nbytes);
+      RETORT_CHECK(got == crcs[i], "safetensors file '", path, "': tensor '", e.name, "' (",
+                   file_range(start, e.begin, e.end), ") does not match the CRC32 it was written with (",
+                   hex32(crcs[i]), ", read ", hex32(got), "): the file is corrupt");
     };
     Tensor t = Tensor::empty(e.shape, sd.loaded);
     if (sd.itemsize == dtype_size(sd.loaded)) {
@@ -311,13 +353,12 @@ SafetensorsFile load_safetensors(const std::string& path) {
 void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata) {
   const std::string where = "save_safetensors '" + path + "'";
+  RETORT_CHECK(!metadata.count(kSafetensorsChecksumKey), where, ": metadata key '", kSafetensorsChecksumKey,
+               "' is reserved (the tensors' checksums)");
   Json header = Json::object();
-  if (!metadata.empty()) {
-    Json meta = Json::object();
-    for (const auto& [k, v] : metadata) meta[k] = v;
-    header["__metadata__"] = std::move(meta);
-  }
+  header["__metadata__"] = Json::object();
   std::vector<Tensor> host;  // the data to write, on the CPU
+  std::string crcs;
   uint64_t offset = 0;
   for (const auto& [name, t] : tensors) {
     RETORT_CHECK(!name.empty(), where, ": a tensor has an empty name");
@@ -328,7 +369,12 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
     header[name] = {{"dtype", stored_name(t.dtype())}, {"shape", t.shape()}, {"data_offsets", {offset, offset + n}}};
     offset += n;
     host.push_back(t.device().is_cpu() ? t : t.to(Device::cpu()));
+    crcs += (crcs.empty() ? "" : " ") + hex32(crc32_of(host.back().raw_data(), n));
   }
+  Json& meta = header["__metadata__"];
+  for (const auto& [k, v] : metadata) meta[k] = v;
+  if (!tensors.empty()) meta[kSafetensorsChecksumKey] = crcs;
+  if (meta.empty()) header.erase("__metadata__");
   std::string text;
   try {
     text = header.dump();

@@ -12,6 +12,13 @@
 // a tensor entry besides dtype/shape/data_offsets are ignored. "F16" and "BF16" tensors are accepted
 // and converted to F32 (PyTorch checkpoints sometimes use them); other dtypes are refused. Every error
 // names the file and the byte offset or tensor key at fault. Little-endian hosts only.
+//
+// Checksums: every file we write carries the CRC32 (zlib's) of each tensor's data bytes in the metadata
+// key "retort.crc32" — 8 hex digits per tensor, space-separated, in data-offset order — and a file that
+// has them is verified as it is read: a flipped or zeroed byte in the data section (a bad disk, a bad
+// copy) is an error naming the tensor and its bytes, not a silently different model. Files without the
+// key (PyTorch's, our fixtures) load unchecked. The key is handled here alone: save refuses it in the
+// caller's metadata and load_safetensors does not return it (read_safetensors_header does).
 #pragma once
 #include <cstdint>
 #include <map>
@@ -22,6 +29,8 @@
 #include "engine/tensor.h"
 
 namespace retort {
+
+inline constexpr const char* kSafetensorsChecksumKey = "retort.crc32";
 
 // Writes atomically: the file is written to "<path>.tmp.<pid>", flushed and fsync'ed, renamed over
 // `path`, and the directory is fsync'ed, so `path` is always either the old file or the complete

@@ -336,6 +336,38 @@ TEST(Trainer, CorruptCheckpointMetadataIsAnErrorNamingFileAndKey) {
   expect_has(resume_error("rng", "{\"x\": 1e999}"), "metadata key 'rng' is not valid JSON");
 }
 
+// A checkpoint whose data changed after it was written (one flipped bit in a weight) is refused on resume,
+// naming the file and the tensor: the checksums saved with every file (engine/serialize.h).
+TEST(Trainer, ResumeRefusesACheckpointWithAChangedByte) {
+  const ExperimentConfig cfg = tiny_config("flipped", 1);
+  const std::string dir = fresh_dir("flipped");
+  train(cfg, dir, "", 3);
+  const std::string ckpt = dir + "/checkpoints/" + RunDir(dir).latest_checkpoint();
+  const SafetensorsHeader h = read_safetensors_header(ckpt);
+  const auto it = std::find_if(h.entries.begin(), h.entries.end(),
+                               [](const SafetensorsEntry& e) { return e.name == "model.layer1.0.conv2.weight"; });
+  ASSERT_NE(it, h.entries.end());
+  {
+    std::fstream f(ckpt, std::ios::in | std::ios::out | std::ios::binary);
+    const auto at = static_cast<std::streamoff>(h.data_start + it->begin + 41);
+    f.seekg(at);
+    char c = 0;
+    f.read(&c, 1);
+    c = static_cast<char>(c ^ 0x10);
+    f.seekp(at);
+    f.write(&c, 1);
+  }
+  try {
+    train(cfg, dir, ckpt);
+    FAIL() << "a changed checkpoint was resumed";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(ckpt), std::string::npos) << msg;
+    EXPECT_NE(msg.find("tensor 'model.layer1.0.conv2.weight'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("does not match the CRC32"), std::string::npos) << msg;
+  }
+}
+
 TEST(Trainer, NonFiniteLossStopsWithStepAndHint) {
   ExperimentConfig cfg = tiny_config("nan", 1);
   cfg.solver.lr = 1e12;

@@ -11,6 +11,7 @@
 #include <functional>
 
 #include <nlohmann/json.hpp>
+#include <zlib.h>
 
 #include "engine/serialize.h"
 #include "tests/common/expect.h"
@@ -78,6 +79,8 @@ std::vector<std::pair<std::string, Tensor>> sample_tensors() {
 
 }  // namespace
 
+#define EXPECT_HAS(haystack, needle) EXPECT_NE((haystack).find(needle), std::string::npos) << (haystack)
+
 TEST(Safetensors, RoundTripKeepsNamesOrderDtypesShapesDataAndMetadata) {
   const std::string path = temp_dir() + "/round_trip.safetensors";
   const auto tensors = sample_tensors();
@@ -91,11 +94,14 @@ TEST(Safetensors, RoundTripKeepsNamesOrderDtypesShapesDataAndMetadata) {
     EXPECT_TRUE(same_bytes(f.tensors[i].second, tensors[i].second)) << tensors[i].first;
     EXPECT_TRUE(f.tensors[i].second.device().is_cpu());
   }
-  // No metadata: no __metadata__ entry, and an empty map back.
+  // No metadata of the caller's: only the checksums are stored, and an empty map comes back.
   save_safetensors(path, {{"x", Tensor::ones({2})}});
   EXPECT_TRUE(load_safetensors(path).metadata.empty());
+  EXPECT_EQ(read_safetensors_header(path).metadata.size(), 1u);
+  EXPECT_EQ(read_safetensors_header(path).metadata.count(kSafetensorsChecksumKey), 1u);
+  // No tensors at all is a valid file too (no checksums, no metadata).
+  save_safetensors(path, {});
   EXPECT_EQ(read_bytes(path).find("__metadata__"), std::string::npos);
-  // No tensors at all is a valid file too.
   save_safetensors(path, {}, {{"k", "v"}});
   EXPECT_TRUE(load_safetensors(path).tensors.empty());
   EXPECT_EQ(load_safetensors(path).metadata.at("k"), "v");
@@ -191,6 +197,62 @@ TEST(Safetensors, HalfPrecisionIsConvertedToF32) {
   EXPECT_EQ(f.tensors[1].second.to_vector(), (std::vector<double>{1.0, -3.5, std::ldexp(1.0, 100)}));
 }
 
+// Every tensor's CRC32 is stored (zlib's, 8 hex digits each, in data order) and checked on load: a flipped
+// bit anywhere in the data section is an error naming the tensor and its bytes.
+TEST(Safetensors, ChecksumsCatchAChangedDataByte) {
+  const std::string path = temp_dir() + "/crc.safetensors";
+  const auto tensors = sample_tensors();
+  save_safetensors(path, tensors, {{"arch", "resnet8"}});
+  const SafetensorsHeader h = read_safetensors_header(path);
+  const std::string crcs = h.metadata.at(kSafetensorsChecksumKey);
+  ASSERT_EQ(crcs.size(), tensors.size() * 9 - 1) << crcs;
+  // The first tensor's checksum, computed independently: the CRC32 of its bytes.
+  const auto& w = tensors[0].second;
+  char want[9];
+  std::snprintf(want, sizeof want, "%08lx", crc32(0, static_cast<const Bytef*>(w.raw_data()), static_cast<uInt>(w.nbytes())));
+  EXPECT_EQ(crcs.substr(0, 8), want);
+  EXPECT_EQ(crcs.substr(18, 8), "00000000");  // the empty tensors': the CRC32 of no bytes
+  EXPECT_EQ(crcs.substr(45, 8), "00000000");
+  EXPECT_EQ(load_safetensors(path).metadata, (std::map<std::string, std::string>{{"arch", "resnet8"}}));
+
+  const std::string good = read_bytes(path);
+  const uint64_t fc_bias = h.data_start + h.entries[4].begin;  // "fc.bias", F64 [5]
+  ASSERT_EQ(h.entries[4].name, "fc.bias");
+  for (uint64_t at : {fc_bias, fc_bias + 39}) {
+    for (int bit : {0, 7}) {
+      std::string bad = good;
+      bad[at] = static_cast<char>(bad[at] ^ (1 << bit));
+      write_bytes(path, bad);
+      const std::string e = error_of([&] { load_safetensors(path); });
+      EXPECT_HAS(e, path);
+      EXPECT_HAS(e, "tensor 'fc.bias' (file bytes [" + std::to_string(fc_bias) + ", " + std::to_string(fc_bias + 40) + "))");
+      EXPECT_HAS(e, "does not match the CRC32 it was written with");
+      EXPECT_HAS(e, "the file is corrupt");
+    }
+  }
+  // A zeroed block (what a crash can leave in a file that was not synced) is caught too.
+  std::string zeroed = good;
+  std::fill(zeroed.begin() + static_cast<std::ptrdiff_t>(h.data_start), zeroed.begin() + static_cast<std::ptrdiff_t>(h.data_start + 16), '\0');
+  write_bytes(path, zeroed);
+  EXPECT_HAS(error_of([&] { load_safetensors(path); }), "tensor 'layer1.0.conv1.weight'");
+  // The key is ours: a caller cannot set it, and a malformed or miscounted value is refused by name.
+  EXPECT_HAS(error_of([&] { save_safetensors(path, tensors, {{kSafetensorsChecksumKey, "0"}}); }), "is reserved");
+  for (const auto& [value, message] : std::vector<std::pair<std::string, std::string>>{
+           {"0000000g", "character 0 starts '0000000g'"},
+           {"00000000 0000", "character 9 starts '0000'"},
+           {"00000000  00000000", "character 9 starts ' 0000000'"},
+           {"00000000 00000000", "holds 2 checksums for 1 tensors"}}) {
+    write_bytes(path, make_file(R"({"__metadata__":{"retort.crc32":")" + value + R"("},"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+                                std::string(4, '\0')));
+    const std::string e = error_of([&] { load_safetensors(path); });
+    EXPECT_HAS(e, "metadata 'retort.crc32'");
+    EXPECT_HAS(e, message);
+  }
+  // A file without checksums (PyTorch's) loads unchecked.
+  write_bytes(path, make_file(R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", std::string(4, '\0')));
+  EXPECT_EQ(load_safetensors(path).tensors.at(0).second.item(), 0.0);
+}
+
 // ---- corrupt files ---------------------------------------------------------------------------------
 
 class CorruptSafetensors : public ::testing::Test {
@@ -209,8 +271,6 @@ class CorruptSafetensors : public ::testing::Test {
     return make_file(R"({"t":)" + entry + "}", std::string(ndata, 'x'));
   }
 };
-
-#define EXPECT_HAS(haystack, needle) EXPECT_NE((haystack).find(needle), std::string::npos) << (haystack)
 
 TEST_F(CorruptSafetensors, ShorterThanTheLengthField) {
   for (size_t n : {0, 1, 7}) {

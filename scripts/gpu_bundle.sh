@@ -14,8 +14,10 @@ build=${RETORT_BUILD_DIR:-$root/build}
 out=$root/.gpu
 # .gpu/ is in .gitignore: it travels only when named in the device tool's carry.
 cmake --build "$build" -j "$(nproc)" >/dev/null
-grep -q '^CMAKE_CUDA_COMPILER:.*nvcc' "$build/CMakeCache.txt" ||
-  { echo "gpu_bundle.sh: $build was configured without CUDA (no nvcc?)" >&2; exit 1; }
+# (CMAKE_CUDA_COMPILER is not always in CMakeCache.txt — CMake found nvcc by itself —, so ask the build
+# for what it compiled: the CUDA backend's objects.)
+compgen -G "$build/engine/CMakeFiles/retort_engine.dir/cuda/*.cu.o" >/dev/null ||
+  { echo "gpu_bundle.sh: $build has no CUDA objects: it was configured without CUDA (no nvcc?)" >&2; exit 1; }
 rm -rf "$out" && mkdir -p "$out/bin" "$out/lib" "$out/data"
 bins=$(find "$build/tests" "$build/apps" -maxdepth 1 -type f -perm -u+x \( -name 'test_*' -o -name 'retort-*' \))
 for b in $bins; do strip -o "$out/bin/$(basename "$b")" "$b"; done

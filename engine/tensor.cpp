@@ -30,7 +30,11 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   for (int64_t d : shape)
     RETORT_CHECK(d >= 0, "Tensor::empty: negative dimension in shape ", shape_str(shape));
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device);
+  try {
+    impl->storage = std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device);
+  } catch (const Error& e) {  // out of memory: say for what
+    throw Error(detail::cat(e.what(), " (allocating a tensor ", dtype_name(dtype), shape_str(shape), " on ", device.str(), ")"));
+  }
   impl->shape = shape;
   impl->dtype = dtype;
   return Tensor(std::move(impl));

@@ -65,11 +65,16 @@ std::string dnnl_info();
 // The cache of large host blocks (memory.cpp): bytes held in its free lists now, and how many large
 // allocations it served from them and from malloc. host_empty_cache() frees every cached block.
 struct HostCacheStats {
-  size_t cached_bytes = 0;
+  size_t cached_bytes = 0;  // freed large blocks kept for reuse
+  size_t live_bytes = 0;    // large blocks (>= 1 MiB) handed out and not yet freed
   int64_t reused = 0, fresh = 0;
 };
 HostCacheStats host_cache_stats();
 void host_empty_cache();
+// The cap on what large blocks (live and cached) may hold, in bytes; 0: none (the default, or
+// RETORT_HOST_MEMORY_LIMIT). Returns the previous cap. The machine's own headroom is checked either way
+// (memory.cpp).
+size_t set_host_memory_limit(size_t bytes);
 
 // Hot inner loops (one row of a kernel, no OpenMP parallel region inside) are compiled three times —
 // AVX-512 (x86-64-v4), AVX2 + FMA (x86-64-v3) and the baseline x86-64 the rest of the build targets —

@@ -8,10 +8,24 @@
 // takes it back; a step repeats the same shapes, so after the first step nothing is mapped or
 // faulted. The lists hold at most kCacheLimit bytes (a block that would pass it is freed), and
 // host_empty_cache() frees them all. Small blocks go straight to malloc, which recycles them itself.
+//
+// Out of memory. Linux overcommits: malloc of a block that does not fit rarely fails, and the kernel's
+// OOM killer later ends the process without a word. So before a large block is taken fresh from the
+// system, the machine's headroom is read — MemAvailable from /proc/meminfo and, in a container, the
+// cgroup's memory.max less what it uses (page cache counted as free) — and a block that would leave less
+// than kReserve of it is refused with an Error saying what was asked, what is left and what Retort holds
+// (after the cache was emptied and the headroom read again). RETORT_HOST_MEMORY_LIMIT (bytes, or with a
+// K/M/G suffix: "6G") caps what Retort holds in large blocks, cached ones included — to leave room for
+// other work on the machine, or to see whether a config would fit on a smaller one.
+#include <cctype>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
+#include <sstream>
 #include <unordered_map>
 
 #include "engine/cpu/cpu_backend.h"
@@ -23,6 +37,7 @@ namespace {
 constexpr size_t kCacheFrom = size_t{1} << 20;   // 1 MiB
 constexpr size_t kCacheStep = size_t{1} << 16;   // large sizes are rounded up to 64 KiB
 constexpr size_t kCacheLimit = size_t{1} << 30;  // 1 GiB held in the free lists at most
+constexpr size_t kReserve = size_t{128} << 20;   // what a fresh large block must leave the machine
 
 struct HostCache {
   std::mutex mu;
@@ -36,7 +51,114 @@ HostCache& host_cache() {
   return *c;
 }
 
+std::string mib(size_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  return buf;
+}
+
+// The first number of a file (memory.max, memory.current), or nothing when it is absent or "max".
+std::optional<size_t> number_in(const std::string& path) {
+  std::ifstream in(path);
+  unsigned long long v = 0;
+  if (!(in >> v)) return std::nullopt;
+  return static_cast<size_t>(v);
+}
+
+// "Key:   123 kB" lines of /proc/meminfo, or "key 123" lines of a cgroup's memory.stat.
+std::optional<size_t> field_in(const std::string& path, const std::string& key) {
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.compare(0, key.size(), key) != 0 || line.size() == key.size() ||
+        !(line[key.size()] == ':' || line[key.size()] == ' '))
+      continue;
+    std::istringstream fields(line.substr(key.size() + 1));
+    unsigned long long v = 0;
+    std::string unit;
+    if (!(fields >> v)) return std::nullopt;
+    fields >> unit;
+    return static_cast<size_t>(v) * (unit == "kB" ? 1024 : 1);
+  }
+  return std::nullopt;
+}
+
+struct Headroom {
+  size_t bytes = SIZE_MAX;  // SIZE_MAX: nothing could be read
+  std::string source;  // what limited it, for the message
+};
+
+// What the machine can still give this process.
+Headroom machine_headroom() {
+  Headroom h;
+  if (const auto avail = field_in("/proc/meminfo", "MemAvailable")) h = {*avail, "MemAvailable " + mib(*avail)};
+  // cgroup v2: the limit of this process's group (the root's files are what a container sees as /).
+  const auto max = number_in("/sys/fs/cgroup/memory.max"), current = number_in("/sys/fs/cgroup/memory.current");
+  if (max && current) {
+    const size_t file = field_in("/sys/fs/cgroup/memory.stat", "file").value_or(0);  // page cache: reclaimable
+    const size_t used = *current > file ? *current - file : 0;
+    const size_t left = *max > used ? *max - used : 0;
+    if (left < h.bytes) h = {left, "cgroup memory.max " + mib(*max) + ", " + mib(used) + " of it in use"};
+  }
+  return h;
+}
+
+// RETORT_HOST_MEMORY_LIMIT in bytes (0: none), read at the first large allocation; set_host_memory_limit
+// replaces it.
+std::optional<size_t>& limit_setting() {
+  static std::optional<size_t> limit;
+  return limit;
+}
+
+size_t limit_from_environment() {
+  const char* env = std::getenv("RETORT_HOST_MEMORY_LIMIT");
+  if (!env || !*env) return 0;
+  char* end = nullptr;
+  const double v = std::strtod(env, &end);
+  const char unit = static_cast<char>(std::toupper(static_cast<unsigned char>(*end)));
+  const double scale = unit == 'K' ? 1024.0 : unit == 'M' ? 1048576.0 : unit == 'G' ? 1073741824.0 : 1.0;
+  if (scale != 1.0) ++end;
+  RETORT_CHECK(end != env && *end == '\0' && v > 0 && v * scale < 1e18, "environment variable RETORT_HOST_MEMORY_LIMIT=\"",
+               env, "\": expected a number of bytes, optionally with K, M or G (\"6G\")");
+  return static_cast<size_t>(v * scale);
+}
+
+size_t memory_limit() {
+  std::optional<size_t>& l = limit_setting();
+  if (!l) l = limit_from_environment();
+  return *l;
+}
+
+// Refuses a fresh large block of `rounded` bytes that the machine (or RETORT_HOST_MEMORY_LIMIT) has no
+// room for; empties the cache once before giving up.
+void check_headroom(size_t rounded, size_t nbytes) {
+  for (int attempt = 0;; ++attempt) {
+    const Headroom h = machine_headroom();
+    const HostCacheStats st = host_cache_stats();
+    const size_t held = st.live_bytes + st.cached_bytes, limit = memory_limit();
+    const bool over_limit = limit && held + rounded > limit;
+    const bool over_machine = rounded + kReserve > h.bytes;
+    if (!over_limit && !over_machine) return;
+    if (attempt == 0 && st.cached_bytes > 0) {
+      host_empty_cache();
+      continue;
+    }
+    const std::string asked = detail::cat("out of host memory: ", nbytes, " bytes (", mib(rounded), ") asked for ");
+    const std::string hint = detail::cat("Retort holds ", mib(held), " in blocks of 1 MiB and more; a smaller batch ",
+                                         "(data.batch_size, data.eval_batch_size) needs less");
+    if (over_limit)
+      RETORT_FAIL(asked, "would pass the host memory limit of ", mib(limit), " (RETORT_HOST_MEMORY_LIMIT); ", hint);
+    RETORT_FAIL(asked, "would leave the machine less than ", mib(kReserve), " (", h.source, "); ", hint);
+  }
+}
+
 }  // namespace
+
+size_t set_host_memory_limit(size_t bytes) {
+  const size_t old = memory_limit();
+  limit_setting() = bytes;
+  return old;
+}
 
 HostCacheStats host_cache_stats() {
   HostCache& c = host_cache();
@@ -72,11 +194,13 @@ void* CpuBackend::allocate(size_t nbytes) {
       void* p = it->second;
       c.free.erase(it);
       c.stats.cached_bytes -= rounded;
+      c.stats.live_bytes += rounded;
       ++c.stats.reused;
       c.live.emplace(p, rounded);
       return p;
     }
   }
+  if (large) check_headroom(rounded, nbytes);
   void* p = std::aligned_alloc(64, rounded);
   if (!p && large) {  // cached blocks of other sizes may be what stands in the way
     host_empty_cache();
@@ -87,6 +211,7 @@ void* CpuBackend::allocate(size_t nbytes) {
     HostCache& c = host_cache();
     std::lock_guard<std::mutex> lock(c.mu);
     ++c.stats.fresh;
+    c.stats.live_bytes += rounded;
     c.live.emplace(p, rounded);
   }
   return p;
@@ -101,6 +226,7 @@ void CpuBackend::deallocate(void* ptr) {
     if (it != c.live.end()) {
       const size_t size = it->second;
       c.live.erase(it);
+      c.stats.live_bytes -= size;
       if (c.stats.cached_bytes + size <= kCacheLimit) {
         c.free.emplace(size, ptr);
         c.stats.cached_bytes += size;

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
 
 #include "engine/cpu/cpu_backend.h"
 #include "engine/functions.h"
@@ -134,4 +135,69 @@ TEST(HostMemory, LargeBlocksAreReusedSmallOnesAreNot) {
   EXPECT_EQ(cpu::host_cache_stats().cached_bytes, size_t{4} << 20);  // the 4 MiB block only
   cpu::host_empty_cache();
   EXPECT_EQ(cpu::host_cache_stats().cached_bytes, 0u);
+}
+
+namespace {
+// MemAvailable of /proc/meminfo in bytes (0 when it cannot be read).
+size_t mem_available() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  size_t kb = 0;
+  std::string unit;
+  while (in >> key >> kb >> unit)
+    if (key == "MemAvailable:") return kb * 1024;
+  return 0;
+}
+}  // namespace
+
+// A large block the machine cannot hold is refused before the kernel's OOM killer would end the process:
+// the error says how much was asked, what is left and for which tensor; the process goes on.
+TEST(HostMemory, ABlockBeyondTheMachinesMemoryIsAClearError) {
+  const size_t avail = mem_available();
+  if (avail == 0) GTEST_SKIP() << "no MemAvailable in /proc/meminfo";
+  // More than is available, yet less than RAM + swap, so malloc alone would have said yes (overcommit).
+  const int64_t n = static_cast<int64_t>((avail + (size_t{1} << 30)) / 4);
+  try {
+    Tensor t = Tensor::empty({n});
+    FAIL() << "a tensor of " << n * 4 << " bytes with " << avail << " bytes available was allocated";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const char* want : {"out of host memory", " bytes (", "would leave the machine less than 128.0 MiB",
+                             "a smaller batch", "(allocating a tensor f32["})
+      EXPECT_NE(msg.find(want), std::string::npos) << want << " in: " << msg;
+    EXPECT_TRUE(msg.find("MemAvailable") != std::string::npos || msg.find("cgroup memory.max") != std::string::npos) << msg;
+  }
+  EXPECT_EQ(Tensor::ones({3}).to_vector(), (std::vector<double>{1, 1, 1}));
+}
+
+// RETORT_HOST_MEMORY_LIMIT / set_host_memory_limit caps what large blocks hold, cached ones included:
+// the cache is emptied before a block is refused, and what is held is counted back when tensors go.
+TEST(HostMemory, TheLimitCountsLiveAndCachedLargeBlocks) {
+  cpu::host_empty_cache();
+  const size_t held0 = cpu::host_cache_stats().live_bytes;
+  const size_t old = cpu::set_host_memory_limit(held0 + (size_t{10} << 20));  // 10 MiB more than now
+  {
+    Tensor a = Tensor::zeros({1024, 1024});  // 4 MiB
+    EXPECT_EQ(cpu::host_cache_stats().live_bytes, held0 + (size_t{4} << 20));
+    Tensor b = Tensor::zeros({1024, 1024});  // 8 MiB held
+    try {
+      Tensor c = Tensor::zeros({1024, 1024});  // 12 > 10
+      FAIL() << "the limit let a third 4 MiB block through";
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("would pass the host memory limit of"), std::string::npos) << msg;
+      EXPECT_NE(msg.find("RETORT_HOST_MEMORY_LIMIT"), std::string::npos) << msg;
+      EXPECT_NE(msg.find("(allocating a tensor f32[1024, 1024] on cpu)"), std::string::npos) << msg;
+    }
+  }
+  // Both blocks are cached now (8 MiB held); a 6 MiB block fits only once the cache is emptied.
+  EXPECT_EQ(cpu::host_cache_stats().cached_bytes, size_t{8} << 20);
+  {
+    Tensor d = Tensor::zeros({1536, 1024});
+    EXPECT_EQ(cpu::host_cache_stats().cached_bytes, 0u);
+    EXPECT_EQ(cpu::host_cache_stats().live_bytes, held0 + (size_t{6} << 20));
+  }
+  cpu::set_host_memory_limit(old);
+  cpu::host_empty_cache();
+  EXPECT_EQ(cpu::host_cache_stats().live_bytes, held0);
 }

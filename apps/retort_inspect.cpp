@@ -181,34 +181,33 @@ int inspect_distill(const DistillInspect& o, Device dev) {
   std::vector<std::pair<std::string, Tensor>> dumped{{"input", b.inputs.to(Device::cpu())},
                                                      {"targets", b.targets.to(Device::cpu())},
                                                      {"student_logits", logits.detach().to(Device::cpu())}};
-  std::vector<std::pair<std::string, Tensor>> views;  // what --images draws: the taps, then the terms' views
-  if (!d.student_features().empty() || !d.teacher_features().empty()) std::printf("\ntapped features\n");
-  for (const auto& [side, feats] : {std::pair{"student", &d.student_features()}, {"teacher", &d.teacher_features()}})
-    for (const auto& [tap, f] : *feats) {
-      const std::string name = std::string(side) + "." + tap;
-      std::printf("  %-28s %s\n", name.c_str(), f.meta_str().c_str());
-      views.emplace_back(name, f.detach().to(Device::cpu()));
+  const std::vector<std::pair<std::string, Tensor>> views = d.views();  // the taps, then the terms' views
+  auto starts = [](const std::string& s, const std::string& head) { return s.compare(0, head.size(), head) == 0; };
+  bool tapped = false;
+  for (const auto& [name, v] : views)
+    if (starts(name, "student.") || starts(name, "teacher.")) {
+      if (!tapped) std::printf("\ntapped features\n");
+      tapped = true;
+      std::printf("  %-28s %s\n", name.c_str(), v.meta_str().c_str());
     }
   for (const auto& t : d.terms()) {
-    const std::string text = t.strategy->inspect_text();
-    const auto shown = t.strategy->inspect();
+    const std::string text = t.strategy->inspect_text(), head = "term." + t.name + ".";
+    std::vector<std::pair<std::string, Tensor>> shown;
+    for (const auto& [name, v] : views)
+      if (starts(name, head)) shown.emplace_back(name.substr(head.size()), v);
     if (text.empty() && shown.empty()) continue;
     std::printf("\nterm %s (%s)%s%s\n", t.name.c_str(), t.strategy->type_name().c_str(), text.empty() ? "" : ": ",
                 text.c_str());
-    for (const auto& [k, v] : shown) {
-      std::printf("  %-20s %s\n", k.c_str(), v.meta_str().c_str());
-      views.emplace_back("term." + t.name + "." + k, v.detach().to(Device::cpu()));
-    }
+    for (const auto& [k, v] : shown) std::printf("  %-20s %s\n", k.c_str(), v.meta_str().c_str());
     for (const auto& [k, v] : shown)
       if (k == "mask" && v.dim() == 3) print_mask(k, v);
   }
   dumped.insert(dumped.end(), views.begin(), views.end());
   if (!o.images.empty()) {
-    const int64_t scale = o.scale > 0 ? o.scale : std::max<int64_t>(1, (96 + s[1] - 1) / s[1]);
     const int64_t n = write_step_pictures(o.images, dumped[0].second, dumped[1].second, dumped[2].second, views,
-                                          cfg.data.mean, cfg.data.std, scale,
+                                          cfg.data.mean, cfg.data.std, o.scale,
                                           o.config + ": " + d.describe() + ", epoch " + std::to_string(o.epoch + 1) +
-                                              ", step " + std::to_string(o.step));
+                                              ", step " + std::to_string(o.step), d.view_notes());
     std::printf("\nwrote %lld pictures and %s/index.html\n", static_cast<long long>(n), o.images.c_str());
   }
   if (!o.dump.empty()) {

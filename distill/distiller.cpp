@@ -294,6 +294,23 @@ Json Distiller::terms_json() const {
   return j;
 }
 
+std::vector<std::pair<std::string, Tensor>> Distiller::views() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (const auto& [tap, f] : student_feats_) out.emplace_back("student." + tap, f.detach().to(Device::cpu()));
+  for (const auto& [tap, f] : teacher_feats_) out.emplace_back("teacher." + tap, f.detach().to(Device::cpu()));
+  for (const auto& t : terms_)
+    for (const auto& [k, v] : t.strategy->inspect()) out.emplace_back("term." + t.name + "." + k, v.detach().to(Device::cpu()));
+  return out;
+}
+
+std::vector<std::string> Distiller::view_notes() const {
+  std::vector<std::string> out;
+  for (const auto& t : terms_)
+    if (const std::string text = t.strategy->inspect_text(); !text.empty())
+      out.push_back("term " + t.name + " (" + t.strategy->type_name() + "): " + text);
+  return out;
+}
+
 std::string Distiller::describe() const {
   std::string s;
   for (const auto& t : terms_) s += detail::cat(s.empty() ? "" : " + ", t.weight, "*", t.name);

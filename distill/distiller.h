@@ -57,6 +57,11 @@ class Distiller : public TrainingTask {
   StateDict extra_state() const override;
   void load_extra_state(const StateDict& state) override;
   std::string describe() const override;
+  // The tapped features ("student.<tap>", "teacher.<tap>") and every term's inspect() views
+  // ("term.<name>.<view>") of the latest losses().
+  std::vector<std::pair<std::string, Tensor>> views() const override;
+  // "term <name> (<type>): <inspect_text>" for every term that has a text.
+  std::vector<std::string> view_notes() const override;
 
   // Parameters of the strategies' extra modules (connectors, heads): reported at start.
   int64_t extra_parameter_count() const;

@@ -85,6 +85,10 @@ void parse_log(JsonReader& r, LogConfig& l) {
   l.keep_checkpoints = r.get<int>("keep_checkpoints", l.keep_checkpoints);
   RETORT_CHECK(l.every_steps > 0 && l.eval_every_epochs > 0 && l.checkpoint_every_epochs > 0 && l.keep_checkpoints > 0,
                r.where("every_steps"), ": log intervals must be positive");
+  l.pictures_every_epochs = r.get<int>("pictures_every_epochs", l.pictures_every_epochs);
+  RETORT_CHECK(l.pictures_every_epochs >= 0, r.where("pictures_every_epochs"), ": must be 0 (no pictures) or positive");
+  l.pictures_batch = r.get<int>("pictures_batch", l.pictures_batch);
+  RETORT_CHECK(l.pictures_batch >= 1 && l.pictures_batch <= 64, r.where("pictures_batch"), ": must be in [1, 64]");
 }
 
 }  // namespace
@@ -194,7 +198,9 @@ Json ExperimentConfig::to_json() const {
   j["log"] = {{"every_steps", log.every_steps},
               {"eval_every_epochs", log.eval_every_epochs},
               {"checkpoint_every_epochs", log.checkpoint_every_epochs},
-              {"keep_checkpoints", log.keep_checkpoints}};
+              {"keep_checkpoints", log.keep_checkpoints},
+              {"pictures_every_epochs", log.pictures_every_epochs},
+              {"pictures_batch", log.pictures_batch}};
   return j;
 }
 

@@ -68,6 +68,10 @@ struct LogConfig {
   int eval_every_epochs = 1;
   int checkpoint_every_epochs = 1;
   int keep_checkpoints = 2;
+  // Every this many epochs (and after the last), pictures of one step on the first pictures_batch test
+  // images in the run directory's pictures/epoch<E>/ (distill/pictures.h); 0: none.
+  int pictures_every_epochs = 0;
+  int pictures_batch = 8;
 };
 
 // Throws, naming `where`, unless `math` is one of experiment.math's modes: ieee, bf16, winograd, tf32.

@@ -97,26 +97,14 @@ void check_input_shape(const Shape& s, size_t rank, const std::vector<double>& m
                mean.size(), " means and ", std.size(), " stds for images of ", c, " channels");
 }
 
-std::string html_escape(const std::string& s) {
-  std::string out;
-  for (char ch : s) {
-    switch (ch) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += ch;
-    }
-  }
-  return out;
-}
-
 std::string file_part(const std::string& name) {
   std::string out = name;
   for (char& ch : out)
     if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '-' && ch != '_') ch = '_';
   return out;
 }
+
+constexpr int64_t kAutoHeight = 96;  // scale 0: pictures at least this many pixels high
 
 // Whether a view is drawn: floating point, [B, C, h, w] (a feature) or [B, h, w] (a map); integer tensors
 // (indices, boxes) and other ranks (logits) are listed on the page instead.
@@ -133,6 +121,20 @@ bool ends_with(const std::string& s, const std::string& tail) {
 }
 
 }  // namespace
+
+std::string html_escape(const std::string& s) {
+  std::string out;
+  for (char ch : s) {
+    switch (ch) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      default: out += ch;
+    }
+  }
+  return out;
+}
 
 void viridis(double t, uint8_t out[3]) {
   static constexpr double anchors[5][3] = {
@@ -190,10 +192,11 @@ void write_png(const std::string& path, const RgbImage& image) {
 int64_t write_step_pictures(const std::string& dir, const Tensor& inputs, const Tensor& targets,
                             const Tensor& logits, const std::vector<std::pair<std::string, Tensor>>& views,
                             const std::vector<double>& mean, const std::vector<double>& std, int64_t scale,
-                            const std::string& title) {
+                            const std::string& title, const std::vector<std::string>& notes) {
   check_input_shape(inputs.shape(), 4, mean, std);
-  RETORT_CHECK(scale >= 1 && scale <= 64, "pictures: scale ", scale, " is not in [1, 64]");
+  RETORT_CHECK(scale >= 0 && scale <= 64, "pictures: scale ", scale, " is not in [0, 64]");
   const int64_t b = inputs.size(0), c = inputs.size(1), h = inputs.size(2), w = inputs.size(3);
+  if (scale == 0) scale = std::max<int64_t>(1, (kAutoHeight + h - 1) / std::max<int64_t>(h, 1));
   for (const auto& [name, t] : views)
     RETORT_CHECK(!drawn(t) || t.size(0) == b, "pictures: view '", name, "' of shape ",
                  shape_str(t.shape()), " has not the batch's ", b, " samples");
@@ -253,11 +256,13 @@ int64_t write_step_pictures(const std::string& dir, const Tensor& inputs, const 
     }
     rows += row + "</tr>\n";
   }
+  std::string note_html;
+  for (const std::string& n : notes) note_html += "<p><code>" + html_escape(n) + "</code></p>\n";
   const std::string page =
       "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + html_escape(title) +
       "</title>\n<style>body{font-family:sans-serif} td,th{text-align:center;padding:4px;vertical-align:top} "
       "img{image-rendering:pixelated}</style></head><body>\n<h3>" + html_escape(title) +
-      "</h3>\n<p>Features are shown as their attention map mean<sub>c</sub> x&sup2;, maps and masks as they are; each "
+      "</h3>\n" + note_html + "<p>Features are shown as their attention map mean<sub>c</sub> x&sup2;, maps and masks as they are; each "
       "picture is coloured by its own range (under it), dark blue = its minimum, yellow = its maximum, magenta = not "
       "finite. Masks are also drawn over the input in red.</p>\n<table>\n" + head + rows + "</table>\n" +
       (skipped.empty() ? "" : "<p>Not drawn (not a map):</p><ul>\n" + skipped + "</ul>\n") + "</body></html>\n";

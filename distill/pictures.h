@@ -51,17 +51,22 @@ RgbImage mask_overlay(const RgbImage& base, const Tensor& mask);
 // Nearest-neighbour resize.
 RgbImage resized(const RgbImage& image, int64_t height, int64_t width);
 
+// `s` with & < > " written as HTML entities.
+std::string html_escape(const std::string& s);
+
 // Writes `image` as a PNG file, atomically; errors name the path.
 void write_png(const std::string& path, const RgbImage& image);
 
 // One step's pictures: `inputs` [B, C, H, W] (normalised as the config says), `targets` [B] and the
 // student's `logits` [B, K] (for the row titles, may be undefined), and `views`: name -> tensor of
 // [B, C, h, w] (features) or [B, h, w] (maps, masks) in F32 or F64; other views (logits, integer boxes
-// and indices) are listed on the page with their shapes but not drawn. Writes DIR/index.html and DIR/sample<i>_<n>.png for
-// every sample i and column n (the directory is created). Returns the number of PNG files written.
+// and indices) are listed on the page with their shapes but not drawn. `scale` 0: the smallest that
+// makes pictures at least 96 pixels high. Writes DIR/index.html and DIR/sample<i>_<n>.png for every
+// sample i and column n (the directory is created); `notes` are lines of text shown above the table
+// (the strategies' inspect_text). Returns the number of PNG files written.
 int64_t write_step_pictures(const std::string& dir, const Tensor& inputs, const Tensor& targets,
                             const Tensor& logits, const std::vector<std::pair<std::string, Tensor>>& views,
                             const std::vector<double>& mean, const std::vector<double>& std, int64_t scale,
-                            const std::string& title);
+                            const std::string& title, const std::vector<std::string>& notes = {});
 
 }  // namespace retort

@@ -11,6 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "data/file_io.h"
+#include "distill/pictures.h"
 #include "engine/autograd.h"
 #include "engine/backend.h"
 #include "engine/functions.h"
@@ -222,6 +224,44 @@ std::string KernelSwitches::describe() const {
   return detail::cat("math ", math_, deterministic_ ? ", deterministic" : ", kernels chosen by speed");
 }
 
+// ---- pictures --------------------------------------------------------------------------------------
+
+// One step of the task on the first test images, in eval mode, drawn into pictures/epoch<E>/ (the
+// progress is the epoch's last step's: SoKD draws that step's sub-policy); pictures/index.html lists
+// every epoch pictured so far. Nothing here touches what is trained: no backward, eval-mode BN and
+// dropout, the task's own state is overwritten by the next step's losses().
+void Trainer::write_pictures(int epoch_done, const TrainProgress& progress) {
+  task_.train(false);
+  Batch b = picture_loader_->make_batch(0, 0);
+  b.to(device_);
+  Tensor logits;
+  {
+    const LossTerms terms = task_.losses(b, progress, logits);
+    (void)terms;
+  }
+  char name[32];
+  std::snprintf(name, sizeof name, "epoch%04d", epoch_done);
+  const std::string dir = run_.file("pictures/") + name;
+  const int64_t n = write_step_pictures(dir, b.inputs.to(Device::cpu()), b.targets.to(Device::cpu()),
+                                        logits.detach().to(Device::cpu()), task_.views(), cfg_.data.mean,
+                                        cfg_.data.std, 0,
+                                        detail::cat(cfg_.name, ": ", task_.describe(), ", after epoch ", epoch_done,
+                                                    " (step ", progress.step, ")"),
+                                        task_.view_notes());
+  std::string links;
+  for (int e = 1; e <= epoch_done; ++e) {
+    std::snprintf(name, sizeof name, "epoch%04d", e);
+    if (path_is_directory(run_.file("pictures/") + name))
+      links += detail::cat("<li><a href=\"", name, "/index.html\">after epoch ", e, "</a></li>\n");
+  }
+  write_file_atomic(run_.file("pictures/index.html"),
+                    "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + html_escape(cfg_.name) +
+                        "</title></head><body>\n<h3>" + html_escape(cfg_.name) + ": pictures</h3>\n<ul>\n" + links +
+                        "</ul>\n</body></html>\n");
+  run_.append_metric(Json{{"event", "pictures"}, {"epoch", epoch_done}, {"dir", dir}, {"files", n}});
+  log(detail::cat("pictures of epoch ", epoch_done, ": ", dir, "/index.html"));
+}
+
 // ---- trainer ---------------------------------------------------------------------------------------
 
 Trainer::Trainer(const ExperimentConfig& cfg, TrainingTask& task, const DataSplits& data, RunDir& run)
@@ -231,6 +271,9 @@ Trainer::Trainer(const ExperimentConfig& cfg, TrainingTask& task, const DataSpli
   train_loader_ = std::make_unique<DataLoader>(data.train, tr, train_transform(cfg.data, data.train->sample_shape()));
   test_loader_ = std::make_unique<DataLoader>(data.test, te, eval_transform(cfg.data));
   RETORT_CHECK(train_loader_->num_batches() > 0, "the training set ", data.train->describe(), " yields no batch");
+  if (cfg.log.pictures_every_epochs > 0)
+    picture_loader_ = std::make_unique<DataLoader>(
+        data.test, LoaderOptions{cfg.log.pictures_batch, false, false, 0, cfg.seed}, eval_transform(cfg.data));
   if (task_.wants_held_out()) {
     RETORT_CHECK(data.held_out, task_.describe(), ": needs a held-out split every step; set data.held_out to the ",
                  "number of training samples to hold out (e.g. 5000)");
@@ -571,6 +614,8 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
       log(buf);
     }
     run_.append_metric(ev);
+    if (picture_loader_ && (epoch_done % cfg_.log.pictures_every_epochs == 0 || epoch_done == epochs))
+      write_pictures(epoch_done, TrainProgress{pos.epoch, epochs, std::max<int64_t>(pos.step - 1, 0), nb - 1, nb});
     if (epoch_done % cfg_.log.checkpoint_every_epochs == 0 || epoch_done == epochs) save_checkpoint(pos);
     ++pos.epoch;
     pos.batch = 0;

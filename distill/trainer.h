@@ -71,6 +71,11 @@ class TrainingTask {
   virtual StateDict extra_state() const { return {}; }
   virtual void load_extra_state(const StateDict&) {}
   virtual std::string describe() const = 0;
+  // What the latest losses() saw that is worth looking at, by name, detached and on the host: for
+  // retort-inspect and the pictures of log.pictures_every_epochs (distill/pictures.h). Default: nothing.
+  virtual std::vector<std::pair<std::string, Tensor>> views() const { return {}; }
+  // Lines of text about the latest losses() (SoKD's sampled sub-policy, MTKD-SSR's stage agreement).
+  virtual std::vector<std::string> view_notes() const { return {}; }
 };
 
 // Cross-entropy training of one classifier.
@@ -172,6 +177,7 @@ class Trainer {
   void save_checkpoint(const Position& pos);
   Position load_checkpoint(const std::string& path);
   bool check_resumed_config(const std::string& path, const std::string& saved_config);
+  void write_pictures(int epoch_done, const TrainProgress& progress);  // log.pictures_every_epochs
   void log(const std::string& line);
 
   const ExperimentConfig& cfg_;
@@ -181,6 +187,7 @@ class Trainer {
   std::unique_ptr<KernelSwitches> switches_;  // set in the constructor, before any kernel runs
   std::unique_ptr<DataLoader> train_loader_, test_loader_;
   std::unique_ptr<DataLoader> held_loader_;  // data.held_out's batches, when the task wants them
+  std::unique_ptr<DataLoader> picture_loader_;  // the first log.pictures_batch test images, when pictured
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<LrSchedule> schedule_;
   bool tty_ = false;

@@ -39,7 +39,7 @@ png=$(od -An -tx1 -N24 "$tmp/pictures/sample3_term.sokd.augmented_teacher.png" |
 [ "${png:32:16}" = 0000006000000060 ] || { echo "FAIL: not 96x96 pixels: $png"; exit 1; }
 page=$(cat "$tmp/pictures/index.html")
 for want in 'src="sample3_term.sokd.mask_on_input.png"' "term.sokd.augmented_teacher" "teacher.layer2" \
-            "term.sokd.boxes i64[4, 3, 4]"; do
+            "term.sokd.boxes i64[4, 3, 4]" "term sokd (sokd): sub-policy"; do
   grep -qF "$want" <<<"$page" || { echo "FAIL: no '$want' in index.html"; exit 1; }
 done
 graph=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --batch 2 --graph)

@@ -147,3 +147,14 @@ TEST(Config, DataSizesAreCheckedAtParse) {
   expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "data": {"channels": 0}})"); },
                {"test.json: data.channels"});
 }
+
+TEST(Config, PictureSettingsAreChecked) {
+  const ExperimentConfig c = parse(R"({"schema_version": 1, "model": {"arch": "x"}, "log": {"pictures_every_epochs": 5}})");
+  EXPECT_EQ(c.log.pictures_every_epochs, 5);
+  EXPECT_EQ(c.log.pictures_batch, 8);
+  EXPECT_EQ(parse(R"({"schema_version": 1, "model": {"arch": "x"}})").log.pictures_every_epochs, 0);
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "log": {"pictures_every_epochs": -1}})"); },
+               {"test.json: log.pictures_every_epochs", "0 (no pictures) or positive"});
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "log": {"pictures_batch": 65}})"); },
+               {"test.json: log.pictures_batch", "[1, 64]"});
+}

@@ -170,7 +170,7 @@ TEST(Pictures, AStepsPageHasARowPerSampleAndAColumnPerView) {
                                                           {"term.sokd.boxes", f64(x, {b, 2, 8}).to(DType::I64)}};
   const Tensor logits = f64({0, 5, 1, 7, 0, 0}, {b, 3});
   const int64_t n = write_step_pictures(dir, f64(x, {b, 1, 4, 4}), f64({1, 2}, {b}), logits, views, {0.5}, {0.25}, 3,
-                                        "a <test> step");
+                                        "a <test> step", {"term sokd (sokd): sub-policy 3 & more"});
   EXPECT_EQ(n, b * 4);  // input, the feature, the mask and the mask on the input; not the logits or boxes
   for (const char* f : {"sample0_input.png", "sample1_student.layer1.png", "sample1_term.sokd.mask.png",
                         "sample1_term.sokd.mask_on_input.png"})
@@ -194,7 +194,7 @@ TEST(Pictures, AStepsPageHasARowPerSampleAndAColumnPerView) {
   const std::string html = page.str();
   for (const char* want : {"a &lt;test&gt; step", "student.layer1", "term.sokd.mask on the input",
                            "label 2", "student says 1", "student says 0", "Not drawn", "term.kd.logits f64[2, 3]", "term.sokd.boxes i64[2, 2, 8]",
-                           "src=\"sample1_term.sokd.mask.png\""})
+                           "src=\"sample1_term.sokd.mask.png\"", "<code>term sokd (sokd): sub-policy 3 &amp; more</code>"})
     EXPECT_NE(html.find(want), std::string::npos) << want;
   // A view whose batch is not the inputs' is refused, naming it.
   try {

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <set>
 
 #include "distill/distiller.h"
@@ -646,6 +647,75 @@ TEST(SokdStrategy, ResumeMidSearchEqualsUninterruptedRun) {
   EXPECT_TRUE(policy_seen);
   EXPECT_EQ(control_seen, search == "first_order_relax");
   std::filesystem::remove_all(base);
+  }
+}
+
+// log.pictures_every_epochs draws one step on the first test images after each epoch (DAM masks, the
+// augmented teacher feature, ...) without changing the run: student, modules and policy end bitwise as a
+// run without pictures does, with the second-order search (its before_step) too.
+TEST(SokdStrategy, PicturesDuringTrainingDoNotChangeTheRun) {
+  const ExperimentConfig cfg = ExperimentConfig::from_json(Json::parse(R"({
+    "schema_version": 1,
+    "experiment": {"name": "sokd_pictures", "seed": 3},
+    "data": {"dataset": "synthetic", "channels": 1, "image_size": 16, "num_classes": 4, "synthetic_size": 32,
+             "batch_size": 8, "eval_batch_size": 32, "num_workers": 2},
+    "model": {"arch": "resnet8"},
+    "solver": {"lr": 0.05, "epochs": 2},
+    "log": {"every_steps": 1000, "pictures_batch": 3}
+  })"), "sokd_pictures.json");
+  for (const std::string search : {"first_order", "second_order"}) {
+    SCOPED_TRACE(search);
+    auto run_it = [&](const std::string& dir, int every) {
+      ExperimentConfig c = cfg;
+      c.log.pictures_every_epochs = every;
+      Generator gen(cfg.seed);
+      const ModelOptions mo{4, 1, 16};
+      auto student = create_model("resnet8", mo, gen);
+      Generator tgen(99);
+      auto teacher = create_model("resnet8", mo, tgen);
+      Distiller d(student, teacher,
+                  parse_terms(Json::parse(R"([{"type": "ce"}, {"type": "sokd", "params": {"heatmap_classes": 4,
+                                "area_num": 3, "search_epochs": 2, "policy_lr": 0.05, "search": ")" + search + R"("}}])"),
+                              "t.json"),
+                  DistillerOptions{}, Shape{1, 16, 16}, gen);
+      DataSplits data = load_datasets(c.data);
+      RunDir run(dir);
+      Trainer trainer(c, d, data, run);
+      trainer.fit("", 0);
+      StateDict out;
+      for (auto& [k, t] : student->state_dict()) out.emplace_back(k, t.clone());
+      for (auto& [k, t] : d.extra_state()) out.emplace_back(k, t.clone());
+      return out;
+    };
+    const std::string base = ::testing::TempDir() + "/retort_sokd_pictures";
+    std::filesystem::remove_all(base);
+    const StateDict plain = run_it(base + "/plain", 0);
+    const StateDict pictured = run_it(base + "/pictured", 1);
+    ASSERT_EQ(plain.size(), pictured.size());
+    for (size_t i = 0; i < plain.size(); ++i)
+      EXPECT_EQ(plain[i].second.to_vector(), pictured[i].second.to_vector()) << plain[i].first << " differs";
+    EXPECT_FALSE(std::filesystem::exists(base + "/plain/pictures"));
+    // 3 samples x (input, student.layer2, teacher.layer2, mask, mask on the input, the term's student,
+    // teacher and augmented teacher) per epoch, and an index of the epochs.
+    for (const char* e : {"epoch0001", "epoch0002"}) {
+      const std::string dir = base + "/pictured/pictures/" + e;
+      size_t pngs = 0;
+      for (const auto& f : std::filesystem::directory_iterator(dir)) pngs += f.path().extension() == ".png";
+      EXPECT_EQ(pngs, 24u) << dir;
+      EXPECT_TRUE(std::filesystem::is_regular_file(dir + "/sample2_term.sokd.mask_on_input.png")) << dir;
+    }
+    std::ifstream index(base + "/pictured/pictures/index.html");
+    const std::string page((std::istreambuf_iterator<char>(index)), {});
+    EXPECT_NE(page.find("href=\"epoch0001/index.html\""), std::string::npos) << page;
+    EXPECT_NE(page.find("href=\"epoch0002/index.html\""), std::string::npos) << page;
+    std::ifstream epoch_page(base + "/pictured/pictures/epoch0002/index.html");
+    const std::string epoch_html((std::istreambuf_iterator<char>(epoch_page)), {});
+    EXPECT_NE(epoch_html.find("term sokd (sokd): sub-policy"), std::string::npos) << epoch_html;
+    EXPECT_NE(epoch_html.find("after epoch 2 (step 7)"), std::string::npos) << epoch_html;
+    std::ifstream metrics(base + "/pictured/metrics.jsonl");
+    const std::string events((std::istreambuf_iterator<char>(metrics)), {});
+    EXPECT_NE(events.find(R"("event":"pictures","epoch":2)"), std::string::npos) << events;
+    std::filesystem::remove_all(base);
   }
 }
 

@@ -588,19 +588,57 @@ TEST(SokdStrategy, HeldOutUpperLevelNeedsTheSplit) {
             std::string::npos);
 }
 
+namespace {
+
+// The tiny synthetic SoKD run of the Trainer tests: 32 samples, batches of 8 (4 steps an epoch).
+ExperimentConfig sokd_trainer_config(int epochs) {
+  return ExperimentConfig::from_json(Json::parse(R"({
+    "schema_version": 1,
+    "experiment": {"name": "sokd_trainer", "seed": 3},
+    "data": {"dataset": "synthetic", "channels": 1, "image_size": 16, "num_classes": 4, "synthetic_size": 32,
+             "batch_size": 8, "eval_batch_size": 32, "num_workers": 2},
+    "model": {"arch": "resnet8"},
+    "solver": {"lr": 0.05, "epochs": )" + std::to_string(epochs) + R"(},
+    "log": {"every_steps": 1000, "pictures_batch": 3}
+  })"), "sokd_trainer.json");
+}
+
+// Trains CE + SoKD (search `search`, the rest of the params after it in the JSON string) with `c` in
+// `dir`, optionally resuming or stopping after N steps; returns the student's and the terms' state.
+StateDict sokd_trainer_run(const ExperimentConfig& c, const std::string& search, const std::string& dir,
+                           const std::string& resume = "", int64_t stop_after = 0) {
+  Generator gen(c.seed);
+  const ModelOptions mo{4, 1, 16};
+  auto student = create_model("resnet8", mo, gen);
+  Generator tgen(99);
+  auto teacher = create_model("resnet8", mo, tgen);
+  Distiller d(student, teacher,
+              parse_terms(Json::parse(R"([{"type": "ce"}, {"type": "sokd", "params": {"heatmap_classes": 4,
+                            "area_num": 3, "search_epochs": 2, "policy_lr": 0.05, "search": ")" + search + R"("}}])"),
+                          "t.json"),
+              DistillerOptions{}, Shape{1, 16, 16}, gen);
+  DataSplits data = load_datasets(c.data);
+  RunDir run(dir);
+  Trainer trainer(c, d, data, run);
+  trainer.fit(resume, stop_after);
+  StateDict out;
+  for (auto& [k, t] : student->state_dict()) out.emplace_back(k, t.clone());
+  for (auto& [k, t] : d.extra_state()) out.emplace_back(k, t.clone());
+  return out;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+}  // namespace
+
 // An interrupted SoKD run resumed from its checkpoint ends bitwise where the uninterrupted one does:
 // student, regressor, DAM and the augmentation policy with its Adam moments (the search spans the
 // interruption), because the policy is checkpointed and every draw is seeded by the step.
 TEST(SokdStrategy, ResumeMidSearchEqualsUninterruptedRun) {
-  const ExperimentConfig cfg = ExperimentConfig::from_json(Json::parse(R"({
-    "schema_version": 1,
-    "experiment": {"name": "sokd_resume", "seed": 3},
-    "data": {"dataset": "synthetic", "channels": 1, "image_size": 16, "num_classes": 4, "synthetic_size": 32,
-             "batch_size": 8, "eval_batch_size": 32, "num_workers": 2},
-    "model": {"arch": "resnet8"},
-    "solver": {"lr": 0.05, "epochs": 3},
-    "log": {"every_steps": 1000}
-  })"), "sokd_resume.json");
+  const ExperimentConfig cfg = sokd_trainer_config(3);
   for (const std::string search : {"first_order", "second_order", "second_order_held_out", "first_order_relax"}) {
   SCOPED_TRACE(search);
   // The held-out variant: 8 of the 32 samples held out (3 steps per epoch), the upper level on them.
@@ -610,32 +648,11 @@ TEST(SokdStrategy, ResumeMidSearchEqualsUninterruptedRun) {
   const std::string params = held                          ? R"(second_order", "upper_batch": "held_out", "upper_loss": "ce)"
                              : search == "first_order_relax" ? R"(first_order", "estimator": "relax)"
                                                              : search;
-  auto run_it = [&](const std::string& dir, const std::string& resume, int64_t stop_after) {
-    Generator gen(cfg.seed);
-    const ModelOptions mo{4, 1, 16};
-    auto student = create_model("resnet8", mo, gen);
-    Generator tgen(99);
-    auto teacher = create_model("resnet8", mo, tgen);
-    Distiller d(student, teacher,
-                parse_terms(Json::parse(R"([{"type": "ce"}, {"type": "sokd", "params": {"heatmap_classes": 4,
-                              "area_num": 3, "search_epochs": 2, "policy_lr": 0.05, "search": ")" + params +
-                                        R"("}}])"),
-                            "t.json"),
-                DistillerOptions{}, Shape{1, 16, 16}, gen);
-    DataSplits data = load_datasets(c.data);
-    RunDir run(dir);
-    Trainer trainer(c, d, data, run);
-    trainer.fit(resume, stop_after);
-    StateDict out;
-    for (auto& [k, t] : student->state_dict()) out.emplace_back(k, t.clone());
-    for (auto& [k, t] : d.extra_state()) out.emplace_back(k, t.clone());
-    return out;
-  };
   const std::string base = ::testing::TempDir() + "/retort_sokd_resume";
   std::filesystem::remove_all(base);
-  const StateDict straight = run_it(base + "/straight", "", 0);
-  run_it(base + "/interrupted", "", held ? 4 : 6);  // stops in epoch 2, inside the search
-  const StateDict resumed = run_it(base + "/interrupted", "auto", 0);
+  const StateDict straight = sokd_trainer_run(c, params, base + "/straight");
+  sokd_trainer_run(c, params, base + "/interrupted", "", held ? 4 : 6);  // stops in epoch 2, inside the search
+  const StateDict resumed = sokd_trainer_run(c, params, base + "/interrupted", "auto");
   ASSERT_EQ(straight.size(), resumed.size());
   bool policy_seen = false, control_seen = false;
   for (size_t i = 0; i < straight.size(); ++i) {
@@ -654,43 +671,14 @@ TEST(SokdStrategy, ResumeMidSearchEqualsUninterruptedRun) {
 // augmented teacher feature, ...) without changing the run: student, modules and policy end bitwise as a
 // run without pictures does, with the second-order search (its before_step) too.
 TEST(SokdStrategy, PicturesDuringTrainingDoNotChangeTheRun) {
-  const ExperimentConfig cfg = ExperimentConfig::from_json(Json::parse(R"({
-    "schema_version": 1,
-    "experiment": {"name": "sokd_pictures", "seed": 3},
-    "data": {"dataset": "synthetic", "channels": 1, "image_size": 16, "num_classes": 4, "synthetic_size": 32,
-             "batch_size": 8, "eval_batch_size": 32, "num_workers": 2},
-    "model": {"arch": "resnet8"},
-    "solver": {"lr": 0.05, "epochs": 2},
-    "log": {"every_steps": 1000, "pictures_batch": 3}
-  })"), "sokd_pictures.json");
   for (const std::string search : {"first_order", "second_order"}) {
     SCOPED_TRACE(search);
-    auto run_it = [&](const std::string& dir, int every) {
-      ExperimentConfig c = cfg;
-      c.log.pictures_every_epochs = every;
-      Generator gen(cfg.seed);
-      const ModelOptions mo{4, 1, 16};
-      auto student = create_model("resnet8", mo, gen);
-      Generator tgen(99);
-      auto teacher = create_model("resnet8", mo, tgen);
-      Distiller d(student, teacher,
-                  parse_terms(Json::parse(R"([{"type": "ce"}, {"type": "sokd", "params": {"heatmap_classes": 4,
-                                "area_num": 3, "search_epochs": 2, "policy_lr": 0.05, "search": ")" + search + R"("}}])"),
-                              "t.json"),
-                  DistillerOptions{}, Shape{1, 16, 16}, gen);
-      DataSplits data = load_datasets(c.data);
-      RunDir run(dir);
-      Trainer trainer(c, d, data, run);
-      trainer.fit("", 0);
-      StateDict out;
-      for (auto& [k, t] : student->state_dict()) out.emplace_back(k, t.clone());
-      for (auto& [k, t] : d.extra_state()) out.emplace_back(k, t.clone());
-      return out;
-    };
+    ExperimentConfig pictured_cfg = sokd_trainer_config(2);
+    pictured_cfg.log.pictures_every_epochs = 1;
     const std::string base = ::testing::TempDir() + "/retort_sokd_pictures";
     std::filesystem::remove_all(base);
-    const StateDict plain = run_it(base + "/plain", 0);
-    const StateDict pictured = run_it(base + "/pictured", 1);
+    const StateDict plain = sokd_trainer_run(sokd_trainer_config(2), search, base + "/plain");
+    const StateDict pictured = sokd_trainer_run(pictured_cfg, search, base + "/pictured");
     ASSERT_EQ(plain.size(), pictured.size());
     for (size_t i = 0; i < plain.size(); ++i)
       EXPECT_EQ(plain[i].second.to_vector(), pictured[i].second.to_vector()) << plain[i].first << " differs";
@@ -704,16 +692,13 @@ TEST(SokdStrategy, PicturesDuringTrainingDoNotChangeTheRun) {
       EXPECT_EQ(pngs, 24u) << dir;
       EXPECT_TRUE(std::filesystem::is_regular_file(dir + "/sample2_term.sokd.mask_on_input.png")) << dir;
     }
-    std::ifstream index(base + "/pictured/pictures/index.html");
-    const std::string page((std::istreambuf_iterator<char>(index)), {});
+    const std::string page = read_text(base + "/pictured/pictures/index.html");
     EXPECT_NE(page.find("href=\"epoch0001/index.html\""), std::string::npos) << page;
     EXPECT_NE(page.find("href=\"epoch0002/index.html\""), std::string::npos) << page;
-    std::ifstream epoch_page(base + "/pictured/pictures/epoch0002/index.html");
-    const std::string epoch_html((std::istreambuf_iterator<char>(epoch_page)), {});
+    const std::string epoch_html = read_text(base + "/pictured/pictures/epoch0002/index.html");
     EXPECT_NE(epoch_html.find("term sokd (sokd): sub-policy"), std::string::npos) << epoch_html;
     EXPECT_NE(epoch_html.find("after epoch 2 (step 7)"), std::string::npos) << epoch_html;
-    std::ifstream metrics(base + "/pictured/metrics.jsonl");
-    const std::string events((std::istreambuf_iterator<char>(metrics)), {});
+    const std::string events = read_text(base + "/pictured/metrics.jsonl");
     EXPECT_NE(events.find(R"("event":"pictures","epoch":2)"), std::string::npos) << events;
     std::filesystem::remove_all(base);
   }

@@ -32,12 +32,13 @@ int main(int argc, char** argv) {
     Generator gen(cfg.seed);
     const auto [student, teacher] = app::make_distill_models(cfg, mo, gen);
     double teacher_top1 = -1;
+    Tensor teacher_logits;  // on the test set: the student's agreement with the teacher at every evaluation
     if (teacher) {
       // In the run's arithmetic (experiment.math), as the teacher's forwards in the run will be.
       const KernelSwitches switches(cfg, Device::parse(cfg.device));
       DataLoader tl(data.test, LoaderOptions{cfg.data.eval_batch_size, false, false, cfg.data.num_workers, 0},
                     eval_transform(cfg.data));
-      teacher_top1 = evaluate(*teacher, tl).top1;
+      teacher_top1 = evaluate(*teacher, tl, nullptr, &teacher_logits).top1;
       std::printf("retort-distill: teacher %s from %s: test top-1 %.2f%%\n", cfg.teacher.arch.c_str(),
                   cfg.teacher.checkpoint.c_str(), teacher_top1);
     }
@@ -54,7 +55,10 @@ int main(int argc, char** argv) {
                 cfg.solver.lr, cfg.solver.epochs, static_cast<long long>(cfg.data.batch_size),
                 cpu_backend_info().c_str(), trainer.switches().describe().c_str(), run.path().c_str());
     if (!cfg.init.empty()) std::printf("  init    student weights from %s\n", cfg.init.c_str());
-    if (teacher) trainer.add_summary_field("teacher_top1", teacher_top1);
+    if (teacher) {
+      trainer.add_summary_field("teacher_top1", teacher_top1);
+      trainer.set_reference_logits(teacher_logits);
+    }
     trainer.add_summary_field("terms", distiller.terms_json());
     trainer.add_summary_field("extra_parameters", distiller.extra_parameter_count());
     trainer.set_allow_config_change(flags.allow_config_change);

@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -57,13 +58,41 @@ std::pair<int64_t, int64_t> topk_correct(const Tensor& logits, const Tensor& tar
 }
 }  // namespace
 
-EvalResult evaluate(Module& model, DataLoader& loader) {
+namespace {
+// Adds row i's agreement (0/1) and KL(softmax(ref_i) || softmax(z_i)) over k classes, in float64.
+void compare_row(const double* z, const double* ref, int64_t k, int64_t& agree, double& kl) {
+  auto log_softmax = [k](const double* v, std::vector<double>& out) {
+    const double m = *std::max_element(v, v + k);
+    double sum = 0;
+    for (int64_t j = 0; j < k; ++j) sum += std::exp(v[j] - m);
+    const double lse = m + std::log(sum);
+    out.resize(static_cast<size_t>(k));
+    for (int64_t j = 0; j < k; ++j) out[static_cast<size_t>(j)] = v[j] - lse;
+  };
+  std::vector<double> ls, lr;
+  log_softmax(z, ls);
+  log_softmax(ref, lr);
+  agree += std::max_element(z, z + k) - z == std::max_element(ref, ref + k) - ref;
+  for (int64_t j = 0; j < k; ++j) {
+    const double p = std::exp(lr[static_cast<size_t>(j)]);
+    if (p > 0) kl += p * (lr[static_cast<size_t>(j)] - ls[static_cast<size_t>(j)]);
+  }
+}
+}  // namespace
+
+EvalResult evaluate(Module& model, DataLoader& loader, const Tensor* reference, Tensor* logits_out) {
   const bool was_training = model.is_training();
   model.eval();
   NoGradGuard ng;
   EvalResult r;
-  double loss_sum = 0;
-  int64_t top1 = 0, top5 = 0;
+  double loss_sum = 0, kl_sum = 0;
+  int64_t top1 = 0, top5 = 0, agree = 0, k = 0;
+  std::vector<double> all, ref;
+  if (reference) {
+    RETORT_CHECK(reference->dim() == 2, "evaluate: reference logits must be [samples, classes], got ",
+                 shape_str(reference->shape()));
+    ref = reference->to(Device::cpu()).to_vector();
+  }
   loader.start_epoch(0);
   const Device device = model.device();
   Batch b;
@@ -74,14 +103,34 @@ EvalResult evaluate(Module& model, DataLoader& loader) {
     auto [c1, c5] = topk_correct(logits, b.targets);
     top1 += c1;
     top5 += c5;
+    if (reference || logits_out) {
+      const std::vector<double> z = logits.to(Device::cpu()).to_vector();
+      k = logits.size(1);
+      if (reference) {
+        RETORT_CHECK(reference->size(1) == k && reference->size(0) >= r.samples + b.size(), "evaluate: reference logits ",
+                     shape_str(reference->shape()), " do not cover the evaluated samples (", r.samples + b.size(),
+                     " so far, ", k, " classes)");
+        for (int64_t i = 0; i < b.size(); ++i)
+          compare_row(z.data() + i * k, ref.data() + (r.samples + i) * k, k, agree, kl_sum);
+      }
+      if (logits_out) all.insert(all.end(), z.begin(), z.end());
+    }
     r.samples += b.size();
   }
   model.train(was_training);
+  if (reference)
+    RETORT_CHECK(reference->size(0) == r.samples, "evaluate: reference logits for ", reference->size(0),
+                 " samples, but the loader gave ", r.samples);
   if (r.samples > 0) {
     r.top1 = 100.0 * static_cast<double>(top1) / static_cast<double>(r.samples);
     r.top5 = 100.0 * static_cast<double>(top5) / static_cast<double>(r.samples);
     r.loss = loss_sum / static_cast<double>(r.samples);
+    if (reference) {
+      r.agreement = 100.0 * static_cast<double>(agree) / static_cast<double>(r.samples);
+      r.kl = kl_sum / static_cast<double>(r.samples);
+    }
   }
+  if (logits_out) *logits_out = Tensor::from_vector(all, {r.samples, k}, DType::F32);
   return r;
 }
 
@@ -222,6 +271,13 @@ KernelSwitches::~KernelSwitches() {
 
 std::string KernelSwitches::describe() const {
   return detail::cat("math ", math_, deterministic_ ? ", deterministic" : ", kernels chosen by speed");
+}
+
+void Trainer::set_reference_logits(Tensor logits) {
+  RETORT_CHECK(logits.dim() == 2 && logits.size(0) == static_cast<int64_t>(test_loader_->dataset().size()),
+               "reference logits ", shape_str(logits.shape()), " for a test set of ", test_loader_->dataset().size(),
+               " samples: expected [", test_loader_->dataset().size(), ", classes]");
+  reference_logits_ = std::move(logits);
 }
 
 // ---- pictures --------------------------------------------------------------------------------------
@@ -599,7 +655,8 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
             {"train_top1", 100.0 * correct / std::max<int64_t>(seen, 1)}};
     if (eval_now) {
       evaluated = true;
-      const EvalResult r = evaluate(task_.model(), *test_loader_);
+      const EvalResult r =
+          evaluate(task_.model(), *test_loader_, reference_logits_.defined() ? &reference_logits_ : nullptr);
       summary.last_top1 = r.top1;
       if (r.top1 > pos.best_top1) {
         pos.best_top1 = r.top1;
@@ -608,10 +665,19 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
       ev["test_top1"] = r.top1;
       ev["test_top5"] = r.top5;
       ev["test_loss"] = r.loss;
-      char buf[160];
+      char buf[256];
       std::snprintf(buf, sizeof buf, "epoch %d/%d test top-1 %.2f%% top-5 %.2f%% loss %.4f (best %.2f%% at epoch %d)",
                     epoch_done, epochs, r.top1, r.top5, r.loss, pos.best_top1, pos.best_epoch);
-      log(buf);
+      std::string line = buf;
+      if (r.agreement >= 0) {
+        ev["test_agreement"] = r.agreement;
+        ev["test_kl_teacher"] = r.kl;
+        summary_extra_["last_agreement"] = r.agreement;
+        summary_extra_["last_kl_teacher"] = r.kl;
+        std::snprintf(buf, sizeof buf, "; agrees with the teacher on %.2f%%, KL from it %.4f", r.agreement, r.kl);
+        line += buf;
+      }
+      log(line);
     }
     run_.append_metric(ev);
     if (picture_loader_ && (epoch_done % cfg_.log.pictures_every_epochs == 0 || epoch_done == epochs))

@@ -95,10 +95,17 @@ class ClassifierTask : public TrainingTask {
 struct EvalResult {
   double top1 = 0, top5 = 0, loss = 0;  // percentages and mean cross-entropy
   int64_t samples = 0;
+  // Against reference logits (a distillation's teacher), when given: how often the two top-1s agree
+  // (percent) and the mean KL(softmax(reference) || softmax(model)) at temperature 1 — the student's
+  // fidelity to its teacher, apart from its accuracy. Negative when no reference was given.
+  double agreement = -1, kl = -1;
 };
 
-// Top-1/top-5 accuracy and mean cross-entropy of `model` (eval mode, no grad) over the loader.
-EvalResult evaluate(Module& model, DataLoader& loader);
+// Top-1/top-5 accuracy and mean cross-entropy of `model` (eval mode, no grad) over the loader, which
+// must not shuffle. `reference`: [samples, classes] logits of another model on the same loader (any
+// device), for EvalResult::agreement and kl. `logits_out`: receives the model's logits, [samples,
+// classes] on the host.
+EvalResult evaluate(Module& model, DataLoader& loader, const Tensor* reference = nullptr, Tensor* logits_out = nullptr);
 
 // Datasets as the config describes them (train_limit/test_limit applied).
 // data.held_out > 0 moves the last held_out training samples into `held_out` before train_limit
@@ -160,6 +167,10 @@ class Trainer {
   // goes (device, math, deterministic, data.root, epochs, the teacher's file) are always allowed and
   // logged; those with no effect on the result (name, output_dir, log.*, num_workers, ...) pass.
   void set_allow_config_change(bool on) { allow_config_change_ = on; }
+  // The teacher's test logits ([test samples, classes], from evaluate's logits_out): every evaluation
+  // then also reports the student's agreement with it and the KL from it (log line, metrics
+  // test_agreement / test_kl_teacher, summary.json last_agreement / last_kl_teacher).
+  void set_reference_logits(Tensor logits);
 
   Optimizer& optimizer() { return *optimizer_; }
   const KernelSwitches& switches() const { return *switches_; }
@@ -192,6 +203,7 @@ class Trainer {
   std::unique_ptr<LrSchedule> schedule_;
   bool tty_ = false;
   bool allow_config_change_ = false;
+  Tensor reference_logits_;  // set_reference_logits; undefined: none
   Json summary_extra_ = Json::object();
 };
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # retort-inspect --distill end to end on synthetic data: a 1-epoch teacher from retort-train, then one
 # SoKD step of a config that distils from it (also with --set) — the terms, the strategy's view (sub-policy, mask grid),
-# the dump file and the loss graph; SoKD around KD (the refined teacher logits). Usage: inspect_distill.sh BIN_DIR
+# the dump file, the pictures and the loss graph; SoKD around KD (the refined teacher logits); a KD run's
+# agreement with the teacher. Usage: inspect_distill.sh BIN_DIR
 set -euo pipefail
 bin=$1
 tmp=$(mktemp -d)
@@ -69,4 +70,15 @@ set +e
 err=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --checkpoint "$tmp/nope.safetensors" 2>&1); rc=$?
 set -e
 [ "$rc" = 2 ] && grep -qF "nope.safetensors" <<<"$err" || { echo "FAIL: rc $rc, '$err'"; exit 1; }
+# retort-distill from the same teacher: every evaluation reports the student's agreement with the
+# teacher's test predictions and the KL from them, in the log and summary.json.
+cat > "$tmp/kd.json" <<JSON
+{"schema_version": 1, "experiment": {"name": "k", "seed": 0, "output_dir": "$tmp"}, $data,
+ "model": {"arch": "resnet8"}, "teacher": {"arch": "resnet8", "checkpoint": "$tmp/teacher/model.safetensors"},
+ "distill": {"terms": [{"type": "ce", "weight": 0.1}, {"type": "kd", "weight": 0.9}]}, $solver}
+JSON
+out=$("$bin/retort-distill" "$tmp/kd.json" --run-dir "$tmp/kd" 2>&1)
+grep -qE "test top-1 .*; agrees with the teacher on [0-9.]+%, KL from it [0-9.]+" <<<"$out" ||
+  { echo "FAIL: no agreement with the teacher in: $out"; exit 1; }
+grep -qE '"last_agreement": [0-9.]+' "$tmp/kd/summary.json" || { echo "FAIL: summary.json lacks last_agreement"; exit 1; }
 echo "inspect_distill: ok"

@@ -14,8 +14,10 @@
 #include "engine/cpu/cpu_backend.h"
 #include "engine/functions.h"
 #include "models/registry.h"
+#include "tests/common/expect.h"
 
 using namespace retort;
+using retort::testing::expect_error;
 namespace fs = std::filesystem;
 
 namespace {
@@ -366,6 +368,53 @@ TEST(Trainer, ResumeRefusesACheckpointWithAChangedByte) {
     EXPECT_NE(msg.find("tensor 'model.layer1.0.conv2.weight'"), std::string::npos) << msg;
     EXPECT_NE(msg.find("does not match the CRC32"), std::string::npos) << msg;
   }
+}
+
+// evaluate() against reference logits: the model against itself agrees everywhere with KL 0; against
+// confident one-hot logits at the labels its agreement is its top-1 and the KL its cross-entropy.
+TEST(Trainer, EvaluateAgainstReferenceLogits) {
+  const ExperimentConfig cfg = tiny_config("reference", 1);
+  auto model = make_model(cfg);
+  DataSplits data = load_datasets(cfg.data);
+  DataLoader loader(data.test, LoaderOptions{5, false, false, 0, 0}, eval_transform(cfg.data));
+  Tensor own;
+  const EvalResult plain = evaluate(*model, loader, nullptr, &own);
+  ASSERT_GT(plain.samples, 5);
+  EXPECT_LT(plain.agreement, 0);
+  EXPECT_EQ(own.shape(), (Shape{plain.samples, 4}));
+  const EvalResult self = evaluate(*model, loader, &own);
+  EXPECT_EQ(self.agreement, 100.0);
+  EXPECT_EQ(self.kl, 0.0);
+  EXPECT_EQ(self.top1, plain.top1);
+  std::vector<double> onehot(static_cast<size_t>(plain.samples * 4), 0.0);
+  loader.start_epoch(0);
+  Batch b;
+  int64_t i = 0;
+  while (loader.next(b))
+    for (double y : b.targets.to_vector()) onehot[static_cast<size_t>(i++ * 4 + static_cast<int64_t>(y))] = 100.0;
+  const Tensor labels = Tensor::from_vector(onehot, {plain.samples, 4});
+  const EvalResult vs_labels = evaluate(*model, loader, &labels);
+  EXPECT_DOUBLE_EQ(vs_labels.agreement, plain.top1);
+  EXPECT_NEAR(vs_labels.kl, plain.loss, 1e-5 * plain.loss);
+  // A reference of another size is refused, by evaluate and by the Trainer.
+  const Tensor short_ref = Tensor::zeros({plain.samples - 1, 4});
+  expect_error([&] { evaluate(*model, loader, &short_ref); }, {"reference logits [", "do not cover"});
+  ClassifierTask task(model);
+  RunDir run(fresh_dir("reference"));
+  Trainer trainer(cfg, task, data, run);
+  expect_error([&] { trainer.set_reference_logits(short_ref); }, {"reference logits [", "expected ["});
+  // With one, every evaluation reports the agreement and the KL (metrics and summary).
+  trainer.set_reference_logits(own);
+  trainer.fit("", 0);
+  std::ifstream metrics(run.file("metrics.jsonl"));
+  const std::string events((std::istreambuf_iterator<char>(metrics)), {});
+  EXPECT_NE(events.find("\"test_agreement\":"), std::string::npos) << events;
+  EXPECT_NE(events.find("\"test_kl_teacher\":"), std::string::npos) << events;
+  std::ifstream summary(run.file("summary.json"));
+  const Json sj = Json::parse(summary);
+  EXPECT_GE(sj.at("last_agreement").get<double>(), 0.0);
+  EXPECT_LE(sj.at("last_agreement").get<double>(), 100.0);
+  EXPECT_GE(sj.at("last_kl_teacher").get<double>(), 0.0);
 }
 
 TEST(Trainer, NonFiniteLossStopsWithStepAndHint) {

@@ -5,9 +5,12 @@
 //
 //   retort-eval runs/fmnist_teacher/model.safetensors [--split test] [--data-root DIR] [--device cuda] [--json]
 //   retort-eval imported_resnet32x4.safetensors --config configs/cifar100/kd_resnet32x4_resnet8x4.json
+//   retort-eval runs/kd/model.safetensors --against runs/teacher/model.safetensors
+//                                  also: how often the two models' top-1 agree, and KL(against || model)
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -19,7 +22,8 @@ using namespace retort;
 
 int main(int argc, char** argv) {
   CLI::App cli{"Retort: evaluate a trained model on a dataset"};
-  std::string path, split = "test", dataset, root, arch, config_path, device = "cpu", math = "ieee";
+  std::string path, split = "test", dataset, root, arch, config_path, device = "cpu", math = "ieee", against,
+      against_arch;
   int64_t batch_size = 256;
   bool json_out = false;
   cli.add_option("model", path, "model.safetensors of a run, or a checkpoint")->required();
@@ -31,6 +35,8 @@ int main(int argc, char** argv) {
   cli.add_option("--batch-size", batch_size, "Evaluation batch size");
   cli.add_option("--device", device, "cpu | cuda | cuda:N");
   cli.add_option("--math", math, "Convolution arithmetic, as experiment.math: ieee | bf16, winograd (CPU) | tf32 (CUDA)");
+  cli.add_option("--against", against, "A second model (e.g. the teacher): also report the top-1 agreement with it and KL(it || model)");
+  cli.add_option("--against-arch", against_arch, "Architecture of --against (default: its metadata)");
   cli.add_flag("--json", json_out, "Print the result as one JSON object");
   CLI11_PARSE(cli, argc, argv);
 
@@ -39,11 +45,28 @@ int main(int argc, char** argv) {
     app::as_usage([&] { app::check_device(dev, "--device"); return 0; });
     // Inference may choose kernels by speed (deterministic false), as evaluation always has.
     const auto switches = app::as_usage([&] { return std::make_unique<KernelSwitches>(math, false, dev, "--math"); });
-    SafetensorsFile f = load_safetensors(path);
-    auto meta = [&](const std::string& k) {
-      auto it = f.metadata.find(k);
-      return it == f.metadata.end() ? std::string() : it->second;
+    // A model file's state (exported models hold it as is; checkpoints prefix it with "model.") and
+    // metadata.
+    struct ModelFile {
+      std::map<std::string, std::string> metadata;
+      StateDict state;
+      std::string meta(const std::string& k) const {
+        auto it = metadata.find(k);
+        return it == metadata.end() ? std::string() : it->second;
+      }
     };
+    auto read = [](const std::string& file) {
+      SafetensorsFile f = load_safetensors(file);
+      ModelFile m{std::move(f.metadata), {}};
+      const bool checkpoint = m.meta("format") == "retort-checkpoint-1";
+      for (auto& [k, t] : f.tensors) {
+        if (!checkpoint) m.state.emplace_back(k, t);
+        else if (k.rfind("model.", 0) == 0) m.state.emplace_back(k.substr(6), t);
+      }
+      return m;
+    };
+    const ModelFile f = read(path);
+    auto meta = [&](const std::string& k) { return f.meta(k); };
     if (arch.empty()) arch = meta("arch");
     if (arch.empty()) throw app::UsageError(path + ": no architecture in the metadata; pass --arch");
     DataConfig data_cfg;
@@ -63,36 +86,46 @@ int main(int argc, char** argv) {
     if (!root.empty()) cfg.data.root = root;
     cfg.data.train_limit = cfg.data.test_limit = 0;
 
-    // Exported models hold the state as is; checkpoints prefix it with "model.".
-    const bool checkpoint = meta("format") == "retort-checkpoint-1";
-    StateDict state;
-    for (auto& [k, t] : f.tensors) {
-      if (!checkpoint) state.emplace_back(k, t);
-      else if (k.rfind("model.", 0) == 0) state.emplace_back(k.substr(6), t);
-    }
     const DataSplits data = load_datasets(cfg.data);
     auto ds = split == "test" ? data.test : data.train;
     const Shape s = ds->sample_shape();
-    Generator gen(0);
-    auto model = app::as_usage([&] { return create_model(arch, ModelOptions{ds->num_classes(), s[0], s[1]}, gen); });
-    try {
-      model->load_state_dict(state);
-    } catch (const Error& e) {
-      RETORT_FAIL(path, ": ", e.what());
-    }
-    model->to(dev);
+    auto build = [&](const std::string& file, const std::string& name, const StateDict& state) {
+      Generator gen(0);
+      auto m = app::as_usage([&] { return create_model(name, ModelOptions{ds->num_classes(), s[0], s[1]}, gen); });
+      try {
+        m->load_state_dict(state);
+      } catch (const Error& e) {
+        RETORT_FAIL(file, ": ", e.what());
+      }
+      m->to(dev);
+      return m;
+    };
+    auto model = build(path, arch, f.state);
     DataLoader loader(ds, LoaderOptions{batch_size, false, false, 2, 0}, eval_transform(cfg.data));
-    const EvalResult r = evaluate(*model, loader);
+    // --against: the second model on the same data first, its logits the reference for the first.
+    Tensor reference;
+    EvalResult other;
+    if (!against.empty()) {
+      const ModelFile g = read(against);
+      if (against_arch.empty()) against_arch = g.meta("arch");
+      if (against_arch.empty()) throw app::UsageError(against + ": no architecture in the metadata; pass --against-arch");
+      other = evaluate(*build(against, against_arch, g.state), loader, nullptr, &reference);
+    }
+    const EvalResult r = evaluate(*model, loader, against.empty() ? nullptr : &reference);
     if (json_out) {
-      std::printf("%s\n", Json{{"model", path}, {"arch", arch}, {"dataset", cfg.data.dataset}, {"split", split},
-                               {"samples", r.samples}, {"top1", r.top1}, {"top5", r.top5}, {"loss", r.loss},
-                               {"math", math}}
-                              .dump()
-                              .c_str());
+      Json j{{"model", path}, {"arch", arch}, {"dataset", cfg.data.dataset}, {"split", split}, {"samples", r.samples},
+             {"top1", r.top1}, {"top5", r.top5}, {"loss", r.loss}, {"math", math}};
+      if (!against.empty())
+        j["against"] = {{"model", against}, {"arch", against_arch}, {"top1", other.top1},
+                        {"agreement", r.agreement}, {"kl", r.kl}};
+      std::printf("%s\n", j.dump().c_str());
     } else {
       std::printf("%s (%s) on %s %s, %lld samples: top-1 %.2f%%  top-5 %.2f%%  loss %.4f%s\n", path.c_str(),
                   arch.c_str(), cfg.data.dataset.c_str(), split.c_str(), static_cast<long long>(r.samples),
                   r.top1, r.top5, r.loss, math == "ieee" ? "" : ("  (math " + math + ")").c_str());
+      if (!against.empty())
+        std::printf("  against %s (%s, top-1 %.2f%%): top-1 agreement %.2f%%, KL(it || model) %.4f\n", against.c_str(),
+                    against_arch.c_str(), other.top1, r.agreement, r.kl);
     }
     return app::kOk;
   });

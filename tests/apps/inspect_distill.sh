@@ -2,7 +2,7 @@
 # retort-inspect --distill end to end on synthetic data: a 1-epoch teacher from retort-train, then one
 # SoKD step of a config that distils from it (also with --set) — the terms, the strategy's view (sub-policy, mask grid),
 # the dump file, the pictures and the loss graph; SoKD around KD (the refined teacher logits); a KD run's
-# agreement with the teacher. Usage: inspect_distill.sh BIN_DIR
+# agreement with the teacher, and retort-eval --against. Usage: inspect_distill.sh BIN_DIR
 set -euo pipefail
 bin=$1
 tmp=$(mktemp -d)
@@ -81,4 +81,18 @@ out=$("$bin/retort-distill" "$tmp/kd.json" --run-dir "$tmp/kd" 2>&1)
 grep -qE "test top-1 .*; agrees with the teacher on [0-9.]+%, KL from it [0-9.]+" <<<"$out" ||
   { echo "FAIL: no agreement with the teacher in: $out"; exit 1; }
 grep -qE '"last_agreement": [0-9.]+' "$tmp/kd/summary.json" || { echo "FAIL: summary.json lacks last_agreement"; exit 1; }
+# retort-eval --against measures the same afterwards from the two model files.
+want=$(sed -n 's/.*"last_agreement": \([0-9.e-]*\).*/\1/p' "$tmp/kd/summary.json")
+ev=$("$bin/retort-eval" "$tmp/kd/model.safetensors" --against "$tmp/teacher/model.safetensors" --json)
+got=$(sed -n 's/.*"agreement":\([0-9.e-]*\).*/\1/p' <<<"$ev")
+[ -n "$want" ] && [ "$got" = "$want" ] || { echo "FAIL: retort-eval --against agreement '$got', the run's '$want': $ev"; exit 1; }
+want=$(sed -n 's/.*"last_kl_teacher": \([0-9.e-]*\).*/\1/p' "$tmp/kd/summary.json")
+got=$(sed -n 's/.*"kl":\([0-9.e-]*\).*/\1/p' <<<"$ev")
+# (Same within rounding: the run evaluates in batches of 32, retort-eval of 256.)
+[ -n "$want" ] && awk -v a="$got" -v b="$want" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a != "" && d <= 1e-6 * b) }' ||
+  { echo "FAIL: retort-eval --against KL '$got', the run's '$want': $ev"; exit 1; }
+set +e
+err=$("$bin/retort-eval" "$tmp/kd/model.safetensors" --against "$tmp/nope.safetensors" 2>&1); rc=$?
+set -e
+[ "$rc" = 2 ] && grep -qF "nope.safetensors" <<<"$err" || { echo "FAIL: --against a missing file: rc $rc, '$err'"; exit 1; }
 echo "inspect_distill: ok"

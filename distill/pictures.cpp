@@ -237,7 +237,7 @@ int64_t write_step_pictures(const std::string& dir, const Tensor& inputs, const 
     if (!y.empty()) row += "<br>label " + number(y[static_cast<size_t>(i)]);
     if (k > 0) {
       const double* zi = z.data() + i * k;
-      row += "<br>student says " + std::to_string(std::max_element(zi, zi + k) - zi);
+      row += "<br>predicted " + std::to_string(std::max_element(zi, zi + k) - zi);
     }
     row += "</td><td>" + save(input, s + "_input.png") + "</td>";
     for (size_t v = 0; v < views.size(); ++v) {

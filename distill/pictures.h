@@ -58,7 +58,7 @@ std::string html_escape(const std::string& s);
 void write_png(const std::string& path, const RgbImage& image);
 
 // One step's pictures: `inputs` [B, C, H, W] (normalised as the config says), `targets` [B] and the
-// student's `logits` [B, K] (for the row titles, may be undefined), and `views`: name -> tensor of
+// model's (the student's) `logits` [B, K] (the row titles: label and top-1; may be undefined), and `views`: name -> tensor of
 // [B, C, h, w] (features) or [B, h, w] (maps, masks) in F32 or F64; other views (logits, integer boxes
 // and indices) are listed on the page with their shapes but not drawn. `scale` 0: the smallest that
 // makes pictures at least 96 pixels high. Writes DIR/index.html and DIR/sample<i>_<n>.png for every

@@ -193,7 +193,7 @@ TEST(Pictures, AStepsPageHasARowPerSampleAndAColumnPerView) {
   page << in.rdbuf();
   const std::string html = page.str();
   for (const char* want : {"a &lt;test&gt; step", "student.layer1", "term.sokd.mask on the input",
-                           "label 2", "student says 1", "student says 0", "Not drawn", "term.kd.logits f64[2, 3]", "term.sokd.boxes i64[2, 2, 8]",
+                           "label 2", "predicted 1", "predicted 0", "Not drawn", "term.kd.logits f64[2, 3]", "term.sokd.boxes i64[2, 2, 8]",
                            "src=\"sample1_term.sokd.mask.png\"", "<code>term sokd (sokd): sub-policy 3 &amp; more</code>"})
     EXPECT_NE(html.find(want), std::string::npos) << want;
   // A view whose batch is not the inputs' is refused, naming it.

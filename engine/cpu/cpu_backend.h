@@ -75,6 +75,16 @@ void host_empty_cache();
 // RETORT_HOST_MEMORY_LIMIT). Returns the previous cap. The machine's own headroom is checked either way
 // (memory.cpp).
 size_t set_host_memory_limit(size_t bytes);
+// What the machine can still give this process before the kernel's OOM killer acts: MemAvailable of
+// `meminfo`, and the least headroom (memory.max less the non-page-cache part of memory.current) of the
+// process's cgroup v2 group (from `proc_cgroup`) and every group above it under `cgroup_root`. bytes is
+// SIZE_MAX when nothing could be read; source says what limits it. (Parameters: for tests; the allocator
+// reads /proc/meminfo, /proc/self/cgroup and /sys/fs/cgroup.)
+struct Headroom {
+  size_t bytes = SIZE_MAX;
+  std::string source;
+};
+Headroom host_memory_headroom(const std::string& meminfo, const std::string& proc_cgroup, const std::string& cgroup_root);
 
 // Hot inner loops (one row of a kernel, no OpenMP parallel region inside) are compiled three times —
 // AVX-512 (x86-64-v4), AVX2 + FMA (x86-64-v3) and the baseline x86-64 the rest of the build targets —

@@ -11,10 +11,10 @@
 //
 // Out of memory. Linux overcommits: malloc of a block that does not fit rarely fails, and the kernel's
 // OOM killer later ends the process without a word. So before a large block is taken fresh from the
-// system, the machine's headroom is read — MemAvailable from /proc/meminfo and, in a container, the
-// cgroup's memory.max less what it uses (page cache counted as free) — and a block that would leave less
-// than kReserve of it is refused with an Error saying what was asked, what is left and what Retort holds
-// (after the cache was emptied and the headroom read again). RETORT_HOST_MEMORY_LIMIT (bytes, or with a
+// system, the machine's headroom is read — MemAvailable from /proc/meminfo and the cgroup v2 limits of
+// the process's group and the groups above it (host_memory_headroom, page cache counted as free) — and a
+// block that would leave less than kReserve of it is refused with an Error saying what was asked, what
+// is left and what Retort holds (after the cache was emptied and the headroom read again). RETORT_HOST_MEMORY_LIMIT (bytes, or with a
 // K/M/G suffix: "6G") caps what Retort holds in large blocks, cached ones included — to leave room for
 // other work on the machine, or to see whether a config would fit on a smaller one.
 #include <cctype>
@@ -83,25 +83,7 @@ std::optional<size_t> field_in(const std::string& path, const std::string& key) 
   return std::nullopt;
 }
 
-struct Headroom {
-  size_t bytes = SIZE_MAX;  // SIZE_MAX: nothing could be read
-  std::string source;  // what limited it, for the message
-};
-
-// What the machine can still give this process.
-Headroom machine_headroom() {
-  Headroom h;
-  if (const auto avail = field_in("/proc/meminfo", "MemAvailable")) h = {*avail, "MemAvailable " + mib(*avail)};
-  // cgroup v2: the limit of this process's group (the root's files are what a container sees as /).
-  const auto max = number_in("/sys/fs/cgroup/memory.max"), current = number_in("/sys/fs/cgroup/memory.current");
-  if (max && current) {
-    const size_t file = field_in("/sys/fs/cgroup/memory.stat", "file").value_or(0);  // page cache: reclaimable
-    const size_t used = *current > file ? *current - file : 0;
-    const size_t left = *max > used ? *max - used : 0;
-    if (left < h.bytes) h = {left, "cgroup memory.max " + mib(*max) + ", " + mib(used) + " of it in use"};
-  }
-  return h;
-}
+Headroom machine_headroom() { return host_memory_headroom("/proc/meminfo", "/proc/self/cgroup", "/sys/fs/cgroup"); }
 
 // RETORT_HOST_MEMORY_LIMIT in bytes (0: none), read at the first large allocation; set_host_memory_limit
 // replaces it.
@@ -153,6 +135,37 @@ void check_headroom(size_t rounded, size_t nbytes) {
 }
 
 }  // namespace
+
+Headroom host_memory_headroom(const std::string& meminfo, const std::string& proc_cgroup,
+                              const std::string& cgroup_root) {
+  Headroom h;
+  if (const auto avail = field_in(meminfo, "MemAvailable")) h = {*avail, "MemAvailable " + mib(*avail)};
+  // cgroup v2: this process's group is the "0::/path" line of /proc/self/cgroup ("/" inside a container's
+  // own namespace); a limit may sit on it or on any group above it (a Slurm job, a systemd slice).
+  std::string path;
+  {
+    std::ifstream in(proc_cgroup);
+    std::string line;
+    while (std::getline(in, line))
+      if (line.compare(0, 3, "0::") == 0) path = line.substr(3);
+  }
+  while (true) {
+    const std::string dir = cgroup_root + (path == "/" ? "" : path);
+    const auto max = number_in(dir + "/memory.max"), current = number_in(dir + "/memory.current");
+    if (max && current) {
+      const size_t file = field_in(dir + "/memory.stat", "file").value_or(0);  // page cache: reclaimable
+      const size_t used = *current > file ? *current - file : 0;
+      const size_t left = *max > used ? *max - used : 0;
+      if (left < h.bytes)
+        h = {left, "cgroup " + (path.empty() ? std::string("/") : path) + " memory.max " + mib(*max) + ", " +
+                       mib(used) + " of it in use"};
+    }
+    if (path.empty() || path == "/") break;
+    const size_t slash = path.find_last_of('/');
+    path = slash == 0 || slash == std::string::npos ? "/" : path.substr(0, slash);
+  }
+  return h;
+}
 
 size_t set_host_memory_limit(size_t bytes) {
   const size_t old = memory_limit();

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 
 #include "engine/cpu/cpu_backend.h"
@@ -168,6 +169,48 @@ TEST(HostMemory, ABlockBeyondTheMachinesMemoryIsAClearError) {
     EXPECT_TRUE(msg.find("MemAvailable") != std::string::npos || msg.find("cgroup memory.max") != std::string::npos) << msg;
   }
   EXPECT_EQ(Tensor::ones({3}).to_vector(), (std::vector<double>{1, 1, 1}));
+}
+
+// The headroom is the least of MemAvailable and every cgroup v2 limit from the process's group up to the
+// root (a Slurm job's or systemd slice's limit sits above the process's own group), page cache counted
+// as free.
+TEST(HostMemory, HeadroomIsTheTightestOfMemAvailableAndTheCgroupsAbove) {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::path(testing::TempDir()) / "retort_headroom";
+  fs::remove_all(root);
+  auto put = [&](const fs::path& file, const std::string& text) {
+    fs::create_directories(file.parent_path());
+    std::ofstream(file) << text;
+  };
+  const size_t mib = size_t{1} << 20;
+  put(root / "meminfo", "MemTotal:       8000000 kB\nMemAvailable:    4194304 kB\n");  // 4096 MiB
+  put(root / "self_cgroup", "0::/job/step\n");
+  put(root / "cg/job/step/memory.max", "max\n");
+  put(root / "cg/job/step/memory.current", std::to_string(100 * mib) + "\n");
+  put(root / "cg/job/memory.max", std::to_string(1000 * mib) + "\n");
+  put(root / "cg/job/memory.current", std::to_string(700 * mib) + "\n");
+  put(root / "cg/job/memory.stat", "anon 1\nfile " + std::to_string(200 * mib) + "\nfile_mapped 3\n");
+  const std::string meminfo = (root / "meminfo").string(), self = (root / "self_cgroup").string(),
+                    cg = (root / "cg").string();
+  // The job's limit: 1000 - (700 - 200 of page cache) = 500 MiB.
+  cpu::Headroom h = cpu::host_memory_headroom(meminfo, self, cg);
+  EXPECT_EQ(h.bytes, 500 * mib);
+  EXPECT_NE(h.source.find("cgroup /job memory.max 1000.0 MiB, 500.0 MiB of it in use"), std::string::npos) << h.source;
+  // A tighter limit on the process's own group wins; a looser one on the root does not.
+  put(root / "cg/job/step/memory.max", std::to_string(300 * mib) + "\n");
+  put(root / "cg/memory.max", std::to_string(100000 * mib) + "\n");
+  put(root / "cg/memory.current", std::to_string(1 * mib) + "\n");
+  h = cpu::host_memory_headroom(meminfo, self, cg);
+  EXPECT_EQ(h.bytes, 200 * mib);
+  EXPECT_NE(h.source.find("cgroup /job/step"), std::string::npos) << h.source;
+  // No cgroup limits: MemAvailable; nothing readable: unlimited.
+  put(root / "self_cgroup", "0::/\n");
+  fs::remove(root / "cg/memory.max");
+  h = cpu::host_memory_headroom(meminfo, self, cg);
+  EXPECT_EQ(h.bytes, 4096 * mib);
+  EXPECT_NE(h.source.find("MemAvailable 4096.0 MiB"), std::string::npos) << h.source;
+  EXPECT_EQ(cpu::host_memory_headroom((root / "none").string(), (root / "none").string(), cg).bytes, SIZE_MAX);
+  fs::remove_all(root);
 }
 
 // RETORT_HOST_MEMORY_LIMIT / set_host_memory_limit caps what large blocks hold, cached ones included:

@@ -29,11 +29,17 @@ std::vector<double> host_values(const Tensor& t) { return t.to(Device::cpu()).to
 
 uint8_t to_byte(double v) { return static_cast<uint8_t>(std::lround(std::clamp(v, 0.0, 1.0) * 255.0)); }
 
+// The finite minimum and maximum of n values (lo > hi when none is finite).
+std::pair<double, double> finite_range(const double* v, int64_t n) {
+  double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+  for (int64_t i = 0; i < n; ++i)
+    if (std::isfinite(v[i])) lo = std::min(lo, v[i]), hi = std::max(hi, v[i]);
+  return {lo, hi};
+}
+
 // Colours a map of h x w values by its own finite minimum and maximum.
 RgbImage colour_map(const double* v, int64_t h, int64_t w, std::pair<double, double>* range) {
-  double lo = std::numeric_limits<double>::infinity(), hi = -lo;
-  for (int64_t i = 0; i < h * w; ++i)
-    if (std::isfinite(v[i])) lo = std::min(lo, v[i]), hi = std::max(hi, v[i]);
+  const auto [lo, hi] = finite_range(v, h * w);
   if (range) *range = lo <= hi ? std::make_pair(lo, hi) : std::make_pair(std::nan(""), std::nan(""));
   RgbImage out(h, w);
   for (int64_t i = 0; i < h * w; ++i) {
@@ -56,6 +62,12 @@ std::vector<double> attention(const double* v, int64_t c, int64_t hw) {
   return a;
 }
 
+// The heat picture of a map [h, w] (c == 0) or of a feature [c, h, w] through its attention map.
+RgbImage heat_values(const double* v, int64_t c, int64_t h, int64_t w, std::pair<double, double>* range) {
+  if (c == 0) return colour_map(v, h, w, range);
+  return colour_map(attention(v, c, h * w).data(), h, w, range);
+}
+
 RgbImage overlay_values(const RgbImage& base, const double* m, int64_t h, int64_t w) {
   RgbImage out = base;
   for (int64_t y = 0; y < base.height; ++y)
@@ -75,9 +87,7 @@ RgbImage input_values(const double* v, int64_t c, int64_t h, int64_t w, const st
   if (!mean.empty())
     for (int64_t k = 0; k < c; ++k)
       for (int64_t i = 0; i < hw; ++i) x[static_cast<size_t>(k * hw + i)] = x[static_cast<size_t>(k * hw + i)] * std[static_cast<size_t>(k)] + mean[static_cast<size_t>(k)];
-  double lo = std::numeric_limits<double>::infinity(), hi = -lo;
-  for (double e : x)
-    if (std::isfinite(e)) lo = std::min(lo, e), hi = std::max(hi, e);
+  const auto [lo, hi] = finite_range(x.data(), c * hw);
   if (lo <= hi && (lo < 0 || hi > 1))  // not an image in [0, 1]: show it by its own range
     for (double& e : x) e = hi > lo ? (e - lo) / (hi - lo) : 0.0;
   RgbImage out(h, w);
@@ -156,9 +166,7 @@ RgbImage heat_picture(const Tensor& map, std::pair<double, double>* range) {
   RETORT_CHECK(map.dim() == 2 || map.dim() == 3, "pictures: a map is [H, W] or a feature [C, H, W], not ",
                shape_str(map.shape()));
   const std::vector<double> v = host_values(map);
-  const int64_t h = map.size(-2), w = map.size(-1);
-  if (map.dim() == 2) return colour_map(v.data(), h, w, range);
-  return colour_map(attention(v.data(), map.size(0), h * w).data(), h, w, range);
+  return heat_values(v.data(), map.dim() == 3 ? map.size(0) : 0, map.size(-2), map.size(-1), range);
 }
 
 RgbImage mask_overlay(const RgbImage& base, const Tensor& mask) {
@@ -246,8 +254,7 @@ int64_t write_step_pictures(const std::string& dir, const Tensor& inputs, const 
       const int64_t vh = t.size(-2), vw = t.size(-1), per = t.numel() / b;
       const double* d = values[v].data() + i * per;
       std::pair<double, double> range;
-      const RgbImage heat = t.dim() == 3 ? colour_map(d, vh, vw, &range)
-                                         : colour_map(attention(d, t.size(1), vh * vw).data(), vh, vw, &range);
+      const RgbImage heat = heat_values(d, t.dim() == 4 ? t.size(1) : 0, vh, vw, &range);
       const std::string f = file_part(name);
       row += "<td>" + save(heat, s + "_" + f + ".png") + "<br><small>" + number(range.first) + " &ndash; " +
              number(range.second) + "</small></td>";
@@ -265,7 +272,7 @@ int64_t write_step_pictures(const std::string& dir, const Tensor& inputs, const 
       "</h3>\n" + note_html + "<p>Features are shown as their attention map mean<sub>c</sub> x&sup2;, maps and masks as they are; each "
       "picture is coloured by its own range (under it), dark blue = its minimum, yellow = its maximum, magenta = not "
       "finite. Masks are also drawn over the input in red.</p>\n<table>\n" + head + rows + "</table>\n" +
-      (skipped.empty() ? "" : "<p>Not drawn (not a map):</p><ul>\n" + skipped + "</ul>\n") + "</body></html>\n";
+      (skipped.empty() ? "" : "<p>Not drawn (not a floating-point feature or map):</p><ul>\n" + skipped + "</ul>\n") + "</body></html>\n";
   write_file_atomic(dir + "/index.html", page);
   return written;
 }

@@ -358,7 +358,7 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
   Json header = Json::object();
   header["__metadata__"] = Json::object();
   std::vector<Tensor> host;  // the data to write, on the CPU
-  std::string crcs;
+  std::vector<std::string> crcs;  // per tensor, in data order
   uint64_t offset = 0;
   for (const auto& [name, t] : tensors) {
     RETORT_CHECK(!name.empty(), where, ": a tensor has an empty name");
@@ -369,11 +369,11 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
     header[name] = {{"dtype", stored_name(t.dtype())}, {"shape", t.shape()}, {"data_offsets", {offset, offset + n}}};
     offset += n;
     host.push_back(t.device().is_cpu() ? t : t.to(Device::cpu()));
-    crcs += (crcs.empty() ? "" : " ") + hex32(crc32_of(host.back().raw_data(), n));
+    crcs.push_back(hex32(crc32_of(host.back().raw_data(), n)));
   }
   Json& meta = header["__metadata__"];
   for (const auto& [k, v] : metadata) meta[k] = v;
-  if (!tensors.empty()) meta[kSafetensorsChecksumKey] = crcs;
+  if (!tensors.empty()) meta[kSafetensorsChecksumKey] = detail::join(crcs, " ");
   if (meta.empty()) header.erase("__metadata__");
   std::string text;
   try {

@@ -130,7 +130,7 @@ Registry& registry() {
         "conv2d", "batch_norm", "batch_norm_relu",
         "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "interpolate_nearest",
         "affine_grid", "grid_sample",
-        "softmax", "log_softmax", "cross_entropy", "kl_div", "mse_loss", "dropout"};
+        "softmax", "log_softmax", "cross_entropy", "kl_div", "mse_loss", "smooth_l1_loss", "dropout"};
     return reg;
   }();
   return r;

@@ -3,6 +3,7 @@
 
 #include "distill/nodes/feature.h"
 #include "distill/nodes/logit.h"
+#include "distill/nodes/relation.h"
 #include "distill/nodes/sokd.h"
 #include "distill/nodes/stage.h"
 #include "engine/gradcheck.h"
@@ -12,6 +13,7 @@ namespace retort {
 void register_distill_gradchecks() {
   add_gradcheck_family(add_logit_node_checks, logit_node_functions());
   add_gradcheck_family(add_feature_node_checks, feature_node_functions());
+  add_gradcheck_family(add_relation_node_checks, relation_node_functions());
   add_gradcheck_family(add_stage_node_checks, stage_node_functions());
   add_gradcheck_family(add_sokd_node_checks, sokd_node_functions());
 }

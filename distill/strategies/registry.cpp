@@ -11,6 +11,9 @@ void register_builtin_strategies() {
   register_at_strategy();
   register_cwd_strategy();
   register_reviewkd_strategy();
+  register_sp_strategy();
+  register_pkt_strategy();
+  register_rkd_strategy();
   register_generous_teacher_strategy();
   register_mtkd_ssr_strategy();
   register_sokd_strategy();

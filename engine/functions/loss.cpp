@@ -123,6 +123,29 @@ Tensor mse_loss(const Tensor& a, const Tensor& b) {
   });
 }
 
+Tensor smooth_l1_loss(const Tensor& a, const Tensor& b, double beta) {
+  check_same_shape("smooth_l1_loss", a, b, "input", "target");
+  RETORT_CHECK(a.numel() > 0, "smooth_l1_loss: empty input ", a.meta_str());
+  RETORT_CHECK(std::isfinite(beta) && beta > 0, "smooth_l1_loss: beta must be a positive number, got ", beta,
+               " (input ", a.meta_str(), ")");
+  const double inv_n = 1.0 / static_cast<double>(a.numel());
+  Tensor out, diff;
+  {
+    NoGradGuard ng;
+    diff = sub(a, b);
+    // With m = min(|d|, beta): 0.5 m² / beta + (|d| - m) is both branches at once.
+    const Tensor ad = abs(diff);
+    const Tensor m = clamp(ad, 0.0, beta);
+    out = affine(sum(add(affine(mul(m, m), 0.5 / beta, 0.0), sub(ad, m))), inv_n, 0.0);
+  }
+  return record(out, "SmoothL1LossBackward", {a, b},
+                [d = saved(diff), beta, inv_n](const Tensor& g, const Node& node) {
+                  const Tensor ga = mul(clamp(d, -beta, beta), affine(g, inv_n / beta, 0.0));
+                  return std::vector<Tensor>{node.needs_grad(0) ? ga : Tensor(),
+                                             node.needs_grad(1) ? neg(ga) : Tensor()};
+                });
+}
+
 Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
   fn::check_float("dropout", x);
   RETORT_CHECK(p >= 0.0 && p < 1.0, "dropout: probability p must be in [0, 1), got ", p);

@@ -16,6 +16,10 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, double label_s
 Tensor kl_div(const Tensor& input, const Tensor& target);
 // Mean squared error over all elements.
 Tensor mse_loss(const Tensor& a, const Tensor& b);
+// F.smooth_l1_loss(a, b, beta=beta), mean over all elements: with d = a - b, 0.5 d² / beta where
+// |d| < beta, |d| - 0.5 beta elsewhere (the Huber loss divided by beta). beta > 0. Differentiable in
+// both; the gradient clamp(d, -beta, beta) / beta / n is continuous.
+Tensor smooth_l1_loss(const Tensor& a, const Tensor& b, double beta = 1.0);
 // Zeroes each element with probability p and scales the rest by 1/(1-p) when training; identity
 // otherwise. The mask comes from `gen`, so a seed fixes it.
 Tensor dropout(const Tensor& x, double p, bool training, Generator& gen);

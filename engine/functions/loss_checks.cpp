@@ -48,6 +48,13 @@ void add_loss_checks(std::vector<GradcheckCase>& out) {
                  [](Generator& g) { return Inputs{gc_randn({3, 4}, g), gc_randn({3, 4}, g)}; },
                  [](const Inputs& in) { return mse_loss(in[0], in[1]); }});
 
+  // Scaled so that both branches (|d| < beta and beyond) are hit, at two betas.
+  for (double beta : {1.0, 0.3}) {
+    out.push_back({beta == 1.0 ? "smooth_l1_loss.beta1" : "smooth_l1_loss.beta0_3", "smooth_l1_loss",
+                   [](Generator& g) { return Inputs{gc_randn({3, 5}, g), gc_randn({3, 5}, g)}; },
+                   [beta](const Inputs& in) { return smooth_l1_loss(in[0], in[1], beta); }});
+  }
+
   // A generator seeded inside fn, so every finite-difference evaluation draws the same mask.
   out.push_back({"dropout.p0_3", "dropout", [](Generator& g) { return Inputs{gc_randn({4, 5}, g)}; },
                  [](const Inputs& in) {

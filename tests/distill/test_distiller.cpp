@@ -65,6 +65,10 @@ TEST(Strategies, EveryBuiltinTrainsOneStep) {
       R"([{"type": "at"}])",
       R"([{"type": "cwd"}])",
       R"([{"type": "reviewkd"}])",
+      R"([{"type": "sp"}])",
+      R"([{"type": "sp", "params": {"student_taps": ["layer2", "layer3"]}}])",
+      R"([{"type": "pkt"}])",
+      R"([{"type": "rkd", "params": {"angle_weight": 0}}, {"type": "ce"}])",
       R"([{"type": "ce"}, {"type": "generous_teacher", "weight": 8}])",
       R"([{"type": "generous_teacher", "params": {"select": "teacher_correct", "tckd_weight": 1}}])",
       R"([{"type": "ce"}, {"type": "mtkd_ssr"}])",
@@ -78,7 +82,7 @@ TEST(Strategies, EveryBuiltinTrainsOneStep) {
   }
   // Connectors bridge different widths: resnet8 (16..64 channels) from resnet8x4 (64..256).
   for (const char* c : {R"([{"type": "fitnet"}])", R"([{"type": "cwd"}])", R"([{"type": "reviewkd"}])",
-                        R"([{"type": "mtkd_ssr"}])"})
+                        R"([{"type": "mtkd_ssr"}])", R"([{"type": "sp"}, {"type": "pkt"}, {"type": "rkd"}])"})
     one_step(c, "resnet8", "resnet8x4");
 }
 
@@ -203,6 +207,11 @@ TEST(Distiller, ConfigErrorsNameTheTerm) {
   expect_error(R"([{"type": "mtkd_ssr", "params": {"teacher_stages": ["layer1"]}}])",
                "1 teacher stages for 3 student stages");
   expect_error(R"([{"type": "mtkd_ssr", "params": {"crd_weight": -1}}])", "crd_weight: must be finite and >= 0");
+  expect_error(R"([{"type": "sp", "params": {"teacher_taps": ["layer2", "layer3"]}}])",
+               "2 teacher taps for 1 student taps");
+  expect_error(R"([{"type": "rkd", "params": {"distance_weight": -2}}])", "distill.terms[0].params.distance_weight: must be >= 0");
+  expect_error(R"([{"type": "rkd", "params": {"distance_weight": 0, "angle_weight": 0}}])", "both 0");
+  expect_error(R"([{"type": "pkt", "params": {"student_taps": ":pooled"}}])", "did you mean distill.terms[0].params.student_tap");
 }
 
 TEST(Distiller, UnbridgeableFeaturesAndMissingTeacherAreClearErrors) {

@@ -30,6 +30,7 @@
 #include "distill/connectors.h"
 #include "distill/nodes/feature.h"
 #include "distill/nodes/logit.h"
+#include "distill/nodes/relation.h"
 #include "distill/nodes/sokd.h"
 #include "distill/nodes/stage.h"
 #include "models/registry.h"
@@ -912,6 +913,9 @@ TEST(CudaParity, Losses) {
     const Tensor a = Tensor::randn({5, 7, 3}, gen, dt), b = Tensor::randn({5, 7, 3}, gen, dt);
     check_parity(label("mse_loss", dt, a.shape()), {In(a, true, "a"), In(b, true, "b")},
                  [](const Ts& t) { return retort::mse_loss(t[0], t[1]); }, Kind::Reduction, Kind::Reduction);
+    check_parity(label("smooth_l1_loss beta 0.5", dt, a.shape()), {In(a, true, "a"), In(b, true, "b")},
+                 [](const Ts& t) { return retort::smooth_l1_loss(t[0], t[1], 0.5); }, Kind::Reduction,
+                 Kind::Reduction);
     // dropout draws its mask on the host from the Generator: one seed, one mask on every device.
     for (double p : {0.3, 0.9})
       check_parity(label("dropout p " + std::to_string(p), dt, a.shape()), {a},
@@ -941,6 +945,27 @@ TEST(CudaParity, FeatureDistillationLosses) {
                  [](const Ts& t) { return retort::cwd_loss(t[0], t[1], 4.0); }, Kind::Reduction, Kind::Reduction);
     check_parity(label("hcl_loss", dt, fs.shape()), {In(fs, true, "student"), In(ft_same, true, "teacher")},
                  [](const Ts& t) { return retort::hcl_loss(t[0], t[1]); }, Kind::Reduction, Kind::Reduction);
+  }
+}
+
+// The relation losses (distill/nodes/relation.h): matmuls, reductions and elementwise engine functions
+// on either device; embeddings of different widths, as a student's and a teacher's are.
+TEST(CudaParity, RelationDistillationLosses) {
+  REQUIRE_GPU();
+  Generator gen(17);
+  for (DType dt : kFloatTypes) {
+    const Tensor es = Tensor::randn({16, 32}, gen, dt), et = Tensor::randn({16, 48}, gen, dt),
+                 fs = Tensor::randn({16, 4, 4, 4}, gen, dt);
+    check_parity(label("sp_loss", dt, fs.shape()), {In(fs, true, "student"), In(et, true, "teacher")},
+                 [](const Ts& t) { return retort::sp_loss(t[0], t[1]); }, Kind::Reduction, Kind::Reduction);
+    check_parity(label("pkt_loss", dt, es.shape()), {In(es, true, "student"), In(et, true, "teacher")},
+                 [](const Ts& t) { return retort::pkt_loss(t[0], t[1]); }, Kind::Reduction, Kind::Reduction);
+    check_parity(label("rkd_distances", dt, es.shape()), {es},
+                 [](const Ts& t) { return retort::rkd_distances(t[0]); }, Kind::Reduction, Kind::Reduction);
+    check_parity(label("rkd_angles", dt, es.shape()), {es}, [](const Ts& t) { return retort::rkd_angles(t[0]); },
+                 Kind::Reduction, Kind::Reduction);
+    check_parity(label("rkd_loss 25 / 50", dt, es.shape()), {In(es, true, "student"), fixed(et, "teacher")},
+                 [](const Ts& t) { return retort::rkd_loss(t[0], t[1]); }, Kind::Reduction, Kind::Reduction);
   }
 }
 

@@ -61,6 +61,8 @@ TEST(GoldenOps, SoftmaxAndLosses) {
   check_case("cross_entropy_ls", [](const auto& in) { return cross_entropy(in[0], in[1], 0.1); });
   check_case("kl_div_batchmean", [](const auto& in) { return kl_div(log_softmax(in[0], 1), softmax(in[1], 1)); });
   check_case("mse_loss", [](const auto& in) { return mse_loss(in[0], in[1]); });
+  check_case("smooth_l1_loss", [](const auto& in) { return smooth_l1_loss(in[0], in[1]); });
+  check_case("smooth_l1_loss_beta0_5", [](const auto& in) { return smooth_l1_loss(in[0], in[1], 0.5); });
 }
 
 TEST(GoldenOps, ReductionsAndShapes) {

@@ -120,6 +120,19 @@ TEST(MseLoss, MeanOfSquaredDifferences) {
   expect_near(b.grad(), {-1, 2});
 }
 
+TEST(SmoothL1Loss, BothBranchesAndTheirGradients) {
+  // beta 1: d = 0.5 -> 0.125, d = -2 -> 1.5, d = 1 -> 0.5 (both branches meet), d = 0 -> 0.
+  expect_near(smooth_l1_loss(t64({0.5, -2, 1, 3}, {4}), t64({0, 0, 0, 3}, {4})), {(0.125 + 1.5 + 0.5 + 0) / 4});
+  // beta 0.5: d = 0.25 -> 0.0625, d = 2 -> 1.75.
+  expect_near(smooth_l1_loss(t64({0.25, 2}, {2}), t64({0, 0}, {2}), 0.5), {(0.0625 + 1.75) / 2});
+  Tensor a = t64({0.5, -2, 0.1}, {3}).set_requires_grad(), b = t64({0, 0, 0}, {3}).set_requires_grad();
+  smooth_l1_loss(a, b).backward();
+  expect_near(a.grad(), {0.5 / 3, -1.0 / 3, 0.1 / 3});  // clamp(d, -1, 1) / n
+  expect_near(b.grad(), {-0.5 / 3, 1.0 / 3, -0.1 / 3});
+  expect_error([] { smooth_l1_loss(t64({1}, {1}), t64({1}, {1}), 0.0); }, {"smooth_l1_loss", "beta", "positive"});
+  expect_error([] { smooth_l1_loss(t64({1, 2}, {2}), t64({1}, {1})); }, {"smooth_l1_loss"});
+}
+
 // ---- dropout ---------------------------------------------------------------------------------------
 
 TEST(Dropout, IdentityWhenNotTrainingOrPZero) {

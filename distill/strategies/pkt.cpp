@@ -1,0 +1,35 @@
+// "pkt": probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018; RepDistiller's PKT.py): the KL
+// divergence between the teacher's and the student's conditional distributions over the batch, built
+// from cosine similarities of one feature (pkt_loss, distill/nodes/relation.h). Default tap: ":pooled"
+// in both (RepDistiller's feat[-1], the pooled vector the classifier reads); any tap may be named.
+#include "distill/nodes/relation.h"
+#include "distill/strategies/strategies.h"
+
+namespace retort {
+
+namespace {
+class PKTStrategy final : public Strategy {
+ public:
+  PKTStrategy(std::string s_tap, std::string t_tap)
+      : Strategy("pkt"), s_tap_(std::move(s_tap)), t_tap_(std::move(t_tap)) {}
+  std::vector<std::string> student_taps() const override { return {s_tap_}; }
+  std::vector<std::string> teacher_taps() const override { return {t_tap_}; }
+  bool uses_teacher_logits() const override { return false; }
+  Tensor compute(const DistillContext& ctx) override {
+    return pkt_loss(ctx.student_feature(s_tap_), ctx.teacher_feature(t_tap_));
+  }
+  Json params() const override { return {{"student_tap", s_tap_}, {"teacher_tap", t_tap_}}; }
+
+ private:
+  std::string s_tap_, t_tap_;
+};
+}  // namespace
+
+void register_pkt_strategy() {
+  register_strategy("pkt", [](JsonReader& p) {
+    const std::string s = p.get<std::string>("student_tap", ":pooled");
+    return std::make_shared<PKTStrategy>(s, p.get<std::string>("teacher_tap", s));
+  });
+}
+
+}  // namespace retort

@@ -1,0 +1,45 @@
+// "sp": similarity-preserving KD (Tung & Mori, ICCV 2019; RepDistiller's SP.py): for each stage pair,
+// the mean squared difference of the student's and the teacher's row-normalised batch Gram matrices
+// (sp_loss, distill/nodes/relation.h). Default stage: "layer3" in both (RepDistiller's feat[-2], the
+// last stage's output, for CIFAR ResNets; WRN "block3", VGG "block4" — name the stage of other families).
+// The widths of the two sides may differ: only the B×B similarities are compared, so no connector.
+#include "distill/nodes/relation.h"
+#include "distill/strategies/strategies.h"
+#include "engine/functions.h"
+
+namespace retort {
+
+namespace {
+class SPStrategy final : public Strategy {
+ public:
+  SPStrategy(std::vector<std::string> s, std::vector<std::string> t)
+      : Strategy("sp"), s_taps_(std::move(s)), t_taps_(std::move(t)) {}
+  std::vector<std::string> student_taps() const override { return s_taps_; }
+  std::vector<std::string> teacher_taps() const override { return t_taps_; }
+  bool uses_teacher_logits() const override { return false; }
+  Tensor compute(const DistillContext& ctx) override {
+    Tensor total;
+    for (size_t i = 0; i < s_taps_.size(); ++i) {
+      const Tensor l = sp_loss(ctx.student_feature(s_taps_[i]), ctx.teacher_feature(t_taps_[i]));
+      total = total.defined() ? add(total, l) : l;
+    }
+    return total;
+  }
+  Json params() const override { return {{"student_taps", s_taps_}, {"teacher_taps", t_taps_}}; }
+
+ private:
+  std::vector<std::string> s_taps_, t_taps_;
+};
+}  // namespace
+
+void register_sp_strategy() {
+  register_strategy("sp", [](JsonReader& p) {
+    auto s = p.get<std::vector<std::string>>("student_taps", {"layer3"});
+    auto t = p.get<std::vector<std::string>>("teacher_taps", s);
+    RETORT_CHECK(!s.empty() && s.size() == t.size(), p.where("teacher_taps"), ": ", t.size(), " teacher taps for ",
+                 s.size(), " student taps (one per stage, same count)");
+    return std::make_shared<SPStrategy>(std::move(s), std::move(t));
+  });
+}
+
+}  // namespace retort

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <limits>
+#include <sstream>
 
 #include "engine/functions.h"
 #include "engine/functions/common.h"
@@ -193,6 +194,33 @@ Tensor rkd_loss(const Tensor& fs, const Tensor& ft, double distance_weight, doub
     loss = loss.defined() ? add(loss, a) : a;
   }
   return loss;
+}
+
+// ---- inspection --------------------------------------------------------------------------------------
+
+std::string relation_agreement(const Tensor& student, const Tensor& teacher) {
+  RETORT_CHECK(student.shape() == teacher.shape() && (student.dim() == 2 || student.dim() == 3),
+               "relation_agreement: two relation maps of one shape [B, B] or [B, B, B], got ", student.meta_str(),
+               " and ", teacher.meta_str());
+  const std::vector<double> s = student.to(Device::cpu()).to_vector(), t = teacher.to(Device::cpu()).to_vector();
+  const int64_t b = student.size(0);
+  double n = 0, ms = 0, mt = 0;
+  std::vector<size_t> idx;
+  for (size_t k = 0; k < s.size(); ++k) {
+    const int64_t i = (static_cast<int64_t>(k) / b) % b, j = static_cast<int64_t>(k) % b;  // the last two indices
+    const int64_t a = student.dim() == 3 ? static_cast<int64_t>(k) / (b * b) : -1;          // the anchor
+    if (i == j || i == a || j == a) continue;  // constants: 0 (or 1 for an angle with itself)
+    idx.push_back(k), ms += s[k], mt += t[k], ++n;
+  }
+  if (n < 2) return "no off-diagonal pairs";
+  ms /= n, mt /= n;
+  double cov = 0, vs = 0, vt = 0;
+  for (size_t k : idx) cov += (s[k] - ms) * (t[k] - mt), vs += (s[k] - ms) * (s[k] - ms), vt += (t[k] - mt) * (t[k] - mt);
+  std::ostringstream o;
+  o.precision(3);
+  o << std::fixed << "r " << (vs > 0 && vt > 0 ? cov / std::sqrt(vs * vt) : 0.0) << " over " << idx.size()
+    << (student.dim() == 2 ? " pairs" : " triplets");
+  return o.str();
 }
 
 }  // namespace retort

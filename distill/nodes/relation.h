@@ -49,6 +49,11 @@ Tensor rkd_angles(const Tensor& f);
 // fs [B, ...], ft [B, ...]; weights >= 0, a zero weight skips its part. 0-D.
 Tensor rkd_loss(const Tensor& fs, const Tensor& ft, double distance_weight = 25.0, double angle_weight = 50.0);
 
+// How alike two relation maps of one shape are ([B, B] or [B, B, B], no gradient): the Pearson
+// correlation of their entries off the diagonal (i ≠ j; for angles b ≠ a ≠ c, b ≠ c), with how many
+// there are — "r 0.834 over 4032 pairs". For retort-inspect's text; not a loss.
+std::string relation_agreement(const Tensor& student, const Tensor& teacher);
+
 // Gradcheck cases of this family (relation_checks.cpp) and the functions they cover.
 void add_relation_node_checks(std::vector<GradcheckCase>& out);
 std::vector<std::string> relation_node_functions();

@@ -4,6 +4,7 @@
 // in both (RepDistiller's feat[-1], the pooled vector the classifier reads); any tap may be named.
 #include "distill/nodes/relation.h"
 #include "distill/strategies/strategies.h"
+#include "engine/autograd.h"
 
 namespace retort {
 
@@ -16,12 +17,25 @@ class PKTStrategy final : public Strategy {
   std::vector<std::string> teacher_taps() const override { return {t_tap_}; }
   bool uses_teacher_logits() const override { return false; }
   Tensor compute(const DistillContext& ctx) override {
-    return pkt_loss(ctx.student_feature(s_tap_), ctx.teacher_feature(t_tap_));
+    const Tensor &fs = ctx.student_feature(s_tap_), &ft = ctx.teacher_feature(t_tap_);
+    last_s_ = fs.detach(), last_t_ = ft.detach();  // shares storage: the maps are made only if inspected
+    return pkt_loss(fs, ft);
+  }
+  // The two conditional distributions over the latest batch, and how well they agree.
+  std::vector<std::pair<std::string, Tensor>> inspect() const override {
+    if (!last_s_.defined() || last_s_.size(0) < 2) return {};
+    NoGradGuard ng;
+    return {{"student_probabilities", pkt_probabilities(last_s_)}, {"teacher_probabilities", pkt_probabilities(last_t_)}};
+  }
+  std::string inspect_text() const override {
+    const auto maps = inspect();
+    return maps.empty() ? "" : "probabilities, student vs teacher: " + relation_agreement(maps[0].second, maps[1].second);
   }
   Json params() const override { return {{"student_tap", s_tap_}, {"teacher_tap", t_tap_}}; }
 
  private:
   std::string s_tap_, t_tap_;
+  Tensor last_s_, last_t_;
 };
 }  // namespace
 

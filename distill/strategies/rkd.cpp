@@ -7,6 +7,7 @@
 
 #include "distill/nodes/relation.h"
 #include "distill/strategies/strategies.h"
+#include "engine/autograd.h"
 
 namespace retort {
 
@@ -19,7 +20,22 @@ class RKDStrategy final : public Strategy {
   std::vector<std::string> teacher_taps() const override { return {t_tap_}; }
   bool uses_teacher_logits() const override { return false; }
   Tensor compute(const DistillContext& ctx) override {
-    return rkd_loss(ctx.student_feature(s_tap_), ctx.teacher_feature(t_tap_), wd_, wa_);
+    const Tensor &fs = ctx.student_feature(s_tap_), &ft = ctx.teacher_feature(t_tap_);
+    last_s_ = fs.detach(), last_t_ = ft.detach();  // shares storage: the maps are made only if inspected
+    return rkd_loss(fs, ft, wd_, wa_);
+  }
+  // Both networks' normalised distances and angles on the latest batch, and how well they agree.
+  std::vector<std::pair<std::string, Tensor>> inspect() const override {
+    if (!last_s_.defined() || last_s_.size(0) < 2) return {};
+    NoGradGuard ng;
+    return {{"student_distances", rkd_distances(last_s_)}, {"teacher_distances", rkd_distances(last_t_)},
+            {"student_angles", rkd_angles(last_s_)}, {"teacher_angles", rkd_angles(last_t_)}};
+  }
+  std::string inspect_text() const override {
+    const auto maps = inspect();
+    if (maps.empty()) return "";
+    return "student vs teacher: distances " + relation_agreement(maps[0].second, maps[1].second) + "; angles " +
+           relation_agreement(maps[2].second, maps[3].second);
   }
   Json params() const override {
     return {{"student_tap", s_tap_}, {"teacher_tap", t_tap_}, {"distance_weight", wd_}, {"angle_weight", wa_}};
@@ -28,6 +44,7 @@ class RKDStrategy final : public Strategy {
  private:
   std::string s_tap_, t_tap_;
   double wd_, wa_;
+  Tensor last_s_, last_t_;
 };
 }  // namespace
 

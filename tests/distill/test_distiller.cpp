@@ -86,6 +86,37 @@ TEST(Strategies, EveryBuiltinTrainsOneStep) {
     one_step(c, "resnet8", "resnet8x4");
 }
 
+// The relation strategies show both networks' relation maps of the latest batch (retort-inspect --distill,
+// pictures) and how well they agree; the maps are those the loss compares.
+TEST(Strategies, RelationStrategiesShowTheirMaps) {
+  Generator gen(1);
+  auto student = create_model("resnet8", kOpts, gen);
+  auto teacher = create_model("resnet8x4", kOpts, gen);
+  Distiller d(student, teacher, terms_from(R"([{"type": "sp"}, {"type": "pkt"}, {"type": "rkd"}])"), {}, kSample, gen);
+  d.train(false);
+  Tensor logits;
+  const LossTerms terms = d.losses(make_batch(6, 4), TrainProgress{}, logits);
+  std::map<std::string, Shape> shapes;
+  for (const auto& [k, v] : d.views()) shapes[k] = v.shape();
+  EXPECT_EQ(shapes.at("term.sp.student_similarity.layer3"), (Shape{6, 6}));
+  EXPECT_EQ(shapes.at("term.sp.teacher_similarity.layer3"), (Shape{6, 6}));
+  EXPECT_EQ(shapes.at("term.pkt.teacher_probabilities"), (Shape{6, 6}));
+  EXPECT_EQ(shapes.at("term.rkd.student_distances"), (Shape{6, 6}));
+  EXPECT_EQ(shapes.at("term.rkd.teacher_angles"), (Shape{6, 6, 6}));
+  // The SP term is the mse of the two views it shows.
+  std::map<std::string, Tensor> views;
+  for (const auto& [k, v] : d.views()) views[k] = v;
+  EXPECT_NEAR(terms[0].second.item(),
+              mse_loss(views.at("term.sp.student_similarity.layer3"), views.at("term.sp.teacher_similarity.layer3")).item(),
+              1e-6);
+  const auto notes = d.view_notes();
+  ASSERT_EQ(notes.size(), 3u);
+  EXPECT_NE(notes[0].find("term sp (sp): layer3 similarities, student vs teacher: r "), std::string::npos) << notes[0];
+  EXPECT_NE(notes[0].find("over 30 pairs"), std::string::npos) << notes[0];
+  EXPECT_NE(notes[2].find("angles r "), std::string::npos) << notes[2];
+  EXPECT_NE(notes[2].find("over 120 triplets"), std::string::npos) << notes[2];
+}
+
 TEST(Strategies, KDTermMatchesTheNode) {
   Generator gen(1);
   auto student = create_model("resnet8", kOpts, gen);

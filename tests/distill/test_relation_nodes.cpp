@@ -177,6 +177,19 @@ TEST(RelationNodes, ASingleSampleBatchHasZeroLossAndGradient) {
   }
 }
 
+TEST(RelationNodes, AgreementIsTheCorrelationOffTheDiagonal) {
+  // Off the diagonal the student's entries are 2x + 1 of the teacher's: r = 1; the diagonal differs and
+  // must not count.
+  const Tensor t = Tensor::from_vector({9, 1, 2, 3, -9, 5, 4, 7, 9}, {3, 3}, DType::F64);
+  const Tensor s = Tensor::from_vector({0, 3, 5, 7, 0, 11, 9, 15, 0}, {3, 3}, DType::F64);
+  EXPECT_EQ(relation_agreement(s, t), "r 1.000 over 6 pairs");
+  EXPECT_EQ(relation_agreement(neg(s), t), "r -1.000 over 6 pairs");
+  Generator gen(10);
+  const Tensor f = randn({4, 3}, gen);
+  EXPECT_EQ(relation_agreement(rkd_angles(f), rkd_angles(f)), "r 1.000 over 24 triplets");  // 4·3·2
+  expect_error([&] { relation_agreement(s, randn({3, 4}, gen)); }, {"relation_agreement", "f64[3, 3]", "f64[3, 4]"});
+}
+
 TEST(RelationNodes, GraphShowsOneNodePerRelationMap) {
   Generator gen(7);
   const Tensor fs = randn({4, 3}, gen).set_requires_grad(), ft = randn({4, 5}, gen);

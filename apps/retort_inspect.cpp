@@ -151,6 +151,7 @@ int inspect_distill(const DistillInspect& o, Device dev) {
   const auto [student, teacher] = app::make_distill_models(cfg, mo, gen);
   Distiller d(student, teacher, app::as_usage([&] { return parse_terms(cfg.terms, o.config); }),
               DistillerOptions::from_config(cfg, mo), s, gen);
+  d.set_training_data(*data.train);  // as the Trainer does (CRD sizes its memory to receive the checkpoint's)
   if (!o.checkpoint.empty()) {
     // A run directory or its checkpoints/latest pointer (the newest checkpoint), a run's checkpoint
     // (model.*, extra.*) or a plain model file (the student's weights).

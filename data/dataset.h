@@ -31,6 +31,8 @@ class Dataset {
   virtual Shape sample_shape() const = 0;  // [C, H, W] of get()'s input
   virtual int64_t num_classes() const = 0;
   virtual std::string describe() const = 0;  // one line: name, split, size, shape, source
+  // get(i).target without decoding the sample (datasets that can, override it).
+  virtual int64_t label(size_t i) const { return get(i).target; }
 };
 
 // Mixes seed parts into one 64-bit seed (splitmix64 chained over the parts), so derived streams
@@ -52,6 +54,7 @@ class InMemoryDataset : public Dataset {
   std::string describe() const override;
 
   const std::vector<int64_t>& labels() const { return labels_; }
+  int64_t label(size_t i) const override { return labels_.at(i); }
   // Empty when the format carries no names (CIFAR-100 binary).
   const std::vector<std::string>& class_names() const { return class_names_; }
   // The raw bytes of sample i (shape_numel(sample_shape()) of them).
@@ -80,6 +83,7 @@ class SyntheticDataset : public Dataset {
   Shape sample_shape() const override { return shape_; }
   int64_t num_classes() const override { return num_classes_; }
   std::string describe() const override;
+  int64_t label(size_t i) const override { return static_cast<int64_t>(i % static_cast<size_t>(num_classes_)); }
 
  private:
   size_t n_;

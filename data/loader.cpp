@@ -112,6 +112,7 @@ Batch DataLoader::build(const std::vector<size_t>& order, int64_t epoch, size_t 
   const size_t begin = batch * static_cast<size_t>(options_.batch_size);
   const size_t n = std::min(order.size(), begin + static_cast<size_t>(options_.batch_size)) - begin;
   Batch out;
+  out.source = dataset_.get();
   out.targets = Tensor::empty({static_cast<int64_t>(n)}, DType::I64);
   out.indices = Tensor::empty({static_cast<int64_t>(n)}, DType::I64);
   Shape sample_shape;

@@ -40,6 +40,7 @@ struct Batch {
   Tensor inputs;   // F32 [B, C, H, W] (the transformed sample shape)
   Tensor targets;  // I64 [B]
   Tensor indices;  // I64 [B], dataset indices
+  const Dataset* source = nullptr;  // the dataset the indices refer to (set by the DataLoader)
   int64_t size() const { return targets.defined() ? targets.numel() : 0; }
   // Moves inputs and targets to `device` (indices stay on the host: they are bookkeeping). On CUDA the
   // copies are asynchronous, through pinned staging buffers (engine/cuda/memory.cu).

@@ -202,6 +202,10 @@ void Distiller::before_step(const Batch& batch, const TrainProgress& progress, c
   searcher->search_step(upper, progress);
 }
 
+void Distiller::set_training_data(const Dataset& train) {
+  for (auto& t : terms_) t.strategy->set_training_data(train);
+}
+
 void Distiller::after_step(const TrainProgress& progress) {
   for (auto& t : terms_) t.strategy->after_step(progress);
 }
@@ -240,6 +244,8 @@ LossTerms Distiller::losses(const Batch& batch, const TrainProgress& progress, T
   }
   logits = (*student_)(batch.inputs);
   DistillContext ctx{logits, teacher_logits, batch.targets, student_feats_, teacher_feats_, progress, {}};
+  if (batch.indices.defined()) ctx.sample_indices = &batch.indices;
+  ctx.sample_source = batch.source;
   if (teacher_)
     ctx.teacher_from = [this, &batch](const std::string& tap, const Tensor& feature) {
       // The taps stay quiet (the features above belong to the real pass) and the substitute is removed

@@ -53,6 +53,7 @@ class Distiller : public TrainingTask {
   void before_step(const Batch& batch, const TrainProgress& progress, const Batch* held_out = nullptr) override;
   bool wants_held_out() const override;
   void after_step(const TrainProgress& progress) override;
+  void set_training_data(const Dataset& train) override;
   void to(Device device) override;
   StateDict extra_state() const override;
   void load_extra_state(const StateDict& state) override;

@@ -45,6 +45,10 @@ struct DistillContext {
   // brought to each feature's size by location_mask_at(). SoKD sets its DAM region mask here for its
   // host ("mask_host").
   const Tensor* location_mask = nullptr;
+  // The batch's dataset indices (I64 [B], host) and the dataset they index (Batch::source), or null:
+  // CRD indexes its memory with them when the source is the training set given to set_training_data.
+  const Tensor* sample_indices = nullptr;
+  const Dataset* sample_source = nullptr;
   // The weight (warmup included) the Distiller gives the term being computed at this step: a strategy
   // that needs the value of its own contribution to the loss (SoKD's RELAX estimator) multiplies by it.
   double weight = 1.0;
@@ -88,6 +92,9 @@ class Strategy : public Module {
   virtual std::vector<std::pair<std::string, Tensor>> compute_parts(const DistillContext& ctx) {
     return {{"", compute(ctx)}};
   }
+  // The training set, once before training (the Trainer's; retort-inspect passes it too). A strategy
+  // with per-sample state (CRD's memory) sizes it here.
+  virtual void set_training_data(const Dataset&) {}
   // After every optimizer step: state the strategy updates itself, outside the model's optimizer
   // (SoKD's augmentation policy). Its gradients are those the step's backward left on it.
   virtual void after_step(const TrainProgress&) {}

@@ -151,6 +151,7 @@ class RangeDataset final : public Dataset {
   Shape sample_shape() const override { return base_->sample_shape(); }
   int64_t num_classes() const override { return base_->num_classes(); }
   std::string describe() const override { return detail::cat(base_->describe(), " (", what_, ")"); }
+  int64_t label(size_t i) const override { return base_->label(begin_ + i); }
 
  private:
   std::shared_ptr<const Dataset> base_;
@@ -346,6 +347,7 @@ Trainer::Trainer(const ExperimentConfig& cfg, TrainingTask& task, const DataSpli
   }
   device_ = Device::parse(cfg.device);
   switches_ = std::make_unique<KernelSwitches>(cfg, device_);
+  task.set_training_data(*data.train);
   task.to(device_);  // before the optimizer: moving replaces the parameter tensors
   optimizer_ = make_optimizer(opt, task.trainable_parameters());
   Json sched = cfg.solver.schedule.empty() ? Json{{"type", "constant"}} : cfg.solver.schedule;

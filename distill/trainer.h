@@ -60,6 +60,10 @@ class TrainingTask {
   virtual void before_step(const Batch&, const TrainProgress&, const Batch* held_out = nullptr) {}
   // Whether before_step needs a held-out batch every step (the Trainer then requires data.held_out).
   virtual bool wants_held_out() const { return false; }
+  // The training set, once, before the task is moved to its device (CRD sizes its memory of one
+  // embedding per training sample and draws its negatives from the labels). Batches then carry
+  // indices into it.
+  virtual void set_training_data(const Dataset&) {}
   // Called after every optimizer step with that step's progress (SoKD updates its augmentation policy
   // here, outside the model's optimizer).
   virtual void after_step(const TrainProgress&) {}

@@ -120,6 +120,11 @@ class Backend {
   virtual void strided_copy(const Tensor& src, const StridedView& src_view, Tensor& dst,
                             const StridedView& dst_view, const Shape& shape) = 0;
   virtual void gemm(const GemmArgs& args) = 0;
+  // Rows of a table [N, D] (F32 or F64) by I64 indices [M] on this device, each in [0, N) (checked
+  // by the caller, engine/functions/index.h): out[i, :] = table[indices[i], :], out [M, D];
+  // scatter_rows writes table[indices[i], :] = rows[i, :], the indices distinct.
+  virtual void gather_rows(const Tensor& table, const Tensor& indices, Tensor& out) = 0;
+  virtual void scatter_rows(Tensor& table, const Tensor& indices, const Tensor& rows) = 0;
 
   // ---- convolution: x [N, C, H, W], w [O, C/groups, KH, KW], y [N, O, OH, OW] -----------------
   // `bias` may be undefined.

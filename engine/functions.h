@@ -1,7 +1,9 @@
-// Every differentiable function of the engine, one header per family.
+// Every function of the engine, one header per family; all differentiable except the row lookups of
+// index.h (tables that are state, not parameters).
 #pragma once
 #include "engine/functions/conv.h"
 #include "engine/functions/elementwise.h"
+#include "engine/functions/index.h"
 #include "engine/functions/linalg.h"
 #include "engine/functions/loss.h"
 #include "engine/functions/norm.h"

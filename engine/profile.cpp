@@ -95,6 +95,14 @@ class ProfilingBackend final : public Backend {
     Timer t(b_, "strided_copy");
     b_.strided_copy(s, sv, d, dv, shape);
   }
+  void gather_rows(const Tensor& t, const Tensor& i, Tensor& o) override {
+    Timer tm(b_, "gather_rows");
+    b_.gather_rows(t, i, o);
+  }
+  void scatter_rows(Tensor& t, const Tensor& i, const Tensor& r) override {
+    Timer tm(b_, "scatter_rows");
+    b_.scatter_rows(t, i, r);
+  }
   void gemm(const GemmArgs& g) override {
     Timer t(b_, "gemm", 2.0 * double(g.m) * double(g.n) * double(g.k) * double(g.batch));
     b_.gemm(g);

@@ -1,6 +1,7 @@
 // Registration of the distillation nodes' gradcheck families (see register.h).
 #include "distill/nodes/register.h"
 
+#include "distill/nodes/contrast.h"
 #include "distill/nodes/feature.h"
 #include "distill/nodes/logit.h"
 #include "distill/nodes/relation.h"
@@ -13,6 +14,7 @@ namespace retort {
 void register_distill_gradchecks() {
   add_gradcheck_family(add_logit_node_checks, logit_node_functions());
   add_gradcheck_family(add_feature_node_checks, feature_node_functions());
+  add_gradcheck_family(add_contrast_node_checks, contrast_node_functions());
   add_gradcheck_family(add_relation_node_checks, relation_node_functions());
   add_gradcheck_family(add_stage_node_checks, stage_node_functions());
   add_gradcheck_family(add_sokd_node_checks, sokd_node_functions());

@@ -14,6 +14,7 @@ void register_builtin_strategies() {
   register_sp_strategy();
   register_pkt_strategy();
   register_rkd_strategy();
+  register_crd_strategy();
   register_generous_teacher_strategy();
   register_mtkd_ssr_strategy();
   register_sokd_strategy();

@@ -15,6 +15,7 @@ void register_reviewkd_strategy();
 void register_sp_strategy();
 void register_pkt_strategy();
 void register_rkd_strategy();
+void register_crd_strategy();
 void register_generous_teacher_strategy();
 void register_mtkd_ssr_strategy();
 void register_sokd_strategy();

@@ -4,6 +4,7 @@
 // channel split, a cat or a channel shuffle copies whole contiguous planes with memcpy instead of
 // one short image row at a time. The innermost remaining dimension runs as a strided loop (memcpy
 // when contiguous on both sides); outer indices are split across threads.
+// Also here: gathering and scattering whole rows of a table by index (one memcpy per row).
 #include <cstring>
 
 #include "engine/cpu/cpu_backend.h"
@@ -37,6 +38,24 @@ void strided_copy_typed(const T* src, const StridedView& sv0, T* dst, const Stri
   }
 }
 }  // namespace
+
+void CpuBackend::gather_rows(const Tensor& table, const Tensor& indices, Tensor& out) {
+  const size_t row = static_cast<size_t>(table.numel() / table.size(0)) * dtype_size(table.dtype());
+  const char* src = static_cast<const char*>(table.raw_data());
+  char* dst = static_cast<char*>(out.raw_data());
+  const int64_t* idx = indices.data<int64_t>();
+#pragma omp parallel for if (out.numel() > kParallelGrain)
+  for (int64_t i = 0; i < indices.numel(); ++i) std::memcpy(dst + i * row, src + idx[i] * row, row);
+}
+
+void CpuBackend::scatter_rows(Tensor& table, const Tensor& indices, const Tensor& rows) {
+  const size_t row = static_cast<size_t>(table.numel() / table.size(0)) * dtype_size(table.dtype());
+  const char* src = static_cast<const char*>(rows.raw_data());
+  char* dst = static_cast<char*>(table.raw_data());
+  const int64_t* idx = indices.data<int64_t>();
+#pragma omp parallel for if (rows.numel() > kParallelGrain)
+  for (int64_t i = 0; i < indices.numel(); ++i) std::memcpy(dst + idx[i] * row, src + i * row, row);
+}
 
 void CpuBackend::strided_copy(const Tensor& src, const StridedView& sv, Tensor& dst, const StridedView& dv,
                               const Shape& shape) {

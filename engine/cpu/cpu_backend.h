@@ -130,6 +130,8 @@ class CpuBackend final : public Backend {
   void strided_copy(const Tensor& src, const StridedView& src_view, Tensor& dst, const StridedView& dst_view,
                     const Shape& shape) override;
   void gemm(const GemmArgs& args) override;
+  void gather_rows(const Tensor& table, const Tensor& indices, Tensor& out) override;
+  void scatter_rows(Tensor& table, const Tensor& indices, const Tensor& rows) override;
 
   void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p,
                       Tensor& y) override;

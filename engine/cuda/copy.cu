@@ -89,4 +89,52 @@ void CudaBackend::strided_copy(const Tensor& src, const StridedView& sv, Tensor&
   RETORT_CUDA_LAUNCH_CHECK("strided_copy of ", shape_str(shape), " from ", src.meta_str(), " to ", dst.meta_str());
 }
 
+// ---- rows of a table ----------------------------------------------------------------------------
+
+namespace {
+// One thread per element; consecutive threads take consecutive elements of a row, so both sides are
+// coalesced. W: the element's bits (4 or 8 bytes). d: the row length.
+template <class W>
+__global__ void __launch_bounds__(kThreads) gather_rows_kernel(const W* table, const int64_t* idx, W* out, int64_t n,
+                                                               int64_t d) {
+  RETORT_GRID_STRIDE(i, n) {
+    const int64_t r = i / d;
+    out[i] = table[idx[r] * d + (i - r * d)];
+  }
+}
+
+template <class W>
+__global__ void __launch_bounds__(kThreads) scatter_rows_kernel(W* table, const int64_t* idx, const W* rows, int64_t n,
+                                                                int64_t d) {
+  RETORT_GRID_STRIDE(i, n) {
+    const int64_t r = i / d;
+    table[idx[r] * d + (i - r * d)] = rows[i];
+  }
+}
+}  // namespace
+
+void CudaBackend::gather_rows(const Tensor& table, const Tensor& indices, Tensor& out) {
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  const int64_t d = n / indices.numel();
+  cudaStream_t st = ctx().stream();
+  if (dtype_size(table.dtype()) == 4)
+    gather_rows_kernel<<<blocks_for(n), kThreads, 0, st>>>(ptr<uint32_t>(table), ptr<int64_t>(indices), ptr<uint32_t>(out), n, d);
+  else
+    gather_rows_kernel<<<blocks_for(n), kThreads, 0, st>>>(ptr<uint64_t>(table), ptr<int64_t>(indices), ptr<uint64_t>(out), n, d);
+  RETORT_CUDA_LAUNCH_CHECK("gather_rows of ", out.meta_str(), " from ", table.meta_str());
+}
+
+void CudaBackend::scatter_rows(Tensor& table, const Tensor& indices, const Tensor& rows) {
+  const int64_t n = rows.numel();
+  if (n == 0) return;
+  const int64_t d = n / indices.numel();
+  cudaStream_t st = ctx().stream();
+  if (dtype_size(table.dtype()) == 4)
+    scatter_rows_kernel<<<blocks_for(n), kThreads, 0, st>>>(ptr<uint32_t>(table), ptr<int64_t>(indices), ptr<uint32_t>(rows), n, d);
+  else
+    scatter_rows_kernel<<<blocks_for(n), kThreads, 0, st>>>(ptr<uint64_t>(table), ptr<int64_t>(indices), ptr<uint64_t>(rows), n, d);
+  RETORT_CUDA_LAUNCH_CHECK("scatter_rows of ", rows.meta_str(), " into ", table.meta_str());
+}
+
 }  // namespace retort::cuda

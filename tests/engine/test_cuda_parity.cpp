@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "distill/connectors.h"
+#include "distill/nodes/contrast.h"
 #include "distill/nodes/feature.h"
 #include "distill/nodes/logit.h"
 #include "distill/nodes/relation.h"
@@ -966,6 +967,18 @@ TEST(CudaParity, RelationDistillationLosses) {
                  Kind::Reduction, Kind::Reduction);
     check_parity(label("rkd_loss 25 / 50", dt, es.shape()), {In(es, true, "student"), fixed(et, "teacher")},
                  [](const Ts& t) { return retort::rkd_loss(t[0], t[1]); }, Kind::Reduction, Kind::Reduction);
+    // CRD (distill/nodes/contrast.h): a memory read at host indices against unit embeddings, the NCE loss.
+    const Tensor memory = Tensor::rand({200, 32}, gen, dt, -0.3, 0.3), v = retort::l2_normalize_rows(es);
+    std::vector<int64_t> rows(16 * 65);
+    for (auto& r : rows) r = static_cast<int64_t>(gen.uniform() * 200) % 200;
+    const Tensor idx = Tensor::from_int64(rows, {16, 65});
+    check_parity(label("contrast_scores + nce_loss", dt, v.shape()), {In(v, true, "embeddings"), fixed(memory, "memory")},
+                 [idx](const Ts& t) {
+                   return retort::nce_loss(retort::affine(retort::contrast_scores(t[1], idx, t[0], 0.07), 1e-3, 0.0), 200);
+                 },
+                 Kind::Reduction, Kind::Reduction);
+    check_parity(label("l2_normalize_rows", dt, es.shape()), {es},
+                 [](const Ts& t) { return retort::l2_normalize_rows(t[0]); }, Kind::Reduction, Kind::Reduction);
   }
 }
 
@@ -1068,6 +1081,30 @@ TEST(CudaParity, FillAndCast) {
   for (DType to : kFloatTypes)
     check_parity(std::string("to ") + dtype_name(to) + " from i64", {ints}, [to](const Ts& t) { return t[0].to(to); },
                  Kind::Exact, Kind::Exact);
+}
+
+// Row lookups (engine/functions/index.h): bit-exact copies of whole rows either way.
+TEST(CudaParity, GatherAndScatterRows) {
+  REQUIRE_GPU();
+  Generator gen(18);
+  for (DType dt : kFloatTypes) {
+    const Tensor table = Tensor::randn({1000, 37}, gen, dt);
+    std::vector<int64_t> idx(5000);
+    for (auto& i : idx) i = static_cast<int64_t>(gen.uniform() * 1000) % 1000;
+    const Tensor indices = Tensor::from_int64(idx, {50, 100});
+    EXPECT_TRUE(tensors_close(std::string("gather_rows ") + dtype_name(dt), "output", gather_rows(table, indices),
+                              gather_rows(table.to(kCuda), indices), Kind::Exact));
+    // Distinct indices for the scatter: a shuffled prefix of 0..999.
+    std::vector<int64_t> perm(1000);
+    for (int64_t i = 0; i < 1000; ++i) perm[i] = i;
+    for (int64_t i = 999; i > 0; --i) std::swap(perm[i], perm[static_cast<int64_t>(gen.uniform() * (i + 1)) % (i + 1)]);
+    perm.resize(300);
+    const Tensor where = Tensor::from_int64(perm, {300}), rows = Tensor::randn({300, 37}, gen, dt);
+    Tensor on_cpu = table.clone(), on_gpu = table.to(kCuda);
+    scatter_rows_(on_cpu, where, rows);
+    scatter_rows_(on_gpu, where, rows.to(kCuda));
+    EXPECT_TRUE(tensors_close(std::string("scatter_rows ") + dtype_name(dt), "table", on_cpu, on_gpu, Kind::Exact));
+  }
 }
 
 // ---- optimizer steps --------------------------------------------------------------------------------

@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
 
 #include "engine/functions.h"
 
@@ -99,4 +102,41 @@ TEST(Functions, MatmulAndLinear) {
   expect_near(linear(a, t64({1, 1, 1, 0, 0, 1}, {2, 3}), t64({10, 20}, {2})), {16, 23, 25, 26});
   // f32 through OpenBLAS sgemm
   expect_near(matmul(a.to(DType::F32), b.to(DType::F32)), {4, 5, 10, 11});
+}
+
+TEST(Functions, GatherAndScatterRows) {
+  Tensor table = t64({0, 1, 10, 11, 20, 21, 30, 31}, {4, 2});
+  // Any index shape; repeats are fine for a gather.
+  const Tensor g = gather_rows(table, Tensor::from_int64({3, 0, 3, 1, 2, 2}, {2, 3}));
+  EXPECT_EQ(g.shape(), (Shape{2, 3, 2}));
+  expect_near(g, {30, 31, 0, 1, 30, 31, 10, 11, 20, 21, 20, 21});
+  // Rows of higher rank, f32.
+  Tensor maps = Tensor::arange(24, DType::F32).view_as_shape({3, 2, 4});
+  expect_near(gather_rows(maps, Tensor::from_int64({2}, {1})), {16, 17, 18, 19, 20, 21, 22, 23});
+  scatter_rows_(table, Tensor::from_int64({2, 0}, {2}), t64({-1, -2, -3, -4}, {2, 2}));
+  expect_near(table, {-3, -4, 10, 11, -1, -2, 30, 31});
+}
+
+TEST(Functions, GatherAndScatterRowsErrors) {
+  Tensor table = Tensor::zeros({4, 3}, DType::F64);
+  auto expect_error = [](const std::function<void()>& f, std::vector<std::string> needles) {
+    try {
+      f();
+      ADD_FAILURE() << "expected an error containing " << needles[0];
+    } catch (const Error& e) {
+      for (const auto& n : needles) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
+    }
+  };
+  expect_error([&] { gather_rows(table, Tensor::from_int64({1, 4}, {2})); },
+               {"gather_rows", "index 4 at position 1", "4 rows"});
+  expect_error([&] { gather_rows(table, Tensor::from_int64({-1}, {1})); }, {"index -1"});
+  expect_error([&] { gather_rows(table, Tensor::from_vector({1}, {1}, DType::F64)); }, {"i64 tensor on the host"});
+  expect_error([&] { scatter_rows_(table, Tensor::from_int64({1, 1}, {2}), Tensor::zeros({2, 3}, DType::F64)); },
+               {"index 1 appears twice"});
+  expect_error([&] { scatter_rows_(table, Tensor::from_int64({1, 2}, {2}), Tensor::zeros({2, 4}, DType::F64)); },
+               {"rows must be [2, 3]"});
+  expect_error([&] { scatter_rows_(table, Tensor::from_int64({1}, {1}), Tensor::zeros({1, 3}, DType::F32)); },
+               {"dtype mismatch"});
+  Tensor param = Tensor::zeros({4, 3}, DType::F64).set_requires_grad();
+  expect_error([&] { gather_rows(param, Tensor::from_int64({0}, {1})); }, {"requires grad", "buffer"});
 }

@@ -89,7 +89,7 @@ void add_contrast_node_checks(std::vector<GradcheckCase>& out) {
                  [](Generator& g) { return Inputs{gc_randn({3, 4}, g)}; },
                  [](const Inputs& in) {
                    Generator mg(5);
-                   const Tensor memory = Tensor::randn({6, 4}, mg, DType::F64);
+                   const Tensor memory = Tensor::randn({6, 4}, mg, DType::F64).to(in[0].device());  // --device cuda
                    const Tensor idx = Tensor::from_int64({0, 3, 5, 1, 1, 2, 4, 0, 2, 5, 5, 3}, {3, 4});
                    return contrast_scores(memory, idx, in[0], 0.5);
                  }});

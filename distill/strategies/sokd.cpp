@@ -252,6 +252,8 @@ std::vector<std::pair<std::string, Tensor>> SokdStrategy::compute_parts(const Di
                           host_feats,         ctx.progress,   ctx.teacher_from};
   if (o_.mask_host) host_ctx.location_mask = &last_regions_.mask;
   host_ctx.weight = ctx.weight;
+  host_ctx.sample_indices = ctx.sample_indices;  // a host with per-sample state (CRD) indexes by them
+  host_ctx.sample_source = ctx.sample_source;
   const std::string name = o_.host->type_name();
   for (auto& [part, l] : o_.host->compute_parts(host_ctx)) parts.emplace_back(part.empty() ? name : name + "." + part, l);
   return finish(parts);

@@ -75,6 +75,9 @@ class SokdStrategy final : public Strategy {
   Tensor compute(const DistillContext& ctx) override;
   std::vector<std::pair<std::string, Tensor>> compute_parts(const DistillContext& ctx) override;
   void after_step(const TrainProgress& progress) override;
+  void set_training_data(const Dataset& train) override {
+    if (o_.host) o_.host->set_training_data(train);
+  }
   std::optional<UnrolledSettings> unrolled_search(const TrainProgress& progress) const override;
   bool wants_held_out() const override { return o_.search == "second_order" && o_.upper_batch == "held_out"; }
   std::vector<Tensor*> search_parameters() override;  // probability, magnitude, weight

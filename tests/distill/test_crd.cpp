@@ -267,3 +267,31 @@ TEST(CrdStrategy, ResumedRunEqualsUninterruptedRun) {
   EXPECT_TRUE(memory_seen);
   std::filesystem::remove_all(base);
 }
+
+// CRD as SoKD's host (a plug-in): SoKD hands the training set and each batch's indices on, so the host
+// contrasts (a nonzero term) and its memory moves after the step; the memory is SoKD's state too.
+TEST(CrdStrategy, WorksAsSokdsHost) {
+  Generator gen(1);
+  auto student = create_model("resnet8", retort::testing::kTinyModel, gen);
+  auto teacher = create_model("resnet14", retort::testing::kTinyModel, gen);
+  Distiller d(student, teacher, terms_from(R"([{"type": "sokd", "params": {"heatmap_classes": 4, "area_num": 2,
+      "feat_weight": 0, "dam_weight": 0, "search_epochs": 1,
+      "host": {"type": "crd", "params": {"nce_k": 8, "feat_dim": 8, "student_tap": "layer3", "teacher_tap": "layer3"}}}}])"),
+              DistillerOptions{}, retort::testing::kTinySample, gen);
+  const SyntheticDataset train(24, retort::testing::kTinySample, 4, 3);
+  d.set_training_data(train);
+  auto memory = [&] {
+    for (const auto& [k, v] : d.extra_state())
+      if (k == "term.sokd.host.memory_v1") return v.clone();
+    throw Error("no host memory in the checkpoint state");
+  };
+  const Tensor before = memory();
+  Tensor logits;
+  const LossTerms terms = d.losses(batch_of({2, 9, 21}, 6, &train), TrainProgress{}, logits);
+  double host_loss = 0;
+  for (const auto& [n, t] : terms) host_loss += t.item();
+  EXPECT_GT(host_loss, 1.0);
+  d.after_step(TrainProgress{});
+  const Tensor after = memory();
+  EXPECT_NE(before.to_vector(), after.to_vector());
+}

@@ -119,11 +119,6 @@ constexpr int64_t kAutoHeight = 96;  // scale 0: pictures at least this many pix
 // Whether a view is drawn: floating point, [B, C, h, w] (a feature) or [B, h, w] (a map); integer tensors
 // (indices, boxes) and other ranks (logits) are listed on the page instead.
 bool drawn(const Tensor& t) { return (t.dim() == 3 || t.dim() == 4) && (t.dtype() == DType::F32 || t.dtype() == DType::F64); }
-// A floating-point [B, B] view: a relation between the batch's samples (SP's similarities, PKT's
-// probabilities, RKD's distances), drawn once for the batch as a matrix.
-bool relation(const Tensor& t, int64_t b) {
-  return t.dim() == 2 && t.size(0) == b && t.size(1) == b && (t.dtype() == DType::F32 || t.dtype() == DType::F64);
-}
 
 std::string number(double v) {
   char buf[32];
@@ -222,14 +217,13 @@ int64_t write_step_pictures(const std::string& dir, const Tensor& inputs, const 
   const std::vector<double> z = logits.defined() ? host_values(logits) : std::vector<double>{};
   const int64_t k = logits.defined() && logits.dim() == 2 && logits.size(0) == b ? logits.size(1) : 0;
   std::vector<std::vector<double>> values;  // per view, host copies
-  for (const auto& [name, t] : views)
-    values.push_back(drawn(t) || relation(t, b) ? host_values(t) : std::vector<double>{});
+  for (const auto& [name, t] : views) values.push_back(drawn(t) ? host_values(t) : std::vector<double>{});
 
   std::string head = "<tr><th>sample</th><th>input</th>", rows, skipped;
   for (size_t v = 0; v < views.size(); ++v) {
     const auto& [name, t] = views[v];
     if (!drawn(t)) {
-      if (!relation(t, b)) skipped += "<li>" + html_escape(name) + " " + t.meta_str() + "</li>\n";
+      skipped += "<li>" + html_escape(name) + " " + t.meta_str() + "</li>\n";
       continue;
     }
     head += "<th>" + html_escape(name) + "<br><small>" + shape_str(t.shape()) + (t.dim() == 4 ? ", mean<sub>c</sub> x&sup2;" : "") + "</small></th>";
@@ -269,23 +263,6 @@ int64_t write_step_pictures(const std::string& dir, const Tensor& inputs, const 
     }
     rows += row + "</tr>\n";
   }
-  // Relations between the samples: one matrix per view, row i / column j = samples i and j above.
-  std::string relations;
-  const int64_t rs = std::max<int64_t>(1, 192 / std::max<int64_t>(b, 1));  // pixels per entry
-  for (size_t v = 0; v < views.size(); ++v) {
-    const auto& [name, t] = views[v];
-    if (!relation(t, b)) continue;
-    std::pair<double, double> range;
-    const std::string f = "batch_" + file_part(name) + ".png";
-    write_png(dir + "/" + f, resized(colour_map(values[v].data(), b, b, &range), b * rs, b * rs));
-    ++written;
-    relations += "<td><img src=\"" + html_escape(f) + "\" width=\"" + std::to_string(b * rs) + "\" height=\"" +
-                 std::to_string(b * rs) + "\"><br>" + html_escape(name) + "<br><small>" + shape_str(t.shape()) + ", " +
-                 number(range.first) + " &ndash; " + number(range.second) + "</small></td>";
-  }
-  if (!relations.empty())
-    relations = "<p>Relations between the batch's samples (row i, column j: samples i and j of the table above):</p>\n"
-                "<table><tr>" + relations + "</tr></table>\n";
   std::string note_html;
   for (const std::string& n : notes) note_html += "<p><code>" + html_escape(n) + "</code></p>\n";
   const std::string page =
@@ -294,7 +271,7 @@ int64_t write_step_pictures(const std::string& dir, const Tensor& inputs, const 
       "img{image-rendering:pixelated}</style></head><body>\n<h3>" + html_escape(title) +
       "</h3>\n" + note_html + "<p>Features are shown as their attention map mean<sub>c</sub> x&sup2;, maps and masks as they are; each "
       "picture is coloured by its own range (under it), dark blue = its minimum, yellow = its maximum, magenta = not "
-      "finite. Masks are also drawn over the input in red.</p>\n<table>\n" + head + rows + "</table>\n" + relations +
+      "finite. Masks are also drawn over the input in red.</p>\n<table>\n" + head + rows + "</table>\n" +
       (skipped.empty() ? "" : "<p>Not drawn (not a floating-point feature or map):</p><ul>\n" + skipped + "</ul>\n") + "</body></html>\n";
   write_file_atomic(dir + "/index.html", page);
   return written;

@@ -59,11 +59,10 @@ void write_png(const std::string& path, const RgbImage& image);
 
 // One step's pictures: `inputs` [B, C, H, W] (normalised as the config says), `targets` [B] and the
 // model's (the student's) `logits` [B, K] (the row titles: label and top-1; may be undefined), and `views`: name -> tensor of
-// [B, C, h, w] (features) or [B, h, w] (maps, masks) in F32 or F64, drawn per sample; [B, B] (relations
-// between the samples: SP, PKT, RKD), drawn once as a matrix (DIR/batch_<n>.png); other views (logits,
-// embeddings, integer boxes and indices) are listed on the page with their shapes but not drawn. `scale` 0:
-// the smallest that makes pictures at least 96 pixels high. Writes DIR/index.html and
-// DIR/sample<i>_<n>.png for every sample i and column n (the directory is created); `notes` are lines of text shown above the table
+// [B, C, h, w] (features) or [B, h, w] (maps, masks) in F32 or F64; other views (logits, integer boxes
+// and indices) are listed on the page with their shapes but not drawn. `scale` 0: the smallest that
+// makes pictures at least 96 pixels high. Writes DIR/index.html and DIR/sample<i>_<n>.png for every
+// sample i and column n (the directory is created); `notes` are lines of text shown above the table
 // (the strategies' inspect_text). Returns the number of PNG files written.
 int64_t write_step_pictures(const std::string& dir, const Tensor& inputs, const Tensor& targets,
                             const Tensor& logits, const std::vector<std::pair<std::string, Tensor>>& views,

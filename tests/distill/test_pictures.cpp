@@ -167,14 +167,11 @@ TEST(Pictures, AStepsPageHasARowPerSampleAndAColumnPerView) {
   const std::vector<std::pair<std::string, Tensor>> views{{"student.layer1", f64(feat, {b, 3, 2, 2})},
                                                           {"term.sokd.mask", f64(mask, {b, 4, 4})},
                                                           {"term.kd.logits", f64({1, 2, 3, 4, 5, 6}, {b, 3})},
-                                                          {"term.sokd.boxes", f64(x, {b, 2, 8}).to(DType::I64)},
-                                                          {"term.sp.student_similarity.layer3", f64({1, 0.25, 0.5, 1}, {b, b})}};
+                                                          {"term.sokd.boxes", f64(x, {b, 2, 8}).to(DType::I64)}};
   const Tensor logits = f64({0, 5, 1, 7, 0, 0}, {b, 3});
   const int64_t n = write_step_pictures(dir, f64(x, {b, 1, 4, 4}), f64({1, 2}, {b}), logits, views, {0.5}, {0.25}, 3,
                                         "a <test> step", {"term sokd (sokd): sub-policy 3 & more"});
-  // Per sample: input, the feature, the mask and the mask on the input; not the logits or boxes. Once: the
-  // [B, B] relation.
-  EXPECT_EQ(n, b * 4 + 1);
+  EXPECT_EQ(n, b * 4);  // input, the feature, the mask and the mask on the input; not the logits or boxes
   for (const char* f : {"sample0_input.png", "sample1_student.layer1.png", "sample1_term.sokd.mask.png",
                         "sample1_term.sokd.mask_on_input.png"})
     EXPECT_TRUE(std::filesystem::is_regular_file(dir + "/" + f)) << f;
@@ -191,24 +188,13 @@ TEST(Pictures, AStepsPageHasARowPerSampleAndAColumnPerView) {
   EXPECT_LE(p[1], 127);
   EXPECT_EQ(q[0], q[1]);  // grey
   stbi_image_free(over);
-  // The relation matrix: 2 x 2 entries of 96 pixels; entry (0, 1) = 0.25 is the minimum (dark), (0, 0) the
-  // maximum (bright).
-  stbi_uc* rel = stbi_load((dir + "/batch_term.sp.student_similarity.layer3.png").c_str(), &w, &h, &c, 3);
-  ASSERT_NE(rel, nullptr);
-  EXPECT_EQ(w, 192);
-  EXPECT_EQ(h, 192);
-  const stbi_uc* hi = rel + (10 * 192 + 10) * 3;
-  const stbi_uc* lo = rel + (10 * 192 + 150) * 3;
-  EXPECT_GT(hi[0] + hi[1] + hi[2], lo[0] + lo[1] + lo[2] + 200);
-  stbi_image_free(rel);
   std::ifstream in(dir + "/index.html");
   std::stringstream page;
   page << in.rdbuf();
   const std::string html = page.str();
   for (const char* want : {"a &lt;test&gt; step", "student.layer1", "term.sokd.mask on the input",
                            "label 2", "predicted 1", "predicted 0", "Not drawn", "term.kd.logits f64[2, 3]", "term.sokd.boxes i64[2, 2, 8]",
-                           "src=\"sample1_term.sokd.mask.png\"", "<code>term sokd (sokd): sub-policy 3 &amp; more</code>",
-                           "Relations between the batch's samples", "src=\"batch_term.sp.student_similarity.layer3.png\""})
+                           "src=\"sample1_term.sokd.mask.png\"", "<code>term sokd (sokd): sub-policy 3 &amp; more</code>"})
     EXPECT_NE(html.find(want), std::string::npos) << want;
   // A view whose batch is not the inputs' is refused, naming it.
   try {

@@ -1,5 +1,5 @@
-// Feature distillation nodes (see feature.h): AT's attention map, CWD's spatial-softmax KL and
-// ReviewKD's HCL pyramid. Forwards are composed of engine functions under NoGradGuard and each records
+// Feature distillation nodes (see feature.h): AT's attention map, CWD's spatial-softmax KL, ReviewKD's
+// HCL pyramid, NST's polynomial-kernel MMD and VID's Gaussian likelihood. Forwards are composed of engine functions under NoGradGuard and each records
 // one node with a hand-written backward, so a graph shows "CWDLossBackward" rather than its pieces and
 // the backward saves only what it reads. at_loss is the exception: it is composed of attention_map
 // and mse_loss, whose nodes are already fused and whose composition needs no extra memory.
@@ -38,6 +38,30 @@ void check_same_shape(const char* op, const Tensor& fs, const Tensor& ft, const 
                " must have the same shape (", why, ")");
 }
 
+// F.normalize along the last dimension: y = x / max(‖x‖, eps). Where the clamp is active the
+// denominator is a constant and only x / eps is differentiated (`live` is 0 there).
+struct Normalized {
+  Tensor y, denom, live;
+};
+
+Normalized normalize_last_dim(const Tensor& x) {
+  NoGradGuard ng;
+  const int64_t last = x.dim() - 1;
+  const Tensor norm = sqrt(sum(mul(x, x), {last}, true));
+  Normalized n;
+  n.denom = clamp(norm, kNormalizeEps, std::numeric_limits<double>::infinity());
+  n.live = ge(norm, Tensor::scalar(kNormalizeEps, x.dtype(), x.device()));
+  n.y = div(x, n.denom);
+  return n;
+}
+
+// dy -> dx for normalize_last_dim: (I − y yᵀ) dy / ‖x‖ row by row, without forming the matrix.
+Tensor normalize_last_dim_backward(const Normalized& n, const Tensor& gy) {
+  const int64_t last = n.y.dim() - 1;
+  const Tensor dot = mul(sum(mul(n.y, gy), {last}, true), n.live);
+  return div(sub(gy, mul(n.y, dot)), n.denom);
+}
+
 }  // namespace
 
 // ---- AT ----------------------------------------------------------------------------------------------
@@ -50,22 +74,16 @@ Tensor attention_map(const Tensor& f, double p) {
   RETORT_CHECK(std::isfinite(p) && p > 0, op, ": p must be a positive number, got ", p, " (features ", f.meta_str(),
                ")");
   const int64_t B = f.shape()[0], C = f.shape()[1], H = f.shape()[2], W = f.shape()[3];
-  Tensor q, denom, live;
+  Normalized q;
   {
     NoGradGuard ng;
     const Tensor fp = p == 2.0 ? mul(f, f) : pow(f, p);
-    const Tensor a = reshape(mean(fp, {1}), {B, H * W});
-    const Tensor norm = sqrt(sum(mul(a, a), {1}, true));  // [B, 1]
-    denom = clamp(norm, kNormalizeEps, std::numeric_limits<double>::infinity());
-    // Where the clamp is active the denominator is a constant and only a / eps is differentiated.
-    live = ge(norm, Tensor::scalar(kNormalizeEps, f.dtype(), f.device()));
-    q = div(a, denom);
+    q = normalize_last_dim(reshape(mean(fp, {1}), {B, H * W}));
   }
-  return record(q, "AttentionMapBackward", {f},
-                [f = saved(f), q = saved(q), denom, live, p, B, C, H, W](const Tensor& g, const Node&) {
-                  // normalize: dq/da = (I - q q^T) / ||a||, applied row by row without forming the matrix.
-                  const Tensor dot = mul(sum(mul(q, g), {1}, true), live);
-                  const Tensor ga = div(sub(g, mul(q, dot)), denom);
+  return record(q.y, "AttentionMapBackward", {f},
+                [f = saved(f), q = Normalized{saved(q.y), q.denom, q.live}, p, B, C, H, W](const Tensor& g,
+                                                                                          const Node&) {
+                  const Tensor ga = normalize_last_dim_backward(q, g);
                   // a = mean_c f^p: da/df = p f^(p-1) / C.
                   const double s = p / static_cast<double>(C);
                   const Tensor dadf = p == 2.0 ? affine(f, s, 0.0) : affine(pow(f, p - 1.0), s, 0.0);
@@ -168,6 +186,93 @@ Tensor hcl_loss(const Tensor& fs, const Tensor& ft) {
                   gd = mul(gd, affine(g, 1.0 / total, 0.0));
                   return std::vector<Tensor>{node.needs_grad(0) ? gd : Tensor(),
                                              node.needs_grad(1) ? neg(gd) : Tensor()};
+                });
+}
+
+
+// ---- NST ---------------------------------------------------------------------------------------------
+
+Tensor nst_loss(const Tensor& fs, const Tensor& ft) {
+  const char* op = "nst_loss";
+  check_feature_pair(op, fs, ft);
+  const auto [ps, pt] = pool_to_common_size(fs, ft);
+  const int64_t B = ps.shape()[0], Cs = ps.shape()[1], Ct = pt.shape()[1], L = ps.shape()[2] * ps.shape()[3];
+  Normalized ns, nt;
+  Tensor gss, gst, gtt, loss;
+  {
+    NoGradGuard ng;
+    ns = normalize_last_dim(reshape(ps, {B, Cs, L}));
+    nt = normalize_last_dim(reshape(pt, {B, Ct, L}));
+    // The polynomial kernel's Gram matrices per sample: channel i against channel j.
+    gss = matmul(ns.y, transpose(ns.y, 1, 2));
+    gtt = matmul(nt.y, transpose(nt.y, 1, 2));
+    gst = matmul(ns.y, transpose(nt.y, 1, 2));
+    loss = sub(add(mean(mul(gtt, gtt)), mean(mul(gss, gss))), affine(mean(mul(gst, gst)), 2.0, 0.0));
+  }
+  const double b = static_cast<double>(B), cs = static_cast<double>(Cs), ct = static_cast<double>(Ct);
+  return record(loss, "NSTLossBackward", {ps, pt},
+                [ns, nt, gss, gst, gtt, k_ss = 4.0 / (b * cs * cs), k_tt = 4.0 / (b * ct * ct),
+                 k_st = 4.0 / (b * cs * ct), s_shape = ps.shape(), t_shape = pt.shape()](const Tensor& g,
+                                                                                         const Node& node) {
+                  // d mean(G²)/dy for G = y yᵀ is 4 G y / |G|; for G = ys ytᵀ it is 2 G yt / |G| per side,
+                  // times the -2 of the cross term.
+                  Tensor gs, gt;
+                  if (node.needs_grad(0)) {
+                    const Tensor gy = sub(affine(matmul(gss, ns.y), k_ss, 0.0), affine(matmul(gst, nt.y), k_st, 0.0));
+                    gs = reshape(normalize_last_dim_backward(ns, mul(gy, g)), s_shape);
+                  }
+                  if (node.needs_grad(1)) {
+                    const Tensor gy = sub(affine(matmul(gtt, nt.y), k_tt, 0.0),
+                                          affine(matmul(transpose(gst, 1, 2), ns.y), k_st, 0.0));
+                    gt = reshape(normalize_last_dim_backward(nt, mul(gy, g)), t_shape);
+                  }
+                  return std::vector<Tensor>{gs, gt};
+                });
+}
+
+// ---- VID ---------------------------------------------------------------------------------------------
+
+Tensor vid_variance(const Tensor& log_scale, double eps) {
+  NoGradGuard ng;
+  // softplus in the form that does not overflow: max(s, 0) + log(1 + exp(-|s|)).
+  const Tensor sp = add(relu(log_scale), log(affine(exp(neg(abs(log_scale))), 1.0, 1.0)));
+  return affine(sp, 1.0, eps);
+}
+
+Tensor vid_loss(const Tensor& mu, const Tensor& target, const Tensor& log_scale, double eps) {
+  const char* op = "vid_loss";
+  check_same_shape(op, mu, target, "the regressor predicts the teacher's feature");
+  fn::check_compatible(op, mu, log_scale, "prediction", "log_scale");
+  const int64_t C = mu.shape()[1];
+  RETORT_CHECK(log_scale.dim() == 1 && log_scale.shape()[0] == C, op, ": log_scale must be [", C,
+               "] (one per channel of the prediction ", mu.meta_str(), "), got ", log_scale.meta_str());
+  RETORT_CHECK(std::isfinite(eps) && eps >= 0, op, ": eps must be >= 0, got ", eps);
+  Tensor loss, d, v;
+  {
+    NoGradGuard ng;
+    v = vid_variance(log_scale, eps).view_as_shape({1, C, 1, 1});
+    d = sub(mu, target);
+    loss = affine(add(mean(div(mul(d, d), v)), mean(log(v))), 0.5, 0.0);
+  }
+  const double n = static_cast<double>(mu.numel()), c = static_cast<double>(C);
+  return record(loss, "VIDLossBackward", {mu, target, log_scale},
+                [d, v, s = saved(log_scale), n, c](const Tensor& g, const Node& node) {
+                  Tensor gm, gt, gs;
+                  if (node.needs_grad(0) || node.needs_grad(1)) {
+                    const Tensor gd = mul(div(d, v), affine(g, 1.0 / n, 0.0));
+                    if (node.needs_grad(0)) gm = gd;
+                    if (node.needs_grad(1)) gt = neg(gd);
+                  }
+                  if (node.needs_grad(2)) {
+                    // dL/dv_c = ½ (−Σ_{n,h,w} d² / v_c² / N + 1 / (C v_c)); dv/ds = sigmoid(s).
+                    const Tensor vc = v.view_as_shape({static_cast<int64_t>(c)});
+                    const Tensor sq = sum(mul(d, d), {0, 2, 3});
+                    const Tensor dv = affine(sub(affine(div(Tensor::ones_like(vc), vc), 1.0 / c, 0.0),
+                                                 affine(div(sq, mul(vc, vc)), 1.0 / n, 0.0)),
+                                             0.5, 0.0);
+                    gs = mul(mul(dv, sigmoid(s)), g);
+                  }
+                  return std::vector<Tensor>{gm, gt, gs};
                 });
 }
 

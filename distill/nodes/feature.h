@@ -1,13 +1,19 @@
-// Feature distillation nodes: attention transfer (AT), channel-wise distillation (CWD) and ReviewKD's
-// hierarchical context loss (HCL). Each follows its reference implementation to the formula
-// (docs: /work/shared/research/methods.md §1.3, §1.6, §1.7); a node's loss is one stage's term, the
-// strategy sums stages and applies its weight.
+// Feature distillation nodes: attention transfer (AT), channel-wise distillation (CWD), ReviewKD's
+// hierarchical context loss (HCL), neuron selectivity transfer (NST) and variational information
+// distillation (VID). Each follows its reference implementation to the formula (docs:
+// /work/shared/research/methods.md §1.3, §1.6, §1.7; RepDistiller's distiller_zoo NST.py and VID.py
+// for the last two, docs/methods/nst.md and vid.md); a node's loss is one stage's term, the strategy
+// sums stages and applies its weight.
 //
 //   attention_map  q = a / max(‖a‖₂, 1e-12),  a[b, i] = mean_c f[b, c, i]^p          (F.normalize)
 //   at_loss        mean_{b,i} (q(fs) − q(ft))²,  the larger map adaptive-avg-pooled to the smaller
 //   cwd_loss       τ²/(N·C) · Σ_{n,c,i} φ_t (log φ_t − log φ_s),  φ = softmax_i(y[n, c, :] / τ)
 //   hcl_loss       [mse(fs, ft) + Σ_{l∈(4,2,1), l<H} w_l mse(pool_l fs, pool_l ft)] / (1 + Σ w_l),
 //                  w = 0.5, 0.25, 0.125 in the order the levels are used
+//   nst_loss       mean K(t̂, t̂) + mean K(ŝ, ŝ) − 2 mean K(ŝ, t̂),  K(a, b)[n, i, j] = ⟨a[n, i], b[n, j]⟩²,
+//                  x̂[n, c] = the channel's map over positions, L2-normalised (F.normalize, eps 1e-12);
+//                  the larger map adaptive-avg-pooled to the smaller; channels may differ
+//   vid_loss       mean_{n,c,h,w} ½ ((μ − t)² / v_c + log v_c),  v_c = softplus(log_scale_c) + eps
 //
 // All take NCHW features (f32 or f64, both operands alike) and differentiate in both operands;
 // teacher features usually need no gradient and then cost none.
@@ -35,6 +41,18 @@ Tensor at_loss(const Tensor& fs, const Tensor& ft, double p = 2.0);
 Tensor cwd_loss(const Tensor& fs, const Tensor& ft, double tau);
 // fs and ft of one shape [N, C, H, W]. 0-D result, one "HCLLossBackward" node.
 Tensor hcl_loss(const Tensor& fs, const Tensor& ft);
+
+// fs [B, Cs, Hs, Ws], ft [B, Ct, Ht, Wt] (a common size after pooling, as at_loss). 0-D result,
+// an "NSTLossBackward" node (after the pooling nodes, if any). Differentiates the whole expression in
+// both operands: the reference detaches its teacher-teacher term, which changes nothing for a frozen
+// teacher, the only way it is used.
+Tensor nst_loss(const Tensor& fs, const Tensor& ft);
+// mean [B, C, H, W] (the regressor's prediction of the teacher's feature), target of the same shape,
+// log_scale [C] (the per-channel variance's parameter); eps >= 0. 0-D result, one "VIDLossBackward"
+// node differentiable in all three.
+Tensor vid_loss(const Tensor& mean, const Tensor& target, const Tensor& log_scale, double eps = 1e-5);
+// softplus(log_scale) + eps: the per-channel variance vid_loss uses (no graph; for inspection).
+Tensor vid_variance(const Tensor& log_scale, double eps = 1e-5);
 
 // Gradcheck cases of this family (feature_checks.cpp) and the functions they cover; the connectors'
 // conv_transpose2d (distill/connectors.h) is checked here too.

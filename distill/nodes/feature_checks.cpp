@@ -3,7 +3,7 @@
 // teacher-side tensor that is itself trained (an ABF output, a connector). Every path that changes
 // the backward has a case: AT with either map pooled and with different channel counts, p != 2, CWD
 // at two temperatures and with a frozen teacher, HCL with 3, 2 and 0 pyramid levels and a height the
-// pyramid does not divide.
+// pyramid does not divide, NST with either side pooled, VID in all three inputs.
 #include "distill/connectors.h"
 #include "distill/nodes/feature.h"
 #include "engine/gradcheck.h"
@@ -83,6 +83,27 @@ void add_feature_node_checks(std::vector<GradcheckCase>& out) {
   hcl_case(out, "h5_uneven_bins", {1, 2, 5, 5});
   hcl_case(out, "h1_plain_mse", {3, 4, 1, 1});
 
+  // NST: channels differ (the kernel compares each side's channels with each other), either side
+  // pooled, a frozen teacher.
+  out.push_back({"nst_loss.channels_differ", "nst_loss", pair_of({2, 3, 4, 4}, {2, 5, 4, 4}),
+                 [](const Inputs& in) { return nst_loss(in[0], in[1]); }});
+  out.push_back({"nst_loss.student_larger_pooled", "nst_loss", pair_of({2, 2, 6, 6}, {2, 3, 3, 3}),
+                 [](const Inputs& in) { return nst_loss(in[0], in[1]); }});
+  out.push_back({"nst_loss.teacher_larger_frozen", "nst_loss", pair_of({3, 4, 2, 2}, {3, 2, 4, 4}, false),
+                 [](const Inputs& in) { return nst_loss(in[0], in[1]); }});
+  // VID: prediction, target and the variance's parameter, on both sides of softplus's knee.
+  out.push_back({"vid_loss.all_three", "vid_loss",
+                 [](Generator& g) {
+                   return Inputs{gc_randn({2, 3, 2, 2}, g), gc_randn({2, 3, 2, 2}, g), gc_uniform({3}, g, -2.0, 3.0)};
+                 },
+                 [](const Inputs& in) { return vid_loss(in[0], in[1], in[2]); }});
+  out.push_back({"vid_loss.eps0_frozen_target", "vid_loss",
+                 [](Generator& g) {
+                   return Inputs{gc_randn({3, 2, 3, 1}, g), Tensor::randn({3, 2, 3, 1}, g, DType::F64),
+                                 gc_uniform({2}, g, 0.5, 5.0)};
+                 },
+                 [](const Inputs& in) { return vid_loss(in[0], in[1], in[2], 0.0); }});
+
   conv_transpose_case(out, "k4_s2_p1", {2, 3, 3, 3}, {3, 4, 4, 4}, true, ct(2, 1));  // ConvReg's upsampler
   conv_transpose_case(out, "groups2_output_padding", {2, 4, 3, 3}, {4, 3, 3, 3}, true, ct(2, 1, 1, 2));
   ConvTranspose2dParams rect = ct(1, 0, 0, 1, 2);
@@ -92,7 +113,7 @@ void add_feature_node_checks(std::vector<GradcheckCase>& out) {
 }
 
 std::vector<std::string> feature_node_functions() {
-  return {"attention_map", "at_loss", "cwd_loss", "hcl_loss", "conv_transpose2d"};
+  return {"attention_map", "at_loss", "cwd_loss", "hcl_loss", "nst_loss", "vid_loss", "conv_transpose2d"};
 }
 
 }  // namespace retort

@@ -84,6 +84,20 @@ Tensor sp_loss(const Tensor& fs, const Tensor& ft) {
   return mse_loss(similarity_matrix(fs), similarity_matrix(ft));
 }
 
+// ---- CC ----------------------------------------------------------------------------------------------
+
+Tensor cc_loss(const Tensor& fs, const Tensor& ft) {
+  const char* op = "cc_loss";
+  const bool single = single_sample_pair(op, fs, ft);
+  RETORT_CHECK(fs.shape() == ft.shape(), op, ": student ", fs.meta_str(), " and teacher ", ft.meta_str(),
+               " must have the same shape (CC's embeddings bring both to feat_dim)");
+  if (single) return zero_loss(fs);
+  // CC.py: delta = |f_s − f_t|; mean over b of Σ_d delta[b] · delta[b + 1] (consecutive samples).
+  const int64_t b = fs.shape()[0];
+  const Tensor d = abs(sub(flatten(fs, 1), flatten(ft, 1)));
+  return affine(sum(mul(slice(d, 0, 0, b - 1), slice(d, 0, 1, b))), 1.0 / static_cast<double>(b - 1), 0.0);
+}
+
 // ---- PKT ---------------------------------------------------------------------------------------------
 
 Tensor pkt_probabilities(const Tensor& f) {

@@ -1,7 +1,7 @@
 // Relation distillation nodes: losses that compare how the samples of a batch relate to each other
 // in the student and in the teacher, rather than the features themselves — so the two networks'
 // feature widths may differ and no connector is needed. Each follows the reference implementation
-// (RepDistiller's distiller_zoo: SP.py, PKT.py, RKD.py) to the formula:
+// (RepDistiller's distiller_zoo: SP.py, PKT.py, RKD.py, CC.py) to the formula:
 //
 //   similarity_matrix  G = F Fᵀ with every row L2-normalised (F.normalize), F = f viewed [B, D]
 //   sp_loss            ‖G_s − G_t‖²_F / B²                                   (Tung & Mori, ICCV 2019)
@@ -10,6 +10,9 @@
 //   rkd_distances      ψ_D[i, j] = ‖fᵢ − fⱼ‖ / μ, μ the mean over i ≠ j; 0 on the diagonal
 //   rkd_angles         ψ_A[a, b, c] = ⟨e_ab, e_ac⟩,  e_ab = normalize(f_b − f_a)   ([B, B, B])
 //   rkd_loss           w_d · smooth_l1(ψ_D(s), ψ_D(t)) + w_a · smooth_l1(ψ_A(s), ψ_A(t))   (Park et al., CVPR 2019)
+//   cc_loss            Σ_{b<B−1} Σ_d δ[b, d] δ[b+1, d] / (B − 1),  δ = |f_s − f_t|
+//                      (RepDistiller's Correlation, "the authors' code"; not the paper's kernel matrix —
+//                      see docs/methods/cc.md)
 //
 // Inputs are [B, ...] (any rank ≥ 2; a 4-D feature map is flattened per sample, as the references'
 // view(B, -1)), f32 or f64, B ≥ 2 for the relation maps. The losses of a batch of one sample (the last,
@@ -48,6 +51,10 @@ Tensor rkd_distances(const Tensor& f);
 Tensor rkd_angles(const Tensor& f);
 // fs [B, ...], ft [B, ...]; weights >= 0, a zero weight skips its part. 0-D.
 Tensor rkd_loss(const Tensor& fs, const Tensor& ft, double distance_weight = 25.0, double angle_weight = 50.0);
+
+// fs, ft [B, ...] of one shape (CC's two embeddings). 0-D; composed of engine functions (abs, slice,
+// mul, sum), so the graph shows their nodes.
+Tensor cc_loss(const Tensor& fs, const Tensor& ft);
 
 // How alike two relation maps of one shape are ([B, B] or [B, B, B], no gradient): the Pearson
 // correlation of their entries off the diagonal (i ≠ j; for angles b ≠ a ≠ c, b ≠ c), with how many

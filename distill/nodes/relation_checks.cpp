@@ -55,10 +55,15 @@ void add_relation_node_checks(std::vector<GradcheckCase>& out) {
                  [](const Inputs& in) { return rkd_loss(in[0], in[1], 1.0, 0.0); }});
   out.push_back({"rkd_loss.angle_only", "rkd_loss", pair_of({4, 2, 1, 1}, {4, 3}),
                  [](const Inputs& in) { return rkd_loss(in[0], in[1], 0.0, 2.0); }});
+
+  out.push_back({"cc_loss.embedding", "cc_loss", pair_of({4, 5}, {4, 5}),
+                 [](const Inputs& in) { return cc_loss(in[0], in[1]); }});
+  out.push_back({"cc_loss.batch2_frozen_teacher", "cc_loss", pair_of({2, 3}, {2, 3}, false),
+                 [](const Inputs& in) { return cc_loss(in[0], in[1]); }});
 }
 
 std::vector<std::string> relation_node_functions() {
-  return {"similarity_matrix", "sp_loss", "pkt_probabilities", "pkt_loss", "rkd_distances", "rkd_angles", "rkd_loss"};
+  return {"similarity_matrix", "sp_loss", "pkt_probabilities", "pkt_loss", "rkd_distances", "rkd_angles", "rkd_loss", "cc_loss"};
 }
 
 }  // namespace retort

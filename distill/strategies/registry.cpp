@@ -15,6 +15,9 @@ void register_builtin_strategies() {
   register_pkt_strategy();
   register_rkd_strategy();
   register_crd_strategy();
+  register_vid_strategy();
+  register_nst_strategy();
+  register_cc_strategy();
   register_generous_teacher_strategy();
   register_mtkd_ssr_strategy();
   register_sokd_strategy();

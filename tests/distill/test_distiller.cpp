@@ -69,6 +69,9 @@ TEST(Strategies, EveryBuiltinTrainsOneStep) {
       R"([{"type": "sp", "params": {"student_taps": ["layer2", "layer3"]}}])",
       R"([{"type": "pkt"}])",
       R"([{"type": "rkd", "params": {"angle_weight": 0}}, {"type": "ce"}])",
+      R"([{"type": "vid"}])",
+      R"([{"type": "nst"}])",
+      R"([{"type": "cc"}, {"type": "ce"}])",
       R"([{"type": "ce"}, {"type": "generous_teacher", "weight": 8}])",
       R"([{"type": "generous_teacher", "params": {"select": "teacher_correct", "tckd_weight": 1}}])",
       R"([{"type": "ce"}, {"type": "mtkd_ssr"}])",
@@ -82,7 +85,8 @@ TEST(Strategies, EveryBuiltinTrainsOneStep) {
   }
   // Connectors bridge different widths: resnet8 (16..64 channels) from resnet8x4 (64..256).
   for (const char* c : {R"([{"type": "fitnet"}])", R"([{"type": "cwd"}])", R"([{"type": "reviewkd"}])",
-                        R"([{"type": "mtkd_ssr"}])", R"([{"type": "sp"}, {"type": "pkt"}, {"type": "rkd"}])"})
+                        R"([{"type": "mtkd_ssr"}])", R"([{"type": "sp"}, {"type": "pkt"}, {"type": "rkd"}])",
+                        R"([{"type": "vid"}, {"type": "nst"}, {"type": "cc"}])"})
     one_step(c, "resnet8", "resnet8x4");
 }
 
@@ -115,6 +119,33 @@ TEST(Strategies, RelationStrategiesShowTheirMaps) {
   EXPECT_NE(notes[0].find("over 30 pairs"), std::string::npos) << notes[0];
   EXPECT_NE(notes[2].find("angles r "), std::string::npos) << notes[2];
   EXPECT_NE(notes[2].find("over 120 triplets"), std::string::npos) << notes[2];
+}
+
+// VID's parameters are named key for key as RepDistiller's ModuleList of VIDLoss, its variances start
+// at init_pred_var, and retort-inspect shows them per teacher stage.
+TEST(Strategies, VIDNamesItsParametersAsTheReferenceAndShowsItsVariances) {
+  Generator gen(1);
+  auto student = create_model("resnet8", kOpts, gen);
+  auto teacher = create_model("resnet8x4", kOpts, gen);
+  Distiller d(student, teacher, terms_from(R"([{"type": "vid", "params": {"init_pred_var": 3}}])"), {}, kSample, gen);
+  std::map<std::string, Shape> params;
+  for (auto& [name, p] : d.terms()[0].strategy->named_parameters()) params[name] = p.shape();
+  EXPECT_EQ(params.size(), 12u);  // 3 stages x (3 convs + log_scale)
+  EXPECT_EQ(params.at("0.regressor.0.weight"), (Shape{64, 16, 1, 1}));  // resnet8 layer1 16 -> resnet8x4's 64
+  EXPECT_EQ(params.at("0.regressor.2.weight"), (Shape{64, 64, 1, 1}));
+  EXPECT_EQ(params.at("2.regressor.4.weight"), (Shape{256, 256, 1, 1}));
+  EXPECT_EQ(params.at("2.log_scale"), (Shape{256}));
+  d.train(true);
+  Tensor logits;
+  const LossTerms terms = d.losses(make_batch(4, 5), TrainProgress{}, logits);
+  EXPECT_TRUE(std::isfinite(terms[0].second.item()));
+  std::map<std::string, Tensor> views;
+  for (const auto& [k, v] : d.views()) views[k] = v;
+  ASSERT_EQ(views.count("term.vid.variance.layer2"), 1u);
+  for (double v : views.at("term.vid.variance.layer2").to_vector()) EXPECT_NEAR(v, 3.0, 1e-9);
+  const auto notes = d.view_notes();
+  ASSERT_EQ(notes.size(), 1u);
+  EXPECT_NE(notes[0].find("predicted variance.layer1 3 (min 3, max 3 over 64 channels)"), std::string::npos) << notes[0];
 }
 
 TEST(Strategies, KDTermMatchesTheNode) {
@@ -243,6 +274,13 @@ TEST(Distiller, ConfigErrorsNameTheTerm) {
   expect_error(R"([{"type": "rkd", "params": {"distance_weight": -2}}])", "distill.terms[0].params.distance_weight: must be >= 0");
   expect_error(R"([{"type": "rkd", "params": {"distance_weight": 0, "angle_weight": 0}}])", "both 0");
   expect_error(R"([{"type": "pkt", "params": {"student_taps": ":pooled"}}])", "did you mean distill.terms[0].params.student_tap");
+  expect_error(R"([{"type": "vid", "params": {"init_pred_var": 0}}])",
+               "distill.terms[0].params.init_pred_var: the initial variance must be above eps");
+  expect_error(R"([{"type": "vid", "params": {"eps": -1}}])", "distill.terms[0].params.eps: must be >= 0");
+  expect_error(R"([{"type": "vid", "params": {"student_taps": ["layer1"], "teacher_taps": []}}])",
+               "0 teacher taps for 1 student taps");
+  expect_error(R"([{"type": "nst", "params": {"teacher_taps": ["layer3"]}}])", "1 teacher taps for 3 student taps");
+  expect_error(R"([{"type": "cc", "params": {"feat_dim": 0}}])", "distill.terms[0].params.feat_dim: must be positive");
 }
 
 TEST(Distiller, UnbridgeableFeaturesAndMissingTeacherAreClearErrors) {

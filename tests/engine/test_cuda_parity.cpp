@@ -946,6 +946,13 @@ TEST(CudaParity, FeatureDistillationLosses) {
                  [](const Ts& t) { return retort::cwd_loss(t[0], t[1], 4.0); }, Kind::Reduction, Kind::Reduction);
     check_parity(label("hcl_loss", dt, fs.shape()), {In(fs, true, "student"), In(ft_same, true, "teacher")},
                  [](const Ts& t) { return retort::hcl_loss(t[0], t[1]); }, Kind::Reduction, Kind::Reduction);
+    check_parity(label("nst_loss (pooled student, channels differ)", dt, fs.shape()),
+                 {In(fs, true, "student"), In(ft, true, "teacher")},
+                 [](const Ts& t) { return retort::nst_loss(t[0], t[1]); }, Kind::Reduction, Kind::Reduction);
+    const Tensor log_scale = Tensor::rand({4}, gen, dt, -2.0, 5.0);
+    check_parity(label("vid_loss", dt, fs.shape()),
+                 {In(fs, true, "prediction"), In(ft_same, true, "target"), In(log_scale, true, "log_scale")},
+                 [](const Ts& t) { return retort::vid_loss(t[0], t[1], t[2]); }, Kind::Reduction, Kind::Reduction);
   }
 }
 
@@ -967,6 +974,9 @@ TEST(CudaParity, RelationDistillationLosses) {
                  Kind::Reduction, Kind::Reduction);
     check_parity(label("rkd_loss 25 / 50", dt, es.shape()), {In(es, true, "student"), fixed(et, "teacher")},
                  [](const Ts& t) { return retort::rkd_loss(t[0], t[1]); }, Kind::Reduction, Kind::Reduction);
+    const Tensor es2 = Tensor::randn({16, 32}, gen, dt);
+    check_parity(label("cc_loss", dt, es.shape()), {In(es, true, "student"), In(es2, true, "teacher")},
+                 [](const Ts& t) { return retort::cc_loss(t[0], t[1]); }, Kind::Reduction, Kind::Reduction);
     // CRD (distill/nodes/contrast.h): a memory read at host indices against unit embeddings, the NCE loss.
     const Tensor memory = Tensor::rand({200, 32}, gen, dt, -0.3, 0.3), v = retort::l2_normalize_rows(es);
     std::vector<int64_t> rows(16 * 65);

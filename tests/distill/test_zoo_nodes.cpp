@@ -1,0 +1,178 @@
+// VID, NST and CC nodes (distill/nodes/feature.h vid_loss / nst_loss, relation.h cc_loss): values
+// computed by hand, the invariances NST is built to have (a positive scale per channel map, the order
+// of the channels), dead channels, the graph's node names, errors, and golden values from
+// RepDistiller's VID.py, NST.py and CC.py in PyTorch (tools/gen_golden_distill_zoo.py) in f64 and f32.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <string>
+
+#include "distill/nodes/feature.h"
+#include "distill/nodes/relation.h"
+#include "engine/autograd.h"
+#include "engine/functions.h"
+#include "tests/common/expect.h"
+#include "tests/common/golden.h"
+
+using namespace retort;
+using retort::testing::expect_error;
+using retort::testing::GoldenFile;
+
+namespace {
+
+Tensor randn(const Shape& s, Generator& g, DType dt = DType::F64) { return Tensor::randn(s, g, dt); }
+Tensor vec(std::vector<double> v, Shape s) { return Tensor::from_vector(v, s, DType::F64); }
+
+bool has_node(const Tensor& t, const std::string& name) {
+  const auto names = graph_node_names(t);
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+double softplus(double x) { return std::log1p(std::exp(x)); }
+
+}  // namespace
+
+TEST(VidLoss, MatchesHandComputedNegativeLogLikelihood) {
+  Generator gen(1);
+  const Tensor mu = randn({2, 2, 1, 3}, gen), t = randn({2, 2, 1, 3}, gen);
+  const Tensor s = vec({-1.0, 2.0}, {2});
+  const double eps = 1e-5;
+  double want = 0;
+  for (int64_t i = 0; i < 12; ++i) {
+    const int64_t c = (i / 3) % 2;  // [n, c, 0, w] with 3 positions per channel
+    const double v = softplus(s.at(c)) + eps, d = mu.at(i) - t.at(i);
+    want += 0.5 * (d * d / v + std::log(v));
+  }
+  EXPECT_NEAR(vid_loss(mu, t, s, eps).item(), want / 12.0, 1e-14);
+}
+
+TEST(VidLoss, VarianceStartsAtInitPredVarAndNeverOverflows) {
+  const double init = std::log(std::exp(5.0 - 1e-5) - 1.0);  // VIDLoss's log_scale initialisation
+  EXPECT_NEAR(vid_variance(vec({init}, {1})).item(), 5.0, 1e-12);
+  // softplus(100) = 100 and softplus(-100) ≈ 0, also in f32 where exp(100) overflows.
+  const Tensor v = vid_variance(Tensor::from_vector({100.0, -100.0}, {2}, DType::F32), 1e-5);
+  EXPECT_NEAR(v.at(0), 100.0, 1e-4);
+  EXPECT_NEAR(v.at(1), 1e-5, 1e-9);
+}
+
+TEST(VidLoss, GradientShrinksTheVarianceTowardsTheError) {
+  // With a perfect prediction the best variance is as small as possible: d loss / d log_scale > 0;
+  // with errors of variance 4 and v = 1 it must grow: < 0.
+  Generator gen(2);
+  const Tensor mu = randn({4, 1, 4, 4}, gen);
+  for (const auto& [target, sign] : {std::pair{mu, 1.0}, std::pair{add(mu, affine(randn({4, 1, 4, 4}, gen), 2.0, 0.0)), -1.0}}) {
+    Tensor s = vec({std::log(std::exp(1.0) - 1.0)}, {1}).set_requires_grad();
+    vid_loss(mu, target, s, 0.0).backward();
+    EXPECT_GT(sign * s.grad().item(), 0.0);
+  }
+}
+
+TEST(NstLoss, HandComputedKernelDiscrepancy) {
+  // One channel each over two positions: ŝ = (1, 0), t̂ = (0, 1): K(s,s) = K(t,t) = 1, K(s,t) = 0.
+  EXPECT_NEAR(nst_loss(vec({3, 0}, {1, 1, 1, 2}), vec({0, 2}, {1, 1, 1, 2})).item(), 2.0, 1e-15);
+  // ŝ = (1, 1)/√2, t̂ = (1, 0): K(s,t) = ½, so 1 + 1 − 2·½.
+  EXPECT_NEAR(nst_loss(vec({1, 1}, {1, 1, 1, 2}), vec({5, 0}, {1, 1, 1, 2})).item(), 1.0, 1e-15);
+}
+
+TEST(NstLoss, ZeroForEqualMapsAndBlindToChannelScaleAndOrder) {
+  Generator gen(3);
+  const Tensor fs = randn({2, 3, 4, 4}, gen), ft = randn({2, 5, 4, 4}, gen);
+  const double base = nst_loss(fs, ft).item();
+  ASSERT_GT(base, 1e-3);
+  EXPECT_NEAR(nst_loss(fs, fs).item(), 0.0, 1e-14);
+  // Each channel's map is normalised: a positive scale per (sample, channel) changes nothing.
+  const Tensor scales = vec({0.5, 2.0, 9.0, 1.0, 3.0, 0.1}, {2, 3, 1, 1});
+  EXPECT_NEAR(nst_loss(mul(fs, scales), ft).item(), base, 1e-12);
+  // The discrepancy compares the sets of channel maps: their order does not matter.
+  const Tensor reordered = cat({slice(fs, 1, 2, 3), slice(fs, 1, 0, 2)}, 1);
+  EXPECT_NEAR(nst_loss(reordered, ft).item(), base, 1e-12);
+  // The teacher's larger map is pooled to the student's: the same as pooling it first.
+  const Tensor big = randn({2, 2, 8, 8}, gen);
+  EXPECT_NEAR(nst_loss(fs, big).item(), nst_loss(fs, adaptive_avg_pool2d(big, 4, 4)).item(), 1e-15);
+}
+
+TEST(NstLoss, ADeadChannelGivesFiniteValuesAndGradients) {
+  // A channel that is 0 everywhere (common after a ReLU) stays 0 after F.normalize's clamp.
+  Generator gen(4);
+  Tensor fs = relu(randn({2, 3, 2, 2}, gen));
+  std::vector<double> v = fs.to_vector();
+  for (int i = 4; i < 8; ++i) v[i] = 0.0;  // sample 0, channel 1
+  fs = vec(v, {2, 3, 2, 2}).set_requires_grad();
+  const Tensor l = nst_loss(fs, relu(randn({2, 4, 2, 2}, gen)));
+  EXPECT_TRUE(std::isfinite(l.item()));
+  l.backward();
+  for (double g : fs.grad().to_vector()) EXPECT_TRUE(std::isfinite(g));
+}
+
+TEST(CcLoss, HandComputedOverConsecutivePairs) {
+  // δ = |s − t| = rows (1, 2), (3, 0), (1, 1): pairs (0,1) 3 + 0, (1,2) 3 + 0: mean 3.
+  const Tensor s = vec({2, 2, 3, 5, 0, 1}, {3, 2}), t = vec({1, 0, 0, 5, 1, 0}, {3, 2});
+  EXPECT_NEAR(cc_loss(s, t).item(), 3.0, 1e-15);
+  EXPECT_EQ(cc_loss(s, s).item(), 0.0);
+  Generator gen(5);
+  Tensor one = randn({1, 4}, gen).set_requires_grad();
+  const Tensor l = cc_loss(one, randn({1, 4}, gen));
+  EXPECT_EQ(l.item(), 0.0);  // no pair (the reference: the mean of nothing, NaN)
+  l.backward();
+  for (double g : one.grad().to_vector()) EXPECT_EQ(g, 0.0);
+}
+
+TEST(ZooNodes, GraphNodesAndErrors) {
+  Generator gen(6);
+  const Tensor a = randn({2, 3, 4, 4}, gen).set_requires_grad(), b = randn({2, 3, 4, 4}, gen);
+  EXPECT_TRUE(has_node(vid_loss(a, b, randn({3}, gen)), "VIDLossBackward"));
+  EXPECT_TRUE(has_node(nst_loss(a, b), "NSTLossBackward"));
+  EXPECT_TRUE(has_node(nst_loss(a, randn({2, 3, 2, 2}, gen)), "AdaptiveAvgPool2dBackward"));
+  expect_error([&] { vid_loss(a, randn({2, 4, 4, 4}, gen), randn({3}, gen)); },
+               {"vid_loss", "f64[2, 3, 4, 4]", "f64[2, 4, 4, 4]", "same shape"});
+  expect_error([&] { vid_loss(a, b, randn({4}, gen)); }, {"vid_loss", "log_scale must be [3]", "f64[4]"});
+  expect_error([&] { vid_loss(a, b, randn({3}, gen), -1.0); }, {"vid_loss", "eps must be >= 0"});
+  expect_error([&] { nst_loss(a, randn({3, 3, 4, 4}, gen)); }, {"nst_loss", "different batch sizes"});
+  expect_error([&] { nst_loss(randn({2, 12}, gen), b); }, {"nst_loss", "4-D"});
+  expect_error([&] { cc_loss(randn({3, 4}, gen), randn({3, 5}, gen)); }, {"cc_loss", "same shape", "feat_dim"});
+}
+
+// ---- golden values (PyTorch, RepDistiller's code) --------------------------------------------------
+
+namespace {
+
+const GoldenFile& golden() {
+  static const GoldenFile g("golden_distill_zoo.safetensors");
+  return g;
+}
+
+void check_case(const std::string& name, const std::function<Tensor(const std::vector<Tensor>&)>& fn, DType dtype) {
+  retort::testing::check_golden_case(golden(), name, fn, dtype);
+}
+
+class GoldenZoo : public ::testing::TestWithParam<DType> {};
+
+}  // namespace
+
+TEST_P(GoldenZoo, VariationalInformationDistillation) {
+  for (const char* c : {"vid_initial_scale", "vid_learned_scale"})
+    check_case(c, [](const auto& in) { return vid_loss(in[0], in[1], in[2]); }, GetParam());
+  // The whole VIDLoss: the student's map pooled to the teacher's, the 1x1 regressor, the loss.
+  check_case("vid_module",
+             [](const auto& in) {
+               const auto [s, t] = pool_to_common_size(in[0], in[1]);
+               const Tensor mu = conv2d(relu(conv2d(relu(conv2d(s, in[2])), in[3])), in[4]);
+               return vid_loss(mu, t, in[5]);
+             },
+             GetParam());
+}
+
+TEST_P(GoldenZoo, NeuronSelectivityTransfer) {
+  for (const char* c : {"nst_channels_differ", "nst_student_pooled", "nst_teacher_pooled"})
+    check_case(c, [](const auto& in) { return nst_loss(in[0], in[1]); }, GetParam());
+}
+
+TEST_P(GoldenZoo, CorrelationCongruence) {
+  for (const char* c : {"cc_embeddings", "cc_batch2"})
+    check_case(c, [](const auto& in) { return cc_loss(in[0], in[1]); }, GetParam());
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, GoldenZoo, ::testing::Values(DType::F64, DType::F32),
+                         [](const auto& info) { return std::string(info.param == DType::F64 ? "f64" : "f32"); });

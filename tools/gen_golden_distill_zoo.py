@@ -1,0 +1,99 @@
+"""Golden fixtures for VID, NST and CC (distill/nodes/feature.h vid_loss and nst_loss,
+distill/nodes/relation.h cc_loss): each loss is computed with the reference implementation's own code
+(copied below from RepDistiller's distiller_zoo: VID.py, NST.py, CC.py) and differentiated by PyTorch,
+in float64. tests/distill/test_zoo_nodes.cpp recomputes them with Retort in f64 and f32.
+
+Regenerate (Debian's python3-torch):
+  cd tools && /usr/bin/python3 gen_golden_distill_zoo.py ../tests/fixtures/golden_distill_zoo.safetensors
+
+Each case NAME stores NAME/in<i> (inputs), NAME/out (output), NAME/upstream and NAME/grad_in<i>
+(gradient of sum(out * upstream) with respect to each input that requires one; tools/golden.py)."""
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from golden import record_case, save_safetensors
+
+torch.manual_seed(0)
+torch.set_default_dtype(torch.float64)
+tensors = {}
+
+
+# RepDistiller distiller_zoo/VID.py: VIDLoss.forward after its regressor (pred_mean given).
+def vid_after_regressor(pred_mean, target, log_scale, eps=1e-5):
+    pred_var = torch.log(1.0 + torch.exp(log_scale)) + eps
+    pred_var = pred_var.view(1, -1, 1, 1)
+    neg_log_prob = 0.5 * ((pred_mean - target) ** 2 / pred_var + torch.log(pred_var))
+    loss = torch.mean(neg_log_prob)
+    return loss
+
+
+# VIDLoss.forward whole: pooling, the regressor conv1x1 -> ReLU -> conv1x1 -> ReLU -> conv1x1 (weights
+# given), then the loss.
+def vid_module(input, target, w0, w2, w4, log_scale, eps=1e-5):
+    s_H, t_H = input.shape[2], target.shape[2]
+    if s_H > t_H:
+        input = F.adaptive_avg_pool2d(input, (t_H, t_H))
+    elif s_H < t_H:
+        target = F.adaptive_avg_pool2d(target, (s_H, s_H))
+    pred_mean = F.conv2d(F.relu(F.conv2d(F.relu(F.conv2d(input, w0)), w2)), w4)
+    return vid_after_regressor(pred_mean, target, log_scale, eps)
+
+
+# RepDistiller distiller_zoo/NST.py: NSTLoss.nst_loss and poly_kernel
+def nst(f_s, f_t):
+    s_H, t_H = f_s.shape[2], f_t.shape[2]
+    if s_H > t_H:
+        f_s = F.adaptive_avg_pool2d(f_s, (t_H, t_H))
+    elif s_H < t_H:
+        f_t = F.adaptive_avg_pool2d(f_t, (s_H, s_H))
+    f_s = f_s.view(f_s.shape[0], f_s.shape[1], -1)
+    f_s = F.normalize(f_s, dim=2)
+    f_t = f_t.view(f_t.shape[0], f_t.shape[1], -1)
+    f_t = F.normalize(f_t, dim=2)
+    return (poly_kernel(f_t, f_t).mean().detach() + poly_kernel(f_s, f_s).mean()
+            - 2 * poly_kernel(f_s, f_t).mean())
+
+
+def poly_kernel(a, b):
+    a = a.unsqueeze(1)
+    b = b.unsqueeze(2)
+    res = (a * b).sum(-1).pow(2)
+    return res
+
+
+# RepDistiller distiller_zoo/CC.py: Correlation.forward
+def cc(f_s, f_t):
+    delta = torch.abs(f_s - f_t)
+    loss = torch.mean((delta[:-1] * delta[1:]).sum(1))
+    return loss
+
+
+def case(name, fn, *inputs, grads=None):
+    """grads: which inputs require grad (all by default)."""
+    record_case(tensors, name, fn, inputs, lambda i, x: grads is None or i in grads)
+
+
+r = torch.randn
+init = float(np.log(np.exp(5.0 - 1e-5) - 1.0))  # VIDLoss's log_scale initialisation
+# VID's loss on a prediction: at the initial scale, and at scales across softplus's knee
+case("vid_initial_scale", vid_after_regressor, r(3, 4, 2, 2), r(3, 4, 2, 2), torch.full((4,), init))
+case("vid_learned_scale", vid_after_regressor, r(2, 3, 3, 3), F.relu(r(2, 3, 3, 3)), torch.tensor([-3.0, 0.2, 4.0]))
+# VIDLoss whole (student 8x8 pooled to the teacher's 4x4; 3 -> 5 channels, mid 5), teacher frozen as
+# in RepDistiller's loop
+w = lambda o, i: r(o, i, 1, 1) * 0.5
+case("vid_module", vid_module, F.relu(r(2, 3, 8, 8)), F.relu(r(2, 5, 4, 4)), w(5, 3), w(5, 5), w(5, 5),
+     torch.full((5,), init) + 0.3 * r(5), grads={0, 2, 3, 4, 5})
+# NST: channels differ, a pooled student, and a pooled teacher; the teacher is frozen (the reference
+# detaches its teacher-teacher term, which only matters when the teacher is trained)
+case("nst_channels_differ", nst, F.relu(r(2, 3, 4, 4)), F.relu(r(2, 6, 4, 4)), grads={0})
+case("nst_student_pooled", nst, r(3, 4, 6, 6), r(3, 2, 3, 3), grads={0})
+case("nst_teacher_pooled", nst, F.relu(r(2, 5, 2, 2)), F.relu(r(2, 3, 4, 4)), grads={0})
+# CC on embeddings, both sides trained (RepDistiller trains embed_t)
+case("cc_embeddings", cc, r(6, 8), r(6, 8))
+case("cc_batch2", cc, r(2, 5), r(2, 5))
+
+save_safetensors(sys.argv[1], tensors, {"generator": "tools/gen_golden_distill_zoo.py", "seed": 0})
+print(f"wrote {len(tensors)} tensors to {sys.argv[1]}")

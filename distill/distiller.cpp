@@ -62,7 +62,10 @@ Distiller::Distiller(std::shared_ptr<Module> student, std::shared_ptr<Module> te
   shapes.fresh_student = options_.fresh_student;
   shapes.fresh_teacher = options_.fresh_teacher;
   shapes.student = probe(*student_, s_specs, probe_shape, &shapes.student_logits);
-  if (teacher_) shapes.teacher = probe(*teacher_, t_specs, probe_shape, &shapes.teacher_logits);
+  if (teacher_) {
+    shapes.teacher = probe(*teacher_, t_specs, probe_shape, &shapes.teacher_logits);
+    shapes.teacher_batch_norm = [t = teacher_.get()](const std::string& spec) { return t->batch_norm_before(spec); };
+  }
   for (auto& t : terms_) t.strategy->build(shapes, gen);
   for (const auto& s : s_specs) student_->tap(s, [this, s](const Tensor& x) { student_feats_[s] = x; });
   if (teacher_) {

@@ -64,6 +64,10 @@ struct TapShapes {
   // Builders of a freshly initialised network of the student's / teacher's architecture, for strategies
   // whose heads copy part of it (MTKD-SSR's stage-copy heads); empty when the caller gave none.
   std::function<std::shared_ptr<Module>(Generator&)> fresh_student, fresh_teacher;
+  // The teacher's batch norm before the ReLU of a tapped point (Module::batch_norm_before; null where
+  // the model does not say), for strategies that read its affine parameters (OFD's margins); empty
+  // without a teacher.
+  std::function<std::shared_ptr<Module>(const std::string& spec)> teacher_batch_norm;
   const Shape& of_student(const std::string& spec) const;
   const Shape& of_teacher(const std::string& spec) const;
 };

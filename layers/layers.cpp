@@ -329,4 +329,8 @@ void Sequential::add_point_tap(const std::string& point, TapFn fn) {
   children().back().second->tap(":" + point, std::move(fn));
 }
 
+std::shared_ptr<Module> Sequential::point_batch_norm(const std::string& point) {
+  return children().empty() ? nullptr : children().back().second->point_batch_norm(point);
+}
+
 }  // namespace retort

@@ -238,6 +238,8 @@ class Sequential : public Module {
   Module& operator[](size_t i) const;  // throws when out of range
   ModulePtr ptr(size_t i) const;
 
+  std::shared_ptr<Module> point_batch_norm(const std::string& point) override;  // the last child's
+
  protected:
   void add_point_tap(const std::string& point, TapFn fn) override;
 };

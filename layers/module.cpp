@@ -251,6 +251,12 @@ void Module::tap(const std::string& spec, TapFn fn) {
   else m.add_point_tap(point, std::move(fn));
 }
 
+std::shared_ptr<Module> Module::batch_norm_before(const std::string& spec) {
+  const size_t colon = spec.find(':');
+  if (colon == std::string::npos) return nullptr;  // a module's output: after its ReLU
+  return find(spec.substr(0, colon)).point_batch_norm(spec.substr(colon + 1));
+}
+
 void Module::substitute(const std::string& path, Tensor t) {
   RETORT_CHECK(path.find(':') == std::string::npos, "substitute '", path,
                "': only a module's output can be substituted, not a named point");

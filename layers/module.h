@@ -78,6 +78,12 @@ class Module {
   // path: "module.path" (its output) or "module.path:point" (a named point it emits).
   void tap(const std::string& path, TapFn fn);
   void clear_taps();  // recursively
+  // The batch norm whose output (plus a shortcut, where the block has one) makes the tapped point
+  // `path` — the BN before the point's ReLU, whose affine parameters describe the point's distribution
+  // (OFD's margins). Null where the module does not say (point_batch_norm's default).
+  std::shared_ptr<Module> batch_norm_before(const std::string& path);
+  // This module's answer for one of its named points ("preact"); blocks that emit one override it.
+  virtual std::shared_ptr<Module> point_batch_norm(const std::string& point) { return nullptr; }
   // Whether this module (not its children) has taps or a substitute: a forward that fuses it away must
   // then call it through operator().
   bool has_taps() const { return !taps_.empty() || substitute_.defined(); }

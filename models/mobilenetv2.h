@@ -31,6 +31,10 @@ class InvertedResidual : public Module {
  public:
   InvertedResidual(int64_t inp, int64_t oup, int64_t stride, int64_t expand_ratio, Generator& gen);
   Tensor forward(const Tensor& x) override;
+  // The projection's BN (conv.7), as mdistiller's get_bn_before_relu (the residual sum has no ReLU).
+  std::shared_ptr<Module> point_batch_norm(const std::string& point) override {
+    return point == "preact" ? conv_->ptr(conv_->size() - 1) : nullptr;
+  }
 
  private:
   std::shared_ptr<Sequential> conv_;

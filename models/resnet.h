@@ -26,6 +26,9 @@ class BasicBlock : public Module {
   BasicBlock(int64_t inplanes, int64_t planes, int64_t stride, std::shared_ptr<Sequential> downsample,
              Generator& gen);
   Tensor forward(const Tensor& x) override;
+  std::shared_ptr<Module> point_batch_norm(const std::string& point) override {
+    return point == "preact" ? bn2_ : nullptr;
+  }
 
  private:
   std::shared_ptr<Conv2d> conv1_, conv2_;

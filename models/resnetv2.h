@@ -26,6 +26,9 @@ class Bottleneck : public Module {
   static constexpr int64_t kExpansion = 4;
   Bottleneck(int64_t in_planes, int64_t planes, int64_t stride, Generator& gen);
   Tensor forward(const Tensor& x) override;
+  std::shared_ptr<Module> point_batch_norm(const std::string& point) override {
+    return point == "preact" ? bn3_ : nullptr;
+  }
 
  private:
   std::shared_ptr<Conv2d> conv1_, conv2_, conv3_;

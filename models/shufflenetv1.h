@@ -46,6 +46,11 @@ class Bottleneck : public Module {
  public:
   Bottleneck(int64_t in_planes, int64_t out_planes, int64_t stride, int64_t groups, Generator& gen);
   Tensor forward(const Tensor& x) override;
+  // bn3 where the shortcut is added (a stage's last unit, as mdistiller reads); none where it is
+  // concatenated (stride 2: half the channels come from the pooled input).
+  std::shared_ptr<Module> point_batch_norm(const std::string& point) override {
+    return point == "preact" && stride_ != 2 ? bn3_ : nullptr;
+  }
 
  private:
   int64_t stride_;

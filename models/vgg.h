@@ -29,6 +29,10 @@ namespace vgg {
 class Block : public Sequential {
  public:
   Tensor forward(const Tensor& x) override;
+  // The block ends with conv-BN (the ReLU is applied after it): its last child.
+  std::shared_ptr<Module> point_batch_norm(const std::string& point) override {
+    return point == "preact" && !children().empty() ? children().back().second : nullptr;
+  }
 
  protected:
   // Named points belong to the block itself, not (as for a plain Sequential) to its last child.

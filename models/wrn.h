@@ -44,6 +44,11 @@ class NetworkBlock : public Module {
   const std::shared_ptr<Sequential>& layer() const { return layer_; }
   std::shared_ptr<BatchNorm2d> first_bn() const;  // layer.0.bn1
   void set_preact_source(const std::shared_ptr<BatchNorm2d>& bn) { preact_source_ = bn; }
+  // The pre-activation's own BN (the next group's first, or the model's last), as mdistiller's
+  // get_bn_before_relu.
+  std::shared_ptr<Module> point_batch_norm(const std::string& point) override {
+    return point == "preact" ? preact_source_.lock() : nullptr;
+  }
 
  protected:
   void add_point_tap(const std::string& point, TapFn fn) override;

@@ -1,13 +1,14 @@
-"""Golden fixtures for VID, NST and CC (distill/nodes/feature.h vid_loss and nst_loss,
-distill/nodes/relation.h cc_loss): each loss is computed with the reference implementation's own code
-(copied below from RepDistiller's distiller_zoo: VID.py, NST.py, CC.py) and differentiated by PyTorch,
-in float64. tests/distill/test_zoo_nodes.cpp recomputes them with Retort in f64 and f32.
+"""Golden fixtures for VID, NST, CC and OFD (distill/nodes/feature.h vid_loss, nst_loss, ofd_loss and
+ofd_margin, distill/nodes/relation.h cc_loss): each is computed with the reference implementation's own
+code (copied below from RepDistiller's distiller_zoo: VID.py, NST.py, CC.py; mdistiller's
+distillers/OFD.py) and differentiated by PyTorch, in float64. tests/distill/test_zoo_nodes.cpp recomputes them with Retort in f64 and f32.
 
 Regenerate (Debian's python3-torch):
   cd tools && /usr/bin/python3 gen_golden_distill_zoo.py ../tests/fixtures/golden_distill_zoo.safetensors
 
 Each case NAME stores NAME/in<i> (inputs), NAME/out (output), NAME/upstream and NAME/grad_in<i>
 (gradient of sum(out * upstream) with respect to each input that requires one; tools/golden.py)."""
+import math
 import sys
 
 import numpy as np
@@ -71,6 +72,37 @@ def cc(f_s, f_t):
     return loss
 
 
+# mdistiller distillers/OFD.py: feat_loss, and the margins of OFD.init_ofd_modules. scipy's norm.cdf is
+# written with math.erfc (the same function; scipy is not a dependency of Debian's python3-torch).
+def ofd(source, target, margin):
+    margin = margin.view(1, -1, 1, 1).to(source)  # OFD keeps it as margin.unsqueeze(1).unsqueeze(2).unsqueeze(0)
+    loss = (
+        (source - margin) ** 2 * ((source > margin) & (target <= margin)).float()
+        + (source - target) ** 2
+        * ((source > target) & (target > margin) & (target <= 0)).float()
+        + (source - target) ** 2 * (target > 0).float()
+    )
+    return torch.abs(loss).mean(dim=0).sum()
+
+
+def norm_cdf(x):
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def ofd_margins(weight, bias):
+    margin = []
+    std = weight.data
+    mean = bias.data
+    for (s, m) in zip(std, mean):
+        s = abs(s.item())
+        m = m.item()
+        if norm_cdf(-m / s) > 0.001:
+            margin.append(-s * math.exp(-((m / s) ** 2) / 2) / math.sqrt(2 * math.pi) / norm_cdf(-m / s) + m)
+        else:
+            margin.append(-3 * s)
+    return torch.tensor(margin)
+
+
 def case(name, fn, *inputs, grads=None):
     """grads: which inputs require grad (all by default)."""
     record_case(tensors, name, fn, inputs, lambda i, x: grads is None or i in grads)
@@ -94,6 +126,13 @@ case("nst_teacher_pooled", nst, F.relu(r(2, 5, 2, 2)), F.relu(r(2, 3, 4, 4)), gr
 # CC on embeddings, both sides trained (RepDistiller trains embed_t)
 case("cc_embeddings", cc, r(6, 8), r(6, 8))
 case("cc_batch2", cc, r(2, 5), r(2, 5))
+
+# OFD: standard normal pre-ReLU features against margins around -0.5 reach every region of the partial
+# L2; the margins from BN parameters on both sides of the 0.001 cut (bias 3.5 |weight| is beyond it)
+case("ofd_regions", ofd, r(3, 4, 3, 3), r(3, 4, 3, 3), torch.rand(4) * -0.8 - 0.2, grads={0, 1})
+bn_w, bn_b = torch.tensor([1.0, 0.5, -2.0, 0.3, 1.2, 0.01]), torch.tensor([0.0, 1.0, -0.5, 1.05, -3.0, 0.2])
+tensors["ofd_margin/in0"], tensors["ofd_margin/in1"] = bn_w, bn_b
+tensors["ofd_margin/out"] = ofd_margins(bn_w, bn_b)
 
 save_safetensors(sys.argv[1], tensors, {"generator": "tools/gen_golden_distill_zoo.py", "seed": 0})
 print(f"wrote {len(tensors)} tensors to {sys.argv[1]}")

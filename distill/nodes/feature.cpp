@@ -276,4 +276,58 @@ Tensor vid_loss(const Tensor& mu, const Tensor& target, const Tensor& log_scale,
                 });
 }
 
+// ---- OFD ---------------------------------------------------------------------------------------------
+
+Tensor ofd_loss(const Tensor& s, const Tensor& t, const Tensor& margin) {
+  const char* op = "ofd_loss";
+  check_same_shape(op, s, t, "the connector maps the student to the teacher's channels, the teacher is pooled to the "
+                   "student's size");
+  fn::check_compatible(op, s, margin, "student", "margin");
+  const int64_t C = s.shape()[1];
+  RETORT_CHECK(margin.dim() == 1 && margin.shape()[0] == C, op, ": margin must be [", C,
+               "] (one per channel of the features ", s.meta_str(), "), got ", margin.meta_str());
+  // mdistiller's feat_loss in one residual: with τ = max(t, m) (margins are <= 0), an element counts
+  // where the student is above τ or the teacher is positive, and then it is s − τ: below the margin
+  // the student is only kept from rising above m, between the margin and 0 only a student above the
+  // teacher is pulled down, above 0 both ways. One saved tensor instead of the formula's four.
+  Tensor loss, r, t_live;
+  {
+    NoGradGuard ng;
+    const Tensor m = margin.view_as_shape({1, C, 1, 1});
+    const Tensor tau = maximum(t, m);
+    const Tensor counts = maximum(gt(s, tau), gt(t, Tensor::scalar(0.0, s.dtype(), s.device())));
+    r = mul(sub(s, tau), counts);
+    loss = affine(sum(mul(r, r)), 1.0 / static_cast<double>(s.shape()[0]), 0.0);
+    if (t.requires_grad()) t_live = gt(t, m);  // where τ is t, not the margin
+  }
+  return record(loss, "OFDLossBackward", {s, t},
+                [r, t_live, k = 2.0 / static_cast<double>(s.shape()[0])](const Tensor& g, const Node& node) {
+                  const Tensor gs = mul(r, affine(g, k, 0.0));
+                  Tensor gt_;
+                  if (node.needs_grad(1)) gt_ = neg(mul(gs, t_live));
+                  return std::vector<Tensor>{node.needs_grad(0) ? gs : Tensor(), gt_};
+                });
+}
+
+Tensor ofd_margin(const Tensor& bn_weight, const Tensor& bn_bias) {
+  const char* op = "ofd_margin";
+  fn::check_compatible(op, bn_weight, bn_bias, "weight", "bias");
+  RETORT_CHECK(bn_weight.dim() == 1 && bn_weight.shape() == bn_bias.shape(), op,
+               ": weight and bias must be [C] alike, got ", bn_weight.meta_str(), " and ", bn_bias.meta_str());
+  const std::vector<double> w = bn_weight.to(Device::cpu()).to_vector(), b = bn_bias.to(Device::cpu()).to_vector();
+  std::vector<double> out(w.size());
+  const double inv_sqrt_2pi = 1.0 / std::sqrt(2.0 * M_PI);
+  for (size_t c = 0; c < w.size(); ++c) {
+    const double sd = std::abs(w[c]), mu = b[c];
+    if (sd == 0) {
+      out[c] = std::min(mu, 0.0);  // a constant channel: its value where it is negative
+      continue;
+    }
+    const double z = mu / sd;
+    const double below = 0.5 * std::erfc(z / std::sqrt(2.0));  // Φ(−z)
+    out[c] = below > 0.001 ? -sd * std::exp(-z * z / 2.0) * inv_sqrt_2pi / below + mu : -3.0 * sd;
+  }
+  return Tensor::from_vector(out, {static_cast<int64_t>(out.size())}, bn_weight.dtype()).to(bn_weight.device());
+}
+
 }  // namespace retort

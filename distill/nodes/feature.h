@@ -1,8 +1,8 @@
 // Feature distillation nodes: attention transfer (AT), channel-wise distillation (CWD), ReviewKD's
-// hierarchical context loss (HCL), neuron selectivity transfer (NST) and variational information
-// distillation (VID). Each follows its reference implementation to the formula (docs:
+// hierarchical context loss (HCL), neuron selectivity transfer (NST), variational information
+// distillation (VID) and the overhaul of feature distillation's partial L2 (OFD). Each follows its reference implementation to the formula (docs:
 // /work/shared/research/methods.md §1.3, §1.6, §1.7; RepDistiller's distiller_zoo NST.py and VID.py
-// for the last two, docs/methods/nst.md and vid.md); a node's loss is one stage's term, the strategy
+// for NST and VID, mdistiller's OFD.py for OFD; docs/methods/nst.md, vid.md, ofd.md); a node's loss is one stage's term, the strategy
 // sums stages and applies its weight.
 //
 //   attention_map  q = a / max(‖a‖₂, 1e-12),  a[b, i] = mean_c f[b, c, i]^p          (F.normalize)
@@ -14,6 +14,8 @@
 //                  x̂[n, c] = the channel's map over positions, L2-normalised (F.normalize, eps 1e-12);
 //                  the larger map adaptive-avg-pooled to the smaller; channels may differ
 //   vid_loss       mean_{n,c,h,w} ½ ((μ − t)² / v_c + log v_c),  v_c = softplus(log_scale_c) + eps
+//   ofd_loss       (1/B) Σ [(s − m)² if s > m ≥ t] + [(s − t)² if s > t, m < t ≤ 0] + [(s − t)² if t > 0],
+//                  m = the teacher's per-channel margin (ofd_margin), s the connector's output
 //
 // All take NCHW features (f32 or f64, both operands alike) and differentiate in both operands;
 // teacher features usually need no gradient and then cost none.
@@ -53,6 +55,16 @@ Tensor nst_loss(const Tensor& fs, const Tensor& ft);
 Tensor vid_loss(const Tensor& mean, const Tensor& target, const Tensor& log_scale, double eps = 1e-5);
 // softplus(log_scale) + eps: the per-channel variance vid_loss uses (no graph; for inspection).
 Tensor vid_variance(const Tensor& log_scale, double eps = 1e-5);
+
+// s and t [B, C, H, W] of one shape (pre-ReLU features: the student's through the connector, the
+// teacher's pooled to its size), margin [C]. 0-D, one "OFDLossBackward" node, differentiable in s and t
+// (not in the margin, a constant of the teacher).
+Tensor ofd_loss(const Tensor& s, const Tensor& t, const Tensor& margin);
+// OFD's margin per channel from the affine parameters of the BN before the teacher's ReLU: the mean
+// of the negative part of N(β, |γ|²), E[x | x < 0] = β − |γ| φ(β/|γ|) / Φ(−β/|γ|), where
+// Φ(−β/|γ|) > 0.001; −3|γ| where it is not (and min(β, 0) where γ = 0). weight, bias [C] -> [C], on
+// their device, in their dtype, no graph.
+Tensor ofd_margin(const Tensor& bn_weight, const Tensor& bn_bias);
 
 // Gradcheck cases of this family (feature_checks.cpp) and the functions they cover; the connectors'
 // conv_transpose2d (distill/connectors.h) is checked here too.

@@ -18,6 +18,7 @@ void register_builtin_strategies() {
   register_vid_strategy();
   register_nst_strategy();
   register_cc_strategy();
+  register_ofd_strategy();
   register_generous_teacher_strategy();
   register_mtkd_ssr_strategy();
   register_sokd_strategy();

@@ -8,10 +8,13 @@
 #include <map>
 
 #include "distill/distiller.h"
+#include "distill/nodes/feature.h"
 #include "distill/nodes/logit.h"
 #include "engine/autograd.h"
 #include "engine/functions.h"
 #include "engine/serialize.h"
+#include "layers/init.h"
+#include "layers/layers.h"
 #include "models/registry.h"
 #include "tests/common/distill_fixtures.h"
 
@@ -72,6 +75,7 @@ TEST(Strategies, EveryBuiltinTrainsOneStep) {
       R"([{"type": "vid"}])",
       R"([{"type": "nst"}])",
       R"([{"type": "cc"}, {"type": "ce"}])",
+      R"([{"type": "ofd"}, {"type": "ce"}])",
       R"([{"type": "ce"}, {"type": "generous_teacher", "weight": 8}])",
       R"([{"type": "generous_teacher", "params": {"select": "teacher_correct", "tckd_weight": 1}}])",
       R"([{"type": "ce"}, {"type": "mtkd_ssr"}])",
@@ -86,7 +90,7 @@ TEST(Strategies, EveryBuiltinTrainsOneStep) {
   // Connectors bridge different widths: resnet8 (16..64 channels) from resnet8x4 (64..256).
   for (const char* c : {R"([{"type": "fitnet"}])", R"([{"type": "cwd"}])", R"([{"type": "reviewkd"}])",
                         R"([{"type": "mtkd_ssr"}])", R"([{"type": "sp"}, {"type": "pkt"}, {"type": "rkd"}])",
-                        R"([{"type": "vid"}, {"type": "nst"}, {"type": "cc"}])"})
+                        R"([{"type": "vid"}, {"type": "nst"}, {"type": "cc"}, {"type": "ofd"}])"})
     one_step(c, "resnet8", "resnet8x4");
 }
 
@@ -146,6 +150,49 @@ TEST(Strategies, VIDNamesItsParametersAsTheReferenceAndShowsItsVariances) {
   const auto notes = d.view_notes();
   ASSERT_EQ(notes.size(), 1u);
   EXPECT_NE(notes[0].find("predicted variance.layer1 3 (min 3, max 3 over 64 channels)"), std::string::npos) << notes[0];
+}
+
+// OFD's margins come from the BN before the teacher's ReLU at each tapped point: a ResNet block's bn2,
+// a WRN group's pre-activation BN (the next group's first, the model's last); taps without one are
+// refused by name.
+TEST(Strategies, OFDTakesItsMarginsFromTheTeachersBatchNorms) {
+  Generator gen(1);
+  auto student = create_model("resnet8", kOpts, gen);
+  auto teacher = create_model("resnet14", kOpts, gen);
+  auto& bn = dynamic_cast<BatchNorm2d&>(teacher->find("layer2.1.bn2"));
+  init::uniform_(bn.weight(), gen, 0.5, 2.0);
+  init::uniform_(bn.bias(), gen, -1.0, 1.0);
+  Distiller d(student, teacher, terms_from(R"([{"type": "ofd", "weight": 0.001}])"), {}, kSample, gen);
+  auto& ofd = *d.terms()[0].strategy;
+  std::map<std::string, Tensor> buffers;
+  for (auto& [name, b] : ofd.named_buffers()) buffers[name] = b;
+  const std::vector<double> want = ofd_margin(bn.weight(), bn.bias()).to_vector(), got = buffers.at("margin1").to_vector();
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i], want[i]) << i;
+  std::map<std::string, Shape> params;
+  for (auto& [name, p] : ofd.named_parameters()) params[name] = p.shape();
+  EXPECT_EQ(params.at("connectors.0.0.weight"), (Shape{16, 16, 1, 1}));
+  EXPECT_EQ(params.at("connectors.2.1.weight"), (Shape{64}));
+  d.train(false);
+  Tensor logits;
+  d.losses(make_batch(4, 2), TrainProgress{}, logits);
+  const auto notes = d.view_notes();
+  ASSERT_EQ(notes.size(), 1u);
+  EXPECT_NE(notes[0].find("layer3:preact: margin mean -0.798; teacher at or below it "), std::string::npos) << notes[0];
+
+  auto wide = create_model("wrn_16_2", kOpts, gen);
+  Distiller w(student, wide, terms_from(R"([{"type": "ofd", "params": {"student_taps": ["layer3:preact"],
+                                             "teacher_taps": ["block3:preact"]}}])"), {}, kSample, gen);
+  EXPECT_EQ(w.terms()[0].strategy->named_buffers()[0].second.numel(), 128);  // wrn_16_2's final bn1
+  for (const char* tap : {"layer3", "layer1.0.bn2"})  // outputs: after the ReLU, or a BN itself
+    try {
+      Distiller bad(student, teacher, terms_from(std::string(R"([{"type": "ofd", "params": {"student_taps": [")") + tap +
+                                                 R"("]}}])"), {}, kSample, gen);
+      FAIL() << "expected an error for " << tap;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("the teacher names no batch norm before the ReLU at \"" + std::string(tap)),
+                std::string::npos) << e.what();
+    }
 }
 
 TEST(Strategies, KDTermMatchesTheNode) {
@@ -281,6 +328,7 @@ TEST(Distiller, ConfigErrorsNameTheTerm) {
                "0 teacher taps for 1 student taps");
   expect_error(R"([{"type": "nst", "params": {"teacher_taps": ["layer3"]}}])", "1 teacher taps for 3 student taps");
   expect_error(R"([{"type": "cc", "params": {"feat_dim": 0}}])", "distill.terms[0].params.feat_dim: must be positive");
+  expect_error(R"([{"type": "ofd", "params": {"kernel_size": 2}}])", "distill.terms[0].params.kernel_size: must be odd");
 }
 
 TEST(Distiller, UnbridgeableFeaturesAndMissingTeacherAreClearErrors) {

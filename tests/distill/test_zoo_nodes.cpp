@@ -1,7 +1,8 @@
-// VID, NST and CC nodes (distill/nodes/feature.h vid_loss / nst_loss, relation.h cc_loss): values
-// computed by hand, the invariances NST is built to have (a positive scale per channel map, the order
-// of the channels), dead channels, the graph's node names, errors, and golden values from
-// RepDistiller's VID.py, NST.py and CC.py in PyTorch (tools/gen_golden_distill_zoo.py) in f64 and f32.
+// VID, NST, CC and OFD nodes (distill/nodes/feature.h vid_loss / nst_loss / ofd_loss / ofd_margin,
+// relation.h cc_loss): values computed by hand, the invariances NST is built to have (a positive scale
+// per channel map, the order of the channels), dead channels, OFD's regions, the graph's node names,
+// errors, and golden values from RepDistiller's VID.py, NST.py and CC.py and mdistiller's OFD.py in
+// PyTorch (tools/gen_golden_distill_zoo.py) in f64 and f32.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -119,6 +120,29 @@ TEST(CcLoss, HandComputedOverConsecutivePairs) {
   for (double g : one.grad().to_vector()) EXPECT_EQ(g, 0.0);
 }
 
+TEST(OfdLoss, EachRegionOfThePartialL2) {
+  // One channel, margin −1; five positions: (s, t) =
+  //   (0.5, −2)  teacher below the margin, student above it: (s − m)² = 2.25
+  //   (−3, −2)   teacher below the margin, student below it too: 0
+  //   (0, −0.5)  teacher between the margin and 0, student above it: (s − t)² = 0.25
+  //   (−0.8, −0.5) the same teacher, student below it: 0
+  //   (−1, 2)    teacher above 0: (s − t)² = 9
+  const Tensor s = vec({0.5, -3, 0, -0.8, -1}, {1, 1, 1, 5}), t = vec({-2, -2, -0.5, -0.5, 2}, {1, 1, 1, 5});
+  EXPECT_NEAR(ofd_loss(s, t, vec({-1}, {1})).item(), 11.5, 1e-14);
+  // The sum over channels and positions, the mean over the batch.
+  EXPECT_NEAR(ofd_loss(cat({s, s}, 0), cat({t, t}, 0), vec({-1}, {1})).item(), 11.5, 1e-14);
+}
+
+TEST(OfdMargin, IsTheMeanOfTheNegativePartOfTheBnsGaussian) {
+  // weight 1, bias 0: E[x | x < 0] for N(0, 1) = −φ(0) / Φ(0) = −√(2/π); a negative weight counts as its size.
+  const Tensor m = ofd_margin(vec({1.0, -1.0, 0.5, 0.0, 0.0}, {5}), vec({0.0, 0.0, 10.0, -0.3, 0.3}, {5}));
+  EXPECT_NEAR(m.at(0), -std::sqrt(2.0 / M_PI), 1e-15);
+  EXPECT_NEAR(m.at(1), -std::sqrt(2.0 / M_PI), 1e-15);
+  EXPECT_NEAR(m.at(2), -1.5, 1e-15);  // almost never negative: −3 |γ|
+  EXPECT_EQ(m.at(3), -0.3);           // constant channels: their value, or 0 when it is positive
+  EXPECT_EQ(m.at(4), 0.0);
+}
+
 TEST(ZooNodes, GraphNodesAndErrors) {
   Generator gen(6);
   const Tensor a = randn({2, 3, 4, 4}, gen).set_requires_grad(), b = randn({2, 3, 4, 4}, gen);
@@ -132,6 +156,10 @@ TEST(ZooNodes, GraphNodesAndErrors) {
   expect_error([&] { nst_loss(a, randn({3, 3, 4, 4}, gen)); }, {"nst_loss", "different batch sizes"});
   expect_error([&] { nst_loss(randn({2, 12}, gen), b); }, {"nst_loss", "4-D"});
   expect_error([&] { cc_loss(randn({3, 4}, gen), randn({3, 5}, gen)); }, {"cc_loss", "same shape", "feat_dim"});
+  EXPECT_TRUE(has_node(ofd_loss(a, b, randn({3}, gen)), "OFDLossBackward"));
+  expect_error([&] { ofd_loss(a, randn({2, 3, 2, 2}, gen), randn({3}, gen)); }, {"ofd_loss", "same shape", "pooled"});
+  expect_error([&] { ofd_loss(a, b, randn({2}, gen)); }, {"ofd_loss", "margin must be [3]"});
+  expect_error([&] { ofd_margin(randn({3}, gen), randn({4}, gen)); }, {"ofd_margin", "[C] alike"});
 }
 
 // ---- golden values (PyTorch, RepDistiller's code) --------------------------------------------------
@@ -172,6 +200,13 @@ TEST_P(GoldenZoo, NeuronSelectivityTransfer) {
 TEST_P(GoldenZoo, CorrelationCongruence) {
   for (const char* c : {"cc_embeddings", "cc_batch2"})
     check_case(c, [](const auto& in) { return cc_loss(in[0], in[1]); }, GetParam());
+}
+
+TEST_P(GoldenZoo, OverhaulOfFeatureDistillation) {
+  check_case("ofd_regions", [](const auto& in) { return ofd_loss(in[0], in[1], in[2]); }, GetParam());
+  const Tensor m = ofd_margin(golden()["ofd_margin/in0"].to(GetParam()), golden()["ofd_margin/in1"].to(GetParam()));
+  EXPECT_TRUE(retort::testing::close_to("ofd_margin", m, golden()["ofd_margin/out"], GetParam() == DType::F32 ? 1e-6 : 1e-14,
+                                        GetParam() == DType::F32 ? 1e-6 : 1e-13));
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, GoldenZoo, ::testing::Values(DType::F64, DType::F32),

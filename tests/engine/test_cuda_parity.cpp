@@ -953,6 +953,10 @@ TEST(CudaParity, FeatureDistillationLosses) {
     check_parity(label("vid_loss", dt, fs.shape()),
                  {In(fs, true, "prediction"), In(ft_same, true, "target"), In(log_scale, true, "log_scale")},
                  [](const Ts& t) { return retort::vid_loss(t[0], t[1], t[2]); }, Kind::Reduction, Kind::Reduction);
+    const Tensor margin = Tensor::rand({4}, gen, dt, -1.0, -0.2);
+    check_parity(label("ofd_loss", dt, fs.shape()),
+                 {In(fs, true, "student"), In(ft_same, true, "teacher"), fixed(margin, "margin")},
+                 [](const Ts& t) { return retort::ofd_loss(t[0], t[1], t[2]); }, Kind::Reduction, Kind::Reduction);
   }
 }
 

@@ -277,6 +277,34 @@ TEST(WRNTaps, StageShapesAndPreactIsTheNextBatchNorm) {
   EXPECT_NE(f1_pre.to_vector(), f1.to_vector());
 }
 
+// Module::batch_norm_before: the BN before a preact point's ReLU (OFD's margins read it) — a ResNet
+// block's bn2, ResNet50's bn3, a WRN group's pre-activation BN, a VGG block's last BN, an inverted
+// residual's projection BN, a ShuffleNetV1 unit's bn3 — with the tapped feature's channels; none for a
+// module's output, a BN of its own, or a point made by concatenation.
+TEST(ModelTaps, BatchNormBeforeEachPreactPoint) {
+  struct Case {
+    const char* arch;
+    const char* tap;
+    const char* bn;  // the expected module's path, or "" to check the channels only
+  };
+  for (const Case& c : {Case{"resnet8", "layer2:preact", "layer2.0.bn2"}, Case{"resnet20", "layer3:preact", "layer3.2.bn2"},
+                        Case{"ResNet50", "layer4:preact", "layer4.2.bn3"},
+                        Case{"wrn_16_2", "block1:preact", "block2.layer.0.bn1"}, Case{"wrn_16_2", "block3:preact", "bn1"},
+                        Case{"vgg8", "block2:preact", ""}, Case{"MobileNetV2", "blocks.2:preact", ""},
+                        Case{"ShuffleV1", "layer2:preact", ""}}) {
+    auto model = build(c.arch);
+    const auto bn = std::dynamic_pointer_cast<BatchNorm2d>(model->batch_norm_before(c.tap));
+    ASSERT_TRUE(bn) << c.arch << " " << c.tap;
+    if (*c.bn) EXPECT_EQ(bn.get(), &model->find(c.bn)) << c.arch << " " << c.tap;
+    auto seen = record_taps(*model, {c.tap}, input(kCifar100, 1));
+    EXPECT_EQ(bn->weight().numel(), seen[c.tap].at(0)[1]) << c.arch << " " << c.tap;
+  }
+  auto resnet = build("resnet8");
+  EXPECT_FALSE(resnet->batch_norm_before("layer2"));
+  EXPECT_FALSE(resnet->batch_norm_before("layer2.0.bn2"));
+  EXPECT_FALSE(build("ShuffleV2")->batch_norm_before("layer1:preact"));
+}
+
 // ---- training ----------------------------------------------------------------------------------------
 
 TEST(ResNetTraining, BackwardReachesEveryParameterAndLoadRoundTrips) {

@@ -208,7 +208,7 @@ int inspect_distill(const DistillInspect& o, Device dev) {
     const int64_t n = write_step_pictures(o.images, dumped[0].second, dumped[1].second, dumped[2].second, views,
                                           cfg.data.mean, cfg.data.std, o.scale,
                                           o.config + ": " + d.describe() + ", epoch " + std::to_string(o.epoch + 1) +
-                                              ", step " + std::to_string(o.step), d.view_notes());
+                                              ", step " + std::to_string(o.step), d.view_notes(), d.relation_views());
     std::printf("\nwrote %lld pictures and %s/index.html\n", static_cast<long long>(n), o.images.c_str());
   }
   if (!o.dump.empty()) {

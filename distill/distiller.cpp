@@ -312,6 +312,13 @@ std::vector<std::pair<std::string, Tensor>> Distiller::views() const {
   return out;
 }
 
+std::vector<std::string> Distiller::relation_views() const {
+  std::vector<std::string> out;
+  for (const auto& t : terms_)
+    for (const auto& v : t.strategy->relation_views()) out.push_back("term." + t.name + "." + v);
+  return out;
+}
+
 std::vector<std::string> Distiller::view_notes() const {
   std::vector<std::string> out;
   for (const auto& t : terms_)

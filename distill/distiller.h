@@ -63,6 +63,8 @@ class Distiller : public TrainingTask {
   std::vector<std::pair<std::string, Tensor>> views() const override;
   // "term <name> (<type>): <inspect_text>" for every term that has a text.
   std::vector<std::string> view_notes() const override;
+  // The views() names that are [B, B] relations between the batch's samples (Strategy::relation_views).
+  std::vector<std::string> relation_views() const override;
 
   // Parameters of the strategies' extra modules (connectors, heads): reported at start.
   int64_t extra_parameter_count() const;

@@ -200,14 +200,23 @@ void write_png(const std::string& path, const RgbImage& image) {
 int64_t write_step_pictures(const std::string& dir, const Tensor& inputs, const Tensor& targets,
                             const Tensor& logits, const std::vector<std::pair<std::string, Tensor>>& views,
                             const std::vector<double>& mean, const std::vector<double>& std, int64_t scale,
-                            const std::string& title, const std::vector<std::string>& notes) {
+                            const std::string& title, const std::vector<std::string>& notes,
+                            const std::vector<std::string>& relation_views) {
   check_input_shape(inputs.shape(), 4, mean, std);
   RETORT_CHECK(scale >= 0 && scale <= 64, "pictures: scale ", scale, " is not in [0, 64]");
   const int64_t b = inputs.size(0), c = inputs.size(1), h = inputs.size(2), w = inputs.size(3);
   if (scale == 0) scale = std::max<int64_t>(1, (kAutoHeight + h - 1) / std::max<int64_t>(h, 1));
-  for (const auto& [name, t] : views)
-    RETORT_CHECK(!drawn(t) || t.size(0) == b, "pictures: view '", name, "' of shape ",
+  auto is_relation = [&](const std::string& name) {
+    return std::find(relation_views.begin(), relation_views.end(), name) != relation_views.end();
+  };
+  for (const auto& [name, t] : views) {
+    RETORT_CHECK(!drawn(t) || is_relation(name) || t.size(0) == b, "pictures: view '", name, "' of shape ",
                  shape_str(t.shape()), " has not the batch's ", b, " samples");
+    RETORT_CHECK(!is_relation(name) || (t.dim() == 2 && t.size(0) == b && t.size(1) == b &&
+                                        (t.dtype() == DType::F32 || t.dtype() == DType::F64)),
+                 "pictures: view '", name, "' is named a relation between the batch's samples but is ", t.meta_str(),
+                 ", not a float [", b, ", ", b, "] matrix");
+  }
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   RETORT_CHECK(!ec, "cannot create the picture directory '", dir, "': ", ec.message());
@@ -217,11 +226,13 @@ int64_t write_step_pictures(const std::string& dir, const Tensor& inputs, const 
   const std::vector<double> z = logits.defined() ? host_values(logits) : std::vector<double>{};
   const int64_t k = logits.defined() && logits.dim() == 2 && logits.size(0) == b ? logits.size(1) : 0;
   std::vector<std::vector<double>> values;  // per view, host copies
-  for (const auto& [name, t] : views) values.push_back(drawn(t) ? host_values(t) : std::vector<double>{});
+  for (const auto& [name, t] : views)
+    values.push_back(drawn(t) || is_relation(name) ? host_values(t) : std::vector<double>{});
 
   std::string head = "<tr><th>sample</th><th>input</th>", rows, skipped;
   for (size_t v = 0; v < views.size(); ++v) {
     const auto& [name, t] = views[v];
+    if (is_relation(name)) continue;  // drawn below the table
     if (!drawn(t)) {
       skipped += "<li>" + html_escape(name) + " " + t.meta_str() + "</li>\n";
       continue;
@@ -250,7 +261,7 @@ int64_t write_step_pictures(const std::string& dir, const Tensor& inputs, const 
     row += "</td><td>" + save(input, s + "_input.png") + "</td>";
     for (size_t v = 0; v < views.size(); ++v) {
       const auto& [name, t] = views[v];
-      if (!drawn(t)) continue;
+      if (!drawn(t) || is_relation(name)) continue;
       const int64_t vh = t.size(-2), vw = t.size(-1), per = t.numel() / b;
       const double* d = values[v].data() + i * per;
       std::pair<double, double> range;
@@ -263,6 +274,24 @@ int64_t write_step_pictures(const std::string& dir, const Tensor& inputs, const 
     }
     rows += row + "</tr>\n";
   }
+  // Relations between the samples: one matrix per view, row i / column j = samples i and j above, each
+  // entry a square of pixels so that the matrix is about 192 pixels wide.
+  std::string relations;
+  const int64_t rs = std::max<int64_t>(1, 192 / b);
+  for (size_t v = 0; v < views.size(); ++v) {
+    const auto& [name, t] = views[v];
+    if (!is_relation(name)) continue;
+    std::pair<double, double> range;
+    const std::string f = "batch_" + file_part(name) + ".png";
+    write_png(dir + "/" + f, resized(colour_map(values[v].data(), b, b, &range), b * rs, b * rs));
+    ++written;
+    relations += "<td><img src=\"" + html_escape(f) + "\" width=\"" + std::to_string(b * rs) + "\" height=\"" +
+                 std::to_string(b * rs) + "\"><br>" + html_escape(name) + "<br><small>" + shape_str(t.shape()) + ", " +
+                 number(range.first) + " &ndash; " + number(range.second) + "</small></td>";
+  }
+  if (!relations.empty())
+    relations = "<p>Relations between the batch's samples (row i, column j: samples i and j of the table above):</p>\n"
+                "<table><tr>" + relations + "</tr></table>\n";
   std::string note_html;
   for (const std::string& n : notes) note_html += "<p><code>" + html_escape(n) + "</code></p>\n";
   const std::string page =
@@ -271,7 +300,7 @@ int64_t write_step_pictures(const std::string& dir, const Tensor& inputs, const 
       "img{image-rendering:pixelated}</style></head><body>\n<h3>" + html_escape(title) +
       "</h3>\n" + note_html + "<p>Features are shown as their attention map mean<sub>c</sub> x&sup2;, maps and masks as they are; each "
       "picture is coloured by its own range (under it), dark blue = its minimum, yellow = its maximum, magenta = not "
-      "finite. Masks are also drawn over the input in red.</p>\n<table>\n" + head + rows + "</table>\n" +
+      "finite. Masks are also drawn over the input in red.</p>\n<table>\n" + head + rows + "</table>\n" + relations +
       (skipped.empty() ? "" : "<p>Not drawn (not a floating-point feature or map):</p><ul>\n" + skipped + "</ul>\n") + "</body></html>\n";
   write_file_atomic(dir + "/index.html", page);
   return written;

@@ -63,10 +63,15 @@ void write_png(const std::string& path, const RgbImage& image);
 // and indices) are listed on the page with their shapes but not drawn. `scale` 0: the smallest that
 // makes pictures at least 96 pixels high. Writes DIR/index.html and DIR/sample<i>_<n>.png for every
 // sample i and column n (the directory is created); `notes` are lines of text shown above the table
-// (the strategies' inspect_text). Returns the number of PNG files written.
+// (the strategies' inspect_text). `relation_views` names views that are [B, B] relations between the
+// batch's samples (Distiller::relation_views: SP's similarities, PKT's probabilities, RKD's distances):
+// each is drawn once, as a B×B matrix (row i, column j: samples i and j), to DIR/batch_<n>.png in a
+// section below the table; a named view of another shape is an error naming it, a name not among the
+// views is skipped. Returns the number of PNG files written.
 int64_t write_step_pictures(const std::string& dir, const Tensor& inputs, const Tensor& targets,
                             const Tensor& logits, const std::vector<std::pair<std::string, Tensor>>& views,
                             const std::vector<double>& mean, const std::vector<double>& std, int64_t scale,
-                            const std::string& title, const std::vector<std::string>& notes = {});
+                            const std::string& title, const std::vector<std::string>& notes = {},
+                            const std::vector<std::string>& relation_views = {});
 
 }  // namespace retort

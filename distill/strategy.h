@@ -131,6 +131,9 @@ class Strategy : public Module {
   // name, for retort-inspect --distill; and a line of text about it. Default: nothing.
   virtual std::vector<std::pair<std::string, Tensor>> inspect() const { return {}; }
   virtual std::string inspect_text() const { return ""; }
+  // The names among inspect()'s views that are [B, B] relations between the batch's samples (SP's
+  // similarities, PKT's probabilities, RKD's distances): pictures draw them once per batch as matrices.
+  virtual std::vector<std::string> relation_views() const { return {}; }
   // Every parameter with its resolved value (recorded in the run directory).
   virtual Json params() const = 0;
 

@@ -304,7 +304,7 @@ void Trainer::write_pictures(int epoch_done, const TrainProgress& progress) {
                                         cfg_.data.std, 0,
                                         detail::cat(cfg_.name, ": ", task_.describe(), ", after epoch ", epoch_done,
                                                     " (step ", progress.step, ")"),
-                                        task_.view_notes());
+                                        task_.view_notes(), task_.relation_views());
   std::string links;
   for (int e = 1; e <= epoch_done; ++e) {
     std::snprintf(name, sizeof name, "epoch%04d", e);

@@ -80,6 +80,8 @@ class TrainingTask {
   virtual std::vector<std::pair<std::string, Tensor>> views() const { return {}; }
   // Lines of text about the latest losses() (SoKD's sampled sub-policy, MTKD-SSR's stage agreement).
   virtual std::vector<std::string> view_notes() const { return {}; }
+  // The views() that are [B, B] relations between the batch's samples, drawn as matrices by pictures.
+  virtual std::vector<std::string> relation_views() const { return {}; }
 };
 
 // Cross-entropy training of one classifier.

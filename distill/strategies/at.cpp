@@ -47,11 +47,7 @@ class ATStrategy final : public Strategy {
 
 void register_at_strategy() {
   register_strategy("at", [](JsonReader& p) {
-    const std::vector<std::string> def{"layer1", "layer2", "layer3"};
-    auto s = p.get<std::vector<std::string>>("student_taps", def);
-    auto t = p.get<std::vector<std::string>>("teacher_taps", s);
-    RETORT_CHECK(!s.empty() && s.size() == t.size(), p.where("teacher_taps"), ": ", t.size(), " teacher taps for ",
-                 s.size(), " student taps (one per stage, same count)");
+    auto [s, t] = read_stage_taps(p, {"layer1", "layer2", "layer3"});
     const double pw = p.get<double>("p", 2.0);
     return std::make_shared<ATStrategy>(std::move(s), std::move(t), pw);
   });

@@ -36,10 +36,7 @@ class NSTStrategy final : public Strategy {
 
 void register_nst_strategy() {
   register_strategy("nst", [](JsonReader& p) {
-    auto s = p.get<std::vector<std::string>>("student_taps", {"layer1", "layer2", "layer3"});
-    auto t = p.get<std::vector<std::string>>("teacher_taps", s);
-    RETORT_CHECK(!s.empty() && s.size() == t.size(), p.where("teacher_taps"), ": ", t.size(), " teacher taps for ",
-                 s.size(), " student taps (one per stage, same count)");
+    auto [s, t] = read_stage_taps(p, {"layer1", "layer2", "layer3"});
     return std::make_shared<NSTStrategy>(std::move(s), std::move(t));
   });
 }

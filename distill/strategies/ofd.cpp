@@ -113,10 +113,7 @@ class OFDStrategy final : public Strategy {
 
 void register_ofd_strategy() {
   register_strategy("ofd", [](JsonReader& p) {
-    auto s = p.get<std::vector<std::string>>("student_taps", {"layer1:preact", "layer2:preact", "layer3:preact"});
-    auto t = p.get<std::vector<std::string>>("teacher_taps", s);
-    RETORT_CHECK(!s.empty() && s.size() == t.size(), p.where("teacher_taps"), ": ", t.size(), " teacher taps for ",
-                 s.size(), " student taps (one per stage, same count)");
+    auto [s, t] = read_stage_taps(p, {"layer1:preact", "layer2:preact", "layer3:preact"});
     const int64_t k = p.get<int64_t>("kernel_size", 1);
     RETORT_CHECK(k >= 1 && k % 2 == 1, p.where("kernel_size"), ": must be odd and positive (the connector keeps the "
                  "student's size), got ", k);

@@ -27,6 +27,7 @@ class PKTStrategy final : public Strategy {
     NoGradGuard ng;
     return {{"student_probabilities", pkt_probabilities(last_s_)}, {"teacher_probabilities", pkt_probabilities(last_t_)}};
   }
+  std::vector<std::string> relation_views() const override { return {"student_probabilities", "teacher_probabilities"}; }
   std::string inspect_text() const override {
     const auto maps = inspect();
     return maps.empty() ? "" : "probabilities, student vs teacher: " + relation_agreement(maps[0].second, maps[1].second);

@@ -31,6 +31,7 @@ class RKDStrategy final : public Strategy {
     return {{"student_distances", rkd_distances(last_s_)}, {"teacher_distances", rkd_distances(last_t_)},
             {"student_angles", rkd_angles(last_s_)}, {"teacher_angles", rkd_angles(last_t_)}};
   }
+  std::vector<std::string> relation_views() const override { return {"student_distances", "teacher_distances"}; }
   std::string inspect_text() const override {
     const auto maps = inspect();
     if (maps.empty()) return "";

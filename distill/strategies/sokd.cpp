@@ -399,6 +399,13 @@ std::vector<std::pair<std::string, Tensor>> SokdStrategy::inspect() const {
   return out;
 }
 
+std::vector<std::string> SokdStrategy::relation_views() const {
+  std::vector<std::string> out;
+  if (o_.host)
+    for (const auto& n : o_.host->relation_views()) out.push_back("host." + n);
+  return out;
+}
+
 std::string SokdStrategy::inspect_text() const {
   if (last_b_ < 0) return "";
   const auto& ops = policies_[static_cast<size_t>(last_b_)];

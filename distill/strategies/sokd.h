@@ -90,6 +90,7 @@ class SokdStrategy final : public Strategy {
   // and its ops.
   std::vector<std::pair<std::string, Tensor>> inspect() const override;
   std::string inspect_text() const override;
+  std::vector<std::string> relation_views() const override;  // the host's, as "host.<name>"
 
   // The latest step's regions, augmented teacher feature and sample (for inspection and tests).
   const DamRegions& last_regions() const { return last_regions_; }

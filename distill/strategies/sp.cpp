@@ -39,6 +39,14 @@ class SPStrategy final : public Strategy {
     }
     return out;
   }
+  std::vector<std::string> relation_views() const override {
+    std::vector<std::string> out;
+    for (size_t i = 0; i < s_taps_.size(); ++i) {
+      out.push_back("student_similarity." + s_taps_[i]);
+      out.push_back("teacher_similarity." + t_taps_[i]);
+    }
+    return out;
+  }
   std::string inspect_text() const override {
     const auto maps = inspect();
     std::string text;
@@ -57,10 +65,7 @@ class SPStrategy final : public Strategy {
 
 void register_sp_strategy() {
   register_strategy("sp", [](JsonReader& p) {
-    auto s = p.get<std::vector<std::string>>("student_taps", {"layer3"});
-    auto t = p.get<std::vector<std::string>>("teacher_taps", s);
-    RETORT_CHECK(!s.empty() && s.size() == t.size(), p.where("teacher_taps"), ": ", t.size(), " teacher taps for ",
-                 s.size(), " student taps (one per stage, same count)");
+    auto [s, t] = read_stage_taps(p, {"layer3"});
     return std::make_shared<SPStrategy>(std::move(s), std::move(t));
   });
 }

@@ -102,10 +102,7 @@ class VIDStrategy final : public Strategy {
 
 void register_vid_strategy() {
   register_strategy("vid", [](JsonReader& p) {
-    auto s = p.get<std::vector<std::string>>("student_taps", {"layer1", "layer2", "layer3"});
-    auto t = p.get<std::vector<std::string>>("teacher_taps", s);
-    RETORT_CHECK(!s.empty() && s.size() == t.size(), p.where("teacher_taps"), ": ", t.size(), " teacher taps for ",
-                 s.size(), " student taps (one per stage, same count)");
+    auto [s, t] = read_stage_taps(p, {"layer1", "layer2", "layer3"});
     const double eps = p.get<double>("eps", 1e-5);
     const double init = p.get<double>("init_pred_var", 5.0);
     RETORT_CHECK(std::isfinite(eps) && eps >= 0, p.where("eps"), ": must be >= 0, got ", eps);

@@ -111,6 +111,12 @@ TEST(Strategies, RelationStrategiesShowTheirMaps) {
   EXPECT_EQ(shapes.at("term.pkt.teacher_probabilities"), (Shape{6, 6}));
   EXPECT_EQ(shapes.at("term.rkd.student_distances"), (Shape{6, 6}));
   EXPECT_EQ(shapes.at("term.rkd.teacher_angles"), (Shape{6, 6, 6}));
+  // The [B, B] maps are named for the pictures (drawn as matrices); the angles are not.
+  const std::vector<std::string> relations = d.relation_views();
+  EXPECT_EQ(relations, (std::vector<std::string>{"term.sp.student_similarity.layer3", "term.sp.teacher_similarity.layer3",
+                                                 "term.pkt.student_probabilities", "term.pkt.teacher_probabilities",
+                                                 "term.rkd.student_distances", "term.rkd.teacher_distances"}));
+  for (const auto& r : relations) EXPECT_EQ(shapes.at(r), (Shape{6, 6})) << r;
   // The SP term is the mse of the two views it shows.
   std::map<std::string, Tensor> views;
   for (const auto& [k, v] : d.views()) views[k] = v;

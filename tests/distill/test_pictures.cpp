@@ -157,6 +157,49 @@ TEST(Pictures, PngFilesReadBackExactly) {
   }
 }
 
+// Views named as relations between the batch's samples (Distiller::relation_views) are drawn once each
+// as a B×B matrix below the table; a [B, B] view not named so (SoKD's scores when area_num == B) is
+// only listed; a named view of another shape is refused.
+TEST(Pictures, RelationViewsAreDrawnAsOneMatrixPerBatch) {
+  const std::string dir = scratch("relations");
+  const int64_t b = 2;
+  std::vector<double> x(b * 16, 0.5);
+  const std::vector<std::pair<std::string, Tensor>> views{
+      {"term.sp.student_similarity.layer3", f64({0, 1, 1, 0.5}, {b, b})},
+      {"term.sokd.scores", f64({1, 2, 3, 4}, {b, b})}};
+  const std::vector<std::string> relations{"term.sp.student_similarity.layer3", "term.sp.teacher_similarity.layer3"};
+  const int64_t n = write_step_pictures(dir, f64(x, {b, 1, 4, 4}), Tensor(), Tensor(), views, {}, {}, 1, "relations", {},
+                                        relations);
+  EXPECT_EQ(n, b + 1);  // the inputs and one matrix (the teacher's is named but not shown: skipped)
+  int w = 0, h = 0, c = 0;
+  stbi_uc* m = stbi_load((dir + "/batch_term.sp.student_similarity.layer3.png").c_str(), &w, &h, &c, 3);
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(w, 192);  // 96 pixels per entry
+  EXPECT_EQ(h, 192);
+  uint8_t lo[3], hi[3];
+  viridis(0.0, lo);
+  viridis(1.0, hi);
+  EXPECT_EQ(std::vector<uint8_t>(m, m + 3), std::vector<uint8_t>(lo, lo + 3));                   // (0, 0): 0, the minimum
+  EXPECT_EQ(std::vector<uint8_t>(m + 96 * 3, m + 97 * 3), std::vector<uint8_t>(hi, hi + 3));     // (0, 1): 1, the maximum
+  stbi_image_free(m);
+  std::ifstream in(dir + "/index.html");
+  std::stringstream page;
+  page << in.rdbuf();
+  const std::string html = page.str();
+  for (const char* want : {"Relations between the batch's samples", "src=\"batch_term.sp.student_similarity.layer3.png\"",
+                           "term.sokd.scores f64[2, 2]"})
+    EXPECT_NE(html.find(want), std::string::npos) << want;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/sample0_term.sokd.scores.png"));
+  try {
+    write_step_pictures(dir, f64(x, {b, 1, 4, 4}), Tensor(), Tensor(), {{"rel", f64({1, 2, 3, 4, 5, 6}, {b, 3})}}, {}, {},
+                        1, "", {}, {"rel"});
+    FAIL() << "a non-square relation view was drawn";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("view 'rel' is named a relation between the batch's samples but is f64[2, 3]"),
+              std::string::npos) << e.what();
+  }
+}
+
 TEST(Pictures, AStepsPageHasARowPerSampleAndAColumnPerView) {
   const std::string dir = scratch("step") + "/deeper";  // created with its parents
   const int64_t b = 2;

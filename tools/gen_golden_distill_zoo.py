@@ -1,7 +1,7 @@
-"""Golden fixtures for VID, NST, CC and OFD (distill/nodes/feature.h vid_loss, nst_loss, ofd_loss and
-ofd_margin, distill/nodes/relation.h cc_loss): each is computed with the reference implementation's own
-code (copied below from RepDistiller's distiller_zoo: VID.py, NST.py, CC.py; mdistiller's
-distillers/OFD.py) and differentiated by PyTorch, in float64. tests/distill/test_zoo_nodes.cpp recomputes them with Retort in f64 and f32.
+"""Golden fixtures for VID, NST, CC, OFD and AB (distill/nodes/feature.h vid_loss, nst_loss, ofd_loss,
+ofd_margin and ab_loss, distill/nodes/relation.h cc_loss): each is computed with the reference
+implementation's own code (copied below from RepDistiller's distiller_zoo: VID.py, NST.py, CC.py, AB.py;
+mdistiller's distillers/OFD.py) and differentiated by PyTorch, in float64. tests/distill/test_zoo_nodes.cpp recomputes them with Retort in f64 and f32.
 
 Regenerate (Debian's python3-torch):
   cd tools && /usr/bin/python3 gen_golden_distill_zoo.py ../tests/fixtures/golden_distill_zoo.safetensors
@@ -103,6 +103,26 @@ def ofd_margins(weight, bias):
     return torch.tensor(margin)
 
 
+# RepDistiller distiller_zoo/AB.py: ABLoss
+class ABLoss:
+    def __init__(self, feat_num, margin=1.0):
+        self.w = [2**(i-feat_num+1) for i in range(feat_num)]
+        self.margin = margin
+
+    def forward(self, g_s, g_t):
+        bsz = g_s[0].shape[0]
+        losses = [self.criterion_alternative_l2(s, t) for s, t in zip(g_s, g_t)]
+        losses = [w * l for w, l in zip(self.w, losses)]
+        losses = [l / bsz for l in losses]
+        losses = [l / 1000 * 3 for l in losses]
+        return losses
+
+    def criterion_alternative_l2(self, source, target):
+        loss = ((source + self.margin) ** 2 * ((source > -self.margin) & (target <= 0)).float() +
+                (source - self.margin) ** 2 * ((source <= self.margin) & (target > 0)).float())
+        return torch.abs(loss).sum()
+
+
 def case(name, fn, *inputs, grads=None):
     """grads: which inputs require grad (all by default)."""
     record_case(tensors, name, fn, inputs, lambda i, x: grads is None or i in grads)
@@ -133,6 +153,15 @@ case("ofd_regions", ofd, r(3, 4, 3, 3), r(3, 4, 3, 3), torch.rand(4) * -0.8 - 0.
 bn_w, bn_b = torch.tensor([1.0, 0.5, -2.0, 0.3, 1.2, 0.01]), torch.tensor([0.0, 1.0, -0.5, 1.05, -3.0, 0.2])
 tensors["ofd_margin/in0"], tensors["ofd_margin/in1"] = bn_w, bn_b
 tensors["ofd_margin/out"] = ofd_margins(bn_w, bn_b)
+
+# AB: one stage's criterion / batch (the node), at margins 1 and 0.5; and ABLoss over three stages
+# (the strategy's weights 2^(i-n+1) * 3 / 1000), the teacher frozen
+case("ab_stage", lambda s_, t_: ABLoss(1).criterion_alternative_l2(s_, t_) / s_.shape[0], 1.5 * r(3, 4, 3, 3),
+     r(3, 4, 3, 3), grads={0})
+case("ab_stage_margin0_5", lambda s_, t_: ABLoss(1, 0.5).criterion_alternative_l2(s_, t_) / s_.shape[0],
+     r(2, 3, 2, 2), r(2, 3, 2, 2), grads={0})
+case("ab_three_stages", lambda s1, t1, s2, t2, s3, t3: sum(ABLoss(3).forward([s1, s2, s3], [t1, t2, t3])),
+     r(2, 2, 4, 4), r(2, 2, 4, 4), r(2, 3, 2, 2), r(2, 3, 2, 2), r(2, 4, 1, 1), r(2, 4, 1, 1), grads={0, 2, 4})
 
 save_safetensors(sys.argv[1], tensors, {"generator": "tools/gen_golden_distill_zoo.py", "seed": 0})
 print(f"wrote {len(tensors)} tensors to {sys.argv[1]}")

@@ -330,4 +330,28 @@ Tensor ofd_margin(const Tensor& bn_weight, const Tensor& bn_bias) {
   return Tensor::from_vector(out, {static_cast<int64_t>(out.size())}, bn_weight.dtype()).to(bn_weight.device());
 }
 
+// ---- AB ----------------------------------------------------------------------------------------------
+
+Tensor ab_loss(const Tensor& s, const Tensor& t, double margin) {
+  const char* op = "ab_loss";
+  check_same_shape(op, s, t, "the connector maps the student to the teacher's shape");
+  RETORT_CHECK(std::isfinite(margin) && margin >= 0, op, ": margin must be >= 0, got ", margin);
+  Tensor loss, r;
+  {
+    NoGradGuard ng;
+    // AB.py's criterion_alternative_l2 as one residual: where the teacher's neuron is off (t <= 0) a
+    // student above −μ is pushed to −μ; where it is on, a student below μ is pushed to μ.
+    const Tensor on = gt(t, Tensor::scalar(0.0, s.dtype(), s.device()));
+    const Tensor lo = Tensor::scalar(-margin, s.dtype(), s.device()), hi = Tensor::scalar(margin, s.dtype(), s.device());
+    const Tensor off_part = mul(affine(s, 1.0, margin), gt(s, lo));
+    const Tensor on_part = mul(affine(s, 1.0, -margin), le(s, hi));
+    r = add(off_part, mul(on, sub(on_part, off_part)));
+    loss = affine(sum(mul(r, r)), 1.0 / static_cast<double>(s.shape()[0]), 0.0);
+  }
+  return record(loss, "ABLossBackward", {s, t}, [r, k = 2.0 / static_cast<double>(s.shape()[0])](
+                                                    const Tensor& g, const Node& node) {
+    return std::vector<Tensor>{node.needs_grad(0) ? mul(r, affine(g, k, 0.0)) : Tensor(), Tensor()};
+  });
+}
+
 }  // namespace retort

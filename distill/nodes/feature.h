@@ -1,8 +1,10 @@
 // Feature distillation nodes: attention transfer (AT), channel-wise distillation (CWD), ReviewKD's
 // hierarchical context loss (HCL), neuron selectivity transfer (NST), variational information
-// distillation (VID) and the overhaul of feature distillation's partial L2 (OFD). Each follows its reference implementation to the formula (docs:
+// distillation (VID), the overhaul of feature distillation's partial L2 (OFD) and the activation
+// boundaries' hinge (AB). Each follows its reference implementation to the formula (docs:
 // /work/shared/research/methods.md §1.3, §1.6, §1.7; RepDistiller's distiller_zoo NST.py and VID.py
-// for NST and VID, mdistiller's OFD.py for OFD; docs/methods/nst.md, vid.md, ofd.md); a node's loss is one stage's term, the strategy
+// for NST and VID, mdistiller's OFD.py for OFD, RepDistiller's AB.py for AB; docs/methods/nst.md,
+// vid.md, ofd.md, ab.md); a node's loss is one stage's term, the strategy
 // sums stages and applies its weight.
 //
 //   attention_map  q = a / max(‖a‖₂, 1e-12),  a[b, i] = mean_c f[b, c, i]^p          (F.normalize)
@@ -16,6 +18,8 @@
 //   vid_loss       mean_{n,c,h,w} ½ ((μ − t)² / v_c + log v_c),  v_c = softplus(log_scale_c) + eps
 //   ofd_loss       (1/B) Σ [(s − m)² if s > m ≥ t] + [(s − t)² if s > t, m < t ≤ 0] + [(s − t)² if t > 0],
 //                  m = the teacher's per-channel margin (ofd_margin), s the connector's output
+//   ab_loss        (1/B) Σ [(s + μ)² if s > −μ, t ≤ 0] + [(s − μ)² if s ≤ μ, t > 0]: the student's
+//                  pre-ReLU response pushed at least μ past 0 on the side where the teacher's neuron is
 //
 // All take NCHW features (f32 or f64, both operands alike) and differentiate in both operands;
 // teacher features usually need no gradient and then cost none.
@@ -65,6 +69,10 @@ Tensor ofd_loss(const Tensor& s, const Tensor& t, const Tensor& margin);
 // Φ(−β/|γ|) > 0.001; −3|γ| where it is not (and min(β, 0) where γ = 0). weight, bias [C] -> [C], on
 // their device, in their dtype, no graph.
 Tensor ofd_margin(const Tensor& bn_weight, const Tensor& bn_bias);
+// s and t [B, C, H, W] of one shape (the student's pre-ReLU feature through the connector, the
+// teacher's pre-ReLU feature); margin μ >= 0. 0-D, one "ABLossBackward" node, differentiable in s only
+// (t enters through which side of 0 it is on: no gradient).
+Tensor ab_loss(const Tensor& s, const Tensor& t, double margin = 1.0);
 
 // Gradcheck cases of this family (feature_checks.cpp) and the functions they cover; the connectors'
 // conv_transpose2d (distill/connectors.h) is checked here too.

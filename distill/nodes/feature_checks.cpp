@@ -3,7 +3,7 @@
 // teacher-side tensor that is itself trained (an ABF output, a connector). Every path that changes
 // the backward has a case: AT with either map pooled and with different channel counts, p != 2, CWD
 // at two temperatures and with a frozen teacher, HCL with 3, 2 and 0 pyramid levels and a height the
-// pyramid does not divide, NST with either side pooled, VID in all three inputs, OFD's partial L2 in every region.
+// pyramid does not divide, NST with either side pooled, VID in all three inputs, OFD's partial L2 in every region, AB at two margins.
 #include "distill/connectors.h"
 #include "distill/nodes/feature.h"
 #include "engine/gradcheck.h"
@@ -119,6 +119,14 @@ void add_feature_node_checks(std::vector<GradcheckCase>& out) {
                  },
                  [](const Inputs& in) { return ofd_loss(in[0], in[1], in[2]); }});
 
+  // AB: the teacher decides the side (no gradient to it); a student within the margin on either side.
+  for (double margin : {1.0, 0.3})
+    out.push_back({margin == 1.0 ? "ab_loss.margin1" : "ab_loss.margin0_3", "ab_loss",
+                   [](Generator& g) {
+                     return Inputs{gc_randn({2, 3, 3, 3}, g), Tensor::randn({2, 3, 3, 3}, g, DType::F64)};
+                   },
+                   [margin](const Inputs& in) { return ab_loss(in[0], in[1], margin); }});
+
   conv_transpose_case(out, "k4_s2_p1", {2, 3, 3, 3}, {3, 4, 4, 4}, true, ct(2, 1));  // ConvReg's upsampler
   conv_transpose_case(out, "groups2_output_padding", {2, 4, 3, 3}, {4, 3, 3, 3}, true, ct(2, 1, 1, 2));
   ConvTranspose2dParams rect = ct(1, 0, 0, 1, 2);
@@ -128,7 +136,7 @@ void add_feature_node_checks(std::vector<GradcheckCase>& out) {
 }
 
 std::vector<std::string> feature_node_functions() {
-  return {"attention_map", "at_loss", "cwd_loss", "hcl_loss", "nst_loss", "vid_loss", "ofd_loss", "conv_transpose2d"};
+  return {"attention_map", "at_loss", "cwd_loss", "hcl_loss", "nst_loss", "vid_loss", "ofd_loss", "ab_loss", "conv_transpose2d"};
 }
 
 }  // namespace retort

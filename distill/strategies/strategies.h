@@ -31,6 +31,7 @@ void register_vid_strategy();
 void register_nst_strategy();
 void register_cc_strategy();
 void register_ofd_strategy();
+void register_ab_strategy();
 void register_generous_teacher_strategy();
 void register_mtkd_ssr_strategy();
 void register_sokd_strategy();

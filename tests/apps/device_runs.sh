@@ -84,6 +84,7 @@ declare -A terms=(
   [nst]='[{"type": "ce"}, {"type": "nst", "weight": 50}]'
   [cc]='[{"type": "ce"}, {"type": "cc", "weight": 0.02}]'
   [ofd]='[{"type": "ce"}, {"type": "ofd", "weight": 0.001}]'
+  [ab]='[{"type": "ce"}, {"type": "ab"}]'
   [generous_teacher]='[{"type": "ce"}, {"type": "generous_teacher", "weight": 8, "params": {"temperature": 2}}]'
   [mtkd_ssr]='[{"type": "ce"}, {"type": "mtkd_ssr"}]'
   [sokd_first]='[{"type": "ce"}, {"type": "sokd", "params": {"heatmap_classes": 4, "area_num": 4, "search": "first_order", "search_epochs": 1}}]'
@@ -91,7 +92,7 @@ declare -A terms=(
   [sokd_relax]='[{"type": "ce"}, {"type": "sokd", "params": {"heatmap_classes": 4, "area_num": 4, "search": "first_order", "search_epochs": 1, "estimator": "relax"}}]'
   [sokd_host_kd]='[{"type": "ce", "weight": 0.1}, {"type": "sokd", "weight": 0.9, "params": {"host": {"type": "kd"}, "refine_logits": true, "feat_weight": 0, "dam_weight": 0, "search_epochs": 1}}]'
 )
-for name in kd dkd_ls fitnet at cwd reviewkd sp pkt rkd crd vid nst cc ofd generous_teacher mtkd_ssr sokd_first sokd_second sokd_relax sokd_host_kd; do
+for name in kd dkd_ls fitnet at cwd reviewkd sp pkt rkd crd vid nst cc ofd ab generous_teacher mtkd_ssr sokd_first sokd_second sokd_relax sokd_host_kd; do
   cat > "$tmp/$name.json" <<JSON
 {"schema_version": 1, "experiment": {"name": "$name", "seed": 0, "output_dir": "$tmp"}, $data,
  "model": {"arch": "resnet8"}, "teacher": {"arch": "resnet14", "checkpoint": "$tmp/teacher/model.safetensors"},

@@ -76,6 +76,7 @@ TEST(Strategies, EveryBuiltinTrainsOneStep) {
       R"([{"type": "nst"}])",
       R"([{"type": "cc"}, {"type": "ce"}])",
       R"([{"type": "ofd"}, {"type": "ce"}])",
+      R"([{"type": "ab"}])",
       R"([{"type": "ce"}, {"type": "generous_teacher", "weight": 8}])",
       R"([{"type": "generous_teacher", "params": {"select": "teacher_correct", "tckd_weight": 1}}])",
       R"([{"type": "ce"}, {"type": "mtkd_ssr"}])",
@@ -90,7 +91,7 @@ TEST(Strategies, EveryBuiltinTrainsOneStep) {
   // Connectors bridge different widths: resnet8 (16..64 channels) from resnet8x4 (64..256).
   for (const char* c : {R"([{"type": "fitnet"}])", R"([{"type": "cwd"}])", R"([{"type": "reviewkd"}])",
                         R"([{"type": "mtkd_ssr"}])", R"([{"type": "sp"}, {"type": "pkt"}, {"type": "rkd"}])",
-                        R"([{"type": "vid"}, {"type": "nst"}, {"type": "cc"}, {"type": "ofd"}])"})
+                        R"([{"type": "vid"}, {"type": "nst"}, {"type": "cc"}, {"type": "ofd"}, {"type": "ab"}])"})
     one_step(c, "resnet8", "resnet8x4");
 }
 
@@ -335,6 +336,7 @@ TEST(Distiller, ConfigErrorsNameTheTerm) {
   expect_error(R"([{"type": "nst", "params": {"teacher_taps": ["layer3"]}}])", "1 teacher taps for 3 student taps");
   expect_error(R"([{"type": "cc", "params": {"feat_dim": 0}}])", "distill.terms[0].params.feat_dim: must be positive");
   expect_error(R"([{"type": "ofd", "params": {"kernel_size": 2}}])", "distill.terms[0].params.kernel_size: must be odd");
+  expect_error(R"([{"type": "ab", "params": {"margin": -0.5}}])", "distill.terms[0].params.margin: must be >= 0");
 }
 
 TEST(Distiller, UnbridgeableFeaturesAndMissingTeacherAreClearErrors) {

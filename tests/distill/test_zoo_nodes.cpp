@@ -1,7 +1,7 @@
-// VID, NST, CC and OFD nodes (distill/nodes/feature.h vid_loss / nst_loss / ofd_loss / ofd_margin,
+// VID, NST, CC, OFD and AB nodes (distill/nodes/feature.h vid_loss / nst_loss / ofd_loss / ofd_margin / ab_loss,
 // relation.h cc_loss): values computed by hand, the invariances NST is built to have (a positive scale
 // per channel map, the order of the channels), dead channels, OFD's regions, the graph's node names,
-// errors, and golden values from RepDistiller's VID.py, NST.py and CC.py and mdistiller's OFD.py in
+// errors, and golden values from RepDistiller's VID.py, NST.py, CC.py and AB.py and mdistiller's OFD.py in
 // PyTorch (tools/gen_golden_distill_zoo.py) in f64 and f32.
 #include <gtest/gtest.h>
 
@@ -143,6 +143,24 @@ TEST(OfdMargin, IsTheMeanOfTheNegativePartOfTheBnsGaussian) {
   EXPECT_EQ(m.at(4), 0.0);
 }
 
+TEST(AbLoss, PushesTheStudentPastTheMarginOnTheTeachersSide) {
+  // Margin 1; (s, t) = (0.5, −2): teacher off, student above −1: (s + 1)² = 2.25; (−3, −2): already
+  // below −1: 0; (0.5, 3): teacher on, student below 1: (s − 1)² = 0.25; (2, 3): past 1: 0;
+  // (−1, 0): t = 0 counts as off, s = −1 is not above −1: 0.
+  const Tensor s = vec({0.5, -3, 0.5, 2, -1}, {1, 1, 1, 5}), t = vec({-2, -2, 3, 3, 0}, {1, 1, 1, 5});
+  EXPECT_NEAR(ab_loss(s, t).item(), 2.5, 1e-14);
+  // Margin 0: only the sign counts — the first student is on where the teacher is off: 0.5².
+  EXPECT_NEAR(ab_loss(s, t, 0.0).item(), 0.25, 1e-14);
+  // The mean over the batch of the per-sample sums; no gradient reaches the teacher.
+  Tensor s2 = cat({s, s}, 0).set_requires_grad();
+  Tensor t2 = cat({t, t}, 0).set_requires_grad();
+  const Tensor l = ab_loss(s2, t2);
+  EXPECT_NEAR(l.item(), 2.5, 1e-14);
+  l.backward();
+  EXPECT_NEAR(s2.grad().at(0), 2 * 1.5 / 2, 1e-14);  // 2 (s + 1) / B
+  EXPECT_FALSE(t2.grad().defined());
+}
+
 TEST(ZooNodes, GraphNodesAndErrors) {
   Generator gen(6);
   const Tensor a = randn({2, 3, 4, 4}, gen).set_requires_grad(), b = randn({2, 3, 4, 4}, gen);
@@ -160,6 +178,9 @@ TEST(ZooNodes, GraphNodesAndErrors) {
   expect_error([&] { ofd_loss(a, randn({2, 3, 2, 2}, gen), randn({3}, gen)); }, {"ofd_loss", "same shape", "pooled"});
   expect_error([&] { ofd_loss(a, b, randn({2}, gen)); }, {"ofd_loss", "margin must be [3]"});
   expect_error([&] { ofd_margin(randn({3}, gen), randn({4}, gen)); }, {"ofd_margin", "[C] alike"});
+  EXPECT_TRUE(has_node(ab_loss(a, b), "ABLossBackward"));
+  expect_error([&] { ab_loss(a, b, -1.0); }, {"ab_loss", "margin must be >= 0"});
+  expect_error([&] { ab_loss(a, randn({2, 3, 4, 2}, gen)); }, {"ab_loss", "same shape"});
 }
 
 // ---- golden values (PyTorch, RepDistiller's code) --------------------------------------------------
@@ -207,6 +228,22 @@ TEST_P(GoldenZoo, OverhaulOfFeatureDistillation) {
   const Tensor m = ofd_margin(golden()["ofd_margin/in0"].to(GetParam()), golden()["ofd_margin/in1"].to(GetParam()));
   EXPECT_TRUE(retort::testing::close_to("ofd_margin", m, golden()["ofd_margin/out"], GetParam() == DType::F32 ? 1e-6 : 1e-14,
                                         GetParam() == DType::F32 ? 1e-6 : 1e-13));
+}
+
+TEST_P(GoldenZoo, ActivationBoundaries) {
+  check_case("ab_stage", [](const auto& in) { return ab_loss(in[0], in[1]); }, GetParam());
+  check_case("ab_stage_margin0_5", [](const auto& in) { return ab_loss(in[0], in[1], 0.5); }, GetParam());
+  // ABLoss over three stages: weights 2^(i − n + 1) · 3 / 1000, as the strategy applies them.
+  check_case("ab_three_stages",
+             [](const auto& in) {
+               Tensor total;
+               for (int i = 0; i < 3; ++i) {
+                 const Tensor l = affine(ab_loss(in[2 * i], in[2 * i + 1]), std::ldexp(1.0, i - 2) * 3.0 / 1000.0, 0.0);
+                 total = total.defined() ? add(total, l) : l;
+               }
+               return total;
+             },
+             GetParam());
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, GoldenZoo, ::testing::Values(DType::F64, DType::F32),

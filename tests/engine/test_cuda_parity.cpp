@@ -957,6 +957,8 @@ TEST(CudaParity, FeatureDistillationLosses) {
     check_parity(label("ofd_loss", dt, fs.shape()),
                  {In(fs, true, "student"), In(ft_same, true, "teacher"), fixed(margin, "margin")},
                  [](const Ts& t) { return retort::ofd_loss(t[0], t[1], t[2]); }, Kind::Reduction, Kind::Reduction);
+    check_parity(label("ab_loss", dt, fs.shape()), {In(fs, true, "student"), fixed(ft_same, "teacher")},
+                 [](const Ts& t) { return retort::ab_loss(t[0], t[1], 0.5); }, Kind::Reduction, Kind::Reduction);
   }
 }
 

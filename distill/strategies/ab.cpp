@@ -1,0 +1,74 @@
+// "ab": knowledge transfer via distillation of activation boundaries formed by hidden neurons (Heo et
+// al., AAAI 2019; RepDistiller's AB.py and Connector, "code: bhheo/AB_distillation"). For each stage
+// pair the student's pre-ReLU feature goes through a connector (none where the shapes already match,
+// else ConvReg without its ReLU: conv + BN) and is pushed at least `margin` past 0 on the side where
+// the teacher's pre-ReLU response is (ab_loss, distill/nodes/feature.h): the student learns where the
+// teacher's neurons switch on, not how strongly. Stage i of n weighs 2^(i − n + 1) · 3 / 1000 (AB.py's
+// weights and scale). Default stages "layer1:preact".."layer3:preact" (RepDistiller's feat[1:-1] with
+// preact=True; WRN "block1:preact"..).
+//
+// RepDistiller uses AB as an initialisation: the student's feature layers and the connector are
+// trained with this loss alone (its init phase, 30 epochs), then the student is trained with CE alone
+// (β = 0: "loss_kd = 0"). Here that is two runs: one with this term alone, then a CE run whose
+// model.init is the first run's model (configs/fmnist/ab_init.json, student_ab.json;
+// scripts/ab_fmnist.sh).
+#include "distill/connectors.h"
+#include "distill/nodes/feature.h"
+#include "distill/strategies/strategies.h"
+#include "engine/functions.h"
+
+namespace retort {
+
+namespace {
+
+class ABStrategy final : public Strategy {
+ public:
+  ABStrategy(std::vector<std::string> s, std::vector<std::string> t, double margin)
+      : Strategy("ab"), s_taps_(std::move(s)), t_taps_(std::move(t)), margin_(margin) {}
+  std::vector<std::string> student_taps() const override { return s_taps_; }
+  std::vector<std::string> teacher_taps() const override { return t_taps_; }
+  bool uses_teacher_logits() const override { return false; }
+
+  void build(const TapShapes& shapes, Generator& gen) override {
+    connectors_ = register_module("connectors", std::make_shared<Sequential>());
+    for (size_t i = 0; i < s_taps_.size(); ++i) {
+      const Shape &s = shapes.of_student(s_taps_[i]), &t = shapes.of_teacher(t_taps_[i]);
+      RETORT_CHECK(s.size() == 4 && t.size() == 4, "ab: stage ", i, " (student tap \"", s_taps_[i], "\", teacher tap \"",
+                   t_taps_[i], "\") must be feature maps [N, C, H, W], got student ", shape_str(s), " and teacher ",
+                   shape_str(t));
+      // RepDistiller's Connector: an empty Sequential (the identity) where channels and height agree.
+      if (s[1] == t[1] && s[2] == t[2]) connectors_->push_back(std::make_shared<Sequential>());
+      else connectors_->push_back(std::make_shared<ConvReg>(s, t, gen, /*use_relu=*/false));
+    }
+  }
+
+  Tensor compute(const DistillContext& ctx) override {
+    Tensor total;
+    const size_t n = s_taps_.size();
+    for (size_t i = 0; i < n; ++i) {
+      const Tensor s = connectors_->operator[](i)(ctx.student_feature(s_taps_[i]));
+      const double w = std::ldexp(1.0, static_cast<int>(i) - static_cast<int>(n) + 1) * 3.0 / 1000.0;
+      const Tensor l = affine(ab_loss(s, ctx.teacher_feature(t_taps_[i]), margin_), w, 0.0);
+      total = total.defined() ? add(total, l) : l;
+    }
+    return total;
+  }
+  Json params() const override { return {{"student_taps", s_taps_}, {"teacher_taps", t_taps_}, {"margin", margin_}}; }
+
+ private:
+  std::vector<std::string> s_taps_, t_taps_;
+  double margin_;
+  std::shared_ptr<Sequential> connectors_;
+};
+}  // namespace
+
+void register_ab_strategy() {
+  register_strategy("ab", [](JsonReader& p) {
+    auto [s, t] = read_stage_taps(p, {"layer1:preact", "layer2:preact", "layer3:preact"});
+    const double margin = p.get<double>("margin", 1.0);
+    RETORT_CHECK(std::isfinite(margin) && margin >= 0, p.where("margin"), ": must be >= 0, got ", margin);
+    return std::make_shared<ABStrategy>(std::move(s), std::move(t), margin);
+  });
+}
+
+}  // namespace retort

@@ -21,21 +21,14 @@ namespace retort {
 
 namespace {
 
-class ABStrategy final : public Strategy {
+class ABStrategy final : public StageStrategy {
  public:
-  ABStrategy(std::vector<std::string> s, std::vector<std::string> t, double margin)
-      : Strategy("ab"), s_taps_(std::move(s)), t_taps_(std::move(t)), margin_(margin) {}
-  std::vector<std::string> student_taps() const override { return s_taps_; }
-  std::vector<std::string> teacher_taps() const override { return t_taps_; }
-  bool uses_teacher_logits() const override { return false; }
+  ABStrategy(StageTaps taps, double margin) : StageStrategy("ab", std::move(taps)), margin_(margin) {}
 
   void build(const TapShapes& shapes, Generator& gen) override {
     connectors_ = register_module("connectors", std::make_shared<Sequential>());
-    for (size_t i = 0; i < s_taps_.size(); ++i) {
-      const Shape &s = shapes.of_student(s_taps_[i]), &t = shapes.of_teacher(t_taps_[i]);
-      RETORT_CHECK(s.size() == 4 && t.size() == 4, "ab: stage ", i, " (student tap \"", s_taps_[i], "\", teacher tap \"",
-                   t_taps_[i], "\") must be feature maps [N, C, H, W], got student ", shape_str(s), " and teacher ",
-                   shape_str(t));
+    for (size_t i = 0; i < stages(); ++i) {
+      const auto [s, t] = map_shapes(shapes, i);
       // RepDistiller's Connector: an empty Sequential (the identity) where channels and height agree.
       if (s[1] == t[1] && s[2] == t[2]) connectors_->push_back(std::make_shared<Sequential>());
       else connectors_->push_back(std::make_shared<ConvReg>(s, t, gen, /*use_relu=*/false));
@@ -43,20 +36,16 @@ class ABStrategy final : public Strategy {
   }
 
   Tensor compute(const DistillContext& ctx) override {
-    Tensor total;
-    const size_t n = s_taps_.size();
-    for (size_t i = 0; i < n; ++i) {
+    const int n = static_cast<int>(stages());
+    return sum_over_stages([&](size_t i) {
       const Tensor s = connectors_->operator[](i)(ctx.student_feature(s_taps_[i]));
-      const double w = std::ldexp(1.0, static_cast<int>(i) - static_cast<int>(n) + 1) * 3.0 / 1000.0;
-      const Tensor l = affine(ab_loss(s, ctx.teacher_feature(t_taps_[i]), margin_), w, 0.0);
-      total = total.defined() ? add(total, l) : l;
-    }
-    return total;
+      const double w = std::ldexp(1.0, static_cast<int>(i) - n + 1) * 3.0 / 1000.0;
+      return affine(ab_loss(s, ctx.teacher_feature(t_taps_[i]), margin_), w, 0.0);
+    });
   }
-  Json params() const override { return {{"student_taps", s_taps_}, {"teacher_taps", t_taps_}, {"margin", margin_}}; }
+  Json params() const override { return stage_params({{"margin", margin_}}); }
 
  private:
-  std::vector<std::string> s_taps_, t_taps_;
   double margin_;
   std::shared_ptr<Sequential> connectors_;
 };
@@ -64,10 +53,10 @@ class ABStrategy final : public Strategy {
 
 void register_ab_strategy() {
   register_strategy("ab", [](JsonReader& p) {
-    auto [s, t] = read_stage_taps(p, {"layer1:preact", "layer2:preact", "layer3:preact"});
+    StageTaps taps = read_stage_taps(p, {"layer1:preact", "layer2:preact", "layer3:preact"});
     const double margin = p.get<double>("margin", 1.0);
     RETORT_CHECK(std::isfinite(margin) && margin >= 0, p.where("margin"), ": must be >= 0, got ", margin);
-    return std::make_shared<ABStrategy>(std::move(s), std::move(t), margin);
+    return std::make_shared<ABStrategy>(std::move(taps), margin);
   });
 }
 

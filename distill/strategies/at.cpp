@@ -11,45 +11,34 @@
 namespace retort {
 
 namespace {
-class ATStrategy final : public Strategy {
+class ATStrategy final : public StageStrategy {
  public:
-  ATStrategy(std::vector<std::string> s, std::vector<std::string> t, double p)
-      : Strategy("at"), s_taps_(std::move(s)), t_taps_(std::move(t)), p_(p) {}
-  std::vector<std::string> student_taps() const override { return s_taps_; }
-  std::vector<std::string> teacher_taps() const override { return t_taps_; }
-  bool uses_teacher_logits() const override { return false; }
+  ATStrategy(StageTaps taps, double p) : StageStrategy("at", std::move(taps)), p_(p) {}
   bool accepts_location_mask() const override { return true; }
   Tensor compute(const DistillContext& ctx) override {
-    Tensor total;
-    for (size_t i = 0; i < s_taps_.size(); ++i) {
+    return sum_over_stages([&](size_t i) {
       const Tensor& fs = ctx.student_feature(s_taps_[i]);
       const Tensor& ft = ctx.teacher_feature(t_taps_[i]);
-      Tensor l;
-      if (!ctx.location_mask) {
-        l = at_loss(fs, ft, p_);
-      } else {  // at_loss with the map difference weighted per location
-        const auto [s, t] = pool_to_common_size(fs, ft);
-        const int64_t b = s.size(0), h = s.size(2), w = s.size(3);
-        l = masked_feature_mse(reshape(attention_map(s, p_), {b, 1, h, w}), reshape(attention_map(t, p_), {b, 1, h, w}),
-                               location_mask_at(*ctx.location_mask, h, w));
-      }
-      total = total.defined() ? add(total, l) : l;
-    }
-    return total;
+      if (!ctx.location_mask) return at_loss(fs, ft, p_);
+      // at_loss with the map difference weighted per location
+      const auto [s, t] = pool_to_common_size(fs, ft);
+      const int64_t b = s.size(0), h = s.size(2), w = s.size(3);
+      return masked_feature_mse(reshape(attention_map(s, p_), {b, 1, h, w}), reshape(attention_map(t, p_), {b, 1, h, w}),
+                                location_mask_at(*ctx.location_mask, h, w));
+    });
   }
-  Json params() const override { return {{"student_taps", s_taps_}, {"teacher_taps", t_taps_}, {"p", p_}}; }
+  Json params() const override { return stage_params({{"p", p_}}); }
 
  private:
-  std::vector<std::string> s_taps_, t_taps_;
   double p_;
 };
 }  // namespace
 
 void register_at_strategy() {
   register_strategy("at", [](JsonReader& p) {
-    auto [s, t] = read_stage_taps(p, {"layer1", "layer2", "layer3"});
+    StageTaps taps = read_stage_taps(p, {"layer1", "layer2", "layer3"});
     const double pw = p.get<double>("p", 2.0);
-    return std::make_shared<ATStrategy>(std::move(s), std::move(t), pw);
+    return std::make_shared<ATStrategy>(std::move(taps), pw);
   });
 }
 

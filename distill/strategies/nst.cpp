@@ -12,32 +12,20 @@
 namespace retort {
 
 namespace {
-class NSTStrategy final : public Strategy {
+class NSTStrategy final : public StageStrategy {
  public:
-  NSTStrategy(std::vector<std::string> s, std::vector<std::string> t)
-      : Strategy("nst"), s_taps_(std::move(s)), t_taps_(std::move(t)) {}
-  std::vector<std::string> student_taps() const override { return s_taps_; }
-  std::vector<std::string> teacher_taps() const override { return t_taps_; }
-  bool uses_teacher_logits() const override { return false; }
+  explicit NSTStrategy(StageTaps taps) : StageStrategy("nst", std::move(taps)) {}
   Tensor compute(const DistillContext& ctx) override {
-    Tensor total;
-    for (size_t i = 0; i < s_taps_.size(); ++i) {
-      const Tensor l = nst_loss(ctx.student_feature(s_taps_[i]), ctx.teacher_feature(t_taps_[i]));
-      total = total.defined() ? add(total, l) : l;
-    }
-    return total;
+    return sum_over_stages(
+        [&](size_t i) { return nst_loss(ctx.student_feature(s_taps_[i]), ctx.teacher_feature(t_taps_[i])); });
   }
-  Json params() const override { return {{"student_taps", s_taps_}, {"teacher_taps", t_taps_}}; }
-
- private:
-  std::vector<std::string> s_taps_, t_taps_;
+  Json params() const override { return stage_params(); }
 };
 }  // namespace
 
 void register_nst_strategy() {
   register_strategy("nst", [](JsonReader& p) {
-    auto [s, t] = read_stage_taps(p, {"layer1", "layer2", "layer3"});
-    return std::make_shared<NSTStrategy>(std::move(s), std::move(t));
+    return std::make_shared<NSTStrategy>(read_stage_taps(p, {"layer1", "layer2", "layer3"}));
   });
 }
 

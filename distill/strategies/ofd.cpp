@@ -22,22 +22,16 @@ namespace retort {
 
 namespace {
 
-class OFDStrategy final : public Strategy {
+class OFDStrategy final : public StageStrategy {
  public:
-  OFDStrategy(std::vector<std::string> s, std::vector<std::string> t, int64_t kernel)
-      : Strategy("ofd"), s_taps_(std::move(s)), t_taps_(std::move(t)), kernel_(kernel) {}
-  std::vector<std::string> student_taps() const override { return s_taps_; }
-  std::vector<std::string> teacher_taps() const override { return t_taps_; }
-  bool uses_teacher_logits() const override { return false; }
+  OFDStrategy(StageTaps taps, int64_t kernel) : StageStrategy("ofd", std::move(taps)), kernel_(kernel) {}
 
   void build(const TapShapes& shapes, Generator& gen) override {
     connectors_ = register_module("connectors", std::make_shared<Sequential>());
-    for (size_t i = 0; i < s_taps_.size(); ++i) {
-      const Shape &s = shapes.of_student(s_taps_[i]), &t = shapes.of_teacher(t_taps_[i]);
+    for (size_t i = 0; i < stages(); ++i) {
+      const auto [s, t] = map_shapes(shapes, i);
       const std::string stage = "ofd: stage " + std::to_string(i) + " (student tap \"" + s_taps_[i] +
                                 "\", teacher tap \"" + t_taps_[i] + "\")";
-      RETORT_CHECK(s.size() == 4 && t.size() == 4, stage, " must be feature maps [N, C, H, W], got student ",
-                   shape_str(s), " and teacher ", shape_str(t));
       // The connector (mdistiller's ConnectorConvBN._build_feature_connector).
       auto conn = connectors_->push_back(std::make_shared<Sequential>());
       auto conv = conn->push_back(std::make_shared<Conv2d>(
@@ -60,19 +54,16 @@ class OFDStrategy final : public Strategy {
   }
 
   Tensor compute(const DistillContext& ctx) override {
-    Tensor total;
     last_.clear();
-    const size_t n = s_taps_.size();
-    for (size_t i = 0; i < n; ++i) {
+    const size_t n = stages();
+    return sum_over_stages([&](size_t i) {
       const Tensor s = connectors_->operator[](i)(ctx.student_feature(s_taps_[i]));
       Tensor t = ctx.teacher_feature(t_taps_[i]);
       if (t.size(2) != s.size(2) || t.size(3) != s.size(3)) t = adaptive_avg_pool2d(t, s.size(2), s.size(3));
       last_.push_back(t.detach());
       const Tensor& m = buffer("margin" + std::to_string(i));
-      const Tensor l = affine(ofd_loss(s, t, m), std::ldexp(1.0, -static_cast<int>(n - 1 - i)), 0.0);
-      total = total.defined() ? add(total, l) : l;
-    }
-    return total;
+      return affine(ofd_loss(s, t, m), std::ldexp(1.0, -static_cast<int>(n - 1 - i)), 0.0);
+    });
   }
 
   // Each stage's margins, and where the teacher's responses of the latest batch lie against them.
@@ -99,12 +90,9 @@ class OFDStrategy final : public Strategy {
     }
     return text;
   }
-  Json params() const override {
-    return {{"student_taps", s_taps_}, {"teacher_taps", t_taps_}, {"kernel_size", kernel_}};
-  }
+  Json params() const override { return stage_params({{"kernel_size", kernel_}}); }
 
  private:
-  std::vector<std::string> s_taps_, t_taps_;
   int64_t kernel_;
   std::shared_ptr<Sequential> connectors_;
   std::vector<Tensor> last_;  // the latest batch's teacher features (pooled), for inspection
@@ -113,11 +101,11 @@ class OFDStrategy final : public Strategy {
 
 void register_ofd_strategy() {
   register_strategy("ofd", [](JsonReader& p) {
-    auto [s, t] = read_stage_taps(p, {"layer1:preact", "layer2:preact", "layer3:preact"});
+    StageTaps taps = read_stage_taps(p, {"layer1:preact", "layer2:preact", "layer3:preact"});
     const int64_t k = p.get<int64_t>("kernel_size", 1);
     RETORT_CHECK(k >= 1 && k % 2 == 1, p.where("kernel_size"), ": must be odd and positive (the connector keeps the "
                  "student's size), got ", k);
-    return std::make_shared<OFDStrategy>(std::move(s), std::move(t), k);
+    return std::make_shared<OFDStrategy>(std::move(taps), k);
   });
 }
 

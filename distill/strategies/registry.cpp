@@ -3,16 +3,6 @@
 
 namespace retort {
 
-StageTaps read_stage_taps(JsonReader& p, const std::vector<std::string>& default_student_taps) {
-  StageTaps taps;
-  taps.student = p.get<std::vector<std::string>>("student_taps", default_student_taps);
-  taps.teacher = p.get<std::vector<std::string>>("teacher_taps", taps.student);
-  RETORT_CHECK(!taps.student.empty() && taps.student.size() == taps.teacher.size(), p.where("teacher_taps"), ": ",
-               taps.teacher.size(), " teacher taps for ", taps.student.size(),
-               " student taps (one per stage, same count)");
-  return taps;
-}
-
 void register_builtin_strategies() {
   register_ce_strategy();
   register_kd_strategy();

@@ -11,23 +11,16 @@
 namespace retort {
 
 namespace {
-class SPStrategy final : public Strategy {
+class SPStrategy final : public StageStrategy {
  public:
-  SPStrategy(std::vector<std::string> s, std::vector<std::string> t)
-      : Strategy("sp"), s_taps_(std::move(s)), t_taps_(std::move(t)) {}
-  std::vector<std::string> student_taps() const override { return s_taps_; }
-  std::vector<std::string> teacher_taps() const override { return t_taps_; }
-  bool uses_teacher_logits() const override { return false; }
+  explicit SPStrategy(StageTaps taps) : StageStrategy("sp", std::move(taps)) {}
   Tensor compute(const DistillContext& ctx) override {
-    Tensor total;
     last_.clear();
-    for (size_t i = 0; i < s_taps_.size(); ++i) {
+    return sum_over_stages([&](size_t i) {
       const Tensor &fs = ctx.student_feature(s_taps_[i]), &ft = ctx.teacher_feature(t_taps_[i]);
       last_.emplace_back(fs.detach(), ft.detach());  // shares storage: the maps are made only if inspected
-      const Tensor l = sp_loss(fs, ft);
-      total = total.defined() ? add(total, l) : l;
-    }
-    return total;
+      return sp_loss(fs, ft);
+    });
   }
   // Each stage's two similarity matrices on the latest batch, and how well they agree.
   std::vector<std::pair<std::string, Tensor>> inspect() const override {
@@ -55,18 +48,16 @@ class SPStrategy final : public Strategy {
               relation_agreement(maps[i].second, maps[i + 1].second);
     return text;
   }
-  Json params() const override { return {{"student_taps", s_taps_}, {"teacher_taps", t_taps_}}; }
+  Json params() const override { return stage_params(); }
 
  private:
-  std::vector<std::string> s_taps_, t_taps_;
   std::vector<std::pair<Tensor, Tensor>> last_;  // the latest batch's (student, teacher) feature per stage
 };
 }  // namespace
 
 void register_sp_strategy() {
   register_strategy("sp", [](JsonReader& p) {
-    auto [s, t] = read_stage_taps(p, {"layer3"});
-    return std::make_shared<SPStrategy>(std::move(s), std::move(t));
+    return std::make_shared<SPStrategy>(read_stage_taps(p, {"layer3"}));
   });
 }
 

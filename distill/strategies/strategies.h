@@ -1,7 +1,9 @@
 // The built-in strategies, one file each; each file defines its register_<name>_strategy(), and
 // registry.cpp calls them all once. Adding a strategy = one new file + one line in registry.cpp.
 #pragma once
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "distill/json_reader.h"
@@ -15,6 +17,30 @@ struct StageTaps {
   std::vector<std::string> student, teacher;
 };
 StageTaps read_stage_taps(JsonReader& p, const std::vector<std::string>& default_student_taps);
+
+// A strategy that compares the two networks stage by stage, stage i being student tap i against
+// teacher tap i (AT, SP, VID, NST, OFD, AB): it reads the taps, answers the feature methods' way (no
+// teacher logits), and offers the pieces they share.
+class StageStrategy : public Strategy {
+ public:
+  StageStrategy(std::string type, StageTaps taps)
+      : Strategy(std::move(type)), s_taps_(std::move(taps.student)), t_taps_(std::move(taps.teacher)) {}
+  std::vector<std::string> student_taps() const override { return s_taps_; }
+  std::vector<std::string> teacher_taps() const override { return t_taps_; }
+  bool uses_teacher_logits() const override { return false; }
+
+ protected:
+  size_t stages() const { return s_taps_.size(); }
+  // Stage i's student and teacher shapes, both required to be feature maps [N, C, H, W] (an error
+  // naming the strategy, the stage and its taps).
+  std::pair<Shape, Shape> map_shapes(const TapShapes& shapes, size_t i) const;
+  // Σ_i term(i) over the stages.
+  Tensor sum_over_stages(const std::function<Tensor(size_t)>& term) const;
+  // {"student_taps": …, "teacher_taps": …} plus `more`, for params().
+  Json stage_params(Json more = Json::object()) const;
+
+  std::vector<std::string> s_taps_, t_taps_;
+};
 
 void register_ce_strategy();
 void register_kd_strategy();

@@ -42,31 +42,22 @@ class VIDLoss final : public Module {
   std::shared_ptr<Sequential> regressor_;
 };
 
-class VIDStrategy final : public Strategy {
+class VIDStrategy final : public StageStrategy {
  public:
-  VIDStrategy(std::vector<std::string> s, std::vector<std::string> t, double init_pred_var, double eps)
-      : Strategy("vid"), s_taps_(std::move(s)), t_taps_(std::move(t)), init_pred_var_(init_pred_var), eps_(eps) {}
-  std::vector<std::string> student_taps() const override { return s_taps_; }
-  std::vector<std::string> teacher_taps() const override { return t_taps_; }
-  bool uses_teacher_logits() const override { return false; }
+  VIDStrategy(StageTaps taps, double init_pred_var, double eps)
+      : StageStrategy("vid", std::move(taps)), init_pred_var_(init_pred_var), eps_(eps) {}
   void build(const TapShapes& shapes, Generator& gen) override {
-    for (size_t i = 0; i < s_taps_.size(); ++i) {
-      const Shape &s = shapes.of_student(s_taps_[i]), &t = shapes.of_teacher(t_taps_[i]);
-      RETORT_CHECK(s.size() == 4 && t.size() == 4, "vid: stage ", i, " (student tap \"", s_taps_[i],
-                   "\", teacher tap \"", t_taps_[i], "\") must be feature maps [N, C, H, W], got student ",
-                   shape_str(s), " and teacher ", shape_str(t));
+    for (size_t i = 0; i < stages(); ++i) {
+      const auto [s, t] = map_shapes(shapes, i);
       losses_.push_back(register_module(std::to_string(i),
                                         std::make_shared<VIDLoss>(s[1], t[1], t[1], init_pred_var_, eps_, gen)));
     }
   }
   Tensor compute(const DistillContext& ctx) override {
-    Tensor total;
-    for (size_t i = 0; i < s_taps_.size(); ++i) {
+    return sum_over_stages([&](size_t i) {
       const auto [fs, ft] = pool_to_common_size(ctx.student_feature(s_taps_[i]), ctx.teacher_feature(t_taps_[i]));
-      const Tensor l = vid_loss((*losses_[i])(fs), ft, losses_[i]->log_scale(), eps_);
-      total = total.defined() ? add(total, l) : l;
-    }
-    return total;
+      return vid_loss((*losses_[i])(fs), ft, losses_[i]->log_scale(), eps_);
+    });
   }
   // The learned variance of each teacher channel per stage: small where the student's feature
   // predicts that channel well, large (up to where it started) where it does not.
@@ -89,12 +80,9 @@ class VIDStrategy final : public Strategy {
     }
     return text.empty() ? text : "predicted " + text;
   }
-  Json params() const override {
-    return {{"student_taps", s_taps_}, {"teacher_taps", t_taps_}, {"init_pred_var", init_pred_var_}, {"eps", eps_}};
-  }
+  Json params() const override { return stage_params({{"init_pred_var", init_pred_var_}, {"eps", eps_}}); }
 
  private:
-  std::vector<std::string> s_taps_, t_taps_;
   double init_pred_var_, eps_;
   std::vector<std::shared_ptr<VIDLoss>> losses_;
 };
@@ -102,13 +90,13 @@ class VIDStrategy final : public Strategy {
 
 void register_vid_strategy() {
   register_strategy("vid", [](JsonReader& p) {
-    auto [s, t] = read_stage_taps(p, {"layer1", "layer2", "layer3"});
+    StageTaps taps = read_stage_taps(p, {"layer1", "layer2", "layer3"});
     const double eps = p.get<double>("eps", 1e-5);
     const double init = p.get<double>("init_pred_var", 5.0);
     RETORT_CHECK(std::isfinite(eps) && eps >= 0, p.where("eps"), ": must be >= 0, got ", eps);
     RETORT_CHECK(std::isfinite(init) && init > eps && init < 80, p.where("init_pred_var"),
                  ": the initial variance must be above eps (", eps, ") and below 80, got ", init);
-    return std::make_shared<VIDStrategy>(std::move(s), std::move(t), init, eps);
+    return std::make_shared<VIDStrategy>(std::move(taps), init, eps);
   });
 }
 

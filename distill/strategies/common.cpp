@@ -1,0 +1,40 @@
+// What the built-in strategies share (strategies.h): reading stage taps, and StageStrategy.
+#include "distill/strategies/strategies.h"
+#include "engine/functions.h"
+
+namespace retort {
+
+StageTaps read_stage_taps(JsonReader& p, const std::vector<std::string>& default_student_taps) {
+  StageTaps taps;
+  taps.student = p.get<std::vector<std::string>>("student_taps", default_student_taps);
+  taps.teacher = p.get<std::vector<std::string>>("teacher_taps", taps.student);
+  RETORT_CHECK(!taps.student.empty() && taps.student.size() == taps.teacher.size(), p.where("teacher_taps"), ": ",
+               taps.teacher.size(), " teacher taps for ", taps.student.size(),
+               " student taps (one per stage, same count)");
+  return taps;
+}
+
+std::pair<Shape, Shape> StageStrategy::map_shapes(const TapShapes& shapes, size_t i) const {
+  const Shape &s = shapes.of_student(s_taps_[i]), &t = shapes.of_teacher(t_taps_[i]);
+  RETORT_CHECK(s.size() == 4 && t.size() == 4, type_name(), ": stage ", i, " (student tap \"", s_taps_[i],
+               "\", teacher tap \"", t_taps_[i], "\") must be feature maps [N, C, H, W], got student ", shape_str(s),
+               " and teacher ", shape_str(t));
+  return {s, t};
+}
+
+Tensor StageStrategy::sum_over_stages(const std::function<Tensor(size_t)>& term) const {
+  Tensor total;
+  for (size_t i = 0; i < s_taps_.size(); ++i) {
+    const Tensor l = term(i);
+    total = total.defined() ? add(total, l) : l;
+  }
+  return total;
+}
+
+Json StageStrategy::stage_params(Json more) const {
+  Json out = {{"student_taps", s_taps_}, {"teacher_taps", t_taps_}};
+  for (auto& [k, v] : more.items()) out[k] = v;
+  return out;
+}
+
+}  // namespace retort

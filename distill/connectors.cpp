@@ -2,6 +2,8 @@
 // adapter and ReviewKD's ABF.
 #include "distill/connectors.h"
 
+#include "distill/nodes/contrast.h"
+
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -221,6 +223,19 @@ Tensor ConvReg::forward(const Tensor& x) {
                "] (teacher ", shape_str(teacher_), "), got ", x.meta_str());
   const Tensor y = (*bn_)((*conv_)(x));
   return use_relu_ ? (*relu_)(y) : y;
+}
+
+// ---- LinearEmbed ---------------------------------------------------------------------------------
+
+LinearEmbed::LinearEmbed(const Shape& feature_shape, int64_t out, bool normalize, Generator& gen)
+    : Module(normalize ? "Embed" : "LinearEmbed"), normalize_(normalize) {
+  RETORT_CHECK(feature_shape.size() >= 2, "LinearEmbed: the feature must be [N, ...], got ", shape_str(feature_shape));
+  linear_ = register_module("linear", std::make_shared<Linear>(shape_numel(feature_shape) / feature_shape[0], out, gen));
+}
+
+Tensor LinearEmbed::forward(const Tensor& x) {
+  const Tensor e = (*linear_)(flatten(x, 1));
+  return normalize_ ? l2_normalize_rows(e) : e;
 }
 
 // ---- Adapter1x1 ----------------------------------------------------------------------------------

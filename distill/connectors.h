@@ -96,6 +96,21 @@ class ConvReg : public Module {
   std::shared_ptr<ReLU> relu_;
 };
 
+// ---- linear embedding (CRD, CC) ------------------------------------------------------------------
+
+// RepDistiller's LinearEmbed — Linear(width, out) on the feature flattened per sample (width = the
+// product of feature_shape's dimensions after the batch) — and, with normalize, its Embed: the rows
+// then divided by their L2 norm (CRD). Parameters linear.weight, linear.bias, PyTorch's default init.
+class LinearEmbed : public Module {
+ public:
+  LinearEmbed(const Shape& feature_shape, int64_t out, bool normalize, Generator& gen);
+  Tensor forward(const Tensor& x) override;
+
+ private:
+  bool normalize_;
+  std::shared_ptr<Linear> linear_;
+};
+
 // ---- channel adapter (CWD, MTKD-SSR) -------------------------------------------------------------
 
 // Conv2d(in_c, out_c, 1, bias = false) + BatchNorm2d(out_c) (+ ReLU): changes channels only.

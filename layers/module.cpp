@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <set>
+#include <utility>
 
 #include "engine/autograd.h"
 #include "engine/backend.h"
@@ -241,20 +242,29 @@ void Module::emit(const std::string& point, const Tensor& t) {
 
 void Module::add_point_tap(const std::string& point, TapFn fn) { taps_.emplace(point, std::move(fn)); }
 
-void Module::tap(const std::string& spec, TapFn fn) {
+namespace {
+// A tap spec "module.path" or "module.path:point" as {path, point}; a module's output is the point
+// "output".
+std::pair<std::string, std::string> split_tap_spec(const std::string& spec) {
   const size_t colon = spec.find(':');
-  const std::string path = spec.substr(0, colon);
-  const std::string point = colon == std::string::npos ? "output" : spec.substr(colon + 1);
-  RETORT_CHECK(!point.empty(), "tap '", spec, "': empty point name after ':'");
+  std::pair<std::string, std::string> out{spec.substr(0, colon),
+                                          colon == std::string::npos ? "output" : spec.substr(colon + 1)};
+  RETORT_CHECK(!out.second.empty(), "tap '", spec, "': empty point name after ':'");
+  return out;
+}
+}  // namespace
+
+void Module::tap(const std::string& spec, TapFn fn) {
+  const auto [path, point] = split_tap_spec(spec);
   Module& m = find(path);
   if (point == "output") m.taps_.emplace(point, std::move(fn));
   else m.add_point_tap(point, std::move(fn));
 }
 
 std::shared_ptr<Module> Module::batch_norm_before(const std::string& spec) {
-  const size_t colon = spec.find(':');
-  if (colon == std::string::npos) return nullptr;  // a module's output: after its ReLU
-  return find(spec.substr(0, colon)).point_batch_norm(spec.substr(colon + 1));
+  const auto [path, point] = split_tap_spec(spec);
+  if (point == "output") return nullptr;  // a module's output: after its ReLU
+  return find(path).point_batch_norm(point);
 }
 
 void Module::substitute(const std::string& path, Tensor t) {

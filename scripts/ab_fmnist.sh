@@ -11,9 +11,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib/experiment.sh"
 out=runs/fmnist_ab
 
-[ -f runs/fmnist_resnet8x4/summary.json ] ||
-  "$build/apps/retort-train" configs/fmnist/resnet8x4.json --run-dir runs/fmnist_resnet8x4 --resume auto \
-    --set solver.epochs=10 --set solver.schedule.total_epochs=10
+fmnist_teacher
 for s in $seeds; do
   [ -f $out/init_s$s/summary.json ] ||
     "$build/apps/retort-distill" configs/fmnist/ab_init.json --seed "$s" --run-dir $out/init_s$s --resume auto

@@ -9,10 +9,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib/experiment.sh"
 
-if [ ! -f runs/fmnist_resnet8x4/summary.json ]; then
-  "$build/apps/retort-train" configs/fmnist/resnet8x4.json --run-dir runs/fmnist_resnet8x4 --resume auto \
-    --set solver.epochs=10 --set solver.schedule.total_epochs=10
-fi
+fmnist_teacher
 
 if [ $# -gt 0 ]; then names=("$@"); else
   names=(); for f in configs/fmnist/student_*.json; do n=${f##*/student_}; names+=("${n%.json}"); done

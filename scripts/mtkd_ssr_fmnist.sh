@@ -16,9 +16,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib/experiment.sh"
 out=runs/fmnist_mtkd
 
-[ -f runs/fmnist_resnet8x4/summary.json ] ||
-  "$build/apps/retort-train" configs/fmnist/resnet8x4.json --run-dir runs/fmnist_resnet8x4 --resume auto \
-    --set solver.epochs=10 --set solver.schedule.total_epochs=10
+fmnist_teacher
 [ -f $out/teacher_heads/summary.json ] ||
   "$build/apps/retort-distill" configs/fmnist/mtkd_ssr_teacher_heads.json --run-dir $out/teacher_heads --resume auto
 dir_of() { if [ "$1" = joint ]; then echo runs/fmnist/mtkd_ssr_s$2; else echo $out/$1_s$2; fi; }

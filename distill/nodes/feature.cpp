@@ -1,8 +1,9 @@
 // Feature distillation nodes (see feature.h): AT's attention map, CWD's spatial-softmax KL, ReviewKD's
-// HCL pyramid, NST's polynomial-kernel MMD and VID's Gaussian likelihood. Forwards are composed of engine functions under NoGradGuard and each records
-// one node with a hand-written backward, so a graph shows "CWDLossBackward" rather than its pieces and
-// the backward saves only what it reads. at_loss is the exception: it is composed of attention_map
-// and mse_loss, whose nodes are already fused and whose composition needs no extra memory.
+// HCL pyramid, NST's polynomial-kernel MMD, VID's Gaussian likelihood, OFD's partial L2 and AB's hinge.
+// Forwards are composed of engine functions under NoGradGuard and each records one node with a
+// hand-written backward, so a graph shows "CWDLossBackward" rather than its pieces and the backward
+// saves only what it reads. at_loss is the exception: it is composed of attention_map and mse_loss,
+// whose nodes are already fused and whose composition needs no extra memory.
 #include "distill/nodes/feature.h"
 
 #include <algorithm>
@@ -188,7 +189,6 @@ Tensor hcl_loss(const Tensor& fs, const Tensor& ft) {
                                              node.needs_grad(1) ? neg(gd) : Tensor()};
                 });
 }
-
 
 // ---- NST ---------------------------------------------------------------------------------------------
 

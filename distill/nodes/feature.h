@@ -2,10 +2,9 @@
 // hierarchical context loss (HCL), neuron selectivity transfer (NST), variational information
 // distillation (VID), the overhaul of feature distillation's partial L2 (OFD) and the activation
 // boundaries' hinge (AB). Each follows its reference implementation to the formula (docs:
-// /work/shared/research/methods.md §1.3, §1.6, §1.7; RepDistiller's distiller_zoo NST.py and VID.py
-// for NST and VID, mdistiller's OFD.py for OFD, RepDistiller's AB.py for AB; docs/methods/nst.md,
-// vid.md, ofd.md, ab.md); a node's loss is one stage's term, the strategy
-// sums stages and applies its weight.
+// /work/shared/research/methods.md §1.3, §1.6, §1.7; RepDistiller's distiller_zoo NST.py, VID.py and
+// AB.py, mdistiller's OFD.py; docs/methods/nst.md, vid.md, ofd.md, ab.md); a node's loss is one
+// stage's term, the strategy sums stages and applies its weight.
 //
 //   attention_map  q = a / max(‖a‖₂, 1e-12),  a[b, i] = mean_c f[b, c, i]^p          (F.normalize)
 //   at_loss        mean_{b,i} (q(fs) − q(ft))²,  the larger map adaptive-avg-pooled to the smaller
@@ -20,9 +19,11 @@
 //                  m = the teacher's per-channel margin (ofd_margin), s the connector's output
 //   ab_loss        (1/B) Σ [(s + μ)² if s > −μ, t ≤ 0] + [(s − μ)² if s ≤ μ, t > 0]: the student's
 //                  pre-ReLU response pushed at least μ past 0 on the side where the teacher's neuron is
+//                  (on: t > 0)
 //
-// All take NCHW features (f32 or f64, both operands alike) and differentiate in both operands;
-// teacher features usually need no gradient and then cost none.
+// All take NCHW features (f32 or f64, both operands alike) and differentiate in both operands (vid_loss
+// also in log_scale; ab_loss in the student's only); teacher features usually need no gradient and then
+// cost none.
 #pragma once
 #include <string>
 #include <utility>

@@ -3,7 +3,8 @@
 // teacher-side tensor that is itself trained (an ABF output, a connector). Every path that changes
 // the backward has a case: AT with either map pooled and with different channel counts, p != 2, CWD
 // at two temperatures and with a frozen teacher, HCL with 3, 2 and 0 pyramid levels and a height the
-// pyramid does not divide, NST with either side pooled, VID in all three inputs, OFD's partial L2 in every region, AB at two margins.
+// pyramid does not divide, NST with either side pooled, VID in all three inputs, OFD's partial L2 in
+// every region, AB at two margins.
 #include "distill/connectors.h"
 #include "distill/nodes/feature.h"
 #include "engine/gradcheck.h"

@@ -6,6 +6,7 @@
 // the teacher's too (RepDistiller puts embed_t in its trainable list). RepDistiller's weight: 0.02.
 // This is not the paper's Gaussian-kernel correlation matrix; docs/methods/cc.md says why it is kept.
 // Parameters embed_s.linear.{weight, bias}, embed_t.linear.* — key for key RepDistiller's LinearEmbed.
+#include "distill/connectors.h"
 #include "distill/nodes/relation.h"
 #include "distill/strategies/strategies.h"
 #include "engine/functions.h"
@@ -15,18 +16,6 @@ namespace retort {
 
 namespace {
 
-// RepDistiller's LinearEmbed: Linear(dim_in, dim_out) on the flattened feature.
-class LinearEmbed final : public Module {
- public:
-  LinearEmbed(int64_t in, int64_t out, Generator& gen) : Module("LinearEmbed") {
-    linear_ = register_module("linear", std::make_shared<Linear>(in, out, gen));
-  }
-  Tensor forward(const Tensor& x) override { return (*linear_)(flatten(x, 1)); }
-
- private:
-  std::shared_ptr<Linear> linear_;
-};
-
 class CCStrategy final : public Strategy {
  public:
   CCStrategy(std::string s, std::string t, int64_t feat_dim)
@@ -35,9 +24,8 @@ class CCStrategy final : public Strategy {
   std::vector<std::string> teacher_taps() const override { return {t_tap_}; }
   bool uses_teacher_logits() const override { return false; }
   void build(const TapShapes& shapes, Generator& gen) override {
-    auto width = [](const Shape& s) { return shape_numel(s) / s[0]; };
-    embed_s_ = register_module("embed_s", std::make_shared<LinearEmbed>(width(shapes.of_student(s_tap_)), feat_dim_, gen));
-    embed_t_ = register_module("embed_t", std::make_shared<LinearEmbed>(width(shapes.of_teacher(t_tap_)), feat_dim_, gen));
+    embed_s_ = register_module("embed_s", std::make_shared<LinearEmbed>(shapes.of_student(s_tap_), feat_dim_, false, gen));
+    embed_t_ = register_module("embed_t", std::make_shared<LinearEmbed>(shapes.of_teacher(t_tap_), feat_dim_, false, gen));
   }
   Tensor compute(const DistillContext& ctx) override {
     return cc_loss((*embed_s_)(ctx.student_feature(s_tap_)), (*embed_t_)(ctx.teacher_feature(t_tap_)));

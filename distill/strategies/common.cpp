@@ -14,11 +14,15 @@ StageTaps read_stage_taps(JsonReader& p, const std::vector<std::string>& default
   return taps;
 }
 
+std::string StageStrategy::stage_label(size_t i) const {
+  return type_name() + ": stage " + std::to_string(i) + " (student tap \"" + s_taps_[i] + "\", teacher tap \"" +
+         t_taps_[i] + "\")";
+}
+
 std::pair<Shape, Shape> StageStrategy::map_shapes(const TapShapes& shapes, size_t i) const {
   const Shape &s = shapes.of_student(s_taps_[i]), &t = shapes.of_teacher(t_taps_[i]);
-  RETORT_CHECK(s.size() == 4 && t.size() == 4, type_name(), ": stage ", i, " (student tap \"", s_taps_[i],
-               "\", teacher tap \"", t_taps_[i], "\") must be feature maps [N, C, H, W], got student ", shape_str(s),
-               " and teacher ", shape_str(t));
+  RETORT_CHECK(s.size() == 4 && t.size() == 4, stage_label(i), " must be feature maps [N, C, H, W], got student ",
+               shape_str(s), " and teacher ", shape_str(t));
   return {s, t};
 }
 

@@ -21,6 +21,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "distill/connectors.h"
 #include "distill/nodes/contrast.h"
 #include "distill/strategies/strategies.h"
 #include "engine/autograd.h"
@@ -30,18 +31,6 @@
 namespace retort {
 
 namespace {
-
-// RepDistiller's Embed: Linear(dim_in, dim_out) on the flattened feature, then L2 normalisation.
-class Embed final : public Module {
- public:
-  Embed(int64_t in, int64_t out, Generator& gen) : Module("Embed") {
-    linear_ = register_module("linear", std::make_shared<Linear>(in, out, gen));
-  }
-  Tensor forward(const Tensor& x) override { return l2_normalize_rows((*linear_)(flatten(x, 1))); }
-
- private:
-  std::shared_ptr<Linear> linear_;
-};
 
 struct CrdOptions {
   std::string s_tap, t_tap, mode;
@@ -57,9 +46,9 @@ class CRDStrategy final : public Strategy {
   bool uses_teacher_logits() const override { return false; }
 
   void build(const TapShapes& shapes, Generator& gen) override {
-    auto width = [](const Shape& s) { return shape_numel(s) / s[0]; };
-    embed_s_ = register_module("embed_s", std::make_shared<Embed>(width(shapes.of_student(o_.s_tap)), o_.feat_dim, gen));
-    embed_t_ = register_module("embed_t", std::make_shared<Embed>(width(shapes.of_teacher(o_.t_tap)), o_.feat_dim, gen));
+    // RepDistiller's Embed: Linear to feat_dim on the flattened feature, then L2 normalisation.
+    embed_s_ = register_module("embed_s", std::make_shared<LinearEmbed>(shapes.of_student(o_.s_tap), o_.feat_dim, true, gen));
+    embed_t_ = register_module("embed_t", std::make_shared<LinearEmbed>(shapes.of_teacher(o_.t_tap), o_.feat_dim, true, gen));
     seed_ = gen.next_u64();
   }
 
@@ -198,7 +187,7 @@ class CRDStrategy final : public Strategy {
   }
 
   CrdOptions o_;
-  std::shared_ptr<Embed> embed_s_, embed_t_;
+  std::shared_ptr<LinearEmbed> embed_s_, embed_t_;
   uint64_t seed_ = 0;
   int64_t n_ = 0;
   const Dataset* train_ = nullptr;  // compared with each batch's source, never read

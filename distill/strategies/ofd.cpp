@@ -30,8 +30,7 @@ class OFDStrategy final : public StageStrategy {
     connectors_ = register_module("connectors", std::make_shared<Sequential>());
     for (size_t i = 0; i < stages(); ++i) {
       const auto [s, t] = map_shapes(shapes, i);
-      const std::string stage = "ofd: stage " + std::to_string(i) + " (student tap \"" + s_taps_[i] +
-                                "\", teacher tap \"" + t_taps_[i] + "\")";
+      const std::string stage = stage_label(i);
       // The connector (mdistiller's ConnectorConvBN._build_feature_connector).
       auto conn = connectors_->push_back(std::make_shared<Sequential>());
       auto conv = conn->push_back(std::make_shared<Conv2d>(

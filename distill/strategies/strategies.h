@@ -31,6 +31,8 @@ class StageStrategy : public Strategy {
 
  protected:
   size_t stages() const { return s_taps_.size(); }
+  // "<type>: stage i (student tap "…", teacher tap "…")", how an error about stage i begins.
+  std::string stage_label(size_t i) const;
   // Stage i's student and teacher shapes, both required to be feature maps [N, C, H, W] (an error
   // naming the strategy, the stage and its taps).
   std::pair<Shape, Shape> map_shapes(const TapShapes& shapes, size_t i) const;

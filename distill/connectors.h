@@ -5,6 +5,7 @@
 //
 //   ConvReg      conv.weight, conv.bias, bn.{weight, bias, running_mean, running_var, num_batches_tracked}
 //   Adapter1x1   conv.weight, bn.*
+//   LinearEmbed  linear.{weight, bias}                     (RepDistiller's LinearEmbed / Embed)
 //   ABF          conv1.0.weight, conv1.1.*, conv2.0.weight, conv2.1.*, att_conv.0.{weight, bias}
 //
 // The engine has no transposed convolution, so conv_transpose2d and its module live here (FitNets'

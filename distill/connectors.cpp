@@ -5,6 +5,7 @@
 #include "distill/nodes/contrast.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <functional>
 
@@ -237,6 +238,58 @@ Tensor LinearEmbed::forward(const Tensor& x) {
   const Tensor e = (*linear_)(flatten(x, 1));
   return normalize_ ? l2_normalize_rows(e) : e;
 }
+
+// ---- factor transfer -----------------------------------------------------------------------------
+
+int64_t ft_factor_channels(int64_t teacher_channels, double rate) {
+  RETORT_CHECK(std::isfinite(rate) && rate > 0, "FT: rate must be > 0, got ", rate);
+  const auto f = static_cast<int64_t>(static_cast<double>(teacher_channels) * rate);  // Python's int(): truncation
+  RETORT_CHECK(f >= 1, "FT: rate ", rate, " leaves no factor channel of the teacher's ", teacher_channels);
+  return f;
+}
+
+namespace {
+
+// Three 3x3 stride-1 padding-1 layers, channels[0] -> channels[1] -> channels[2] -> channels[3], each
+// followed by [BN] and LeakyReLU(0.1), at the indices of RepDistiller's nn.Sequential (an empty
+// Sequential standing in for the BN without use_bn).
+std::shared_ptr<Sequential> factor_chain(const std::array<int64_t, 4>& channels, bool transposed, bool use_bn,
+                                         Generator& gen) {
+  auto chain = std::make_shared<Sequential>();
+  for (size_t i = 0; i < 3; ++i) {
+    const int64_t in = channels[i], out = channels[i + 1];
+    if (transposed)
+      chain->push_back(std::make_shared<ConvTranspose2d>(in, out, 3, gen, ConvTranspose2dOptions{.padding = 1}));
+    else
+      chain->push_back(std::make_shared<Conv2d>(in, out, 3, gen, Conv2dOptions{.padding = 1}));
+    if (use_bn) chain->push_back(std::make_shared<BatchNorm2d>(out));
+    else chain->push_back(std::make_shared<Sequential>());
+    chain->push_back(std::make_shared<LeakyReLU>(0.1));
+  }
+  return chain;
+}
+
+}  // namespace
+
+Paraphraser::Paraphraser(int64_t channels, double rate, bool use_bn, Generator& gen) : Module("Paraphraser") {
+  RETORT_CHECK(channels >= 1, "Paraphraser: channels must be >= 1, got ", channels);
+  const int64_t f = ft_factor_channels(channels, rate);
+  encoder_ = register_module("encoder", factor_chain({channels, channels, f, f}, false, use_bn, gen));
+  decoder_ = register_module("decoder", factor_chain({f, f, channels, channels}, true, use_bn, gen));
+}
+
+Tensor Paraphraser::factor(const Tensor& x) { return (*encoder_)(x); }
+Tensor Paraphraser::forward(const Tensor& x) { return (*decoder_)((*encoder_)(x)); }
+
+Translator::Translator(int64_t student_channels, int64_t factor_channels, bool use_bn, Generator& gen)
+    : Module("Translator") {
+  RETORT_CHECK(student_channels >= 1 && factor_channels >= 1, "Translator: channels must be >= 1, got ",
+               student_channels, " -> ", factor_channels);
+  encoder_ = register_module(
+      "encoder", factor_chain({student_channels, student_channels, factor_channels, factor_channels}, false, use_bn, gen));
+}
+
+Tensor Translator::forward(const Tensor& x) { return (*encoder_)(x); }
 
 // ---- Adapter1x1 ----------------------------------------------------------------------------------
 

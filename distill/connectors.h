@@ -7,6 +7,8 @@
 //   Adapter1x1   conv.weight, bn.*
 //   LinearEmbed  linear.{weight, bias}                     (RepDistiller's LinearEmbed / Embed)
 //   ABF          conv1.0.weight, conv1.1.*, conv2.0.weight, conv2.1.*, att_conv.0.{weight, bias}
+//   Paraphraser  encoder.{0,3,6}.{weight, bias}, decoder.{0,3,6}.{weight, bias} (+ BN at 1, 4, 7)
+//   Translator   encoder.{0,3,6}.{weight, bias}, encoder.{1,4,7}.*            (RepDistiller models/util.py)
 //
 // The engine has no transposed convolution, so conv_transpose2d and its module live here (FitNets'
 // ConvReg needs one when the student's map is half the teacher's). It is conv2d's input-gradient run
@@ -110,6 +112,38 @@ class LinearEmbed : public Module {
  private:
   bool normalize_;
   std::shared_ptr<Linear> linear_;
+};
+
+// ---- factor transfer (FT) ------------------------------------------------------------------------
+
+// The number of factor channels of FT for a teacher feature of `teacher_channels`: int(C * rate), as
+// RepDistiller's Paraphraser and Translator compute it; at least 1 (an error naming both otherwise).
+int64_t ft_factor_channels(int64_t teacher_channels, double rate);
+
+// RepDistiller's Paraphraser on the teacher's feature [N, C, H, W] with F = ft_factor_channels(C, rate):
+// encoder Conv3x3 C -> C, C -> F, F -> F and decoder ConvTranspose3x3 F -> F, F -> C, C -> C, all stride
+// 1, padding 1, with bias, each followed by BatchNorm2d when use_bn (else an empty Sequential, so the
+// indices match) and LeakyReLU(0.1). RepDistiller trains it alone to reconstruct the teacher's feature
+// (its init phase, use_bn false), then reads the encoder's output as the teacher's factor.
+class Paraphraser : public Module {
+ public:
+  Paraphraser(int64_t channels, double rate, bool use_bn, Generator& gen);
+  Tensor factor(const Tensor& x);            // the encoder: [N, F, H, W]
+  Tensor forward(const Tensor& x) override;  // decoder(encoder(x)): the reconstruction, x's shape
+
+ private:
+  std::shared_ptr<Sequential> encoder_, decoder_;
+};
+
+// RepDistiller's Translator: the Paraphraser's encoder on the student's feature, Cs -> Cs -> F -> F
+// (F the teacher's factor channels), BatchNorm2d after each conv when use_bn (the reference's default).
+class Translator : public Module {
+ public:
+  Translator(int64_t student_channels, int64_t factor_channels, bool use_bn, Generator& gen);
+  Tensor forward(const Tensor& x) override;  // [N, F, H, W]
+
+ private:
+  std::shared_ptr<Sequential> encoder_;
 };
 
 // ---- channel adapter (CWD, MTKD-SSR) -------------------------------------------------------------

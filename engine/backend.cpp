@@ -28,6 +28,7 @@ const char* unary_op_name(UnaryOp op) {
     case UnaryOp::Pow: return "pow";
     case UnaryOp::Clamp: return "clamp";
     case UnaryOp::Affine: return "affine";
+    case UnaryOp::LeakyRelu: return "leaky_relu";
   }
   return "?";
 }

@@ -21,6 +21,7 @@ enum class UnaryOp {
   Pow,      // x^alpha
   Clamp,    // min(max(x, alpha), beta)
   Affine,   // alpha * x + beta
+  LeakyRelu,  // x > 0 ? x : alpha * x
 };
 enum class BinaryOp {
   Add, Sub, Mul, Div, Max, Min,

@@ -250,6 +250,9 @@ std::string BatchNorm2d::extra_repr() const {
 
 Tensor ReLU::forward(const Tensor& x) { return relu(x); }
 
+Tensor LeakyReLU::forward(const Tensor& x) { return leaky_relu(x, negative_slope_); }
+std::string LeakyReLU::extra_repr() const { return detail::cat("negative_slope=", negative_slope_); }
+
 Tensor Flatten::forward(const Tensor& x) { return flatten(x, start_dim_, end_dim_); }
 std::string Flatten::extra_repr() const { return detail::cat("start_dim=", start_dim_, ", end_dim=", end_dim_); }
 

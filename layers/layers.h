@@ -130,6 +130,17 @@ class ReLU : public Module {
   Tensor forward(const Tensor& x) override;
 };
 
+// torch.nn.LeakyReLU: x > 0 ? x : negative_slope * x.
+class LeakyReLU : public Module {
+ public:
+  explicit LeakyReLU(double negative_slope = 0.01) : Module("LeakyReLU"), negative_slope_(negative_slope) {}
+  Tensor forward(const Tensor& x) override;
+  std::string extra_repr() const override;
+
+ private:
+  double negative_slope_;
+};
+
 // relu(bn(x)) in one fused kernel pass each way, for the conv -> BN -> ReLU blocks of the zoo. When
 // the BN (or the ReLU module) has a tap attached, both run as separate modules instead, so the tap
 // still receives the BN's output: fusion never changes what a tap sees, nor any value or gradient.

@@ -1,7 +1,8 @@
-"""Golden fixtures for VID, NST, CC, OFD and AB (distill/nodes/feature.h vid_loss, nst_loss, ofd_loss,
-ofd_margin and ab_loss, distill/nodes/relation.h cc_loss): each is computed with the reference
-implementation's own code (copied below from RepDistiller's distiller_zoo: VID.py, NST.py, CC.py, AB.py;
-mdistiller's distillers/OFD.py) and differentiated by PyTorch, in float64. tests/distill/test_zoo_nodes.cpp recomputes them with Retort in f64 and f32.
+"""Golden fixtures for VID, NST, CC, OFD, AB, FSP and FT (distill/nodes/feature.h vid_loss, nst_loss,
+ofd_loss, ofd_margin, ab_loss, fsp_matrix, fsp_loss and ft_loss, distill/nodes/relation.h cc_loss;
+distill/connectors.h Paraphraser and Translator): each is computed with the reference implementation's
+own code (copied below from RepDistiller's distiller_zoo: VID.py, NST.py, CC.py, AB.py, FSP.py, FT.py,
+and models/util.py; mdistiller's distillers/OFD.py) and differentiated by PyTorch, in float64. tests/distill/test_zoo_nodes.cpp recomputes them with Retort in f64 and f32.
 
 Regenerate (Debian's python3-torch):
   cd tools && /usr/bin/python3 gen_golden_distill_zoo.py ../tests/fixtures/golden_distill_zoo.safetensors
@@ -123,6 +124,127 @@ class ABLoss:
         return torch.abs(loss).sum()
 
 
+# RepDistiller distiller_zoo/FSP.py: FSP.compute_fsp and compute_loss
+def compute_fsp(g):
+    fsp_list = []
+    for i in range(len(g) - 1):
+        bot, top = g[i], g[i + 1]
+        b_H, t_H = bot.shape[2], top.shape[2]
+        if b_H > t_H:
+            bot = F.adaptive_avg_pool2d(bot, (t_H, t_H))
+        elif b_H < t_H:
+            top = F.adaptive_avg_pool2d(top, (b_H, b_H))
+        else:
+            pass
+        bot = bot.unsqueeze(1)
+        top = top.unsqueeze(2)
+        bot = bot.view(bot.shape[0], bot.shape[1], bot.shape[2], -1)
+        top = top.view(top.shape[0], top.shape[1], top.shape[2], -1)
+
+        fsp = (bot * top).mean(-1)
+        fsp_list.append(fsp)
+    return fsp_list
+
+
+def fsp_forward(g_s, g_t):
+    return sum((s - t).pow(2).mean() for s, t in zip(compute_fsp(g_s), compute_fsp(g_t)))
+
+
+# RepDistiller distiller_zoo/FT.py: FactorTransfer
+class FactorTransfer:
+    def __init__(self, p1=2, p2=1):
+        self.p1 = p1
+        self.p2 = p2
+
+    def factor_loss(self, f_s, f_t):
+        s_H, t_H = f_s.shape[2], f_t.shape[2]
+        if s_H > t_H:
+            f_s = F.adaptive_avg_pool2d(f_s, (t_H, t_H))
+        elif s_H < t_H:
+            f_t = F.adaptive_avg_pool2d(f_t, (s_H, s_H))
+        else:
+            pass
+        if self.p2 == 1:
+            return (self.factor(f_s) - self.factor(f_t)).abs().mean()
+        else:
+            return (self.factor(f_s) - self.factor(f_t)).pow(self.p2).mean()
+
+    def factor(self, f):
+        return F.normalize(f.pow(self.p1).mean(1).view(f.size(0), -1))
+
+
+# RepDistiller models/util.py: Paraphraser and Translator
+class Paraphraser(torch.nn.Module):
+    def __init__(self, t_shape, k=0.5, use_bn=False):
+        super(Paraphraser, self).__init__()
+        in_channel = t_shape[1]
+        out_channel = int(t_shape[1] * k)
+        nn = torch.nn
+        self.encoder = nn.Sequential(
+            nn.Conv2d(in_channel, in_channel, 3, 1, 1),
+            nn.BatchNorm2d(in_channel) if use_bn else nn.Sequential(),
+            nn.LeakyReLU(0.1, inplace=True),
+            nn.Conv2d(in_channel, out_channel, 3, 1, 1),
+            nn.BatchNorm2d(out_channel) if use_bn else nn.Sequential(),
+            nn.LeakyReLU(0.1, inplace=True),
+            nn.Conv2d(out_channel, out_channel, 3, 1, 1),
+            nn.BatchNorm2d(out_channel) if use_bn else nn.Sequential(),
+            nn.LeakyReLU(0.1, inplace=True),
+        )
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(out_channel, out_channel, 3, 1, 1),
+            nn.BatchNorm2d(out_channel) if use_bn else nn.Sequential(),
+            nn.LeakyReLU(0.1, inplace=True),
+            nn.ConvTranspose2d(out_channel, in_channel, 3, 1, 1),
+            nn.BatchNorm2d(in_channel) if use_bn else nn.Sequential(),
+            nn.LeakyReLU(0.1, inplace=True),
+            nn.ConvTranspose2d(in_channel, in_channel, 3, 1, 1),
+            nn.BatchNorm2d(in_channel) if use_bn else nn.Sequential(),
+            nn.LeakyReLU(0.1, inplace=True),
+        )
+
+    def forward(self, f_s, is_factor=False):
+        factor = self.encoder(f_s)
+        if is_factor:
+            return factor
+        rec = self.decoder(factor)
+        return factor, rec
+
+
+class Translator(torch.nn.Module):
+    def __init__(self, s_shape, t_shape, k=0.5, use_bn=True):
+        super(Translator, self).__init__()
+        in_channel = s_shape[1]
+        out_channel = int(t_shape[1] * k)
+        nn = torch.nn
+        self.encoder = nn.Sequential(
+            nn.Conv2d(in_channel, in_channel, 3, 1, 1),
+            nn.BatchNorm2d(in_channel) if use_bn else nn.Sequential(),
+            nn.LeakyReLU(0.1, inplace=True),
+            nn.Conv2d(in_channel, out_channel, 3, 1, 1),
+            nn.BatchNorm2d(out_channel) if use_bn else nn.Sequential(),
+            nn.LeakyReLU(0.1, inplace=True),
+            nn.Conv2d(out_channel, out_channel, 3, 1, 1),
+            nn.BatchNorm2d(out_channel) if use_bn else nn.Sequential(),
+            nn.LeakyReLU(0.1, inplace=True),
+        )
+
+    def forward(self, f_s):
+        return self.encoder(f_s)
+
+
+def module_case(name, module, fn, x):
+    """Inputs: x, then the module's parameters in its named_parameters order (the order Retort's
+    Module::parameters() has), so the test loads in1.. into its own module; training mode (BN batch
+    statistics)."""
+    names = [n for n, _ in module.named_parameters()]
+    params = [p.detach().clone() for _, p in module.named_parameters()]
+
+    def run(x_, *ps):
+        return fn(torch.nn.utils.stateless.functional_call(module, dict(zip(names, ps)), (x_,)))
+    record_case(tensors, name, run, [x] + params, lambda i, v: True)
+
+
 def case(name, fn, *inputs, grads=None):
     """grads: which inputs require grad (all by default)."""
     record_case(tensors, name, fn, inputs, lambda i, x: grads is None or i in grads)
@@ -162,6 +284,25 @@ case("ab_stage_margin0_5", lambda s_, t_: ABLoss(1, 0.5).criterion_alternative_l
      r(2, 3, 2, 2), r(2, 3, 2, 2), grads={0})
 case("ab_three_stages", lambda s1, t1, s2, t2, s3, t3: sum(ABLoss(3).forward([s1, s2, s3], [t1, t2, t3])),
      r(2, 2, 4, 4), r(2, 2, 4, 4), r(2, 3, 2, 2), r(2, 3, 2, 2), r(2, 4, 1, 1), r(2, 4, 1, 1), grads={0, 2, 4})
+
+# FSP: one pair at one size, pairs with either map of a pair pooled and the student at another spatial
+# size than the teacher (only the channels must agree), teacher frozen; RepDistiller's sum over pairs
+case("fsp_matrix_same_size", lambda b, t: compute_fsp([b, t])[0], r(2, 3, 3, 3), r(2, 4, 3, 3))
+case("fsp_matrix_bot_pooled", lambda b, t: compute_fsp([b, t])[0], r(2, 2, 6, 6), r(2, 3, 3, 3))
+case("fsp_three_pairs", lambda s0, s1, s2, s3, t0, t1, t2, t3: fsp_forward([s0, s1, s2, s3], [t0, t1, t2, t3]),
+     F.relu(r(2, 2, 4, 4)), F.relu(r(2, 2, 4, 4)), F.relu(r(2, 3, 2, 2)), F.relu(r(2, 4, 1, 1)),
+     F.relu(r(2, 2, 8, 8)), F.relu(r(2, 2, 8, 8)), F.relu(r(2, 3, 4, 4)), F.relu(r(2, 4, 2, 2)), grads={0, 1, 2, 3})
+# FT's factor loss: student pooled, teacher pooled, p2 = 2
+case("ft_student_pooled", lambda s_, t_: FactorTransfer().factor_loss(s_, t_), r(3, 4, 6, 6), r(3, 2, 3, 3))
+case("ft_teacher_pooled", lambda s_, t_: FactorTransfer().factor_loss(s_, t_), r(2, 3, 2, 2), r(2, 5, 4, 4),
+     grads={0})
+case("ft_p2_2", lambda s_, t_: FactorTransfer(2, 2).factor_loss(s_, t_), r(2, 3, 3, 3), r(2, 3, 3, 3))
+# The Paraphraser (no BN; its reconstruction and its factor) and the Translator (BN, training mode) on
+# 6 channels, rate 0.5 -> 3 factor channels
+para = Paraphraser((2, 6, 4, 4))
+module_case("paraphraser_reconstruction", para, lambda out: out[1], r(2, 6, 4, 4))
+module_case("paraphraser_factor", para, lambda out: out[0], r(2, 6, 4, 4))
+module_case("translator", Translator((2, 4, 4, 4), (2, 6, 4, 4)), lambda out: out, r(3, 4, 4, 4))
 
 save_safetensors(sys.argv[1], tensors, {"generator": "tools/gen_golden_distill_zoo.py", "seed": 0})
 print(f"wrote {len(tensors)} tensors to {sys.argv[1]}")

@@ -62,6 +62,7 @@ case("pad", lambda x: F.pad(x, (1, 2, 0, 1), value=0.5), r(2, 2, 3, 3))
 # appended later (new cases go last so the draws above stay as they were)
 case("smooth_l1_loss", lambda a, b: F.smooth_l1_loss(a, b), r(4, 5) * 1.5, r(4, 5))
 case("smooth_l1_loss_beta0_5", lambda a, b: F.smooth_l1_loss(a, b, beta=0.5), r(3, 6), r(3, 6))
+case("leaky_relu_0_1", lambda x: F.leaky_relu(x, 0.1), r(3, 7))
 
 save_safetensors(sys.argv[1], tensors, {"generator": "tools/gen_golden_ops.py", "seed": 0})
 print(f"wrote {len(tensors)} tensors to {sys.argv[1]}")

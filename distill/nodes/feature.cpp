@@ -354,4 +354,40 @@ Tensor ab_loss(const Tensor& s, const Tensor& t, double margin) {
   });
 }
 
+// ---- FSP and FT ----------------------------------------------------------------------------------
+
+Tensor fsp_matrix(const Tensor& bot, const Tensor& top) {
+  const char* op = "fsp_matrix";
+  fn::check_compatible(op, bot, top, "bot", "top");
+  RETORT_CHECK(bot.dim() == 4 && top.dim() == 4, op, ": features must be 4-D [N, C, H, W], got bot ", bot.meta_str(),
+               " and top ", top.meta_str());
+  RETORT_CHECK(bot.shape()[0] == top.shape()[0], op, ": bot ", bot.meta_str(), " and top ", top.meta_str(),
+               " have different batch sizes");
+  RETORT_CHECK(bot.numel() > 0 && top.numel() > 0, op, ": empty features: bot ", bot.meta_str(), " and top ",
+               top.meta_str());
+  const auto [b, t] = pool_to_common_size(bot, top);
+  const int64_t B = b.shape()[0], Cb = b.shape()[1], Ct = t.shape()[1], L = b.shape()[2] * b.shape()[3];
+  const Tensor g = matmul(reshape(t, {B, Ct, L}), transpose(reshape(b, {B, Cb, L}), 1, 2));
+  return affine(g, 1.0 / static_cast<double>(L), 0.0);
+}
+
+Tensor fsp_loss(const Tensor& s_bot, const Tensor& s_top, const Tensor& t_bot, const Tensor& t_top) {
+  check_feature_pair("fsp_loss", s_bot, t_bot);
+  check_feature_pair("fsp_loss", s_top, t_top);
+  RETORT_CHECK(s_bot.shape()[1] == t_bot.shape()[1] && s_top.shape()[1] == t_top.shape()[1],
+               "fsp_loss: FSP compares the networks' flow matrices, so both need the same channels at each tap: "
+               "student ", s_bot.meta_str(), " -> ", s_top.meta_str(), ", teacher ", t_bot.meta_str(), " -> ",
+               t_top.meta_str());
+  return mse_loss(fsp_matrix(s_bot, s_top), fsp_matrix(t_bot, t_top));
+}
+
+Tensor ft_loss(const Tensor& fs, const Tensor& ft, double p1, double p2) {
+  check_feature_pair("ft_loss", fs, ft);
+  RETORT_CHECK(std::isfinite(p1) && p1 > 0, "ft_loss: p1 must be > 0, got ", p1);
+  RETORT_CHECK(std::isfinite(p2) && p2 >= 1, "ft_loss: p2 must be >= 1, got ", p2);
+  const auto [s, t] = pool_to_common_size(fs, ft);
+  const Tensor d = abs(sub(attention_map(s, p1), attention_map(t, p1)));
+  return mean(p2 == 1.0 ? d : pow(d, p2));
+}
+
 }  // namespace retort

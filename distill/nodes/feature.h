@@ -1,10 +1,11 @@
 // Feature distillation nodes: attention transfer (AT), channel-wise distillation (CWD), ReviewKD's
 // hierarchical context loss (HCL), neuron selectivity transfer (NST), variational information
-// distillation (VID), the overhaul of feature distillation's partial L2 (OFD) and the activation
-// boundaries' hinge (AB). Each follows its reference implementation to the formula (docs:
-// /work/shared/research/methods.md §1.3, §1.6, §1.7; RepDistiller's distiller_zoo NST.py, VID.py and
-// AB.py, mdistiller's OFD.py; docs/methods/nst.md, vid.md, ofd.md, ab.md); a node's loss is one
-// stage's term, the strategy sums stages and applies its weight.
+// distillation (VID), the overhaul of feature distillation's partial L2 (OFD), the activation
+// boundaries' hinge (AB), the flow of solution procedure (FSP) and factor transfer (FT). Each follows
+// its reference implementation to the formula (docs: /work/shared/research/methods.md §1.3, §1.6,
+// §1.7; RepDistiller's distiller_zoo NST.py, VID.py, AB.py, FSP.py and FT.py, mdistiller's OFD.py;
+// docs/methods/nst.md, vid.md, ofd.md, ab.md, fsp.md, ft.md); a node's loss is one stage's term, the
+// strategy sums stages and applies its weight.
 //
 //   attention_map  q = a / max(‖a‖₂, 1e-12),  a[b, i] = mean_c f[b, c, i]^p          (F.normalize)
 //   at_loss        mean_{b,i} (q(fs) − q(ft))²,  the larger map adaptive-avg-pooled to the smaller
@@ -20,6 +21,12 @@
 //   ab_loss        (1/B) Σ [(s + μ)² if s > −μ, t ≤ 0] + [(s − μ)² if s ≤ μ, t > 0]: the student's
 //                  pre-ReLU response pushed at least μ past 0 on the side where the teacher's neuron is
 //                  (on: t > 0)
+//   fsp_matrix     G[b, j, i] = mean_positions top[b, j] · bot[b, i]  ([B, C_top, C_bot]), the larger map
+//                  adaptive-avg-pooled to the smaller: how one stage's channels flow into the next's
+//   fsp_loss       mean (G(s_bot, s_top) − G(t_bot, t_top))²: the student's flow matrices against the
+//                  teacher's (equal channel counts on both sides; the spatial sizes may differ)
+//   ft_loss        mean |q(fs) − q(ft)|^p2 with q = attention_map(·, p1) (FT.py's factor: F.normalize of
+//                  the channel mean of f^p1), the larger map adaptive-avg-pooled to the smaller
 //
 // All take NCHW features (f32 or f64, both operands alike) and differentiate in both operands (vid_loss
 // also in log_scale; ab_loss in the student's only); teacher features usually need no gradient and then
@@ -74,6 +81,20 @@ Tensor ofd_margin(const Tensor& bn_weight, const Tensor& bn_bias);
 // teacher's pre-ReLU feature); margin μ >= 0. 0-D, one "ABLossBackward" node, differentiable in s only
 // (t enters through which side of 0 it is on: no gradient).
 Tensor ab_loss(const Tensor& s, const Tensor& t, double margin = 1.0);
+// bot [B, Cb, Hb, Wb] (a stage's input side), top [B, Ct, Ht, Wt] (its output side) -> [B, Ct, Cb],
+// RepDistiller's FSP.compute_fsp for one pair. Composed of adaptive_avg_pool2d (where the sizes
+// differ), reshape, one matmul and one affine node.
+Tensor fsp_matrix(const Tensor& bot, const Tensor& top);
+// The FSP term of one pair of consecutive taps: fsp_matrix on the student's pair against the teacher's,
+// mean squared difference (FSP.compute_loss). s_bot and t_bot must have equal channels, s_top and t_top
+// too (FSP's requirement; an error naming the four shapes). 0-D; composed of fsp_matrix and mse_loss.
+Tensor fsp_loss(const Tensor& s_bot, const Tensor& s_top, const Tensor& t_bot, const Tensor& t_top);
+// FT's factor loss (FactorTransfer.factor_loss): fs [B, Cs, Hs, Ws] (the translator's factor), ft
+// [B, Ct, Ht, Wt] (the paraphraser's); channels may differ, the larger map is pooled to the smaller.
+// p1 > 0, p2 >= 1: p2 = 1 is the mean absolute difference (the reference's default), otherwise the
+// mean of |d|^p2 (the reference takes d^p2, the same for even p2). 0-D; composed of attention_map,
+// abs/pow and mean nodes.
+Tensor ft_loss(const Tensor& fs, const Tensor& ft, double p1 = 2.0, double p2 = 1.0);
 
 // Gradcheck cases of this family (feature_checks.cpp) and the functions they cover; the connectors'
 // conv_transpose2d (distill/connectors.h) is checked here too.

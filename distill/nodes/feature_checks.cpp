@@ -4,7 +4,8 @@
 // the backward has a case: AT with either map pooled and with different channel counts, p != 2, CWD
 // at two temperatures and with a frozen teacher, HCL with 3, 2 and 0 pyramid levels and a height the
 // pyramid does not divide, NST with either side pooled, VID in all three inputs, OFD's partial L2 in
-// every region, AB at two margins.
+// every region, AB at two margins, FSP's matrix with either map pooled and its loss across spatial sizes,
+// FT's factor loss at p2 = 1 and 2 with either side pooled.
 #include "distill/connectors.h"
 #include "distill/nodes/feature.h"
 #include "engine/gradcheck.h"
@@ -128,6 +129,26 @@ void add_feature_node_checks(std::vector<GradcheckCase>& out) {
                    },
                    [margin](const Inputs& in) { return ab_loss(in[0], in[1], margin); }});
 
+  // FSP: the flow matrix with equal sizes and with either map pooled; the loss with the student's maps
+  // at another spatial size than the teacher's (only the channels must agree), teacher frozen.
+  out.push_back({"fsp_matrix.same_size", "fsp_matrix", pair_of({2, 3, 3, 3}, {2, 4, 3, 3}),
+                 [](const Inputs& in) { return fsp_matrix(in[0], in[1]); }});
+  out.push_back({"fsp_matrix.bot_pooled", "fsp_matrix", pair_of({2, 2, 4, 4}, {2, 3, 2, 2}),
+                 [](const Inputs& in) { return fsp_matrix(in[0], in[1]); }});
+  out.push_back({"fsp_matrix.top_pooled", "fsp_matrix", pair_of({1, 3, 2, 2}, {1, 2, 4, 4}),
+                 [](const Inputs& in) { return fsp_matrix(in[0], in[1]); }});
+  out.push_back({"fsp_loss.student_smaller_frozen_teacher", "fsp_loss",
+                 [](Generator& g) {
+                   return Inputs{gc_randn({2, 2, 2, 2}, g), gc_randn({2, 3, 1, 1}, g),
+                                 Tensor::randn({2, 2, 4, 4}, g, DType::F64), Tensor::randn({2, 3, 2, 2}, g, DType::F64)};
+                 },
+                 [](const Inputs& in) { return fsp_loss(in[0], in[1], in[2], in[3]); }});
+  // FT: the translator's and the paraphraser's factors (both trained in some runs), either side pooled.
+  out.push_back({"ft_loss.l1_student_pooled", "ft_loss", pair_of({2, 3, 4, 4}, {2, 5, 2, 2}),
+                 [](const Inputs& in) { return ft_loss(in[0], in[1]); }});
+  out.push_back({"ft_loss.l2_teacher_pooled_p1_3", "ft_loss", pair_of({2, 2, 2, 2}, {2, 3, 4, 4}),
+                 [](const Inputs& in) { return ft_loss(in[0], in[1], 3.0, 2.0); }});
+
   conv_transpose_case(out, "k4_s2_p1", {2, 3, 3, 3}, {3, 4, 4, 4}, true, ct(2, 1));  // ConvReg's upsampler
   conv_transpose_case(out, "groups2_output_padding", {2, 4, 3, 3}, {4, 3, 3, 3}, true, ct(2, 1, 1, 2));
   ConvTranspose2dParams rect = ct(1, 0, 0, 1, 2);
@@ -137,7 +158,8 @@ void add_feature_node_checks(std::vector<GradcheckCase>& out) {
 }
 
 std::vector<std::string> feature_node_functions() {
-  return {"attention_map", "at_loss", "cwd_loss", "hcl_loss", "nst_loss", "vid_loss", "ofd_loss", "ab_loss", "conv_transpose2d"};
+  return {"attention_map", "at_loss", "cwd_loss", "hcl_loss", "nst_loss", "vid_loss", "ofd_loss", "ab_loss", "fsp_matrix", "fsp_loss", "ft_loss",
+          "conv_transpose2d"};
 }
 
 }  // namespace retort

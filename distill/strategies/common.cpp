@@ -1,5 +1,9 @@
 // What the built-in strategies share (strategies.h): reading stage taps, and StageStrategy.
 #include "distill/strategies/strategies.h"
+
+#include <set>
+
+#include "distill/run_dir.h"
 #include "engine/functions.h"
 
 namespace retort {
@@ -12,6 +16,33 @@ StageTaps read_stage_taps(JsonReader& p, const std::vector<std::string>& default
                taps.teacher.size(), " teacher taps for ", taps.student.size(),
                " student taps (one per stage, same count)");
   return taps;
+}
+
+PretrainedTerm read_pretrained_term(const PretrainedTermQuery& q) {
+  PretrainedTerm r;
+  r.file = resolve_checkpoint(q.from);
+  const std::string where = q.who + " " + r.file;
+  StateDict extra;
+  read_model_state(r.file, nullptr, &extra);
+  std::set<std::string> terms;  // the terms in the file that own such tensors
+  for (const auto& [key, t] : extra) {
+    const size_t h = key.find("." + q.owned);
+    if (key.rfind("term.", 0) == 0 && h != std::string::npos && h > 5) terms.insert(key.substr(5, h - 5));
+  }
+  RETORT_CHECK(!terms.empty(), where, ": holds no ", q.what, " (no extra.term.<name>.", q.owned, "* tensors); expected ",
+               q.expected);
+  r.term = q.term;
+  if (r.term.empty()) {
+    RETORT_CHECK(terms.size() == 1, where, ": holds ", q.what, " of several terms (", detail::join(terms),
+                 "); choose one with ", q.term_key);
+    r.term = *terms.begin();
+  }
+  RETORT_CHECK(terms.count(r.term), where, ": holds no ", q.what, " of term \"", r.term, "\" (terms with them: ",
+               detail::join(terms), ")");
+  const std::string prefix = "term." + r.term + ".";
+  for (auto& [key, t] : extra)
+    if (key.rfind(prefix + q.owned, 0) == 0) r.state.emplace_back(key.substr(prefix.size()), t);
+  return r;
 }
 
 std::string StageStrategy::stage_label(size_t i) const {

@@ -23,12 +23,10 @@
 #include <cmath>
 #include <cstdio>
 #include <optional>
-#include <set>
 
 #include "distill/connectors.h"
 #include "distill/nodes/feature.h"
 #include "distill/nodes/stage.h"
-#include "distill/run_dir.h"
 #include "distill/strategies/strategies.h"
 #include "engine/autograd.h"
 #include "engine/functions.h"
@@ -225,27 +223,16 @@ class MtkdSsrStrategy final : public Strategy {
   // Reads term.<X>.teacher_head<k>.* from the extra tensors of a checkpoint that trained them ("joint")
   // into the heads, strictly (same stages, same head shapes), and freezes them.
   void load_pretrained_heads() {
-    heads_file_ = resolve_checkpoint(o_.heads_from);
+    PretrainedTerm pre = read_pretrained_term(
+        {.from = o_.heads_from, .owned = "teacher_head", .term = o_.heads_term, .who = "mtkd_ssr teacher_heads_from",
+         .what = "teacher heads", .expected = "a checkpoint (or run directory) of an mtkd_ssr run with teacher_heads \"joint\"",
+         .term_key = "teacher_heads_term"});
+    heads_file_ = pre.file;
+    o_.heads_term = pre.term;
     const std::string where = "mtkd_ssr teacher_heads_from " + heads_file_;
-    StateDict extra;
-    read_model_state(heads_file_, nullptr, &extra);
-    std::set<std::string> terms;  // the terms in the file that own teacher heads
-    for (const auto& [key, t] : extra) {
-      const size_t h = key.find(".teacher_head");
-      if (key.rfind("term.", 0) == 0 && h != std::string::npos) terms.insert(key.substr(5, h - 5));
-    }
-    RETORT_CHECK(!terms.empty(), where, ": holds no teacher heads (no extra.term.<name>.teacher_head<k>.* tensors); "
-                 "expected a checkpoint (or run directory) of an mtkd_ssr run with teacher_heads \"joint\"");
-    if (o_.heads_term.empty()) {
-      RETORT_CHECK(terms.size() == 1, where, ": holds teacher heads of several terms (", detail::join(terms),
-                   "); choose one with teacher_heads_term");
-      o_.heads_term = *terms.begin();
-    }
-    RETORT_CHECK(terms.count(o_.heads_term), where, ": holds no teacher heads of term \"", o_.heads_term, "\"");
-    const std::string prefix = "term." + o_.heads_term + ".teacher_head";
+    const std::string prefix = "teacher_head";
     std::vector<StateDict> per_head(teacher_heads_.size());
-    for (const auto& [key, t] : extra) {
-      if (key.rfind(prefix, 0) != 0) continue;
+    for (const auto& [key, t] : pre.state) {
       const size_t dot = key.find('.', prefix.size());
       const std::string num = key.substr(prefix.size(), dot == std::string::npos ? std::string::npos : dot - prefix.size());
       const size_t i = num.empty() || num.find_first_not_of("0123456789") != std::string::npos ? 0 : std::stoul(num);

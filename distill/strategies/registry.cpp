@@ -20,6 +20,8 @@ void register_builtin_strategies() {
   register_cc_strategy();
   register_ofd_strategy();
   register_ab_strategy();
+  register_fsp_strategy();
+  register_ft_strategy();
   register_generous_teacher_strategy();
   register_mtkd_ssr_strategy();
   register_sokd_strategy();

@@ -19,7 +19,7 @@ struct StageTaps {
 StageTaps read_stage_taps(JsonReader& p, const std::vector<std::string>& default_student_taps);
 
 // A strategy that compares the two networks stage by stage, stage i being student tap i against
-// teacher tap i (AT, SP, VID, NST, OFD, AB): it reads the taps, answers the feature methods' way (no
+// teacher tap i (AT, SP, VID, NST, OFD, AB, FSP): it reads the taps, answers the feature methods' way (no
 // teacher logits), and offers the pieces they share.
 class StageStrategy : public Strategy {
  public:
@@ -44,6 +44,22 @@ class StageStrategy : public Strategy {
   std::vector<std::string> s_taps_, t_taps_;
 };
 
+// Modules an earlier run trained and a strategy reuses (MTKD-SSR's pre-trained teacher heads, FT's
+// paraphraser): the extra tensors extra.term.<term>.<owned>… of the checkpoint `from` names (a
+// checkpoint, or a run directory: its newest), with "term.<term>." stripped from the keys. `term`
+// empty means the one term in the file that owns such tensors; none, several, or a named term without
+// them is an error beginning with `who` and the file, naming the modules (`what`: "teacher heads"),
+// what was expected (`expected`) and which key chooses a term (`term_key`).
+struct PretrainedTerm {
+  std::string file, term;  // the checkpoint read and the term taken
+  StateDict state;         // "<owned>…" keys
+};
+struct PretrainedTermQuery {
+  std::string from, owned, term;  // as above
+  std::string who, what, expected, term_key;
+};
+PretrainedTerm read_pretrained_term(const PretrainedTermQuery& q);
+
 void register_ce_strategy();
 void register_kd_strategy();
 void register_dkd_strategy();
@@ -60,6 +76,8 @@ void register_nst_strategy();
 void register_cc_strategy();
 void register_ofd_strategy();
 void register_ab_strategy();
+void register_fsp_strategy();
+void register_ft_strategy();
 void register_generous_teacher_strategy();
 void register_mtkd_ssr_strategy();
 void register_sokd_strategy();

@@ -37,6 +37,7 @@ __device__ __forceinline__ T unary_apply(T v, T a, T b) {
   else if constexpr (Op == UnaryOp::Tanh) return tanh(v);
   else if constexpr (Op == UnaryOp::Pow) return a == T(2) ? v * v : pow(v, a);  // the branch is uniform
   else if constexpr (Op == UnaryOp::Clamp) return v < a ? a : (v > b ? b : v);
+  else if constexpr (Op == UnaryOp::LeakyRelu) return v > 0 ? v : a * v;
   else return mul_add_rn(a, v, b);  // Affine
 }
 
@@ -62,6 +63,7 @@ void visit_unary(UnaryOp op, F&& f) {
     case U::Pow: f(std::integral_constant<U, U::Pow>{}); return;
     case U::Clamp: f(std::integral_constant<U, U::Clamp>{}); return;
     case U::Affine: f(std::integral_constant<U, U::Affine>{}); return;
+    case U::LeakyRelu: f(std::integral_constant<U, U::LeakyRelu>{}); return;
   }
   RETORT_FAIL("unary (cuda): unknown op ", static_cast<int>(op));
 }

@@ -2,6 +2,8 @@
 // composed from the same functions (grad mode is off inside backward, so nothing is recorded).
 #include "engine/functions/elementwise.h"
 
+#include <cmath>
+
 #include "engine/functions/common.h"
 #include "engine/functions/reduce.h"
 
@@ -188,6 +190,15 @@ Tensor relu(const Tensor& x) {
   Tensor out = unary_forward(UnaryOp::Relu, x);
   return record(out, "ReluBackward", {x}, [y = saved(out)](const Tensor& g, const Node&) {
     return std::vector<Tensor>{binary_forward(BinaryOp::MaskPositive, g, y)};  // g where y > 0, one pass
+  });
+}
+
+Tensor leaky_relu(const Tensor& x, double negative_slope) {
+  RETORT_CHECK(std::isfinite(negative_slope), "leaky_relu: negative_slope must be finite, got ", negative_slope);
+  Tensor out = unary_forward(UnaryOp::LeakyRelu, x, negative_slope);
+  return record(out, "LeakyReluBackward", {x}, [x = saved(x), negative_slope](const Tensor& g, const Node&) {
+    const Tensor positive = gt(x, Tensor::scalar(0.0, x.dtype(), x.device()));  // 1 where x > 0
+    return std::vector<Tensor>{mul(g, affine(positive, 1.0 - negative_slope, negative_slope))};
   });
 }
 

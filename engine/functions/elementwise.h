@@ -31,6 +31,8 @@ Tensor abs(const Tensor& x);   // subgradient 0 at 0
 Tensor sign(const Tensor& x);  // not differentiable (zero gradient)
 Tensor clamp(const Tensor& x, double lo, double hi);  // gradient passes where lo <= x <= hi
 Tensor relu(const Tensor& x);  // gradient passes where x > 0
+// x > 0 ? x : negative_slope * x (F.leaky_relu); gradient 1 where x > 0, else negative_slope (at 0 too).
+Tensor leaky_relu(const Tensor& x, double negative_slope = 0.01);
 Tensor sigmoid(const Tensor& x);
 Tensor tanh(const Tensor& x);
 

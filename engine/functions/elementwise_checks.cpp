@@ -59,6 +59,7 @@ void add_elementwise_checks(std::vector<GradcheckCase>& out) {
   unary_case(out, "abs", separated, [](const Tensor& x) { return abs(x); });
   unary_case(out, "clamp", separated, [](const Tensor& x) { return clamp(x, -0.33, 0.27); });
   unary_case(out, "relu", separated, [](const Tensor& x) { return relu(x); });
+  unary_case(out, "leaky_relu", separated, [](const Tensor& x) { return leaky_relu(x, 0.1); });
   unary_case(out, "sigmoid", any_values, [](const Tensor& x) { return sigmoid(x); });
   unary_case(out, "tanh", any_values, [](const Tensor& x) { return tanh(x); });
   // dtype round trip and clone are differentiable identities.

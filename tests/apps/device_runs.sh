@@ -2,7 +2,7 @@
 # The binaries on --device cuda against --device cpu, end to end on synthetic data: retort-gradcheck --all
 # on the device (float64 finite differences through the CUDA kernels), retort-train, then
 # retort-distill with every built-in strategy (SoKD in its three search modes and as a plug-in around
-# KD), each for one epoch of 4 steps. The run on the GPU must end with the CPU run's train and test
+# KD; FT's two runs), each for one epoch of 4 steps. The run on the GPU must end with the CPU run's train and test
 # losses within 1% (a broken kernel, a tensor left on the wrong device or a strategy module that did
 # not move shows up as an error or a different loss), retort-eval must agree on the result, and a run
 # resumed on the GPU from its checkpoint must end exactly where the uninterrupted one does.
@@ -85,6 +85,10 @@ declare -A terms=(
   [cc]='[{"type": "ce"}, {"type": "cc", "weight": 0.02}]'
   [ofd]='[{"type": "ce"}, {"type": "ofd", "weight": 0.001}]'
   [ab]='[{"type": "ce"}, {"type": "ab"}]'
+  [fsp]='[{"type": "ce"}, {"type": "fsp"}]'
+  [ft_paraphraser]='[{"type": "ft", "params": {"phase": "paraphraser"}}]'
+  # FT's second run reads the paraphraser the CPU's first run trained (both devices the same one).
+  [ft]='[{"type": "ce"}, {"type": "ft", "weight": 200, "params": {"paraphraser_from": "'"$tmp"'/ft_paraphraser_cpu"}}]'
   [generous_teacher]='[{"type": "ce"}, {"type": "generous_teacher", "weight": 8, "params": {"temperature": 2}}]'
   [mtkd_ssr]='[{"type": "ce"}, {"type": "mtkd_ssr"}]'
   [sokd_first]='[{"type": "ce"}, {"type": "sokd", "params": {"heatmap_classes": 4, "area_num": 4, "search": "first_order", "search_epochs": 1}}]'
@@ -92,7 +96,7 @@ declare -A terms=(
   [sokd_relax]='[{"type": "ce"}, {"type": "sokd", "params": {"heatmap_classes": 4, "area_num": 4, "search": "first_order", "search_epochs": 1, "estimator": "relax"}}]'
   [sokd_host_kd]='[{"type": "ce", "weight": 0.1}, {"type": "sokd", "weight": 0.9, "params": {"host": {"type": "kd"}, "refine_logits": true, "feat_weight": 0, "dam_weight": 0, "search_epochs": 1}}]'
 )
-for name in kd dkd_ls fitnet at cwd reviewkd sp pkt rkd crd vid nst cc ofd ab generous_teacher mtkd_ssr sokd_first sokd_second sokd_relax sokd_host_kd; do
+for name in kd dkd_ls fitnet at cwd reviewkd sp pkt rkd crd vid nst cc ofd ab fsp ft_paraphraser ft generous_teacher mtkd_ssr sokd_first sokd_second sokd_relax sokd_host_kd; do
   cat > "$tmp/$name.json" <<JSON
 {"schema_version": 1, "experiment": {"name": "$name", "seed": 0, "output_dir": "$tmp"}, $data,
  "model": {"arch": "resnet8"}, "teacher": {"arch": "resnet14", "checkpoint": "$tmp/teacher/model.safetensors"},

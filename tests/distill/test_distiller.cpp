@@ -77,6 +77,8 @@ TEST(Strategies, EveryBuiltinTrainsOneStep) {
       R"([{"type": "cc"}, {"type": "ce"}])",
       R"([{"type": "ofd"}, {"type": "ce"}])",
       R"([{"type": "ab"}])",
+      R"([{"type": "fsp"}])",  // resnet14 has resnet8's widths
+      R"([{"type": "fsp", "params": {"student_taps": ["layer2", "layer3"]}}, {"type": "ce"}])",
       R"([{"type": "ce"}, {"type": "generous_teacher", "weight": 8}])",
       R"([{"type": "generous_teacher", "params": {"select": "teacher_correct", "tckd_weight": 1}}])",
       R"([{"type": "ce"}, {"type": "mtkd_ssr"}])",
@@ -337,6 +339,8 @@ TEST(Distiller, ConfigErrorsNameTheTerm) {
   expect_error(R"([{"type": "cc", "params": {"feat_dim": 0}}])", "distill.terms[0].params.feat_dim: must be positive");
   expect_error(R"([{"type": "ofd", "params": {"kernel_size": 2}}])", "distill.terms[0].params.kernel_size: must be odd");
   expect_error(R"([{"type": "ab", "params": {"margin": -0.5}}])", "distill.terms[0].params.margin: must be >= 0");
+  expect_error(R"([{"type": "fsp", "params": {"student_taps": ["layer3"]}}])",
+               "distill.terms[0].params.student_taps: FSP compares consecutive taps, so it needs at least 2, got 1");
 }
 
 TEST(Distiller, UnbridgeableFeaturesAndMissingTeacherAreClearErrors) {
@@ -352,6 +356,15 @@ TEST(Distiller, UnbridgeableFeaturesAndMissingTeacherAreClearErrors) {
     const std::string msg = e.what();
     EXPECT_NE(msg.find("[2, 64, 4, 4]"), std::string::npos) << msg;
     EXPECT_NE(msg.find("[2, 16, 16, 16]"), std::string::npos) << msg;
+  }
+  // FSP compares flow matrices entry by entry: a teacher four times as wide is refused at its first tap.
+  try {
+    Distiller d(student, create_model("resnet8x4", kOpts, gen), terms_from(R"([{"type": "fsp"}])"), {}, kSample, gen);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("fsp: stage 0 (student tap \":stem\", teacher tap \":stem\"): FSP compares"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("student [2, 16, 16, 16] and teacher [2, 32, 16, 16]"), std::string::npos) << msg;
   }
   try {
     Distiller d(student, nullptr, terms_from(R"([{"type": "kd"}])"), {}, kSample, gen);
@@ -370,8 +383,9 @@ TEST(Distiller, UnbridgeableFeaturesAndMissingTeacherAreClearErrors) {
 
 // Every config we ship parses strictly; every distillation recipe builds its Distiller (taps exist,
 // connectors bridge the shapes) for the architectures and input it names. A config that reads
-// pre-trained MTKD-SSR teacher heads from another shipped config's run (output_dir/name) gets them
-// from that config's Distiller, written as a checkpoint: the two phases fit together.
+// pre-trained MTKD-SSR teacher heads or an FT paraphraser from another shipped config's run
+// (output_dir/name) gets them from that config's Distiller, written as a checkpoint: the two phases fit
+// together.
 TEST(ShippedConfigs, ParseAndBuild) {
   int n = 0;
   for (const auto& dir : {"configs/fmnist", "configs/cifar100"}) {
@@ -399,18 +413,19 @@ TEST(ShippedConfigs, ParseAndBuild) {
       ++n;
       if (cfg.terms.empty() || cfg.teacher.arch.empty()) continue;
       Json terms = cfg.terms;
-      for (auto& t : terms) {
-        if (!t.contains("params") || t["params"].value("teacher_heads", "") != "pretrained") continue;
-        const std::string from = t["params"]["teacher_heads_from"];
-        ASSERT_TRUE(producer.count(from)) << "teacher_heads_from " << from << " is no shipped config's run";
-        const ExperimentConfig phase1 = ExperimentConfig::load(producer[from]);
-        auto d1 = build(phase1, phase1.terms, producer[from]);
-        StateDict tensors;
-        for (auto& [k, v] : d1->extra_state()) tensors.emplace_back("extra." + k, v);
-        const std::string ckpt = ::testing::TempDir() + "/retort_shipped_heads.safetensors";
-        save_safetensors(ckpt, tensors, {{"format", "retort-checkpoint-1"}, {"arch", phase1.arch}});
-        t["params"]["teacher_heads_from"] = ckpt;
-      }
+      for (auto& t : terms)
+        for (const char* key : {"teacher_heads_from", "paraphraser_from"}) {
+          if (!t.contains("params") || !t["params"].contains(key)) continue;
+          const std::string from = t["params"][key];
+          ASSERT_TRUE(producer.count(from)) << key << " " << from << " is no shipped config's run";
+          const ExperimentConfig phase1 = ExperimentConfig::load(producer[from]);
+          auto d1 = build(phase1, phase1.terms, producer[from]);
+          StateDict tensors;
+          for (auto& [k, v] : d1->extra_state()) tensors.emplace_back("extra." + k, v);
+          const std::string ckpt = ::testing::TempDir() + "/retort_shipped_phase1.safetensors";
+          save_safetensors(ckpt, tensors, {{"format", "retort-checkpoint-1"}, {"arch", phase1.arch}});
+          t["params"][key] = ckpt;
+        }
       auto d = build(cfg, terms, f.string());
       EXPECT_FALSE(d->terms().empty());
     }

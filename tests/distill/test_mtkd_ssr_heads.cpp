@@ -30,44 +30,16 @@ const ModelOptions& kOpts = retort::testing::kTinyModel;
 using retort::testing::terms_from;
 using retort::testing::tiny_batch;
 using retort::testing::error_of;
+using retort::testing::train_steps;
+using retort::testing::write_checkpoint;
 
-std::string fresh_dir(const std::string& name) {
-  const std::string d = ::testing::TempDir() + "/retort_mtkd_" + name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+std::string fresh_dir(const std::string& name) { return retort::testing::fresh_dir("mtkd_" + name); }
 
 std::unique_ptr<Distiller> make(const std::string& terms, uint64_t seed) {
   Generator gen(seed);
   auto student = create_model("resnet8", kOpts, gen);
   auto teacher = create_model("resnet14", kOpts, gen);
   return std::make_unique<Distiller>(student, teacher, terms_from(terms), DistillerOptions{}, kSample, gen);
-}
-
-// A few SGD steps of d (so that the heads and their BN statistics are no longer their initial values).
-void train_steps(Distiller& d, int steps) {
-  auto opt = make_optimizer(Json{{"type", "sgd"}, {"lr", 0.1}, {"momentum", 0.9}}, d.trainable_parameters());
-  d.train(true);
-  for (int s = 0; s < steps; ++s) {
-    Tensor logits;
-    Tensor loss = total_loss(d.losses(tiny_batch(8, 20 + s), TrainProgress{}, logits));
-    opt->zero_grad();
-    loss.backward();
-    opt->step();
-  }
-}
-
-// Writes d as a Retort checkpoint (model.*, extra.*) the way the Trainer does; returns the file.
-std::string write_checkpoint(Distiller& d, const std::string& dir) {
-  fs::create_directories(dir + "/checkpoints");
-  StateDict tensors;
-  for (auto& [k, t] : d.model().state_dict()) tensors.emplace_back("model." + k, t);
-  for (auto& [k, t] : d.extra_state()) tensors.emplace_back("extra." + k, t);
-  const std::string name = "ckpt_epoch0001_step000000003.safetensors";
-  save_safetensors(dir + "/checkpoints/" + name, tensors, {{"format", "retort-checkpoint-1"}, {"arch", "resnet8"}});
-  std::ofstream(dir + "/checkpoints/latest") << name << "\n";
-  return dir + "/checkpoints/" + name;
 }
 
 Strategy& strategy(Distiller& d) { return *d.terms().back().strategy; }  // the mtkd_ssr term

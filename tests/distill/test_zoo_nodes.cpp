@@ -1,8 +1,10 @@
-// VID, NST, CC, OFD and AB nodes (distill/nodes/feature.h vid_loss / nst_loss / ofd_loss / ofd_margin / ab_loss,
-// relation.h cc_loss): values computed by hand, the invariances NST is built to have (a positive scale
-// per channel map, the order of the channels), dead channels, OFD's regions, the graph's node names,
-// errors, and golden values from RepDistiller's VID.py, NST.py, CC.py and AB.py and mdistiller's OFD.py in
-// PyTorch (tools/gen_golden_distill_zoo.py) in f64 and f32.
+// VID, NST, CC, OFD, AB, FSP and FT nodes (distill/nodes/feature.h vid_loss / nst_loss / ofd_loss /
+// ofd_margin / ab_loss / fsp_matrix / fsp_loss / ft_loss, relation.h cc_loss) and FT's Paraphraser and
+// Translator (distill/connectors.h): values computed by hand, the invariances NST and FT are built to
+// have (a positive scale per channel map, the order of the channels), dead channels, OFD's regions, the
+// graph's node names, errors, and golden values from RepDistiller's VID.py, NST.py, CC.py, AB.py, FSP.py,
+// FT.py and models/util.py and mdistiller's OFD.py in PyTorch (tools/gen_golden_distill_zoo.py) in f64
+// and f32.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -10,6 +12,7 @@
 #include <functional>
 #include <string>
 
+#include "distill/connectors.h"
 #include "distill/nodes/feature.h"
 #include "distill/nodes/relation.h"
 #include "engine/autograd.h"
@@ -161,6 +164,63 @@ TEST(AbLoss, PushesTheStudentPastTheMarginOnTheTeachersSide) {
   EXPECT_FALSE(t2.grad().defined());
 }
 
+TEST(FspMatrix, MeanOverPositionsOfTopTimesBot) {
+  // bot: 2 channels over 2 positions, top: 1 channel. G[0, i] = mean_p top[p] · bot[i, p].
+  const Tensor bot = vec({1, 2, 3, 4}, {1, 2, 1, 2}), top = vec({5, -1}, {1, 1, 1, 2});
+  const Tensor g = fsp_matrix(bot, top);
+  ASSERT_EQ(g.shape(), (Shape{1, 1, 2}));
+  EXPECT_NEAR(g.at(0), (5 * 1 - 1 * 2) / 2.0, 1e-15);
+  EXPECT_NEAR(g.at(1), (5 * 3 - 1 * 4) / 2.0, 1e-15);
+  // A top map twice the bot's size is pooled first: the same as giving it pooled.
+  Generator gen(7);
+  const Tensor b2 = randn({2, 3, 2, 2}, gen), t2 = randn({2, 4, 4, 4}, gen);
+  EXPECT_TRUE(retort::testing::close_to("pooled", fsp_matrix(b2, t2), fsp_matrix(b2, adaptive_avg_pool2d(t2, 2, 2)),
+                                        1e-15, 0));
+}
+
+TEST(FspLoss, ZeroForTheSameFlowAtAnotherSpatialSize) {
+  // A teacher whose maps are the student's repeated 2x2 (nearest upsampling) has the same flow matrices.
+  Generator gen(8);
+  const Tensor sb = randn({2, 3, 2, 2}, gen), st = randn({2, 4, 2, 2}, gen);
+  EXPECT_NEAR(fsp_loss(sb, st, interpolate_nearest(sb, 4, 4), interpolate_nearest(st, 4, 4)).item(), 0.0, 1e-15);
+  // Doubling the teacher's bot doubles its flow: the loss is then the mean of G_s².
+  const Tensor gs = fsp_matrix(sb, st);
+  EXPECT_NEAR(fsp_loss(sb, st, affine(interpolate_nearest(sb, 4, 4), 2.0, 0.0), interpolate_nearest(st, 4, 4)).item(),
+              mean(mul(gs, gs)).item(), 1e-14);
+}
+
+TEST(FtLoss, MeanAbsoluteDifferenceOfNormalisedFactorMaps) {
+  // Factor maps mean_c f² over 2 positions: student (1, 0) -> q = (1, 0); teacher (3, 4) -> q = (0.6, 0.8).
+  const Tensor fs = vec({1, 0}, {1, 1, 1, 2}), ft = vec({std::sqrt(3.0), 2, std::sqrt(3.0), 0}, {1, 2, 1, 2});
+  // teacher: mean over 2 channels of f² = ((3 + 3) / 2, (4 + 0) / 2) = (3, 2) -> q = (3, 2) / √13
+  const double q0 = 3 / std::sqrt(13.0), q1 = 2 / std::sqrt(13.0);
+  EXPECT_NEAR(ft_loss(fs, ft).item(), (std::abs(1 - q0) + std::abs(0 - q1)) / 2, 1e-15);
+  EXPECT_NEAR(ft_loss(fs, ft, 2.0, 2.0).item(), ((1 - q0) * (1 - q0) + q1 * q1) / 2, 1e-15);
+  // Blind to a positive scale of the factor and to the order of its channels.
+  Generator gen(9);
+  const Tensor f = randn({2, 3, 3, 3}, gen);
+  EXPECT_NEAR(ft_loss(f, affine(cat({slice(f, 1, 1, 3), slice(f, 1, 0, 1)}, 1), 3.0, 0.0)).item(), 0.0, 1e-15);
+}
+
+TEST(FtModules, ParameterNamesAreRepDistillers) {
+  Generator gen(10);
+  Paraphraser p(6, 0.5, false, gen);
+  std::vector<std::string> names;
+  for (auto& [n, t] : p.named_parameters()) names.push_back(n);
+  EXPECT_EQ(names, (std::vector<std::string>{"encoder.0.weight", "encoder.0.bias", "encoder.3.weight", "encoder.3.bias",
+                                             "encoder.6.weight", "encoder.6.bias", "decoder.0.weight", "decoder.0.bias",
+                                             "decoder.3.weight", "decoder.3.bias", "decoder.6.weight", "decoder.6.bias"}));
+  EXPECT_EQ(p.named_parameters()[4].second.shape(), (Shape{3, 3, 3, 3}));  // int(6 * 0.5) factor channels
+  EXPECT_EQ(p.named_parameters()[8].second.shape(), (Shape{3, 6, 3, 3}));  // ConvTranspose2d: [in, out, k, k]
+  Translator t(4, 3, true, gen);
+  names.clear();
+  for (auto& [n, v] : t.state_dict()) names.push_back(n);
+  EXPECT_EQ(names.size(), 3u * 2 + 3u * 5);  // 3 convs (weight, bias) + 3 BNs (weight, bias, 3 buffers)
+  EXPECT_EQ(names[2], "encoder.1.weight");
+  EXPECT_EQ(names.back(), "encoder.7.num_batches_tracked");
+  expect_error([&] { Paraphraser(1, 0.5, false, gen); }, {"rate 0.5 leaves no factor channel", "1"});
+}
+
 TEST(ZooNodes, GraphNodesAndErrors) {
   Generator gen(6);
   const Tensor a = randn({2, 3, 4, 4}, gen).set_requires_grad(), b = randn({2, 3, 4, 4}, gen);
@@ -181,6 +241,12 @@ TEST(ZooNodes, GraphNodesAndErrors) {
   EXPECT_TRUE(has_node(ab_loss(a, b), "ABLossBackward"));
   expect_error([&] { ab_loss(a, b, -1.0); }, {"ab_loss", "margin must be >= 0"});
   expect_error([&] { ab_loss(a, randn({2, 3, 4, 2}, gen)); }, {"ab_loss", "same shape"});
+  expect_error([&] { fsp_matrix(a, randn({3, 3, 4, 4}, gen)); }, {"fsp_matrix", "different batch sizes"});
+  expect_error([&] { fsp_loss(a, b, randn({2, 5, 4, 4}, gen), b); },
+               {"fsp_loss", "same channels", "student f64[2, 3, 4, 4] cpu -> f64[2, 3, 4, 4] cpu", "teacher f64[2, 5, 4, 4]"});
+  EXPECT_TRUE(has_node(ft_loss(a, b), "AttentionMapBackward"));
+  expect_error([&] { ft_loss(a, b, 2.0, 0.5); }, {"ft_loss", "p2 must be >= 1"});
+  expect_error([&] { ft_loss(a, b, 0.0); }, {"ft_loss", "p1 must be > 0"});
 }
 
 // ---- golden values (PyTorch, RepDistiller's code) --------------------------------------------------
@@ -244,6 +310,73 @@ TEST_P(GoldenZoo, ActivationBoundaries) {
                return total;
              },
              GetParam());
+}
+
+TEST_P(GoldenZoo, FlowOfSolutionProcedure) {
+  for (const char* c : {"fsp_matrix_same_size", "fsp_matrix_bot_pooled"})
+    check_case(c, [](const auto& in) { return fsp_matrix(in[0], in[1]); }, GetParam());
+  // RepDistiller's FSP over four taps (three pairs), the student at half the teacher's size.
+  check_case("fsp_three_pairs",
+             [](const auto& in) {
+               Tensor total;
+               for (int i = 0; i < 3; ++i) {
+                 const Tensor l = fsp_loss(in[i], in[i + 1], in[4 + i], in[5 + i]);
+                 total = total.defined() ? add(total, l) : l;
+               }
+               return total;
+             },
+             GetParam());
+}
+
+TEST_P(GoldenZoo, FactorTransfer) {
+  for (const char* c : {"ft_student_pooled", "ft_teacher_pooled"})
+    check_case(c, [](const auto& in) { return ft_loss(in[0], in[1]); }, GetParam());
+  check_case("ft_p2_2", [](const auto& in) { return ft_loss(in[0], in[1], 2.0, 2.0); }, GetParam());
+}
+
+namespace {
+
+// A module case of gen_golden_distill_zoo.py's module_case: NAME/in0 is the input, NAME/in1.. the
+// module's parameters in PyTorch's named_parameters order. Loads them into `m`, runs `run`, backpropagates
+// NAME/upstream and compares the output and the gradients of the input and of every parameter.
+void check_module_case(const std::string& name, Module& m, const std::function<Tensor(const Tensor&)>& run,
+                       DType dtype) {
+  const bool f32 = dtype == DType::F32;
+  const double atol = f32 ? 2e-5 : 1e-12, rtol = f32 ? 1e-3 : 1e-9;
+  m.to(dtype);
+  const auto params = m.named_parameters();
+  StateDict state;
+  for (size_t i = 0; i < params.size(); ++i) state.emplace_back(params[i].first, golden()[name + "/in" + std::to_string(i + 1)]);
+  ASSERT_FALSE(golden().has(name + "/in" + std::to_string(params.size() + 1))) << name << ": more parameters in PyTorch";
+  const Module::LoadReport report = m.load_state_dict(state, false);  // parameters only: BN buffers keep their init
+  EXPECT_TRUE(report.unexpected.empty() && report.mismatched.empty()) << report.str();
+  m.zero_grad();
+  Tensor x = golden()[name + "/in0"].to(dtype).clone().set_requires_grad();
+  const Tensor y = run(x);
+  EXPECT_TRUE(retort::testing::close_to(name + "/out", y, golden()[name + "/out"], atol, rtol));
+  y.backward(golden()[name + "/upstream"].to(dtype));
+  EXPECT_TRUE(retort::testing::close_to(name + "/grad_in0", x.grad(), golden()[name + "/grad_in0"], atol, rtol));
+  for (size_t i = 0; i < params.size(); ++i) {
+    const std::string key = name + "/grad_in" + std::to_string(i + 1);
+    if (!golden().has(key)) {  // unused by this output (the decoder for the factor): no gradient in either
+      EXPECT_FALSE(params[i].second.grad().defined()) << key;
+      continue;
+    }
+    ASSERT_TRUE(params[i].second.grad().defined()) << key;
+    EXPECT_TRUE(retort::testing::close_to(key + " (" + params[i].first + ")", params[i].second.grad(), golden()[key],
+                                          atol, rtol));
+  }
+}
+
+}  // namespace
+
+TEST_P(GoldenZoo, FactorTransferModules) {
+  Generator gen(11);
+  Paraphraser para(6, 0.5, false, gen);
+  check_module_case("paraphraser_reconstruction", para, [&](const Tensor& x) { return para(x); }, GetParam());
+  check_module_case("paraphraser_factor", para, [&](const Tensor& x) { return para.factor(x); }, GetParam());
+  Translator tr(4, 3, true, gen);  // training mode: BN with batch statistics, as the golden
+  check_module_case("translator", tr, [&](const Tensor& x) { return tr(x); }, GetParam());
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, GoldenZoo, ::testing::Values(DType::F64, DType::F32),

@@ -291,6 +291,7 @@ TEST(CudaParity, UnaryOps) {
       {"clamp(-inf, 1)", false,
        [](const Ts& t) { return retort::clamp(t[0], -std::numeric_limits<double>::infinity(), 1.0); }},
       {"relu", false, [](const Ts& t) { return retort::relu(t[0]); }},
+      {"leaky_relu(0.1)", false, [](const Ts& t) { return retort::leaky_relu(t[0], 0.1); }},
       {"sigmoid", false, [](const Ts& t) { return retort::sigmoid(t[0]); }},
       {"tanh", false, [](const Ts& t) { return retort::tanh(t[0]); }},
       {"affine(2.5, -0.75)", false, [](const Ts& t) { return retort::affine(t[0], 2.5, -0.75); }},
@@ -959,6 +960,16 @@ TEST(CudaParity, FeatureDistillationLosses) {
                  [](const Ts& t) { return retort::ofd_loss(t[0], t[1], t[2]); }, Kind::Reduction, Kind::Reduction);
     check_parity(label("ab_loss", dt, fs.shape()), {In(fs, true, "student"), fixed(ft_same, "teacher")},
                  [](const Ts& t) { return retort::ab_loss(t[0], t[1], 0.5); }, Kind::Reduction, Kind::Reduction);
+    // FSP: the flow from fs (8x8, pooled) into ft (4x4); the loss with the student's pair at 8x8/4x4
+    // and the teacher's at 4x4/4x4 (the teacher's pair fixed).
+    check_parity(label("fsp_matrix (bot pooled)", dt, fs.shape()), {In(fs, true, "bot"), In(ft, true, "top")},
+                 [](const Ts& t) { return retort::fsp_matrix(t[0], t[1]); }, Kind::Reduction, Kind::Reduction);
+    const Tensor tb = Tensor::randn({2, 4, 4, 4}, gen, dt), tt = Tensor::randn({2, 6, 4, 4}, gen, dt);
+    check_parity(label("fsp_loss", dt, fs.shape()),
+                 {In(fs, true, "student bot"), In(ft, true, "student top"), fixed(tb, "teacher bot"), fixed(tt, "teacher top")},
+                 [](const Ts& t) { return retort::fsp_loss(t[0], t[1], t[2], t[3]); }, Kind::Reduction, Kind::Reduction);
+    check_parity(label("ft_loss (pooled student)", dt, fs.shape()), {In(fs, true, "student"), In(ft, true, "teacher")},
+                 [](const Ts& t) { return retort::ft_loss(t[0], t[1]); }, Kind::Reduction, Kind::Reduction);
   }
 }
 

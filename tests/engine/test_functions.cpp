@@ -35,6 +35,8 @@ TEST(Functions, BroadcastingArithmetic) {
 TEST(Functions, Unary) {
   Tensor x = t64({-2, -0.5, 0.5, 2}, {4});
   expect_near(relu(x), {0, 0, 0.5, 2});
+  expect_near(leaky_relu(x, 0.1), {-0.2, -0.05, 0.5, 2});
+  expect_near(leaky_relu(x), {-0.02, -0.005, 0.5, 2});  // PyTorch's default slope 0.01
   expect_near(abs(x), {2, 0.5, 0.5, 2});
   expect_near(clamp(x, -1, 1), {-1, -0.5, 0.5, 1});
   expect_near(sigmoid(x), {1 / (1 + std::exp(2.0)), 1 / (1 + std::exp(0.5)), 1 / (1 + std::exp(-0.5)), 1 / (1 + std::exp(-2.0))});

@@ -63,6 +63,7 @@ TEST(GoldenOps, SoftmaxAndLosses) {
   check_case("mse_loss", [](const auto& in) { return mse_loss(in[0], in[1]); });
   check_case("smooth_l1_loss", [](const auto& in) { return smooth_l1_loss(in[0], in[1]); });
   check_case("smooth_l1_loss_beta0_5", [](const auto& in) { return smooth_l1_loss(in[0], in[1], 0.5); });
+  check_case("leaky_relu_0_1", [](const auto& in) { return leaky_relu(in[0], 0.1); });
 }
 
 TEST(GoldenOps, ReductionsAndShapes) {

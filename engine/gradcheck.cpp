@@ -123,7 +123,7 @@ Registry& registry() {
     }
     reg.functions = {
         "add", "add_relu", "sub", "mul", "div", "maximum", "minimum", "xlogy", "affine", "neg", "exp", "log", "sqrt", "pow",
-        "abs", "clamp", "relu", "sigmoid", "tanh", "to_dtype", "clone",
+        "abs", "clamp", "relu", "leaky_relu", "sigmoid", "tanh", "to_dtype", "clone",
         "sum", "mean", "max", "min", "var", "stddev",
         "reshape", "flatten", "unsqueeze", "squeeze", "permute", "transpose", "slice", "cat", "pad", "expand",
         "matmul", "linear",

@@ -4,7 +4,7 @@
 # channels, like resnet8; configs/fmnist/resnet32.json, 10 epochs, trained here unless present) -> resnet8.
 # As RepDistiller runs it: the student's feature layers are trained with FSP alone
 # (configs/fmnist/fsp_init.json: 1 epoch at a constant lr 0.05 — the reference's 30 of 240 epochs,
-# scaled), then plain CE from that student (configs/fmnist/student_from_init.json: 5 epochs,
+# scaled), then plain CE from that student (configs/fmnist/ce_from_init.json: 5 epochs,
 # model.init = phase 1's model). The control — CE in phase 1, the same phase 2 — is AB's
 # (scripts/ab_fmnist.sh, runs/fmnist_ab/ce_control_s*): it does not depend on the teacher. Over 3 seeds;
 # prints the mean ± sample std of the last-epoch test top-1 of phase 2. Resumable.
@@ -19,7 +19,7 @@ for s in $seeds; do
   [ -f $out/init_s$s/summary.json ] ||
     "$build/apps/retort-distill" configs/fmnist/fsp_init.json --seed "$s" --run-dir $out/init_s$s --resume auto
   [ -f $out/student_s$s/summary.json ] ||
-    "$build/apps/retort-distill" configs/fmnist/student_from_init.json --seed "$s" --run-dir $out/student_s$s --resume auto \
+    "$build/apps/retort-distill" configs/fmnist/ce_from_init.json --seed "$s" --run-dir $out/student_s$s --resume auto \
       --set model.init=$out/init_s$s/model.safetensors
 done
 

@@ -4,7 +4,7 @@
 # feature (configs/fmnist/ft_paraphraser.json: 8 epochs of the 10 000 images at a constant lr 0.01,
 # RepDistiller's lr for its init phase; the student in that run gets no gradient), then the student is
 # trained with CE + 200 · FT through a translator against the frozen paraphraser's factor
-# (configs/fmnist/student_ft.json: the table's recipe, 5 epochs). The paraphraser belongs to the teacher,
+# (configs/fmnist/ft_student.json: the table's recipe, 5 epochs). The paraphraser belongs to the teacher,
 # so one (seed 0) serves the 3 student seeds, as MTKD-SSR's pre-trained teacher heads do. Prints the
 # mean ± sample std of the students' last-epoch test top-1. Resumable.
 #   bash scripts/ft_fmnist.sh        (SEEDS="0 1 2" by default)
@@ -17,7 +17,7 @@ fmnist_teacher
   "$build/apps/retort-distill" configs/fmnist/ft_paraphraser.json --run-dir $out/paraphraser --resume auto
 for s in $seeds; do
   [ -f $out/student_s$s/summary.json ] ||
-    "$build/apps/retort-distill" configs/fmnist/student_ft.json --seed "$s" --run-dir $out/student_s$s --resume auto \
+    "$build/apps/retort-distill" configs/fmnist/ft_student.json --seed "$s" --run-dir $out/student_s$s --resume auto \
       --set distill.terms.1.params.paraphraser_from=$out/paraphraser
 done
 

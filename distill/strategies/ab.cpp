@@ -10,7 +10,7 @@
 // RepDistiller uses AB as an initialisation: the student's feature layers and the connector are
 // trained with this loss alone (its init phase, 30 epochs), then the student is trained with CE alone
 // (β = 0: "loss_kd = 0"). Here that is two runs: one with this term alone, then a CE run whose
-// model.init is the first run's model (configs/fmnist/ab_init.json, student_from_init.json;
+// model.init is the first run's model (configs/fmnist/ab_init.json, ce_from_init.json;
 // scripts/ab_fmnist.sh).
 #include "distill/connectors.h"
 #include "distill/nodes/feature.h"

@@ -11,7 +11,7 @@
 // RepDistiller uses FSP as an initialisation, as AB: the student's feature layers are trained with this
 // loss alone (its init phase, 30 epochs), then the student with CE alone ("loss_kd = 0"). Here that
 // is two runs: this term alone, then a CE run whose model.init is the first run's model
-// (configs/fmnist/fsp_init.json, student_from_init.json; scripts/fsp_fmnist.sh). Used beside CE in one run it
+// (configs/fmnist/fsp_init.json, ce_from_init.json; scripts/fsp_fmnist.sh). Used beside CE in one run it
 // is simply one more term.
 #include "distill/nodes/feature.h"
 #include "distill/strategies/strategies.h"

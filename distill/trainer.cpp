@@ -583,6 +583,17 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
       }
       optimizer_->zero_grad();
       total.backward();
+      if (!model_gradient_checked_) {
+        // A run whose terms never reach the model (a phase that trains a strategy's module alone: FT's
+        // paraphraser, MTKD-SSR's teacher heads) is legitimate, but its reported accuracy is the
+        // untrained model's: say so once, where the user reads the log.
+        model_gradient_checked_ = true;
+        bool reached = false;
+        for (const Tensor& p : task_.model().parameters()) reached = reached || p.grad().defined();
+        if (!reached)
+          log(detail::cat("note: no loss term reaches the model's parameters (", task_.describe(),
+                          "): this run does not train it, and its accuracy stays that of its initial weights"));
+      }
       optimizer_->step();
       task_.after_step(prog);
 

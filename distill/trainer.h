@@ -208,6 +208,7 @@ class Trainer {
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<LrSchedule> schedule_;
   bool tty_ = false;
+  bool model_gradient_checked_ = false;  // whether the first step's backward was looked at (see fit)
   bool allow_config_change_ = false;
   Tensor reference_logits_;  // set_reference_logits; undefined: none
   Json summary_extra_ = Json::object();

@@ -108,13 +108,17 @@ class CRDStrategy final : public Strategy {
     // student's against the teacher memory.
     const Tensor out_v2 = contrast_scores(buffer("memory_v1"), contrast, vt, o_.nce_t);
     const Tensor out_v1 = contrast_scores(buffer("memory_v2"), contrast, vs, o_.nce_t);
+    // Z of each bank: fixed at the first step to mean(out) · n (ContrastMemory's Z_v1, Z_v2), -1 until
+    // then. Set and read on the tensors' device, so a GPU step does not wait for the host.
     Tensor& z = buffer("normalizers");
-    std::vector<double> zv = z.to(Device::cpu()).to_vector();
-    if (zv[0] < 0) {
-      zv = {mean(out_v1).item() * static_cast<double>(n_), mean(out_v2).item() * static_cast<double>(n_)};
-      z = Tensor::from_vector(zv, {2}, z.dtype()).to(z.device());
+    {
+      NoGradGuard ng;
+      const Tensor first = affine(cat({reshape(mean(out_v1), {1}), reshape(mean(out_v2), {1})}, 0),
+                                  static_cast<double>(n_), 0.0);
+      const Tensor unset = lt(z, Tensor::scalar(0.0, z.dtype(), z.device()));  // 1 before the first step
+      z = add(mul(z, affine(unset, -1.0, 1.0)), mul(first, unset));
     }
-    const Tensor p_s = affine(out_v1, 1.0 / zv[0], 0.0), p_t = affine(out_v2, 1.0 / zv[1], 0.0);
+    const Tensor p_s = div(out_v1, slice(z, 0, 0, 1)), p_t = div(out_v2, slice(z, 0, 1, 2));  // as torch.div(out, Z)
     last_ = {vs.detach(), vt.detach(), idx.clone(), p_s.detach(), p_t.detach(), contrast};
     return add(nce_loss(p_s, n_), nce_loss(p_t, n_));
   }

@@ -417,6 +417,47 @@ TEST(Trainer, EvaluateAgainstReferenceLogits) {
   EXPECT_GE(sj.at("last_kl_teacher").get<double>(), 0.0);
 }
 
+// A task whose only loss trains a module of its own (as FT's paraphraser run): the model keeps its
+// weights, and the log says once that the run does not train it; a CE run says nothing.
+TEST(Trainer, ARunThatNeverReachesTheModelSaysSo) {
+  struct OwnModuleTask : ClassifierTask {
+    explicit OwnModuleTask(std::shared_ptr<Module> m) : ClassifierTask(std::move(m)) {}
+    Tensor extra = Tensor::full({3}, 2.0).set_requires_grad();
+    std::vector<Tensor> trainable_parameters() override {
+      auto ps = model().parameters();
+      ps.push_back(extra);
+      return ps;
+    }
+    LossTerms losses(const Batch& batch, const TrainProgress& progress, Tensor& logits) override {
+      ClassifierTask::losses(batch, progress, logits);  // the logits, for the accuracy
+      return {{"own", sum(mul(extra, extra))}};
+    }
+    std::string describe() const override { return "own module"; }
+  };
+  const ExperimentConfig cfg = tiny_config("untouched", 1);
+  auto model = make_model(cfg);
+  StateDict before;
+  for (auto& [k, t] : model->named_parameters()) before.emplace_back(k, t.clone());
+  OwnModuleTask task(model);
+  DataSplits data = load_datasets(cfg.data);
+  const std::string dir = fresh_dir("untouched");
+  {
+    RunDir run(dir);
+    Trainer(cfg, task, data, run).fit("", 0);
+  }
+  StateDict after;
+  for (auto& [k, t] : model->named_parameters()) after.emplace_back(k, t.clone());
+  expect_bitwise_equal(before, after);
+  EXPECT_LT(task.extra.to_vector()[0], 2.0);  // the task's own module did train
+  const std::string log = read_text(dir + "/train.log");
+  const std::string note = "note: no loss term reaches the model's parameters (own module): this run does not train it";
+  ASSERT_NE(log.find(note), std::string::npos) << log;
+  EXPECT_EQ(log.find(note), log.rfind(note)) << "said more than once";
+  const std::string ce_dir = fresh_dir("touched");
+  train(cfg, ce_dir);
+  EXPECT_EQ(read_text(ce_dir + "/train.log").find("note: no loss term"), std::string::npos);
+}
+
 TEST(Trainer, NonFiniteLossStopsWithStepAndHint) {
   ExperimentConfig cfg = tiny_config("nan", 1);
   cfg.solver.lr = 1e12;

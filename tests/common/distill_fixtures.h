@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,16 @@ inline Batch tiny_batch(int64_t n, uint64_t seed) {
 
 inline std::vector<DistillTerm> terms_from(const std::string& json) {
   return parse_terms(Json::parse(json), "test.json");
+}
+
+// A Distiller of `terms` from a resnet8 student and a `teacher` (resnet14 by default: resnet8's widths,
+// deeper), both freshly initialised from `seed`, on the tiny inputs.
+inline std::unique_ptr<Distiller> tiny_distiller(const std::string& terms, uint64_t seed,
+                                                 const std::string& teacher = "resnet14") {
+  Generator gen(seed);
+  auto student = create_model("resnet8", kTinyModel, gen);
+  auto t = create_model(teacher, kTinyModel, gen);
+  return std::make_unique<Distiller>(student, t, terms_from(terms), DistillerOptions{}, kTinySample, gen);
 }
 
 // An empty directory under the test temp dir.

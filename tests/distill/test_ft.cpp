@@ -19,8 +19,6 @@ using namespace retort;
 
 namespace {
 
-const Shape& kSample = retort::testing::kTinySample;
-const ModelOptions& kOpts = retort::testing::kTinyModel;
 using retort::testing::error_of;
 using retort::testing::terms_from;
 using retort::testing::tiny_batch;
@@ -28,10 +26,7 @@ using retort::testing::train_steps;
 using retort::testing::write_checkpoint;
 
 std::unique_ptr<Distiller> make(const std::string& terms, uint64_t seed, const std::string& teacher = "resnet14") {
-  Generator gen(seed);
-  auto student = create_model("resnet8", kOpts, gen);
-  auto t = create_model(teacher, kOpts, gen);
-  return std::make_unique<Distiller>(student, t, terms_from(terms), DistillerOptions{}, kSample, gen);
+  return retort::testing::tiny_distiller(terms, seed, teacher);
 }
 
 const char* kParaphraser = R"([{"name": "para", "type": "ft", "params": {"phase": "paraphraser"}}])";

@@ -36,10 +36,7 @@ using retort::testing::write_checkpoint;
 std::string fresh_dir(const std::string& name) { return retort::testing::fresh_dir("mtkd_" + name); }
 
 std::unique_ptr<Distiller> make(const std::string& terms, uint64_t seed) {
-  Generator gen(seed);
-  auto student = create_model("resnet8", kOpts, gen);
-  auto teacher = create_model("resnet14", kOpts, gen);
-  return std::make_unique<Distiller>(student, teacher, terms_from(terms), DistillerOptions{}, kSample, gen);
+  return retort::testing::tiny_distiller(terms, seed);
 }
 
 Strategy& strategy(Distiller& d) { return *d.terms().back().strategy; }  // the mtkd_ssr term

@@ -295,7 +295,9 @@ TEST(ModelTaps, BatchNormBeforeEachPreactPoint) {
     auto model = build(c.arch);
     const auto bn = std::dynamic_pointer_cast<BatchNorm2d>(model->batch_norm_before(c.tap));
     ASSERT_TRUE(bn) << c.arch << " " << c.tap;
-    if (*c.bn) EXPECT_EQ(bn.get(), &model->find(c.bn)) << c.arch << " " << c.tap;
+    if (*c.bn) {
+      EXPECT_EQ(bn.get(), &model->find(c.bn)) << c.arch << " " << c.tap;
+    }
     auto seen = record_taps(*model, {c.tap}, input(kCifar100, 1));
     EXPECT_EQ(bn->weight().numel(), seen[c.tap].at(0)[1]) << c.arch << " " << c.tap;
   }

@@ -20,10 +20,14 @@ StageTaps read_stage_taps(JsonReader& p, const std::vector<std::string>& default
 
 PretrainedTerm read_pretrained_term(const PretrainedTermQuery& q) {
   PretrainedTerm r;
-  r.file = resolve_checkpoint(q.from);
-  const std::string where = q.who + " " + r.file;
   StateDict extra;
-  read_model_state(r.file, nullptr, &extra);
+  try {
+    r.file = resolve_checkpoint(q.from);
+    read_model_state(r.file, nullptr, &extra);
+  } catch (const Error& e) {
+    throw Error(q.who + " \"" + q.from + "\": " + e.what() + " (expected " + q.expected + ")");
+  }
+  const std::string where = q.who + " " + r.file;
   std::set<std::string> terms;  // the terms in the file that own such tensors
   for (const auto& [key, t] : extra) {
     const size_t h = key.find("." + q.owned);

@@ -133,6 +133,11 @@ TEST(FactorTransfer, DisagreementsWithThePhaseOneRunAreClearErrors) {
   e = error_of([] { terms_from(R"([{"type": "ft", "params": {"paraphraser_from": "x", "p2": 0.5}}])"); });
   EXPECT_NE(e.find("distill.terms[0].params.p2: must be >= 1, got 0.5"), std::string::npos) << e;
 
+  // A path that is not there.
+  e = error_of([&] { make(factor(::testing::TempDir() + "/retort_no_such_run"), 2); });
+  EXPECT_NE(e.find("ft paraphraser_from \"" + ::testing::TempDir() + "/retort_no_such_run\": "), std::string::npos) << e;
+  EXPECT_NE(e.find("expected a checkpoint (or run directory) of an ft run with phase \"paraphraser\""), std::string::npos) << e;
+
   // A run without a paraphraser (a CE run).
   const std::string ce_dir = retort::testing::fresh_dir("ft_ce");
   auto ce = make(R"([{"type": "ce"}])", 1);

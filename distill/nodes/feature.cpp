@@ -22,14 +22,16 @@ namespace {
 constexpr double kNormalizeEps = 1e-12;
 
 // Two NCHW feature maps of one float dtype and device, with the same batch size and no empty
-// dimension. The messages name both tensors, since a wrong tap usually shows as a wrong pair.
-void check_feature_pair(const char* op, const Tensor& fs, const Tensor& ft) {
-  fn::check_compatible(op, fs, ft, "student", "teacher");
-  RETORT_CHECK(fs.dim() == 4 && ft.dim() == 4, op, ": features must be 4-D [N, C, H, W], got student ",
-               fs.meta_str(), " and teacher ", ft.meta_str());
-  RETORT_CHECK(fs.shape()[0] == ft.shape()[0], op, ": student ", fs.meta_str(), " and teacher ", ft.meta_str(),
+// dimension. The messages name both tensors (as `a` and `b`), since a wrong tap usually shows as a
+// wrong pair.
+void check_feature_pair(const char* op, const Tensor& fs, const Tensor& ft, const char* a = "student",
+                        const char* b = "teacher") {
+  fn::check_compatible(op, fs, ft, a, b);
+  RETORT_CHECK(fs.dim() == 4 && ft.dim() == 4, op, ": features must be 4-D [N, C, H, W], got ", a, " ", fs.meta_str(),
+               " and ", b, " ", ft.meta_str());
+  RETORT_CHECK(fs.shape()[0] == ft.shape()[0], op, ": ", a, " ", fs.meta_str(), " and ", b, " ", ft.meta_str(),
                " have different batch sizes");
-  RETORT_CHECK(fs.numel() > 0 && ft.numel() > 0, op, ": empty features: student ", fs.meta_str(), " and teacher ",
+  RETORT_CHECK(fs.numel() > 0 && ft.numel() > 0, op, ": empty features: ", a, " ", fs.meta_str(), " and ", b, " ",
                ft.meta_str());
 }
 
@@ -357,14 +359,7 @@ Tensor ab_loss(const Tensor& s, const Tensor& t, double margin) {
 // ---- FSP and FT ----------------------------------------------------------------------------------
 
 Tensor fsp_matrix(const Tensor& bot, const Tensor& top) {
-  const char* op = "fsp_matrix";
-  fn::check_compatible(op, bot, top, "bot", "top");
-  RETORT_CHECK(bot.dim() == 4 && top.dim() == 4, op, ": features must be 4-D [N, C, H, W], got bot ", bot.meta_str(),
-               " and top ", top.meta_str());
-  RETORT_CHECK(bot.shape()[0] == top.shape()[0], op, ": bot ", bot.meta_str(), " and top ", top.meta_str(),
-               " have different batch sizes");
-  RETORT_CHECK(bot.numel() > 0 && top.numel() > 0, op, ": empty features: bot ", bot.meta_str(), " and top ",
-               top.meta_str());
+  check_feature_pair("fsp_matrix", bot, top, "bot", "top");
   const auto [b, t] = pool_to_common_size(bot, top);
   const int64_t B = b.shape()[0], Cb = b.shape()[1], Ct = t.shape()[1], L = b.shape()[2] * b.shape()[3];
   const Tensor g = matmul(reshape(t, {B, Ct, L}), transpose(reshape(b, {B, Cb, L}), 1, 2));

@@ -61,9 +61,9 @@ std::pair<Shape, Shape> StageStrategy::map_shapes(const TapShapes& shapes, size_
   return {s, t};
 }
 
-Tensor StageStrategy::sum_over_stages(const std::function<Tensor(size_t)>& term) const {
+Tensor StageStrategy::sum_over(size_t count, const std::function<Tensor(size_t)>& term) {
   Tensor total;
-  for (size_t i = 0; i < s_taps_.size(); ++i) {
+  for (size_t i = 0; i < count; ++i) {
     const Tensor l = term(i);
     total = total.defined() ? add(total, l) : l;
   }

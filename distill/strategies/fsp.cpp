@@ -34,13 +34,10 @@ class FSPStrategy final : public StageStrategy {
   }
 
   Tensor compute(const DistillContext& ctx) override {
-    Tensor total;
-    for (size_t i = 0; i + 1 < stages(); ++i) {
-      const Tensor l = fsp_loss(ctx.student_feature(s_taps_[i]), ctx.student_feature(s_taps_[i + 1]),
-                                ctx.teacher_feature(t_taps_[i]), ctx.teacher_feature(t_taps_[i + 1]));
-      total = total.defined() ? add(total, l) : l;
-    }
-    return total;
+    return sum_over(stages() - 1, [&](size_t i) {  // the pairs (i, i + 1); the factory asks for >= 2 taps
+      return fsp_loss(ctx.student_feature(s_taps_[i]), ctx.student_feature(s_taps_[i + 1]),
+                      ctx.teacher_feature(t_taps_[i]), ctx.teacher_feature(t_taps_[i + 1]));
+    });
   }
   Json params() const override { return stage_params(); }
 };

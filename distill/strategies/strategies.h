@@ -37,7 +37,9 @@ class StageStrategy : public Strategy {
   // naming the strategy, the stage and its taps).
   std::pair<Shape, Shape> map_shapes(const TapShapes& shapes, size_t i) const;
   // Σ_i term(i) over the stages.
-  Tensor sum_over_stages(const std::function<Tensor(size_t)>& term) const;
+  Tensor sum_over_stages(const std::function<Tensor(size_t)>& term) const { return sum_over(stages(), term); }
+  // Σ_{i < count} term(i) (FSP sums over the stages() − 1 consecutive pairs); count >= 1.
+  static Tensor sum_over(size_t count, const std::function<Tensor(size_t)>& term);
   // {"student_taps": …, "teacher_taps": …} plus `more`, for params().
   Json stage_params(Json more = Json::object()) const;
 

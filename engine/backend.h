@@ -127,6 +127,15 @@ class Backend {
   virtual void gather_rows(const Tensor& table, const Tensor& indices, Tensor& out) = 0;
   virtual void scatter_rows(Tensor& table, const Tensor& indices, const Tensor& rows) = 0;
 
+  // Symmetric eigendecomposition of a batch of matrices a [B, n, n] (symmetric: only the lower triangle
+  // is read): values [B, n] ascending, vectors [B, n, n] with column j the unit eigenvector of value j
+  // (a = V diag(values) V^T). Each eigenvector's sign is fixed so that its component of largest
+  // magnitude (the first of equals) is positive: LAPACK and cuSOLVER return arbitrary signs, this makes
+  // the result the same on every backend (up to rounding, for distinct eigenvalues). CPU: LAPACK
+  // ?syevd per matrix; CUDA: cusolverDnXsyevBatched. Throws naming the batch entry when a
+  // decomposition does not converge.
+  virtual void symeig(const Tensor& a, Tensor& values, Tensor& vectors) = 0;
+
   // ---- convolution: x [N, C, H, W], w [O, C/groups, KH, KW], y [N, O, OH, OW] -----------------
   // `bias` may be undefined.
   virtual void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias,

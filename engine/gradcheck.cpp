@@ -126,7 +126,7 @@ Registry& registry() {
         "abs", "clamp", "relu", "leaky_relu", "sigmoid", "tanh", "to_dtype", "clone",
         "sum", "mean", "max", "min", "var", "stddev",
         "reshape", "flatten", "unsqueeze", "squeeze", "permute", "transpose", "slice", "cat", "pad", "expand",
-        "matmul", "linear",
+        "matmul", "linear", "eigh",
         "conv2d", "batch_norm", "batch_norm_relu",
         "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "interpolate_nearest",
         "affine_grid", "grid_sample",

@@ -107,6 +107,10 @@ class ProfilingBackend final : public Backend {
     Timer t(b_, "gemm", 2.0 * double(g.m) * double(g.n) * double(g.k) * double(g.batch));
     b_.gemm(g);
   }
+  void symeig(const Tensor& a, Tensor& values, Tensor& vectors) override {
+    Timer t(b_, "symeig");
+    b_.symeig(a, values, vectors);
+  }
 
   void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p,
                       Tensor& y) override {

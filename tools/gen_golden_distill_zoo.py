@@ -1,8 +1,8 @@
-"""Golden fixtures for VID, NST, CC, OFD, AB, FSP and FT (distill/nodes/feature.h vid_loss, nst_loss,
+"""Golden fixtures for VID, NST, CC, OFD, AB, FSP, FT and KDSVD (distill/nodes/feature.h vid_loss, nst_loss,
 ofd_loss, ofd_margin, ab_loss, fsp_matrix, fsp_loss and ft_loss, distill/nodes/relation.h cc_loss;
 distill/connectors.h Paraphraser and Translator): each is computed with the reference implementation's
 own code (copied below from RepDistiller's distiller_zoo: VID.py, NST.py, CC.py, AB.py, FSP.py, FT.py,
-and models/util.py; mdistiller's distillers/OFD.py) and differentiated by PyTorch, in float64. tests/distill/test_zoo_nodes.cpp recomputes them with Retort in f64 and f32.
+and models/util.py; mdistiller's distillers/OFD.py and KDSVD.py) and differentiated by PyTorch, in float64. tests/distill/test_zoo_nodes.cpp recomputes them with Retort in f64 and f32.
 
 Regenerate (Debian's python3-torch):
   cd tools && /usr/bin/python3 gen_golden_distill_zoo.py ../tests/fixtures/golden_distill_zoo.safetensors
@@ -233,6 +233,72 @@ class Translator(torch.nn.Module):
         return self.encoder(f_s)
 
 
+# mdistiller distillers/KDSVD.py: kdsvd_loss, svd, removenan, align_rsv. Two changes, both marked:
+# svd keeps the input's dtype (the reference calls .float()), and the right singular vectors get
+# Retort's sign convention (each column's largest-magnitude entry positive) — torch.svd leaves the sign
+# to LAPACK, and the loss depends on the teacher's signs.
+def kdsvd_loss(g_s, g_t, k):
+    v_sb = None
+    v_tb = None
+    losses = []
+    for i, f_s, f_t in zip(range(len(g_s)), g_s, g_t):
+        u_t, s_t, v_t = kdsvd_svd(f_t, k)
+        u_s, s_s, v_s = kdsvd_svd(f_s, k + 3)
+        v_s, v_t = align_rsv(v_s, v_t)
+        s_t = s_t.unsqueeze(1)
+        v_t = v_t * s_t
+        v_s = v_s * s_t
+
+        if i > 0:
+            s_rbf = torch.exp(-(v_s.unsqueeze(2) - v_sb.unsqueeze(1)).pow(2) / 8)
+            t_rbf = torch.exp(-(v_t.unsqueeze(2) - v_tb.unsqueeze(1)).pow(2) / 8)
+
+            l2loss = (s_rbf - t_rbf.detach()).pow(2)
+            l2loss = torch.where(torch.isfinite(l2loss), l2loss, torch.zeros_like(l2loss))
+            losses.append(l2loss.sum())
+
+        v_tb = v_t
+        v_sb = v_s
+
+    bsz = g_s[0].shape[0]
+    losses = [l / bsz for l in losses]
+    return sum(losses)
+
+
+def kdsvd_svd(feat, n=1):
+    size = feat.shape
+    assert len(size) == 4
+
+    x = feat.view(size[0], size[1] * size[2], size[3])  # changed: no .float()
+    u, s, v = torch.svd(x)
+    # changed: Retort's sign convention for the right singular vectors
+    v = v * torch.sign(torch.gather(v, 1, v.abs().argmax(dim=1, keepdim=True))).detach()
+
+    u = removenan(u)
+    s = removenan(s)
+    v = removenan(v)
+
+    if n > 0:
+        u = F.normalize(u[:, :, :n], dim=1)
+        s = F.normalize(s[:, :n], dim=1)
+        v = F.normalize(v[:, :, :n], dim=1)
+
+    return u, s, v
+
+
+def removenan(x):
+    x = torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+    return x
+
+
+def align_rsv(a, b):
+    cosine = torch.matmul(a.transpose(-2, -1), b)
+    max_abs_cosine, _ = torch.max(torch.abs(cosine), 1, keepdim=True)
+    mask = torch.where(torch.eq(max_abs_cosine, torch.abs(cosine)), torch.sign(cosine), torch.zeros_like(cosine))
+    a = torch.matmul(a, mask)
+    return a, b
+
+
 def module_case(name, module, fn, x):
     """Inputs: x, then the module's parameters in its named_parameters order (the order Retort's
     Module::parameters() has), so the test loads in1.. into its own module; training mode (BN batch
@@ -303,6 +369,16 @@ para = Paraphraser((2, 6, 4, 4))
 module_case("paraphraser_reconstruction", para, lambda out: out[1], r(2, 6, 4, 4))
 module_case("paraphraser_factor", para, lambda out: out[0], r(2, 6, 4, 4))
 module_case("translator", Translator((2, 4, 4, 4), (2, 6, 4, 4)), lambda out: out, r(3, 4, 4, 4))
+
+# KDSVD over three stages of widths 8, 4, 2 (the student's k + 3 candidates clipped to 2 at the last),
+# channels and heights differing between the networks; full-rank maps (C·H >= W, no ReLU zeros), so
+# torch.svd's gradient is finite; the teacher frozen as in mdistiller. k = 1 (mdistiller's default), 2.
+for k in (1, 2):
+    case(f"kdsvd_three_stages_k{k}", lambda s1, s2, s3, t1, t2, t3, k=k: kdsvd_loss([s1, s2, s3], [t1, t2, t3], k),
+         r(2, 3, 4, 8), r(2, 4, 3, 4), r(2, 5, 2, 2), r(2, 4, 4, 8), r(2, 6, 2, 4), r(2, 3, 2, 2), grads={0, 1, 2})
+# The singular vectors alone (two of them and their values)
+case("kdsvd_svd_top2", lambda f: torch.cat([kdsvd_svd(f, 2)[2], torch.svd(f.view(2, 12, 5))[1][:, None, :2]], 1),
+     r(2, 3, 4, 5))
 
 save_safetensors(sys.argv[1], tensors, {"generator": "tools/gen_golden_distill_zoo.py", "seed": 0})
 print(f"wrote {len(tensors)} tensors to {sys.argv[1]}")

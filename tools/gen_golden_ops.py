@@ -64,5 +64,17 @@ case("smooth_l1_loss", lambda a, b: F.smooth_l1_loss(a, b), r(4, 5) * 1.5, r(4, 
 case("smooth_l1_loss_beta0_5", lambda a, b: F.smooth_l1_loss(a, b, beta=0.5), r(3, 6), r(3, 6))
 case("leaky_relu_0_1", lambda x: F.leaky_relu(x, 0.1), r(3, 7))
 
+
+def eigh_signed(x):
+    """torch.linalg.eigh of (x + x^T) / 2 with Retort's sign convention: each eigenvector's component
+    of largest magnitude is positive (the sign is piecewise constant, so it carries no gradient)."""
+    w, v = torch.linalg.eigh((x + x.transpose(-1, -2)) / 2)
+    sign = torch.sign(torch.gather(v, -2, v.abs().argmax(dim=-2, keepdim=True))).detach()
+    return w, v * sign
+
+
+case("eigh", lambda x: torch.cat([eigh_signed(x)[0].unsqueeze(-2), eigh_signed(x)[1]], -2), r(3, 5, 5))
+case("eigh_top_vector", lambda x: eigh_signed(x)[1][..., -1:], r(2, 6, 6))
+
 save_safetensors(sys.argv[1], tensors, {"generator": "tools/gen_golden_ops.py", "seed": 0})
 print(f"wrote {len(tensors)} tensors to {sys.argv[1]}")

@@ -3,6 +3,7 @@
 
 #include "distill/nodes/contrast.h"
 #include "distill/nodes/feature.h"
+#include "distill/nodes/kdsvd.h"
 #include "distill/nodes/logit.h"
 #include "distill/nodes/relation.h"
 #include "distill/nodes/sokd.h"
@@ -18,6 +19,7 @@ void register_distill_gradchecks() {
   add_gradcheck_family(add_relation_node_checks, relation_node_functions());
   add_gradcheck_family(add_stage_node_checks, stage_node_functions());
   add_gradcheck_family(add_sokd_node_checks, sokd_node_functions());
+  add_gradcheck_family(add_kdsvd_node_checks, kdsvd_node_functions());
 }
 
 }  // namespace retort

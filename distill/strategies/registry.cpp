@@ -21,6 +21,7 @@ void register_builtin_strategies() {
   register_ofd_strategy();
   register_ab_strategy();
   register_fsp_strategy();
+  register_kdsvd_strategy();
   register_ft_strategy();
   register_generous_teacher_strategy();
   register_mtkd_ssr_strategy();

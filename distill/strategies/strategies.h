@@ -79,6 +79,7 @@ void register_cc_strategy();
 void register_ofd_strategy();
 void register_ab_strategy();
 void register_fsp_strategy();
+void register_kdsvd_strategy();
 void register_ft_strategy();
 void register_generous_teacher_strategy();
 void register_mtkd_ssr_strategy();

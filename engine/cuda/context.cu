@@ -48,6 +48,28 @@ void fail_cudnn(cudnnStatus_t st, const char* expr, const char* file, int line, 
   RETORT_FAIL("cuDNN error: ", expr, " failed with ", cudnnGetErrorString(st), asked(what), where(file, line));
 }
 
+namespace {
+// cuSOLVER has no status-to-string function; the names of cusolver_common.h.
+const char* cusolver_status_name(cusolverStatus_t st) {
+  switch (st) {
+    case CUSOLVER_STATUS_SUCCESS: return "CUSOLVER_STATUS_SUCCESS";
+    case CUSOLVER_STATUS_NOT_INITIALIZED: return "CUSOLVER_STATUS_NOT_INITIALIZED";
+    case CUSOLVER_STATUS_ALLOC_FAILED: return "CUSOLVER_STATUS_ALLOC_FAILED (out of device memory)";
+    case CUSOLVER_STATUS_INVALID_VALUE: return "CUSOLVER_STATUS_INVALID_VALUE";
+    case CUSOLVER_STATUS_ARCH_MISMATCH: return "CUSOLVER_STATUS_ARCH_MISMATCH";
+    case CUSOLVER_STATUS_EXECUTION_FAILED: return "CUSOLVER_STATUS_EXECUTION_FAILED";
+    case CUSOLVER_STATUS_INTERNAL_ERROR: return "CUSOLVER_STATUS_INTERNAL_ERROR";
+    case CUSOLVER_STATUS_NOT_SUPPORTED: return "CUSOLVER_STATUS_NOT_SUPPORTED";
+    default: return "an unnamed cuSOLVER status";
+  }
+}
+}  // namespace
+
+void fail_cusolver(cusolverStatus_t st, const char* expr, const char* file, int line, const std::string& what) {
+  RETORT_FAIL("cuSOLVER error: ", expr, " failed with ", cusolver_status_name(st), " (", static_cast<int>(st), ")",
+              asked(what), where(file, line));
+}
+
 Context::Context(int device) : device_(device) {
   const int n = device_count();
   RETORT_CHECK(device >= 0 && device < n, "cuda:", device, ": ", n, " CUDA device(s) visible");
@@ -62,9 +84,25 @@ Context::Context(int device) : device_(device) {
 Context::~Context() {
   // Process exit: errors are ignored here (the driver may already be shutting down).
   if (workspace_) raw_free(device_, workspace_);
+  if (cusolver_params_) cusolverDnDestroyParams(cusolver_params_);
+  if (cusolver_) cusolverDnDestroy(cusolver_);
   if (cudnn_) cudnnDestroy(cudnn_);
   if (cublas_) cublasDestroy(cublas_);
   if (stream_) cudaStreamDestroy(stream_);
+}
+
+cusolverDnHandle_t Context::cusolver() {
+  if (!cusolver_) {
+    RETORT_CUSOLVER_CHECK(cusolverDnCreate(&cusolver_), "creating the cuSOLVER handle of cuda:", device_);
+    RETORT_CUSOLVER_CHECK(cusolverDnSetStream(cusolver_, stream_), "binding cuSOLVER to the stream of cuda:", device_);
+  }
+  return cusolver_;
+}
+
+cusolverDnParams_t Context::cusolver_params() {
+  if (!cusolver_params_)
+    RETORT_CUSOLVER_CHECK(cusolverDnCreateParams(&cusolver_params_), "creating cuSOLVER parameters on cuda:", device_);
+  return cusolver_params_;
 }
 
 void Context::make_current() const {

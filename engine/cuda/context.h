@@ -1,4 +1,4 @@
-// The CUDA context of one device: its stream, cuBLAS and cuDNN handles, a scratch workspace, and the
+// The CUDA context of one device: its stream, cuBLAS, cuDNN and cuSOLVER handles, a scratch workspace, and the
 // checks that turn every failed CUDA, cuBLAS and cuDNN call into a retort::Error.
 //
 // One stream per device: every kernel, copy and library call of the backend is issued on it, so the
@@ -14,6 +14,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
+#include <cusolverDn.h>
 
 #include <cstddef>
 #include <string>
@@ -26,6 +27,8 @@ namespace retort::cuda {
 [[noreturn]] void fail_cuda(cudaError_t err, const char* expr, const char* file, int line, const std::string& what);
 [[noreturn]] void fail_cublas(cublasStatus_t st, const char* expr, const char* file, int line, const std::string& what);
 [[noreturn]] void fail_cudnn(cudnnStatus_t st, const char* expr, const char* file, int line, const std::string& what);
+[[noreturn]] void fail_cusolver(cusolverStatus_t st, const char* expr, const char* file, int line,
+                                const std::string& what);
 
 #define RETORT_CUDA_CHECK(expr, ...)                                                                       \
   do {                                                                                                     \
@@ -45,6 +48,13 @@ namespace retort::cuda {
     if (retort_st_ != CUDNN_STATUS_SUCCESS)                                                                 \
       ::retort::cuda::fail_cudnn(retort_st_, #expr, __FILE__, __LINE__, ::retort::detail::cat(__VA_ARGS__)); \
   } while (0)
+#define RETORT_CUSOLVER_CHECK(expr, ...)                                                                       \
+  do {                                                                                                         \
+    const cusolverStatus_t retort_st_ = (expr);                                                                \
+    if (retort_st_ != CUSOLVER_STATUS_SUCCESS)                                                                 \
+      ::retort::cuda::fail_cusolver(retort_st_, #expr, __FILE__, __LINE__, ::retort::detail::cat(__VA_ARGS__)); \
+  } while (0)
+
 // After a kernel launch: catches bad launch configurations at once (asynchronous faults surface at the
 // next synchronising call, which is checked too).
 #define RETORT_CUDA_LAUNCH_CHECK(...) RETORT_CUDA_CHECK(cudaGetLastError(), "launching ", __VA_ARGS__)
@@ -60,6 +70,10 @@ class Context {
   cudaStream_t stream() const { return stream_; }
   cublasHandle_t cublas() const { return cublas_; }
   cudnnHandle_t cudnn() const { return cudnn_; }
+  // cuSOLVER's dense handle (bound to the stream) and its default 64-bit-API parameters, created on
+  // first use: only symeig needs them.
+  cusolverDnHandle_t cusolver();
+  cusolverDnParams_t cusolver_params();
   // Scratch memory of at least `bytes` on this device (for cuDNN and reductions). Valid until the next
   // call that asks for more; work using it is stream-ordered, so growing it after earlier work was
   // queued is safe (the old block returns to the caching allocator, which reuses it in stream order).
@@ -74,6 +88,8 @@ class Context {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   cudnnHandle_t cudnn_ = nullptr;
+  cusolverDnHandle_t cusolver_ = nullptr;
+  cusolverDnParams_t cusolver_params_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
 };

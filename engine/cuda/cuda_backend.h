@@ -38,6 +38,7 @@ class CudaBackend final : public Backend {
   void strided_copy(const Tensor& src, const StridedView& src_view, Tensor& dst, const StridedView& dst_view,
                     const Shape& shape) override;
   void gemm(const GemmArgs& args) override;
+  void symeig(const Tensor& a, Tensor& values, Tensor& vectors) override;
   void gather_rows(const Tensor& table, const Tensor& indices, Tensor& out) override;
   void scatter_rows(Tensor& table, const Tensor& indices, const Tensor& rows) override;
 

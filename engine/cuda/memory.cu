@@ -21,7 +21,7 @@ bool CudaBackend::supports(const std::string& kernel, DType dtype) const {
   // Names that are not Backend methods are not supported (backend.h: answer false, never guess).
   static const char* const kKernels[] = {
       "allocate", "deallocate", "copy_to_host", "copy_from_host", "copy", "fill", "cast", "unary", "binary",
-      "reduce", "strided_copy", "gather_rows", "scatter_rows", "gemm", "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
+      "reduce", "strided_copy", "gather_rows", "scatter_rows", "gemm", "symeig", "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
       "batchnorm_forward_train", "batchnorm_forward_eval", "batchnorm_backward", "max_pool2d_forward",
       "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward", "adaptive_avg_pool2d_forward",
       "adaptive_avg_pool2d_backward", "upsample_nearest2d_forward", "upsample_nearest2d_backward",

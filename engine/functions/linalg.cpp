@@ -119,4 +119,38 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
                 });
 }
 
+EighResult eigh(const Tensor& a) {
+  fn::check_float("eigh", a);
+  RETORT_CHECK(a.dim() >= 2 && a.shape()[a.dim() - 1] == a.shape()[a.dim() - 2],
+               "eigh: expected square matrices [.., n, n], got ", a.meta_str());
+  const int64_t n = a.shape()[a.dim() - 1];
+  const Shape batch_shape(a.shape().begin(), a.shape().end() - 2);
+  const int64_t nb = shape_numel(batch_shape);
+  // Symmetrise (differentiably), then decompose the contiguous [nb, n, n] stack.
+  const Tensor s = reshape(affine(add(a, transpose(a, -2, -1)), 0.5, 0.0), {nb, n, n});
+  Tensor values = Tensor::empty({nb, n}, a.dtype(), a.device());
+  Tensor vectors = Tensor::empty({nb, n, n}, a.dtype(), a.device());
+  backend_for(a).symeig(s, values, vectors);
+  const Tensor v = saved(vectors), l = saved(values);
+  // The two outputs record separate nodes into the same input; their gradients add up at s, which is
+  // the joint backward since it is linear in (grad_values, grad_vectors).
+  values = record(values, "EighValuesBackward", {s}, [v](const Tensor& g, const Node&) {
+    // V diag(g) V^T = (V scaled column-wise by g) @ V^T
+    return std::vector<Tensor>{matmul(mul(v, unsqueeze(g, 1)), transpose(v, 1, 2))};
+  });
+  vectors = record(vectors, "EighVectorsBackward", {s}, [v, l](const Tensor& g, const Node&) {
+    const Tensor m = matmul(transpose(v, 1, 2), g);
+    const Tensor k = affine(sub(m, transpose(m, 1, 2)), 0.5, 0.0);
+    const Tensor den = sub(unsqueeze(l, 1), unsqueeze(l, 2));  // [i, j] = l_j - l_i
+    // Where k is exactly 0 the denominator gets + 1, so an unused degenerate pair gives 0, not 0/0.
+    const Tensor r = div(k, add(den, eq(k, Tensor::zeros({}, k.dtype(), k.device()))));
+    return std::vector<Tensor>{matmul(matmul(v, r), transpose(v, 1, 2))};
+  });
+  Shape vs = batch_shape, ws = batch_shape;
+  vs.push_back(n);
+  vs.push_back(n);
+  ws.push_back(n);
+  return {reshape(values, ws), reshape(vectors, vs)};
+}
+
 }  // namespace retort

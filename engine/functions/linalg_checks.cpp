@@ -1,5 +1,6 @@
-// Gradchecks for matmul and linear.
+// Gradchecks for matmul, linear and eigh.
 #include "engine/functions/linalg.h"
+#include "engine/functions/shape.h"
 #include "engine/gradcheck.h"
 
 namespace retort {
@@ -24,6 +25,21 @@ void add_linalg_checks(std::vector<GradcheckCase>& out) {
   out.push_back({"linear.no_bias_3d", "linear",
                  [](Generator& g) { return Inputs{gc_randn({2, 3, 4}, g), gc_randn({2, 4}, g)}; },
                  [](const Inputs& in) { return linear(in[0], in[1]); }});
+  // eigh: random matrices (not symmetric: eigh symmetrises, so every entry has a gradient); their
+  // eigenvalues are distinct with probability 1 and the seeded draws keep the gaps far above the
+  // finite-difference step.
+  out.push_back({"eigh.values", "eigh", [](Generator& g) { return Inputs{gc_randn({2, 4, 4}, g)}; },
+                 [](const Inputs& in) { return eigh(in[0]).values; }});
+  out.push_back({"eigh.vectors", "eigh", [](Generator& g) { return Inputs{gc_randn({2, 4, 4}, g)}; },
+                 [](const Inputs& in) { return eigh(in[0]).vectors; }});
+  out.push_back({"eigh.both_2d", "eigh", [](Generator& g) { return Inputs{gc_randn({3, 3}, g)}; },
+                 [](const Inputs& in) {
+                   const EighResult e = eigh(in[0]);
+                   return cat({unsqueeze(e.values, 0), e.vectors}, 0);
+                 }});
+  // Only the top eigenvector used (as KDSVD does): the pairs of unused vectors contribute 0.
+  out.push_back({"eigh.top_vector", "eigh", [](Generator& g) { return Inputs{gc_randn({2, 5, 5}, g)}; },
+                 [](const Inputs& in) { return slice(eigh(in[0]).vectors, 2, 4, 5); }});
 }
 
 }  // namespace retort

@@ -17,6 +17,7 @@
 #include "layers/layers.h"
 #include "models/registry.h"
 #include "tests/common/distill_fixtures.h"
+#include "tests/common/golden.h"
 
 using namespace retort;
 namespace fs = std::filesystem;
@@ -79,6 +80,8 @@ TEST(Strategies, EveryBuiltinTrainsOneStep) {
       R"([{"type": "ab"}])",
       R"([{"type": "fsp"}])",  // resnet14 has resnet8's widths
       R"([{"type": "fsp", "params": {"student_taps": ["layer2", "layer3"]}}, {"type": "ce"}])",
+      R"([{"type": "kdsvd"}, {"type": "ce"}])",
+      R"([{"type": "kdsvd", "params": {"k": 2, "student_taps": ["layer2", "layer3"]}}])",
       R"([{"type": "ce"}, {"type": "generous_teacher", "weight": 8}])",
       R"([{"type": "generous_teacher", "params": {"select": "teacher_correct", "tckd_weight": 1}}])",
       R"([{"type": "ce"}, {"type": "mtkd_ssr"}])",
@@ -93,8 +96,34 @@ TEST(Strategies, EveryBuiltinTrainsOneStep) {
   // Connectors bridge different widths: resnet8 (16..64 channels) from resnet8x4 (64..256).
   for (const char* c : {R"([{"type": "fitnet"}])", R"([{"type": "cwd"}])", R"([{"type": "reviewkd"}])",
                         R"([{"type": "mtkd_ssr"}])", R"([{"type": "sp"}, {"type": "pkt"}, {"type": "rkd"}])",
-                        R"([{"type": "vid"}, {"type": "nst"}, {"type": "cc"}, {"type": "ofd"}, {"type": "ab"}])"})
+                        R"([{"type": "vid"}, {"type": "nst"}, {"type": "cc"}, {"type": "ofd"}, {"type": "ab"}])",
+                        R"([{"type": "kdsvd"}])"})
     one_step(c, "resnet8", "resnet8x4");
+}
+
+// KDSVD shows each tap's compared singular vectors (the student's aligned to the teacher's) and how
+// close they are; a student distilled from itself matches exactly.
+TEST(Strategies, KdsvdShowsItsSingularVectors) {
+  Generator gen(1), gen_same(1);
+  auto student = create_model("resnet8", kOpts, gen);
+  auto teacher = create_model("resnet8", kOpts, gen_same);  // the same weights
+  Distiller d(student, teacher, terms_from(R"([{"type": "kdsvd", "params": {"k": 2}}])"), {}, kSample, gen);
+  d.train(false);
+  Tensor logits;
+  const LossTerms terms = d.losses(make_batch(6, 4), TrainProgress{}, logits);
+  ASSERT_EQ(terms.size(), 1u);
+  EXPECT_EQ(terms[0].first, "kdsvd");
+  EXPECT_NEAR(terms[0].second.item(), 0.0, 1e-9);
+  std::map<std::string, Tensor> views;
+  for (const auto& [k, v] : d.views()) views[k] = v;
+  ASSERT_EQ(views.count("term.kdsvd.student_vectors.layer1"), 1u);
+  EXPECT_EQ(views.at("term.kdsvd.student_vectors.layer1").shape(), (Shape{6, 16, 2}));
+  EXPECT_EQ(views.at("term.kdsvd.teacher_vectors.layer3").shape(), (Shape{6, 4, 2}));
+  EXPECT_TRUE(retort::testing::close_to("same network", views.at("term.kdsvd.student_vectors.layer2"),
+                                        views.at("term.kdsvd.teacher_vectors.layer2"), 1e-5, 1e-5));
+  std::string text;
+  for (const auto& n : d.view_notes()) text += n + "\n";
+  EXPECT_NE(text.find("term kdsvd (kdsvd): layer1 singular vectors |cos| student vs teacher 1;"), std::string::npos) << text;
 }
 
 // The relation strategies show both networks' relation maps of the latest batch (retort-inspect --distill,
@@ -341,6 +370,10 @@ TEST(Distiller, ConfigErrorsNameTheTerm) {
   expect_error(R"([{"type": "ab", "params": {"margin": -0.5}}])", "distill.terms[0].params.margin: must be >= 0");
   expect_error(R"([{"type": "fsp", "params": {"student_taps": ["layer3"]}}])",
                "distill.terms[0].params.student_taps: FSP compares consecutive taps, so it needs at least 2, got 1");
+  expect_error(R"([{"type": "kdsvd", "params": {"student_taps": ["layer3"]}}])",
+               "distill.terms[0].params.student_taps: KDSVD relates consecutive taps, so it needs at least 2, got 1");
+  expect_error(R"([{"type": "kdsvd", "params": {"k": 0}}])",
+               "distill.terms[0].params.k: the number of singular vectors must be >= 1, got 0");
 }
 
 TEST(Distiller, UnbridgeableFeaturesAndMissingTeacherAreClearErrors) {
@@ -365,6 +398,27 @@ TEST(Distiller, UnbridgeableFeaturesAndMissingTeacherAreClearErrors) {
     const std::string msg = e.what();
     EXPECT_NE(msg.find("fsp: stage 0 (student tap \":stem\", teacher tap \":stem\"): FSP compares"), std::string::npos) << msg;
     EXPECT_NE(msg.find("student [2, 16, 16, 16] and teacher [2, 32, 16, 16]"), std::string::npos) << msg;
+  }
+  // KDSVD's singular vectors have one entry per column: taps of different widths are refused, and so
+  // is asking for more vectors than a map has columns.
+  try {
+    Distiller d(student, teacher,
+                terms_from(R"([{"type": "kdsvd", "params": {"student_taps": ["layer1", "layer2"], "teacher_taps": ["layer2", "layer3"]}}])"),
+                {}, kSample, gen);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("kdsvd: stage 0 (student tap \"layer1\", teacher tap \"layer2\"): KDSVD compares right singular "
+                       "vectors"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("student [2, 16, 16, 16] and teacher [2, 32, 8, 8]"), std::string::npos) << msg;
+  }
+  try {
+    Distiller d(student, teacher, terms_from(R"([{"type": "kdsvd", "params": {"k": 5}}])"), {}, kSample, gen);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("stage 2 (student tap \"layer3\", teacher tap \"layer3\"): k = 5 singular vectors, but the map "
+                       "is only 4 wide: [2, 64, 4, 4]"), std::string::npos) << msg;
   }
   try {
     Distiller d(student, nullptr, terms_from(R"([{"type": "kd"}])"), {}, kSample, gen);

@@ -14,6 +14,7 @@
 
 #include "distill/connectors.h"
 #include "distill/nodes/feature.h"
+#include "distill/nodes/kdsvd.h"
 #include "distill/nodes/relation.h"
 #include "engine/autograd.h"
 #include "engine/functions.h"
@@ -324,6 +325,20 @@ TEST_P(GoldenZoo, FlowOfSolutionProcedure) {
                  total = total.defined() ? add(total, l) : l;
                }
                return total;
+             },
+             GetParam());
+}
+
+// KDSVD against mdistiller's kdsvd_loss (its svd with our sign convention for the singular vectors):
+// three stages, k = 1 and 2, the teacher frozen; and the top-2 singular vectors and values of one map.
+TEST_P(GoldenZoo, KnowledgeDistillationWithSvd) {
+  for (int64_t k : {1, 2})
+    check_case("kdsvd_three_stages_k" + std::to_string(k),
+               [k](const auto& in) { return kdsvd_loss({in[0], in[1], in[2]}, {in[3], in[4], in[5]}, k); }, GetParam());
+  check_case("kdsvd_svd_top2",
+             [](const auto& in) {
+               const SvdFeature s = kdsvd_svd(in[0], 2);
+               return cat({s.vectors, unsqueeze(s.values, 1)}, 1);
              },
              GetParam());
 }

@@ -30,6 +30,7 @@
 #include "distill/connectors.h"
 #include "distill/nodes/contrast.h"
 #include "distill/nodes/feature.h"
+#include "distill/nodes/kdsvd.h"
 #include "distill/nodes/logit.h"
 #include "distill/nodes/relation.h"
 #include "distill/nodes/sokd.h"
@@ -567,6 +568,30 @@ TEST(CudaParity, MatmulAndLinear) {
   }
 }
 
+// eigh (cuSOLVER's batched syev against LAPACK's syevd): values, sign-fixed vectors and the gradient
+// through both, n below and above 32 (cuSOLVER switches algorithms there); then the kernel directly on
+// a matrix that is not symmetric, where both backends must read the same (lower, row-major) triangle.
+TEST(CudaParity, SymmetricEigendecomposition) {
+  REQUIRE_GPU();
+  Generator gen(21);
+  for (DType dt : kFloatTypes) {
+    for (const Shape& s : std::vector<Shape>{{3, 3}, {6, 8, 8}, {2, 33, 33}}) {
+      const Tensor a = Tensor::randn(s, gen, dt);
+      check_parity(label("eigh values", dt, s), {In(a, true, "a")}, [](const Ts& t) { return retort::eigh(t[0]).values; },
+                   Kind::Gemm, Kind::Gemm);
+      check_parity(label("eigh vectors", dt, s), {In(a, true, "a")},
+                   [](const Ts& t) { return retort::eigh(t[0]).vectors; }, Kind::Gemm, Kind::Gemm);
+    }
+    const Tensor a = Tensor::randn({4, 6, 6}, gen, dt);
+    Tensor wc = Tensor::empty({4, 6}, dt), vc = Tensor::empty({4, 6, 6}, dt);
+    Tensor wg = Tensor::empty({4, 6}, dt, kCuda), vg = Tensor::empty({4, 6, 6}, dt, kCuda);
+    backend_for(Device::cpu()).symeig(a, wc, vc);
+    backend_for(kCuda).symeig(a.to(kCuda), wg, vg);
+    EXPECT_TRUE(tensors_close(label("symeig kernel (lower triangle)", dt, a.shape()), "values", wc, wg, Kind::Gemm));
+    EXPECT_TRUE(tensors_close(label("symeig kernel (lower triangle)", dt, a.shape()), "vectors", vc, vg, Kind::Gemm));
+  }
+}
+
 // The GEMM kernel through the Backend interface: every trans_a/trans_b combination, alpha and beta,
 // leading dimensions wider than the matrices (the padding columns must stay untouched), batch strides
 // including a shared (stride 0) operand.
@@ -970,6 +995,13 @@ TEST(CudaParity, FeatureDistillationLosses) {
                  [](const Ts& t) { return retort::fsp_loss(t[0], t[1], t[2], t[3]); }, Kind::Reduction, Kind::Reduction);
     check_parity(label("ft_loss (pooled student)", dt, fs.shape()), {In(fs, true, "student"), In(ft, true, "teacher")},
                  [](const Ts& t) { return retort::ft_loss(t[0], t[1]); }, Kind::Reduction, Kind::Reduction);
+    // KDSVD over fs (8 wide) and a 4-wide stage: Gram matrices, eigh (cuSOLVER), alignment, kernels;
+    // the teacher's maps fixed.
+    const Tensor s2 = Tensor::randn({2, 5, 4, 4}, gen, dt), t1 = Tensor::randn({2, 3, 6, 8}, gen, dt);
+    check_parity(label("kdsvd_loss k 1", dt, fs.shape()),
+                 {In(fs, true, "student stage 0"), In(s2, true, "student stage 1"), fixed(t1, "teacher stage 0"),
+                  fixed(ft, "teacher stage 1")},
+                 [](const Ts& t) { return retort::kdsvd_loss({t[0], t[1]}, {t[2], t[3]}, 1); }, Kind::Gemm, Kind::Gemm);
   }
 }
 

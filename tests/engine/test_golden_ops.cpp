@@ -73,3 +73,13 @@ TEST(GoldenOps, ReductionsAndShapes) {
   check_case("matmul_batched", [](const auto& in) { return matmul(in[0], in[1]); });
   check_case("pad", [](const auto& in) { return pad(in[0], {1, 2, 0, 1}, 0.5); });
 }
+
+// eigh against torch.linalg.eigh (with our sign convention applied on the torch side): values and
+// vectors with the gradient through both, and through the top eigenvector alone.
+TEST(GoldenOps, Eigh) {
+  check_case("eigh", [](const auto& in) {
+    const EighResult e = eigh(in[0]);
+    return cat({unsqueeze(e.values, 1), e.vectors}, 1);
+  });
+  check_case("eigh_top_vector", [](const auto& in) { return slice(eigh(in[0]).vectors, 2, 5, 6); });
+}

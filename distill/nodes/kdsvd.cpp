@@ -1,0 +1,153 @@
+// KDSVD nodes (see kdsvd.h), composed of engine functions: matmul for the Gram matrix, eigh for its
+// eigenvectors, slices and cat to take the top k in descending order, a constant matching matrix for
+// the alignment, and elementwise ops for the kernel. Gradcheck cases at the end.
+#include "distill/nodes/kdsvd.h"
+
+#include <algorithm>
+#include <limits>
+
+#include "engine/functions.h"
+#include "engine/functions/common.h"
+
+namespace retort {
+
+namespace {
+// F.normalize's default eps.
+constexpr double kNormalizeEps = 1e-12;
+
+void check_nchw(const char* op, const Tensor& f, const char* what) {
+  fn::check_float(op, f, what);
+  RETORT_CHECK(f.dim() == 4 && f.numel() > 0, op, ": ", what, " must be a non-empty 4-D [N, C, H, W] feature map, got ",
+               f.meta_str());
+}
+}  // namespace
+
+SvdFeature kdsvd_svd(const Tensor& f, int64_t k) {
+  check_nchw("kdsvd_svd", f, "feature");
+  const int64_t B = f.shape()[0], rows = f.shape()[1] * f.shape()[2], W = f.shape()[3];
+  RETORT_CHECK(k >= 1 && k <= W, "kdsvd_svd: k must be in [1, ", W, "] (the map's width, the number of right ",
+               "singular vectors), got ", k, " for ", f.meta_str());
+  const Tensor x = reshape(f, {B, rows, W});
+  const EighResult e = eigh(matmul(transpose(x, 1, 2), x));  // ascending
+  std::vector<Tensor> vecs, vals;
+  for (int64_t j = 0; j < k; ++j) {
+    vecs.push_back(slice(e.vectors, 2, W - 1 - j, W - j));
+    vals.push_back(slice(e.values, 1, W - 1 - j, W - j));
+  }
+  const Tensor v = k == 1 ? vecs[0] : cat(vecs, 2);
+  const Tensor l = k == 1 ? vals[0] : cat(vals, 1);
+  return {v, sqrt(clamp(l, 0.0, std::numeric_limits<double>::infinity()))};
+}
+
+Tensor kdsvd_align(const Tensor& vs, const Tensor& vt) {
+  fn::check_compatible("kdsvd_align", vs, vt, "student vectors", "teacher vectors");
+  RETORT_CHECK(vs.dim() == 3 && vt.dim() == 3 && vs.shape()[0] == vt.shape()[0] && vs.shape()[1] == vt.shape()[1],
+               "kdsvd_align: expected student vectors [B, W, ks] and teacher vectors [B, W, k] of the same B and W, got ",
+               vs.meta_str(), " and ", vt.meta_str());
+  Tensor mask;
+  {
+    NoGradGuard ng;
+    const Tensor cosine = matmul(transpose(vs.detach(), 1, 2), vt.detach());  // [B, ks, k]
+    const Tensor a = abs(cosine);
+    mask = mul(eq(a, max(a, {1}, true)), sign(cosine));
+  }
+  return matmul(vs, mask);
+}
+
+Tensor kdsvd_rbf(const Tensor& v, const Tensor& u) {
+  fn::check_compatible("kdsvd_rbf", v, u, "v", "u");
+  RETORT_CHECK(v.dim() == 3 && u.dim() == 3 && v.shape()[0] == u.shape()[0] && v.shape()[2] == u.shape()[2],
+               "kdsvd_rbf: expected v [B, Wv, k] and u [B, Wu, k] of the same B and k, got ", v.meta_str(), " and ",
+               u.meta_str());
+  const Tensor d = sub(unsqueeze(v, 2), unsqueeze(u, 1));
+  return exp(affine(mul(d, d), -1.0 / 8.0, 0.0));
+}
+
+Tensor kdsvd_loss(const std::vector<Tensor>& student, const std::vector<Tensor>& teacher, int64_t k,
+                  std::vector<KdsvdVectors>* vectors) {
+  RETORT_CHECK(student.size() == teacher.size() && student.size() >= 2,
+               "kdsvd_loss: needs the same number (>= 2) of student and teacher stages, got ", student.size(), " and ",
+               teacher.size());
+  RETORT_CHECK(k >= 1, "kdsvd_loss: k must be >= 1, got ", k);
+  for (size_t i = 0; i < student.size(); ++i) {
+    const std::string s_name = "student stage " + std::to_string(i), t_name = "teacher stage " + std::to_string(i);
+    check_nchw("kdsvd_loss", student[i], s_name.c_str());
+    fn::check_compatible("kdsvd_loss", student[i], teacher[i], s_name.c_str(), t_name.c_str());
+    check_nchw("kdsvd_loss", teacher[i], t_name.c_str());
+    RETORT_CHECK(student[i].shape()[0] == teacher[i].shape()[0] && student[i].shape()[3] == teacher[i].shape()[3],
+                 "kdsvd_loss: stage ", i, ": the student's and the teacher's maps need the same batch and width (the ",
+                 "singular vectors have one entry per column), got student ", student[i].meta_str(), " and teacher ",
+                 teacher[i].meta_str());
+    RETORT_CHECK(k <= teacher[i].shape()[3], "kdsvd_loss: stage ", i, ": k = ", k,
+                 " teacher vectors, but the map is only ", teacher[i].shape()[3], " wide: ", teacher[i].meta_str());
+  }
+  Tensor loss, s_prev, t_prev;
+  for (size_t i = 0; i < student.size(); ++i) {
+    Tensor vt, scale;
+    {
+      NoGradGuard ng;
+      const SvdFeature t = kdsvd_svd(teacher[i].detach(), k);
+      // F.normalize(s[:, :k], dim=1), as [B, 1, k] to scale the vectors' columns.
+      const Tensor norm = sqrt(sum(mul(t.values, t.values), {1}, true));
+      scale = unsqueeze(div(t.values, clamp(norm, kNormalizeEps, std::numeric_limits<double>::infinity())), 1);
+      vt = mul(t.vectors, scale);
+    }
+    const int64_t ks = std::min<int64_t>(k + 3, student[i].shape()[3]);
+    const SvdFeature s = kdsvd_svd(student[i], ks);
+    const Tensor vs = mul(kdsvd_align(s.vectors, vt), scale);
+    if (vectors) vectors->push_back({vs, vt});
+    if (i > 0) {
+      Tensor t_rbf;
+      {
+        NoGradGuard ng;
+        t_rbf = kdsvd_rbf(vt, t_prev);
+      }
+      const Tensor d = sub(kdsvd_rbf(vs, s_prev), t_rbf);
+      const Tensor term = sum(mul(d, d));
+      loss = loss.defined() ? add(loss, term) : term;
+    }
+    s_prev = vs;
+    t_prev = vt;
+  }
+  return affine(loss, 1.0 / static_cast<double>(student[0].shape()[0]), 0.0);
+}
+
+// ---- gradchecks -------------------------------------------------------------------------------------
+
+namespace {
+using Inputs = std::vector<Tensor>;
+}  // namespace
+
+void add_kdsvd_node_checks(std::vector<GradcheckCase>& out) {
+  out.push_back({"kdsvd_svd.top2", "kdsvd_svd", [](Generator& g) { return Inputs{gc_randn({2, 3, 2, 4}, g)}; },
+                 [](const Inputs& in) {
+                   const SvdFeature s = kdsvd_svd(in[0], 2);
+                   return cat({s.vectors, unsqueeze(s.values, 1)}, 1);
+                 }});
+  out.push_back({"kdsvd_align.student_candidates", "kdsvd_align",
+                 [](Generator& g) { return Inputs{gc_randn({2, 5, 4}, g), Tensor::randn({2, 5, 2}, g, DType::F64)}; },
+                 [](const Inputs& in) { return kdsvd_align(in[0], in[1]); }});
+  out.push_back({"kdsvd_rbf.both", "kdsvd_rbf",
+                 [](Generator& g) { return Inputs{gc_randn({2, 4, 2}, g), gc_randn({2, 3, 2}, g)}; },
+                 [](const Inputs& in) { return kdsvd_rbf(in[0], in[1]); }});
+  // Three stages of shrinking width (the student's candidates clipped to W = 3 at the last), channels
+  // and heights differing between the networks; the teacher frozen (no gradient, as in training).
+  const auto stages = [](int64_t k) {
+    return GradcheckCase{"kdsvd_loss.three_stages_k" + std::to_string(k), "kdsvd_loss",
+                         [](Generator& g) {
+                           return Inputs{gc_randn({2, 2, 3, 6}, g), gc_randn({2, 3, 2, 4}, g), gc_randn({2, 2, 2, 3}, g),
+                                         Tensor::randn({2, 3, 3, 6}, g, DType::F64),
+                                         Tensor::randn({2, 4, 3, 4}, g, DType::F64),
+                                         Tensor::randn({2, 3, 1, 3}, g, DType::F64)};
+                         },
+                         [k](const Inputs& in) {
+                           return kdsvd_loss({in[0], in[1], in[2]}, {in[3], in[4], in[5]}, k);
+                         }};
+  };
+  out.push_back(stages(1));
+  out.push_back(stages(2));
+}
+
+std::vector<std::string> kdsvd_node_functions() { return {"kdsvd_svd", "kdsvd_align", "kdsvd_rbf", "kdsvd_loss"}; }
+
+}  // namespace retort

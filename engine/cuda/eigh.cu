@@ -1,0 +1,81 @@
+// Symmetric eigendecomposition on the GPU (engine/backend.h, symeig): cuSOLVER's batched syev
+// (cusolverDnXsyevBatched, the 64-bit API: one call for the whole batch, any n), then our kernel that
+// transposes its column-major eigenvectors into row-major columns and fixes each one's sign as the CPU
+// does (largest-magnitude component positive), so both backends return the same vectors.
+//
+// cuSOLVER writes a convergence flag per matrix to device memory; it is read back at once (a host
+// synchronisation per call) so that a failed decomposition becomes an error here, naming the matrix,
+// rather than NaNs later.
+#include <vector>
+
+#include "engine/cuda/kernels.cuh"
+
+namespace retort::cuda {
+
+namespace {
+
+// One thread per eigenvector: src [B, n, n] column-major per matrix (vector j at src + j*n),
+// dst [B, n, n] row-major with vector j in column j.
+template <class T>
+__global__ void eigvec_sign_transpose(const T* __restrict__ src, T* __restrict__ dst, int64_t batch, int64_t n) {
+  RETORT_GRID_STRIDE(t, batch * n) {
+    const int64_t b = t / n, j = t % n;
+    const T* col = src + b * n * n + j * n;
+    int64_t big = 0;
+    T big_abs = fabs(col[0]);
+    for (int64_t i = 1; i < n; ++i) {
+      const T a = fabs(col[i]);
+      if (a > big_abs) { big_abs = a; big = i; }
+    }
+    const T s = col[big] < T(0) ? T(-1) : T(1);
+    T* out = dst + b * n * n + j;
+    for (int64_t i = 0; i < n; ++i) out[i * n] = s * col[i];
+  }
+}
+
+constexpr size_t align_up(size_t x) { return (x + 255) / 256 * 256; }
+
+}  // namespace
+
+void CudaBackend::symeig(const Tensor& a, Tensor& values, Tensor& vectors) {
+  if (a.numel() == 0) return;
+  const int64_t batch = a.shape()[0], n = a.shape()[1];
+  Context& c = ctx();
+  dispatch_float(a.dtype(), "symeig", [&](auto tag) {
+    using T = decltype(tag);
+    const cudaDataType dt = sizeof(T) == 4 ? CUDA_R_32F : CUDA_R_64F;
+    const auto what = [&] { return detail::cat("the symmetric eigendecomposition of ", a.meta_str()); };
+    cusolverDnHandle_t h = c.cusolver();
+    cusolverDnParams_t params = c.cusolver_params();
+    const size_t matrix_bytes = static_cast<size_t>(batch * n * n) * sizeof(T);
+    size_t dev_bytes = 0, host_bytes = 0;
+    // Row-major lower triangle = column-major upper.
+    RETORT_CUSOLVER_CHECK(cusolverDnXsyevBatched_bufferSize(h, params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER,
+                                                            n, dt, ptr<T>(a), n, dt, ptr<T>(values), dt, &dev_bytes,
+                                                            &host_bytes, batch),
+                          "sizing the workspace of ", what());
+    // Workspace: [cuSOLVER's | the matrices, overwritten by eigenvectors | one info per matrix].
+    char* ws = static_cast<char*>(c.workspace(align_up(dev_bytes) + align_up(matrix_bytes) +
+                                              static_cast<size_t>(batch) * sizeof(int)));
+    T* work_a = reinterpret_cast<T*>(ws + align_up(dev_bytes));
+    int* info = reinterpret_cast<int*>(ws + align_up(dev_bytes) + align_up(matrix_bytes));
+    RETORT_CUDA_CHECK(cudaMemcpyAsync(work_a, ptr<T>(a), matrix_bytes, cudaMemcpyDeviceToDevice, c.stream()),
+                      "copying the input of ", what());
+    std::vector<char> host_ws(host_bytes);
+    RETORT_CUSOLVER_CHECK(cusolverDnXsyevBatched(h, params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, n, dt,
+                                                 work_a, n, dt, ptr<T>(values), dt, ws, dev_bytes,
+                                                 host_bytes ? host_ws.data() : nullptr, host_bytes, info, batch),
+                          what());
+    eigvec_sign_transpose<T><<<blocks_for(batch * n), kThreads, 0, c.stream()>>>(work_a, ptr<T>(vectors), batch, n);
+    RETORT_CUDA_LAUNCH_CHECK("eigvec_sign_transpose for ", what());
+    std::vector<int> host_info(static_cast<size_t>(batch));
+    copy_to_host(info, host_info.data(), host_info.size() * sizeof(int));
+    for (int64_t b = 0; b < batch; ++b)
+      RETORT_CHECK(host_info[static_cast<size_t>(b)] == 0, "symeig: cusolverDnXsyevBatched failed on matrix ", b,
+                   " of ", a.meta_str(), " (info ", host_info[static_cast<size_t>(b)],
+                   host_info[static_cast<size_t>(b)] > 0 ? ": the algorithm did not converge; is the input finite?)"
+                                                         : ": an invalid argument)");
+  });
+}
+
+}  // namespace retort::cuda

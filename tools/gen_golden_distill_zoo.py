@@ -233,11 +233,13 @@ class Translator(torch.nn.Module):
         return self.encoder(f_s)
 
 
-# mdistiller distillers/KDSVD.py: kdsvd_loss, svd, removenan, align_rsv. Two changes, both marked:
-# svd keeps the input's dtype (the reference calls .float()), and the right singular vectors get
-# Retort's sign convention (each column's largest-magnitude entry positive) — torch.svd leaves the sign
-# to LAPACK, and the loss depends on the teacher's signs.
-def kdsvd_loss(g_s, g_t, k):
+# mdistiller distillers/KDSVD.py: kdsvd_loss, svd, removenan, align_rsv (RepDistiller's KDSVD.py is the
+# same but for its svd's view, repdistiller_svd below, and returning the list of per-pair losses, which
+# train_student.py sums). Changes, all marked: kdsvd_loss takes the svd to use; svd keeps the input's
+# dtype (mdistiller calls .float()); the right singular vectors get Retort's sign convention (each
+# column's largest-magnitude entry positive) — torch.svd leaves the sign to LAPACK, and the loss depends
+# on the teacher's signs.
+def kdsvd_loss(g_s, g_t, k, kdsvd_svd):  # changed: the svd is an argument
     v_sb = None
     v_tb = None
     losses = []
@@ -265,11 +267,23 @@ def kdsvd_loss(g_s, g_t, k):
     return sum(losses)
 
 
-def kdsvd_svd(feat, n=1):
+def mdistiller_svd(feat, n=1):
     size = feat.shape
     assert len(size) == 4
 
     x = feat.view(size[0], size[1] * size[2], size[3])  # changed: no .float()
+    return kdsvd_svd_tail(x, n)
+
+
+def repdistiller_svd(feat, n=1):  # RepDistiller's KDSVD.svd (square maps)
+    size = feat.shape
+    assert len(size) == 4
+
+    x = feat.view(-1, size[1], size[2] * size[2]).transpose(-2, -1)
+    return kdsvd_svd_tail(x, n)
+
+
+def kdsvd_svd_tail(x, n):  # the two svds' common part
     u, s, v = torch.svd(x)
     # changed: Retort's sign convention for the right singular vectors
     v = v * torch.sign(torch.gather(v, 1, v.abs().argmax(dim=1, keepdim=True))).detach()
@@ -370,15 +384,26 @@ module_case("paraphraser_reconstruction", para, lambda out: out[1], r(2, 6, 4, 4
 module_case("paraphraser_factor", para, lambda out: out[0], r(2, 6, 4, 4))
 module_case("translator", Translator((2, 4, 4, 4), (2, 6, 4, 4)), lambda out: out, r(3, 4, 4, 4))
 
-# KDSVD over three stages of widths 8, 4, 2 (the student's k + 3 candidates clipped to 2 at the last),
-# channels and heights differing between the networks; full-rank maps (C·H >= W, no ReLU zeros), so
-# torch.svd's gradient is finite; the teacher frozen as in mdistiller. k = 1 (mdistiller's default), 2.
+# KDSVD, mdistiller's width view over three stages of widths 8, 4, 2 (the student's k + 3 candidates
+# clipped to 2 at the last), channels and heights differing between the networks; full-rank maps
+# (C·H >= W, no ReLU zeros), so torch.svd's gradient is finite; the teacher frozen as in the references.
+# k = 1 (the references' default), 2.
 for k in (1, 2):
-    case(f"kdsvd_three_stages_k{k}", lambda s1, s2, s3, t1, t2, t3, k=k: kdsvd_loss([s1, s2, s3], [t1, t2, t3], k),
+    case(f"kdsvd_width_three_stages_k{k}",
+         lambda s1, s2, s3, t1, t2, t3, k=k: kdsvd_loss([s1, s2, s3], [t1, t2, t3], k, mdistiller_svd),
          r(2, 3, 4, 8), r(2, 4, 3, 4), r(2, 5, 2, 2), r(2, 4, 4, 8), r(2, 6, 2, 4), r(2, 3, 2, 2), grads={0, 1, 2})
 # The singular vectors alone (two of them and their values)
-case("kdsvd_svd_top2", lambda f: torch.cat([kdsvd_svd(f, 2)[2], torch.svd(f.view(2, 12, 5))[1][:, None, :2]], 1),
-     r(2, 3, 4, 5))
+case("kdsvd_width_svd_top2",
+     lambda f: torch.cat([mdistiller_svd(f, 2)[2], torch.svd(f.view(2, 12, 5))[1][:, None, :2]], 1), r(2, 3, 4, 5))
+# RepDistiller's channels view (the paper's): 6, 4, 3 channels (candidates clipped to 3 at the last),
+# square maps of other sizes in the teacher (H·W >= C)
+for k in (1, 2):
+    case(f"kdsvd_channels_three_stages_k{k}",
+         lambda s1, s2, s3, t1, t2, t3, k=k: kdsvd_loss([s1, s2, s3], [t1, t2, t3], k, repdistiller_svd),
+         r(2, 6, 4, 4), r(2, 4, 3, 3), r(2, 3, 2, 2), r(2, 6, 8, 8), r(2, 4, 4, 4), r(2, 3, 2, 2), grads={0, 1, 2})
+case("kdsvd_channels_svd_top2",
+     lambda f: torch.cat([repdistiller_svd(f, 2)[2], torch.svd(f.view(2, 5, 9).transpose(1, 2))[1][:, None, :2]], 1),
+     r(2, 5, 3, 3))
 
 save_safetensors(sys.argv[1], tensors, {"generator": "tools/gen_golden_distill_zoo.py", "seed": 0})
 print(f"wrote {len(tensors)} tensors to {sys.argv[1]}")

@@ -1,11 +1,11 @@
 // "kdsvd": self-supervised knowledge distillation using singular value decomposition (Lee et al.,
-// ECCV 2018; mdistiller's KDSVD.py, docs/methods/kdsvd.md). Each tap's map is summarised by its top
-// right singular vectors (the map viewed as [B, C·H, W]); the student's, aligned in sign and order to
-// the teacher's, are compared through a Gaussian kernel between consecutive taps (kdsvd_loss,
-// distill/nodes/kdsvd.h). Default taps "layer1", "layer2", "layer3" (mdistiller's feats[1:] for CIFAR
-// ResNets), k = 1 teacher vector per tap (mdistiller's KDSVD.K; the student offers k + 3 candidates).
-// Widths must match at every tap (the vectors have one entry per column); channels may differ. The
-// reference's weight is 1 (KDSVD.LOSS.FEAT_WEIGHT) beside CE.
+// ECCV 2018; RepDistiller's and mdistiller's KDSVD.py, docs/methods/kdsvd.md). Each tap's map is
+// summarised by its top right singular vectors; the student's, aligned in sign and order to the
+// teacher's, are compared through a Gaussian kernel between consecutive taps (kdsvd_loss,
+// distill/nodes/kdsvd.h). Default taps "layer1", "layer2", "layer3" (the references' feats for CIFAR
+// ResNets), k = 1 teacher vector per tap (the student offers k + 3 candidates), view "channels" (the
+// paper's and RepDistiller's [B, H·W, C]: the two networks need the same channels at every tap);
+// "width" is mdistiller's [B, C·H, W] (the same widths instead). The references' weight is 1 beside CE.
 #include <cmath>
 
 #include "distill/nodes/kdsvd.h"
@@ -18,15 +18,21 @@ namespace retort {
 namespace {
 class KDSVDStrategy final : public StageStrategy {
  public:
-  KDSVDStrategy(StageTaps taps, int64_t k) : StageStrategy("kdsvd", std::move(taps)), k_(k) {}
+  KDSVDStrategy(StageTaps taps, int64_t k, KdsvdView view)
+      : StageStrategy("kdsvd", std::move(taps)), k_(k), view_(view) {}
 
   void build(const TapShapes& shapes, Generator&) override {
+    const bool ch = view_ == KdsvdView::Channels;
+    const size_t d = ch ? 1 : 3;  // the dimension the vectors run along
     for (size_t i = 0; i < stages(); ++i) {
       const auto [s, t] = map_shapes(shapes, i);
-      RETORT_CHECK(s[3] == t[3], stage_label(i), ": KDSVD compares right singular vectors, one entry per column of ",
-                   "the map, so both maps need the same width, got student ", shape_str(s), " and teacher ", shape_str(t));
-      RETORT_CHECK(k_ <= t[3], stage_label(i), ": k = ", k_, " singular vectors, but the map is only ", t[3],
-                   " wide: ", shape_str(t));
+      RETORT_CHECK(s[d] == t[d], stage_label(i), ": KDSVD compares right singular vectors, one entry per ",
+                   ch ? "channel (view \"channels\"), so both maps need the same channels" :
+                        "column of the map (view \"width\"), so both maps need the same width",
+                   ", got student ", shape_str(s), " and teacher ", shape_str(t),
+                   ch ? " (pair networks of equal widths, e.g. resnet32x4 -> resnet8x4, or use \"view\": \"width\")" : "");
+      RETORT_CHECK(k_ <= t[d], stage_label(i), ": k = ", k_, " singular vectors, but the map has only ", t[d],
+                   ch ? " channels: " : " columns: ", shape_str(t));
     }
   }
 
@@ -37,11 +43,11 @@ class KDSVDStrategy final : public StageStrategy {
       ft.push_back(ctx.teacher_feature(t_taps_[i]));
     }
     last_.clear();
-    const Tensor loss = kdsvd_loss(fs, ft, k_, &last_);
+    const Tensor loss = kdsvd_loss(fs, ft, k_, view_, &last_);
     for (auto& v : last_) v.student = v.student.detach();  // [B, W, k]: kept for inspect(), no graph
     return loss;
   }
-  // Each tap's compared singular vectors on the latest batch ([B, W, k], scaled by the teacher's
+  // Each tap's compared singular vectors on the latest batch ([B, n, k], scaled by the teacher's
   // normalised singular values; the student's aligned to the teacher's).
   std::vector<std::pair<std::string, Tensor>> inspect() const override {
     std::vector<std::pair<std::string, Tensor>> out;
@@ -65,10 +71,11 @@ class KDSVDStrategy final : public StageStrategy {
     }
     return text;
   }
-  Json params() const override { return stage_params({{"k", k_}}); }
+  Json params() const override { return stage_params({{"k", k_}, {"view", kdsvd_view_name(view_)}}); }
 
  private:
   int64_t k_;
+  KdsvdView view_;
   std::vector<KdsvdVectors> last_;  // the latest batch's compared vectors per tap
 };
 }  // namespace
@@ -80,7 +87,10 @@ void register_kdsvd_strategy() {
                  "at least 2, got ", taps.student.size());
     const int64_t k = p.get<int64_t>("k", 1);
     RETORT_CHECK(k >= 1, p.where("k"), ": the number of singular vectors must be >= 1, got ", k);
-    return std::make_shared<KDSVDStrategy>(std::move(taps), k);
+    const std::string view = p.get<std::string>("view", "channels");
+    RETORT_CHECK(view == "channels" || view == "width", p.where("view"), ": expected \"channels\" (the paper's and ",
+                 "RepDistiller's [B, H·W, C]) or \"width\" (mdistiller's [B, C·H, W]), got \"", view, "\"");
+    return std::make_shared<KDSVDStrategy>(std::move(taps), k, view == "channels" ? KdsvdView::Channels : KdsvdView::Width);
   });
 }
 

@@ -81,7 +81,7 @@ TEST(Strategies, EveryBuiltinTrainsOneStep) {
       R"([{"type": "fsp"}])",  // resnet14 has resnet8's widths
       R"([{"type": "fsp", "params": {"student_taps": ["layer2", "layer3"]}}, {"type": "ce"}])",
       R"([{"type": "kdsvd"}, {"type": "ce"}])",
-      R"([{"type": "kdsvd", "params": {"k": 2, "student_taps": ["layer2", "layer3"]}}])",
+      R"([{"type": "kdsvd", "params": {"k": 2, "student_taps": ["layer2", "layer3"], "view": "width"}}])",
       R"([{"type": "ce"}, {"type": "generous_teacher", "weight": 8}])",
       R"([{"type": "generous_teacher", "params": {"select": "teacher_correct", "tckd_weight": 1}}])",
       R"([{"type": "ce"}, {"type": "mtkd_ssr"}])",
@@ -97,7 +97,7 @@ TEST(Strategies, EveryBuiltinTrainsOneStep) {
   for (const char* c : {R"([{"type": "fitnet"}])", R"([{"type": "cwd"}])", R"([{"type": "reviewkd"}])",
                         R"([{"type": "mtkd_ssr"}])", R"([{"type": "sp"}, {"type": "pkt"}, {"type": "rkd"}])",
                         R"([{"type": "vid"}, {"type": "nst"}, {"type": "cc"}, {"type": "ofd"}, {"type": "ab"}])",
-                        R"([{"type": "kdsvd"}])"})
+                        R"([{"type": "kdsvd", "params": {"view": "width"}}])"})
     one_step(c, "resnet8", "resnet8x4");
 }
 
@@ -118,7 +118,7 @@ TEST(Strategies, KdsvdShowsItsSingularVectors) {
   for (const auto& [k, v] : d.views()) views[k] = v;
   ASSERT_EQ(views.count("term.kdsvd.student_vectors.layer1"), 1u);
   EXPECT_EQ(views.at("term.kdsvd.student_vectors.layer1").shape(), (Shape{6, 16, 2}));
-  EXPECT_EQ(views.at("term.kdsvd.teacher_vectors.layer3").shape(), (Shape{6, 4, 2}));
+  EXPECT_EQ(views.at("term.kdsvd.teacher_vectors.layer3").shape(), (Shape{6, 64, 2}));  // 64 channels
   EXPECT_TRUE(retort::testing::close_to("same network", views.at("term.kdsvd.student_vectors.layer2"),
                                         views.at("term.kdsvd.teacher_vectors.layer2"), 1e-5, 1e-5));
   std::string text;
@@ -374,6 +374,9 @@ TEST(Distiller, ConfigErrorsNameTheTerm) {
                "distill.terms[0].params.student_taps: KDSVD relates consecutive taps, so it needs at least 2, got 1");
   expect_error(R"([{"type": "kdsvd", "params": {"k": 0}}])",
                "distill.terms[0].params.k: the number of singular vectors must be >= 1, got 0");
+  expect_error(R"([{"type": "kdsvd", "params": {"view": "rows"}}])",
+               "distill.terms[0].params.view: expected \"channels\" (the paper's and RepDistiller's [B, H·W, C]) or "
+               "\"width\" (mdistiller's [B, C·H, W]), got \"rows\"");
 }
 
 TEST(Distiller, UnbridgeableFeaturesAndMissingTeacherAreClearErrors) {
@@ -409,16 +412,17 @@ TEST(Distiller, UnbridgeableFeaturesAndMissingTeacherAreClearErrors) {
   } catch (const Error& e) {
     const std::string msg = e.what();
     EXPECT_NE(msg.find("kdsvd: stage 0 (student tap \"layer1\", teacher tap \"layer2\"): KDSVD compares right singular "
-                       "vectors"), std::string::npos) << msg;
-    EXPECT_NE(msg.find("student [2, 16, 16, 16] and teacher [2, 32, 8, 8]"), std::string::npos) << msg;
+                       "vectors, one entry per channel (view \"channels\"), so both maps need the same channels, got "
+                       "student [2, 16, 16, 16] and teacher [2, 32, 8, 8]"), std::string::npos) << msg;
   }
-  try {
-    Distiller d(student, teacher, terms_from(R"([{"type": "kdsvd", "params": {"k": 5}}])"), {}, kSample, gen);
+  try {  // the width view: a 4x wider teacher is fine, a map narrower than k is not
+    Distiller d(student, create_model("resnet8x4", kOpts, gen),
+                terms_from(R"([{"type": "kdsvd", "params": {"k": 5, "view": "width"}}])"), {}, kSample, gen);
     FAIL() << "expected an error";
   } catch (const Error& e) {
     const std::string msg = e.what();
     EXPECT_NE(msg.find("stage 2 (student tap \"layer3\", teacher tap \"layer3\"): k = 5 singular vectors, but the map "
-                       "is only 4 wide: [2, 64, 4, 4]"), std::string::npos) << msg;
+                       "has only 4 columns: [2, 256, 4, 4]"), std::string::npos) << msg;
   }
   try {
     Distiller d(student, nullptr, terms_from(R"([{"type": "kd"}])"), {}, kSample, gen);

@@ -329,18 +329,22 @@ TEST_P(GoldenZoo, FlowOfSolutionProcedure) {
              GetParam());
 }
 
-// KDSVD against mdistiller's kdsvd_loss (its svd with our sign convention for the singular vectors):
-// three stages, k = 1 and 2, the teacher frozen; and the top-2 singular vectors and values of one map.
+// KDSVD against the references' kdsvd_loss (their svd with our sign convention for the singular
+// vectors): RepDistiller's channels view and mdistiller's width view over three stages, k = 1 and 2,
+// the teacher frozen; and the top-2 singular vectors and values of one map in each view.
 TEST_P(GoldenZoo, KnowledgeDistillationWithSvd) {
-  for (int64_t k : {1, 2})
-    check_case("kdsvd_three_stages_k" + std::to_string(k),
-               [k](const auto& in) { return kdsvd_loss({in[0], in[1], in[2]}, {in[3], in[4], in[5]}, k); }, GetParam());
-  check_case("kdsvd_svd_top2",
-             [](const auto& in) {
-               const SvdFeature s = kdsvd_svd(in[0], 2);
-               return cat({s.vectors, unsqueeze(s.values, 1)}, 1);
-             },
-             GetParam());
+  for (const auto& [view, name] : {std::pair{KdsvdView::Channels, "channels"}, std::pair{KdsvdView::Width, "width"}}) {
+    for (int64_t k : {1, 2})
+      check_case(std::string("kdsvd_") + name + "_three_stages_k" + std::to_string(k),
+                 [k, view](const auto& in) { return kdsvd_loss({in[0], in[1], in[2]}, {in[3], in[4], in[5]}, k, view); },
+                 GetParam());
+    check_case(std::string("kdsvd_") + name + "_svd_top2",
+               [view](const auto& in) {
+                 const SvdFeature s = kdsvd_svd(in[0], 2, view);
+                 return cat({s.vectors, unsqueeze(s.values, 1)}, 1);
+               },
+               GetParam());
+  }
 }
 
 TEST_P(GoldenZoo, FactorTransfer) {

@@ -995,13 +995,21 @@ TEST(CudaParity, FeatureDistillationLosses) {
                  [](const Ts& t) { return retort::fsp_loss(t[0], t[1], t[2], t[3]); }, Kind::Reduction, Kind::Reduction);
     check_parity(label("ft_loss (pooled student)", dt, fs.shape()), {In(fs, true, "student"), In(ft, true, "teacher")},
                  [](const Ts& t) { return retort::ft_loss(t[0], t[1]); }, Kind::Reduction, Kind::Reduction);
-    // KDSVD over fs (8 wide) and a 4-wide stage: Gram matrices, eigh (cuSOLVER), alignment, kernels;
-    // the teacher's maps fixed.
+    // KDSVD over fs and a second stage, in both views: Gram matrices, eigh (cuSOLVER), alignment,
+    // kernels; the teacher's maps fixed. Width: 8 then 4 columns; channels: 4 then 6.
     const Tensor s2 = Tensor::randn({2, 5, 4, 4}, gen, dt), t1 = Tensor::randn({2, 3, 6, 8}, gen, dt);
-    check_parity(label("kdsvd_loss k 1", dt, fs.shape()),
+    check_parity(label("kdsvd_loss width k 1", dt, fs.shape()),
                  {In(fs, true, "student stage 0"), In(s2, true, "student stage 1"), fixed(t1, "teacher stage 0"),
                   fixed(ft, "teacher stage 1")},
-                 [](const Ts& t) { return retort::kdsvd_loss({t[0], t[1]}, {t[2], t[3]}, 1); }, Kind::Gemm, Kind::Gemm);
+                 [](const Ts& t) { return retort::kdsvd_loss({t[0], t[1]}, {t[2], t[3]}, 1, retort::KdsvdView::Width); },
+                 Kind::Gemm, Kind::Gemm);
+    const Tensor s6 = Tensor::randn({2, 6, 4, 4}, gen, dt), t4 = Tensor::randn({2, 4, 4, 4}, gen, dt),
+                 t6 = Tensor::randn({2, 6, 2, 2}, gen, dt);
+    check_parity(label("kdsvd_loss channels k 2", dt, fs.shape()),
+                 {In(fs, true, "student stage 0"), In(s6, true, "student stage 1"), fixed(t4, "teacher stage 0"),
+                  fixed(t6, "teacher stage 1")},
+                 [](const Ts& t) { return retort::kdsvd_loss({t[0], t[1]}, {t[2], t[3]}, 2, retort::KdsvdView::Channels); },
+                 Kind::Gemm, Kind::Gemm);
   }
 }
 

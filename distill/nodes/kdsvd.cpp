@@ -28,7 +28,7 @@ int64_t kdsvd_vector_size(const Tensor& f, KdsvdView view) {
   return view == KdsvdView::Channels ? f.shape()[1] : f.shape()[3];
 }
 
-SvdFeature kdsvd_svd(const Tensor& f, int64_t k, KdsvdView view) {
+SvdFeature kdsvd_svd(const Tensor& f, int64_t k, KdsvdView view, double gap_eps) {
   check_nchw("kdsvd_svd", f, "feature");
   const int64_t B = f.shape()[0], C = f.shape()[1], H = f.shape()[2], W = f.shape()[3];
   const int64_t n = kdsvd_vector_size(f, view);
@@ -44,7 +44,7 @@ SvdFeature kdsvd_svd(const Tensor& f, int64_t k, KdsvdView view) {
     const Tensor x = reshape(f, {B, C * H, W});
     gram = matmul(transpose(x, 1, 2), x);
   }
-  const EighResult e = eigh(gram);  // ascending
+  const EighResult e = eigh(gram, gap_eps);  // ascending
   std::vector<Tensor> vecs, vals;
   for (int64_t j = 0; j < k; ++j) {
     vecs.push_back(slice(e.vectors, 2, n - 1 - j, n - j));
@@ -80,7 +80,7 @@ Tensor kdsvd_rbf(const Tensor& v, const Tensor& u) {
 }
 
 Tensor kdsvd_loss(const std::vector<Tensor>& student, const std::vector<Tensor>& teacher, int64_t k, KdsvdView view,
-                  std::vector<KdsvdVectors>* vectors) {
+                  double gap_eps, std::vector<KdsvdVectors>* vectors) {
   RETORT_CHECK(student.size() == teacher.size() && student.size() >= 2,
                "kdsvd_loss: needs the same number (>= 2) of student and teacher stages, got ", student.size(), " and ",
                teacher.size());
@@ -113,7 +113,7 @@ Tensor kdsvd_loss(const std::vector<Tensor>& student, const std::vector<Tensor>&
       vt = mul(t.vectors, scale);
     }
     const int64_t ks = std::min<int64_t>(k + 3, kdsvd_vector_size(student[i], view));
-    const SvdFeature s = kdsvd_svd(student[i], ks, view);
+    const SvdFeature s = kdsvd_svd(student[i], ks, view, gap_eps);
     const Tensor vs = mul(kdsvd_align(s.vectors, vt), scale);
     if (vectors) vectors->push_back({vs, vt});
     if (i > 0) {

@@ -50,7 +50,8 @@ struct SvdFeature {
 };
 // The top-k right singular vectors and singular values of f [B, C, H, W] in `view`; 1 <= k <= n.
 // Differentiable in f (the singular values' gradient is infinite where one is 0).
-SvdFeature kdsvd_svd(const Tensor& f, int64_t k, KdsvdView view = KdsvdView::Channels);
+// gap_eps damps the gradient near repeated singular values (eigh's gap_eps; 0 = exact).
+SvdFeature kdsvd_svd(const Tensor& f, int64_t k, KdsvdView view = KdsvdView::Channels, double gap_eps = 0.0);
 // align_rsv: vs [B, n, ks] (the student's candidates), vt [B, n, k] (the teacher's), same B and n;
 // returns vs @ mask [B, n, k] with mask[b, i, j] = sign(cos) where |cos(vs_i, vt_j)| is
 // the largest over i (ties: every tied column is added), else 0. Gradient to vs only.
@@ -67,8 +68,10 @@ struct KdsvdVectors {
 // device; per stage the vectors' length n must match — channels in the channels view, widths in the
 // width view), k >= 1 teacher vectors (at most every stage's n). 0-D. The teacher's features get no gradient. When `vectors` is given it
 // receives each stage's compared vectors (what retort-inspect shows).
+// gap_eps is passed to the student's kdsvd_svd.
 Tensor kdsvd_loss(const std::vector<Tensor>& student, const std::vector<Tensor>& teacher, int64_t k = 1,
-                  KdsvdView view = KdsvdView::Channels, std::vector<KdsvdVectors>* vectors = nullptr);
+                  KdsvdView view = KdsvdView::Channels, double gap_eps = 0.0,
+                  std::vector<KdsvdVectors>* vectors = nullptr);
 
 void add_kdsvd_node_checks(std::vector<GradcheckCase>& out);
 std::vector<std::string> kdsvd_node_functions();

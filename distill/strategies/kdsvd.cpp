@@ -6,6 +6,8 @@
 // ResNets), k = 1 teacher vector per tap (the student offers k + 3 candidates), view "channels" (the
 // paper's and RepDistiller's [B, H·W, C]: the two networks need the same channels at every tap);
 // "width" is mdistiller's [B, C·H, W] (the same widths instead). The references' weight is 1 beside CE.
+// gap_eps (default 1e-3; 0 = the references' exact gradient) damps the student's gradient near
+// repeated singular values (eigh's gap_eps), which otherwise can wreck a run in one step.
 #include <cmath>
 
 #include "distill/nodes/kdsvd.h"
@@ -18,8 +20,8 @@ namespace retort {
 namespace {
 class KDSVDStrategy final : public StageStrategy {
  public:
-  KDSVDStrategy(StageTaps taps, int64_t k, KdsvdView view)
-      : StageStrategy("kdsvd", std::move(taps)), k_(k), view_(view) {}
+  KDSVDStrategy(StageTaps taps, int64_t k, KdsvdView view, double gap_eps)
+      : StageStrategy("kdsvd", std::move(taps)), k_(k), view_(view), gap_eps_(gap_eps) {}
 
   void build(const TapShapes& shapes, Generator&) override {
     const bool ch = view_ == KdsvdView::Channels;
@@ -43,7 +45,7 @@ class KDSVDStrategy final : public StageStrategy {
       ft.push_back(ctx.teacher_feature(t_taps_[i]));
     }
     last_.clear();
-    const Tensor loss = kdsvd_loss(fs, ft, k_, view_, &last_);
+    const Tensor loss = kdsvd_loss(fs, ft, k_, view_, gap_eps_, &last_);
     for (auto& v : last_) v.student = v.student.detach();  // [B, W, k]: kept for inspect(), no graph
     return loss;
   }
@@ -71,11 +73,14 @@ class KDSVDStrategy final : public StageStrategy {
     }
     return text;
   }
-  Json params() const override { return stage_params({{"k", k_}, {"view", kdsvd_view_name(view_)}}); }
+  Json params() const override {
+    return stage_params({{"k", k_}, {"view", kdsvd_view_name(view_)}, {"gap_eps", gap_eps_}});
+  }
 
  private:
   int64_t k_;
   KdsvdView view_;
+  double gap_eps_;
   std::vector<KdsvdVectors> last_;  // the latest batch's compared vectors per tap
 };
 }  // namespace
@@ -90,7 +95,12 @@ void register_kdsvd_strategy() {
     const std::string view = p.get<std::string>("view", "channels");
     RETORT_CHECK(view == "channels" || view == "width", p.where("view"), ": expected \"channels\" (the paper's and ",
                  "RepDistiller's [B, H·W, C]) or \"width\" (mdistiller's [B, C·H, W]), got \"", view, "\"");
-    return std::make_shared<KDSVDStrategy>(std::move(taps), k, view == "channels" ? KdsvdView::Channels : KdsvdView::Width);
+    // Our default, not the references' (exact, 0): with the exact gradient a Fashion-MNIST student
+    // collapsed at step 110 (channels view), docs/methods/kdsvd.md.
+    const double gap_eps = p.get<double>("gap_eps", 1e-3);
+    RETORT_CHECK(std::isfinite(gap_eps) && gap_eps >= 0, p.where("gap_eps"), ": must be finite and >= 0, got ", gap_eps);
+    return std::make_shared<KDSVDStrategy>(std::move(taps), k, view == "channels" ? KdsvdView::Channels : KdsvdView::Width,
+                                           gap_eps);
   });
 }
 

@@ -2,6 +2,8 @@
 // read the stored operand directly, in forward and backward.
 #include "engine/functions/linalg.h"
 
+#include <cmath>
+
 #include "engine/functions/common.h"
 #include "engine/functions/elementwise.h"
 #include "engine/functions/reduce.h"
@@ -119,8 +121,9 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
                 });
 }
 
-EighResult eigh(const Tensor& a) {
+EighResult eigh(const Tensor& a, double gap_eps) {
   fn::check_float("eigh", a);
+  RETORT_CHECK(std::isfinite(gap_eps) && gap_eps >= 0, "eigh: gap_eps must be finite and >= 0, got ", gap_eps);
   RETORT_CHECK(a.dim() >= 2 && a.shape()[a.dim() - 1] == a.shape()[a.dim() - 2],
                "eigh: expected square matrices [.., n, n], got ", a.meta_str());
   const int64_t n = a.shape()[a.dim() - 1];
@@ -138,12 +141,21 @@ EighResult eigh(const Tensor& a) {
     // V diag(g) V^T = (V scaled column-wise by g) @ V^T
     return std::vector<Tensor>{matmul(mul(v, unsqueeze(g, 1)), transpose(v, 1, 2))};
   });
-  vectors = record(vectors, "EighVectorsBackward", {s}, [v, l](const Tensor& g, const Node&) {
+  vectors = record(vectors, "EighVectorsBackward", {s}, [v, l, gap_eps](const Tensor& g, const Node&) {
     const Tensor m = matmul(transpose(v, 1, 2), g);
     const Tensor k = affine(sub(m, transpose(m, 1, 2)), 0.5, 0.0);
     const Tensor den = sub(unsqueeze(l, 1), unsqueeze(l, 2));  // [i, j] = l_j - l_i
-    // Where k is exactly 0 the denominator gets + 1, so an unused degenerate pair gives 0, not 0/0.
-    const Tensor r = div(k, add(den, eq(k, Tensor::zeros({}, k.dtype(), k.device()))));
+    Tensor r;
+    if (gap_eps > 0) {  // k d / (d² + ε²), ε per matrix
+      const Tensor eps = affine(max(abs(l), {1}, true), gap_eps, 0.0);  // [nb, 1]
+      const Tensor eps2 = unsqueeze(mul(eps, eps), 2);                    // [nb, 1, 1]
+      const Tensor q = add(mul(den, den), eps2);
+      // A tie in an all-zero matrix (ε = 0) has q = 0 and k d = 0: + 1 there gives 0, not 0/0.
+      r = div(mul(k, den), add(q, eq(q, Tensor::zeros({}, q.dtype(), q.device()))));
+    } else {
+      // Where k is exactly 0 the denominator gets + 1, so an unused degenerate pair gives 0, not 0/0.
+      r = div(k, add(den, eq(k, Tensor::zeros({}, k.dtype(), k.device()))));
+    }
     return std::vector<Tensor>{matmul(matmul(v, r), transpose(v, 1, 2))};
   });
   Shape vs = batch_shape, ws = batch_shape;

@@ -21,9 +21,13 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor
 // skew(M) = (M - M^T) / 2 — torch's formula. With repeated eigenvalues the eigenvectors are not unique
 // and the gradient through them is infinite, as in torch; a pair whose term is exactly zero (neither
 // vector receives a gradient, e.g. vectors a loss does not use) contributes 0 rather than 0/0.
+// gap_eps > 0 bounds the gradient near repeated eigenvalues: F_ij = d / (d² + ε²) with d = values_j −
+// values_i and ε = gap_eps · max_i |values_i| per matrix — 1/d up to a relative (ε/d)² for well
+// separated pairs, at most 1/(2ε) and 0 for ties (a Tikhonov-style damping; what KDSVD's students
+// need, docs/methods/kdsvd.md). The forward is the same either way.
 struct EighResult {
   Tensor values, vectors;
 };
-EighResult eigh(const Tensor& a);
+EighResult eigh(const Tensor& a, double gap_eps = 0.0);
 
 }  // namespace retort

@@ -89,6 +89,8 @@ declare -A terms=(
   [ft_paraphraser]='[{"type": "ft", "params": {"phase": "paraphraser"}}]'
   # FT's second run reads the paraphraser the CPU's first run trained (both devices the same one).
   [ft]='[{"type": "ce"}, {"type": "ft", "weight": 200, "params": {"paraphraser_from": "'"$tmp"'/ft_paraphraser_cpu"}}]'
+  [kdsvd]='[{"type": "ce"}, {"type": "kdsvd", "params": {"k": 2}}]'
+  [kdsvd_width]='[{"type": "ce"}, {"type": "kdsvd", "params": {"view": "width"}}]'
   [generous_teacher]='[{"type": "ce"}, {"type": "generous_teacher", "weight": 8, "params": {"temperature": 2}}]'
   [mtkd_ssr]='[{"type": "ce"}, {"type": "mtkd_ssr"}]'
   [sokd_first]='[{"type": "ce"}, {"type": "sokd", "params": {"heatmap_classes": 4, "area_num": 4, "search": "first_order", "search_epochs": 1}}]'
@@ -96,7 +98,7 @@ declare -A terms=(
   [sokd_relax]='[{"type": "ce"}, {"type": "sokd", "params": {"heatmap_classes": 4, "area_num": 4, "search": "first_order", "search_epochs": 1, "estimator": "relax"}}]'
   [sokd_host_kd]='[{"type": "ce", "weight": 0.1}, {"type": "sokd", "weight": 0.9, "params": {"host": {"type": "kd"}, "refine_logits": true, "feat_weight": 0, "dam_weight": 0, "search_epochs": 1}}]'
 )
-for name in kd dkd_ls fitnet at cwd reviewkd sp pkt rkd crd vid nst cc ofd ab fsp ft_paraphraser ft generous_teacher mtkd_ssr sokd_first sokd_second sokd_relax sokd_host_kd; do
+for name in kd dkd_ls fitnet at cwd reviewkd sp pkt rkd crd vid nst cc ofd ab fsp ft_paraphraser ft kdsvd kdsvd_width generous_teacher mtkd_ssr sokd_first sokd_second sokd_relax sokd_host_kd; do
   cat > "$tmp/$name.json" <<JSON
 {"schema_version": 1, "experiment": {"name": "$name", "seed": 0, "output_dir": "$tmp"}, $data,
  "model": {"arch": "resnet8"}, "teacher": {"arch": "resnet14", "checkpoint": "$tmp/teacher/model.safetensors"},

@@ -374,6 +374,8 @@ TEST(Distiller, ConfigErrorsNameTheTerm) {
                "distill.terms[0].params.student_taps: KDSVD relates consecutive taps, so it needs at least 2, got 1");
   expect_error(R"([{"type": "kdsvd", "params": {"k": 0}}])",
                "distill.terms[0].params.k: the number of singular vectors must be >= 1, got 0");
+  expect_error(R"([{"type": "kdsvd", "params": {"gap_eps": -0.1}}])",
+               "distill.terms[0].params.gap_eps: must be finite and >= 0, got -0.1");
   expect_error(R"([{"type": "kdsvd", "params": {"view": "rows"}}])",
                "distill.terms[0].params.view: expected \"channels\" (the paper's and RepDistiller's [B, H·W, C]) or "
                "\"width\" (mdistiller's [B, C·H, W]), got \"rows\"");

@@ -142,3 +142,43 @@ TEST(Functions, GatherAndScatterRowsErrors) {
   Tensor param = Tensor::zeros({4, 3}, DType::F64).set_requires_grad();
   expect_error([&] { gather_rows(param, Tensor::from_int64({0}, {1})); }, {"requires grad", "buffer"});
 }
+
+// eigh's gap_eps damps 1/(l_j - l_i) to d / (d² + ε²): for well separated eigenvalues the gradient is
+// the exact one up to (ε/d)²; at a repeated eigenvalue the exact gradient through the tied vectors
+// is not finite, the damped one is.
+TEST(Functions, EighGapEpsDampsOnlyNearTies) {
+  // A = Q diag(values) Q^T with Q the eigenvectors of a random symmetric matrix.
+  Generator gen(3);
+  const Tensor r = Tensor::randn({4, 4}, gen, DType::F64);
+  const Tensor q = eigh(r).vectors;
+  const auto build = [&](std::vector<double> values) {
+    return matmul(mul(q, Tensor::from_vector(values, {1, 4}, DType::F64)), transpose(q, 0, 1));
+  };
+  const Tensor w = Tensor::randn({4, 4}, gen, DType::F64);
+  const auto grad = [&](const Tensor& a0, double gap_eps) {
+    Tensor a = a0.detach().clone();
+    a.set_requires_grad();
+    sum(mul(eigh(a, gap_eps).vectors, w)).backward();
+    return a.grad().to_vector();
+  };
+  const Tensor separated = build({1.0, 2.0, 3.5, 5.0});  // gaps >= 1, eps = 1e-3 * 5
+  const auto exact = grad(separated, 0.0), damped = grad(separated, 1e-3);
+  double scale = 0;
+  for (double g : exact) scale = std::max(scale, std::abs(g));
+  for (size_t i = 0; i < exact.size(); ++i) EXPECT_NEAR(damped[i], exact[i], 1e-4 * scale) << i;
+  EXPECT_GT(scale, 0.1);
+  // A tie between the two smallest eigenvalues, whose vectors the loss uses: the exact gradient is
+  // not finite or, as here where rounding separates them by ~1e-16, enormous; the damped one is
+  // bounded by ~1/(2ε) (and nonzero).
+  const Tensor tied = build({1.0, 1.0, 3.5, 5.0});
+  double exact_max = 0, damped_max = 0;
+  for (double g : grad(tied, 0.0)) exact_max = std::max(exact_max, std::isfinite(g) ? std::abs(g) : 1e300);
+  for (double g : grad(tied, 1e-3)) {
+    ASSERT_TRUE(std::isfinite(g));
+    damped_max = std::max(damped_max, std::abs(g));
+  }
+  EXPECT_GT(exact_max, 1e10);
+  EXPECT_GT(damped_max, 0.0);
+  EXPECT_LT(damped_max, 1e3);
+  EXPECT_THROW(eigh(tied, -1.0), Error);
+}

@@ -581,6 +581,8 @@ TEST(CudaParity, SymmetricEigendecomposition) {
                    Kind::Gemm, Kind::Gemm);
       check_parity(label("eigh vectors", dt, s), {In(a, true, "a")},
                    [](const Ts& t) { return retort::eigh(t[0]).vectors; }, Kind::Gemm, Kind::Gemm);
+      check_parity(label("eigh vectors gap_eps 0.01", dt, s), {In(a, true, "a")},
+                   [](const Ts& t) { return retort::eigh(t[0], 0.01).vectors; }, Kind::Gemm, Kind::Gemm);
     }
     const Tensor a = Tensor::randn({4, 6, 6}, gen, dt);
     Tensor wc = Tensor::empty({4, 6}, dt), vc = Tensor::empty({4, 6, 6}, dt);

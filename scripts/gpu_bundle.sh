@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packs what a GPU session needs into .gpu/ (git-ignored, never committed): the stripped
 # test and app binaries of a CUDA build, the non-CUDA shared libraries they load (OpenBLAS, oneDNN, ...;
-# the GPU machine's image has the CUDA runtime, cuBLAS and cuDNN but not Debian's packages) and the
+# the GPU machine's image has the CUDA runtime, cuBLAS, cuDNN and cuSOLVER but not Debian's packages) and the
 # Fashion-MNIST files. The device tool then carries .gpu/ to the GPU machine, where scripts/gpu_check.sh
 # runs everything the [cuda] issue asks a GPU for. Binaries built here (Debian 12, glibc 2.36) run on
 # the newer image there.
@@ -26,7 +26,9 @@ for b in $bins; do ldd "$b"; done | awk '/=> \//{print $3}' | sort -u | while re
   case $(basename "$lib") in
     # glibc and the GCC runtime: the image's are newer and backward compatible; CUDA: the image's own.
     libc.so*|libm.so*|libdl.so*|libpthread.so*|librt.so*|ld-linux*|libstdc++*|libgcc_s*) ;;
-    libcuda.so*|libcudart*|libcublas*|libcudnn*|libnvrtc*) ;;
+    # (cuSOLVER, with the cuSPARSE and nvJitLink it loads, is there too — torch's nvidia-* wheels — and
+    # far beyond what a device call can carry.)
+    libcuda.so*|libcudart*|libcublas*|libcudnn*|libnvrtc*|libcusolver*|libcusparse*|libnvJitLink*) ;;
     *) cp -L "$lib" "$out/lib/" ;;
   esac
 done

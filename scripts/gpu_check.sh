@@ -22,11 +22,18 @@ tar -C "$g" -xJf "$g/bundle.tar.xz"
 mkdir -p /usr/share/datasets && { [[ -e /usr/share/datasets/fashion-mnist ]] || ln -s "$g/data" /usr/share/datasets/fashion-mnist; }
 cudnn=$(dirname "$(find / -name 'libcudnn.so.9' -not -path '*/proc/*' 2>/dev/null | head -1)")
 cublas=$(dirname "$(find / -name 'libcublas.so.13' -not -path '*/proc/*' 2>/dev/null | head -1)")
-export LD_LIBRARY_PATH=$g/lib:$cudnn:$cublas:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+# cuSOLVER (eigh) and what it loads: cuSPARSE and nvJitLink.
+libdirs=""
+for so in libcusolver.so.12 libcusparse.so.12 libnvJitLink.so.13; do
+  f=$(find / -name "$so" -not -path '*/proc/*' 2>/dev/null | head -1)
+  [[ -n $f ]] || echo "gpu_check.sh: $so not found on this machine: the binaries will not load" >&2
+  [[ -n $f ]] && libdirs=$libdirs:$(dirname "$f")
+done
+export LD_LIBRARY_PATH=$g/lib:$cudnn:$cublas$libdirs:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export PATH=$g/bin:$PATH
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-  echo "commit $(cat "$g/commit")"; echo "cudnn $cudnn cublas $cublas"
+  echo "commit $(cat "$g/commit")"; echo "cudnn $cudnn cublas $cublas others $libdirs"
   retort-bench --help >/dev/null && echo "binaries load"
 } 2>&1 | tee "$logs/env.txt"
 

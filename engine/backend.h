@@ -132,8 +132,8 @@ class Backend {
   // (a = V diag(values) V^T). Each eigenvector's sign is fixed so that its component of largest
   // magnitude (the first of equals) is positive: LAPACK and cuSOLVER return arbitrary signs, this makes
   // the result the same on every backend (up to rounding, for distinct eigenvalues). CPU: LAPACK
-  // ?syevd per matrix; CUDA: cusolverDnXsyevBatched. Throws naming the batch entry when a
-  // decomposition does not converge.
+  // ?syevd per matrix; CUDA: cusolverDnXsyevBatched. Throws naming the batch entry when a matrix has
+  // a NaN or inf (LAPACK returns finite garbage for some) or a decomposition does not converge.
   virtual void symeig(const Tensor& a, Tensor& values, Tensor& vectors) = 0;
 
   // ---- convolution: x [N, C, H, W], w [O, C/groups, KH, KW], y [N, O, OH, OW] -----------------

@@ -21,6 +21,8 @@ namespace retort::cpu {
 
 namespace {
 
+constexpr int kNonFinite = -1000000;  // a `failed` code LAPACK never returns
+
 int syevd(int n, float* a, float* w, std::vector<float>& work, std::vector<int>& iwork) {
   int lwork = static_cast<int>(work.size()), liwork = static_cast<int>(iwork.size()), info = 0;
   ssyevd_("V", "U", &n, a, &n, w, work.data(), &lwork, iwork.data(), &liwork, &info, 1, 1);
@@ -63,7 +65,15 @@ void symeig_typed(const Tensor& a, Tensor& values, Tensor& vectors) {
 #pragma omp for
     for (int64_t b = 0; b < batch; ++b) {
       const T* ab = src + b * n * n;
-      for (int64_t i = 0; i < static_cast<int64_t>(n) * n; ++i) m[i] = ab[i];
+      bool finite = true;
+      for (int64_t i = 0; i < static_cast<int64_t>(n) * n; ++i) {
+        m[i] = ab[i];
+        finite = finite && std::isfinite(ab[i]);
+      }
+      if (!finite) {  // LAPACK returns finite garbage for some NaN inputs: refuse instead
+        failed[b] = kNonFinite;
+        continue;
+      }
       T* wb = w_out + b * n;
       failed[b] = syevd(n, m.data(), wb, work, iwork);
       if (failed[b] != 0) continue;
@@ -78,10 +88,13 @@ void symeig_typed(const Tensor& a, Tensor& values, Tensor& vectors) {
       }
     }
   }
-  for (int64_t b = 0; b < batch; ++b)
+  for (int64_t b = 0; b < batch; ++b) {
+    RETORT_CHECK(failed[b] != kNonFinite, "symeig: matrix ", b, " of ", a.meta_str(),
+                 " has non-finite entries (NaN or inf): no eigendecomposition");
     RETORT_CHECK(failed[b] == 0, "symeig: LAPACK ", a.dtype() == DType::F32 ? "ssyevd" : "dsyevd",
                  " failed on matrix ", b, " of ", a.meta_str(), " (info ", failed[b],
-                 failed[b] > 0 ? ": the algorithm did not converge; is the input finite?)" : ": an invalid argument)");
+                 failed[b] > 0 ? ": the algorithm did not converge)" : ": an invalid argument)");
+  }
 }
 
 }  // namespace

@@ -3,9 +3,11 @@
 // transposes its column-major eigenvectors into row-major columns and fixes each one's sign as the CPU
 // does (largest-magnitude component positive), so both backends return the same vectors.
 //
-// cuSOLVER writes a convergence flag per matrix to device memory; it is read back at once (a host
-// synchronisation per call) so that a failed decomposition becomes an error here, naming the matrix,
-// rather than NaNs later.
+// cuSOLVER writes a convergence flag per matrix to device memory, and our kernel a flag per matrix
+// holding a NaN or inf (for which a solver may return finite garbage, as LAPACK does); both are read
+// back at once (one host synchronisation per call) so that either becomes an error here, naming the
+// matrix, rather than a silently wrong result.
+#include <limits>
 #include <vector>
 
 #include "engine/cuda/kernels.cuh"
@@ -33,6 +35,14 @@ __global__ void eigvec_sign_transpose(const T* __restrict__ src, T* __restrict__
   }
 }
 
+// flags[b] = 1 where matrix b has a NaN or inf (plain stores of the same value: no atomics needed).
+template <class T>
+__global__ void nonfinite_flags(const T* __restrict__ a, int* __restrict__ flags, int64_t batch, int64_t n) {
+  RETORT_GRID_STRIDE(i, batch * n * n) {
+    if (!(fabs(a[i]) <= std::numeric_limits<T>::max())) flags[i / (n * n)] = 1;
+  }
+}
+
 constexpr size_t align_up(size_t x) { return (x + 255) / 256 * 256; }
 
 }  // namespace
@@ -54,11 +64,16 @@ void CudaBackend::symeig(const Tensor& a, Tensor& values, Tensor& vectors) {
                                                             n, dt, ptr<T>(a), n, dt, ptr<T>(values), dt, &dev_bytes,
                                                             &host_bytes, batch),
                           "sizing the workspace of ", what());
-    // Workspace: [cuSOLVER's | the matrices, overwritten by eigenvectors | one info per matrix].
-    char* ws = static_cast<char*>(c.workspace(align_up(dev_bytes) + align_up(matrix_bytes) +
-                                              static_cast<size_t>(batch) * sizeof(int)));
+    // Workspace: [cuSOLVER's | the matrices, overwritten by eigenvectors | one info per matrix | one
+    // non-finite flag per matrix] — info and flags come back to the host in one copy.
+    const size_t status_bytes = 2 * static_cast<size_t>(batch) * sizeof(int);
+    char* ws = static_cast<char*>(c.workspace(align_up(dev_bytes) + align_up(matrix_bytes) + status_bytes));
     T* work_a = reinterpret_cast<T*>(ws + align_up(dev_bytes));
     int* info = reinterpret_cast<int*>(ws + align_up(dev_bytes) + align_up(matrix_bytes));
+    int* flags = info + batch;
+    RETORT_CUDA_CHECK(cudaMemsetAsync(info, 0, status_bytes, c.stream()), "zeroing the status of ", what());
+    nonfinite_flags<T><<<blocks_for(batch * n * n), kThreads, 0, c.stream()>>>(ptr<T>(a), flags, batch, n);
+    RETORT_CUDA_LAUNCH_CHECK("nonfinite_flags for ", what());
     RETORT_CUDA_CHECK(cudaMemcpyAsync(work_a, ptr<T>(a), matrix_bytes, cudaMemcpyDeviceToDevice, c.stream()),
                       "copying the input of ", what());
     std::vector<char> host_ws(host_bytes);
@@ -68,13 +83,15 @@ void CudaBackend::symeig(const Tensor& a, Tensor& values, Tensor& vectors) {
                           what());
     eigvec_sign_transpose<T><<<blocks_for(batch * n), kThreads, 0, c.stream()>>>(work_a, ptr<T>(vectors), batch, n);
     RETORT_CUDA_LAUNCH_CHECK("eigvec_sign_transpose for ", what());
-    std::vector<int> host_info(static_cast<size_t>(batch));
-    copy_to_host(info, host_info.data(), host_info.size() * sizeof(int));
-    for (int64_t b = 0; b < batch; ++b)
-      RETORT_CHECK(host_info[static_cast<size_t>(b)] == 0, "symeig: cusolverDnXsyevBatched failed on matrix ", b,
-                   " of ", a.meta_str(), " (info ", host_info[static_cast<size_t>(b)],
-                   host_info[static_cast<size_t>(b)] > 0 ? ": the algorithm did not converge; is the input finite?)"
-                                                         : ": an invalid argument)");
+    std::vector<int> status(2 * static_cast<size_t>(batch));  // info, then flags
+    copy_to_host(info, status.data(), status_bytes);
+    for (int64_t b = 0; b < batch; ++b) {
+      const int inf = status[static_cast<size_t>(b)], nonfinite = status[static_cast<size_t>(batch + b)];
+      RETORT_CHECK(!nonfinite, "symeig: matrix ", b, " of ", a.meta_str(),
+                   " has non-finite entries (NaN or inf): no eigendecomposition");
+      RETORT_CHECK(inf == 0, "symeig: cusolverDnXsyevBatched failed on matrix ", b, " of ", a.meta_str(), " (info ", inf,
+                   inf > 0 ? ": the algorithm did not converge)" : ": an invalid argument)");
+    }
   });
 }
 

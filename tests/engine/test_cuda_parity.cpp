@@ -591,6 +591,19 @@ TEST(CudaParity, SymmetricEigendecomposition) {
     backend_for(kCuda).symeig(a.to(kCuda), wg, vg);
     EXPECT_TRUE(tensors_close(label("symeig kernel (lower triangle)", dt, a.shape()), "values", wc, wg, Kind::Gemm));
     EXPECT_TRUE(tensors_close(label("symeig kernel (lower triangle)", dt, a.shape()), "vectors", vc, vg, Kind::Gemm));
+    // A NaN in one matrix is refused on both devices with the same message.
+    std::vector<double> v = a.to(DType::F64).to_vector();
+    v[2 * 36 + 7] = std::nan("");
+    const Tensor bad = Tensor::from_vector(v, a.shape(), dt);
+    for (const Device dev : {Device::cpu(), kCuda}) {
+      try {
+        retort::eigh(bad.to(dev));
+        ADD_FAILURE() << "expected an error on " << dev.str();
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("symeig: matrix 2 of "), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("has non-finite entries"), std::string::npos) << e.what();
+      }
+    }
   }
 }
 

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -181,4 +182,21 @@ TEST(Functions, EighGapEpsDampsOnlyNearTies) {
   EXPECT_GT(damped_max, 0.0);
   EXPECT_LT(damped_max, 1e3);
   EXPECT_THROW(eigh(tied, -1.0), Error);
+}
+
+// A NaN or inf anywhere in a matrix is refused, naming the matrix: LAPACK returns finite eigenvalues
+// for some NaN inputs (±2.83 for [[1, 2], [2, NaN]]), which would be silently wrong.
+TEST(Functions, EighRefusesNonFiniteMatrices) {
+  for (double bad : {std::nan(""), std::numeric_limits<double>::infinity()}) {
+    const Tensor a = Tensor::from_vector({1, 0, 0, 1, 1, 2, 2, bad}, {2, 2, 2}, DType::F32);
+    try {
+      eigh(a);
+      FAIL() << "expected an error for " << bad;
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("symeig: matrix 1 of f32[2, 2, 2]"), std::string::npos) << msg;
+      EXPECT_NE(msg.find("has non-finite entries (NaN or inf)"), std::string::npos) << msg;
+    }
+  }
+  EXPECT_NO_THROW(eigh(Tensor::from_vector({1, 0, 0, 1}, {2, 2}, DType::F64)));
 }

@@ -21,20 +21,6 @@ namespace {
 // F.normalize's default eps: the norm is clamped from below, so an all-zero map stays zero.
 constexpr double kNormalizeEps = 1e-12;
 
-// Two NCHW feature maps of one float dtype and device, with the same batch size and no empty
-// dimension. The messages name both tensors (as `a` and `b`), since a wrong tap usually shows as a
-// wrong pair.
-void check_feature_pair(const char* op, const Tensor& fs, const Tensor& ft, const char* a = "student",
-                        const char* b = "teacher") {
-  fn::check_compatible(op, fs, ft, a, b);
-  RETORT_CHECK(fs.dim() == 4 && ft.dim() == 4, op, ": features must be 4-D [N, C, H, W], got ", a, " ", fs.meta_str(),
-               " and ", b, " ", ft.meta_str());
-  RETORT_CHECK(fs.shape()[0] == ft.shape()[0], op, ": ", a, " ", fs.meta_str(), " and ", b, " ", ft.meta_str(),
-               " have different batch sizes");
-  RETORT_CHECK(fs.numel() > 0 && ft.numel() > 0, op, ": empty features: ", a, " ", fs.meta_str(), " and ", b, " ",
-               ft.meta_str());
-}
-
 void check_same_shape(const char* op, const Tensor& fs, const Tensor& ft, const char* why) {
   check_feature_pair(op, fs, ft);
   RETORT_CHECK(fs.shape() == ft.shape(), op, ": student ", fs.meta_str(), " and teacher ", ft.meta_str(),
@@ -66,6 +52,16 @@ Tensor normalize_last_dim_backward(const Normalized& n, const Tensor& gy) {
 }
 
 }  // namespace
+
+void check_feature_pair(const char* op, const Tensor& fs, const Tensor& ft, const char* a, const char* b) {
+  fn::check_compatible(op, fs, ft, a, b);
+  RETORT_CHECK(fs.dim() == 4 && ft.dim() == 4, op, ": features must be 4-D [N, C, H, W], got ", a, " ", fs.meta_str(),
+               " and ", b, " ", ft.meta_str());
+  RETORT_CHECK(fs.shape()[0] == ft.shape()[0], op, ": ", a, " ", fs.meta_str(), " and ", b, " ", ft.meta_str(),
+               " have different batch sizes");
+  RETORT_CHECK(fs.numel() > 0 && ft.numel() > 0, op, ": empty features: ", a, " ", fs.meta_str(), " and ", b, " ",
+               ft.meta_str());
+}
 
 // ---- AT ----------------------------------------------------------------------------------------------
 

@@ -41,6 +41,11 @@
 
 namespace retort {
 
+// The check every pair-of-maps node starts with: fs and ft are NCHW feature maps of one float dtype and
+// device, with the same batch size and no empty dimension; an error begins with `op` and names both
+// tensors as `a` and `b` (a wrong tap usually shows as a wrong pair).
+void check_feature_pair(const char* op, const Tensor& fs, const Tensor& ft, const char* a = "student",
+                        const char* b = "teacher");
 // f [B, C, H, W] -> [B, H*W]. One "AttentionMapBackward" node.
 Tensor attention_map(const Tensor& f, double p = 2.0);
 // fs and ft [B, *, H, W] brought to one spatial size: where a size differs, the larger is

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "distill/nodes/feature.h"
 #include "engine/functions.h"
 #include "engine/functions/common.h"
 
@@ -32,8 +33,8 @@ SvdFeature kdsvd_svd(const Tensor& f, int64_t k, KdsvdView view, double gap_eps)
   check_nchw("kdsvd_svd", f, "feature");
   const int64_t B = f.shape()[0], C = f.shape()[1], H = f.shape()[2], W = f.shape()[3];
   const int64_t n = kdsvd_vector_size(f, view);
-  RETORT_CHECK(k >= 1 && k <= n, "kdsvd_svd: k must be in [1, ", n, "] (the map's ",
-               view == KdsvdView::Channels ? "channels" : "width", ", the number of right singular vectors), got ", k,
+  RETORT_CHECK(k >= 1 && k <= n, "kdsvd_svd: k must be in [1, ", n, "] (the map's ", kdsvd_view_name(view),
+               ", the number of right singular vectors), got ", k,
                " for ", f.meta_str());
   // The Gram matrix X^T X of X = [B, H·W, C] (channels) or [B, C·H, W] (width).
   Tensor gram;
@@ -87,13 +88,10 @@ Tensor kdsvd_loss(const std::vector<Tensor>& student, const std::vector<Tensor>&
   RETORT_CHECK(k >= 1, "kdsvd_loss: k must be >= 1, got ", k);
   for (size_t i = 0; i < student.size(); ++i) {
     const std::string s_name = "student stage " + std::to_string(i), t_name = "teacher stage " + std::to_string(i);
-    check_nchw("kdsvd_loss", student[i], s_name.c_str());
-    fn::check_compatible("kdsvd_loss", student[i], teacher[i], s_name.c_str(), t_name.c_str());
-    check_nchw("kdsvd_loss", teacher[i], t_name.c_str());
+    check_feature_pair("kdsvd_loss", student[i], teacher[i], s_name.c_str(), t_name.c_str());
     const bool ch = view == KdsvdView::Channels;
-    RETORT_CHECK(student[i].shape()[0] == teacher[i].shape()[0] &&
-                     kdsvd_vector_size(student[i], view) == kdsvd_vector_size(teacher[i], view),
-                 "kdsvd_loss: stage ", i, ": the student's and the teacher's maps need the same batch and ",
+    RETORT_CHECK(kdsvd_vector_size(student[i], view) == kdsvd_vector_size(teacher[i], view),
+                 "kdsvd_loss: stage ", i, ": the student's and the teacher's maps need the same ",
                  ch ? "channels (view \"channels\": the singular vectors have one entry per channel)"
                     : "width (view \"width\": the singular vectors have one entry per column)",
                  ", got student ", student[i].meta_str(), " and teacher ", teacher[i].meta_str());

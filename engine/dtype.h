@@ -15,6 +15,19 @@ size_t dtype_size(DType dt);
 const char* dtype_name(DType dt);  // "f32", "f64", "i64"
 inline bool is_floating(DType dt) { return dt == DType::F32 || dt == DType::F64; }
 
+// A float converted to I64 (Tensor::to(DType::I64)) on every device: truncated toward zero, saturated
+// at the int64 range, NaN -> 0 — what a GPU's conversion instruction does. A plain static_cast is
+// undefined for NaN and out-of-range values (x86 gives INT64_MIN), so the backends call this instead.
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+inline int64_t float_to_int64(double v) {
+  if (v != v) return 0;
+  if (v >= 9223372036854775808.0) return INT64_MAX;  // 2^63
+  if (v <= -9223372036854775808.0) return INT64_MIN;
+  return static_cast<int64_t>(v);
+}
+
 enum class DeviceType : uint8_t { CPU, CUDA };
 
 struct Device {

@@ -26,6 +26,7 @@
 #include <mutex>
 #include <optional>
 #include <sstream>
+#include <type_traits>
 #include <unordered_map>
 
 #include "engine/cpu/cpu_backend.h"
@@ -264,7 +265,10 @@ void fill_typed(T* p, int64_t n, T v) {
 template <class S, class D>
 void cast_typed(const S* s, D* d, int64_t n) {
 #pragma omp parallel for if (n > kParallelGrain)
-  for (int64_t i = 0; i < n; ++i) d[i] = static_cast<D>(s[i]);
+  for (int64_t i = 0; i < n; ++i) {
+    if constexpr (std::is_same_v<D, int64_t> && !std::is_same_v<S, int64_t>) d[i] = float_to_int64(s[i]);
+    else d[i] = static_cast<D>(s[i]);
+  }
 }
 
 template <class S>

@@ -41,14 +41,20 @@ struct DeviceCache {
   // Requires mu held.
   void release_cached(int device) {
     if (cached == 0) return;
-    cudaSetDevice(device);
-    cudaDeviceSynchronize();  // cudaFree synchronises anyway; make any fault surface here, not later
+    RETORT_CUDA_CHECK(cudaSetDevice(device), "selecting cuda:", device, " to release cached memory");
+    // cudaFree synchronises anyway: a fault of a kernel queued earlier surfaces here, named as such,
+    // rather than as a failed allocation or free.
+    RETORT_CUDA_CHECK(cudaDeviceSynchronize(), "waiting for the work queued on cuda:", device,
+                      " before releasing cached memory (a kernel or copy queued earlier failed)");
     for (auto& [sz, blocks] : free_blocks) {
-      for (void* p : blocks) cudaFree(p);
-      stats.reserved -= sz * blocks.size();
+      while (!blocks.empty()) {  // the books follow each block actually freed
+        RETORT_CUDA_CHECK(cudaFree(blocks.back()), "releasing a cached block of ", mib(sz), " on cuda:", device);
+        blocks.pop_back();
+        stats.reserved -= sz;
+        cached -= sz;
+      }
     }
     free_blocks.clear();
-    cached = 0;
   }
 };
 

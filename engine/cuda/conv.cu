@@ -9,7 +9,7 @@
 // the process, so a training step creates no descriptor and chooses nothing. An algorithm is usable
 // when cuDNN reports it supported, its workspace fits in the memory the device can still give us,
 // it is deterministic when deterministic() is on, and, for F32 without allow_tf32(), it runs in
-// plain FMA math. Should the chosen one still be refused when it runs (CUDNN_STATUS_NOT_SUPPORTED,
+// plain FMA math. Should the chosen one still be refused when it runs (a status of the CUDNN_STATUS_NOT_SUPPORTED category,
 // which cuDNN reports before queueing any work), the next usable one replaces it for good.
 //
 // Math: F32 uses CUDNN_FMA_MATH unless allow_tf32(): CUDNN_DEFAULT_MATH would already let cuDNN use
@@ -129,6 +129,8 @@ void keep_usable(const Perf* perf, int n, bool ieee_f32, bool det, size_t budget
     // IEEE F32: cuDNN proposes FMA-math algorithms for an FMA-math descriptor; one reported with the
     // default math type is run with FMA math all the same, and tensor-op ones are never taken.
     if (ieee_f32 && r.mathType != CUDNN_FMA_MATH && r.mathType != CUDNN_DEFAULT_MATH) continue;
+    // TF32 allows tensor cores, not ALLOW_CONVERSION's down-conversion of F32 operands to FP16.
+    if (r.mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION) continue;
     if (r.memory > budget) continue;
     Candidate c{static_cast<int>(r.algo), ieee_f32 ? CUDNN_FMA_MATH : r.mathType, 0};
     size_t bytes = 0;
@@ -284,7 +286,8 @@ void run_plan(Context& c, Plan& plan, const void* a, const void* b, void* out) {
                                             cand.workspace, beta, plan.w, out);
         break;
     }
-    if (st == CUDNN_STATUS_NOT_SUPPORTED && plan.current + 1 < plan.candidates.size()) {
+    // cuDNN 9 refuses with a sub-code of the category (CUDNN_STATUS_NOT_SUPPORTED_SHAPE, _LAYOUT, ...).
+    if (CUDNN_STATUS_CATEGORY(st) == CUDNN_STATUS_NOT_SUPPORTED && plan.current + 1 < plan.candidates.size()) {
       ++plan.current;
       continue;
     }

@@ -2,6 +2,7 @@
 // header (plain C++ code includes it). Compiled only when the build has the CUDA backend
 // (RETORT_WITH_CUDA).
 #pragma once
+#include <cstdint>
 #include <string>
 
 namespace retort::cuda {
@@ -23,5 +24,11 @@ bool deterministic();
 void set_deterministic(bool on);
 bool allow_tf32();
 void set_allow_tf32(bool on);
+
+// Elements (n * n * matrices) per cusolverDnXsyevBatched call: cuSOLVER's documented INT32_MAX by
+// default; larger batches are split into several calls. Tests lower it to exercise the split
+// (0 restores the default).
+int64_t symeig_max_elements_per_call();
+void set_symeig_max_elements_per_call(int64_t elements);
 
 }  // namespace retort::cuda

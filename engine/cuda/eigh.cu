@@ -1,5 +1,6 @@
 // Symmetric eigendecomposition on the GPU (engine/backend.h, symeig): cuSOLVER's batched syev
-// (cusolverDnXsyevBatched, the 64-bit API: one call for the whole batch, any n), then our kernel that
+// (cusolverDnXsyevBatched, the 64-bit API: one call for the whole batch, any n — in chunks where the
+// batch holds more than the INT32_MAX elements per call its implementation handles), then our kernel that
 // transposes its column-major eigenvectors into row-major columns and fixes each one's sign as the CPU
 // does (largest-magnitude component positive), so both backends return the same vectors.
 //
@@ -7,6 +8,8 @@
 // holding a NaN or inf (for which a solver may return finite garbage, as LAPACK does); both are read
 // back at once (one host synchronisation per call) so that either becomes an error here, naming the
 // matrix, rather than a silently wrong result.
+#include <algorithm>
+#include <cstdint>
 #include <limits>
 #include <vector>
 
@@ -45,7 +48,17 @@ __global__ void nonfinite_flags(const T* __restrict__ a, int* __restrict__ flags
 
 constexpr size_t align_up(size_t x) { return (x + 255) / 256 * 256; }
 
+// cuSOLVER documents n * lda * batchSize <= INT32_MAX for syevBatched ("a limitation of the current
+// implementation"); tests lower it to exercise the chunked path.
+int64_t g_symeig_max_elements = std::numeric_limits<int32_t>::max();
+
 }  // namespace
+
+int64_t symeig_max_elements_per_call() { return g_symeig_max_elements; }
+void set_symeig_max_elements_per_call(int64_t elements) {
+  g_symeig_max_elements = elements > 0 ? std::min<int64_t>(elements, std::numeric_limits<int32_t>::max())
+                                       : std::numeric_limits<int32_t>::max();
+}
 
 void CudaBackend::symeig(const Tensor& a, Tensor& values, Tensor& vectors) {
   if (a.numel() == 0) return;
@@ -58,12 +71,22 @@ void CudaBackend::symeig(const Tensor& a, Tensor& values, Tensor& vectors) {
     cusolverDnHandle_t h = c.cusolver();
     cusolverDnParams_t params = c.cusolver_params();
     const size_t matrix_bytes = static_cast<size_t>(batch * n * n) * sizeof(T);
+    RETORT_CHECK(n * n <= g_symeig_max_elements, "symeig: ", a.meta_str(), ": matrices of ", n, " x ", n,
+                 " exceed cuSOLVER's batched solver (at most ", g_symeig_max_elements, " elements per call)");
+    const int64_t per_call = std::min(batch, g_symeig_max_elements / (n * n));  // matrices per cuSOLVER call
+    const int64_t last = batch % per_call;                                      // a shorter last call, if any
     size_t dev_bytes = 0, host_bytes = 0;
-    // Row-major lower triangle = column-major upper.
-    RETORT_CUSOLVER_CHECK(cusolverDnXsyevBatched_bufferSize(h, params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER,
-                                                            n, dt, ptr<T>(a), n, dt, ptr<T>(values), dt, &dev_bytes,
-                                                            &host_bytes, batch),
-                          "sizing the workspace of ", what());
+    // Row-major lower triangle = column-major upper. The workspace suits the largest call.
+    for (const int64_t count : {per_call, last}) {
+      if (count == 0) continue;
+      size_t d = 0, hb = 0;
+      RETORT_CUSOLVER_CHECK(cusolverDnXsyevBatched_bufferSize(h, params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER,
+                                                              n, dt, ptr<T>(a), n, dt, ptr<T>(values), dt, &d, &hb,
+                                                              count),
+                            "sizing the workspace of ", what());
+      dev_bytes = std::max(dev_bytes, d);
+      host_bytes = std::max(host_bytes, hb);
+    }
     // Workspace: [cuSOLVER's | the matrices, overwritten by eigenvectors | one info per matrix | one
     // non-finite flag per matrix] — info and flags come back to the host in one copy.
     const size_t status_bytes = 2 * static_cast<size_t>(batch) * sizeof(int);
@@ -77,10 +100,14 @@ void CudaBackend::symeig(const Tensor& a, Tensor& values, Tensor& vectors) {
     RETORT_CUDA_CHECK(cudaMemcpyAsync(work_a, ptr<T>(a), matrix_bytes, cudaMemcpyDeviceToDevice, c.stream()),
                       "copying the input of ", what());
     std::vector<char> host_ws(host_bytes);
-    RETORT_CUSOLVER_CHECK(cusolverDnXsyevBatched(h, params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, n, dt,
-                                                 work_a, n, dt, ptr<T>(values), dt, ws, dev_bytes,
-                                                 host_bytes ? host_ws.data() : nullptr, host_bytes, info, batch),
-                          what());
+    for (int64_t b0 = 0; b0 < batch; b0 += per_call) {
+      const int64_t count = std::min(per_call, batch - b0);
+      RETORT_CUSOLVER_CHECK(cusolverDnXsyevBatched(h, params, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER, n, dt,
+                                                   work_a + b0 * n * n, n, dt, ptr<T>(values) + b0 * n, dt, ws,
+                                                   dev_bytes, host_bytes ? host_ws.data() : nullptr, host_bytes,
+                                                   info + b0, count),
+                            what(), " (matrices ", b0, " to ", b0 + count - 1, ")");
+    }
     eigvec_sign_transpose<T><<<blocks_for(batch * n), kThreads, 0, c.stream()>>>(work_a, ptr<T>(vectors), batch, n);
     RETORT_CUDA_LAUNCH_CHECK("eigvec_sign_transpose for ", what());
     std::vector<int> status(2 * static_cast<size_t>(batch));  // info, then flags

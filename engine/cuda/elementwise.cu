@@ -38,7 +38,11 @@ __device__ __forceinline__ T unary_apply(T v, T a, T b) {
   else if constexpr (Op == UnaryOp::Pow) return a == T(2) ? v * v : pow(v, a);  // the branch is uniform
   else if constexpr (Op == UnaryOp::Clamp) return v < a ? a : (v > b ? b : v);
   else if constexpr (Op == UnaryOp::LeakyRelu) return v > 0 ? v : a * v;
-  else return mul_add_rn(a, v, b);  // Affine
+  else {
+    // Every op is named: one added to UnaryOp (and to visit_unary below) fails here until it has a body.
+    static_assert(Op == UnaryOp::Affine, "unary_apply (CUDA): this UnaryOp has no implementation");
+    return mul_add_rn(a, v, b);
+  }
 }
 
 template <UnaryOp Op, class T>
@@ -85,7 +89,10 @@ __device__ __forceinline__ T binary_apply(T u, T v) {
   else if constexpr (Op == BinaryOp::Eq) return T(u == v);
   else if constexpr (Op == BinaryOp::XLogY) return u == T(0) ? T(0) : u * log(v);
   else if constexpr (Op == BinaryOp::AddRelu) return u + v > T(0) ? u + v : T(0);
-  else return v > T(0) ? u : T(0);  // MaskPositive
+  else {
+    static_assert(Op == BinaryOp::MaskPositive, "binary_apply (CUDA): this BinaryOp has no implementation");
+    return v > T(0) ? u : T(0);
+  }
 }
 
 // Indexers: map the flat output index i to the element of a and of b that it reads.

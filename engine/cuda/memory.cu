@@ -2,6 +2,7 @@
 // through pinned staging buffers, asynchronously), fill and cast.
 #include <cstring>
 #include <mutex>
+#include <type_traits>
 
 #include "engine/cuda/kernels.cuh"
 
@@ -118,7 +119,10 @@ __global__ void fill_kernel(T* p, int64_t n, T v) {
 
 template <class S, class D>
 __global__ void cast_kernel(const S* s, D* d, int64_t n) {
-  RETORT_GRID_STRIDE(i, n) d[i] = static_cast<D>(s[i]);
+  RETORT_GRID_STRIDE(i, n) {
+    if constexpr (std::is_same_v<D, int64_t> && !std::is_same_v<S, int64_t>) d[i] = float_to_int64(s[i]);
+    else d[i] = static_cast<D>(s[i]);
+  }
 }
 
 template <class S>

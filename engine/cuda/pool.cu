@@ -150,7 +150,8 @@ __global__ void avg_pool_backward_kernel(const T* gy, T* gx, Geom g, int64_t tot
       for (int64_t ow = ow_lo; ow <= ow_hi; ++ow) {
         const AvgWindow win = avg_window(g, oh, ow);
         if (h < win.hs || h >= win.he || w < win.ws || w >= win.we) continue;  // defensive; never true
-        acc += static_cast<T>(static_cast<double>(gp[oh * g.ow + ow]) * win.inv_divisor);
+        // __dmul_rn: a product nvcc may not fuse with the sum (the CPU rounds both, and so must we).
+        acc += static_cast<T>(__dmul_rn(static_cast<double>(gp[oh * g.ow + ow]), win.inv_divisor));
       }
     gx[i] = acc;
   }

@@ -72,7 +72,10 @@ template <ReduceOp Op, class A>
 __device__ __forceinline__ A identity() {
   if constexpr (Op == ReduceOp::Sum) return A(0);
   else if constexpr (Op == ReduceOp::Max) return -std::numeric_limits<A>::infinity();
-  else return std::numeric_limits<A>::infinity();
+  else {
+    static_assert(Op == ReduceOp::Min, "identity (CUDA): this ReduceOp has no implementation");
+    return std::numeric_limits<A>::infinity();
+  }
 }
 
 // The CPU's std::max / std::min comparisons (acc < v ? v : acc): a NaN v is skipped.
@@ -80,7 +83,10 @@ template <ReduceOp Op, class A>
 __device__ __forceinline__ A combine(A acc, A v) {
   if constexpr (Op == ReduceOp::Sum) return acc + v;
   else if constexpr (Op == ReduceOp::Max) return acc < v ? v : acc;
-  else return v < acc ? v : acc;
+  else {
+    static_assert(Op == ReduceOp::Min, "combine (CUDA): this ReduceOp has no implementation");
+    return v < acc ? v : acc;
+  }
 }
 
 template <ReduceOp Op, class T>

@@ -591,6 +591,29 @@ TEST(CudaParity, SymmetricEigendecomposition) {
     backend_for(kCuda).symeig(a.to(kCuda), wg, vg);
     EXPECT_TRUE(tensors_close(label("symeig kernel (lower triangle)", dt, a.shape()), "values", wc, wg, Kind::Gemm));
     EXPECT_TRUE(tensors_close(label("symeig kernel (lower triangle)", dt, a.shape()), "vectors", vc, vg, Kind::Gemm));
+#ifdef RETORT_WITH_CUDA
+    {
+      // More matrices than one cuSOLVER call takes (its INT32_MAX elements, lowered here to three 6x6
+      // matrices): calls of 3, 3 and 1, the same results, and a NaN in the last call still named.
+      struct Limit {
+        Limit() { cuda::set_symeig_max_elements_per_call(3 * 36); }
+        ~Limit() { cuda::set_symeig_max_elements_per_call(0); }
+      } limit;
+      const Tensor many = Tensor::randn({7, 6, 6}, gen, dt);
+      Tensor w7c = Tensor::empty({7, 6}, dt), v7c = Tensor::empty({7, 6, 6}, dt);
+      Tensor w7g = Tensor::empty({7, 6}, dt, kCuda), v7g = Tensor::empty({7, 6, 6}, dt, kCuda);
+      backend_for(Device::cpu()).symeig(many, w7c, v7c);
+      backend_for(kCuda).symeig(many.to(kCuda), w7g, v7g);
+      EXPECT_TRUE(tensors_close(label("symeig in 3 calls", dt, many.shape()), "values", w7c, w7g, Kind::Gemm));
+      EXPECT_TRUE(tensors_close(label("symeig in 3 calls", dt, many.shape()), "vectors", v7c, v7g, Kind::Gemm));
+      std::vector<double> m = many.to(DType::F64).to_vector();
+      m[6 * 36 + 1] = std::numeric_limits<double>::infinity();
+      expect_error([&] { retort::eigh(Tensor::from_vector(m, many.shape(), dt).to(kCuda)); },
+                   {"symeig: matrix 6 of ", "non-finite"});
+      cuda::set_symeig_max_elements_per_call(35);  // not even one 6x6 matrix per call
+      expect_error([&] { retort::eigh(many.to(kCuda)); }, {"matrices of 6 x 6", "at most 35 elements per call"});
+    }
+#endif
     // A NaN in one matrix is refused on both devices with the same message.
     std::vector<double> v = a.to(DType::F64).to_vector();
     v[2 * 36 + 7] = std::nan("");
@@ -1159,6 +1182,13 @@ TEST(CudaParity, FillAndCast) {
       check_parity(std::string("to ") + dtype_name(to) + " from " + dtype_name(from) + " (random)", {r},
                    [to](const Ts& t) { return t[0].to(to); }, Kind::Exact, Kind::Exact);
     }
+  // Floats no int64 holds: both devices give float_to_int64's NaN -> 0 and saturation (engine/dtype.h).
+  for (DType from : kFloatTypes) {
+    const double inf = std::numeric_limits<double>::infinity();
+    const Tensor odd = Tensor::from_vector({std::nan(""), inf, -inf, 1e30, -1e30, -3e19, 3e19}, {7}, from);
+    EXPECT_TRUE(tensors_close(std::string("to i64 from ") + dtype_name(from) + " (out of range)", "output",
+                              odd.to(DType::I64), odd.to(kCuda).to(DType::I64), Kind::Exact));
+  }
   const Tensor ints = Tensor::from_int64({0, 1, -1, 7, -123456789, 16777217, int64_t{1} << 53, (int64_t{1} << 53) + 1}, {8});
   for (DType to : kFloatTypes)
     check_parity(std::string("to ") + dtype_name(to) + " from i64", {ints}, [to](const Ts& t) { return t[0].to(to); },
@@ -1550,6 +1580,35 @@ TEST(CudaInfra, DeterministicModeIsBitwiseReproducible) {
   // ... and still agrees with the CPU.
   check_parity("conv2d deterministic f32", {In(x0, true, "x"), In(w0, true, "weight")},
                [](const Ts& t) { return retort::conv2d(t[0], t[1], Tensor(), 1, 1); }, Kind::Gemm, Kind::Gemm);
+}
+
+// A cuDNN algorithm the heuristics proposed but the library refuses when it runs (cuDNN 9: a sub-code of
+// the CUDNN_STATUS_NOT_SUPPORTED category, e.g. _SHAPE) is replaced by the next usable one; with none
+// left, the error names the call. The emulator's RETORT_CUDAEMU_CUDNN_REFUSE=1 refuses each direction's
+// first proposal with CUDNN_STATUS_NOT_SUPPORTED_SHAPE; a real cuDNN has no such switch.
+TEST(CudaInfra, RefusedConvolutionAlgorithmFallsBackToTheNextOne) {
+  REQUIRE_GPU();
+#ifndef RETORT_CUDA_EMULATED
+  GTEST_SKIP() << "needs the emulator's RETORT_CUDAEMU_CUDNN_REFUSE switch";
+#else
+  SwitchGuard restore;
+  struct Env {
+    Env() { setenv("RETORT_CUDAEMU_CUDNN_REFUSE", "1", 1); }
+    ~Env() { unsetenv("RETORT_CUDAEMU_CUDNN_REFUSE"); }
+  } env;
+  // Shapes no other test uses: plans are kept per shape for the life of the process.
+  cuda::set_deterministic(false);  // two candidates per direction
+  Generator gen(31);
+  const Tensor x = Tensor::randn({2, 3, 9, 7}, gen, DType::F64), w = Tensor::randn({5, 3, 3, 3}, gen, DType::F64);
+  check_parity("conv2d after a refused algorithm", {In(x, true, "x"), In(w, true, "weight")},
+               [](const Ts& t) { return retort::conv2d(t[0], t[1], Tensor(), 1, 1); }, Kind::Gemm, Kind::Gemm);
+  // Deterministic mode: the backward passes have one deterministic candidate each, and it is refused.
+  cuda::set_deterministic(true);
+  const Tensor x2 = Tensor::randn({2, 3, 9, 5}, gen, DType::F64).to(kCuda).set_requires_grad();
+  const Tensor w2 = Tensor::randn({5, 3, 3, 3}, gen, DType::F64).to(kCuda);
+  const Tensor y = retort::conv2d(x2, w2, Tensor(), 1, 1);  // the forward falls back (both are deterministic)
+  expect_error([&] { y.backward(Tensor::ones_like(y)); }, {"running algorithm", "NOT_SUPPORTED_SHAPE"});
+#endif
 }
 
 TEST(CudaInfra, Tf32StaysCloseAndIsOffByDefaultForParity) {

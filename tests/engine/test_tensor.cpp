@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <filesystem>
 #include <fstream>
 
@@ -67,6 +69,19 @@ TEST(Tensor, DtypeConversion) {
   Tensor i = t.to(DType::I64);
   EXPECT_EQ(i.to_vector(), (std::vector<double>{1, -2, 3}));  // truncation toward zero
   EXPECT_TRUE(t.to(DType::F64).shares_storage(t));
+  // Values no int64 holds: NaN -> 0, saturation at the range (as a GPU converts; static_cast is undefined).
+  const double inf = std::numeric_limits<double>::infinity();
+  for (DType from : {DType::F32, DType::F64}) {
+    const Tensor odd = Tensor::from_vector({std::nan(""), inf, -inf, 1e30, -1e30, -2.7, 9.2e18}, {7}, from).to(DType::I64);
+    const int64_t* p = odd.data<int64_t>();
+    EXPECT_EQ(p[0], 0);
+    EXPECT_EQ(p[1], INT64_MAX);
+    EXPECT_EQ(p[2], INT64_MIN);
+    EXPECT_EQ(p[3], INT64_MAX);
+    EXPECT_EQ(p[4], INT64_MIN);
+    EXPECT_EQ(p[5], -2);
+    EXPECT_EQ(p[6], from == DType::F64 ? int64_t{9200000000000000000} : static_cast<int64_t>(9.2e18f));
+  }
 }
 
 TEST(Tensor, CloneCopiesDetachShares) {

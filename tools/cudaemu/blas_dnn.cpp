@@ -486,11 +486,11 @@ cudnnStatus_t make_geometry(const char* fn, Dir dir, const cudnnTensorStruct* x,
   const bool f32 = x->dtype == CUDNN_DATA_FLOAT && conv->compute == CUDNN_DATA_FLOAT;
   const bool f64 = x->dtype == CUDNN_DATA_DOUBLE && conv->compute == CUDNN_DATA_DOUBLE;
   if (!f32 && !f64)
-    return dnn_fail(CUDNN_STATUS_NOT_SUPPORTED, fn, "data type %s with compute type %s is not supported",
+    return dnn_fail(CUDNN_STATUS_NOT_SUPPORTED_DATA_TYPE, fn, "data type %s with compute type %s is not supported",
                     data_type_name(x->dtype), data_type_name(conv->compute));
   if (x->format == CUDNN_TENSOR_NCHW_VECT_C || y->format == CUDNN_TENSOR_NCHW_VECT_C ||
       w->format == CUDNN_TENSOR_NCHW_VECT_C)
-    return dnn_fail(CUDNN_STATUS_NOT_SUPPORTED, fn, "CUDNN_TENSOR_NCHW_VECT_C is not emulated");
+    return dnn_fail(CUDNN_STATUS_NOT_SUPPORTED_LAYOUT, fn, "CUDNN_TENSOR_NCHW_VECT_C is not emulated");
 
   g->N = x->n, g->C = x->c, g->H = x->h, g->W = x->w;
   g->K = w->k, g->Cg = w->c, g->R = w->h, g->S = w->w;
@@ -637,7 +637,7 @@ cudnnStatus_t heuristics(const char* fn, Dir dir, cudnnHandle_t handle, const cu
                     requested, static_cast<void*>(returned), static_cast<void*>(perf));
   Geometry g;
   const cudnnStatus_t st = make_geometry(fn, dir, x, w, conv, y, &g);
-  if (st != CUDNN_STATUS_SUCCESS && st != CUDNN_STATUS_NOT_SUPPORTED) return st;
+  if (st != CUDNN_STATUS_SUCCESS && CUDNN_STATUS_CATEGORY(st) != CUDNN_STATUS_NOT_SUPPORTED) return st;
   const Algo algos[2] = {det_algo, nondet_algo};
   const cudnnDeterminism_t det[2] = {CUDNN_DETERMINISTIC, dir == Dir::Forward ? CUDNN_DETERMINISTIC
                                                                               : CUDNN_NON_DETERMINISTIC};
@@ -680,6 +680,17 @@ cudnnStatus_t convolve(const char* fn, Dir dir, cudnnHandle_t handle, const void
     return dnn_fail(CUDNN_STATUS_BAD_PARAM, fn, "a null pointer among alpha %p, beta %p and the data (%p, %p, %p)",
                     alpha, beta, in1, in2, out);
   if (const cudnnStatus_t st = check_algo(fn, dir, algo); st != CUDNN_STATUS_SUCCESS) return st;
+  // RETORT_CUDAEMU_CUDNN_REFUSE=1 (read at every call): the heuristics' first algorithm of each direction
+  // is refused at launch, as a real cuDNN may refuse one it proposed, with a sub-code of the "not
+  // supported" category — cuDNN 9 reports CUDNN_STATUS_NOT_SUPPORTED_SHAPE (3002) and its siblings where
+  // older versions said CUDNN_STATUS_NOT_SUPPORTED (3000); callers test CUDNN_STATUS_CATEGORY.
+  if (const char* v = std::getenv("RETORT_CUDAEMU_CUDNN_REFUSE"); v && std::strcmp(v, "1") == 0) {
+    const int first = dir == Dir::Forward        ? CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM
+                      : dir == Dir::BackwardData ? CUDNN_CONVOLUTION_BWD_DATA_ALGO_1
+                                                 : CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
+    if (algo == first)
+      return dnn_fail(CUDNN_STATUS_NOT_SUPPORTED_SHAPE, fn, "algorithm %d refused (RETORT_CUDAEMU_CUDNN_REFUSE=1)", algo);
+  }
 
   // The scaling factors live in host memory: double for F64 data, float otherwise.
   const bool f64 = g.dtype == CUDNN_DATA_DOUBLE;

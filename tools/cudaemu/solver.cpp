@@ -111,6 +111,10 @@ cusolverStatus_t check_common(const char* fn, cusolverDnHandle_t handle, cusolve
   if (n < 0 || batch < 0 || lda < (n > 1 ? n : 1))
     return fail(CUSOLVER_STATUS_INVALID_VALUE, fn, "bad sizes: n %lld, lda %lld, batchSize %lld",
                 static_cast<long long>(n), static_cast<long long>(lda), static_cast<long long>(batch));
+  // cuSOLVER's documented limit of its batched implementation.
+  if (n * lda * batch > INT32_MAX)
+    return fail(CUSOLVER_STATUS_INVALID_VALUE, fn, "n * lda * batchSize = %lld exceeds INT32_MAX (split the batch)",
+                static_cast<long long>(n * lda * batch));
   if (ta != tw || ta != tc || (ta != CUDA_R_32F && ta != CUDA_R_64F))
     return fail(CUSOLVER_STATUS_INVALID_VALUE, fn, "unsupported types (A %d, W %d, compute %d; emulated: all R_32F or all R_64F)",
                 static_cast<int>(ta), static_cast<int>(tw), static_cast<int>(tc));

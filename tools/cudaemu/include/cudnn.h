@@ -76,6 +76,8 @@ typedef enum {
   CUDNN_STATUS_EXECUTION_FAILED_CUDART = 5003,
   CUDNN_STATUS_EXECUTION_FAILED_CURAND = 5004,
 } cudnnStatus_t;
+// cuDNN 9: a status's category (CUDNN_STATUS_NOT_SUPPORTED for 3000-3999), as cudnn_graph.h defines it.
+#define CUDNN_STATUS_CATEGORY(full_error_code) ((full_error_code) / 1000 * 1000)
 
 typedef enum {
   CUDNN_DATA_FLOAT = 0,

@@ -7,14 +7,19 @@
 //   retort-eval imported_resnet32x4.safetensors --config configs/cifar100/kd_resnet32x4_resnet8x4.json
 //   retort-eval runs/kd/model.safetensors --against runs/teacher/model.safetensors
 //                                  also: how often the two models' top-1 agree, and KL(against || model)
+//   retort-eval runs/kd/model.safetensors --against runs/teacher/model.safetensors --cka
+//                                  also: linear CKA between every stage of the one and every stage of the other
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <map>
 
 #include <nlohmann/json.hpp>
 
 #include "apps/app_common.h"
+#include "distill/similarity.h"
 #include "engine/serialize.h"
 #include "models/registry.h"
 
@@ -25,7 +30,8 @@ int main(int argc, char** argv) {
   std::string path, split = "test", dataset, root, arch, config_path, device = "cpu", math = "ieee", against,
       against_arch;
   int64_t batch_size = 256;
-  bool json_out = false;
+  bool json_out = false, cka = false;
+  std::vector<std::string> taps, against_taps;
   cli.add_option("model", path, "model.safetensors of a run, or a checkpoint")->required();
   cli.add_option("--split", split, "test or train")->check(CLI::IsMember({"test", "train"}));
   cli.add_option("--arch", arch, "Architecture (default: the model's metadata)");
@@ -37,10 +43,17 @@ int main(int argc, char** argv) {
   cli.add_option("--math", math, "Convolution arithmetic, as experiment.math: ieee | bf16, winograd (CPU) | tf32 (CUDA)");
   cli.add_option("--against", against, "A second model (e.g. the teacher): also report the top-1 agreement with it and KL(it || model)");
   cli.add_option("--against-arch", against_arch, "Architecture of --against (default: its metadata)");
+  cli.add_flag("--cka", cka, "With --against: linear CKA between the two models' features (every stage, :pooled, logits)");
+  cli.add_option("--taps", taps, "With --cka: the model's features to compare (comma-separated tap specs)")->delimiter(',');
+  cli.add_option("--against-taps", against_taps, "With --cka: the --against model's features (default: its stages, :pooled, logits)")
+      ->delimiter(',');
   cli.add_flag("--json", json_out, "Print the result as one JSON object");
   CLI11_PARSE(cli, argc, argv);
 
   return app::run_guarded("retort-eval", [&] {
+    if ((cka || !taps.empty() || !against_taps.empty()) && against.empty())
+      throw app::UsageError("--cka, --taps and --against-taps compare two models: give the other with --against");
+    if (!taps.empty() || !against_taps.empty()) cka = true;
     const Device dev = app::as_usage([&] { return Device::parse(device); });
     app::as_usage([&] { app::check_device(dev, "--device"); return 0; });
     // Inference may choose kernels by speed (deterministic false), as evaluation always has.
@@ -105,19 +118,37 @@ int main(int argc, char** argv) {
     // --against: the second model on the same data first, its logits the reference for the first.
     Tensor reference;
     EvalResult other;
+    std::shared_ptr<Module> other_model;
     if (!against.empty()) {
       const ModelFile g = read(against);
       if (against_arch.empty()) against_arch = g.meta("arch");
       if (against_arch.empty()) throw app::UsageError(against + ": no architecture in the metadata; pass --against-arch");
-      other = evaluate(*build(against, against_arch, g.state), loader, nullptr, &reference);
+      other_model = build(against, against_arch, g.state);
+      other = evaluate(*other_model, loader, nullptr, &reference);
     }
     const EvalResult r = evaluate(*model, loader, against.empty() ? nullptr : &reference);
+    SimilarityResult sim;
+    if (cka) {
+      if (taps.empty()) taps = default_similarity_taps(*model);
+      if (against_taps.empty()) against_taps = default_similarity_taps(*other_model);
+      sim = app::as_usage([&] { return representation_similarity(*model, taps, *other_model, against_taps, loader); });
+    }
     if (json_out) {
       Json j{{"model", path}, {"arch", arch}, {"dataset", cfg.data.dataset}, {"split", split}, {"samples", r.samples},
              {"top1", r.top1}, {"top5", r.top5}, {"loss", r.loss}, {"math", math}};
       if (!against.empty())
         j["against"] = {{"model", against}, {"arch", against_arch}, {"top1", other.top1},
                         {"agreement", r.agreement}, {"kl", r.kl}};
+      if (cka) {
+        Json rows = Json::array();
+        for (const auto& row : sim.cka) {  // NaN (a constant feature) as null
+          Json jr = Json::array();
+          for (double c : row) jr.push_back(std::isfinite(c) ? Json(c) : Json());
+          rows.push_back(jr);
+        }
+        j["cka"] = {{"taps", sim.taps}, {"against_taps", sim.other_taps}, {"matrix", rows},
+                    {"samples", sim.samples}, {"samples_skipped", sim.samples_skipped}, {"batch_size", batch_size}};
+      }
       std::printf("%s\n", j.dump().c_str());
     } else {
       std::printf("%s (%s) on %s %s, %lld samples: top-1 %.2f%%  top-5 %.2f%%  loss %.4f%s\n", path.c_str(),
@@ -126,6 +157,28 @@ int main(int argc, char** argv) {
       if (!against.empty())
         std::printf("  against %s (%s, top-1 %.2f%%): top-1 agreement %.2f%%, KL(it || model) %.4f\n", against.c_str(),
                     against_arch.c_str(), other.top1, r.agreement, r.kl);
+      if (cka) {
+        std::printf("  linear CKA, minibatch estimate over %lld samples in batches of %lld%s; rows: the model's features, "
+                    "columns: %s's\n",
+                    static_cast<long long>(sim.samples), static_cast<long long>(batch_size),
+                    sim.samples_skipped ? (" (" + std::to_string(sim.samples_skipped) + " in a batch of <= 3 skipped)").c_str()
+                                        : "",
+                    against_arch.c_str());
+        size_t w0 = 8;
+        for (const auto& t : sim.taps) w0 = std::max(w0, t.size() + 2);
+        std::printf("    %-*s", static_cast<int>(w0), "");
+        std::vector<int> widths;
+        for (const auto& t : sim.other_taps) {
+          widths.push_back(static_cast<int>(std::max<size_t>(7, t.size()) + 2));
+          std::printf("%*s", widths.back(), t.c_str());
+        }
+        std::printf("\n");
+        for (size_t i = 0; i < sim.taps.size(); ++i) {
+          std::printf("    %-*s", static_cast<int>(w0), sim.taps[i].c_str());
+          for (size_t c = 0; c < sim.other_taps.size(); ++c) std::printf("%*.4f", widths[c], sim.cka[i][c]);
+          std::printf("\n");
+        }
+      }
     }
     return app::kOk;
   });

@@ -2,7 +2,7 @@
 // distillation terms (ce, kd, dkd, fitnet, at, cwd, reviewkd, ...). Evaluates the teacher first.
 // A config with a single "ce" term and no teacher is a baseline student. See docs/cli.md.
 //
-//   retort-distill configs/fmnist/kd_resnet8x4_resnet8.json [--set distill.terms.1.weight=0.9] [--resume auto]
+//   retort-distill configs/fmnist/student_kd.json [--set distill.terms.1.weight=0.9] [--resume auto]
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -25,6 +25,9 @@ int main(int argc, char** argv) {
   return app::run_guarded("retort-distill", [&] {
     const ExperimentConfig cfg = app::load_run_config(flags);
     if (cfg.terms.empty()) throw app::UsageError(flags.config_path + ": no distill.terms (use retort-train for plain training)");
+    if (cfg.solver.label_smoothing != 0)
+      throw app::UsageError(flags.config_path + ": solver.label_smoothing is retort-train's; a distillation smooths its "
+                            "ce term's labels with that term's params.label_smoothing");
 
     const DataSplits data = load_datasets(cfg.data);
     const Shape s = data.train->sample_shape();

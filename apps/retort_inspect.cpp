@@ -105,8 +105,13 @@ int inspect_arch(const std::string& arch, const ModelOptions& mo, bool graph, De
               static_cast<double>(model->num_parameters()) / 1e6);
   model->eval();
   std::vector<std::pair<std::string, Shape>> seen;
+  // Top-level modules, and the stages inside a top-level "blocks" (MobileNetV2's blocks.0, blocks.1, ...);
+  // any other module path can be tapped too (retort-inspect --arch shows the tree above).
+  model->tap(":stem", [&seen](const Tensor& t) { seen.emplace_back(":stem", t.shape()); });
   for (const auto& [name, m] : model->named_modules()) {
-    if (name.empty() || name.find('.') != std::string::npos) continue;  // top-level stages only
+    const size_t dot = name.find('.');
+    const bool stage = dot == std::string::npos || (name.rfind("blocks.", 0) == 0 && name.find('.', dot + 1) == std::string::npos);
+    if (name.empty() || !stage) continue;
     model->tap(name, [&seen, n = name](const Tensor& t) { seen.emplace_back(n, t.shape()); });
     model->tap(name + ":preact", [&seen, n = name](const Tensor& t) { seen.emplace_back(n + ":preact", t.shape()); });
   }

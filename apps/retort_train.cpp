@@ -17,14 +17,16 @@ using namespace retort;
 int main(int argc, char** argv) {
   CLI::App cli{"Retort: train a model (cross-entropy) from a JSON experiment config"};
   app::RunFlags flags;
-  double label_smoothing = 0.0;
+  std::string label_smoothing;
   app::add_run_flags(cli, flags);
-  cli.add_option("--label-smoothing", label_smoothing, "Cross-entropy label smoothing");
+  cli.add_option("--label-smoothing", label_smoothing,
+                 "Cross-entropy label smoothing in [0, 1): the same as --set solver.label_smoothing=S");
   CLI11_PARSE(cli, argc, argv);
 
   return app::run_guarded("retort-train", [&] {
+    // Part of the recipe: in the run's config.json, and compared with the checkpoint's when resuming.
+    if (!label_smoothing.empty()) flags.overrides.push_back("solver.label_smoothing=" + label_smoothing);
     const ExperimentConfig cfg = app::load_run_config(flags);
-    if (label_smoothing < 0 || label_smoothing >= 1) throw app::UsageError("--label-smoothing must be in [0, 1)");
     if (!cfg.terms.empty() || !cfg.teacher.arch.empty())
       throw app::UsageError(flags.config_path + " has a teacher or distill terms: run it with retort-distill "
                             "(retort-train would silently train with cross-entropy only)");
@@ -35,7 +37,7 @@ int main(int argc, char** argv) {
     ModelOptions mo{data.train->num_classes(), s[0], s[1]};
     auto model = app::as_usage([&] { return create_model(cfg.arch, mo, gen); });
     if (!cfg.init.empty()) load_model_file(*model, cfg.init);  // model.init (a resumed checkpoint overrides it)
-    ClassifierTask task(model, label_smoothing);
+    ClassifierTask task(model, cfg.solver.label_smoothing);
     RunDir run(app::run_dir_of(flags, cfg));
 
     Trainer trainer(cfg, task, data, run);  // (sets the kernel switches the cpu line reports)

@@ -72,6 +72,9 @@ void parse_solver(JsonReader& r, SolverConfig& s) {
   s.eps = r.get<double>("eps", s.eps);
   s.epochs = r.get<int>("epochs", s.epochs);
   RETORT_CHECK(s.epochs > 0, r.where("epochs"), ": must be positive, got ", s.epochs);
+  s.label_smoothing = r.get<double>("label_smoothing", s.label_smoothing);
+  RETORT_CHECK(s.label_smoothing >= 0 && s.label_smoothing < 1, r.where("label_smoothing"), ": must be in [0, 1), got ",
+               s.label_smoothing);
   if (r.has("schedule")) {
     s.schedule = r.raw("schedule");
     RETORT_CHECK(s.schedule.is_object(), r.where("schedule"), ": expected an object");
@@ -191,7 +194,7 @@ Json ExperimentConfig::to_json() const {
   j["solver"] = {{"optimizer", solver.optimizer}, {"lr", solver.lr},       {"momentum", solver.momentum},
                  {"weight_decay", solver.weight_decay}, {"nesterov", solver.nesterov}, {"beta1", solver.beta1},
                  {"beta2", solver.beta2},          {"eps", solver.eps},     {"epochs", solver.epochs},
-                 {"schedule", solver.schedule}};
+                 {"schedule", solver.schedule},      {"label_smoothing", solver.label_smoothing}};
   if (!teacher.arch.empty())
     j["teacher"] = {{"arch", teacher.arch}, {"checkpoint", teacher.checkpoint}, {"bn_mode", teacher.bn_mode}};
   if (!terms.empty()) j["distill"] = {{"terms", terms}};

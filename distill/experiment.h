@@ -54,6 +54,9 @@ struct SolverConfig {
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   int epochs = 240;
   Json schedule = Json::object();  // parsed by the LR schedule factory
+  // retort-train's cross-entropy label smoothing, in [0, 1) (a distillation sets its ce term's own
+  // params.label_smoothing; retort-distill refuses this key).
+  double label_smoothing = 0.0;
 };
 
 // The frozen teacher of a distillation run (retort-distill).

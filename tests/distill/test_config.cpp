@@ -158,3 +158,18 @@ TEST(Config, PictureSettingsAreChecked) {
   expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "log": {"pictures_batch": 65}})"); },
                {"test.json: log.pictures_batch", "[1, 64]"});
 }
+
+// retort-train's label smoothing is part of the recipe (resolved config, compared on resume), not a
+// flag that a resumed run could silently drop.
+TEST(Config, LabelSmoothingIsASolverKey) {
+  EXPECT_EQ(parse(kMinimal).solver.label_smoothing, 0.0);
+  const ExperimentConfig c =
+      parse(R"({"schema_version": 1, "model": {"arch": "x"}, "solver": {"label_smoothing": 0.1}})");
+  EXPECT_DOUBLE_EQ(c.solver.label_smoothing, 0.1);
+  EXPECT_DOUBLE_EQ(c.to_json()["solver"]["label_smoothing"].get<double>(), 0.1);
+  const std::vector<ConfigChange> ch = config_changes(parse(kMinimal).to_json(), c.to_json());
+  ASSERT_EQ(ch.size(), 2u);  // model.arch and solver.label_smoothing
+  EXPECT_EQ(ch[1].key, "solver.label_smoothing");
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "solver": {"label_smoothing": 1}})"); },
+               {"test.json: solver.label_smoothing", "must be in [0, 1), got 1"});
+}

@@ -2,7 +2,8 @@
 # --resume with a changed config, end to end on synthetic data: a 1-epoch run A with a checkpoint; resuming
 # it with a changed recipe (solver.lr) is refused (exit code 2) naming the key, both values and the flag;
 # with more epochs (allowed, logged) it continues from epoch 2; with --allow-config-change the changed
-# recipe continues and config.json records the new value. Usage: resume_config.sh BIN_DIR
+# recipe continues and config.json records the new value; --label-smoothing, part of the recipe, is
+# refused too. Usage: resume_config.sh BIN_DIR
 set -euo pipefail
 bin=$1
 tmp=$(mktemp -d)
@@ -28,4 +29,12 @@ out=$("$bin/retort-train" "$tmp/a.json" --run-dir "$tmp/a" --resume auto --set s
 grep -qF "accepted (--allow-config-change" <<<"$out" && grep -qF "solver.lr 0.05 -> 0.1" <<<"$out" ||
   { echo "FAIL: --allow-config-change: '$out'"; exit 1; }
 grep -qE '"lr": ?0.1[,}]' "$tmp/a/config.json" || { echo "FAIL: config.json does not record the new lr"; exit 1; }
+# retort-train's --label-smoothing is part of the recipe: resuming with it is refused like any other change.
+set +e
+err=$("$bin/retort-train" "$tmp/a.json" --run-dir "$tmp/a" --resume auto --set solver.epochs=4 --set solver.lr=0.1 \
+      --label-smoothing 0.1 2>&1)
+rc=$?
+set -e
+[ "$rc" = 2 ] && grep -qF "solver.label_smoothing 0.0 -> 0.1" <<<"$err" ||
+  { echo "FAIL: --label-smoothing on resume: rc $rc, '$err'"; exit 1; }
 echo "resume_config: ok"

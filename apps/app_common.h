@@ -17,7 +17,7 @@
 
 namespace retort::app {
 
-enum ExitCode { kOk = 0, kUsage = 1, kRuntime = 2, kNonFinite = 3 };
+enum ExitCode { kOk = 0, kUsage = 1, kRuntime = 2, kNonFinite = 3, kInterrupted = 130 };  // 130: as a shell reports SIGINT
 
 // A mistake in what the user asked for (config, flags): exit code 1.
 class UsageError : public Error {
@@ -35,11 +35,15 @@ inline int run_guarded(const char* app, const std::function<int()>& body) {
   } catch (const NonFiniteLoss& e) {
     std::fprintf(stderr, "%s: %s\n", app, e.what());
     return kNonFinite;
+  } catch (const Interrupted& e) {  // the Trainer stopped cleanly on SIGINT/SIGTERM, checkpoint written
+    std::fprintf(stderr, "%s: %s\n", app, e.what());
+    return kInterrupted;
   } catch (const Error& e) {
     std::fprintf(stderr, "%s: %s\n", app, e.what());
     return kRuntime;
   } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "%s: out of memory\n", app);
+    std::fprintf(stderr, "%s: out of host memory: the system refused an allocation (outside the tensor allocator, "
+                 "which names the tensor); a smaller batch or smaller sizes (e.g. a strategy's nce_k) need less\n", app);
     return kRuntime;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s: internal error: %s\n", app, e.what());
@@ -125,7 +129,7 @@ inline DistillModels make_distill_models(const ExperimentConfig& cfg, const Mode
   if (!cfg.teacher.arch.empty()) {
     Generator tgen(0);
     m.teacher = as_usage([&] { return create_model(cfg.teacher.arch, mo, tgen); });
-    load_model_file(*m.teacher, cfg.teacher.checkpoint);
+    load_teacher_file(*m.teacher, cfg.teacher.checkpoint, cfg.data, {mo.in_channels, mo.input_size, mo.input_size});
   }
   return m;
 }

@@ -342,6 +342,8 @@ std::vector<DistillTerm> parse_terms(const Json& terms, const std::string& file)
     const std::string type = r.require<std::string>("type");
     t.name = r.get<std::string>("name", type);
     t.weight = r.get<double>("weight", 1.0);
+    RETORT_CHECK(t.weight >= 0, r.where("weight"), ": must be >= 0 (a negative weight would maximise the term), got ",
+                 t.weight);
     t.warmup_epochs = r.get<int>("warmup_epochs", 0);
     RETORT_CHECK(t.warmup_epochs >= 0, r.where("warmup_epochs"), ": must be >= 0");
     for (const auto& o : out) RETORT_CHECK(o.name != t.name, r.where("name"), ": term name '", t.name, "' used twice");

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "distill/distiller.h"
+#include "engine/optim/lr_schedule.h"
 
 namespace retort {
 
@@ -22,8 +23,10 @@ void parse_data(JsonReader& r, DataConfig& d) {
   RETORT_CHECK(d.batch_size > 0, r.where("batch_size"), ": must be positive, got ", d.batch_size);
   d.eval_batch_size = r.get<int64_t>("eval_batch_size", d.eval_batch_size);
   RETORT_CHECK(d.eval_batch_size > 0, r.where("eval_batch_size"), ": must be positive");
+  constexpr int kMaxWorkers = 256;
   d.num_workers = r.get<int>("num_workers", d.num_workers);
-  RETORT_CHECK(d.num_workers >= 0, r.where("num_workers"), ": must be >= 0");
+  RETORT_CHECK(d.num_workers >= 0 && d.num_workers <= kMaxWorkers, r.where("num_workers"), ": must be in [0, ",
+               kMaxWorkers, "] (decoding threads), got ", d.num_workers);
   if (r.has("augment")) {
     JsonReader& a = r.child("augment");
     d.random_crop_padding = a.get<int64_t>("random_crop_padding", d.random_crop_padding);
@@ -65,11 +68,18 @@ void parse_solver(JsonReader& r, SolverConfig& s) {
   s.lr = r.get<double>("lr", s.lr);
   RETORT_CHECK(s.lr > 0, r.where("lr"), ": must be positive, got ", s.lr);
   s.momentum = r.get<double>("momentum", s.momentum);
+  RETORT_CHECK(s.momentum >= 0 && s.momentum < 1, r.where("momentum"), ": must be in [0, 1), got ", s.momentum);
   s.weight_decay = r.get<double>("weight_decay", s.weight_decay);
+  RETORT_CHECK(s.weight_decay >= 0, r.where("weight_decay"), ": must be >= 0, got ", s.weight_decay);
   s.nesterov = r.get<bool>("nesterov", s.nesterov);
+  RETORT_CHECK(!s.nesterov || s.optimizer != "sgd" || s.momentum > 0, r.where("nesterov"),
+               ": Nesterov momentum needs solver.momentum > 0");
   s.beta1 = r.get<double>("beta1", s.beta1);
+  RETORT_CHECK(s.beta1 >= 0 && s.beta1 < 1, r.where("beta1"), ": must be in [0, 1), got ", s.beta1);
   s.beta2 = r.get<double>("beta2", s.beta2);
+  RETORT_CHECK(s.beta2 >= 0 && s.beta2 < 1, r.where("beta2"), ": must be in [0, 1), got ", s.beta2);
   s.eps = r.get<double>("eps", s.eps);
+  RETORT_CHECK(s.eps > 0, r.where("eps"), ": must be > 0, got ", s.eps);
   s.epochs = r.get<int>("epochs", s.epochs);
   RETORT_CHECK(s.epochs > 0, r.where("epochs"), ": must be positive, got ", s.epochs);
   s.label_smoothing = r.get<double>("label_smoothing", s.label_smoothing);
@@ -78,16 +88,37 @@ void parse_solver(JsonReader& r, SolverConfig& s) {
   if (r.has("schedule")) {
     s.schedule = r.raw("schedule");
     RETORT_CHECK(s.schedule.is_object(), r.where("schedule"), ": expected an object");
+    // Built once now, so a bad schedule is refused with the config's name before any work.
+    try {
+      make_lr_schedule(s.schedule, s.lr);
+    } catch (const Error& e) {
+      RETORT_FAIL(r.where("schedule"), ": ", e.what());
+    }
+    // Schedules that cannot be what was meant: a cosine that ends before training does (the epochs past
+    // it train at min_lr, 0 by default — easy to hit by raising solver.epochs alone on resume), one that
+    // rises, a warmup longer than the run.
+    const std::string type = s.schedule.value("type", "");
+    if (type == "cosine") {
+      const double total = s.schedule.at("total_epochs").get<double>();
+      RETORT_CHECK(total >= s.epochs, r.where("schedule.total_epochs"), ": ", total, " is less than solver.epochs (",
+                   s.epochs, "); the epochs past it would train at min_lr — raise total_epochs with epochs");
+      const double min_lr = s.schedule.value("min_lr", 0.0);
+      RETORT_CHECK(min_lr <= s.lr, r.where("schedule.min_lr"), ": ", min_lr, " is above solver.lr (", s.lr,
+                   "): the rate would rise");
+    }
+    const int64_t warmup = s.schedule.value("warmup_epochs", int64_t{0});
+    RETORT_CHECK(warmup < s.epochs, r.where("schedule.warmup_epochs"), ": ", warmup,
+                 " warm-up epochs leave none of solver.epochs (", s.epochs, ") at the full rate");
   }
 }
 
 void parse_log(JsonReader& r, LogConfig& l) {
-  l.every_steps = r.get<int>("every_steps", l.every_steps);
-  l.eval_every_epochs = r.get<int>("eval_every_epochs", l.eval_every_epochs);
-  l.checkpoint_every_epochs = r.get<int>("checkpoint_every_epochs", l.checkpoint_every_epochs);
-  l.keep_checkpoints = r.get<int>("keep_checkpoints", l.keep_checkpoints);
-  RETORT_CHECK(l.every_steps > 0 && l.eval_every_epochs > 0 && l.checkpoint_every_epochs > 0 && l.keep_checkpoints > 0,
-               r.where("every_steps"), ": log intervals must be positive");
+  for (auto [key, field] : {std::pair{"every_steps", &l.every_steps}, std::pair{"eval_every_epochs", &l.eval_every_epochs},
+                            std::pair{"checkpoint_every_epochs", &l.checkpoint_every_epochs},
+                            std::pair{"keep_checkpoints", &l.keep_checkpoints}}) {
+    *field = r.get<int>(key, *field);
+    RETORT_CHECK(*field > 0, r.where(key), ": must be positive, got ", *field);
+  }
   l.pictures_every_epochs = r.get<int>("pictures_every_epochs", l.pictures_every_epochs);
   RETORT_CHECK(l.pictures_every_epochs >= 0, r.where("pictures_every_epochs"), ": must be 0 (no pictures) or positive");
   l.pictures_batch = r.get<int>("pictures_batch", l.pictures_batch);
@@ -134,6 +165,10 @@ ExperimentConfig ExperimentConfig::from_json(const Json& doc, const std::string&
   if (r.has("experiment")) {
     JsonReader& e = r.child("experiment");
     c.name = e.get<std::string>("name", c.name);
+    // The run directory is output_dir/name: a name that is empty or a path would put it elsewhere.
+    RETORT_CHECK(!c.name.empty() && c.name != "." && c.name != ".." && c.name.find('/') == std::string::npos &&
+                     c.name.find('\\') == std::string::npos,
+                 e.where("name"), ": '", c.name, "' must be a plain directory name (no '/', not empty, '.' or '..')");
     c.seed = e.get<uint64_t>("seed", c.seed);
     c.output_dir = e.get<std::string>("output_dir", c.output_dir);
     c.device = e.get<std::string>("device", c.device);

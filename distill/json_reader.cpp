@@ -137,6 +137,9 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 void JsonReader::finish_all() const {
   for (auto it = value_.begin(); it != value_.end(); ++it) {
     if (read_.count(it.key())) continue;
+    // A key this reader asked for but found null (has() treats null as absent).
+    RETORT_CHECK(!(known_.count(it.key()) && it.value().is_null()), where(it.key()),
+                 ": null is not a value here; leave the key out to take its default");
     std::string best;
     size_t best_d = 4;  // suggest only close matches
     for (const auto& k : known_) {

@@ -47,7 +47,12 @@ class JsonReader {
       check_type<T>(v, key);
       return v.get<T>();
     } catch (const nlohmann::json::exception& e) {
-      RETORT_FAIL(where(key), ": ", e.what());
+      std::string msg = e.what();  // "[json.exception.type_error.302] type must be array, but is string"
+      if (const size_t end = msg.find("] "); msg.rfind("[json.exception.", 0) == 0 && end != std::string::npos)
+        msg.erase(0, end + 2);
+      std::string got = v.dump();
+      if (got.size() > 60) got = got.substr(0, 57) + "...";
+      RETORT_FAIL(where(key), ": ", msg, " (got ", got, ")");
     }
   }
   // A nested object (must be an object). Its unknown keys are reported by finish_all().

@@ -65,6 +65,28 @@ void RunDir::append_metric(const Json& event) {
   std::fflush(metrics_);
 }
 
+int64_t RunDir::rewrite_metrics(const std::function<bool(const Json&)>& keep) {
+  std::ifstream in(file("metrics.jsonl"));
+  std::string line, kept;
+  int64_t dropped = 0;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    const Json e = Json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (e.is_discarded() || !e.is_object() || !keep(e)) {
+      ++dropped;
+      continue;
+    }
+    kept += line + "\n";
+  }
+  in.close();
+  std::fclose(metrics_);
+  metrics_ = nullptr;
+  write_file_atomic(file("metrics.jsonl"), kept);
+  metrics_ = std::fopen(file("metrics.jsonl").c_str(), "a");
+  RETORT_CHECK(metrics_, file("metrics.jsonl"), ": cannot open for appending: ", std::strerror(errno));
+  return dropped;
+}
+
 void RunDir::log_line(const std::string& line) {
   std::fprintf(log_, "%s\n", line.c_str());
   std::fflush(log_);
@@ -91,15 +113,20 @@ std::string resolve_checkpoint(const std::string& path) {
 
 std::string RunDir::latest_checkpoint() const { return latest_checkpoint_in(checkpoint_dir()); }
 
-void RunDir::set_latest_checkpoint(const std::string& file_name, int keep) {
-  write_file_atomic(checkpoint_dir() + "/latest", file_name + "\n");
-  // Keep the newest `keep` checkpoints (names sort by zero-padded epoch and step).
+std::vector<std::string> RunDir::checkpoint_files() const {
   std::vector<std::string> ckpts;
   for (const auto& e : fs::directory_iterator(checkpoint_dir())) {
     const std::string n = e.path().filename().string();
     if (n.rfind("ckpt_", 0) == 0 && n.size() > 12 && n.substr(n.size() - 12) == ".safetensors") ckpts.push_back(n);
   }
-  std::sort(ckpts.begin(), ckpts.end());
+  std::sort(ckpts.begin(), ckpts.end());  // zero-padded epoch and step
+  return ckpts;
+}
+
+void RunDir::set_latest_checkpoint(const std::string& file_name, int keep) {
+  write_file_atomic(checkpoint_dir() + "/latest", file_name + "\n");
+  // Keep the newest `keep` checkpoints.
+  const std::vector<std::string> ckpts = checkpoint_files();
   for (size_t i = 0; i + keep < ckpts.size(); ++i)
     if (ckpts[i] != file_name) fs::remove(checkpoint_dir() + "/" + ckpts[i]);
 }

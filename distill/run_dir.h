@@ -7,8 +7,11 @@
 //   model.safetensors  the trained model alone (student-only export)
 // Every file that a reader may see half-written is written to a temporary name and renamed.
 #pragma once
+#include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "distill/json_reader.h"
 
@@ -39,11 +42,17 @@ class RunDir {
 
   void write_json(const std::string& name, const Json& j) const;
   void append_metric(const Json& event);
+  // Rewrites metrics.jsonl (atomically) with only the events `keep` accepts; lines that are not JSON (a
+  // line cut short by a kill) go too. Returns how many were dropped. A resumed run drops what the
+  // interrupted attempt logged after its checkpoint, so the file reads as one run's.
+  int64_t rewrite_metrics(const std::function<bool(const Json&)>& keep);
   void log_line(const std::string& line);  // appended to train.log
 
   // Checkpoint bookkeeping: the newest complete checkpoint's file name ("" if none), and marking one.
   std::string latest_checkpoint() const;
   void set_latest_checkpoint(const std::string& file_name, int keep);
+  // The checkpoint files present (ckpt_*.safetensors), oldest first (names sort by epoch and step).
+  std::vector<std::string> checkpoint_files() const;
 
  private:
   std::string path_;

@@ -4,7 +4,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -367,6 +369,47 @@ void Trainer::log(const std::string& line) {
   run_.log_line(line);
 }
 
+namespace {
+
+std::atomic<int> g_interrupt{0};
+
+extern "C" void on_interrupt(int sig) {
+  // The first signal asks fit() to stop after the step under way; a second one stops the process now.
+  if (g_interrupt.exchange(sig) != 0) {
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+  }
+}
+
+}  // namespace
+
+int interrupt_signal() { return g_interrupt.load(); }
+
+InterruptGuard::InterruptGuard() {
+  g_interrupt = 0;
+  // A signal the process was started ignoring (a background job of a non-interactive shell) stays ignored.
+  prev_int_ = std::signal(SIGINT, on_interrupt);
+  if (prev_int_ == SIG_IGN) std::signal(SIGINT, SIG_IGN);
+  prev_term_ = std::signal(SIGTERM, on_interrupt);
+  if (prev_term_ == SIG_IGN) std::signal(SIGTERM, SIG_IGN);
+}
+
+InterruptGuard::~InterruptGuard() {
+  std::signal(SIGINT, prev_int_ == SIG_ERR ? SIG_DFL : prev_int_);
+  std::signal(SIGTERM, prev_term_ == SIG_ERR ? SIG_DFL : prev_term_);
+  g_interrupt = 0;
+}
+
+void Trainer::stop_on_interrupt(const Position& pos, int64_t nb, bool write_checkpoint) {
+  const int sig = interrupt_signal();
+  if (write_checkpoint) save_checkpoint(pos);
+  const std::string msg = detail::cat("interrupted (", sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "signal",
+                                      ") at epoch ", pos.epoch + 1, ", batch ", pos.batch, "/", nb, ", step ", pos.step,
+                                      ": checkpoint written; continue with --resume auto");
+  log(msg);
+  throw Interrupted(msg);
+}
+
 void Trainer::save_checkpoint(const Position& pos) {
   StateDict tensors;
   for (auto& [k, t] : task_.model().state_dict()) tensors.emplace_back("model." + k, t);
@@ -455,6 +498,9 @@ Trainer::Position Trainer::load_checkpoint(const std::string& path) {
     RETORT_CHECK(it != f.metadata.end(), path, ": not a Retort checkpoint (metadata key '", k, "' missing)");
     return it->second;
   };
+  RETORT_CHECK(meta("format") != "retort-model-1", path, ": a model file (a run's model.safetensors: weights only), not a ",
+               "checkpoint; resume from the run's checkpoints (--resume auto, or --resume RUN/checkpoints/ckpt_*.safetensors), ",
+               "or start a new run from these weights with model.init");
   RETORT_CHECK(meta("format") == "retort-checkpoint-1", path, ": unknown checkpoint format '", meta("format"), "'");
   RETORT_CHECK(meta("arch") == cfg_.arch, path, ": checkpoint of architecture '", meta("arch"),
                "' but the config trains '", cfg_.arch, "'");
@@ -516,9 +562,16 @@ std::string fmt_duration(double s) {
 TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
   using Clock = std::chrono::steady_clock;
   const auto t_start = Clock::now();
+  const InterruptGuard interrupts;
   Position pos;
   std::string ckpt;
-  const std::string latest = run_.latest_checkpoint();
+  std::string latest = run_.latest_checkpoint();
+  if (latest.empty() && !run_.checkpoint_files().empty()) {
+    // Stopped between its first checkpoint's rename and the `latest` pointer: the newest file is
+    // complete (each is written to a temporary name, fsynced, then renamed).
+    latest = run_.checkpoint_files().back();
+    if (resume == "auto") log("checkpoints/latest is missing; the newest checkpoint file is " + latest);
+  }
   if (resume == "auto") {
     if (!latest.empty()) ckpt = run_.checkpoint_dir() + "/" + latest;
   } else if (!resume.empty()) {
@@ -527,13 +580,22 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
     RETORT_CHECK(latest.empty(), run_.path(), ": this run directory already holds checkpoints (latest: ", latest,
                  "); pass --resume auto to continue it, or choose another experiment name / output directory");
   }
+  const int64_t nb = static_cast<int64_t>(train_loader_->num_batches());
   if (!ckpt.empty()) {
     pos = load_checkpoint(ckpt);
     log(detail::cat("resumed from ", ckpt, " at epoch ", pos.epoch + 1, ", batch ", pos.batch, ", step ", pos.step));
+    // What the interrupted attempt logged after its checkpoint is redone now: drop it, so metrics.jsonl
+    // reads as one run's, and mark where the run resumed.
+    const int completed = pos.batch >= nb ? pos.epoch + 1 : pos.epoch;
+    const int64_t dropped = run_.rewrite_metrics([&](const Json& e) {
+      if (e.value("event", "") == "pictures") return e.value("epoch", 0) <= completed;
+      return !e.contains("step") || !e["step"].is_number() || e["step"].get<int64_t>() <= pos.step;
+    });
+    run_.append_metric(Json{{"event", "resume"}, {"checkpoint", ckpt}, {"epoch", pos.epoch + 1}, {"batch", pos.batch},
+                            {"step", pos.step}, {"dropped_events", dropped}});
   }
   run_.write_json("config.json", cfg_.to_json());
 
-  const int64_t nb = static_cast<int64_t>(train_loader_->num_batches());
   const int epochs = cfg_.solver.epochs;
   TrainSummary summary;
   summary.best_top1 = std::max(0.0, pos.best_top1);
@@ -658,6 +720,8 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
         summary.epochs_run = pos.epoch;
         return summary;
       }
+      // (After an epoch's last step the epoch's end below evaluates, checkpoints and then stops.)
+      if (interrupt_signal() != 0 && pos.batch < nb) stop_on_interrupt(pos, nb, true);
     }
 
     // End of epoch: evaluate, record, checkpoint.
@@ -695,7 +759,9 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
     run_.append_metric(ev);
     if (picture_loader_ && (epoch_done % cfg_.log.pictures_every_epochs == 0 || epoch_done == epochs))
       write_pictures(epoch_done, TrainProgress{pos.epoch, epochs, std::max<int64_t>(pos.step - 1, 0), nb - 1, nb});
-    if (epoch_done % cfg_.log.checkpoint_every_epochs == 0 || epoch_done == epochs) save_checkpoint(pos);
+    const bool checkpoint = epoch_done % cfg_.log.checkpoint_every_epochs == 0 || epoch_done == epochs;
+    if (checkpoint) save_checkpoint(pos);
+    if (interrupt_signal() != 0) stop_on_interrupt(pos, nb, !checkpoint);
     ++pos.epoch;
     pos.batch = 0;
     summary.epochs_run = pos.epoch;
@@ -750,6 +816,38 @@ void load_model_file(Module& model, const std::string& path, StateDict* extra) {
     model.load_state_dict(state);
   } catch (const Error& e) {
     RETORT_FAIL(path, ": ", e.what());
+  }
+}
+
+void load_teacher_file(Module& teacher, const std::string& path, const DataConfig& data, const Shape& sample_shape) {
+  std::map<std::string, std::string> meta;
+  try {
+    StateDict state = read_model_state(path, &meta);
+    // What it was trained on: a model file's own keys, else a checkpoint's stored config.
+    std::string dataset = meta.count("dataset") ? meta.at("dataset") : "";
+    int64_t channels = meta.count("in_channels") ? std::stoll(meta.at("in_channels")) : 0;
+    int64_t size = meta.count("input_size") ? std::stoll(meta.at("input_size")) : 0;
+    if (dataset.empty() && meta.count("config")) {
+      const Json c = Json::parse(meta.at("config"), nullptr, false);
+      if (c.is_object() && c.contains("data") && c["data"].is_object())
+        dataset = c["data"].value("dataset", std::string());
+    }
+    const std::string ours = detail::cat(data.dataset, " ", sample_shape[0], "x", sample_shape[1], "x", sample_shape[2]);
+    RETORT_CHECK((dataset.empty() || dataset == data.dataset) && (channels == 0 || channels == sample_shape[0]) &&
+                     (size == 0 || size == sample_shape[1]),
+                 "was trained on ", dataset.empty() ? "other data" : dataset,
+                 channels && size ? detail::cat(" ", channels, "x", size, "x", size) : std::string(), ", this run's data is ",
+                 ours, " (a teacher must be distilled on the data it was trained on)");
+    try {
+      teacher.load_state_dict(state);
+    } catch (const Error& e) {
+      RETORT_FAIL(path, ": ", e.what());
+    }
+  } catch (const std::logic_error&) {  // std::stoll
+    RETORT_FAIL("teacher.checkpoint ", path, ": unreadable in_channels/input_size metadata");
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    RETORT_FAIL("teacher.checkpoint ", path, msg.rfind(path, 0) == 0 ? msg.substr(path.size()) : ": " + msg);
   }
 }
 

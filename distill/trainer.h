@@ -30,6 +30,28 @@ class NonFiniteLoss : public Error {
   using Error::Error;
 };
 
+// While alive (Trainer::fit holds one), SIGINT and SIGTERM ask the run to stop cleanly instead of
+// killing it; interrupt_signal() is the signal received (0: none). Restores the previous handlers.
+class InterruptGuard {
+ public:
+  InterruptGuard();
+  ~InterruptGuard();
+  InterruptGuard(const InterruptGuard&) = delete;
+  InterruptGuard& operator=(const InterruptGuard&) = delete;
+
+ private:
+  void (*prev_int_)(int);
+  void (*prev_term_)(int);
+};
+int interrupt_signal();
+
+// Trainer::fit stopped by SIGINT or SIGTERM: it finished the step under way, wrote a checkpoint at that
+// point and threw this (the apps exit with code 130). A second signal stops the process at once.
+class Interrupted : public Error {
+ public:
+  using Error::Error;
+};
+
 struct TrainProgress {
   int epoch = 0;             // 0-based
   int epochs = 1;
@@ -192,6 +214,7 @@ class Trainer {
     int best_epoch = -1;
   };
   void save_checkpoint(const Position& pos);
+  [[noreturn]] void stop_on_interrupt(const Position& pos, int64_t nb, bool write_checkpoint);
   Position load_checkpoint(const std::string& path);
   bool check_resumed_config(const std::string& path, const std::string& saved_config);
   void write_pictures(int epoch_done, const TrainProgress& progress);  // log.pictures_every_epochs
@@ -221,6 +244,11 @@ StateDict read_model_state(const std::string& path, std::map<std::string, std::s
                            StateDict* extra = nullptr);
 // read_model_state + a strict load_state_dict; errors name the file and every mismatched key.
 void load_model_file(Module& model, const std::string& path, StateDict* extra = nullptr);
+// A distillation's frozen teacher from teacher.checkpoint: load_model_file with errors that name the
+// key, and a refusal when the file says it was trained on other data than `data` (another dataset, or
+// images of another channel count or size: sample_shape [C, H, W]) — a teacher on data it never saw
+// distils noise. Files without that metadata (imported PyTorch models) are taken as they are.
+void load_teacher_file(Module& teacher, const std::string& path, const DataConfig& data, const Shape& sample_shape);
 
 // Saves `model` alone (what retort-eval and a distillation teacher read) with metadata.
 void export_model(const std::string& path, const Module& model, const std::map<std::string, std::string>& metadata);

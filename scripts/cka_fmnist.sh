@@ -36,8 +36,8 @@ done
 python3 - "$out" "$seeds" "${methods[@]}" <<'EOF'
 import json, statistics, sys
 out, seeds, methods = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
-def ms(v):
-    return f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
+def ms(v, digits=3):
+    return f"{statistics.mean(v):.{digits}f} ± {statistics.stdev(v):.{digits}f}" if len(v) > 1 else f"{v[0]:.{digits}f}"
 rows, taps = [], None
 for m in methods:
     rs = []
@@ -51,7 +51,7 @@ for m in methods:
     c = rs[0]["cka"]
     taps = taps or c["taps"]
     diag = [[r["cka"]["matrix"][i][r["cka"]["against_taps"].index(t)] for r in rs] for i, t in enumerate(c["taps"])]
-    rows.append([f"{m} ({len(rs)})", ms([r["top1"] for r in rs]), ms([r["against"]["agreement"] for r in rs])]
+    rows.append([f"{m} ({len(rs)})", ms([r["top1"] for r in rs], 2), ms([r["against"]["agreement"] for r in rs], 2)]
                 + [ms(d) for d in diag])
 head = ["student (seeds)", "top-1 %", "agreement %"] + [f"CKA {t}" for t in taps]
 w = [max(len(str(x)) for x in col) for col in zip(head, *rows)]

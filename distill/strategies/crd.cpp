@@ -213,8 +213,12 @@ void register_crd_strategy() {
     o.nce_t = p.get<double>("nce_t", 0.07);
     o.nce_m = p.get<double>("nce_m", 0.5);
     o.mode = p.get<std::string>("mode", "exact");
-    RETORT_CHECK(o.feat_dim > 0, p.where("feat_dim"), ": must be positive, got ", o.feat_dim);
-    RETORT_CHECK(o.nce_k > 0, p.where("nce_k"), ": must be positive, got ", o.nce_k);
+    // Bounds that keep a step's [batch, nce_k + 1, feat_dim] contrast tensors within reason (the paper:
+    // 16384 negatives of 128 dimensions).
+    constexpr int64_t kMaxFeatDim = 1 << 14, kMaxNceK = 1 << 18;
+    RETORT_CHECK(o.feat_dim > 0 && o.feat_dim <= kMaxFeatDim, p.where("feat_dim"), ": must be in [1, ", kMaxFeatDim,
+                 "], got ", o.feat_dim);
+    RETORT_CHECK(o.nce_k > 0 && o.nce_k <= kMaxNceK, p.where("nce_k"), ": must be in [1, ", kMaxNceK, "], got ", o.nce_k);
     RETORT_CHECK(std::isfinite(o.nce_t) && o.nce_t > 0, p.where("nce_t"), ": must be positive, got ", o.nce_t);
     RETORT_CHECK(std::isfinite(o.nce_m) && o.nce_m >= 0 && o.nce_m < 1, p.where("nce_m"), ": must be in [0, 1), got ",
                  o.nce_m);

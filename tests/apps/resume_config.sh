@@ -3,7 +3,7 @@
 # it with a changed recipe (solver.lr) is refused (exit code 2) naming the key, both values and the flag;
 # with more epochs (allowed, logged) it continues from epoch 2; with --allow-config-change the changed
 # recipe continues and config.json records the new value; --label-smoothing, part of the recipe, is
-# refused too. Usage: resume_config.sh BIN_DIR
+# refused too; SIGTERM mid-run stops with a checkpoint (exit code 130) that resumes. Usage: resume_config.sh BIN_DIR
 set -euo pipefail
 bin=$1
 tmp=$(mktemp -d)
@@ -37,4 +37,20 @@ rc=$?
 set -e
 [ "$rc" = 2 ] && grep -qF "solver.label_smoothing 0.0 -> 0.1" <<<"$err" ||
   { echo "FAIL: --label-smoothing on resume: rc $rc, '$err'"; exit 1; }
+# SIGTERM (or SIGINT) mid-run: the step under way finishes, a checkpoint is written, exit code 130; the
+# run then resumes from it.
+sed 's/"epochs": 1/"epochs": 1000/' "$tmp/a.json" > "$tmp/long.json"
+"$bin/retort-train" "$tmp/long.json" --run-dir "$tmp/long" --set log.every_steps=1 > "$tmp/long.out" 2>&1 &
+pid=$!
+for _ in $(seq 1 1200); do grep -q " step " "$tmp/long/train.log" 2>/dev/null && break; sleep 0.1; done
+kill -TERM "$pid"
+set +e
+wait "$pid"
+rc=$?
+set -e
+[ "$rc" = 130 ] && grep -qF "interrupted (SIGTERM)" "$tmp/long.out" && [ -s "$tmp/long/checkpoints/latest" ] ||
+  { echo "FAIL: SIGTERM: rc $rc, $(tail -3 "$tmp/long.out")"; exit 1; }
+out=$("$bin/retort-train" "$tmp/long.json" --run-dir "$tmp/long" --resume auto --set solver.epochs=1 2>&1)
+grep -qF "resumed from" <<<"$out" || { echo "FAIL: resume after SIGTERM: '$out'"; exit 1; }
+grep -qF '"event":"resume"' "$tmp/long/metrics.jsonl" || { echo "FAIL: no resume event in metrics.jsonl"; exit 1; }
 echo "resume_config: ok"

@@ -173,3 +173,49 @@ TEST(Config, LabelSmoothingIsASolverKey) {
   expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "solver": {"label_smoothing": 1}})"); },
                {"test.json: solver.label_smoothing", "must be in [0, 1), got 1"});
 }
+
+// Values that parse but cannot be what was meant are refused at load, naming the key.
+TEST(Config, ImplausibleValuesAreRefusedNamingTheKey) {
+  auto solver = [](const std::string& s) {
+    return parse(R"({"schema_version": 1, "model": {"arch": "x"}, "solver": )" + s + "}");
+  };
+  expect_error([&] { solver(R"({"epochs": 3, "schedule": {"type": "cosine", "total_epochs": 1}})"); },
+               {"test.json: solver.schedule.total_epochs", "less than solver.epochs (3)"});
+  expect_error([&] { solver(R"({"lr": 0.1, "epochs": 3, "schedule": {"type": "cosine", "total_epochs": 3, "min_lr": 1}})"); },
+               {"test.json: solver.schedule.min_lr", "above solver.lr"});
+  expect_error([&] { solver(R"({"epochs": 3, "schedule": {"type": "constant", "warmup_epochs": 5}})"); },
+               {"test.json: solver.schedule.warmup_epochs"});
+  expect_error([&] { solver(R"({"schedule": {"type": "cosine"}})"); }, {"test.json: solver.schedule", "total_epochs"});
+  expect_error([&] { solver(R"({"momentum": 1.5})"); }, {"test.json: solver.momentum", "[0, 1)"});
+  expect_error([&] { solver(R"({"weight_decay": -1})"); }, {"test.json: solver.weight_decay"});
+  expect_error([&] { solver(R"({"momentum": 0, "nesterov": true})"); }, {"test.json: solver.nesterov"});
+  expect_error([&] { solver(R"({"optimizer": "adam", "eps": 0})"); }, {"test.json: solver.eps"});
+  EXPECT_EQ(solver(R"({"epochs": 3, "schedule": {"type": "cosine", "total_epochs": 3, "warmup_epochs": 1}})").solver.epochs, 3);
+  for (const char* key : {"every_steps", "eval_every_epochs", "checkpoint_every_epochs", "keep_checkpoints"})
+    expect_error([&] { parse(std::string(R"({"schema_version": 1, "model": {"arch": "x"}, "log": {")") + key + R"(": 0}})"); },
+                 {(std::string("test.json: log.") + key).c_str(), "must be positive, got 0"});
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "data": {"num_workers": 30000}})"); },
+               {"test.json: data.num_workers", "[0, 256]"});
+  for (const char* name : {"", "..", "a/b"})
+    expect_error([&] { parse(std::string(R"({"schema_version": 1, "experiment": {"name": ")") + name + R"("}, "model": {"arch": "x"}})"); },
+                 {"test.json: experiment.name", "plain directory name"});
+}
+
+TEST(Config, NullValuesAndWrongContainerTypesAreNamedPlainly) {
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "solver": {"lr": null}})"); },
+               {"test.json: solver.lr: null is not a value here"});
+  try {
+    parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "teacher": {"arch": "resnet8", "checkpoint": "t"},
+              "distill": {"terms": [{"type": "at", "params": {"student_taps": "layer1"}}]}})");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("student_taps"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("(got \"layer1\")"), std::string::npos) << msg;
+    EXPECT_EQ(msg.find("json.exception"), std::string::npos) << msg;
+  }
+  expect_error([] {
+    parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "teacher": {"arch": "resnet8", "checkpoint": "t"},
+              "distill": {"terms": [{"type": "kd", "weight": -1}]}})");
+  }, {"distill.terms[0].weight", "must be >= 0"});
+}

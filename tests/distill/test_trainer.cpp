@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 
@@ -119,6 +120,93 @@ TEST(Trainer, ResumeMidEpochEqualsUninterruptedRun) {
   // The run directory is complete.
   for (const char* f : {"config.json", "metrics.jsonl", "train.log", "summary.json", "model.safetensors"})
     EXPECT_TRUE(fs::exists(dir + "/" + f)) << f;
+}
+
+namespace {
+
+std::string read_text(const std::string& path);  // below
+
+// Cross-entropy training that sends itself SIGINT after the step with the given index (0-based).
+class InterruptingTask : public ClassifierTask {
+ public:
+  InterruptingTask(std::shared_ptr<Module> model, int64_t at_step) : ClassifierTask(std::move(model)), at_(at_step) {}
+  void after_step(const TrainProgress& p) override {
+    if (p.step == at_) std::raise(SIGINT);
+  }
+
+ private:
+  int64_t at_;
+};
+
+// (event, step) of every metrics.jsonl line but the resume marker, and how many markers there are.
+std::pair<std::vector<std::pair<std::string, int64_t>>, int> metric_events(const std::string& dir) {
+  std::ifstream in(dir + "/metrics.jsonl");
+  std::vector<std::pair<std::string, int64_t>> out;
+  int resumes = 0;
+  for (std::string line; std::getline(in, line);) {
+    const Json e = Json::parse(line);
+    if (e["event"] == "resume") ++resumes;
+    else out.emplace_back(e["event"].get<std::string>(), e.value("step", int64_t{-1}));
+  }
+  return {out, resumes};
+}
+
+}  // namespace
+
+// SIGINT (or SIGTERM) during a run: the step under way finishes, a checkpoint is written at that point
+// and fit throws Interrupted; --resume auto then gives the uninterrupted run bitwise, and metrics.jsonl
+// holds each event once (what the interrupted attempt logged after its checkpoint is dropped) plus a
+// resume marker. The previous signal handler is back afterwards.
+TEST(Trainer, InterruptWritesACheckpointAndResumingEqualsTheUninterruptedRun) {
+  ExperimentConfig cfg = tiny_config("sigint", 2);  // 8 steps per epoch
+  cfg.log.every_steps = 2;
+  const std::string straight_dir = fresh_dir("sigint_straight");
+  const StateDict straight = train(cfg, straight_dir);
+  const std::string dir = fresh_dir("sigint");
+  {
+    auto model = make_model(cfg);
+    InterruptingTask task(model, 10);  // epoch 2, its 3rd step
+    DataSplits data = load_datasets(cfg.data);
+    RunDir run(dir);
+    Trainer trainer(cfg, task, data, run);
+    expect_error([&] { trainer.fit(""); }, {"interrupted (SIGINT) at epoch 2, batch 3/8, step 11", "--resume auto"});
+  }
+  EXPECT_EQ(std::signal(SIGINT, SIG_DFL), SIG_DFL);  // fit restored the default handler
+  EXPECT_EQ(read_text(dir + "/checkpoints/latest"), "ckpt_epoch0001_step000000011.safetensors\n");
+  // A log line past the checkpoint, as a killed attempt may leave: dropped on resume.
+  { std::ofstream(dir + "/metrics.jsonl", std::ios::app) << R"({"event": "train", "epoch": 2, "step": 12})" << "\n{\"cut short"; }
+  const StateDict resumed = train(cfg, dir, "auto");
+  expect_bitwise_equal(straight, resumed);
+  const auto [want, none] = metric_events(straight_dir);
+  const auto [got, resumes] = metric_events(dir);
+  EXPECT_EQ(none, 0);
+  EXPECT_EQ(resumes, 1);
+  EXPECT_EQ(got, want);
+  // At an epoch's end the epoch is evaluated and checkpointed first; the stop writes no second checkpoint.
+  const std::string dir2 = fresh_dir("sigint_epoch_end");
+  {
+    auto model = make_model(cfg);
+    InterruptingTask task(model, 7);  // the last step of epoch 1
+    DataSplits data = load_datasets(cfg.data);
+    RunDir run(dir2);
+    Trainer trainer(cfg, task, data, run);
+    expect_error([&] { trainer.fit(""); }, {"interrupted (SIGINT) at epoch 1, batch 8/8, step 8"});
+  }
+  EXPECT_EQ(metric_events(dir2).first.back(), (std::pair<std::string, int64_t>{"epoch", 8}));
+  expect_bitwise_equal(straight, train(cfg, dir2, "auto"));
+}
+
+// A run stopped between writing its first checkpoint and the `latest` pointer: the newest checkpoint
+// file counts (a fresh run refuses the directory, --resume auto continues from it).
+TEST(Trainer, CheckpointFilesWithoutTheLatestPointerStillCount) {
+  const ExperimentConfig cfg = tiny_config("nolatest", 2);
+  const StateDict straight = train(cfg, fresh_dir("nolatest_straight"));
+  const std::string dir = fresh_dir("nolatest");
+  train(cfg, dir, "", 8);
+  fs::remove(dir + "/checkpoints/latest");
+  expect_error([&] { train(cfg, dir); }, {"already holds checkpoints", "ckpt_epoch0000_step000000008.safetensors"});
+  expect_bitwise_equal(straight, train(cfg, dir, "auto"));
+  EXPECT_NE(read_text(dir + "/train.log").find("checkpoints/latest is missing"), std::string::npos);
 }
 
 namespace {
@@ -696,4 +784,26 @@ TEST(Data, HeldOutIsTheTailOfTheTrainingSet) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("data.held_out: 40"), std::string::npos) << e.what();
   }
+}
+
+// A teacher file is checked against the run's data (its metadata: dataset, channels, size), errors name
+// teacher.checkpoint; a model file given to --resume is told apart from a checkpoint.
+TEST(Trainer, TeacherFilesMustMatchTheRunsDataAndModelFilesAreNotCheckpoints) {
+  const ExperimentConfig cfg = tiny_config("teacherdata", 1);
+  const std::string dir = fresh_dir("teacherdata");
+  train(cfg, dir);
+  const std::string file = dir + "/model.safetensors";
+  auto teacher = make_model(cfg);
+  load_teacher_file(*teacher, file, cfg.data, {1, 8, 8});  // the data it was trained on
+  DataConfig fmnist = cfg.data;
+  fmnist.dataset = "fashion_mnist";
+  expect_error([&] { load_teacher_file(*teacher, file, fmnist, {1, 8, 8}); },
+               {"teacher.checkpoint", "was trained on synthetic 1x8x8, this run's data is fashion_mnist 1x8x8"});
+  expect_error([&] { load_teacher_file(*teacher, file, cfg.data, {1, 16, 16}); }, {"this run's data is synthetic 1x16x16"});
+  expect_error([&] { load_teacher_file(*teacher, dir + "/nope.safetensors", cfg.data, {1, 8, 8}); },
+               {"teacher.checkpoint", "nope.safetensors"});
+  // The last checkpoint also carries the config: the same check from it.
+  const std::string ckpt = dir + "/checkpoints/" + read_text(dir + "/checkpoints/latest").substr(0, 40);
+  expect_error([&] { load_teacher_file(*teacher, ckpt, fmnist, {1, 8, 8}); }, {"was trained on synthetic"});
+  expect_error([&] { train(cfg, fresh_dir("teacherdata_resume"), file); }, {"a model file", "model.init"});
 }

@@ -88,9 +88,10 @@ void parse_solver(JsonReader& r, SolverConfig& s) {
   if (r.has("schedule")) {
     s.schedule = r.raw("schedule");
     RETORT_CHECK(s.schedule.is_object(), r.where("schedule"), ": expected an object");
-    // Built once now, so a bad schedule is refused with the config's name before any work.
+    // Built once now, so a bad schedule is refused with the config's name before any work ({} is the
+    // constant rate, as when the key is absent: a resolved config writes it so).
     try {
-      make_lr_schedule(s.schedule, s.lr);
+      if (!s.schedule.empty()) make_lr_schedule(s.schedule, s.lr);
     } catch (const Error& e) {
       RETORT_FAIL(r.where("schedule"), ": ", e.what());
     }

@@ -219,3 +219,10 @@ TEST(Config, NullValuesAndWrongContainerTypesAreNamedPlainly) {
               "distill": {"terms": [{"type": "kd", "weight": -1}]}})");
   }, {"distill.terms[0].weight", "must be >= 0"});
 }
+
+// A resolved config writes an absent schedule as {} (the constant rate): it reads back.
+TEST(Config, AnEmptyScheduleIsTheConstantRate) {
+  const ExperimentConfig c = parse(R"({"schema_version": 1, "model": {"arch": "x"}, "solver": {"schedule": {}}})");
+  EXPECT_TRUE(c.solver.schedule.empty());
+  EXPECT_EQ(ExperimentConfig::from_json(parse(kMinimal).to_json(), "resolved.json").solver.schedule, Json::object());
+}

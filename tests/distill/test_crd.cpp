@@ -220,7 +220,7 @@ TEST(CrdStrategy, ErrorsNameWhatIsMissing) {
   };
   config_error(R"({"mode": "strict"})", "distill.terms[0].params.mode: expected \"exact\" or \"relax\"");
   config_error(R"({"nce_m": 1})", "distill.terms[0].params.nce_m: must be in [0, 1)");
-  config_error(R"({"nce_k": 0})", "distill.terms[0].params.nce_k: must be positive");
+  config_error(R"({"nce_k": 0})", "distill.terms[0].params.nce_k: must be in [1, 262144], got 0");
   config_error(R"({"nce_t": -1})", "distill.terms[0].params.nce_t");
 }
 

@@ -1,13 +1,21 @@
 // Shared by the apps: exit codes and the mapping from exceptions to them (DESIGN §4).
-//   0 ok, 1 usage or config error, 2 runtime error (data, checkpoint, device), 3 non-finite loss.
+//   0 ok, 1 usage or config error, 2 runtime error (data, checkpoint, device), 3 non-finite loss,
+//   4 a gradcheck failed.
 #pragma once
 #include <CLI/CLI.hpp>
 #include <omp.h>
 
+#include <algorithm>
+#include <charconv>
+#include <cstdint>
 #include <cstdio>
 #include <exception>
+#include <filesystem>
 #include <functional>
+#include <limits>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "distill/experiment.h"
 #include "distill/trainer.h"
@@ -17,13 +25,32 @@
 
 namespace retort::app {
 
-enum ExitCode { kOk = 0, kUsage = 1, kRuntime = 2, kNonFinite = 3, kInterrupted = 130 };  // 130: as a shell reports SIGINT
+// 130: as a shell reports a process stopped by SIGINT (the Trainer stops cleanly on SIGINT and SIGTERM).
+enum ExitCode { kOk = 0, kUsage = 1, kRuntime = 2, kNonFinite = 3, kGradcheckFailed = 4, kInterrupted = 130 };
 
 // A mistake in what the user asked for (config, flags): exit code 1.
 class UsageError : public Error {
  public:
   using Error::Error;
 };
+
+// Parses the command line. Returns nothing to go on, or the exit code to end with: 0 after --help
+// (CLI11 prints it), 1 for any parse error (CLI11's own codes, 105 and up, are not the apps'), printed
+// as one line "<app>: <message>". An unknown argument is reported as such even when a required one
+// is missing too (CLI11 checks requirements first: `retort-train --bogus` would say "config is required").
+inline std::optional<int> parse_command_line(CLI::App& cli, const char* app, int argc, char** argv) {
+  try {
+    cli.parse(argc, argv);
+    return std::nullopt;
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return cli.exit(e);  // --help
+    const std::vector<std::string> extras = cli.remaining();
+    const std::string what = extras.empty() || dynamic_cast<const CLI::ExtrasError*>(&e) ? e.what()
+                                                                                       : CLI::ExtrasError(extras).what();
+    std::fprintf(stderr, "%s: %s (see --help)\n", app, what.c_str());
+    return kUsage;
+  }
+}
 
 // Runs body, printing any error as "<app>: <message>" and returning the matching exit code.
 inline int run_guarded(const char* app, const std::function<int()>& body) {
@@ -74,13 +101,58 @@ inline void check_device(Device d, const std::string& source) {
                n == 0 ? " (no GPU or no driver on this machine)" : "");
 }
 
+// The most OpenMP threads a --threads flag takes: four per processor this process may use, and at
+// least 64. More only oversubscribe the machine, and libgomp fails on tens of thousands (a crash at
+// 100000, "Thread creation failed" at 40000) or all but hangs creating them (5000).
+inline int max_threads() { return std::max(64, 4 * omp_get_num_procs()); }
+
+// Refuses a thread count outside [1, max_threads()], naming the flag.
+inline void check_threads(int64_t n, const std::string& flag = "--threads") {
+  if (n < 1 || n > max_threads())
+    throw UsageError(detail::cat(flag, " ", n, ": expected a thread count in [1, ", max_threads(),
+                                 "] (the larger of 64 and 4 per processor; ", omp_get_num_procs(), " processors here)"));
+}
+
+// --threads N of every app: without it OpenMP's default stands (OMP_NUM_THREADS, else all cores); a
+// count given is checked (0 included) and set for OpenMP and the BLAS.
+inline void add_threads_flag(CLI::App& cli, std::optional<int>& threads) {
+  cli.add_option_function<int>(
+      "--threads", [&threads](const int& n) { threads = n; },
+      detail::cat("OpenMP/BLAS threads, 1 to ", max_threads(), " (default: OMP_NUM_THREADS, else all cores)"));
+}
+inline void set_threads(const std::optional<int>& threads) {
+  if (!threads) return;
+  check_threads(*threads);
+  omp_set_num_threads(*threads);
+}
+
+// A seed flag's value: an integer in [0, 2^64 - 1], as experiment.seed takes. Read as text: CLI11's
+// integer options wrap -1 (to 2^64 - 1 for an unsigned) and clamp what does not fit.
+inline uint64_t parse_seed(const std::string& text, const std::string& flag = "--seed") {
+  uint64_t v = 0;
+  const char* end = text.data() + text.size();
+  const auto [p, ec] = std::from_chars(text.data(), end, v);
+  if (text.empty() || ec != std::errc() || p != end)
+    throw UsageError(detail::cat(flag, ": expected an integer in [0, ", std::numeric_limits<uint64_t>::max(), "], got '",
+                                 text, "'"));
+  return v;
+}
+
+// Reads an experiment config with overrides; every error is a usage error. A directory is refused as
+// such (the JSON parser would call it empty input).
+inline ExperimentConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {}) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw UsageError(path + " is a directory, expected a JSON config file");
+  return as_usage([&] { return ExperimentConfig::load(path, overrides); });
+}
+
 // The flags retort-train and retort-distill share.
 struct RunFlags {
-  std::string config_path, resume, run_dir, device;
+  std::string config_path, resume, run_dir, device, seed;
   std::vector<std::string> overrides;
-  int64_t seed = -1;
-  int threads = 0;
-  bool allow_config_change = false;
+  std::optional<int> threads;
+  bool seed_given = false, allow_config_change = false;
 };
 
 inline void add_run_flags(CLI::App& cli, RunFlags& f) {
@@ -88,9 +160,11 @@ inline void add_run_flags(CLI::App& cli, RunFlags& f) {
   cli.add_option("--set", f.overrides, "Override a config value: key.path=value (repeatable)");
   cli.add_option("--resume", f.resume, "'auto' (newest checkpoint of this run) or a checkpoint path");
   cli.add_option("--run-dir", f.run_dir, "Run directory (default: <output_dir>/<name>)");
-  cli.add_option("--seed", f.seed, "Override experiment.seed");
+  cli.add_option_function<std::string>(
+      "--seed", [&f](const std::string& s) { f.seed = s, f.seed_given = true; },
+      "Override experiment.seed (an integer >= 0)");
   cli.add_option("--device", f.device, "cpu | cuda | cuda:N (overrides experiment.device)");
-  cli.add_option("--threads", f.threads, "OpenMP/BLAS threads (default: all cores)");
+  add_threads_flag(cli, f.threads);
   cli.add_flag("--allow-config-change", f.allow_config_change,
                "On resume, continue with a config that changes what is trained (solver, data, model, terms); "
                "refused otherwise, listing the changes");
@@ -99,15 +173,16 @@ inline void add_run_flags(CLI::App& cli, RunFlags& f) {
 // Loads the config with the flags' overrides (errors are usage errors), checks the device and sets
 // the thread count.
 inline ExperimentConfig load_run_config(RunFlags& f) {
-  if (f.seed >= 0) f.overrides.push_back("experiment.seed=" + std::to_string(f.seed));
+  if (f.threads) check_threads(*f.threads);
+  if (f.seed_given) f.overrides.push_back("experiment.seed=" + std::to_string(parse_seed(f.seed)));
   if (!f.device.empty()) f.overrides.push_back("experiment.device=\"" + f.device + "\"");
-  ExperimentConfig cfg = as_usage([&] { return ExperimentConfig::load(f.config_path, f.overrides); });
+  ExperimentConfig cfg = load_config(f.config_path, f.overrides);
   as_usage([&] {
     check_device(Device::parse(cfg.device), "experiment.device");
     KernelSwitches probe(cfg, Device::parse(cfg.device));  // a math mode the device lacks: refused now
     return 0;
   });
-  if (f.threads > 0) omp_set_num_threads(f.threads);
+  set_threads(f.threads);
   return cfg;
 }
 

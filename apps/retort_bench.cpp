@@ -72,6 +72,7 @@ struct Options {
   std::string device = "cpu";
   std::string math = "ieee";  // as experiment.math: ieee | bf16, winograd (CPU) | tf32 (CUDA)
   int64_t classes = 100;
+  std::string seed_text = "0";  // --seed, parsed into seed
   uint64_t seed = 0;
   bool json = false, profile = false;
   int64_t c = 3, hw = 32;  // parsed from input
@@ -441,8 +442,8 @@ void validate(Options& o) {
       throw app::UsageError("--mode: '" + m + "' (expected train, kd or infer)");
   for (int b : o.batches)
     if (b < 1) throw app::UsageError("--batch: sizes must be positive");
-  for (int t : o.threads)
-    if (t < 1) throw app::UsageError("--threads: counts must be positive");
+  for (int t : o.threads) app::check_threads(t);
+  o.seed = app::parse_seed(o.seed_text);
   if (o.steps < 1) throw app::UsageError("--steps must be at least 1");
   if (o.warmup < 0) throw app::UsageError("--warmup must be >= 0");
   if (o.classes < 2) throw app::UsageError("--classes must be at least 2");
@@ -465,7 +466,10 @@ int main(int argc, char** argv) {
   cli.add_option("--models", o.models, "Models for train/infer rows (comma-separated)")->delimiter(',');
   cli.add_option("--pairs", o.pairs, "teacher:student pairs for kd rows (comma-separated)")->delimiter(',');
   cli.add_option("--batch", o.batches, "Batch sizes (comma-separated)")->capture_default_str()->delimiter(',');
-  cli.add_option("--threads", o.threads, "OpenMP/BLAS thread counts (comma-separated)")->capture_default_str()->delimiter(',');
+  cli.add_option("--threads", o.threads,
+                 detail::cat("OpenMP/BLAS thread counts, each 1 to ", app::max_threads(), " (comma-separated)"))
+      ->capture_default_str()
+      ->delimiter(',');
   cli.add_option("--steps", o.steps, "Timed steps per row (the median is reported)")->capture_default_str();
   cli.add_option("--warmup", o.warmup, "Untimed steps before timing")->capture_default_str();
   cli.add_option("--mode", o.modes, "train, kd, infer (comma-separated)")->capture_default_str()->delimiter(',');
@@ -473,7 +477,7 @@ int main(int argc, char** argv) {
   cli.add_option("--classes", o.classes, "Number of classes")->capture_default_str();
   cli.add_option("--device", o.device, "cpu | cuda | cuda:N (GPU rows are timed with a device sync per step)")
       ->capture_default_str();
-  cli.add_option("--seed", o.seed, "Seed of the weights, inputs and labels")->capture_default_str();
+  cli.add_option("--seed", o.seed_text, "Seed of the weights, inputs and labels (an integer >= 0)")->capture_default_str();
   cli.add_option("--math", o.math, "Convolution arithmetic, as experiment.math: ieee | bf16, winograd (CPU) | tf32 (CUDA)")
       ->capture_default_str();
   cli.add_flag("--json", o.json, "One JSON object per row on stdout instead of a table");
@@ -483,7 +487,7 @@ int main(int argc, char** argv) {
       "With neither --models nor --pairs, the [perf] matrix runs (7 models, 3 KD pairs). kd rows come from\n"
       "--pairs, train/infer rows from --models. More than one row: each runs in a fresh child process,\n"
       "so that peak_rss_mb (VmHWM) is that row's alone.");
-  CLI11_PARSE(cli, argc, argv);
+  if (const auto rc = app::parse_command_line(cli, "retort-bench", argc, argv)) return *rc;
 
   return app::run_guarded("retort-bench", [&] {
     validate(o);

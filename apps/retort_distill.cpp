@@ -20,7 +20,7 @@ int main(int argc, char** argv) {
   CLI::App cli{"Retort: distill a student from a teacher with the terms of a JSON experiment config"};
   app::RunFlags flags;
   app::add_run_flags(cli, flags);
-  CLI11_PARSE(cli, argc, argv);
+  if (const auto rc = app::parse_command_line(cli, "retort-distill", argc, argv)) return *rc;
 
   return app::run_guarded("retort-distill", [&] {
     const ExperimentConfig cfg = app::load_run_config(flags);

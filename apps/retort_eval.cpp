@@ -30,12 +30,15 @@ int main(int argc, char** argv) {
   std::string path, split = "test", dataset, root, arch, config_path, device = "cpu", math = "ieee", against,
       against_arch;
   int64_t batch_size = 256;
+  std::optional<int> threads;
   bool json_out = false, cka = false;
   std::vector<std::string> taps, against_taps;
   cli.add_option("model", path, "model.safetensors of a run, or a checkpoint")->required();
   cli.add_option("--split", split, "test or train")->check(CLI::IsMember({"test", "train"}));
   cli.add_option("--arch", arch, "Architecture (default: the model's metadata)");
-  cli.add_option("--config", config_path, "Take the data settings (dataset, root, normalisation) from this config");
+  cli.add_option("--config", config_path,
+                 "Take the data settings (dataset, root, normalisation, and data.test_limit / data.train_limit for the "
+                 "split evaluated) from this config");
   cli.add_option("--dataset", dataset, "Dataset name (default: the one in the model's metadata)");
   cli.add_option("--data-root", root, "Dataset root directory (default: the training run's)");
   cli.add_option("--batch-size", batch_size, "Evaluation batch size");
@@ -48,11 +51,16 @@ int main(int argc, char** argv) {
   cli.add_option("--against-taps", against_taps, "With --cka: the --against model's features (default: its stages, :pooled, logits)")
       ->delimiter(',');
   cli.add_flag("--json", json_out, "Print the result as one JSON object");
-  CLI11_PARSE(cli, argc, argv);
+  app::add_threads_flag(cli, threads);
+  if (const auto rc = app::parse_command_line(cli, "retort-eval", argc, argv)) return *rc;
 
   return app::run_guarded("retort-eval", [&] {
     if ((cka || !taps.empty() || !against_taps.empty()) && against.empty())
       throw app::UsageError("--cka, --taps and --against-taps compare two models: give the other with --against");
+    if (!against_arch.empty() && against.empty())
+      throw app::UsageError("--against-arch is the architecture of the --against model: give that model with --against");
+    if (batch_size < 1) throw app::UsageError(detail::cat("--batch-size ", batch_size, ": expected at least 1"));
+    app::set_threads(threads);
     if (!taps.empty() || !against_taps.empty()) cka = true;
     const Device dev = app::as_usage([&] { return Device::parse(device); });
     app::as_usage([&] { app::check_device(dev, "--device"); return 0; });
@@ -84,7 +92,7 @@ int main(int argc, char** argv) {
     if (arch.empty()) throw app::UsageError(path + ": no architecture in the metadata; pass --arch");
     DataConfig data_cfg;
     if (!config_path.empty()) {
-      data_cfg = app::as_usage([&] { return ExperimentConfig::load(config_path).data; });
+      data_cfg = app::load_config(config_path).data;
     } else if (!meta("config").empty()) {
       data_cfg = app::as_usage([&] {
         return ExperimentConfig::from_json(parse_metadata_json(path, "config", meta("config")), path + " (metadata)")
@@ -97,7 +105,9 @@ int main(int argc, char** argv) {
     cfg.data = data_cfg;
     if (!dataset.empty()) cfg.data.dataset = dataset;
     if (!root.empty()) cfg.data.root = root;
-    cfg.data.train_limit = cfg.data.test_limit = 0;
+    // A model's own training config limited its run's evaluations (data.test_limit), not what a model is
+    // judged on: the whole split. --config's data settings apply as they are, limits included.
+    if (config_path.empty()) cfg.data.train_limit = cfg.data.test_limit = 0;
 
     const DataSplits data = load_datasets(cfg.data);
     auto ds = split == "test" ? data.test : data.train;

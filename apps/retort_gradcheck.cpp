@@ -8,10 +8,12 @@
 //                                      copied to the device differentiably for every evaluation)
 // Exit codes: 0 all passed, 1 usage error or unknown check, 2 runtime error, 4 a check failed.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
 
+#include "apps/app_common.h"
 #include "distill/nodes/register.h"
 #include "engine/backend.h"
 #include "engine/gradcheck.h"
@@ -19,49 +21,48 @@
 using namespace retort;
 
 int main(int argc, char** argv) {
-  CLI::App app{"Retort finite-difference gradient checks (float64, central differences)"};
+  CLI::App cli{"Retort finite-difference gradient checks (float64, central differences)"};
   bool list = false, all = false, verbose = false;
   std::string device = "cpu";
+  std::optional<int> threads;
   std::vector<std::string> names;
-  app.add_flag("--list", list, "List every registered check");
-  app.add_flag("--all", all, "Run every registered check");
-  app.add_flag("-v,--verbose", verbose, "Print the worst element of every check, not only failures");
-  app.add_option("--device", device, "cpu | cuda | cuda:N: where the checked functions run");
-  app.add_option("names", names, "Checks to run: a check name (conv2d.groups) or a function name (conv2d)");
-  CLI11_PARSE(app, argc, argv);
+  cli.add_flag("--list", list, "List every registered check");
+  cli.add_flag("--all", all, "Run every registered check");
+  cli.add_flag("-v,--verbose", verbose, "Print the worst element of every check, not only failures");
+  cli.add_option("--device", device, "cpu | cuda | cuda:N: where the checked functions run");
+  app::add_threads_flag(cli, threads);
+  cli.add_option("names", names, "Checks to run: a check name (conv2d.groups) or a function name (conv2d)");
+  if (const auto rc = app::parse_command_line(cli, "retort-gradcheck", argc, argv)) return *rc;
 
-  try {
-    const Device dev = Device::parse(device);
-    if (!dev.is_cpu()) {
-      RETORT_CHECK(cuda_built(), "--device ", device, ": this build has no CUDA backend");
-      RETORT_CHECK(dev.index < cuda_device_count(), "--device ", device, ": ", cuda_device_count(),
-                   " CUDA device(s) visible");
-    }
+  return app::run_guarded("retort-gradcheck", [&] {
+    if (list && (all || !names.empty())) throw app::UsageError("--list runs nothing: give it alone, or --all or names");
+    if (all && !names.empty())
+      throw app::UsageError("--all runs every check: give it alone, or the names of the checks to run");
+    app::set_threads(threads);
+    const Device dev = app::as_usage([&] { return Device::parse(device); });
+    app::as_usage([&] { app::check_device(dev, "--device"); return 0; });
     register_distill_gradchecks();
     const auto& cases = all_gradchecks();
     if (list) {
       for (const auto& c : cases) std::printf("%-36s %s\n", c.name.c_str(), c.function.c_str());
       std::printf("%zu checks covering %zu functions\n", cases.size(), differentiable_functions().size());
-      return 0;
+      return static_cast<int>(app::kOk);
     }
     std::vector<const GradcheckCase*> selected;
     if (all) {
       for (const auto& c : cases) selected.push_back(&c);
     } else {
       for (const auto& n : names) {
-        size_t before = selected.size();
+        bool found = false;
         for (const auto& c : cases)
-          if (c.name == n || c.function == n) selected.push_back(&c);
-        if (selected.size() == before) {
-          std::fprintf(stderr, "retort-gradcheck: no check or function named '%s' (see --list)\n", n.c_str());
-          return 1;
-        }
+          if (c.name == n || c.function == n) {
+            found = true;  // a check named twice (relu relu, conv2d conv2d.groups) runs once
+            if (std::find(selected.begin(), selected.end(), &c) == selected.end()) selected.push_back(&c);
+          }
+        if (!found) throw app::UsageError("no check or function named '" + n + "' (see --list)");
       }
     }
-    if (selected.empty()) {
-      std::cerr << app.help();
-      return 1;
-    }
+    if (selected.empty()) throw app::UsageError("give --list, --all or the names of checks to run (see --help)");
     int failed = 0;
     for (const GradcheckCase* c : selected) {
       const auto t0 = std::chrono::steady_clock::now();
@@ -79,9 +80,6 @@ int main(int argc, char** argv) {
       failed += !r.passed;
     }
     std::printf("%zu passed, %d failed\n", selected.size() - failed, failed);
-    return failed ? 4 : 0;
-  } catch (const Error& e) {
-    std::fprintf(stderr, "retort-gradcheck: %s\n", e.what());
-    return 2;
-  }
+    return static_cast<int>(failed ? app::kGradcheckFailed : app::kOk);
+  });
 }

@@ -17,9 +17,11 @@
 //                                                 unexpected and wrongly shaped key
 #include <CLI/CLI.hpp>
 
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 
 #include "apps/app_common.h"
 #include "distill/distiller.h"
@@ -71,22 +73,68 @@ int inspect_file(const std::string& path, bool stats) {
   return app::kOk;
 }
 
-int check_arch(const std::string& path, const std::string& arch, const ModelOptions& mo) {
+// The input FILE's model was built for, for what no flag gives (given: --classes, --channels, --size):
+// a model file's metadata (num_classes, in_channels, input_size: retort-train's and tools/import_pth.py's),
+// else what the training config a checkpoint stores implies (its dataset's classes, channels and size).
+// Returns where the values came from, for the report.
+std::string file_model_options(const std::string& path, const std::map<std::string, std::string>& meta,
+                               ModelOptions& mo, const bool given[3]) {
+  auto get = [&](const std::string& k) {
+    auto it = meta.find(k);
+    return it == meta.end() ? std::string() : it->second;
+  };
+  int64_t implied[3] = {0, 0, 0};  // classes, channels, size from the stored config; 0 where it does not say
+  if (!get("config").empty()) {
+    const DataConfig d = app::as_usage([&] {
+      const Json j = parse_metadata_json(path, "config", get("config"));
+      return ExperimentConfig::from_json(j, path + " (metadata 'config')").data;
+    });
+    if (d.dataset == "fashion_mnist" || d.dataset == "mnist") implied[0] = 10, implied[1] = 1, implied[2] = 28;
+    if (d.dataset == "cifar10") implied[0] = 10, implied[1] = 3, implied[2] = 32;
+    if (d.dataset == "cifar100") implied[0] = 100, implied[1] = 3, implied[2] = 32;
+    if (d.dataset == "synthetic") implied[0] = d.num_classes, implied[1] = d.channels, implied[2] = d.image_size;
+    if (d.dataset == "image_folder") implied[1] = d.channels, implied[2] = d.image_size;  // classes: its folders
+  }
+  int64_t* fields[3] = {&mo.num_classes, &mo.in_channels, &mo.input_size};
+  const std::string keys[3] = {"num_classes", "in_channels", "input_size"};
+  std::string from;
+  for (int i = 0; i < 3; ++i) {
+    if (given[i]) continue;
+    const std::string v = get(keys[i]);
+    if (!v.empty()) {
+      int64_t n = 0;
+      const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+      RETORT_CHECK(ec == std::errc() && end == v.data() + v.size() && n > 0, path, ": metadata '", keys[i],
+                   "' is not a positive integer: '", v, "'");
+      *fields[i] = n;
+      from += (from.empty() ? "" : ", ") + keys[i];
+    } else if (implied[i] > 0) {
+      *fields[i] = implied[i];
+      from += (from.empty() ? "" : ", ") + keys[i] + " of its config's dataset";
+    }
+  }
+  return from.empty() ? std::string() : "; from the file's metadata: " + from;
+}
+
+int check_arch(const std::string& path, const std::string& arch, ModelOptions mo, const bool given[3]) {
+  SafetensorsFile f = load_safetensors(path);
+  const std::string from = file_model_options(path, f.metadata, mo, given);
   Generator gen(0);
   auto model = app::as_usage([&] { return create_model(arch, mo, gen); });
-  SafetensorsFile f = load_safetensors(path);
   StateDict state;
   const bool checkpoint = f.metadata.count("format") && f.metadata.at("format") == "retort-checkpoint-1";
   for (auto& [k, t] : f.tensors) {
     if (!checkpoint) state.emplace_back(k, t);
     else if (k.rfind("model.", 0) == 0) state.emplace_back(k.substr(6), t);
   }
+  const std::string against = detail::cat(arch, " (", mo.num_classes, " classes, ", mo.in_channels, " channels, ",
+                                          mo.input_size, " px", from, ")");
   const Module::LoadReport r = model->load_state_dict(state, /*strict=*/false);
   if (r.ok()) {
-    std::printf("%s loads into %s: all %zu tensors match\n", path.c_str(), arch.c_str(), state.size());
+    std::printf("%s loads into %s: all %zu tensors match\n", path.c_str(), against.c_str(), state.size());
     return app::kOk;
   }
-  std::printf("%s does not match %s:\n%s", path.c_str(), arch.c_str(), r.str().c_str());
+  std::printf("%s does not match %s:\n%s", path.c_str(), against.c_str(), r.str().c_str());
   return app::kRuntime;
 }
 
@@ -146,9 +194,8 @@ void print_mask(const std::string& name, const Tensor& mask) {
 }
 
 int inspect_distill(const DistillInspect& o, Device dev) {
-  const ExperimentConfig cfg = app::as_usage([&] { return ExperimentConfig::load(o.config, o.overrides); });
+  const ExperimentConfig cfg = app::load_config(o.config, o.overrides);
   if (cfg.terms.empty()) throw app::UsageError(o.config + ": no distill.terms to inspect");
-  if (o.batch < 1) throw app::UsageError("--batch must be >= 1");
   const DataSplits data = load_datasets(cfg.data);
   const Shape s = data.train->sample_shape();
   const ModelOptions mo{data.train->num_classes(), s[0], s[1]};
@@ -229,16 +276,18 @@ int main(int argc, char** argv) {
   CLI::App cli{"Retort: inspect checkpoints, models and architectures"};
   std::string path, arch, check, device = "cpu";
   bool stats = false, graph = false;
+  std::optional<int> threads;
   ModelOptions mo;
   cli.add_option("file", path, "A .safetensors checkpoint or model");
   cli.add_option("--arch", arch, "Describe an architecture of the model zoo instead of a file");
-  cli.add_option("--classes", mo.num_classes, "Classes (with --arch)");
-  cli.add_option("--channels", mo.in_channels, "Input channels (with --arch)");
-  cli.add_option("--size", mo.input_size, "Input height and width (with --arch)");
+  cli.add_option("--classes", mo.num_classes, "Classes (with --arch or --check-arch; default 100, or FILE's)");
+  cli.add_option("--channels", mo.in_channels, "Input channels (with --arch or --check-arch; default 3, or FILE's)");
+  cli.add_option("--size", mo.input_size, "Input height and width (with --arch or --check-arch; default 32, or FILE's)");
   cli.add_option("--check-arch", check, "Check that FILE loads into this architecture (strict names and shapes)");
   cli.add_flag("--stats", stats, "Per-tensor min/max/mean/std (reads all data)");
-  cli.add_flag("--graph", graph, "Print the autograd graph of forward + cross-entropy as Graphviz DOT (with --arch)");
-  cli.add_option("--device", device, "cpu | cuda | cuda:N: where --arch runs its probe forward (files are read on the host)");
+  cli.add_flag("--graph", graph, "Print the autograd graph as Graphviz DOT (with --arch: forward + cross-entropy; with --distill: the step's loss)");
+  cli.add_option("--device", device, "cpu | cuda | cuda:N: where --arch and --distill run (files are read on the host)");
+  app::add_threads_flag(cli, threads);
   DistillInspect di;
   cli.add_option("--distill", di.config, "One distillation step of this experiment config: terms, strategy views");
   cli.add_option("--checkpoint", di.checkpoint, "With --distill: a run's checkpoint or model file to load first");
@@ -248,21 +297,65 @@ int main(int argc, char** argv) {
   cli.add_option("--set", di.overrides, "With --distill: override a config value, key.path=value (repeatable)");
   cli.add_option("--dump", di.dump, "With --distill: write inputs, logits, tapped features and every strategy view to this .safetensors");
   cli.add_option("--images", di.images, "With --distill: draw the inputs, tapped features and strategy views as PNG files in this directory, with an index.html");
-  cli.add_option("--scale", di.scale, "With --images: enlarge every picture to the input's size times this (default: at least 96 pixels high)");
-  CLI11_PARSE(cli, argc, argv);
+  cli.add_option("--scale", di.scale, "With --images: enlarge every picture to the input's size times this, 1 to 64 (default: at least 96 pixels high)");
+  if (const auto rc = app::parse_command_line(cli, "retort-inspect", argc, argv)) return *rc;
   return app::run_guarded("retort-inspect", [&] {
+    // What each mode reads; a flag no chosen mode reads would do nothing, and is refused naming it.
+    auto given = [&](const char* flag) { return cli.count(flag) > 0; };
+    const std::string mode = !di.config.empty() ? "--distill"
+                             : !check.empty()     ? "--check-arch"
+                             : !arch.empty()      ? "--arch"
+                                                  : "FILE";
+    if (!di.config.empty() && !check.empty()) throw app::UsageError("--distill and --check-arch are two tools: give one");
+    if ((!di.config.empty() || !check.empty()) && !arch.empty())
+      throw app::UsageError(detail::cat("--arch describes an architecture on its own; with ", mode, " it does nothing",
+                                        !check.empty() ? " (--check-arch names the architecture to check FILE against)" : ""));
+    if (!path.empty() && (!di.config.empty() || !arch.empty()))
+      throw app::UsageError(detail::cat(mode, " reads no FILE, and ", path, " was given too (",
+                                        !arch.empty() ? "to check a file against an architecture: FILE --check-arch NAME"
+                                                      : "to load weights into the step: --checkpoint FILE",
+                                        ")"));
+    if (mode == "FILE" && path.empty()) throw app::UsageError("give a file or --arch NAME (see --help)");
+    if (mode == "--check-arch" && path.empty()) throw app::UsageError("--check-arch needs a file");
+    for (const char* flag : {"--checkpoint", "--batch", "--epoch", "--step", "--set", "--dump", "--images", "--scale"})
+      if (given(flag) && di.config.empty())
+        throw app::UsageError(detail::cat(flag, " is for --distill; with ", mode, " it does nothing"));
+    if (given("--scale") && di.images.empty())
+      throw app::UsageError("--scale sizes the --images pictures; without --images it does nothing");
+    for (const char* flag : {"--classes", "--channels", "--size"})
+      if (given(flag) && (mode == "FILE" || mode == "--distill"))
+        throw app::UsageError(detail::cat(flag, " is for --arch and --check-arch; with ", mode,
+                                          mode == "FILE" ? " it does nothing" : " the config's data decides it"));
+    if (graph && (mode == "FILE" || mode == "--check-arch"))
+      throw app::UsageError(
+          detail::cat("--graph draws --arch NAME's forward or a --distill step; with ", mode, " it does nothing"));
+    if (graph && (!di.dump.empty() || !di.images.empty()))
+      throw app::UsageError(detail::cat("--graph prints the step's loss graph and nothing else; with ",
+                                        !di.dump.empty() ? "--dump" : "--images", " it would write nothing"));
+    if (stats && mode != "FILE")
+      throw app::UsageError(detail::cat("--stats reads FILE's tensors; with ", mode, " it does nothing"));
+    if (given("--device") && (mode == "FILE" || mode == "--check-arch"))
+      throw app::UsageError(detail::cat("--device is where --arch and --distill run; ", mode, " is read on the host"));
+    if (di.batch < 1) throw app::UsageError(detail::cat("--batch ", di.batch, ": expected at least 1"));
+    if (di.epoch < 0) throw app::UsageError(detail::cat("--epoch ", di.epoch, ": expected an epoch >= 0 (0-based)"));
+    if (di.step < 0) throw app::UsageError(detail::cat("--step ", di.step, ": expected a step >= 0"));
+    if (given("--scale") && (di.scale < 1 || di.scale > 64))
+      throw app::UsageError(
+          detail::cat("--scale ", di.scale, ": expected 1 to 64 (leave it out for pictures at least 96 pixels high)"));
+    if (mo.num_classes < 1 || mo.in_channels < 1 || mo.input_size < 1)
+      throw app::UsageError("--classes, --channels and --size must be positive");
+    app::set_threads(threads);
     const Device dev = app::as_usage([&] { return Device::parse(device); });
     app::as_usage([&] { app::check_device(dev, "--device"); return 0; });
     if (!check.empty()) {
-      if (path.empty()) throw app::UsageError("--check-arch needs a file");
-      return check_arch(path, check, mo);
+      const bool flags_given[3] = {given("--classes"), given("--channels"), given("--size")};
+      return check_arch(path, check, mo, flags_given);
     }
     if (!di.config.empty()) {
       di.graph = graph;
       return inspect_distill(di, dev);
     }
     if (!arch.empty()) return inspect_arch(arch, mo, graph, dev);
-    if (path.empty()) throw app::UsageError("give a file or --arch NAME (see --help)");
     return inspect_file(path, stats);
   });
 }

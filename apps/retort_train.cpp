@@ -21,7 +21,7 @@ int main(int argc, char** argv) {
   app::add_run_flags(cli, flags);
   cli.add_option("--label-smoothing", label_smoothing,
                  "Cross-entropy label smoothing in [0, 1): the same as --set solver.label_smoothing=S");
-  CLI11_PARSE(cli, argc, argv);
+  if (const auto rc = app::parse_command_line(cli, "retort-train", argc, argv)) return *rc;
 
   return app::run_guarded("retort-train", [&] {
     // Part of the recipe: in the run's config.json, and compared with the checkpoint's when resuming.

@@ -33,8 +33,9 @@ uint64_t derive_seed(uint64_t seed, std::initializer_list<uint64_t> parts) {
 
 InMemoryDataset::InMemoryDataset(std::string name, Shape sample_shape, std::vector<uint8_t> pixels,
                                  std::vector<int64_t> labels, int64_t num_classes,
-                                 std::vector<std::string> class_names)
+                                 std::vector<std::string> class_names, std::string source)
     : name_(std::move(name)),
+      source_(std::move(source)),
       shape_(std::move(sample_shape)),
       sample_bytes_(0),
       pixels_(std::move(pixels)),
@@ -73,6 +74,43 @@ std::string InMemoryDataset::describe() const {
   os << name_ << " (" << labels_.size() << " samples, " << shape_str(shape_) << ", " << num_classes_
      << " classes)";
   return os.str();
+}
+
+// ---- train and test together ---------------------------------------------------------------------
+
+namespace {
+std::string source_of(const Dataset& d) {
+  const auto* m = dynamic_cast<const InMemoryDataset*>(&d);
+  return m && !m->source().empty() ? m->source() : d.describe();
+}
+
+const std::vector<std::string>* class_names_of(const Dataset& d) {
+  const auto* m = dynamic_cast<const InMemoryDataset*>(&d);
+  return m && !m->class_names().empty() ? &m->class_names() : nullptr;
+}
+
+// {a, b, c}, the first 12 names and a count beyond that.
+std::string name_list(const std::vector<std::string>& names) {
+  std::string s = "{";
+  for (size_t i = 0; i < names.size() && i < 12; ++i) s += (i ? ", " : "") + names[i];
+  if (names.size() > 12) s += detail::cat(", ... (", names.size(), " in all)");
+  return s + "}";
+}
+}  // namespace
+
+void check_splits_match(const Dataset& train, const Dataset& test) {
+  RETORT_CHECK(train.sample_shape() == test.sample_shape(), "the train split ", source_of(train), " holds samples of ",
+               shape_str(train.sample_shape()), " (channels, height, width) but the test split ", source_of(test),
+               " holds ", shape_str(test.sample_shape()), "; one model cannot take both");
+  const auto* a = class_names_of(train);
+  const auto* b = class_names_of(test);
+  if (a && b) {
+    RETORT_CHECK(*a == *b, "the train split ", source_of(train), " has the classes ", name_list(*a),
+                 " but the test split ", source_of(test), " has ", name_list(*b),
+                 "; the labels (the classes' positions in name order) would mean different classes in the two");
+  }
+  RETORT_CHECK(train.num_classes() == test.num_classes(), "the train split ", source_of(train), " has ",
+               train.num_classes(), " classes but the test split ", source_of(test), " has ", test.num_classes());
 }
 
 // ---- SyntheticDataset ----------------------------------------------------------------------------

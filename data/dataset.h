@@ -43,9 +43,11 @@ class InMemoryDataset : public Dataset {
  public:
   // pixels: labels.size() samples of shape_numel(sample_shape) bytes each, CHW order.
   // name: used by describe(), e.g. "Fashion-MNIST train from /usr/share/datasets/fashion-mnist".
+  // source: the file or folder the samples' shape and classes come from (an IDX images file, an image
+  // folder), named when two splits do not fit together (check_splits_match).
   InMemoryDataset(std::string name, Shape sample_shape, std::vector<uint8_t> pixels,
                   std::vector<int64_t> labels, int64_t num_classes,
-                  std::vector<std::string> class_names = {});
+                  std::vector<std::string> class_names = {}, std::string source = {});
 
   size_t size() const override { return labels_.size(); }
   Example get(size_t i) const override;
@@ -59,9 +61,10 @@ class InMemoryDataset : public Dataset {
   const std::vector<std::string>& class_names() const { return class_names_; }
   // The raw bytes of sample i (shape_numel(sample_shape()) of them).
   const uint8_t* raw(size_t i) const;
+  const std::string& source() const { return source_; }
 
  private:
-  std::string name_;
+  std::string name_, source_;
   Shape shape_;
   size_t sample_bytes_;
   std::vector<uint8_t> pixels_;
@@ -69,6 +72,13 @@ class InMemoryDataset : public Dataset {
   int64_t num_classes_;
   std::vector<std::string> class_names_;
 };
+
+// Refuses a train and a test split one model cannot serve: samples of different shapes (an IDX test
+// file whose header gives other image dimensions than the train file's) or different classes (image
+// folders with other class subfolders: labels are the positions of the sorted folder names, so train
+// {cat, dog} and test {bird, cat} would both label 0 and 1 with different meanings). The error names
+// both splits' sources (InMemoryDataset::source, else describe()) and what each holds.
+void check_splits_match(const Dataset& train, const Dataset& test);
 
 // Learnable noise: class c has a fixed mean image (uniform in [0.2, 0.8] per element, drawn from the
 // seed); sample i has label i % num_classes and is that mean plus N(0, noise_std) noise drawn from

@@ -93,7 +93,7 @@ std::shared_ptr<InMemoryDataset> load_idx_dataset(const std::string& images_path
   }
   return std::make_shared<InMemoryDataset>(name, Shape{1, images.dims[1], images.dims[2]},
                                            std::move(images.values), std::move(targets), num_classes,
-                                           std::move(class_names));
+                                           std::move(class_names), images_path);
 }
 
 std::shared_ptr<InMemoryDataset> load_fashion_mnist(const std::string& root, bool train) {

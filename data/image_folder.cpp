@@ -231,7 +231,8 @@ std::shared_ptr<InMemoryDataset> load_image_folder(const std::string& root, cons
   }
   const int64_t num_classes = static_cast<int64_t>(class_names.size());
   return std::make_shared<InMemoryDataset>("image folder " + root, Shape{channels, height, width},
-                                           std::move(pixels), std::move(labels), num_classes, std::move(class_names));
+                                           std::move(pixels), std::move(labels), num_classes, std::move(class_names),
+                                           "image folder " + root);
 }
 
 }  // namespace retort

@@ -196,6 +196,7 @@ DataSplits load_datasets(const DataConfig& cfg) {
   } else {
     RETORT_FAIL("data.dataset: unknown dataset '", cfg.dataset, "'");
   }
+  check_splits_match(*s.train, *s.test);  // before the limits below wrap them (and hide their class names)
   if (cfg.held_out > 0) {
     const size_t n = s.train->size(), h = static_cast<size_t>(cfg.held_out);
     RETORT_CHECK(h < n, "data.held_out: ", h, " held-out samples leave none to train on in ", s.train->describe());

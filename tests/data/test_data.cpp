@@ -255,6 +255,25 @@ TEST(Cifar, Cifar100UsesTheFineLabel) {
   expect_error([&] { load_cifar100(root, false); }, {"test.bin", "3073 bytes", "3074-byte"});
 }
 
+// A test images file whose header gives other image dimensions than the train file's (3x4 against
+// 6x2, the same bytes per image) loaded silently; check_splits_match refuses the pair naming both
+// files and both sizes.
+TEST(Idx, TrainAndTestImageDimensionsMustMatch) {
+  const std::string dir = temp_dir();
+  write_file(dir + "/train-images-idx3-ubyte", test_images());
+  write_file(dir + "/train-labels-idx1-ubyte", test_labels());
+  Bytes other = test_images();
+  other[8 + 3] = 6, other[12 + 3] = 2;  // dims 5 x 3 x 4 -> 5 x 6 x 2
+  write_file(dir + "/t10k-images-idx3-ubyte", other);
+  write_file(dir + "/t10k-labels-idx1-ubyte", test_labels());
+  const auto train = load_fashion_mnist(dir, true), test = load_fashion_mnist(dir, false);
+  EXPECT_EQ(test->sample_shape(), (Shape{1, 6, 2}));
+  expect_error([&] { check_splits_match(*train, *test); },
+               {dir + "/train-images-idx3-ubyte", "[1, 3, 4]", dir + "/t10k-images-idx3-ubyte", "[1, 6, 2]"});
+  write_file(dir + "/t10k-images-idx3-ubyte", test_images());
+  check_splits_match(*train, *load_fashion_mnist(dir, false));  // same dimensions: fine
+}
+
 // ---- image folders -------------------------------------------------------------------------------
 
 namespace {
@@ -303,6 +322,32 @@ TEST(ImageFolder, LoadsSortedClassesConvertsAndResizes) {
   EXPECT_EQ(load_image_folder(root, {3, 2, 2})->size(), 4u);
   write_file(root + "/dog/e.jpg", {0xff, 0xd8, 0x00, 0x01, 0x02, 0xff, 0xd9});
   expect_error([&] { load_image_folder(root, {3, 2, 2}); }, {"e.jpg", "cannot decode", "stb_image"});
+}
+
+// Labels are the classes' positions in name order, so a test folder with other classes than the train
+// folder's labels its images wrongly (train {cat, dog}, test {bird, cat}: bird is 0, cat's 0) or out of
+// range (an extra class: label 2 of 2). check_splits_match refuses the pair, naming both folders and
+// their class lists.
+TEST(ImageFolder, TrainAndTestClassesMustMatch) {
+  const std::string root = temp_dir();
+  for (const char* d : {"train/cat", "train/dog", "test/bird", "test/cat", "same/cat", "same/dog"}) {
+    fs::create_directories(root + "/" + d);
+    write_png(root + "/" + d + "/a.png", 4, 4, 10);
+  }
+  const ImageFolderOptions o{3, 4, 4};
+  const auto train = load_image_folder(root + "/train", o);
+  expect_error([&] { check_splits_match(*train, *load_image_folder(root + "/test", o)); },
+               {root + "/train", "{cat, dog}", root + "/test", "{bird, cat}"});
+  fs::create_directories(root + "/test/dog");
+  write_png(root + "/test/dog/a.png", 4, 4, 10);  // test {bird, cat, dog}: one class too many
+  expect_error([&] { check_splits_match(*train, *load_image_folder(root + "/test", o)); },
+               {root + "/train", "{cat, dog}", root + "/test", "{bird, cat, dog}"});
+  check_splits_match(*train, *load_image_folder(root + "/same", o));
+  // Without a resize the images' own sizes must agree too.
+  write_png(root + "/same/cat/a.png", 5, 5, 10);
+  write_png(root + "/same/dog/a.png", 5, 5, 10);
+  expect_error([&] { check_splits_match(*train, *load_image_folder(root + "/same", {3, 0, 0})); },
+               {"[3, 4, 4]", "[3, 5, 5]"});
 }
 
 TEST(ImageFolder, StructuralErrors) {

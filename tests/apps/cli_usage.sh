@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Usage errors of every app end to end, on synthetic data: a parse error (an unknown flag, a value that is
+# not a number) exits 1, not CLI11's own codes, naming the flag even where a required argument is missing
+# too; --help exits 0; --threads outside [1, max] and a negative or too large --seed are refused by
+# every app that takes them (train, distill, bench, and eval, inspect and gradcheck, which have --threads
+# too); a directory given as the config is named as one; a device that is not there is a usage error in
+# retort-gradcheck as elsewhere; retort-inspect --check-arch checks a file against the input its metadata
+# names, and flag combinations that would do nothing are refused naming the flags; retort-eval
+# --against-arch needs --against, and --config's data.test_limit applies; retort-gradcheck refuses names
+# with --all and runs a check named twice once. Usage: cli_usage.sh BIN_DIR
+set -euo pipefail
+bin=$1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+expect() {  # expect RC TEXT command...: the command exits with RC and prints TEXT (stdout or stderr)
+  local want=$1 text=$2 rc out
+  shift 2
+  set +e
+  out=$("$@" 2>&1); rc=$?
+  set -e
+  [ "$rc" = "$want" ] && grep -qF -- "$text" <<<"$out" || { echo "FAIL: $*: rc $rc (expected $want), '$out'"; exit 1; }
+}
+cat > "$tmp/a.json" <<JSON
+{"schema_version": 1, "experiment": {"name": "a", "seed": 0, "output_dir": "$tmp"},
+ "data": {"dataset": "synthetic", "image_size": 16, "channels": 1, "num_classes": 4, "synthetic_size": 64,
+          "batch_size": 32, "num_workers": 0, "test_limit": 40},
+ "model": {"arch": "resnet8"}, "solver": {"optimizer": "sgd", "lr": 0.05, "epochs": 1}}
+JSON
+cat > "$tmp/kd.json" <<JSON
+{"schema_version": 1, "experiment": {"name": "kd", "seed": 0, "output_dir": "$tmp"},
+ "data": {"dataset": "synthetic", "image_size": 16, "channels": 1, "num_classes": 4, "synthetic_size": 64,
+          "batch_size": 32, "num_workers": 0},
+ "model": {"arch": "resnet8"}, "teacher": {"arch": "resnet8", "checkpoint": "$tmp/a/model.safetensors"},
+ "distill": {"terms": [{"type": "ce"}, {"type": "kd"}]}, "solver": {"optimizer": "sgd", "lr": 0.05, "epochs": 1}}
+JSON
+model=$tmp/a/model.safetensors
+
+# Parse errors: exit 1 with the app's name; --help: 0.
+for app in retort-train retort-distill retort-eval retort-inspect retort-gradcheck retort-bench; do
+  expect 1 "$app: The following argument was not expected: --bogus" "$bin/$app" --bogus
+  expect 0 "--help" "$bin/$app" --help
+done
+expect 1 "retort-train: config is required" "$bin/retort-train"
+expect 1 "--threads" "$bin/retort-train" "$tmp/a.json" --threads two
+expect 1 "--batch-size" "$bin/retort-eval" "$model" --batch-size x
+
+# --threads: 0, negative and huge counts, in every app; --seed: negative and past 2^64 - 1.
+for n in 0 -3 100000; do
+  expect 1 "--threads $n: expected a thread count in [1, " "$bin/retort-train" "$tmp/a.json" --threads "$n"
+  expect 1 "--threads $n: expected a thread count in [1, " "$bin/retort-distill" "$tmp/kd.json" --threads "$n"
+  expect 1 "--threads $n: expected a thread count in [1, " "$bin/retort-bench" --models resnet8 --threads "$n"
+  expect 1 "--threads $n: expected a thread count in [1, " "$bin/retort-eval" "$model" --threads "$n"
+  expect 1 "--threads $n: expected a thread count in [1, " "$bin/retort-inspect" --arch resnet8 --threads "$n"
+  expect 1 "--threads $n: expected a thread count in [1, " "$bin/retort-gradcheck" relu --threads "$n"
+done
+for s in -1 99999999999999999999 1e3 ""; do
+  expect 1 "--seed: expected an integer in [0, 18446744073709551615], got '$s'" "$bin/retort-train" "$tmp/a.json" --seed "$s"
+  expect 1 "--seed: expected an integer in [0, 18446744073709551615], got '$s'" "$bin/retort-bench" --models resnet8 --seed "$s"
+done
+
+# A run with --seed and --threads (they apply), then the tools on its files.
+"$bin/retort-train" "$tmp/a.json" --run-dir "$tmp/a" --seed 7 --threads 1 > /dev/null
+grep -qE '"seed": ?7[,}]' "$tmp/a/config.json" || { echo "FAIL: --seed 7 is not the run's seed"; exit 1; }
+ckpt=$(ls "$tmp"/a/checkpoints/ckpt_*.safetensors | head -1)
+# A directory as the config.
+expect 1 "$tmp is a directory, expected a JSON config file" "$bin/retort-train" "$tmp"
+expect 1 "$tmp is a directory, expected a JSON config file" "$bin/retort-eval" "$model" --config "$tmp"
+expect 1 "$tmp is a directory, expected a JSON config file" "$bin/retort-inspect" --distill "$tmp"
+
+
+# retort-inspect --check-arch: the file's own input (4 classes, 1 channel, 16 px), from a model's metadata
+# or a checkpoint's config; a flag given still wins.
+expect 0 "loads into resnet8 (4 classes, 1 channels, 16 px" "$bin/retort-inspect" "$model" --check-arch resnet8
+expect 0 "loads into resnet8 (4 classes, 1 channels, 16 px" "$bin/retort-inspect" "$ckpt" --check-arch resnet8
+expect 2 "does not match resnet8 (10 classes" "$bin/retort-inspect" "$model" --check-arch resnet8 --classes 10
+# Flags that would do nothing.
+expect 1 "--arch describes an architecture on its own" "$bin/retort-inspect" "$model" --check-arch resnet8 --arch resnet8
+expect 1 "--arch reads no FILE, and $model was given too" "$bin/retort-inspect" "$model" --arch resnet8
+expect 1 "--distill reads no FILE" "$bin/retort-inspect" "$model" --distill "$tmp/kd.json"
+expect 1 "--graph draws --arch NAME's forward or a --distill step; with FILE it does nothing" \
+  "$bin/retort-inspect" "$model" --graph
+expect 1 "--dump is for --distill; with FILE it does nothing" "$bin/retort-inspect" "$model" --dump "$tmp/d.safetensors"
+expect 1 "--epoch is for --distill; with --arch it does nothing" "$bin/retort-inspect" --arch resnet8 --epoch 2
+expect 1 "--stats reads FILE's tensors; with --arch it does nothing" "$bin/retort-inspect" --arch resnet8 --stats
+expect 1 "--classes is for --arch and --check-arch; with FILE it does nothing" "$bin/retort-inspect" "$model" --classes 4
+expect 1 "--device is where --arch and --distill run" "$bin/retort-inspect" "$model" --device cpu
+expect 1 "--graph prints the step's loss graph and nothing else; with --dump" \
+  "$bin/retort-inspect" --distill "$tmp/kd.json" --graph --dump "$tmp/d.safetensors"
+expect 1 "--scale sizes the --images pictures" "$bin/retort-inspect" --distill "$tmp/kd.json" --scale 2
+# Negative --epoch / --step, and --scale checked before the step runs (no pictures written).
+expect 1 "--epoch -1: expected an epoch >= 0" "$bin/retort-inspect" --distill "$tmp/kd.json" --epoch -1
+expect 1 "--step -5: expected a step >= 0" "$bin/retort-inspect" --distill "$tmp/kd.json" --step -5
+for sc in 0 65; do
+  expect 1 "--scale $sc: expected 1 to 64" "$bin/retort-inspect" --distill "$tmp/kd.json" --images "$tmp/pics" --scale $sc
+  [ ! -e "$tmp/pics" ] || { echo "FAIL: --scale $sc: the step ran and wrote pictures before the refusal"; exit 1; }
+done
+expect 0 "1*ce + 1*kd on the first 8 test images, epoch 1, step 3" "$bin/retort-inspect" --distill "$tmp/kd.json" --checkpoint "$model" --threads 1 --epoch 0 --step 3
+
+# retort-eval: --against-arch needs --against; --config's data.test_limit (40) applies, the model's own
+# training config's does not (the whole test split, 64).
+expect 1 "--against-arch is the architecture of the --against model" "$bin/retort-eval" "$model" --against-arch resnet8
+expect 0 "on synthetic test, 64 samples" "$bin/retort-eval" "$model" --threads 1
+expect 0 "on synthetic test, 40 samples" "$bin/retort-eval" "$model" --config "$tmp/a.json"
+expect 0 "on synthetic train, 64 samples" "$bin/retort-eval" "$model" --config "$tmp/a.json" --split train
+
+# retort-gradcheck: a missing device is a usage error (1) as in the other apps; names with --all are
+# refused; a check named twice runs once.
+expect 1 "--device: cuda:99" "$bin/retort-gradcheck" relu --device cuda:99
+expect 1 "experiment.device: cuda:99" "$bin/retort-train" "$tmp/a.json" --device cuda:99
+expect 1 "--all runs every check: give it alone" "$bin/retort-gradcheck" --all nonexistent_fn
+expect 1 "no check or function named 'nonexistent_fn'" "$bin/retort-gradcheck" nonexistent_fn
+expect 0 "1 passed, 0 failed" "$bin/retort-gradcheck" relu relu --threads 1
+echo "cli_usage: ok"

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 namespace retort {
@@ -13,8 +14,49 @@ Json read_json_file(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   const std::string text = ss.str();
+  // A key repeated within one object: JSON leaves it undefined and the parser would keep the last one
+  // silently ("lr": 0.1 ... "lr": 0.5); refused, naming the key's path.
+  struct Frame {
+    bool array;
+    std::string path;
+    std::set<std::string> keys;
+    size_t index = 0;
+  };
+  std::vector<Frame> stack;
+  std::string key;
+  auto child_path = [&]() -> std::string {
+    if (stack.empty()) return "";
+    const Frame& f = stack.back();
+    if (f.array) return f.path + "[" + std::to_string(f.index) + "]";
+    return f.path.empty() ? key : f.path + "." + key;
+  };
+  const Json::parser_callback_t check_keys = [&](int, Json::parse_event_t ev, Json& parsed) {
+    using E = Json::parse_event_t;
+    switch (ev) {
+      case E::key:
+        key = parsed.get<std::string>();
+        RETORT_CHECK(stack.back().keys.insert(key).second, path, ": duplicate key ", child_path(),
+                     " (a JSON object must not repeat a key; which value was meant?)");
+        break;
+      case E::object_start:
+      case E::array_start: {
+        const std::string p = child_path();
+        stack.push_back(Frame{ev == E::array_start, p, {}, 0});
+        break;
+      }
+      case E::object_end:
+      case E::array_end:
+        stack.pop_back();
+        if (!stack.empty() && stack.back().array) ++stack.back().index;
+        break;
+      case E::value:
+        if (!stack.empty() && stack.back().array) ++stack.back().index;
+        break;
+    }
+    return true;
+  };
   try {
-    return Json::parse(text);
+    return Json::parse(text, check_keys);
   } catch (const nlohmann::json::parse_error& e) {
     // Translate the byte offset into line:column for people.
     const size_t off = std::min(e.byte, text.size());

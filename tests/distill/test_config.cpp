@@ -226,3 +226,19 @@ TEST(Config, AnEmptyScheduleIsTheConstantRate) {
   EXPECT_TRUE(c.solver.schedule.empty());
   EXPECT_EQ(ExperimentConfig::from_json(parse(kMinimal).to_json(), "resolved.json").solver.schedule, Json::object());
 }
+
+// A key repeated within one object is refused, naming its path (the parser would keep one silently);
+// the same key in different objects or array elements is fine.
+TEST(Config, DuplicateKeysAreRefusedNamingThePath) {
+  const std::string path = ::testing::TempDir() + "/dup.json";
+  std::ofstream(path) << R"({"schema_version": 1, "model": {"arch": "resnet8"}, "solver": {"lr": 0.1, "lr": 0.5}})";
+  expect_error([&] { ExperimentConfig::load(path); }, {"dup.json: duplicate key solver.lr"});
+  std::ofstream(path) << R"({"schema_version": 1, "model": {"arch": "resnet8"},
+    "teacher": {"arch": "resnet8", "checkpoint": "t"},
+    "distill": {"terms": [{"type": "ce", "weight": 1}, {"type": "kd", "weight": 1, "params": {}, "weight": 2}]}})";
+  expect_error([&] { ExperimentConfig::load(path); }, {"duplicate key distill.terms[1].weight"});
+  std::ofstream(path) << R"({"schema_version": 1, "model": {"arch": "resnet8"},
+    "teacher": {"arch": "resnet8", "checkpoint": "t"},
+    "distill": {"terms": [{"type": "ce", "weight": 1}, {"type": "kd", "weight": 0.9, "params": {"temperature": 4}}]}})";
+  EXPECT_EQ(ExperimentConfig::load(path).terms.size(), 2u);
+}

@@ -584,13 +584,18 @@ TEST(CudaParity, SymmetricEigendecomposition) {
       check_parity(label("eigh vectors gap_eps 0.01", dt, s), {In(a, true, "a")},
                    [](const Ts& t) { return retort::eigh(t[0], 0.01).vectors; }, Kind::Gemm, Kind::Gemm);
     }
+    // The kernel itself on both devices, for a [B, n, n] batch (it reads the lower triangle only).
+    const auto kernel_parity = [&](const Tensor& a, const std::string& what) {
+      const int64_t b = a.shape()[0], n = a.shape()[1];
+      Tensor wc = Tensor::empty({b, n}, dt), vc = Tensor::empty({b, n, n}, dt);
+      Tensor wg = Tensor::empty({b, n}, dt, kCuda), vg = Tensor::empty({b, n, n}, dt, kCuda);
+      backend_for(Device::cpu()).symeig(a, wc, vc);
+      backend_for(kCuda).symeig(a.to(kCuda), wg, vg);
+      EXPECT_TRUE(tensors_close(label(what, dt, a.shape()), "values", wc, wg, Kind::Gemm));
+      EXPECT_TRUE(tensors_close(label(what, dt, a.shape()), "vectors", vc, vg, Kind::Gemm));
+    };
     const Tensor a = Tensor::randn({4, 6, 6}, gen, dt);
-    Tensor wc = Tensor::empty({4, 6}, dt), vc = Tensor::empty({4, 6, 6}, dt);
-    Tensor wg = Tensor::empty({4, 6}, dt, kCuda), vg = Tensor::empty({4, 6, 6}, dt, kCuda);
-    backend_for(Device::cpu()).symeig(a, wc, vc);
-    backend_for(kCuda).symeig(a.to(kCuda), wg, vg);
-    EXPECT_TRUE(tensors_close(label("symeig kernel (lower triangle)", dt, a.shape()), "values", wc, wg, Kind::Gemm));
-    EXPECT_TRUE(tensors_close(label("symeig kernel (lower triangle)", dt, a.shape()), "vectors", vc, vg, Kind::Gemm));
+    kernel_parity(a, "symeig kernel (lower triangle)");
 #ifdef RETORT_WITH_CUDA
     {
       // More matrices than one cuSOLVER call takes (its INT32_MAX elements, lowered here to three 6x6
@@ -600,12 +605,7 @@ TEST(CudaParity, SymmetricEigendecomposition) {
         ~Limit() { cuda::set_symeig_max_elements_per_call(0); }
       } limit;
       const Tensor many = Tensor::randn({7, 6, 6}, gen, dt);
-      Tensor w7c = Tensor::empty({7, 6}, dt), v7c = Tensor::empty({7, 6, 6}, dt);
-      Tensor w7g = Tensor::empty({7, 6}, dt, kCuda), v7g = Tensor::empty({7, 6, 6}, dt, kCuda);
-      backend_for(Device::cpu()).symeig(many, w7c, v7c);
-      backend_for(kCuda).symeig(many.to(kCuda), w7g, v7g);
-      EXPECT_TRUE(tensors_close(label("symeig in 3 calls", dt, many.shape()), "values", w7c, w7g, Kind::Gemm));
-      EXPECT_TRUE(tensors_close(label("symeig in 3 calls", dt, many.shape()), "vectors", v7c, v7g, Kind::Gemm));
+      kernel_parity(many, "symeig in 3 calls");
       std::vector<double> m = many.to(DType::F64).to_vector();
       m[6 * 36 + 1] = std::numeric_limits<double>::infinity();
       expect_error([&] { retort::eigh(Tensor::from_vector(m, many.shape(), dt).to(kCuda)); },

@@ -1,6 +1,7 @@
 // Trainer, ClassifierTask, evaluation and dataset setup (see trainer.h).
 #include "distill/trainer.h"
 
+#include <omp.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -431,6 +432,7 @@ void Trainer::save_checkpoint(const Position& pos) {
   for (auto& [path, m] : task_.model().named_modules())
     if (auto* d = dynamic_cast<Dropout*>(m)) rng[path] = d->generator().state();
   if (!rng.empty()) meta["rng"] = rng.dump();
+  meta["threads"] = std::to_string(omp_get_max_threads());  // a resume with another count is noted
   save_safetensors(run_.checkpoint_dir() + "/" + name, tensors, meta);
   run_.set_latest_checkpoint(name, cfg_.log.keep_checkpoints);
 }
@@ -536,6 +538,12 @@ Trainer::Position Trainer::load_checkpoint(const std::string& path) {
   } catch (const nlohmann::json::exception& e) {
     RETORT_FAIL(path, ": the optimizer or rng metadata does not fit this run: ", e.what());
   }
+  // CPU reductions split their work by thread: with another thread count the resumed run is the same
+  // recipe but may differ from an uninterrupted one in the last bits. Say so where the user reads.
+  if (device_.is_cpu() && f.metadata.count("threads") &&
+      f.metadata.at("threads") != std::to_string(omp_get_max_threads()))
+    log(detail::cat("note: the checkpoint was written with ", f.metadata.at("threads"), " CPU threads and this run has ",
+                    omp_get_max_threads(), ": the resumed run may differ from an uninterrupted one in the last bits"));
   // Read strictly (types and ranges checked): "<path> (metadata 'trainer'): epoch: ...".
   const Json t = meta_json("trainer");
   JsonReader r(t, path + " (metadata 'trainer')");

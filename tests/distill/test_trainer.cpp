@@ -1,6 +1,7 @@
 // End-to-end training invariants: overfitting one batch, determinism, resume equivalence (bitwise on
 // the CPU), refusing to overwrite a run, architecture mismatches, non-finite losses.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -806,4 +807,21 @@ TEST(Trainer, TeacherFilesMustMatchTheRunsDataAndModelFilesAreNotCheckpoints) {
   const std::string ckpt = dir + "/checkpoints/" + read_text(dir + "/checkpoints/latest").substr(0, 40);
   expect_error([&] { load_teacher_file(*teacher, ckpt, fmnist, {1, 8, 8}); }, {"was trained on synthetic"});
   expect_error([&] { train(cfg, fresh_dir("teacherdata_resume"), file); }, {"a model file", "model.init"});
+}
+
+// Resuming with another CPU thread count is allowed (same recipe) and noted in the log.
+TEST(Trainer, ResumeWithAnotherThreadCountIsNoted) {
+  const ExperimentConfig cfg = tiny_config("threads", 1);
+  const std::string dir = fresh_dir("threads");
+  const int before = omp_get_max_threads();
+  struct Restore {
+    int n;
+    ~Restore() { omp_set_num_threads(n); }
+  } restore{before};
+  omp_set_num_threads(1);
+  train(cfg, dir, "", 3);
+  omp_set_num_threads(2);
+  train(cfg, dir, "auto");
+  EXPECT_NE(read_text(dir + "/train.log").find("written with 1 CPU threads and this run has 2"), std::string::npos)
+      << read_text(dir + "/train.log");
 }

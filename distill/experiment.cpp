@@ -120,6 +120,8 @@ void parse_log(JsonReader& r, LogConfig& l) {
     *field = r.get<int>(key, *field);
     RETORT_CHECK(*field > 0, r.where(key), ": must be positive, got ", *field);
   }
+  l.checkpoint_every_steps = r.get<int>("checkpoint_every_steps", l.checkpoint_every_steps);
+  RETORT_CHECK(l.checkpoint_every_steps >= 0, r.where("checkpoint_every_steps"), ": must be 0 (epochs' ends only) or positive");
   l.pictures_every_epochs = r.get<int>("pictures_every_epochs", l.pictures_every_epochs);
   RETORT_CHECK(l.pictures_every_epochs >= 0, r.where("pictures_every_epochs"), ": must be 0 (no pictures) or positive");
   l.pictures_batch = r.get<int>("pictures_batch", l.pictures_batch);
@@ -237,6 +239,7 @@ Json ExperimentConfig::to_json() const {
   j["log"] = {{"every_steps", log.every_steps},
               {"eval_every_epochs", log.eval_every_epochs},
               {"checkpoint_every_epochs", log.checkpoint_every_epochs},
+              {"checkpoint_every_steps", log.checkpoint_every_steps},
               {"keep_checkpoints", log.keep_checkpoints},
               {"pictures_every_epochs", log.pictures_every_epochs},
               {"pictures_batch", log.pictures_batch}};

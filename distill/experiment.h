@@ -70,6 +70,9 @@ struct LogConfig {
   int every_steps = 50;
   int eval_every_epochs = 1;
   int checkpoint_every_epochs = 1;
+  // Also every this many steps within an epoch (0: only at epochs' ends): what a kill that leaves no
+  // chance to write one (SIGKILL, the OOM killer, a power cut) can lose. Writing one never changes the run.
+  int checkpoint_every_steps = 0;
   int keep_checkpoints = 2;
   // Every this many epochs (and after the last), pictures of one step on the first pictures_batch test
   // images in the run directory's pictures/epoch<E>/ (distill/pictures.h); 0: none.

@@ -731,6 +731,8 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
       }
       // (After an epoch's last step the epoch's end below evaluates, checkpoints and then stops.)
       if (interrupt_signal() != 0 && pos.batch < nb) stop_on_interrupt(pos, nb, true);
+      if (cfg_.log.checkpoint_every_steps > 0 && pos.step % cfg_.log.checkpoint_every_steps == 0 && pos.batch < nb)
+        save_checkpoint(pos);  // mid-epoch; the epoch's end writes its own
     }
 
     // End of epoch: evaluate, record, checkpoint.

@@ -825,3 +825,39 @@ TEST(Trainer, ResumeWithAnotherThreadCountIsNoted) {
   EXPECT_NE(read_text(dir + "/train.log").find("written with 1 CPU threads and this run has 2"), std::string::npos)
       << read_text(dir + "/train.log");
 }
+
+namespace {
+// Cross-entropy training that dies (an exception, as close to SIGKILL as a test gets: no checkpoint is
+// written on the way out) after the step with the given index.
+class CrashingTask : public ClassifierTask {
+ public:
+  CrashingTask(std::shared_ptr<Module> model, int64_t at_step) : ClassifierTask(std::move(model)), at_(at_step) {}
+  void after_step(const TrainProgress& p) override {
+    if (p.step == at_) throw std::runtime_error("killed");
+  }
+
+ private:
+  int64_t at_;
+};
+}  // namespace
+
+// log.checkpoint_every_steps: checkpoints within epochs, which a crash cannot take back; they do not
+// change the run, and resuming from the last one gives the uninterrupted run bitwise.
+TEST(Trainer, CheckpointsEveryNStepsBoundWhatACrashLoses) {
+  ExperimentConfig cfg = tiny_config("everysteps", 2);  // 8 steps per epoch
+  const StateDict straight = train(cfg, fresh_dir("everysteps_straight"));
+  cfg.log.checkpoint_every_steps = 3;
+  const std::string dir = fresh_dir("everysteps");
+  {
+    auto model = make_model(cfg);
+    CrashingTask task(model, 11);  // dies in step 12 of 16, before it counts: 11 done, the last checkpoint at 9
+    DataSplits data = load_datasets(cfg.data);
+    RunDir run(dir);
+    Trainer trainer(cfg, task, data, run);
+    EXPECT_THROW(trainer.fit(""), std::runtime_error);
+  }
+  EXPECT_EQ(read_text(dir + "/checkpoints/latest"), "ckpt_epoch0001_step000000009.safetensors\n");
+  expect_bitwise_equal(straight, train(cfg, dir, "auto"));
+  // The same run without the crash ends with the same weights: the extra checkpoints change nothing.
+  expect_bitwise_equal(straight, train(cfg, fresh_dir("everysteps_whole")));
+}

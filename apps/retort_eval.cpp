@@ -77,13 +77,8 @@ int main(int argc, char** argv) {
       }
     };
     auto read = [](const std::string& file) {
-      SafetensorsFile f = load_safetensors(file);
-      ModelFile m{std::move(f.metadata), {}};
-      const bool checkpoint = m.meta("format") == "retort-checkpoint-1";
-      for (auto& [k, t] : f.tensors) {
-        if (!checkpoint) m.state.emplace_back(k, t);
-        else if (k.rfind("model.", 0) == 0) m.state.emplace_back(k.substr(6), t);
-      }
+      ModelFile m;
+      m.state = read_model_state(file, &m.metadata);
       return m;
     };
     const ModelFile f = read(path);

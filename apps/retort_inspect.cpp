@@ -117,16 +117,11 @@ std::string file_model_options(const std::string& path, const std::map<std::stri
 }
 
 int check_arch(const std::string& path, const std::string& arch, ModelOptions mo, const bool given[3]) {
-  SafetensorsFile f = load_safetensors(path);
-  const std::string from = file_model_options(path, f.metadata, mo, given);
+  std::map<std::string, std::string> metadata;
+  const StateDict state = read_model_state(path, &metadata);
+  const std::string from = file_model_options(path, metadata, mo, given);
   Generator gen(0);
   auto model = app::as_usage([&] { return create_model(arch, mo, gen); });
-  StateDict state;
-  const bool checkpoint = f.metadata.count("format") && f.metadata.at("format") == "retort-checkpoint-1";
-  for (auto& [k, t] : f.tensors) {
-    if (!checkpoint) state.emplace_back(k, t);
-    else if (k.rfind("model.", 0) == 0) state.emplace_back(k.substr(6), t);
-  }
   const std::string against = detail::cat(arch, " (", mo.num_classes, " classes, ", mo.in_channels, " channels, ",
                                           mo.input_size, " px", from, ")");
   const Module::LoadReport r = model->load_state_dict(state, /*strict=*/false);

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <utility>
 
 #include "engine/autograd.h"
 #include "engine/error.h"
@@ -100,13 +101,15 @@ std::vector<std::string> default_similarity_taps(const Module& model) {
 
 namespace {
 
-// Installs the taps on one network; after a forward, `features` holds what each delivered (the output
-// for "logits"), in the order of `specs`.
+// Installs the taps on one network ("model" or "other", for messages); run() does a forward and returns
+// the Gram statistics of what each tap delivered (the output for "logits"), in the order of `specs`.
 struct TapSet {
+  Module& model;
+  std::string who;
   std::vector<std::string> specs;
   std::vector<Tensor> features;
 
-  TapSet(Module& model, const std::vector<std::string>& taps, const std::string& who) : specs(taps) {
+  TapSet(Module& m, const std::vector<std::string>& taps, std::string name) : model(m), who(std::move(name)), specs(taps) {
     RETORT_CHECK(!specs.empty(), "representation_similarity: no taps for the ", who);
     features.resize(specs.size());
     for (size_t i = 0; i < specs.size(); ++i) {
@@ -119,7 +122,7 @@ struct TapSet {
     }
   }
 
-  std::vector<GramStats> run(Module& model, const Tensor& inputs, const std::string& who) {
+  std::vector<GramStats> run(const Tensor& inputs) {
     for (Tensor& f : features) f = Tensor();
     Tensor out = model(inputs.to(model.device()));
     std::vector<GramStats> grams;
@@ -157,9 +160,7 @@ SimilarityResult representation_similarity(Module& model, const std::vector<std:
   loader.start_epoch(0);
   Batch batch;
   while (loader.next(batch)) {
-    const std::vector<GramStats> ga = a.run(model, batch.inputs, "model");
-    const std::vector<GramStats> gb = b.run(other, batch.inputs, "other");
-    acc.add(ga, gb);
+    acc.add(a.run(batch.inputs), b.run(batch.inputs));
   }
   SimilarityResult r;
   r.taps = taps;

@@ -575,11 +575,14 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
   Position pos;
   std::string ckpt;
   std::string latest = run_.latest_checkpoint();
-  if (latest.empty() && !run_.checkpoint_files().empty()) {
+  if (latest.empty()) {
     // Stopped between its first checkpoint's rename and the `latest` pointer: the newest file is
     // complete (each is written to a temporary name, fsynced, then renamed).
-    latest = run_.checkpoint_files().back();
-    if (resume == "auto") log("checkpoints/latest is missing; the newest checkpoint file is " + latest);
+    const std::vector<std::string> files = run_.checkpoint_files();
+    if (!files.empty()) {
+      latest = files.back();
+      if (resume == "auto") log("checkpoints/latest is missing; the newest checkpoint file is " + latest);
+    }
   }
   if (resume == "auto") {
     if (!latest.empty()) ckpt = run_.checkpoint_dir() + "/" + latest;

@@ -6,6 +6,8 @@
 #include <cudnn.h>
 
 #include <cstdio>
+#include <cstring>
+#include <string>
 
 namespace retort::cuda {
 
@@ -29,10 +31,10 @@ std::string describe_devices() {
   for (int i = 0; i < n; ++i) {
     cudaDeviceProp prop{};
     if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) continue;
-    char buf[256];
-    std::snprintf(buf, sizeof buf, "cuda:%d %s, sm_%d%d, %.1f GiB\n", i, prop.name, prop.major, prop.minor,
+    char buf[64];
+    std::snprintf(buf, sizeof buf, ", sm_%d%d, %.1f GiB\n", prop.major, prop.minor,
                   static_cast<double>(prop.totalGlobalMem) / (1024.0 * 1024.0 * 1024.0));
-    out += buf;
+    out += "cuda:" + std::to_string(i) + " " + std::string(prop.name, strnlen(prop.name, sizeof prop.name)) + buf;
   }
   return out.empty() ? "no CUDA device" : out;
 }

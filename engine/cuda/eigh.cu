@@ -38,11 +38,15 @@ __global__ void eigvec_sign_transpose(const T* __restrict__ src, T* __restrict__
   }
 }
 
-// flags[b] = 1 where matrix b has a NaN or inf (plain stores of the same value: no atomics needed).
+// flags[b] = 1 where matrix b has a NaN or inf, else 0; one thread per matrix, so that no two threads
+// store to the same flag (which the eigendecomposition's O(n^3) dwarfs anyway).
 template <class T>
 __global__ void nonfinite_flags(const T* __restrict__ a, int* __restrict__ flags, int64_t batch, int64_t n) {
-  RETORT_GRID_STRIDE(i, batch * n * n) {
-    if (!(fabs(a[i]) <= std::numeric_limits<T>::max())) flags[i / (n * n)] = 1;
+  RETORT_GRID_STRIDE(b, batch) {
+    const T* m = a + b * n * n;
+    int bad = 0;
+    for (int64_t i = 0; i < n * n; ++i) bad |= !(fabs(m[i]) <= std::numeric_limits<T>::max());
+    flags[b] = bad;
   }
 }
 
@@ -95,7 +99,7 @@ void CudaBackend::symeig(const Tensor& a, Tensor& values, Tensor& vectors) {
     int* info = reinterpret_cast<int*>(ws + align_up(dev_bytes) + align_up(matrix_bytes));
     int* flags = info + batch;
     RETORT_CUDA_CHECK(cudaMemsetAsync(info, 0, status_bytes, c.stream()), "zeroing the status of ", what());
-    nonfinite_flags<T><<<blocks_for(batch * n * n), kThreads, 0, c.stream()>>>(ptr<T>(a), flags, batch, n);
+    nonfinite_flags<T><<<blocks_for(batch), kThreads, 0, c.stream()>>>(ptr<T>(a), flags, batch, n);
     RETORT_CUDA_LAUNCH_CHECK("nonfinite_flags for ", what());
     RETORT_CUDA_CHECK(cudaMemcpyAsync(work_a, ptr<T>(a), matrix_bytes, cudaMemcpyDeviceToDevice, c.stream()),
                       "copying the input of ", what());

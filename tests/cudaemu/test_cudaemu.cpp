@@ -18,6 +18,10 @@
 //    cudaMemGetInfo, cudaFree of what is not an allocation;
 //  - the fiber-less fast path taken by a launch site whose first launch reached no barrier;
 //  - atomicAdd across threads and blocks;
+//  - the race checker (tools/cudaemu/racecheck.cpp): each kind of race in shared and global memory
+//    stops the process naming both threads, as does a read of shared memory the block has not written;
+//    barriers, atomics and one thread's own accesses do not; the reductions' patterns run clean;
+//    `report` and `0` modes;
 //  - one sanity check each of the cuBLAS and cuDNN stand-ins (tools/cudaemu/blas_dnn.cpp).
 //
 // Kernels are plain functions launched with cudaemu::launch([&] { kernel(args); }, grid, block), which
@@ -114,16 +118,18 @@ class CudaEmu : public ::testing::Test {
   void SetUp() override {
     order_.emplace("RETORT_CUDAEMU_ORDER", nullptr);
     fibers_.emplace("RETORT_CUDAEMU_FIBERS", nullptr);
+    racecheck_.emplace("RETORT_CUDAEMU_RACECHECK", nullptr);
     (void)cudaGetLastError();
   }
   void TearDown() override {
     EXPECT_EQ(cudaGetLastError(), cudaSuccess) << "the test left an error pending";
+    racecheck_.reset();
     fibers_.reset();
     order_.reset();
   }
 
  private:
-  std::optional<ScopedEnv> order_, fibers_;
+  std::optional<ScopedEnv> order_, fibers_, racecheck_;
 };
 
 // Death tests re-execute the binary up to the statement (no fork of a process that holds fibers,
@@ -385,6 +391,7 @@ TEST_F(CudaEmu, MissingSyncthreadsShowsAsDifferentResultsInTheTwoOrders) {
   reverse_result[0] = 0;
 
   std::vector<std::vector<int>> results;  // without the barrier: forward, reverse
+  const ScopedEnv unchecked("RETORT_CUDAEMU_RACECHECK", "0");  // (the race checker stops at this race)
   for (const char* order : kOrders) {
     SCOPED_TRACE(std::string(order) + " order");
     const ScopedEnv env = order_env(order);
@@ -915,6 +922,186 @@ TEST_F(CudaEmu, CudnnConvolutionForwardOfOneChannel3x3) {
   EXPECT_EQ(cudnnDestroyTensorDescriptor(yd), CUDNN_STATUS_SUCCESS);
   EXPECT_EQ(cudnnDestroyTensorDescriptor(xd), CUDNN_STATUS_SUCCESS);
   EXPECT_EQ(cudnnDestroy(handle), CUDNN_STATUS_SUCCESS);
+}
+
+
+// ======================================================================================================
+// 11. the race checker
+// ======================================================================================================
+
+// Each thread stores its id at out[i], reads its neighbour's slot, and stores that after the barrier
+// (if `barrier`) — the barrier orders the neighbour's store before the read.
+__global__ void neighbour(int* slots, int* out, bool barrier) {
+  const unsigned t = threadIdx.x;
+  slots[t] = static_cast<int>(t);
+  if (barrier) __syncthreads();
+  out[t] = slots[(t + 1) % blockDim.x];
+}
+// Every block writes out[threadIdx.x]: blocks write the same elements.
+__global__ void blocks_write_the_same(float* out) { out[threadIdx.x] = static_cast<float>(blockIdx.x); }
+// Each thread reads its right neighbour's element, then writes its own: a write after another thread's
+// read, ordered only by the barrier.
+__global__ void shift_left_in_place(float* x, bool barrier) {
+  const unsigned t = threadIdx.x;
+  const float right = t + 1 < blockDim.x ? x[t + 1] : 0.0f;
+  if (barrier) __syncthreads();
+  x[t] = right;
+}
+// The shared-memory tree reduction (smem[t] += smem[t + s], a barrier per level): thread t reads
+// smem[t] that thread t - s... read a level earlier, and writes it; all ordered by the barriers.
+__global__ void tree_sum(const float* in, float* out) {
+  __shared__ float smem[256];
+  const unsigned t = threadIdx.x;
+  smem[t] = in[blockIdx.x * blockDim.x + t];
+  __syncthreads();
+  for (unsigned s = blockDim.x / 2; s > 0; s /= 2) {
+    if (t < s) smem[t] += smem[t + s];
+    __syncthreads();
+  }
+  if (t == 0) out[blockIdx.x] = smem[0];
+}
+// Threads count into one counter with atomicAdd; thread 0 then reads it plainly, without the barrier
+// (a race with its block's later counts) or after it (still a race with other blocks' counts).
+__global__ void count_then_read(int* counter, int* seen, bool barrier) {
+  atomicAdd(counter, 1);
+  if (barrier) __syncthreads();
+  if (threadIdx.x == 0) seen[blockIdx.x] = *counter;
+}
+
+// Block 0 fills its shared array, every block reads it: on the emulator block 1 would find block 0's
+// values (one host thread's thread_local), on a GPU undefined contents.
+__global__ void read_shared_only_block_0_wrote(int* out) {
+  __shared__ int buf[32];
+  if (blockIdx.x == 0) buf[threadIdx.x] = 1;
+  __syncthreads();
+  out[blockIdx.x * 32 + threadIdx.x] = buf[threadIdx.x];
+}
+
+TEST_F(CudaEmuDeathTest, RacecheckSharedMemoryReadBeforeTheBlockWroteIt) {
+  const auto run = [](unsigned blocks) {
+    DeviceArray<int> out(32 * blocks);
+    cudaemu::launch([&] { read_shared_only_block_0_wrote(out.get()); }, dim3(blocks), dim3(32));
+    EXPECT_EQ(out.download(), std::vector<int>(32 * blocks, 1));
+  };
+  run(1);  // one block: every read finds its block's write
+  EXPECT_DEATH(run(2), "cudaemu racecheck: a read of uninitialized shared memory in the kernel launched by .*\n"
+                       "  block \\(1,0,0\\) thread \\(0,0,0\\) reads 4 bytes at 0x[0-9a-f]+ \\(__shared__ memory\\),\n"
+                       "  which no thread of this block has written");
+}
+
+TEST_F(CudaEmuDeathTest, RacecheckSharedMemoryReadWithoutABarrier) {
+  const auto run = [] {
+    DeviceArray<int> out(kRaceBlock);
+    cudaemu::launch([&] { left_neighbour_without_barrier(out.get()); }, dim3(1), dim3(kRaceBlock));
+  };
+  // Thread 1 reads buf[0], which thread 0 wrote in the same interval.
+  EXPECT_DEATH(run(), "cudaemu racecheck: a data race in the kernel launched by .*, grid \\(1,1,1\\) of blocks "
+                      "\\(64,1,1\\):\n"
+                      "  block \\(0,0,0\\) thread \\(1,0,0\\) reads 4 bytes at 0x[0-9a-f]+ \\(__shared__ memory\\),\n"
+                      "  which block \\(0,0,0\\) thread \\(0,0,0\\) wrote earlier in this launch, with no "
+                      "__syncthreads between the two accesses");
+}
+
+TEST_F(CudaEmuDeathTest, RacecheckGlobalMemoryReadAfterAnotherThreadsWrite) {
+  const auto run = [] {
+    DeviceArray<int> slots(64), out(64);
+    cudaemu::launch([&] { neighbour(slots.get(), out.get(), false); }, dim3(1), dim3(64));
+  };
+  // Threads run in order between barriers, so thread 63 reads slot 0 after thread 0 wrote it (thread 0
+  // read slot 1 before thread 1 wrote it: that shows as thread 1's write after thread 0's read).
+  EXPECT_DEATH(run(), "block \\(0,0,0\\) thread \\(1,0,0\\) writes 4 bytes at 0x[0-9a-f]+ \\(byte 4 of the "
+                      "256-byte allocation at 0x[0-9a-f]+\\),\n  which block \\(0,0,0\\) thread \\(0,0,0\\) read "
+                      "earlier in this launch, with no __syncthreads");
+}
+
+TEST_F(CudaEmuDeathTest, RacecheckWriteAfterAnotherThreadsRead) {
+  const auto run = [] {
+    DeviceArray<float> x(std::vector<float>(32, 1.0f));
+    cudaemu::launch([&] { shift_left_in_place(x.get(), false); }, dim3(1), dim3(32));
+  };
+  EXPECT_DEATH(run(), "thread \\(1,0,0\\) writes 4 bytes .*\n  which block \\(0,0,0\\) thread \\(0,0,0\\) read");
+}
+
+TEST_F(CudaEmuDeathTest, RacecheckTwoBlocksWritingOneElement) {
+  const auto run = [] {
+    DeviceArray<float> out(32);
+    cudaemu::launch([&] { blocks_write_the_same(out.get()); }, dim3(2), dim3(32));
+  };
+  EXPECT_DEATH(run(), "block \\(1,0,0\\) thread \\(0,0,0\\) writes 4 bytes at 0x[0-9a-f]+ \\(byte 0 of the 128-byte "
+                      "allocation at 0x[0-9a-f]+\\),\n  which block \\(0,0,0\\) thread \\(0,0,0\\) wrote earlier in "
+                      "this launch; threads of different blocks are never ordered within a launch");
+}
+
+TEST_F(CudaEmuDeathTest, RacecheckPlainReadOfAnAtomicallyUpdatedCounter) {
+  const auto run = [](unsigned blocks, bool barrier) {
+    DeviceArray<int> counter(std::vector<int>{0}), seen(blocks);
+    cudaemu::launch([&] { count_then_read(counter.get(), seen.get(), barrier); }, dim3(blocks), dim3(32));
+  };
+  // Thread 0 counts and reads; thread 1's count comes after that read in the same interval.
+  EXPECT_DEATH(run(1, false), "thread \\(1,0,0\\) atomically updates 4 bytes .*\n  which block \\(0,0,0\\) "
+                              "thread \\(0,0,0\\) read earlier in this launch, with no __syncthreads");
+  EXPECT_DEATH(run(2, true), "block \\(1,0,0\\) thread \\(0,0,0\\) atomically updates 4 bytes .*\n  which "
+                             "block \\(0,0,0\\) thread \\(0,0,0\\) read earlier in this launch; threads of "
+                             "different blocks");
+}
+
+TEST_F(CudaEmu, RacecheckAcceptsBarriersAtomicsAndEachThreadsOwnAccesses) {
+  // The same kernels with their barriers, and patterns our kernels use: none may be reported (a report
+  // would stop the process) and every result is right.
+  {
+    DeviceArray<int> slots(64), out(64);
+    cudaemu::launch([&] { neighbour(slots.get(), out.get(), true); }, dim3(1), dim3(64));
+    std::vector<int> want(64);
+    for (int t = 0; t < 64; ++t) want[static_cast<size_t>(t)] = (t + 1) % 64;
+    EXPECT_EQ(out.download(), want);
+  }
+  {
+    std::vector<float> x0(32);
+    std::iota(x0.begin(), x0.end(), 0.0f);
+    DeviceArray<float> x(x0);
+    cudaemu::launch([&] { shift_left_in_place(x.get(), true); }, dim3(1), dim3(32));
+    std::vector<float> want(32);
+    for (int t = 0; t < 32; ++t) want[static_cast<size_t>(t)] = t + 1 < 32 ? static_cast<float>(t + 1) : 0.0f;
+    EXPECT_EQ(x.download(), want);
+  }
+  {
+    const unsigned blocks = 3, threads = 256;
+    std::vector<float> in(blocks * threads, 0.5f);
+    DeviceArray<float> d_in(in), out(blocks);
+    cudaemu::launch([&] { tree_sum(d_in.get(), out.get()); }, dim3(blocks), dim3(threads));
+    EXPECT_EQ(out.download(), std::vector<float>(blocks, 128.0f));
+  }
+  {
+    DeviceArray<int> counter(std::vector<int>{0}), seen(1);
+    cudaemu::launch([&] { count_then_read(counter.get(), seen.get(), true); }, dim3(1), dim3(32));
+    EXPECT_EQ(seen.download(), std::vector<int>{32});
+  }
+  {
+    // In place, one element per thread (the elementwise kernels and the optimizer steps).
+    DeviceArray<float> in(std::vector<float>(300, 2.0f));
+    launch_scale(in.get(), in.get(), 300, 3.0f);
+    EXPECT_EQ(in.download(), std::vector<float>(300, 6.0f));
+  }
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+}
+
+TEST_F(CudaEmu, RacecheckReportModeGoesOnAndZeroIsSilent) {
+  for (const char* mode : {"report", "0"}) {
+    SCOPED_TRACE(mode);
+    const ScopedEnv env("RETORT_CUDAEMU_RACECHECK", mode);
+    DeviceArray<float> out(32);
+    ::testing::internal::CaptureStderr();
+    cudaemu::launch([&] { blocks_write_the_same(out.get()); }, dim3(4), dim3(32));
+    const std::string err = ::testing::internal::GetCapturedStderr();
+    EXPECT_EQ(out.download(), std::vector<float>(32, 3.0f)) << "the launch ran to its end";
+    if (std::strcmp(mode, "report") == 0) {
+      // One report per launch, however many races it has.
+      EXPECT_NE(err.find("cudaemu racecheck: a data race"), std::string::npos) << err;
+      EXPECT_EQ(err.find("cudaemu racecheck", 10), std::string::npos) << err;
+    } else {
+      EXPECT_EQ(err, "");
+    }
+  }
 }
 
 }  // namespace

@@ -685,9 +685,9 @@ cudnnStatus_t convolve(const char* fn, Dir dir, cudnnHandle_t handle, const void
   // supported" category — cuDNN 9 reports CUDNN_STATUS_NOT_SUPPORTED_SHAPE (3002) and its siblings where
   // older versions said CUDNN_STATUS_NOT_SUPPORTED (3000); callers test CUDNN_STATUS_CATEGORY.
   if (const char* v = std::getenv("RETORT_CUDAEMU_CUDNN_REFUSE"); v && std::strcmp(v, "1") == 0) {
-    const int first = dir == Dir::Forward        ? CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM
-                      : dir == Dir::BackwardData ? CUDNN_CONVOLUTION_BWD_DATA_ALGO_1
-                                                 : CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
+    const int first = dir == Dir::Forward        ? static_cast<int>(CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM)
+                      : dir == Dir::BackwardData ? static_cast<int>(CUDNN_CONVOLUTION_BWD_DATA_ALGO_1)
+                                                 : static_cast<int>(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1);
     if (algo == first)
       return dnn_fail(CUDNN_STATUS_NOT_SUPPORTED_SHAPE, fn, "algorithm %d refused (RETORT_CUDAEMU_CUDNN_REFUSE=1)", algo);
   }

@@ -40,9 +40,11 @@
 #include <unordered_map>
 #include <vector>
 
+#include "racecheck.h"
+
 namespace cudaemu {
 
-thread_local ThreadState tls;
+constinit thread_local ThreadState tls{};
 
 namespace {
 
@@ -111,6 +113,7 @@ struct Arena {
     void* p = mmap(nullptr, kReserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) die("cannot reserve the device address range");
     base = static_cast<char*>(p);
+    racecheck::init(base, kReserve);
   }
   bool contains(const void* p) const {
     const char* c = static_cast<const char*>(p);
@@ -442,6 +445,7 @@ void run_block_fibers(Runner& r, size_t n, dim3 block, bool reverse) {
         die("__syncthreads reached by " + std::to_string(at_block) + " of " + std::to_string(n) +
             " threads; the others had exited (undefined on a GPU); " + describe_block(r, n));
       for (size_t i = 0; i < n; ++i) r.fibers[i].state = State::Ready;
+      racecheck::barrier();
       continue;
     }
     die("deadlock: no barrier can be released; " + describe_block(r, n));
@@ -455,6 +459,17 @@ std::unordered_map<std::type_index, bool> g_site_has_barrier;  // by the launch 
 }  // namespace
 
 // ---- emulator interface -------------------------------------------------------------------------------
+
+std::string describe_device_address(const void* p) {
+  Arena& a = arena();
+  std::lock_guard<std::mutex> lock(a.mu);
+  const auto* al = a.find(p);
+  if (!al) return "device memory outside every live allocation";
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "byte %" PRIuPTR " of the %zu-byte allocation at 0x%" PRIxPTR,
+                reinterpret_cast<uintptr_t>(p) - al->first, al->second.size, al->first);
+  return buf;
+}
 
 bool is_device_range(const void* p, size_t bytes) {
   Arena& a = arena();
@@ -518,11 +533,13 @@ void launch(const std::function<void()>& body, dim3 grid, dim3 block, size_t sha
   r.saw_barrier = false;
   tls.block_dim = block;
   tls.grid_dim = grid;
+  racecheck::launch_begin(r.site, grid, block);
   const uint64_t nblocks = uint64_t{grid.x} * grid.y * grid.z;
   for (uint64_t k = 0; k < nblocks; ++k) {
     const uint64_t b = reverse ? nblocks - 1 - k : k;
     tls.block = uint3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
                       static_cast<unsigned>(b / (uint64_t{grid.x} * grid.y))};
+    racecheck::block_begin(b);
     if (fibers) {
       run_block_fibers(r, threads, block, reverse);
     } else {
@@ -534,6 +551,7 @@ void launch(const std::function<void()>& body, dim3 grid, dim3 block, size_t sha
       r.direct = false;
     }
   }
+  racecheck::launch_end();
   if (fibers) {
     std::lock_guard<std::mutex> lock(g_sites_mu);
     auto [it, inserted] = g_site_has_barrier.emplace(site, r.saw_barrier);
@@ -670,6 +688,7 @@ cudaError_t cudaFree(void* ptr) {
   if (it == a.live.end()) return fail(cudaErrorInvalidDevicePointer);
   a.protect(it->second, false);
   madvise(it->second.pages, it->second.page_bytes, MADV_DONTNEED);
+  cudaemu::racecheck::released(it->second.pages, it->second.page_bytes);
   a.live_bytes -= it->second.size;
   a.live.erase(it);
   return cudaSuccess;

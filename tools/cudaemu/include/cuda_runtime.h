@@ -16,7 +16,9 @@
 //  - fresh allocations are filled with 0xFF bytes (NaN in F32/F64), so a kernel that reads what nobody
 //    wrote shows up in a parity test;
 //  - RETORT_CUDAEMU_ORDER=reverse runs the threads between two barriers in reverse order, so a missing
-//    barrier changes the results.
+//    barrier changes the results;
+//  - data races between the threads of a launch, in global and shared memory, stop the process with
+//    both threads and the address (racecheck.cpp; kernels compiled with -fsanitize=thread's calls).
 // Not emulated: timing, concurrency between streams (everything runs synchronously, in issue order),
 // the warp-synchronous behaviour of real hardware, float rounding of the GPU's math library.
 #pragma once
@@ -161,7 +163,7 @@ struct ThreadState {
   uint3 thread, block;
   dim3 block_dim, grid_dim;
 };
-extern thread_local ThreadState tls;
+extern constinit thread_local ThreadState tls;  // constinit: no TLS wrapper call per access
 
 void syncthreads();
 // Warp shuffle: every lane in `mask` passes its value's bits and the lane it reads; returns that lane's bits.
@@ -219,10 +221,16 @@ T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
   return ::cudaemu::detail::shfl(mask, v, base + (src_lane % width));
 }
 
+namespace cudaemu::racecheck {
+void atomic_access(const void* p, size_t bytes);  // tells the race checker (racecheck.cpp)
+}
+
 // Threads of a block never run at the same time (a fiber switches only at a barrier), so a
-// read-modify-write is atomic as it stands.
+// read-modify-write is atomic as it stands; the race checker is told it is atomic, and does not see the
+// plain read and write themselves.
 template <class T>
-T atomicAdd(T* address, std::type_identity_t<T> v) {
+__attribute__((no_sanitize("thread"))) T atomicAdd(T* address, std::type_identity_t<T> v) {
+  ::cudaemu::racecheck::atomic_access(address, sizeof(T));
   const T old = *address;
   *address = old + v;
   return old;

@@ -17,7 +17,6 @@
 //                                                 unexpected and wrongly shaped key
 #include <CLI/CLI.hpp>
 
-#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -74,44 +73,19 @@ int inspect_file(const std::string& path, bool stats) {
 }
 
 // The input FILE's model was built for, for what no flag gives (given: --classes, --channels, --size):
-// a model file's metadata (num_classes, in_channels, input_size: retort-train's and tools/import_pth.py's),
-// else what the training config a checkpoint stores implies (its dataset's classes, channels and size).
-// Returns where the values came from, for the report.
+// what the file says it was trained on (trained_on: a model file's num_classes, in_channels, input_size,
+// else what the training config a checkpoint stores implies). Returns where the values came from.
 std::string file_model_options(const std::string& path, const std::map<std::string, std::string>& meta,
                                ModelOptions& mo, const bool given[3]) {
-  auto get = [&](const std::string& k) {
-    auto it = meta.find(k);
-    return it == meta.end() ? std::string() : it->second;
-  };
-  int64_t implied[3] = {0, 0, 0};  // classes, channels, size from the stored config; 0 where it does not say
-  if (!get("config").empty()) {
-    const DataConfig d = app::as_usage([&] {
-      const Json j = parse_metadata_json(path, "config", get("config"));
-      return ExperimentConfig::from_json(j, path + " (metadata 'config')").data;
-    });
-    if (d.dataset == "fashion_mnist" || d.dataset == "mnist") implied[0] = 10, implied[1] = 1, implied[2] = 28;
-    if (d.dataset == "cifar10") implied[0] = 10, implied[1] = 3, implied[2] = 32;
-    if (d.dataset == "cifar100") implied[0] = 100, implied[1] = 3, implied[2] = 32;
-    if (d.dataset == "synthetic") implied[0] = d.num_classes, implied[1] = d.channels, implied[2] = d.image_size;
-    if (d.dataset == "image_folder") implied[1] = d.channels, implied[2] = d.image_size;  // classes: its folders
-  }
+  const TrainedOn t = app::as_usage([&] { return trained_on(path, meta); });
+  const int64_t values[3] = {t.num_classes, t.in_channels, t.input_size};
   int64_t* fields[3] = {&mo.num_classes, &mo.in_channels, &mo.input_size};
-  const std::string keys[3] = {"num_classes", "in_channels", "input_size"};
+  const char* keys[3] = {"num_classes", "in_channels", "input_size"};
   std::string from;
   for (int i = 0; i < 3; ++i) {
-    if (given[i]) continue;
-    const std::string v = get(keys[i]);
-    if (!v.empty()) {
-      int64_t n = 0;
-      const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
-      RETORT_CHECK(ec == std::errc() && end == v.data() + v.size() && n > 0, path, ": metadata '", keys[i],
-                   "' is not a positive integer: '", v, "'");
-      *fields[i] = n;
-      from += (from.empty() ? "" : ", ") + keys[i];
-    } else if (implied[i] > 0) {
-      *fields[i] = implied[i];
-      from += (from.empty() ? "" : ", ") + keys[i] + " of its config's dataset";
-    }
+    if (given[i] || values[i] == 0) continue;
+    *fields[i] = values[i];
+    from += (from.empty() ? "" : ", ") + std::string(keys[i]) + (t.implied[i] ? " of its config's dataset" : "");
   }
   return from.empty() ? std::string() : "; from the file's metadata: " + from;
 }

@@ -202,10 +202,42 @@ ExperimentConfig ExperimentConfig::from_json(const Json& doc, const std::string&
   return c;
 }
 
+namespace {
+// The key of a --set assignment as errors write it: "distill.terms.1.weight" -> "distill.terms[1].weight".
+std::string override_key_as_reported(const std::string& assignment) {
+  const std::string key = assignment.substr(0, assignment.find('='));
+  std::string out;
+  size_t start = 0;
+  while (start <= key.size()) {
+    const size_t dot = std::min(key.find('.', start), key.size());
+    const std::string part = key.substr(start, dot - start);
+    if (!part.empty() && part.find_first_not_of("0123456789") == std::string::npos && !out.empty())
+      out += "[" + part + "]";
+    else
+      out += (out.empty() ? "" : ".") + part;
+    start = dot + 1;
+  }
+  return out;
+}
+}  // namespace
+
 ExperimentConfig ExperimentConfig::load(const std::string& path, const std::vector<std::string>& overrides) {
   Json doc = read_json_file(path);
   for (const auto& o : overrides) apply_override(doc, o);
-  return from_json(doc, path);
+  try {
+    return from_json(doc, path);
+  } catch (const Error& e) {
+    // The error names the config file; say so when the offending value came from a --set (the last
+    // one that set that key or a key inside it wins, as when they were applied).
+    const std::string what = e.what();
+    for (auto it = overrides.rbegin(); it != overrides.rend(); ++it) {
+      const std::string key = override_key_as_reported(*it);
+      const size_t at = what.find(key), end = at + key.size();
+      if (at != std::string::npos && (end == what.size() || std::string(":.[ '").find(what[end]) != std::string::npos))
+        throw Error(what + " (the value comes from --set '" + *it + "')");
+    }
+    throw;
+  }
 }
 
 Json ExperimentConfig::to_json() const {

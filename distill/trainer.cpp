@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <csignal>
 #include <cmath>
@@ -833,32 +834,65 @@ void load_model_file(Module& model, const std::string& path, StateDict* extra) {
   }
 }
 
+TrainedOn trained_on(const std::string& path, const std::map<std::string, std::string>& metadata) {
+  TrainedOn t;
+  auto get = [&](const std::string& k) {
+    auto it = metadata.find(k);
+    return it == metadata.end() ? std::string() : it->second;
+  };
+  // The stored config, read leniently: a checkpoint from an older schema still says what it trained on.
+  int64_t implied[3] = {0, 0, 0};
+  if (const std::string text = get("config"); !text.empty()) {
+    const Json c = Json::parse(text, nullptr, false);
+    if (c.is_object() && c.contains("data") && c["data"].is_object()) {
+      const Json& d = c["data"];
+      auto num = [&](const char* k) { return d.contains(k) && d[k].is_number_integer() ? d[k].get<int64_t>() : 0; };
+      t.dataset = d.value("dataset", std::string());
+      if (t.dataset == "fashion_mnist" || t.dataset == "mnist") implied[0] = 10, implied[1] = 1, implied[2] = 28;
+      if (t.dataset == "cifar10") implied[0] = 10, implied[1] = 3, implied[2] = 32;
+      if (t.dataset == "cifar100") implied[0] = 100, implied[1] = 3, implied[2] = 32;
+      if (t.dataset == "synthetic")
+        implied[0] = num("num_classes"), implied[1] = num("channels"), implied[2] = num("image_size");
+      if (t.dataset == "image_folder") implied[1] = num("channels"), implied[2] = num("image_size");  // classes: folders
+    }
+  }
+  if (const std::string own = get("dataset"); !own.empty()) t.dataset = own;
+  int64_t* fields[3] = {&t.num_classes, &t.in_channels, &t.input_size};
+  const char* keys[3] = {"num_classes", "in_channels", "input_size"};
+  for (int i = 0; i < 3; ++i) {
+    const std::string v = get(keys[i]);
+    if (v.empty()) {
+      *fields[i] = std::max<int64_t>(implied[i], 0);
+      t.implied[i] = *fields[i] > 0;
+      continue;
+    }
+    int64_t n = 0;
+    const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+    RETORT_CHECK(ec == std::errc() && end == v.data() + v.size() && n > 0, path, ": metadata '", keys[i],
+                 "' is not a positive integer: '", v, "'");
+    *fields[i] = n;
+  }
+  return t;
+}
+
 void load_teacher_file(Module& teacher, const std::string& path, const DataConfig& data, const Shape& sample_shape) {
   std::map<std::string, std::string> meta;
   try {
     StateDict state = read_model_state(path, &meta);
-    // What it was trained on: a model file's own keys, else a checkpoint's stored config.
-    std::string dataset = meta.count("dataset") ? meta.at("dataset") : "";
-    int64_t channels = meta.count("in_channels") ? std::stoll(meta.at("in_channels")) : 0;
-    int64_t size = meta.count("input_size") ? std::stoll(meta.at("input_size")) : 0;
-    if (dataset.empty() && meta.count("config")) {
-      const Json c = Json::parse(meta.at("config"), nullptr, false);
-      if (c.is_object() && c.contains("data") && c["data"].is_object())
-        dataset = c["data"].value("dataset", std::string());
-    }
+    const TrainedOn t = trained_on(path, meta);
     const std::string ours = detail::cat(data.dataset, " ", sample_shape[0], "x", sample_shape[1], "x", sample_shape[2]);
-    RETORT_CHECK((dataset.empty() || dataset == data.dataset) && (channels == 0 || channels == sample_shape[0]) &&
-                     (size == 0 || size == sample_shape[1]),
-                 "was trained on ", dataset.empty() ? "other data" : dataset,
-                 channels && size ? detail::cat(" ", channels, "x", size, "x", size) : std::string(), ", this run's data is ",
-                 ours, " (a teacher must be distilled on the data it was trained on)");
+    RETORT_CHECK((t.dataset.empty() || t.dataset == data.dataset) &&
+                     (t.in_channels == 0 || t.in_channels == sample_shape[0]) &&
+                     (t.input_size == 0 || t.input_size == sample_shape[1]),
+                 "was trained on ", t.dataset.empty() ? "other data" : t.dataset,
+                 t.in_channels && t.input_size ? detail::cat(" ", t.in_channels, "x", t.input_size, "x", t.input_size)
+                                               : std::string(),
+                 ", this run's data is ", ours, " (a teacher must be distilled on the data it was trained on)");
     try {
       teacher.load_state_dict(state);
     } catch (const Error& e) {
       RETORT_FAIL(path, ": ", e.what());
     }
-  } catch (const std::logic_error&) {  // std::stoll
-    RETORT_FAIL("teacher.checkpoint ", path, ": unreadable in_channels/input_size metadata");
   } catch (const Error& e) {
     const std::string msg = e.what();
     RETORT_FAIL("teacher.checkpoint ", path, msg.rfind(path, 0) == 0 ? msg.substr(path.size()) : ": " + msg);

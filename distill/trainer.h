@@ -244,6 +244,17 @@ StateDict read_model_state(const std::string& path, std::map<std::string, std::s
                            StateDict* extra = nullptr);
 // read_model_state + a strict load_state_dict; errors name the file and every mismatched key.
 void load_model_file(Module& model, const std::string& path, StateDict* extra = nullptr);
+// What a model file or checkpoint says it was trained on: its metadata's own keys (dataset, num_classes,
+// in_channels, input_size — what export_model writes), else what the training config a checkpoint
+// stores implies (its data.dataset, and that dataset's classes, channels and image size). "" / 0 where
+// the file says nothing; a size that is there but not a positive integer is an error naming the key.
+struct TrainedOn {
+  std::string dataset;
+  int64_t num_classes = 0, in_channels = 0, input_size = 0;
+  bool implied[3] = {};  // num_classes, in_channels, input_size came from the stored config's dataset
+};
+TrainedOn trained_on(const std::string& path, const std::map<std::string, std::string>& metadata);
+
 // A distillation's frozen teacher from teacher.checkpoint: load_model_file with errors that name the
 // key, and a refusal when the file says it was trained on other data than `data` (another dataset, or
 // images of another channel count or size: sample_shape [C, H, W]) — a teacher on data it never saw

@@ -8,26 +8,30 @@
 # resumed on the GPU from its checkpoint must end exactly where the uninterrupted one does.
 # Registered where the CUDA backend is built (tests/CMakeLists.txt): it runs on the emulator build and on
 # a GPU machine, and is skipped (exit 77) where no CUDA device is visible.
-# Usage: device_runs.sh BIN_DIR
+# Usage: device_runs.sh BIN_DIR [PART], PART one of: all (the default), train (the gradchecks, retort-train,
+# retort-eval and the resume), distill_a and distill_b (each half of the strategies) — ctest runs the
+# three parts as separate tests, side by side.
 set -euo pipefail
 bin=$1
+part=${2:-all}
+case "$part" in all|train|distill_a|distill_b) ;; *) echo "device_runs.sh: unknown part '$part'" >&2; exit 2;; esac
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-if ! out=$("$bin/retort-gradcheck" --all --device cuda 2>&1); then
-  if grep -q "CUDA device(s) visible" <<<"$out"; then echo "no CUDA device: skipped"; exit 77; fi
-  echo "FAIL: retort-gradcheck --all --device cuda:"; grep -v "^ok" <<<"$out" | tail -20; exit 1
+if ! "$bin/retort-gradcheck" --list --device cuda > /dev/null 2>"$tmp/err"; then
+  if grep -q "CUDA device(s) visible" "$tmp/err"; then echo "no CUDA device: skipped"; exit 77; fi
+  cat "$tmp/err"; exit 1
 fi
-tail -1 <<<"$out"
+if [ "$part" = all ] || [ "$part" = train ]; then
+  if ! out=$("$bin/retort-gradcheck" --all --device cuda 2>&1); then
+    echo "FAIL: retort-gradcheck --all --device cuda:"; grep -v "^ok" <<<"$out" | tail -20; exit 1
+  fi
+  tail -1 <<<"$out"
+fi
 
 data='"data": {"dataset": "synthetic", "image_size": 16, "channels": 1, "num_classes": 4, "synthetic_size": 64,
                "batch_size": 16, "num_workers": 0}'
 solver='"solver": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0005, "epochs": 1}'
-cat > "$tmp/teacher.json" <<JSON
-{"schema_version": 1, "experiment": {"name": "teacher", "seed": 0, "output_dir": "$tmp"}, $data,
- "model": {"arch": "resnet14"}, $solver}
-JSON
-"$bin/retort-train" "$tmp/teacher.json" --run-dir "$tmp/teacher" > /dev/null
 
 # The last epoch's train and test losses of a run.
 losses() { grep '"event":"epoch"' "$1/metrics.jsonl" | tail -1 | sed -E 's/.*"train_loss":([^,]+).*"test_loss":([^,}]+).*/\1 \2/'; }
@@ -46,6 +50,7 @@ compare() {  # compare NAME: the cpu and cuda runs of NAME
 }
 
 # retort-train.
+if [ "$part" = all ] || [ "$part" = train ]; then
 cat > "$tmp/train.json" <<JSON
 {"schema_version": 1, "experiment": {"name": "train", "seed": 0, "output_dir": "$tmp"}, $data,
  "model": {"arch": "resnet8"}, $solver}
@@ -67,6 +72,14 @@ straight=$(losses "$tmp/straight"); resumed=$(losses "$tmp/resumed")
 [ "$straight" = "$resumed" ] || { echo "FAIL: resume on cuda: straight '$straight', resumed '$resumed'"; exit 1; }
 echo "resume on cuda: $resumed (both runs)"
 unset RETORT_CUDA_DETERMINISTIC
+fi
+[ "$part" = train ] && { echo "device_runs $part: ok"; exit 0; }
+
+cat > "$tmp/teacher.json" <<JSON
+{"schema_version": 1, "experiment": {"name": "teacher", "seed": 0, "output_dir": "$tmp"}, $data,
+ "model": {"arch": "resnet14"}, $solver}
+JSON
+"$bin/retort-train" "$tmp/teacher.json" --run-dir "$tmp/teacher" > /dev/null
 
 # retort-distill, one config per strategy.
 declare -A terms=(
@@ -98,7 +111,10 @@ declare -A terms=(
   [sokd_relax]='[{"type": "ce"}, {"type": "sokd", "params": {"heatmap_classes": 4, "area_num": 4, "search": "first_order", "search_epochs": 1, "estimator": "relax"}}]'
   [sokd_host_kd]='[{"type": "ce", "weight": 0.1}, {"type": "sokd", "weight": 0.9, "params": {"host": {"type": "kd"}, "refine_logits": true, "feat_weight": 0, "dam_weight": 0, "search_epochs": 1}}]'
 )
-for name in kd dkd_ls fitnet at cwd reviewkd sp pkt rkd crd vid nst cc ofd ab fsp ft_paraphraser ft kdsvd kdsvd_width generous_teacher mtkd_ssr sokd_first sokd_second sokd_relax sokd_host_kd; do
+names_a="kd dkd_ls fitnet at cwd reviewkd sp pkt rkd crd vid nst cc ofd ab fsp"
+names_b="ft_paraphraser ft kdsvd kdsvd_width generous_teacher mtkd_ssr sokd_first sokd_second sokd_relax sokd_host_kd"
+case "$part" in distill_a) names=$names_a;; distill_b) names=$names_b;; *) names="$names_a $names_b";; esac
+for name in $names; do
   cat > "$tmp/$name.json" <<JSON
 {"schema_version": 1, "experiment": {"name": "$name", "seed": 0, "output_dir": "$tmp"}, $data,
  "model": {"arch": "resnet8"}, "teacher": {"arch": "resnet14", "checkpoint": "$tmp/teacher/model.safetensors"},
@@ -111,4 +127,4 @@ JSON
   done
   compare "$name"
 done
-echo "device_runs: ok"
+echo "device_runs $part: ok"

@@ -68,6 +68,26 @@ TEST(Config, OverridesApplyBeforeValidation) {
   expect_error([&] { ExperimentConfig::load(path, {"novalue"}); }, {"--set", "key.path=value"});
 }
 
+// An error in a value that a --set gave names that --set as well as the file; one in the file's own
+// values does not.
+TEST(Config, ErrorsInValuesFromSetNameTheSet) {
+  const std::string path = ::testing::TempDir() + "/cfg_set.json";
+  std::ofstream(path) << kMinimal;
+  expect_error([&] { ExperimentConfig::load(path, {"solver.epochs=3", "solver.lr=abc"}); },
+               {"cfg_set.json: solver.lr", "expected a number", "(the value comes from --set 'solver.lr=abc')"});
+  expect_error([&] { ExperimentConfig::load(path, {R"(distill.terms=[{"type": "kd", "weight": -1}])"}); },
+               {"distill.terms[0].weight", "must be >= 0", R"((the value comes from --set 'distill.terms=[)"});
+  const std::string bad = ::testing::TempDir() + "/cfg_bad.json";
+  std::ofstream(bad) << R"({"schema_version": 1, "model": {"arch": "resnet8"}, "data": {"batch_size": -4}})";
+  try {
+    ExperimentConfig::load(bad, {"solver.lr=0.2"});
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("data.batch_size"), std::string::npos) << e.what();
+    EXPECT_EQ(std::string(e.what()).find("--set"), std::string::npos) << e.what();
+  }
+}
+
 // model.init names the weights a model starts from; it round-trips and is absent by default.
 TEST(Config, ModelInit) {
   const std::string path = ::testing::TempDir() + "/cfg_init.json";

@@ -807,6 +807,41 @@ TEST(Trainer, TeacherFilesMustMatchTheRunsDataAndModelFilesAreNotCheckpoints) {
   const std::string ckpt = dir + "/checkpoints/" + read_text(dir + "/checkpoints/latest").substr(0, 40);
   expect_error([&] { load_teacher_file(*teacher, ckpt, fmnist, {1, 8, 8}); }, {"was trained on synthetic"});
   expect_error([&] { train(cfg, fresh_dir("teacherdata_resume"), file); }, {"a model file", "model.init"});
+  // A checkpoint says its sizes only through its config (synthetic: data.channels and data.image_size):
+  // a run on the same dataset with other images is refused too.
+  expect_error([&] { load_teacher_file(*teacher, ckpt, cfg.data, {1, 16, 16}); },
+               {"was trained on synthetic 1x8x8, this run's data is synthetic 1x16x16"});
+}
+
+// What a file says it was trained on: its own metadata keys first, else its stored config's dataset.
+TEST(Trainer, TrainedOnReadsMetadataThenTheStoredConfig) {
+  const TrainedOn own = trained_on("m.safetensors", {{"dataset", "cifar100"}, {"num_classes", "100"},
+                                                     {"in_channels", "3"}, {"input_size", "32"}});
+  EXPECT_EQ(own.dataset, "cifar100");
+  EXPECT_EQ(own.num_classes, 100);
+  EXPECT_EQ(own.in_channels, 3);
+  EXPECT_EQ(own.input_size, 32);
+  EXPECT_FALSE(own.implied[0] || own.implied[1] || own.implied[2]);
+  const TrainedOn fm = trained_on("c.safetensors", {{"config", R"({"data": {"dataset": "fashion_mnist"}})"}});
+  EXPECT_EQ(fm.dataset, "fashion_mnist");
+  EXPECT_EQ(fm.num_classes, 10);
+  EXPECT_EQ(fm.in_channels, 1);
+  EXPECT_EQ(fm.input_size, 28);
+  EXPECT_TRUE(fm.implied[0] && fm.implied[1] && fm.implied[2]);
+  const TrainedOn syn = trained_on(
+      "c.safetensors", {{"config", R"({"data": {"dataset": "synthetic", "num_classes": 4, "channels": 3, "image_size": 12}})"},
+                        {"input_size", "16"}});  // the file's own key wins over the config
+  EXPECT_EQ(syn.num_classes, 4);
+  EXPECT_EQ(syn.in_channels, 3);
+  EXPECT_EQ(syn.input_size, 16);
+  EXPECT_FALSE(syn.implied[2]);
+  const TrainedOn folder = trained_on("c.safetensors", {{"config", R"({"data": {"dataset": "image_folder"}})"}});
+  EXPECT_EQ(folder.num_classes, 0) << "an image folder's classes are its folders: unknown";
+  const TrainedOn none = trained_on("imported.safetensors", {{"config", "not json"}});
+  EXPECT_EQ(none.dataset, "");
+  EXPECT_EQ(none.input_size, 0);
+  expect_error([] { trained_on("m.safetensors", {{"in_channels", "three"}}); },
+               {"m.safetensors: metadata 'in_channels' is not a positive integer: 'three'"});
 }
 
 // Resuming with another CPU thread count is allowed (same recipe) and noted in the log.

@@ -64,8 +64,7 @@ Mode mode_from_env() {
   std::abort();
 }
 
-
-// What happened to 4 bytes in the current launch (device memory) or block (anything else).
+// What happened to 4 bytes in the current launch (device memory) or block (shared memory).
 struct Record {
   uint32_t stamp = 0;     // the launch (device memory) or block (shared memory) it describes; another
                           // value means "nothing yet"

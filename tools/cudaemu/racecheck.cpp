@@ -10,7 +10,7 @@
 //    as an atomic write), race unless both are atomic or the threads are in the same block and a
 //    __syncthreads lies between the two accesses; threads of different blocks are never ordered;
 //  - a warp shuffle exchanges values, not memory, so it orders nothing (as in CUDA's memory model);
-//  - launches are ordered after each other and after everything the host did before them.
+//  - launches are ordered after each other and after everything the host did before them;
 //  - a read of __shared__ memory that no thread of the block has written yet is reported too: a
 //    block's shared memory starts undefined on a GPU (here it would hold the previous block's values).
 // Each thread of a block runs its accesses between two barriers before the next barrier is released,
@@ -18,8 +18,8 @@
 //
 // Shadow state: for device memory, one 32-byte record per 4 bytes, in a reserved range parallel to the
 // device arena (touched pages only; dropped when the allocation is freed), stamped with the launch it
-// describes; for the host thread's static TLS, where the kernels' __shared__ arrays live (the header
-// makes them function-local thread_locals), a table of records stamped with the block they describe,
+// describes; for the executable's TLS block on the host thread, where the kernels' __shared__ arrays
+// live (the header makes them function-local thread_locals), a table of records stamped with the block,
 // since each block has its own shared memory. Nothing else is checked: stacks (the fibers' and the
 // host thread's) are private to a thread, the emulator's own per-thread state is its business, and
 // host memory a kernel reads (its launch lambda's captures) is not written during a launch on a GPU —
@@ -34,6 +34,7 @@
 
 #include <cxxabi.h>
 #include <dlfcn.h>
+#include <link.h>
 #include <execinfo.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -96,31 +97,43 @@ struct State {
   uint64_t threads = 0;      // per block
   uint64_t block_base = 0;   // first thread id of the current block
   uint32_t interval = 0;
-  uintptr_t tls_lo = 0, tls_span = 0;  // this host thread's static TLS: the __shared__ arrays
+  uintptr_t tls_lo = 0, tls_span = 0;  // the executable's TLS block on this thread: the __shared__ arrays
   Record* shared = nullptr;            // one record per 4 bytes of it (mmap'd, kept for the thread's life)
   bool reported = false;  // this launch has had its race reported (`report` mode)
 };
 // constinit: no TLS wrapper call on the hooks' path.
 constinit thread_local State t_state{};
 
-// The static TLS block of this host thread: on x86-64 it ends at the thread pointer, and glibc tells its
-// size (_dl_get_tls_static_info, which the sanitizers use too). Elsewhere, or without it: not found,
-// and shared memory goes unchecked.
+// The executable's own TLS block on this host thread, where the __shared__ arrays of the kernels linked
+// into it live: on x86-64 (TLS variant II) it is the block just below the thread pointer, its size and
+// alignment those of the program's PT_TLS segment. Elsewhere, or without one: not found, and shared
+// memory goes unchecked. (Libraries' TLS — libc's, libstdc++'s — lies further down and is not ours.)
 void find_static_tls(State& s) {
 #if defined(__x86_64__)
-  using Info = void (*)(size_t*, size_t*);
-  static const auto info = reinterpret_cast<Info>(dlsym(RTLD_DEFAULT, "_dl_get_tls_static_info"));
-  if (!info) return;
-  size_t size = 0, align = 0;
-  info(&size, &align);
+  struct Tls {
+    size_t memsz = 0, align = 1, misalign = 0;
+  } tls_seg;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* out) {
+        for (int i = 0; i < info->dlpi_phnum; ++i)
+          if (info->dlpi_phdr[i].p_type == PT_TLS) {
+            auto* t = static_cast<Tls*>(out);
+            t->memsz = info->dlpi_phdr[i].p_memsz;
+            t->align = std::max<size_t>(info->dlpi_phdr[i].p_align, 1);
+            t->misalign = info->dlpi_phdr[i].p_vaddr % t->align;
+          }
+        return 1;  // the first object is the program itself
+      },
+      &tls_seg);
+  if (tls_seg.memsz == 0 || tls_seg.misalign != 0) return;
   const auto tp = reinterpret_cast<uintptr_t>(__builtin_thread_pointer());
-  const uintptr_t lo = (tp - size) & ~uintptr_t{3};
-  void* p = mmap(nullptr, ((tp - lo) >> kGranuleShift) * sizeof(Record), PROT_READ | PROT_WRITE,
+  const uintptr_t lo = tp - (tls_seg.memsz + tls_seg.align - 1) / tls_seg.align * tls_seg.align;
+  void* p = mmap(nullptr, ((tls_seg.memsz + 3) >> kGranuleShift) * sizeof(Record), PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) return;
   s.shared = static_cast<Record*>(p);
   s.tls_lo = lo;
-  s.tls_span = tp - lo;
+  s.tls_span = tls_seg.memsz;
 #else
   (void)s;
 #endif
@@ -290,7 +303,8 @@ void launch_begin(const char* site, dim3 grid, dim3 block) {
   s.mode = mode_from_env();
   if (s.mode == kOff || !g_shadow) return;
   s.threads = uint64_t{block.x} * block.y * block.z;
-  if (s.threads * grid.x * grid.y * grid.z >= UINT32_MAX) return;  // thread ids would not fit: unchecked
+  const unsigned __int128 total = static_cast<unsigned __int128>(s.threads) * grid.x * grid.y * grid.z;
+  if (total >= UINT32_MAX) return;  // thread ids would not fit in a record: unchecked
   if (g_checking.fetch_add(1) != 0) {  // another host thread is in a checked launch: leave this one
     g_checking.fetch_sub(1);
     return;

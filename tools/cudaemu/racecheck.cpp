@@ -37,7 +37,6 @@
 #include <link.h>
 #include <execinfo.h>
 #include <sys/mman.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -108,7 +107,7 @@ constinit thread_local State t_state{};
 // into it live: on x86-64 (TLS variant II) it is the block just below the thread pointer, its size and
 // alignment those of the program's PT_TLS segment. Elsewhere, or without one: not found, and shared
 // memory goes unchecked. (Libraries' TLS — libc's, libstdc++'s — lies further down and is not ours.)
-void find_static_tls(State& s) {
+void find_program_tls(State& s) {
 #if defined(__x86_64__)
   struct Tls {
     size_t memsz = 0, align = 1, misalign = 0;
@@ -139,11 +138,10 @@ void find_static_tls(State& s) {
 #endif
 }
 
-std::string demangle(const char* name, bool type) {
+// A type's name as typeid gives it (the launch lambda's), demangled.
+std::string demangle_type(const char* mangled) {
   int status = 0;
-  std::string mangled = name;
-  if (!type && mangled.rfind("_Z", 0) != 0) return mangled;
-  char* out = abi::__cxa_demangle(mangled.c_str(), nullptr, nullptr, &status);
+  char* out = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
   if (status != 0 || !out) return mangled;
   std::string r = out;
   std::free(out);
@@ -159,13 +157,15 @@ std::string describe_thread(const State& s, uint32_t id1) {
   return "block " + coords(id / s.threads, s.grid) + " thread " + coords(id % s.threads, s.block);
 }
 
+// The access's code address as a module offset for addr2line. (dladdr's symbol name would mislead: the
+// kernels are local functions, absent from the dynamic symbol table, so it names some exported neighbour.)
 std::string where(void* pc) {
   char buf[512];
   Dl_info info{};
   if (pc && dladdr(pc, &info) && info.dli_fname) {
     const uintptr_t offset = reinterpret_cast<uintptr_t>(pc) - reinterpret_cast<uintptr_t>(info.dli_fbase);
-    std::snprintf(buf, sizeof buf, "%s+0x%" PRIxPTR " (`addr2line -Cfie %s 0x%" PRIxPTR "` names the line)",
-                  info.dli_sname ? demangle(info.dli_sname, false).c_str() : "?", offset, info.dli_fname, offset);
+    std::snprintf(buf, sizeof buf, "%s at offset 0x%" PRIxPTR " (`addr2line -Cfie %s 0x%" PRIxPTR "` names the line)",
+                  info.dli_fname, offset, info.dli_fname, offset);
     return buf;
   }
   std::snprintf(buf, sizeof buf, "%p", pc);
@@ -185,7 +185,7 @@ const char* verb(Kind k) { return k == kRead ? "reads" : k == kWrite ? "writes" 
   std::snprintf(abuf, sizeof abuf, "0x%" PRIxPTR, addr);
   const bool device = addr - reinterpret_cast<uintptr_t>(g_base) < g_bytes;
   std::string msg = std::string("cudaemu racecheck: ") + what + " in the kernel launched by " +
-                    demangle(s.site, true) + ", grid (" + std::to_string(s.grid.x) + "," + std::to_string(s.grid.y) +
+                    demangle_type(s.site) + ", grid (" + std::to_string(s.grid.x) + "," + std::to_string(s.grid.y) +
                     "," + std::to_string(s.grid.z) + ") of blocks (" + std::to_string(s.block.x) + "," +
                     std::to_string(s.block.y) + "," + std::to_string(s.block.z) + "):\n";
   msg += "  " + describe_thread(s, me) + " " + verb(k) + " " + std::to_string(bytes) + " bytes at " + abuf + " (" +
@@ -309,7 +309,7 @@ void launch_begin(const char* site, dim3 grid, dim3 block) {
     g_checking.fetch_sub(1);
     return;
   }
-  if (s.tls_span == 0) find_static_tls(s);
+  if (s.tls_span == 0) find_program_tls(s);
   s.active = true;
   s.launch = g_launches.fetch_add(1) + 1;
   if (s.launch == 0) s.launch = g_launches.fetch_add(1) + 1;  // 0 means "no launch" in a record
@@ -357,19 +357,22 @@ void atomic_access(const void* p, size_t bytes) { access(p, bytes, kAtomic, __bu
 // instrumented files uses (std::atomic) are performed here, sequentially consistent.
 using cudaemu::racecheck::kRead;
 using cudaemu::racecheck::kWrite;
-#define CUDAEMU_RC(n)                                                                                      \
-  extern "C" void __tsan_read##n(void* p) { cudaemu::racecheck::access(p, n, kRead, __builtin_return_address(0)); } \
-  extern "C" void __tsan_write##n(void* p) { cudaemu::racecheck::access(p, n, kWrite, __builtin_return_address(0)); } \
-  extern "C" void __tsan_unaligned_read##n(void* p) { cudaemu::racecheck::access(p, n, kRead, __builtin_return_address(0)); } \
-  extern "C" void __tsan_unaligned_write##n(void* p) { cudaemu::racecheck::access(p, n, kWrite, __builtin_return_address(0)); } \
-  extern "C" void __tsan_volatile_read##n(void* p) { cudaemu::racecheck::access(p, n, kRead, __builtin_return_address(0)); } \
-  extern "C" void __tsan_volatile_write##n(void* p) { cudaemu::racecheck::access(p, n, kWrite, __builtin_return_address(0)); }
+#define CUDAEMU_HOOK(name, n, kind) \
+  extern "C" void name(void* p) { cudaemu::racecheck::access(p, n, kind, __builtin_return_address(0)); }
+#define CUDAEMU_RC(n)                              \
+  CUDAEMU_HOOK(__tsan_read##n, n, kRead)           \
+  CUDAEMU_HOOK(__tsan_write##n, n, kWrite)         \
+  CUDAEMU_HOOK(__tsan_unaligned_read##n, n, kRead) \
+  CUDAEMU_HOOK(__tsan_unaligned_write##n, n, kWrite) \
+  CUDAEMU_HOOK(__tsan_volatile_read##n, n, kRead)  \
+  CUDAEMU_HOOK(__tsan_volatile_write##n, n, kWrite)
 CUDAEMU_RC(1)
 CUDAEMU_RC(2)
 CUDAEMU_RC(4)
 CUDAEMU_RC(8)
 CUDAEMU_RC(16)
 #undef CUDAEMU_RC
+#undef CUDAEMU_HOOK
 extern "C" void __tsan_read_range(void* p, unsigned long n) {
   if (n) cudaemu::racecheck::access(p, n, kRead, __builtin_return_address(0));
 }
@@ -397,30 +400,41 @@ extern "C" void __tsan_func_exit() {}
 extern "C" void __tsan_vptr_update(void**, void*) {}
 extern "C" void __tsan_vptr_read(void**) {}
 
-#define CUDAEMU_ATOMIC(bits, T)                                                                            \
-  extern "C" T __tsan_atomic##bits##_load(const volatile T* a, int) { return __atomic_load_n(a, __ATOMIC_SEQ_CST); } \
-  extern "C" void __tsan_atomic##bits##_store(volatile T* a, T v, int) { __atomic_store_n(a, v, __ATOMIC_SEQ_CST); } \
-  extern "C" T __tsan_atomic##bits##_exchange(volatile T* a, T v, int) { return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST); } \
-  extern "C" T __tsan_atomic##bits##_fetch_add(volatile T* a, T v, int) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); } \
-  extern "C" T __tsan_atomic##bits##_fetch_sub(volatile T* a, T v, int) { return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST); } \
-  extern "C" T __tsan_atomic##bits##_fetch_and(volatile T* a, T v, int) { return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST); } \
-  extern "C" T __tsan_atomic##bits##_fetch_or(volatile T* a, T v, int) { return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST); } \
-  extern "C" T __tsan_atomic##bits##_fetch_xor(volatile T* a, T v, int) { return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST); } \
-  extern "C" T __tsan_atomic##bits##_fetch_nand(volatile T* a, T v, int) { return __atomic_fetch_nand(a, v, __ATOMIC_SEQ_CST); } \
-  extern "C" int __tsan_atomic##bits##_compare_exchange_strong(volatile T* a, T* c, T v, int, int) {        \
-    return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                  \
-  }                                                                                                        \
-  extern "C" int __tsan_atomic##bits##_compare_exchange_weak(volatile T* a, T* c, T v, int, int) {          \
-    return __atomic_compare_exchange_n(a, c, v, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                   \
-  }                                                                                                        \
-  extern "C" T __tsan_atomic##bits##_compare_exchange_val(volatile T* a, T c, T v, int, int) {              \
-    __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                        \
-    return c;                                                                                              \
+#define CUDAEMU_ATOMIC_RMW(bits, T, op)                                  \
+  extern "C" T __tsan_atomic##bits##_##op(volatile T* a, T v, int) {     \
+    return __atomic_##op(a, v, __ATOMIC_SEQ_CST);                        \
+  }
+#define CUDAEMU_ATOMIC(bits, T)                                                                  \
+  extern "C" T __tsan_atomic##bits##_load(const volatile T* a, int) {                            \
+    return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                                 \
+  }                                                                                              \
+  extern "C" void __tsan_atomic##bits##_store(volatile T* a, T v, int) {                         \
+    __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                                    \
+  }                                                                                              \
+  extern "C" T __tsan_atomic##bits##_exchange(volatile T* a, T v, int) {                         \
+    return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                          \
+  }                                                                                              \
+  CUDAEMU_ATOMIC_RMW(bits, T, fetch_add)                                                         \
+  CUDAEMU_ATOMIC_RMW(bits, T, fetch_sub)                                                         \
+  CUDAEMU_ATOMIC_RMW(bits, T, fetch_and)                                                         \
+  CUDAEMU_ATOMIC_RMW(bits, T, fetch_or)                                                          \
+  CUDAEMU_ATOMIC_RMW(bits, T, fetch_xor)                                                         \
+  CUDAEMU_ATOMIC_RMW(bits, T, fetch_nand)                                                        \
+  extern "C" int __tsan_atomic##bits##_compare_exchange_strong(volatile T* a, T* c, T v, int, int) { \
+    return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);      \
+  }                                                                                              \
+  extern "C" int __tsan_atomic##bits##_compare_exchange_weak(volatile T* a, T* c, T v, int, int) { \
+    return __atomic_compare_exchange_n(a, c, v, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);       \
+  }                                                                                              \
+  extern "C" T __tsan_atomic##bits##_compare_exchange_val(volatile T* a, T c, T v, int, int) {   \
+    __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);            \
+    return c;                                                                                    \
   }
 CUDAEMU_ATOMIC(8, char)
 CUDAEMU_ATOMIC(16, short)
 CUDAEMU_ATOMIC(32, int)
 CUDAEMU_ATOMIC(64, long)
 #undef CUDAEMU_ATOMIC
+#undef CUDAEMU_ATOMIC_RMW
 extern "C" void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 extern "C" void __tsan_atomic_signal_fence(int) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }

@@ -8,7 +8,7 @@
 
 namespace cudaemu::racecheck {
 
-// The device arena [base, base + bytes): its shadow is reserved here (once, if checking is on).
+// The device arena [base, base + bytes): its shadow's address range is reserved here (once).
 void init(const void* base, size_t bytes);
 
 // A launch of `site` (the launch lambda's mangled type name) with this configuration begins / ends.

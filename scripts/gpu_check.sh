@@ -4,15 +4,17 @@
 #   2. retort-gradcheck --all --device cuda (float64 finite differences through the CUDA kernels), and
 #      tests/apps/device_runs.sh (retort-train/eval/distill with every strategy on cuda vs the CPU),
 #   3. a Fashion-MNIST training run on the GPU (configs/fmnist/resnet8x4.json, STEPS limits it),
-#   4. retort-bench against PyTorch eager on the same GPU (bench/compare.sh with DEVICE=cuda).
+#   4. retort-bench against PyTorch eager on the same GPU (bench/compare.sh with DEVICE=cuda),
+#   5. retort-bench --profile on the GPU: time per kernel type and per convolution, for the perf work
+#      after the first figures (docs/STATUS.md lists what to look at).
 # Logs go to $OUT (the device tool brings them back) or to gpu-logs/.
-#   PARTS="suite gradcheck train bench"  EPOCHS=15  bash scripts/gpu_check.sh
+#   PARTS="suite gradcheck train bench profile"  EPOCHS=15  bash scripts/gpu_check.sh
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 logs=${OUT:-$root/gpu-logs}
 mkdir -p "$logs"
-parts=${PARTS:-suite gradcheck train bench}
+parts=${PARTS:-suite gradcheck train bench profile}
 g=$root/.gpu
 [[ -f $g/bundle.tar.xz ]] || { echo "gpu_check.sh: no .gpu/bundle.tar.xz: run scripts/gpu_bundle.sh here and carry .gpu" >&2; exit 1; }
 tar -C "$g" -xJf "$g/bundle.tar.xz"
@@ -64,5 +66,10 @@ if [[ $parts == *bench* ]]; then
     MODELS=${MODELS:-resnet8x4,resnet32x4} PAIRS=${PAIRS:-resnet32x4:resnet8x4} \
     MACHINE=${MACHINE:-$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' A-Z' '-a-z')} \
     OUT=$logs/bench_cuda.jsonl bash bench/compare.sh 2>"$logs/bench_stderr.txt" | tee "$logs/bench_table.md" || rc=1
+fi
+if [[ $parts == *profile* ]]; then
+  retort-bench --device cuda --models resnet8x4,resnet32x4 --pairs resnet32x4:resnet8x4 --batch 128 --threads 1 \
+    --mode train,kd --profile >"$logs/profile_cuda.txt" 2>&1 || rc=1
+  grep -E "^profile:|img/s" "$logs/profile_cuda.txt" | head -20
 fi
 exit $rc

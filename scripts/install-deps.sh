@@ -7,10 +7,11 @@
 # OpenBLAS: we take the OpenMP flavour (libopenblas-openmp-dev) so that OpenBLAS threads and our own
 # OpenMP loops share one thread pool instead of oversubscribing the cores.
 # python3 rewrites the CUDA launches for the emulator build (-DRETORT_CUDA=EMU, tools/cudaemu).
+# ccache: the test command builds most sources twice (build/ and build-emu/); cmake/ccache.cmake.
 set -euo pipefail
 
 packages=(
-  cmake g++ make pkg-config python3
+  cmake g++ make pkg-config python3 ccache
   libopenblas-openmp-dev
   libdnnl-dev
   libgtest-dev

@@ -508,9 +508,12 @@ Trainer::Position Trainer::load_checkpoint(const std::string& path) {
   RETORT_CHECK(meta("format") == "retort-checkpoint-1", path, ": unknown checkpoint format '", meta("format"), "'");
   RETORT_CHECK(meta("arch") == cfg_.arch, path, ": checkpoint of architecture '", meta("arch"),
                "' but the config trains '", cfg_.arch, "'");
-  // (Checkpoints written before the config was stored in them are not checked.)
+  // (Checkpoints written before the config was stored in them cannot be checked: said where the user reads.)
   const bool restore_hyperparams =
       f.metadata.count("config") ? check_resumed_config(path, f.metadata.at("config")) : true;
+  if (!f.metadata.count("config"))
+    log("note: " + path + " does not record the config it was written with (an older Retort's checkpoint): "
+        "this run's config is taken as the checkpoint's, unchecked");
   // The metadata values that hold JSON; a corrupt one is an error naming the file and the key.
   auto meta_json = [&](const std::string& k) { return parse_metadata_json(path, k, meta(k)); };
   StateDict model, extra, optim;

@@ -258,8 +258,9 @@ TEST(Trainer, ResumeWithChangesOutsideTheRecipeIsExact) {
 }
 
 // A checkpoint whose stored config lacks keys a later Retort added (written before data.held_out and
-// experiment.math existed) resumes as if they held their defaults: no change, the same weights. A
-// corrupt stored config is an error naming the file and the key.
+// experiment.math existed) resumes as if they held their defaults: no change, the same weights; one
+// with no stored config resumes unchecked, saying so. A corrupt stored config is an error naming the
+// file and the key.
 TEST(Trainer, ResumeFromAnOlderConfigTakesMissingKeysAsDefaults) {
   const ExperimentConfig cfg = tiny_config("older", 2);
   const StateDict straight = train(cfg, fresh_dir("older_straight"));
@@ -267,6 +268,15 @@ TEST(Trainer, ResumeFromAnOlderConfigTakesMissingKeysAsDefaults) {
   train(cfg, dir, "", 10);
   const std::string ckpt = dir + "/checkpoints/" + RunDir(dir).latest_checkpoint();
   SafetensorsFile f = load_safetensors(ckpt);
+  // Older still, no stored config at all: resumed as it stands, with a note in the log.
+  auto no_config = f.metadata;
+  no_config.erase("config");
+  const std::string unrecorded = ::testing::TempDir() + "/retort_trainer_unrecorded.safetensors";
+  save_safetensors(unrecorded, f.tensors, no_config);
+  const std::string unrecorded_run = fresh_dir("older_unrecorded_run");
+  expect_bitwise_equal(straight, train(cfg, unrecorded_run, unrecorded));
+  EXPECT_NE(read_text(unrecorded_run + "/train.log").find("does not record the config it was written with"),
+            std::string::npos) << read_text(unrecorded_run + "/train.log");
   Json old_config = Json::parse(f.metadata.at("config"));
   old_config["data"].erase("held_out");
   old_config["experiment"].erase("math");

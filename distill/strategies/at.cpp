@@ -3,6 +3,8 @@
 // ResNets); other families name theirs (e.g. WRN "block1".."block3", VGG "block1".."block4"). With a
 // location mask M (SoKD's DAM regions, "mask_host"): mean_{b,i} ((q_s − q_t)[b, i] · M[b, i])² per
 // stage, M brought to the stage's size — at_loss when M is all ones.
+#include <cmath>
+
 #include "distill/nodes/feature.h"
 #include "distill/nodes/sokd.h"
 #include "distill/strategies/strategies.h"
@@ -38,6 +40,7 @@ void register_at_strategy() {
   register_strategy("at", [](JsonReader& p) {
     StageTaps taps = read_stage_taps(p, {"layer1", "layer2", "layer3"});
     const double pw = p.get<double>("p", 2.0);
+    RETORT_CHECK(std::isfinite(pw) && pw > 0, p.where("p"), ": must be a positive number, got ", pw);
     return std::make_shared<ATStrategy>(std::move(taps), pw);
   });
 }

@@ -1,6 +1,6 @@
 // "dkd": Decoupled KD (methods.md §1.4): (T^2/B)(alpha TCKD + beta NCKD), computed with exact masked
 // log-sum-exp; optionally on z-scored logits (DKD+LS, methods.md §1.5). Defaults: alpha 1, beta 8,
-// T 4 (T 2 with "ls"). The reference's 20-epoch warmup is the term's "warmup_epochs", not a param.
+// T 4 (T 2 with "logit_standardization"). The reference's 20-epoch warmup is the term's "warmup_epochs", not a param.
 #include "distill/nodes/logit.h"
 #include "distill/strategies/strategies.h"
 

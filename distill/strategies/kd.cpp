@@ -1,6 +1,6 @@
 // "kd": Hinton KD, T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) averaged over the batch (methods.md
 // §1.1), optionally on z-scored logits (logit standardization, methods.md §1.5: the base temperature
-// then multiplies each network's per-sample logit std). Defaults: T = 4 (T_b = 2 with "ls": true).
+// then multiplies each network's per-sample logit std). Defaults: T = 4 (T_b = 2 with "logit_standardization": true).
 #include "distill/nodes/logit.h"
 #include "distill/strategies/strategies.h"
 

@@ -69,7 +69,7 @@ class MtkdSsrStrategy final : public Strategy {
         if (o_.teacher_heads != "none")
           teacher_heads_.push_back(register_module("teacher_head" + idx, make_head(shapes, false, i, gen)));
       }
-      if (o_.scd != "none")
+      if (o_.scd != "none" && o_.scd_weight > 0)  // (a weight of 0 switches SCD off: no adapters to train)
         adapters_.push_back(register_module("adapter" + idx, std::make_shared<Adapter1x1>(s[1], t[1], true, gen)));
     }
     if (o_.teacher_heads == "pretrained") load_pretrained_heads();
@@ -127,7 +127,7 @@ class MtkdSsrStrategy final : public Strategy {
       for (size_t i = 0; i + 1 < k; ++i) accumulate(ce, cross_entropy(zs[i], ctx.targets));
       parts.emplace_back("aux_ce", weighted(ce, o_.aux_ce_weight));
     }
-    if (!teacher_heads_.empty() && !frozen()) {
+    if (!teacher_heads_.empty() && !frozen() && o_.teacher_heads_ce_weight > 0) {
       Tensor ce;
       for (size_t i = 0; i + 1 < k; ++i) accumulate(ce, cross_entropy(zt[i], ctx.targets));
       parts.emplace_back("teacher_heads_ce", weighted(ce, o_.teacher_heads_ce_weight));

@@ -75,6 +75,7 @@ void register_reviewkd_strategy() {
     RETORT_CHECK(s.size() >= 1 && s.size() == t.size(), p.where("teacher_taps"), ": ", t.size(),
                  " teacher taps for ", s.size(), " student taps (one per level)");
     const int64_t mid = p.get<int64_t>("max_mid_channels", 512);
+    RETORT_CHECK(mid >= 1, p.where("max_mid_channels"), ": must be >= 1, got ", mid);
     return std::make_shared<ReviewKDStrategy>(std::move(s), std::move(t), mid);
   });
 }

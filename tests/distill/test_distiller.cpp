@@ -276,6 +276,22 @@ TEST(Strategies, MtkdSsrReportsEachPartAndOwnsItsHeads) {
   }
   EXPECT_EQ(modules, (std::vector<std::string>{"student_head1", "teacher_head1", "adapter1", "student_head2",
                                                "teacher_head2", "adapter2", "adapter3"}));
+
+  // A weight of 0 switches its part off: not reported, and SCD's adapters are not built.
+  modules.clear();
+  const LossTerms some = parts_of(
+      R"([{"name": "ssr", "type": "mtkd_ssr", "params": {"scd_weight": 0, "teacher_heads_ce_weight": 0}}])", &modules);
+  names.clear();
+  for (auto& [n, t] : some) names.push_back(n);
+  EXPECT_EQ(names, (std::vector<std::string>{"ssr.aux_ce", "ssr.srd", "ssr.crd"}));
+  EXPECT_EQ(modules, (std::vector<std::string>{"student_head1", "teacher_head1", "student_head2", "teacher_head2"}));
+  try {
+    parts_of(R"([{"type": "mtkd_ssr", "params": {"aux_ce_weight": 0, "teacher_heads_ce_weight": 0, "scd_weight": 0,
+                                                "srd_weight": 0, "crd_weight": 0}}])", nullptr);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("every part is switched off"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Strategies, WarmupScalesTheTerm) {
@@ -367,6 +383,9 @@ TEST(Distiller, ConfigErrorsNameTheTerm) {
   expect_error(R"([{"type": "nst", "params": {"teacher_taps": ["layer3"]}}])", "1 teacher taps for 3 student taps");
   expect_error(R"([{"type": "cc", "params": {"feat_dim": 0}}])", "distill.terms[0].params.feat_dim: must be positive");
   expect_error(R"([{"type": "ofd", "params": {"kernel_size": 2}}])", "distill.terms[0].params.kernel_size: must be odd");
+  expect_error(R"([{"type": "at", "params": {"p": 0}}])", "distill.terms[0].params.p: must be a positive number, got 0");
+  expect_error(R"([{"type": "reviewkd", "params": {"max_mid_channels": 0}}])",
+               "distill.terms[0].params.max_mid_channels: must be >= 1, got 0");
   expect_error(R"([{"type": "ab", "params": {"margin": -0.5}}])", "distill.terms[0].params.margin: must be >= 0");
   expect_error(R"([{"type": "fsp", "params": {"student_taps": ["layer3"]}}])",
                "distill.terms[0].params.student_taps: FSP compares consecutive taps, so it needs at least 2, got 1");

@@ -174,6 +174,8 @@ inline void add_run_flags(CLI::App& cli, RunFlags& f) {
 // the thread count.
 inline ExperimentConfig load_run_config(RunFlags& f) {
   if (f.threads) check_threads(*f.threads);
+  if (f.allow_config_change && f.resume.empty())
+    throw UsageError("--allow-config-change applies to a resumed run: give --resume auto or --resume CHECKPOINT");
   if (f.seed_given) f.overrides.push_back("experiment.seed=" + std::to_string(parse_seed(f.seed)));
   if (!f.device.empty()) f.overrides.push_back("experiment.device=\"" + f.device + "\"");
   ExperimentConfig cfg = load_config(f.config_path, f.overrides);
@@ -197,14 +199,25 @@ inline std::string run_dir_of(const RunFlags& f, const ExperimentConfig& cfg) {
 struct DistillModels {
   std::shared_ptr<Module> student, teacher;
 };
+// model.init: the weights a run's model starts from (a resumed checkpoint overrides them); errors name the key.
+inline void load_init_weights(Module& model, const ExperimentConfig& cfg) {
+  if (cfg.init.empty()) return;
+  try {
+    load_model_file(model, cfg.init);
+  } catch (const Error& e) {
+    throw Error(std::string("model.init: ") + e.what());
+  }
+}
+
 inline DistillModels make_distill_models(const ExperimentConfig& cfg, const ModelOptions& mo, Generator& gen) {
   DistillModels m;
   m.student = as_usage([&] { return create_model(cfg.arch, mo, gen); });
-  if (!cfg.init.empty()) load_model_file(*m.student, cfg.init);  // model.init (a resumed checkpoint overrides it)
+  load_init_weights(*m.student, cfg);
   if (!cfg.teacher.arch.empty()) {
     Generator tgen(0);
     m.teacher = as_usage([&] { return create_model(cfg.teacher.arch, mo, tgen); });
-    load_teacher_file(*m.teacher, cfg.teacher.checkpoint, cfg.data, {mo.in_channels, mo.input_size, mo.input_size});
+    load_teacher_file(*m.teacher, cfg.teacher.checkpoint, cfg.data, {mo.in_channels, mo.input_size, mo.input_size},
+                      cfg.teacher.arch);
   }
   return m;
 }

@@ -34,6 +34,12 @@ int main(int argc, char** argv) {
     const ModelOptions mo{data.train->num_classes(), s[0], s[1]};
     Generator gen(cfg.seed);
     const auto [student, teacher] = app::make_distill_models(cfg, mo, gen);
+    // The terms and what they need of both networks (taps, bridgeable shapes) are the config's: checked
+    // before the teacher's evaluation, and refused as config errors (exit code 1).
+    std::vector<DistillTerm> terms = app::as_usage([&] { return parse_terms(cfg.terms, flags.config_path); });
+    Distiller distiller = app::as_usage([&] {
+      return Distiller(student, teacher, std::move(terms), DistillerOptions::from_config(cfg, mo), s, gen);
+    });
     double teacher_top1 = -1;
     Tensor teacher_logits;  // on the test set: the student's agreement with the teacher at every evaluation
     if (teacher) {
@@ -45,8 +51,6 @@ int main(int argc, char** argv) {
       std::printf("retort-distill: teacher %s from %s: test top-1 %.2f%%\n", cfg.teacher.arch.c_str(),
                   cfg.teacher.checkpoint.c_str(), teacher_top1);
     }
-    std::vector<DistillTerm> terms = app::as_usage([&] { return parse_terms(cfg.terms, flags.config_path); });
-    Distiller distiller(student, teacher, std::move(terms), DistillerOptions::from_config(cfg, mo), s, gen);
     RunDir run(app::run_dir_of(flags, cfg));
     Trainer trainer(cfg, distiller, data, run);  // (sets the kernel switches the cpu line reports)
     std::printf("retort-distill: %s\n  student %s, %.3f M parameters (+%lld in distillation modules)\n"

@@ -284,7 +284,7 @@ int main(int argc, char** argv) {
                                         !arch.empty() ? "to check a file against an architecture: FILE --check-arch NAME"
                                                       : "to load weights into the step: --checkpoint FILE",
                                         ")"));
-    if (mode == "FILE" && path.empty()) throw app::UsageError("give a file or --arch NAME (see --help)");
+    if (mode == "FILE" && path.empty()) throw app::UsageError("give a file, --arch NAME or --distill CONFIG (see --help)");
     if (mode == "--check-arch" && path.empty()) throw app::UsageError("--check-arch needs a file");
     for (const char* flag : {"--checkpoint", "--batch", "--epoch", "--step", "--set", "--dump", "--images", "--scale"})
       if (given(flag) && di.config.empty())

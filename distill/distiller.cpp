@@ -14,12 +14,25 @@ namespace {
 // Overwrites dst's storage with src's (same shape, dtype and device), outside autograd.
 void assign(Tensor& dst, const Tensor& src) { backend_for(dst).copy(src.raw_data(), dst.raw_data(), dst.nbytes()); }
 
+// The taps the terms read of one network, each with the first term that reads it (for messages).
+struct TapSpecs {
+  std::vector<std::string> specs;
+  std::map<std::string, std::string> owner;  // spec -> "distill term 'kd' (kd)"
+};
+
 // Runs `model` on a zero batch of two in eval mode without recording, returning the tapped shapes
-// (and the output's shape in *logits).
-std::map<std::string, Shape> probe(Module& model, const std::vector<std::string>& specs, const Shape& sample,
+// (and the output's shape in *logits). `side` is "student" or "teacher".
+std::map<std::string, Shape> probe(Module& model, const TapSpecs& taps, const char* side, const Shape& sample,
                                    Shape* logits) {
   std::map<std::string, Shape> shapes;
-  for (const auto& s : specs) model.tap(s, [&shapes, s](const Tensor& t) { shapes[s] = t.shape(); });
+  for (const auto& s : taps.specs) {
+    try {
+      model.tap(s, [&shapes, s](const Tensor& t) { shapes[s] = t.shape(); });
+    } catch (const Error& e) {
+      model.clear_taps();
+      RETORT_FAIL(taps.owner.at(s), ": ", side, " tap '", s, "': ", e.what());
+    }
+  }
   const bool was = model.is_training();
   model.eval();
   {
@@ -30,18 +43,19 @@ std::map<std::string, Shape> probe(Module& model, const std::vector<std::string>
   }
   model.train(was);
   model.clear_taps();
-  for (const auto& s : specs)
-    RETORT_CHECK(shapes.count(s), "tap '", s, "' never fired in ", model.type_name(),
+  for (const auto& s : taps.specs)
+    RETORT_CHECK(shapes.count(s), taps.owner.at(s), ": ", side, " tap '", s, "' never fired in ", model.type_name(),
                  " (no such module output or named point; retort-inspect --arch NAME lists the taps)");
   return shapes;
 }
 
 template <class F>
-std::vector<std::string> collect_specs(const std::vector<DistillTerm>& terms, F&& get) {
-  std::vector<std::string> out;
+TapSpecs collect_specs(const std::vector<DistillTerm>& terms, F&& get) {
+  TapSpecs out;
   for (const auto& t : terms)
     for (const auto& s : get(*t.strategy))
-      if (std::find(out.begin(), out.end(), s) == out.end()) out.push_back(s);
+      if (out.owner.emplace(s, detail::cat("distill term '", t.name, "' (", t.strategy->type_name(), ")")).second)
+        out.specs.push_back(s);
   return out;
 }
 }  // namespace
@@ -61,15 +75,15 @@ Distiller::Distiller(std::shared_ptr<Module> student, std::shared_ptr<Module> te
   shapes.input = probe_shape;
   shapes.fresh_student = options_.fresh_student;
   shapes.fresh_teacher = options_.fresh_teacher;
-  shapes.student = probe(*student_, s_specs, probe_shape, &shapes.student_logits);
+  shapes.student = probe(*student_, s_specs, "student", probe_shape, &shapes.student_logits);
   if (teacher_) {
-    shapes.teacher = probe(*teacher_, t_specs, probe_shape, &shapes.teacher_logits);
+    shapes.teacher = probe(*teacher_, t_specs, "teacher", probe_shape, &shapes.teacher_logits);
     shapes.teacher_batch_norm = [t = teacher_.get()](const std::string& spec) { return t->batch_norm_before(spec); };
   }
   for (auto& t : terms_) t.strategy->build(shapes, gen);
-  for (const auto& s : s_specs) student_->tap(s, [this, s](const Tensor& x) { student_feats_[s] = x; });
+  for (const auto& s : s_specs.specs) student_->tap(s, [this, s](const Tensor& x) { student_feats_[s] = x; });
   if (teacher_) {
-    for (const auto& s : t_specs) teacher_->tap(s, [this, s](const Tensor& x) {
+    for (const auto& s : t_specs.specs) teacher_->tap(s, [this, s](const Tensor& x) {
         if (!rerunning_teacher_) teacher_feats_[s] = x;
       });
     for (auto& p : teacher_->parameters()) p.set_requires_grad(false);

@@ -6,6 +6,7 @@
 
 #include "distill/distiller.h"
 #include "engine/optim/lr_schedule.h"
+#include "models/registry.h"
 
 namespace retort {
 
@@ -88,10 +89,14 @@ void parse_solver(JsonReader& r, SolverConfig& s) {
   if (r.has("schedule")) {
     s.schedule = r.raw("schedule");
     RETORT_CHECK(s.schedule.is_object(), r.where("schedule"), ": expected an object");
-    // Built once now, so a bad schedule is refused with the config's name before any work ({} is the
-    // constant rate, as when the key is absent: a resolved config writes it so).
+    // Built once now, so a bad schedule is refused with the config's name before any work, and kept
+    // resolved — every key with its value, defaults included ({} is the constant rate, as when the key
+    // is absent) — so that config.json says exactly what ran.
     try {
-      if (!s.schedule.empty()) make_lr_schedule(s.schedule, s.lr);
+      if (s.schedule.empty()) s.schedule = Json{{"type", "constant"}};
+      Json resolved = make_lr_schedule(s.schedule, s.lr)->to_json();
+      if (!resolved.contains("warmup_epochs")) resolved["warmup_epochs"] = 0;
+      s.schedule = std::move(resolved);
     } catch (const Error& e) {
       RETORT_FAIL(r.where("schedule"), ": ", e.what());
     }
@@ -180,14 +185,22 @@ ExperimentConfig ExperimentConfig::from_json(const Json& doc, const std::string&
     math_mode_check(c.math, e.where("math"));
   }
   if (r.has("data")) parse_data(r.child("data"), c.data);
+  // An architecture the zoo lacks is refused here, naming the key, rather than when the model is made.
+  auto known_arch = [](JsonReader& in, const std::string& arch) {
+    const std::vector<std::string> names = model_names();
+    RETORT_CHECK(std::find(names.begin(), names.end(), arch) != names.end(), in.where("arch"), ": unknown model '",
+                 arch, "'; known models: ", detail::join(names));
+  };
   JsonReader& m = r.child("model");
   c.arch = m.require<std::string>("arch");
+  known_arch(m, c.arch);
   c.init = m.get<std::string>("init", "");
   if (r.has("solver")) parse_solver(r.child("solver"), c.solver);
   if (r.has("log")) parse_log(r.child("log"), c.log);
   if (r.has("teacher")) {
     JsonReader& t = r.child("teacher");
     c.teacher.arch = t.require<std::string>("arch");
+    known_arch(t, c.teacher.arch);
     c.teacher.checkpoint = t.require<std::string>("checkpoint");
     c.teacher.bn_mode = t.get<std::string>("bn_mode", c.teacher.bn_mode);
     RETORT_CHECK(c.teacher.bn_mode == "eval" || c.teacher.bn_mode == "train", t.where("bn_mode"), ": '",

@@ -53,7 +53,8 @@ struct SolverConfig {
   bool nesterov = false;
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   int epochs = 240;
-  Json schedule = Json::object();  // parsed by the LR schedule factory
+  // Parsed by the LR schedule factory and kept resolved (every key, defaults included).
+  Json schedule = Json{{"type", "constant"}, {"warmup_epochs", 0}};
   // retort-train's cross-entropy label smoothing, in [0, 1) (a distillation sets its ce term's own
   // params.label_smoothing; retort-distill refuses this key).
   double label_smoothing = 0.0;

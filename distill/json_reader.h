@@ -95,6 +95,14 @@ void JsonReader::check_type(const Json& v, const std::string& key) const {
     if (!v.is_number()) type_error("a number");
   } else if constexpr (std::is_same_v<T, std::string>) {
     if (!v.is_string()) type_error("a string");
+  } else if constexpr (std::is_same_v<T, std::vector<double>> || std::is_same_v<T, std::vector<std::string>>) {
+    constexpr bool numbers = std::is_same_v<T, std::vector<double>>;
+    const char* expected = numbers ? "an array of numbers" : "an array of strings";
+    if (!v.is_array()) type_error(expected);
+    for (size_t i = 0; i < v.size(); ++i)
+      if (numbers ? !v[i].is_number() : !v[i].is_string())
+        RETORT_FAIL(where(key), ": expected ", expected, ", but element ", i, " is ", v[i].type_name(), " ",
+                    v[i].dump());
   }
 }
 

@@ -12,7 +12,9 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <map>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -572,6 +574,26 @@ std::string fmt_duration(double s) {
 }
 }  // namespace
 
+// The summary.json of a run that finished, if it is there and readable.
+std::optional<TrainSummary> Trainer::finished_summary() const {
+  std::ifstream in(run_.file("summary.json"));
+  if (!in) return std::nullopt;
+  const Json j = Json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return std::nullopt;
+  TrainSummary s;
+  try {
+    s.best_top1 = j.value("best_top1", 0.0);
+    s.best_epoch = j.value("best_epoch", -1);
+    s.last_top1 = j.value("last_top1", 0.0);
+    s.epochs_run = j.value("epochs", 0);
+    s.wall_seconds = j.value("wall_seconds", 0.0);
+    s.images_per_second = j.value("train_images_per_s", 0.0);
+  } catch (const nlohmann::json::exception&) {
+    return std::nullopt;  // not ours as written: the run's end writes it anew
+  }
+  return s;
+}
+
 TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
   using Clock = std::chrono::steady_clock;
   const auto t_start = Clock::now();
@@ -599,6 +621,17 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
   const int64_t nb = static_cast<int64_t>(train_loader_->num_batches());
   if (!ckpt.empty()) {
     pos = load_checkpoint(ckpt);
+    // A finished run (its last epoch's checkpoint) with its summary written: nothing to train, and
+    // nothing of the run's files to rewrite (a summary of this no-op would say 0 s and 0 img/s).
+    const int completed_epochs = pos.batch >= nb ? pos.epoch + 1 : pos.epoch;
+    if (completed_epochs >= cfg_.solver.epochs) {
+      if (std::optional<TrainSummary> done = finished_summary()) {
+        log(detail::cat("the run finished all its ", cfg_.solver.epochs, " epochs (", ckpt,
+                        "): nothing to train; its summary.json and model.safetensors are kept (raise solver.epochs "
+                        "to train on)"));
+        return *done;
+      }
+    }
     log(detail::cat("resumed from ", ckpt, " at epoch ", pos.epoch + 1, ", batch ", pos.batch, ", step ", pos.step));
     // What the interrupted attempt logged after its checkpoint is redone now: drop it, so metrics.jsonl
     // reads as one run's, and mark where the run resumed.
@@ -878,10 +911,15 @@ TrainedOn trained_on(const std::string& path, const std::map<std::string, std::s
   return t;
 }
 
-void load_teacher_file(Module& teacher, const std::string& path, const DataConfig& data, const Shape& sample_shape) {
+void load_teacher_file(Module& teacher, const std::string& path, const DataConfig& data, const Shape& sample_shape,
+                       const std::string& arch) {
   std::map<std::string, std::string> meta;
   try {
     StateDict state = read_model_state(path, &meta);
+    const auto own_arch = meta.find("arch");
+    RETORT_CHECK(arch.empty() || own_arch == meta.end() || own_arch->second == arch, "holds a '",
+                 own_arch == meta.end() ? "" : own_arch->second, "' model (its metadata 'arch'), but teacher.arch is '",
+                 arch, "'");
     const TrainedOn t = trained_on(path, meta);
     const std::string ours = detail::cat(data.dataset, " ", sample_shape[0], "x", sample_shape[1], "x", sample_shape[2]);
     RETORT_CHECK((t.dataset.empty() || t.dataset == data.dataset) &&

@@ -184,6 +184,7 @@ class Trainer {
 
   // Trains to cfg.solver.epochs. resume: "" (fresh run; refuses a run directory that already holds
   // checkpoints), "auto" (the newest complete checkpoint, or fresh if none), or a checkpoint path.
+  // Resuming a run that finished all its epochs trains nothing and leaves its files alone.
   // stop_after_steps > 0 stops (after checkpointing) once that many global steps are done: tests use
   // it to simulate an interruption.
   TrainSummary fit(const std::string& resume = "", int64_t stop_after_steps = 0);
@@ -217,6 +218,7 @@ class Trainer {
   [[noreturn]] void stop_on_interrupt(const Position& pos, int64_t nb, bool write_checkpoint);
   Position load_checkpoint(const std::string& path);
   bool check_resumed_config(const std::string& path, const std::string& saved_config);
+  std::optional<TrainSummary> finished_summary() const;
   void write_pictures(int epoch_done, const TrainProgress& progress);  // log.pictures_every_epochs
   void log(const std::string& line);
 
@@ -258,8 +260,10 @@ TrainedOn trained_on(const std::string& path, const std::map<std::string, std::s
 // A distillation's frozen teacher from teacher.checkpoint: load_model_file with errors that name the
 // key, and a refusal when the file says it was trained on other data than `data` (another dataset, or
 // images of another channel count or size: sample_shape [C, H, W]) — a teacher on data it never saw
-// distils noise. Files without that metadata (imported PyTorch models) are taken as they are.
-void load_teacher_file(Module& teacher, const std::string& path, const DataConfig& data, const Shape& sample_shape);
+// distils noise. Files without that metadata (imported PyTorch models) are taken as they are. A file that
+// names its architecture (metadata "arch") must name `arch` (teacher.arch; "" to skip the check).
+void load_teacher_file(Module& teacher, const std::string& path, const DataConfig& data, const Shape& sample_shape,
+                       const std::string& arch = "");
 
 // Saves `model` alone (what retort-eval and a distillation teacher read) with metadata.
 void export_model(const std::string& path, const Module& model, const std::map<std::string, std::string>& metadata);

@@ -7,7 +7,8 @@
 # retort-gradcheck as elsewhere; retort-inspect --check-arch checks a file against the input its metadata
 # names, and flag combinations that would do nothing are refused naming the flags; retort-eval
 # --against-arch needs --against, and --config's data.test_limit applies; retort-gradcheck refuses names
-# with --all and runs a check named twice once. Usage: cli_usage.sh BIN_DIR
+# with --all and runs a check named twice once; config errors are found before any work and name the
+# key. Usage: cli_usage.sh BIN_DIR
 set -euo pipefail
 bin=$1
 tmp=$(mktemp -d)
@@ -110,4 +111,19 @@ expect 1 "experiment.device: cuda:99" "$bin/retort-train" "$tmp/a.json" --device
 expect 1 "--all runs every check: give it alone" "$bin/retort-gradcheck" --all nonexistent_fn
 expect 1 "no check or function named 'nonexistent_fn'" "$bin/retort-gradcheck" nonexistent_fn
 expect 0 "1 passed, 0 failed" "$bin/retort-gradcheck" relu relu --threads 1
+
+# Config errors found before any work, naming the key (and the --set it came from), exit 1: an unknown
+# architecture, model.init that is not there, a tap the student lacks (before the teacher's evaluation,
+# naming the term); --allow-config-change without --resume; the teacher file's own architecture.
+expect 1 "model.arch: unknown model 'resnet9'; known models: " "$bin/retort-train" "$tmp/a.json" --set model.arch=resnet9
+expect 1 "(the value comes from --set 'teacher.arch=resnet9')" "$bin/retort-distill" "$tmp/kd.json" --set teacher.arch=resnet9
+expect 2 "model.init: " "$bin/retort-train" "$tmp/a.json" --run-dir "$tmp/init" --set model.init="$tmp/nope.safetensors"
+out=$("$bin/retort-distill" "$tmp/kd.json" --run-dir "$tmp/tap" --set distill.terms.1.type=fitnet \
+        --set distill.terms.1.params.student_tap=layer9 2>&1) && rc=0 || rc=$?
+[ "$rc" = 1 ] && grep -qF "distill term 'fitnet' (fitnet): student tap 'layer9'" <<<"$out" && ! grep -q "teacher resnet8 from" <<<"$out" ||
+  { echo "FAIL: a missing tap: rc $rc, '$out'"; exit 1; }
+expect 1 "--allow-config-change applies to a resumed run" "$bin/retort-train" "$tmp/a.json" --allow-config-change
+expect 2 "holds a 'resnet8' model (its metadata 'arch'), but teacher.arch is 'resnet14'" \
+  "$bin/retort-distill" "$tmp/kd.json" --run-dir "$tmp/arch" --set teacher.arch=resnet14
+expect 1 "give a file, --arch NAME or --distill CONFIG" "$bin/retort-inspect"
 echo "cli_usage: ok"

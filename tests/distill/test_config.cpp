@@ -38,23 +38,31 @@ TEST(Config, ResolvedConfigRoundTrips) {
 }
 
 TEST(Config, UnknownKeyIsAnErrorWithASuggestion) {
-  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "solver": {"learnig_rate": 0.1}})"); },
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "solver": {"learnig_rate": 0.1}})"); },
                {"test.json", "unknown key solver.learnig_rate"});
-  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "solver": {"lrr": 0.1}})"); },
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "solver": {"lrr": 0.1}})"); },
                {"did you mean solver.lr?"});
-  expect_error([] { parse(R"({"schema_version": 1, "modle": {"arch": "x"}})"); }, {"model", "required key is missing"});
+  expect_error([] { parse(R"({"schema_version": 1, "modle": {"arch": "resnet8"}})"); }, {"model", "required key is missing"});
 }
 
 TEST(Config, WrongTypesNameTheKey) {
-  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "solver": {"lr": "0.1"}})"); },
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "solver": {"lr": "0.1"}})"); },
                {"test.json: solver.lr", "expected a number", "string"});
-  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "data": {"batch_size": 1.5}})"); },
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "data": {"batch_size": 1.5}})"); },
                {"data.batch_size", "expected an integer"});
-  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "data": {"batch_size": -4}})"); },
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "data": {"batch_size": -4}})"); },
                {"data.batch_size", "positive"});
-  expect_error([] { parse(R"({"schema_version": 2, "model": {"arch": "x"}})"); }, {"schema_version", "version 2"});
-  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "data": {"dataset": "imagenet"}})"); },
+  expect_error([] { parse(R"({"schema_version": 2, "model": {"arch": "resnet8"}})"); }, {"schema_version", "version 2"});
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "data": {"dataset": "imagenet"}})"); },
                {"data.dataset", "imagenet"});
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "data": {"normalize": {"mean": ["abc"]}}})"); },
+               {"data.normalize.mean: expected an array of numbers, but element 0 is string \"abc\""});
+  // Architectures the zoo lacks, named with their key when the config is read.
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet9"}})"); },
+               {"test.json: model.arch: unknown model 'resnet9'; known models: resnet8, "});
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"},
+                              "teacher": {"arch": "wrn_40_3", "checkpoint": "t.safetensors"}})"); },
+               {"test.json: teacher.arch: unknown model 'wrn_40_3'"});
 }
 
 TEST(Config, OverridesApplyBeforeValidation) {
@@ -129,7 +137,7 @@ TEST(Config, MalformedJsonNamesLineAndColumn) {
 // std:: or nlohmann exception naming no file or key, or was silently wrapped into another value.
 TEST(Config, NumbersBeyondADoubleAreErrorsNamingTheFile) {
   const std::string path = ::testing::TempDir() + "/huge.json";
-  std::ofstream(path) << R"({"schema_version": 1, "model": {"arch": "x"}, "solver": {"lr": 1e999}})";
+  std::ofstream(path) << R"({"schema_version": 1, "model": {"arch": "resnet8"}, "solver": {"lr": 1e999}})";
   expect_error([&] { ExperimentConfig::load(path); }, {"huge.json", "invalid JSON", "1e999"});
   Json doc = Json::parse(kMinimal);
   expect_error([&] { apply_override(doc, "solver.lr=1e999"); }, {"--set 'solver.lr=1e999'", "cannot be read", "1e999"});
@@ -149,33 +157,33 @@ TEST(Config, OverrideMustBeUtf8) {
 }
 
 TEST(Config, IntegersMustFitTheirField) {
-  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "solver": {"epochs": 4294967297}})"); },
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "solver": {"epochs": 4294967297}})"); },
                {"test.json: solver.epochs", "expected an integer in [-2147483648, 2147483647], got 4294967297"});
-  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "experiment": {"seed": -1}})"); },
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "experiment": {"seed": -1}})"); },
                {"test.json: experiment.seed", "expected an integer in [0, 18446744073709551615], got -1"});
-  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "data": {"num_workers": 2147483648}})"); },
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "data": {"num_workers": 2147483648}})"); },
                {"data.num_workers", "got 2147483648"});
 }
 
 TEST(Config, DataSizesAreCheckedAtParse) {
-  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "data": {"synthetic_size": -5}})"); },
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "data": {"synthetic_size": -5}})"); },
                {"test.json: data.synthetic_size", "must be positive, got -5"});
-  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "data": {"image_size": 4294967328}})"); },
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "data": {"image_size": 4294967328}})"); },
                {"test.json: data.image_size", "must be in [0, 65536]"});
-  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "data": {"train_limit": -1}})"); },
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "data": {"train_limit": -1}})"); },
                {"test.json: data.train_limit", ">= 0"});
-  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "data": {"channels": 0}})"); },
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "data": {"channels": 0}})"); },
                {"test.json: data.channels"});
 }
 
 TEST(Config, PictureSettingsAreChecked) {
-  const ExperimentConfig c = parse(R"({"schema_version": 1, "model": {"arch": "x"}, "log": {"pictures_every_epochs": 5}})");
+  const ExperimentConfig c = parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "log": {"pictures_every_epochs": 5}})");
   EXPECT_EQ(c.log.pictures_every_epochs, 5);
   EXPECT_EQ(c.log.pictures_batch, 8);
-  EXPECT_EQ(parse(R"({"schema_version": 1, "model": {"arch": "x"}})").log.pictures_every_epochs, 0);
-  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "log": {"pictures_every_epochs": -1}})"); },
+  EXPECT_EQ(parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}})").log.pictures_every_epochs, 0);
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "log": {"pictures_every_epochs": -1}})"); },
                {"test.json: log.pictures_every_epochs", "0 (no pictures) or positive"});
-  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "log": {"pictures_batch": 65}})"); },
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "log": {"pictures_batch": 65}})"); },
                {"test.json: log.pictures_batch", "[1, 64]"});
 }
 
@@ -184,20 +192,20 @@ TEST(Config, PictureSettingsAreChecked) {
 TEST(Config, LabelSmoothingIsASolverKey) {
   EXPECT_EQ(parse(kMinimal).solver.label_smoothing, 0.0);
   const ExperimentConfig c =
-      parse(R"({"schema_version": 1, "model": {"arch": "x"}, "solver": {"label_smoothing": 0.1}})");
+      parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "solver": {"label_smoothing": 0.1}})");
   EXPECT_DOUBLE_EQ(c.solver.label_smoothing, 0.1);
   EXPECT_DOUBLE_EQ(c.to_json()["solver"]["label_smoothing"].get<double>(), 0.1);
   const std::vector<ConfigChange> ch = config_changes(parse(kMinimal).to_json(), c.to_json());
   ASSERT_EQ(ch.size(), 2u);  // model.arch and solver.label_smoothing
   EXPECT_EQ(ch[1].key, "solver.label_smoothing");
-  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "solver": {"label_smoothing": 1}})"); },
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "solver": {"label_smoothing": 1}})"); },
                {"test.json: solver.label_smoothing", "must be in [0, 1), got 1"});
 }
 
 // Values that parse but cannot be what was meant are refused at load, naming the key.
 TEST(Config, ImplausibleValuesAreRefusedNamingTheKey) {
   auto solver = [](const std::string& s) {
-    return parse(R"({"schema_version": 1, "model": {"arch": "x"}, "solver": )" + s + "}");
+    return parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "solver": )" + s + "}");
   };
   expect_error([&] { solver(R"({"epochs": 3, "schedule": {"type": "cosine", "total_epochs": 1}})"); },
                {"test.json: solver.schedule.total_epochs", "less than solver.epochs (3)"});
@@ -212,17 +220,17 @@ TEST(Config, ImplausibleValuesAreRefusedNamingTheKey) {
   expect_error([&] { solver(R"({"optimizer": "adam", "eps": 0})"); }, {"test.json: solver.eps"});
   EXPECT_EQ(solver(R"({"epochs": 3, "schedule": {"type": "cosine", "total_epochs": 3, "warmup_epochs": 1}})").solver.epochs, 3);
   for (const char* key : {"every_steps", "eval_every_epochs", "checkpoint_every_epochs", "keep_checkpoints"})
-    expect_error([&] { parse(std::string(R"({"schema_version": 1, "model": {"arch": "x"}, "log": {")") + key + R"(": 0}})"); },
+    expect_error([&] { parse(std::string(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "log": {")") + key + R"(": 0}})"); },
                  {(std::string("test.json: log.") + key).c_str(), "must be positive, got 0"});
-  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "data": {"num_workers": 30000}})"); },
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "data": {"num_workers": 30000}})"); },
                {"test.json: data.num_workers", "[0, 256]"});
   for (const char* name : {"", "..", "a/b"})
-    expect_error([&] { parse(std::string(R"({"schema_version": 1, "experiment": {"name": ")") + name + R"("}, "model": {"arch": "x"}})"); },
+    expect_error([&] { parse(std::string(R"({"schema_version": 1, "experiment": {"name": ")") + name + R"("}, "model": {"arch": "resnet8"}})"); },
                  {"test.json: experiment.name", "plain directory name"});
 }
 
 TEST(Config, NullValuesAndWrongContainerTypesAreNamedPlainly) {
-  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "x"}, "solver": {"lr": null}})"); },
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "solver": {"lr": null}})"); },
                {"test.json: solver.lr: null is not a value here"});
   try {
     parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "teacher": {"arch": "resnet8", "checkpoint": "t"},
@@ -231,7 +239,7 @@ TEST(Config, NullValuesAndWrongContainerTypesAreNamedPlainly) {
   } catch (const Error& e) {
     const std::string msg = e.what();
     EXPECT_NE(msg.find("student_taps"), std::string::npos) << msg;
-    EXPECT_NE(msg.find("(got \"layer1\")"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("expected an array of strings, got string \"layer1\""), std::string::npos) << msg;
     EXPECT_EQ(msg.find("json.exception"), std::string::npos) << msg;
   }
   expect_error([] {
@@ -240,11 +248,19 @@ TEST(Config, NullValuesAndWrongContainerTypesAreNamedPlainly) {
   }, {"distill.terms[0].weight", "must be >= 0"});
 }
 
-// A resolved config writes an absent schedule as {} (the constant rate): it reads back.
+// An absent or empty schedule is the constant rate; a resolved config writes every schedule with all its
+// keys, defaults included, and reads back the same.
 TEST(Config, AnEmptyScheduleIsTheConstantRate) {
-  const ExperimentConfig c = parse(R"({"schema_version": 1, "model": {"arch": "x"}, "solver": {"schedule": {}}})");
-  EXPECT_TRUE(c.solver.schedule.empty());
-  EXPECT_EQ(ExperimentConfig::from_json(parse(kMinimal).to_json(), "resolved.json").solver.schedule, Json::object());
+  const Json constant = Json{{"type", "constant"}, {"warmup_epochs", 0}};
+  const ExperimentConfig c = parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "solver": {"schedule": {}}})");
+  EXPECT_EQ(c.solver.schedule, constant);
+  EXPECT_EQ(parse(kMinimal).solver.schedule, constant);
+  EXPECT_EQ(ExperimentConfig::from_json(parse(kMinimal).to_json(), "resolved.json").solver.schedule, constant);
+  const ExperimentConfig cos = parse(R"({"schema_version": 1, "model": {"arch": "resnet8"},
+      "solver": {"epochs": 4, "schedule": {"type": "cosine", "total_epochs": 4}}})");
+  EXPECT_EQ(cos.solver.schedule,
+            (Json{{"type", "cosine"}, {"total_epochs", 4.0}, {"min_lr", 0.0}, {"warmup_epochs", 0}}));
+  EXPECT_EQ(ExperimentConfig::from_json(cos.to_json(), "resolved.json").solver.schedule, cos.solver.schedule);
 }
 
 // A key repeated within one object is refused, naming its path (the parser would keep one silently);

@@ -110,6 +110,10 @@ TEST(Trainer, SameSeedSameRunDifferentSeedDifferentRun) {
   EXPECT_NE(a[0].second.to_vector(), c[0].second.to_vector());
 }
 
+namespace {
+std::string read_text(const std::string& path);  // below
+}  // namespace
+
 TEST(Trainer, ResumeMidEpochEqualsUninterruptedRun) {
   const ExperimentConfig cfg = tiny_config("resume", 3);  // 8 steps per epoch, 24 in all
   const StateDict straight = train(cfg, fresh_dir("straight"));
@@ -121,11 +125,22 @@ TEST(Trainer, ResumeMidEpochEqualsUninterruptedRun) {
   // The run directory is complete.
   for (const char* f : {"config.json", "metrics.jsonl", "train.log", "summary.json", "model.safetensors"})
     EXPECT_TRUE(fs::exists(dir + "/" + f)) << f;
+  // Resuming the finished run trains nothing and rewrites none of its results; without its summary (a
+  // run stopped between its last checkpoint and summary.json) the summary is written.
+  const std::string summary = read_text(dir + "/summary.json"), metrics = read_text(dir + "/metrics.jsonl");
+  const std::string model_file = read_text(dir + "/model.safetensors");
+  expect_bitwise_equal(straight, train(cfg, dir, "auto"));
+  EXPECT_EQ(read_text(dir + "/summary.json"), summary);
+  EXPECT_EQ(read_text(dir + "/metrics.jsonl"), metrics);
+  EXPECT_EQ(read_text(dir + "/model.safetensors"), model_file);
+  EXPECT_NE(read_text(dir + "/train.log").find("the run finished all its 3 epochs"), std::string::npos);
+  fs::remove(dir + "/summary.json");
+  train(cfg, dir, "auto");
+  const Json rewritten = Json::parse(read_text(dir + "/summary.json"));
+  EXPECT_EQ(rewritten["last_top1"], Json::parse(summary)["last_top1"]);
 }
 
 namespace {
-
-std::string read_text(const std::string& path);  // below
 
 // Cross-entropy training that sends itself SIGINT after the step with the given index (0-based).
 class InterruptingTask : public ClassifierTask {
@@ -811,6 +826,9 @@ TEST(Trainer, TeacherFilesMustMatchTheRunsDataAndModelFilesAreNotCheckpoints) {
   expect_error([&] { load_teacher_file(*teacher, file, fmnist, {1, 8, 8}); },
                {"teacher.checkpoint", "was trained on synthetic 1x8x8, this run's data is fashion_mnist 1x8x8"});
   expect_error([&] { load_teacher_file(*teacher, file, cfg.data, {1, 16, 16}); }, {"this run's data is synthetic 1x16x16"});
+  expect_error([&] { load_teacher_file(*teacher, file, cfg.data, {1, 8, 8}, "resnet8x4"); },
+               {"teacher.checkpoint", "holds a 'resnet8' model (its metadata 'arch'), but teacher.arch is 'resnet8x4'"});
+  load_teacher_file(*teacher, file, cfg.data, {1, 8, 8}, cfg.arch);
   expect_error([&] { load_teacher_file(*teacher, dir + "/nope.safetensors", cfg.data, {1, 8, 8}); },
                {"teacher.checkpoint", "nope.safetensors"});
   // The last checkpoint also carries the config: the same check from it.

@@ -61,6 +61,8 @@ int main(int argc, char** argv) {
                 data.train->describe().c_str(), data.train->size(), data.test->size(), cfg.solver.optimizer.c_str(),
                 cfg.solver.lr, cfg.solver.epochs, static_cast<long long>(cfg.data.batch_size),
                 cpu_backend_info().c_str(), trainer.switches().describe().c_str(), run.path().c_str());
+    if (const Device dev = Device::parse(cfg.device); !dev.is_cpu())
+      std::printf("  device  %s\n", cuda_device_description(dev).c_str());
     if (!cfg.init.empty()) std::printf("  init    student weights from %s\n", cfg.init.c_str());
     if (teacher) {
       trainer.add_summary_field("teacher_top1", teacher_top1);

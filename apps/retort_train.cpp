@@ -47,6 +47,8 @@ int main(int argc, char** argv) {
                 data.train->describe().c_str(), data.train->size(), data.test->size(), cfg.solver.optimizer.c_str(),
                 cfg.solver.lr, cfg.solver.epochs, static_cast<long long>(cfg.data.batch_size), cpu_backend_info().c_str(),
                 trainer.switches().describe().c_str(), run.path().c_str());
+    if (const Device dev = Device::parse(cfg.device); !dev.is_cpu())
+      std::printf("  device  %s\n", cuda_device_description(dev).c_str());
     if (!cfg.init.empty()) std::printf("  init    weights from %s\n", cfg.init.c_str());
     trainer.set_allow_config_change(flags.allow_config_change);
     const TrainSummary sum = trainer.fit(flags.resume);

@@ -254,6 +254,9 @@ void set_cpu_conv_winograd(bool on);
 // Whether this build contains the CUDA backend, and how many GPUs it sees (0 without CUDA).
 bool cuda_built();
 int cuda_device_count();
+// One line naming a CUDA device for a run's start-up lines: "cuda:0 NVIDIA H100 80GB HBM3, sm_90, 79.2 GiB"
+// ("" for the CPU, or the reason there is no such device).
+std::string cuda_device_description(Device device);
 
 // The CUDA backend's global switches (engine/cuda/context.h), here so that code which is built
 // with or without CUDA can set them; in a build without CUDA they read false and setting them does

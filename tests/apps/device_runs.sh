@@ -55,7 +55,10 @@ cat > "$tmp/train.json" <<JSON
 {"schema_version": 1, "experiment": {"name": "train", "seed": 0, "output_dir": "$tmp"}, $data,
  "model": {"arch": "resnet8"}, $solver}
 JSON
-for dev in cpu cuda; do "$bin/retort-train" "$tmp/train.json" --run-dir "$tmp/train_$dev" --device "$dev" > /dev/null; done
+for dev in cpu cuda; do "$bin/retort-train" "$tmp/train.json" --run-dir "$tmp/train_$dev" --device "$dev" > "$tmp/train_$dev.out"; done
+# The start-up lines name the GPU the run is on.
+grep -qE "^  device  cuda:0 .*, sm_[0-9]+, " "$tmp/train_cuda.out" ||
+  { echo "FAIL: retort-train --device cuda does not name its device:"; cat "$tmp/train_cuda.out"; exit 1; }
 compare train
 # retort-eval of the GPU-trained model on both devices.
 ecpu=$("$bin/retort-eval" "$tmp/train_cuda/model.safetensors" --config "$tmp/train.json" --device cpu 2>&1 | grep "top-1" | head -1)

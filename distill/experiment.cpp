@@ -187,9 +187,11 @@ ExperimentConfig ExperimentConfig::from_json(const Json& doc, const std::string&
   if (r.has("data")) parse_data(r.child("data"), c.data);
   // An architecture the zoo lacks is refused here, naming the key, rather than when the model is made.
   auto known_arch = [](JsonReader& in, const std::string& arch) {
-    const std::vector<std::string> names = model_names();
-    RETORT_CHECK(std::find(names.begin(), names.end(), arch) != names.end(), in.where("arch"), ": unknown model '",
-                 arch, "'; known models: ", detail::join(names));
+    try {
+      check_model_name(arch);
+    } catch (const Error& e) {
+      RETORT_FAIL(in.where("arch"), ": ", e.what());
+    }
   };
   JsonReader& m = r.child("model");
   c.arch = m.require<std::string>("arch");

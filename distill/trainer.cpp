@@ -635,9 +635,8 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
     log(detail::cat("resumed from ", ckpt, " at epoch ", pos.epoch + 1, ", batch ", pos.batch, ", step ", pos.step));
     // What the interrupted attempt logged after its checkpoint is redone now: drop it, so metrics.jsonl
     // reads as one run's, and mark where the run resumed.
-    const int completed = pos.batch >= nb ? pos.epoch + 1 : pos.epoch;
     const int64_t dropped = run_.rewrite_metrics([&](const Json& e) {
-      if (e.value("event", "") == "pictures") return e.value("epoch", 0) <= completed;
+      if (e.value("event", "") == "pictures") return e.value("epoch", 0) <= completed_epochs;
       return !e.contains("step") || !e["step"].is_number() || e["step"].get<int64_t>() <= pos.step;
     });
     run_.append_metric(Json{{"event", "resume"}, {"checkpoint", ckpt}, {"epoch", pos.epoch + 1}, {"batch", pos.batch},

@@ -80,14 +80,7 @@ int cuda_device_count() {
 std::string cuda_device_description([[maybe_unused]] Device device) {
   if (device.is_cpu()) return "";
 #ifdef RETORT_WITH_CUDA
-  const std::string all = cuda::describe_devices();
-  const std::string prefix = device.str() + " ";
-  for (size_t at = 0; at < all.size();) {
-    const size_t end = std::min(all.find('\n', at), all.size());
-    if (all.compare(at, prefix.size(), prefix) == 0) return all.substr(at, end - at);
-    at = end + 1;
-  }
-  return device.str() + ": " + all.substr(0, all.find('\n'));
+  return cuda::describe_device(device.index);
 #else
   return device.str() + ": this build has no CUDA backend";
 #endif

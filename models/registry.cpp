@@ -51,9 +51,13 @@ std::vector<std::string> ModelTable::names() const {
   return out;
 }
 
+void check_model_name(const std::string& name) {
+  RETORT_CHECK(table().find(name) != nullptr, "unknown model '", name, "'; known models: ", detail::join(table().names()));
+}
+
 std::shared_ptr<Module> create_model(const std::string& name, const ModelOptions& options, Generator& gen) {
+  check_model_name(name);
   const ModelFactory* factory = table().find(name);
-  RETORT_CHECK(factory != nullptr, "unknown model '", name, "'; known models: ", detail::join(table().names()));
   RETORT_CHECK(options.num_classes > 0 && options.in_channels > 0 && options.input_size > 0, "create_model(", name,
                "): num_classes, in_channels and input_size must be positive, got ", options.num_classes, ", ",
                options.in_channels, ", ", options.input_size);

@@ -50,5 +50,7 @@ class ModelTable {
 // retort::Error listing the known names when `name` is unknown, or when the options are invalid.
 std::shared_ptr<Module> create_model(const std::string& name, const ModelOptions& options, Generator& gen);
 std::vector<std::string> model_names();  // in registration order
+// Throws create_model's error for a name the zoo lacks (configs check their architectures when read).
+void check_model_name(const std::string& name);
 
 }  // namespace retort

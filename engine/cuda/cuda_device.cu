@@ -20,6 +20,21 @@ int device_count() {
   return n;
 }
 
+namespace {
+// "cuda:0 NVIDIA H100 80GB HBM3, sm_90, 79.2 GiB", or "" when the device's properties cannot be read.
+std::string device_line(int i) {
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) {
+    cudaGetLastError();
+    return "";
+  }
+  char buf[64];
+  std::snprintf(buf, sizeof buf, ", sm_%d%d, %.1f GiB", prop.major, prop.minor,
+                static_cast<double>(prop.totalGlobalMem) / (1024.0 * 1024.0 * 1024.0));
+  return "cuda:" + std::to_string(i) + " " + std::string(prop.name, strnlen(prop.name, sizeof prop.name)) + buf;
+}
+}  // namespace
+
 std::string describe_devices() {
   int n = 0;
   const cudaError_t err = cudaGetDeviceCount(&n);
@@ -28,15 +43,16 @@ std::string describe_devices() {
     return std::string("no CUDA device: ") + cudaGetErrorString(err);
   }
   std::string out;
-  for (int i = 0; i < n; ++i) {
-    cudaDeviceProp prop{};
-    if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) continue;
-    char buf[64];
-    std::snprintf(buf, sizeof buf, ", sm_%d%d, %.1f GiB\n", prop.major, prop.minor,
-                  static_cast<double>(prop.totalGlobalMem) / (1024.0 * 1024.0 * 1024.0));
-    out += "cuda:" + std::to_string(i) + " " + std::string(prop.name, strnlen(prop.name, sizeof prop.name)) + buf;
-  }
+  for (int i = 0; i < n; ++i)
+    if (const std::string line = device_line(i); !line.empty()) out += line + "\n";
   return out.empty() ? "no CUDA device" : out;
+}
+
+std::string describe_device(int index) {
+  if (index >= 0 && index < device_count())
+    if (const std::string line = device_line(index); !line.empty()) return line;
+  const std::string all = describe_devices();
+  return "cuda:" + std::to_string(index) + ": " + all.substr(0, all.find('\n'));
 }
 
 std::string library_versions() {

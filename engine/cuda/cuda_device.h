@@ -11,6 +11,8 @@ namespace retort::cuda {
 int device_count();
 // "NVIDIA H100 80GB HBM3, sm_90, 79.2 GiB" for each device, or why there is none.
 std::string describe_devices();
+// The line of describe_devices for one device, or why there is no such device.
+std::string describe_device(int index);
 // Versions the binary was built against: "CUDA runtime 13.0, cuBLAS 13.x, cuDNN 9.x".
 std::string library_versions();
 

@@ -122,20 +122,33 @@ int inspect_arch(const std::string& arch, const ModelOptions& mo, bool graph, De
               static_cast<double>(model->num_parameters()) / 1e6);
   model->eval();
   std::vector<std::pair<std::string, Shape>> seen;
-  // Top-level modules, and the stages inside a top-level "blocks" (MobileNetV2's blocks.0, blocks.1, ...);
-  // any other module path can be tapped too (retort-inspect --arch shows the tree above).
+  // Top-level modules, opening one that holds stages (MobileNetV2's blocks: blocks.0, blocks.1, ...); any
+  // other module path can be tapped too (the tree above). Stages are marked with their alias.
+  const std::vector<std::string> stages = model->stages();
+  std::map<std::string, std::string> alias;
+  for (size_t k = 0; k < stages.size(); ++k) alias[stages[k]] = "stage" + std::to_string(k + 1);
+  auto holds_stage = [&stages](const std::string& path) {
+    for (const auto& s : stages)
+      if (s.rfind(path + ".", 0) == 0) return true;
+    return false;
+  };
   model->tap(":stem", [&seen](const Tensor& t) { seen.emplace_back(":stem", t.shape()); });
   for (const auto& [name, m] : model->named_modules()) {
     const size_t dot = name.find('.');
-    const bool stage = dot == std::string::npos || (name.rfind("blocks.", 0) == 0 && name.find('.', dot + 1) == std::string::npos);
-    if (name.empty() || !stage) continue;
-    model->tap(name, [&seen, n = name](const Tensor& t) { seen.emplace_back(n, t.shape()); });
+    const bool listed = !name.empty() && !holds_stage(name) &&
+                        (dot == std::string::npos || (holds_stage(name.substr(0, dot)) && name.find('.', dot + 1) == std::string::npos));
+    if (!listed) continue;
+    const std::string label = alias.count(name) ? name + "  (" + alias[name] + ")" : name;
+    model->tap(name, [&seen, label](const Tensor& t) { seen.emplace_back(label, t.shape()); });
     model->tap(name + ":preact", [&seen, n = name](const Tensor& t) { seen.emplace_back(n + ":preact", t.shape()); });
   }
   model->tap(":pooled", [&seen](const Tensor& t) { seen.emplace_back(":pooled", t.shape()); });
   NoGradGuard ng;
   (*model)(Tensor::zeros({1, mo.in_channels, mo.input_size, mo.input_size}, DType::F32, dev));
-  for (const auto& [n, s] : seen) std::printf("  %-24s %s\n", n.c_str(), shape_str(s).c_str());
+  for (const auto& [n, s] : seen) std::printf("  %-28s %s\n", n.c_str(), shape_str(s).c_str());
+  if (!stages.empty())
+    std::printf("\nstages (tap them as stage1..stage%zu, stage-1 for the last, \"stages\" for all; add :preact for the\n"
+                "pre-activation): %s\n", stages.size(), detail::join(stages).c_str());
   return app::kOk;
 }
 

@@ -343,10 +343,11 @@ Tensor AuxClassifier::forward(const Tensor& x) {
 
 // ---- StageCopyClassifier -------------------------------------------------------------------------
 
-StageCopyClassifier::StageCopyClassifier(Module& fresh, const std::string& from, const std::string& to,
+StageCopyClassifier::StageCopyClassifier(Module& fresh, const std::string& from_spec, const std::string& to_spec,
                                          const Shape& sample_shape, int64_t num_classes, Generator& gen)
     : Module("StageCopyClassifier") {
   const std::string arch = fresh.type_name();
+  const std::string from = fresh.resolve_tap(from_spec), to = fresh.resolve_tap(to_spec);  // "stage2" -> its path
   for (const auto& tap : {from, to})
     RETORT_CHECK(tap.find(':') == std::string::npos, "stage-copy head on ", arch, ": '", tap,
                  "' is a named point; the head copies whole modules (give a module path such as layer2)");

@@ -69,6 +69,7 @@ Distiller::Distiller(std::shared_ptr<Module> student, std::shared_ptr<Module> te
   for (const auto& t : terms_)
     RETORT_CHECK(!t.strategy->needs_teacher() || teacher_, "distill term '", t.name, "' (", t.strategy->type_name(),
                  ") needs a teacher, but the config names none");
+  for (auto& t : terms_) t.strategy->resolve_taps(*student_, teacher_.get());  // stage aliases -> module paths
   const auto s_specs = collect_specs(terms_, [](const Strategy& s) { return s.student_taps(); });
   const auto t_specs = collect_specs(terms_, [](const Strategy& s) { return s.teacher_taps(); });
   TapShapes shapes;

@@ -79,21 +79,7 @@ std::vector<std::vector<double>> CkaAccumulator::cka() const {
 }
 
 std::vector<std::string> default_similarity_taps(const Module& model) {
-  auto numbered = [](const std::string& name, const std::string& prefix) {
-    if (name.size() <= prefix.size() || name.rfind(prefix, 0) != 0) return false;
-    for (size_t i = prefix.size(); i < name.size(); ++i)
-      if (!std::isdigit(static_cast<unsigned char>(name[i]))) return false;
-    return true;
-  };
-  std::vector<std::string> taps;
-  for (const auto& [name, m] : model.named_modules()) {
-    const size_t dot = name.find('.');
-    if (dot == std::string::npos) {
-      if (numbered(name, "layer") || numbered(name, "block")) taps.push_back(name);
-    } else if (name.rfind("blocks.", 0) == 0 && name.find('.', dot + 1) == std::string::npos) {
-      taps.push_back(name);  // MobileNetV2's stages
-    }
-  }
+  std::vector<std::string> taps = model.stages();
   taps.push_back(":pooled");
   taps.push_back("logits");
   return taps;

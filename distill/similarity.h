@@ -61,10 +61,9 @@ class CkaAccumulator {
   int64_t used_ = 0, skipped_ = 0;
 };
 
-// The features representation_similarity compares by default: each stage output (top-level modules
-// named layer<k> or block<k>, or the children of a top-level "blocks" — MobileNetV2's), then ":pooled"
-// and "logits" (the network's output). Any of Module::tap's specs may be given instead
-// ("layer2:preact", "conv1", ...).
+// The features representation_similarity compares by default: each stage output (Module::stages(): layer1..3
+// of a CIFAR ResNet, MobileNetV2's blocks.1/.2/.4/.6, ...), then ":pooled" and "logits" (the network's
+// output). Any of Module::tap's specs may be given instead ("layer2:preact", "stage-1", "conv1", ...).
 std::vector<std::string> default_similarity_taps(const Module& model);
 
 struct SimilarityResult {

@@ -2,6 +2,10 @@
 #include "layers/module.h"
 
 #include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <limits>
+#include <optional>
 #include <set>
 #include <utility>
 
@@ -254,23 +258,86 @@ std::pair<std::string, std::string> split_tap_spec(const std::string& spec) {
 }
 }  // namespace
 
-void Module::tap(const std::string& spec, TapFn fn) {
+namespace {
+// "stage<k>" -> k, "stage-<k>" -> -k, "stages" -> kEveryStage; nullopt for anything else.
+constexpr int64_t kEveryStage = std::numeric_limits<int64_t>::min();
+std::optional<int64_t> stage_alias(const std::string& path) {
+  if (path == "stages") return kEveryStage;
+  if (path.rfind("stage", 0) != 0 || path.size() == 5) return std::nullopt;
+  size_t i = 5;
+  const bool from_end = path[i] == '-';
+  if (from_end) ++i;
+  if (i == path.size() || path.size() - i > 6) return std::nullopt;
+  int64_t k = 0;
+  for (; i < path.size(); ++i) {
+    if (!std::isdigit(static_cast<unsigned char>(path[i]))) return std::nullopt;
+    k = k * 10 + (path[i] - '0');
+  }
+  return from_end ? -k : k;
+}
+}  // namespace
+
+std::string Module::resolve_tap(const std::string& spec) const {
   const auto [path, point] = split_tap_spec(spec);
+  const auto k = stage_alias(path);
+  if (!k) return spec;
+  for (const auto& [n, c] : children_)
+    if (n == path) return spec;  // a real child of that name wins
+  const std::vector<std::string> st = stages();
+  const std::string listed = st.empty() ? std::string("declares no stages (use a module path; retort-inspect "
+                                                      "--arch NAME lists them)")
+                                        : detail::cat("has ", st.size(), " stages: ", detail::join(st));
+  RETORT_CHECK(*k != kEveryStage, "tap '", spec, "': \"stages\" names every stage, and this takes one tap (use ",
+               "stage<k>, stage-1 for the last); ", type_name_, " ", listed);
+  const int64_t n = static_cast<int64_t>(st.size());
+  RETORT_CHECK(*k != 0 && std::abs(*k) <= n, "tap '", spec, "': ", type_name_, " ", listed,
+               n > 0 ? detail::cat(" (stage1..stage", n, ", or stage-1..stage-", n, " from the end)") : std::string());
+  const std::string& stage = st[static_cast<size_t>(*k > 0 ? *k - 1 : n + *k)];
+  return point == "output" ? stage : stage + ":" + point;
+}
+
+std::vector<std::string> Module::resolve_taps(const std::vector<std::string>& specs) const {
+  std::vector<std::string> out;
+  for (const auto& spec : specs) {
+    const auto [path, point] = split_tap_spec(spec);
+    bool child = false;
+    for (const auto& [n, c] : children_) child = child || n == path;
+    if (path != "stages" || child) {
+      out.push_back(resolve_tap(spec));
+      continue;
+    }
+    const std::vector<std::string> st = stages();
+    RETORT_CHECK(!st.empty(), "tap '", spec, "': ", type_name_,
+                 " declares no stages (use module paths; retort-inspect --arch NAME lists them)");
+    for (const auto& s : st) out.push_back(point == "output" ? s : s + ":" + point);
+  }
+  return out;
+}
+
+bool Module::expands_stages(const std::vector<std::string>& specs) {
+  for (const auto& spec : specs)
+    if (spec.substr(0, spec.find(':')) == "stages") return true;
+  return false;
+}
+
+void Module::tap(const std::string& spec, TapFn fn) {
+  const auto [path, point] = split_tap_spec(resolve_tap(spec));
   Module& m = find(path);
   if (point == "output") m.taps_.emplace(point, std::move(fn));
   else m.add_point_tap(point, std::move(fn));
 }
 
 std::shared_ptr<Module> Module::batch_norm_before(const std::string& spec) {
-  const auto [path, point] = split_tap_spec(spec);
+  const auto [path, point] = split_tap_spec(resolve_tap(spec));
   if (point == "output") return nullptr;  // a module's output: after its ReLU
   return find(path).point_batch_norm(point);
 }
 
-void Module::substitute(const std::string& path, Tensor t) {
-  RETORT_CHECK(path.find(':') == std::string::npos, "substitute '", path,
+void Module::substitute(const std::string& spec, Tensor t) {
+  const std::string path = resolve_tap(spec);
+  RETORT_CHECK(path.find(':') == std::string::npos, "substitute '", spec,
                "': only a module's output can be substituted, not a named point");
-  RETORT_CHECK(t.defined(), "substitute '", path, "': undefined tensor");
+  RETORT_CHECK(t.defined(), "substitute '", spec, "': undefined tensor");
   find(path).substitute_ = std::move(t);
 }
 

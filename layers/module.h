@@ -7,6 +7,12 @@
 // with layer3's output every time it runs; tap("layer3:preact", fn) with the named point "preact"
 // that layer3 emits during its forward (a Sequential forwards named points to its last child, so a
 // stage's pre-activation is its last block's). Taps are removed with clear_taps().
+//
+// Stages: a network names its stages (stages(): where the literature reads "feature k", mdistiller's
+// feats[1:]), and a tap may name a stage instead of a module path: "stage2" is the second stage
+// ("layer2" on a CIFAR ResNet, "block2" on a WRN or VGG, "blocks.2" on MobileNetV2), "stage-1" the last,
+// "stage2:preact" its pre-activation, and in a list "stages" (or "stages:preact") every stage in order —
+// so one config works for a teacher and a student of different families.
 #pragma once
 #include <functional>
 #include <map>
@@ -74,8 +80,20 @@ class Module {
   bool has_tensors() const;  // any parameter or buffer here or below
   void zero_grad();
 
-  // ---- taps --------------------------------------------------------------------------------------
-  // path: "module.path" (its output) or "module.path:point" (a named point it emits).
+  // ---- stages and taps ---------------------------------------------------------------------------
+  // The network's stages in order, as module paths (mdistiller's feats[1:]: resnet layer1..layer3, wrn
+  // block1..block3, vgg block1..block4, MobileNetV2 blocks.1/.2/.4/.6, ShuffleNet layer1..layer3,
+  // ResNet50 layer1..layer4). Empty for a module that does not declare them.
+  virtual std::vector<std::string> stages() const { return {}; }
+  // `spec` with a stage alias replaced by the stage's path: "stage<k>" (k from 1) and "stage-<k>" (k-th
+  // from the end), each with an optional ":point"; any other spec is returned as it is. An alias this
+  // network cannot answer, or "stages" (which names several taps), is an error listing the stages.
+  std::string resolve_tap(const std::string& spec) const;
+  // Each spec resolved, "stages" / "stages:<point>" expanded to every stage in order (with the point).
+  std::vector<std::string> resolve_taps(const std::vector<std::string>& specs) const;
+  // Whether a list of specs holds "stages" / "stages:<point>" (its length then depends on the network).
+  static bool expands_stages(const std::vector<std::string>& specs);
+  // path: "module.path" (its output), "module.path:point" (a named point it emits) or a stage alias.
   void tap(const std::string& path, TapFn fn);
   void clear_taps();  // recursively
   // The batch norm whose output (plus a shortcut, where the block has one) makes the tapped point

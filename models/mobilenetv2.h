@@ -47,6 +47,8 @@ class MobileNetV2 : public Module {
  public:
   MobileNetV2(int64_t expansion, double width_mult, const ModelOptions& options, Generator& gen);
   Tensor forward(const Tensor& x) override;
+  // mdistiller's f1..f4: the outputs of blocks 1, 2, 4 and 6 (the resolution changes after 1, 2 and 4).
+  std::vector<std::string> stages() const override { return {"blocks.1", "blocks.2", "blocks.4", "blocks.6"}; }
 
  private:
   std::shared_ptr<Sequential> conv1_, blocks_, conv2_, classifier_;

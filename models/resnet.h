@@ -44,6 +44,7 @@ class ResNet : public Module {
   // depth = 6n + 2; num_filters = {stem, stage1, stage2, stage3} widths.
   ResNet(int64_t depth, const std::vector<int64_t>& num_filters, const ModelOptions& options, Generator& gen);
   Tensor forward(const Tensor& x) override;
+  std::vector<std::string> stages() const override { return {"layer1", "layer2", "layer3"}; }
 
  private:
   std::shared_ptr<Sequential> make_layer(int64_t& inplanes, int64_t planes, int64_t blocks, int64_t stride,

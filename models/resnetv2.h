@@ -43,6 +43,7 @@ class ResNetV2 : public Module {
   // num_blocks per stage: {3, 4, 6, 3} is ResNet50.
   ResNetV2(const std::vector<int64_t>& num_blocks, const ModelOptions& options, Generator& gen);
   Tensor forward(const Tensor& x) override;
+  std::vector<std::string> stages() const override { return {"layer1", "layer2", "layer3", "layer4"}; }
 
  private:
   std::shared_ptr<Conv2d> conv1_;

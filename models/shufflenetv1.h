@@ -67,6 +67,7 @@ class ShuffleNet : public Module {
   ShuffleNet(const std::vector<int64_t>& out_planes, const std::vector<int64_t>& num_blocks, int64_t groups,
              const ModelOptions& options, Generator& gen);
   Tensor forward(const Tensor& x) override;
+  std::vector<std::string> stages() const override { return {"layer1", "layer2", "layer3"}; }
 
  private:
   std::shared_ptr<Conv2d> conv1_;

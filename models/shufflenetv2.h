@@ -62,6 +62,7 @@ class ShuffleNetV2 : public Module {
   ShuffleNetV2(const std::vector<int64_t>& out_channels, const std::vector<int64_t>& num_blocks,
                const ModelOptions& options, Generator& gen);
   Tensor forward(const Tensor& x) override;
+  std::vector<std::string> stages() const override { return {"layer1", "layer2", "layer3"}; }
 
  private:
   std::shared_ptr<Conv2d> conv1_, conv2_;

@@ -46,6 +46,8 @@ class VGG : public Module {
   // cfg: the conv widths of each of the 5 blocks.
   VGG(const std::vector<std::vector<int64_t>>& cfg, const ModelOptions& options, Generator& gen);
   Tensor forward(const Tensor& x) override;
+  // block0 is the stem (mdistiller's f0); the stages are the four blocks after it.
+  std::vector<std::string> stages() const override { return {"block1", "block2", "block3", "block4"}; }
 
  private:
   std::vector<std::shared_ptr<vgg::Block>> blocks_;

@@ -64,6 +64,7 @@ class WideResNet : public Module {
  public:
   WideResNet(int64_t depth, int64_t widen_factor, const ModelOptions& options, Generator& gen);
   Tensor forward(const Tensor& x) override;
+  std::vector<std::string> stages() const override { return {"block1", "block2", "block3"}; }
 
  private:
   std::shared_ptr<Conv2d> conv1_;

@@ -27,7 +27,7 @@ class ABStrategy final : public StageStrategy {
 
   void build(const TapShapes& shapes, Generator& gen) override {
     connectors_ = register_module("connectors", std::make_shared<Sequential>());
-    for (size_t i = 0; i < stages(); ++i) {
+    for (size_t i = 0; i < stage_count(); ++i) {
       const auto [s, t] = map_shapes(shapes, i);
       // RepDistiller's Connector: an empty Sequential (the identity) where channels and height agree.
       if (s[1] == t[1] && s[2] == t[2]) connectors_->push_back(std::make_shared<Sequential>());
@@ -36,7 +36,7 @@ class ABStrategy final : public StageStrategy {
   }
 
   Tensor compute(const DistillContext& ctx) override {
-    const int n = static_cast<int>(stages());
+    const int n = static_cast<int>(stage_count());
     return sum_over_stages([&](size_t i) {
       const Tensor s = connectors_->operator[](i)(ctx.student_feature(s_taps_[i]));
       const double w = std::ldexp(1.0, static_cast<int>(i) - n + 1) * 3.0 / 1000.0;
@@ -53,7 +53,7 @@ class ABStrategy final : public StageStrategy {
 
 void register_ab_strategy() {
   register_strategy("ab", [](JsonReader& p) {
-    StageTaps taps = read_stage_taps(p, {"layer1:preact", "layer2:preact", "layer3:preact"});
+    StageTaps taps = read_stage_taps(p, {"stages:preact"});
     const double margin = p.get<double>("margin", 1.0);
     RETORT_CHECK(std::isfinite(margin) && margin >= 0, p.where("margin"), ": must be >= 0, got ", margin);
     return std::make_shared<ABStrategy>(std::move(taps), margin);

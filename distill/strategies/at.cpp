@@ -38,7 +38,7 @@ class ATStrategy final : public StageStrategy {
 
 void register_at_strategy() {
   register_strategy("at", [](JsonReader& p) {
-    StageTaps taps = read_stage_taps(p, {"layer1", "layer2", "layer3"});
+    StageTaps taps = read_stage_taps(p, {"stages"});
     const double pw = p.get<double>("p", 2.0);
     RETORT_CHECK(std::isfinite(pw) && pw > 0, p.where("p"), ": must be a positive number, got ", pw);
     return std::make_shared<ATStrategy>(std::move(taps), pw);

@@ -12,7 +12,10 @@ StageTaps read_stage_taps(JsonReader& p, const std::vector<std::string>& default
   StageTaps taps;
   taps.student = p.get<std::vector<std::string>>("student_taps", default_student_taps);
   taps.teacher = p.get<std::vector<std::string>>("teacher_taps", taps.student);
-  RETORT_CHECK(!taps.student.empty() && taps.student.size() == taps.teacher.size(), p.where("teacher_taps"), ": ",
+  // With "stages" in a list the counts are known once the networks are (StageStrategy::resolve_taps).
+  const bool wildcard = Module::expands_stages(taps.student) || Module::expands_stages(taps.teacher);
+  RETORT_CHECK(!taps.student.empty(), p.where("student_taps"), ": no taps");
+  RETORT_CHECK(!taps.teacher.empty() && (wildcard || taps.student.size() == taps.teacher.size()), p.where("teacher_taps"), ": ",
                taps.teacher.size(), " teacher taps for ", taps.student.size(),
                " student taps (one per stage, same count)");
   return taps;
@@ -47,6 +50,33 @@ PretrainedTerm read_pretrained_term(const PretrainedTermQuery& q) {
   for (auto& [key, t] : extra)
     if (key.rfind(prefix + q.owned, 0) == 0) r.state.emplace_back(key.substr(prefix.size()), t);
   return r;
+}
+
+std::vector<std::string> resolve_tap_list(const Module& net, const std::vector<std::string>& taps,
+                                          const std::string& who) {
+  try {
+    return net.resolve_taps(taps);
+  } catch (const Error& e) {
+    throw Error(who + ": " + e.what());
+  }
+}
+
+std::string resolve_one_tap(const Module& net, const std::string& tap, const std::string& who) {
+  try {
+    return net.resolve_tap(tap);
+  } catch (const Error& e) {
+    throw Error(who + ": " + e.what());
+  }
+}
+
+void StageStrategy::resolve_taps(const Module& student, const Module* teacher) {
+  s_taps_ = resolve_tap_list(student, s_taps_, type_name() + " student_taps on " + student.type_name());
+  if (teacher) t_taps_ = resolve_tap_list(*teacher, t_taps_, type_name() + " teacher_taps on " + teacher->type_name());
+  RETORT_CHECK(s_taps_.size() == t_taps_.size() && s_taps_.size() >= min_taps_, type_name(), ": the student's taps (",
+               student.type_name(), ": ", detail::join(s_taps_), ") and the teacher's (",
+               teacher ? teacher->type_name() : std::string("none"), ": ", detail::join(t_taps_),
+               ") must pair one to one", min_taps_ > 1 ? detail::cat(", at least ", min_taps_, " each") : std::string(),
+               "; name them with student_taps and teacher_taps");
 }
 
 std::string StageStrategy::stage_label(size_t i) const {

@@ -15,6 +15,10 @@ class CWDStrategy final : public Strategy {
       : Strategy("cwd"), s_tap_(std::move(s)), t_tap_(std::move(t)), tau_(tau) {}
   std::vector<std::string> student_taps() const override { return {s_tap_}; }
   std::vector<std::string> teacher_taps() const override { return {t_tap_}; }
+  void resolve_taps(const Module& student, const Module* teacher) override {
+    s_tap_ = resolve_one_tap(student, s_tap_, "cwd student_tap on " + student.type_name());
+    if (teacher) t_tap_ = resolve_one_tap(*teacher, t_tap_, "cwd teacher_tap on " + teacher->type_name());
+  }
   bool uses_teacher_logits() const override { return false; }
   void build(const TapShapes& shapes, Generator& gen) override {
     const Shape& s = shapes.of_student(s_tap_);
@@ -40,7 +44,7 @@ class CWDStrategy final : public Strategy {
 
 void register_cwd_strategy() {
   register_strategy("cwd", [](JsonReader& p) {
-    const std::string s = p.get<std::string>("student_tap", "layer3");
+    const std::string s = p.get<std::string>("student_tap", "stage-1");
     const std::string t = p.get<std::string>("teacher_tap", s);
     const double tau = p.get<double>("tau", 4.0);
     RETORT_CHECK(tau > 0, p.where("tau"), ": must be positive");

@@ -15,6 +15,10 @@ class FitNetStrategy final : public Strategy {
       : Strategy("fitnet"), s_tap_(std::move(s_tap)), t_tap_(std::move(t_tap)) {}
   std::vector<std::string> student_taps() const override { return {s_tap_}; }
   std::vector<std::string> teacher_taps() const override { return {t_tap_}; }
+  void resolve_taps(const Module& student, const Module* teacher) override {
+    s_tap_ = resolve_one_tap(student, s_tap_, "fitnet student_tap on " + student.type_name());
+    if (teacher) t_tap_ = resolve_one_tap(*teacher, t_tap_, "fitnet teacher_tap on " + teacher->type_name());
+  }
   bool uses_teacher_logits() const override { return false; }
   bool accepts_location_mask() const override { return true; }
   void build(const TapShapes& shapes, Generator& gen) override {
@@ -37,7 +41,7 @@ class FitNetStrategy final : public Strategy {
 
 void register_fitnet_strategy() {
   register_strategy("fitnet", [](JsonReader& p) {
-    const std::string s = p.get<std::string>("student_tap", "layer2");
+    const std::string s = p.get<std::string>("student_tap", "stage2");
     return std::make_shared<FitNetStrategy>(s, p.get<std::string>("teacher_tap", s));
   });
 }

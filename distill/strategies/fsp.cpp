@@ -22,10 +22,10 @@ namespace retort {
 namespace {
 class FSPStrategy final : public StageStrategy {
  public:
-  explicit FSPStrategy(StageTaps taps) : StageStrategy("fsp", std::move(taps)) {}
+  explicit FSPStrategy(StageTaps taps) : StageStrategy("fsp", std::move(taps)) { min_taps_ = 2; }
 
   void build(const TapShapes& shapes, Generator&) override {
-    for (size_t i = 0; i < stages(); ++i) {
+    for (size_t i = 0; i < stage_count(); ++i) {
       const auto [s, t] = map_shapes(shapes, i);
       RETORT_CHECK(s[1] == t[1], stage_label(i), ": FSP compares the two networks' flow matrices entry by entry, so ",
                    "each tap needs the same channels in both, got student ", shape_str(s), " and teacher ",
@@ -34,7 +34,7 @@ class FSPStrategy final : public StageStrategy {
   }
 
   Tensor compute(const DistillContext& ctx) override {
-    return sum_over(stages() - 1, [&](size_t i) {  // the pairs (i, i + 1); the factory asks for >= 2 taps
+    return sum_over(stage_count() - 1, [&](size_t i) {  // the pairs (i, i + 1); the factory asks for >= 2 taps
       return fsp_loss(ctx.student_feature(s_taps_[i]), ctx.student_feature(s_taps_[i + 1]),
                       ctx.teacher_feature(t_taps_[i]), ctx.teacher_feature(t_taps_[i + 1]));
     });
@@ -45,8 +45,8 @@ class FSPStrategy final : public StageStrategy {
 
 void register_fsp_strategy() {
   register_strategy("fsp", [](JsonReader& p) {
-    StageTaps taps = read_stage_taps(p, {":stem", "layer1", "layer2", "layer3"});
-    RETORT_CHECK(taps.student.size() >= 2, p.where("student_taps"), ": FSP compares consecutive taps, so it needs ",
+    StageTaps taps = read_stage_taps(p, {":stem", "stages"});
+    RETORT_CHECK(taps.student.size() >= 2 || Module::expands_stages(taps.student), p.where("student_taps"), ": FSP compares consecutive taps, so it needs ",
                  "at least 2, got ", taps.student.size());
     return std::make_shared<FSPStrategy>(std::move(taps));
   });

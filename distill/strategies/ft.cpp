@@ -27,7 +27,7 @@ namespace retort {
 namespace {
 
 struct FtOptions {
-  std::string s_tap = "layer3", t_tap = "layer3";
+  std::string s_tap = "stage-1", t_tap = "stage-1";
   bool paraphraser_phase = false;
   double rate = 0.5, p1 = 2.0, p2 = 1.0;
   bool translator_bn = true;
@@ -42,6 +42,10 @@ class FTStrategy final : public Strategy {
     return o_.paraphraser_phase ? std::vector<std::string>{} : std::vector<std::string>{o_.s_tap};
   }
   std::vector<std::string> teacher_taps() const override { return {o_.t_tap}; }
+  void resolve_taps(const Module& student, const Module* teacher) override {
+    o_.s_tap = resolve_one_tap(student, o_.s_tap, "ft student_tap on " + student.type_name());
+    if (teacher) o_.t_tap = resolve_one_tap(*teacher, o_.t_tap, "ft teacher_tap on " + teacher->type_name());
+  }
   bool uses_teacher_logits() const override { return false; }
 
   void build(const TapShapes& shapes, Generator& gen) override {

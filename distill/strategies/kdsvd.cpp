@@ -26,7 +26,7 @@ class KDSVDStrategy final : public StageStrategy {
   void build(const TapShapes& shapes, Generator&) override {
     const bool ch = view_ == KdsvdView::Channels;
     const size_t d = ch ? 1 : 3;  // the dimension the vectors run along
-    for (size_t i = 0; i < stages(); ++i) {
+    for (size_t i = 0; i < stage_count(); ++i) {
       const auto [s, t] = map_shapes(shapes, i);
       RETORT_CHECK(s[d] == t[d], stage_label(i), ": KDSVD compares right singular vectors, one entry per ",
                    ch ? "channel (view \"channels\"), so both maps need the same channels" :
@@ -40,7 +40,7 @@ class KDSVDStrategy final : public StageStrategy {
 
   Tensor compute(const DistillContext& ctx) override {
     std::vector<Tensor> fs, ft;
-    for (size_t i = 0; i < stages(); ++i) {
+    for (size_t i = 0; i < stage_count(); ++i) {
       fs.push_back(ctx.student_feature(s_taps_[i]));
       ft.push_back(ctx.teacher_feature(t_taps_[i]));
     }
@@ -87,8 +87,9 @@ class KDSVDStrategy final : public StageStrategy {
 
 void register_kdsvd_strategy() {
   register_strategy("kdsvd", [](JsonReader& p) {
-    StageTaps taps = read_stage_taps(p, {"layer1", "layer2", "layer3"});
-    RETORT_CHECK(taps.student.size() >= 2, p.where("student_taps"), ": KDSVD relates consecutive taps, so it needs ",
+    StageTaps taps = read_stage_taps(p, {"stages"});
+    RETORT_CHECK(taps.student.size() >= 2 || Module::expands_stages(taps.student), p.where("student_taps"),
+                 ": KDSVD relates consecutive taps, so it needs ",
                  "at least 2, got ", taps.student.size());
     const int64_t k = p.get<int64_t>("k", 1);
     RETORT_CHECK(k >= 1, p.where("k"), ": the number of singular vectors must be >= 1, got ", k);

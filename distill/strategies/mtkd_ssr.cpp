@@ -1,7 +1,7 @@
 // "mtkd_ssr": Multi-target KD via Student Self-reflection (Gou et al., IJCV 2023; methods.md §3.2,
 // docs/methods/mtkd_ssr.md). The paper's code is not public; this is the proposed reading of
 // methods.md with every choice a parameter. Over the stages k = 1..K of both networks
-// (student_stages / teacher_stages, default layer1..layer3 of the CIFAR ResNets):
+// (student_stages / teacher_stages, default "stages": every stage of each network, layers/module.h):
 //   - auxiliary classifiers on the student's stages k < K, trained with CE ("aux_ce"); stage K is the
 //     network's own classifier. head "conv": the cheap AuxClassifier; head "stages": HSAKD's, a fresh
 //     copy of the network's stages k+1..K + GAP + FC (StageCopyClassifier; both sides' heads). They are the strategy's modules: trained, checkpointed,
@@ -51,6 +51,15 @@ class MtkdSsrStrategy final : public Strategy {
   explicit MtkdSsrStrategy(MtkdOptions o) : Strategy("mtkd_ssr"), o_(std::move(o)) {}
   std::vector<std::string> student_taps() const override { return o_.s_stages; }
   std::vector<std::string> teacher_taps() const override { return o_.t_stages; }
+  void resolve_taps(const Module& student, const Module* teacher) override {
+    o_.s_stages = resolve_tap_list(student, o_.s_stages, "mtkd_ssr student_stages on " + student.type_name());
+    if (teacher)
+      o_.t_stages = resolve_tap_list(*teacher, o_.t_stages, "mtkd_ssr teacher_stages on " + teacher->type_name());
+    RETORT_CHECK(o_.s_stages.size() == o_.t_stages.size(), "mtkd_ssr: the student's stages (",
+                 student.type_name(), ": ", detail::join(o_.s_stages), ") and the teacher's (",
+                 teacher ? teacher->type_name() : std::string("none"), ": ", detail::join(o_.t_stages),
+                 ") must pair one to one; name them with student_stages and teacher_stages");
+  }
 
   void build(const TapShapes& shapes, Generator& gen) override {
     const size_t k = o_.s_stages.size();
@@ -280,9 +289,12 @@ double non_negative(JsonReader& p, const char* key, double def) {
 void register_mtkd_ssr_strategy() {
   register_strategy("mtkd_ssr", [](JsonReader& p) {
     MtkdOptions o;
-    o.s_stages = p.get<std::vector<std::string>>("student_stages", {"layer1", "layer2", "layer3"});
+    o.s_stages = p.get<std::vector<std::string>>("student_stages", {"stages"});
     o.t_stages = p.get<std::vector<std::string>>("teacher_stages", o.s_stages);
-    RETORT_CHECK(!o.s_stages.empty() && o.s_stages.size() == o.t_stages.size(), p.where("teacher_stages"), ": ",
+    RETORT_CHECK(!o.s_stages.empty() && !o.t_stages.empty() &&
+                     (o.s_stages.size() == o.t_stages.size() || Module::expands_stages(o.s_stages) ||
+                      Module::expands_stages(o.t_stages)),
+                 p.where("teacher_stages"), ": ",
                  o.t_stages.size(), " teacher stages for ", o.s_stages.size(),
                  " student stages (one per stage, same count, at least one)");
     o.teacher_heads = one_of(p, "teacher_heads", "joint", {"joint", "pretrained", "none"});

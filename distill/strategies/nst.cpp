@@ -25,7 +25,7 @@ class NSTStrategy final : public StageStrategy {
 
 void register_nst_strategy() {
   register_strategy("nst", [](JsonReader& p) {
-    return std::make_shared<NSTStrategy>(read_stage_taps(p, {"layer1", "layer2", "layer3"}));
+    return std::make_shared<NSTStrategy>(read_stage_taps(p, {"stages"}));
   });
 }
 

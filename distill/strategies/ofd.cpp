@@ -28,7 +28,7 @@ class OFDStrategy final : public StageStrategy {
 
   void build(const TapShapes& shapes, Generator& gen) override {
     connectors_ = register_module("connectors", std::make_shared<Sequential>());
-    for (size_t i = 0; i < stages(); ++i) {
+    for (size_t i = 0; i < stage_count(); ++i) {
       const auto [s, t] = map_shapes(shapes, i);
       const std::string stage = stage_label(i);
       // The connector (mdistiller's ConnectorConvBN._build_feature_connector).
@@ -54,7 +54,7 @@ class OFDStrategy final : public StageStrategy {
 
   Tensor compute(const DistillContext& ctx) override {
     last_.clear();
-    const size_t n = stages();
+    const size_t n = stage_count();
     return sum_over_stages([&](size_t i) {
       const Tensor s = connectors_->operator[](i)(ctx.student_feature(s_taps_[i]));
       Tensor t = ctx.teacher_feature(t_taps_[i]);
@@ -100,7 +100,7 @@ class OFDStrategy final : public StageStrategy {
 
 void register_ofd_strategy() {
   register_strategy("ofd", [](JsonReader& p) {
-    StageTaps taps = read_stage_taps(p, {"layer1:preact", "layer2:preact", "layer3:preact"});
+    StageTaps taps = read_stage_taps(p, {"stages:preact"});
     const int64_t k = p.get<int64_t>("kernel_size", 1);
     RETORT_CHECK(k >= 1 && k % 2 == 1, p.where("kernel_size"), ": must be odd and positive (the connector keeps the "
                  "student's size), got ", k);

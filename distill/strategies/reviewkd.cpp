@@ -1,8 +1,8 @@
 // "reviewkd": knowledge review (methods.md §1.7). The student's features, deep to shallow, go through
 // one ABF each; every ABF but the deepest fuses its feature with the residual coming up from the
 // deeper level; each output is compared with the teacher's feature at that level by the HCL pyramid
-// loss, summed over levels. Default taps (CIFAR ResNets): student post-ReLU stages + pooled vector,
-// teacher pre-activation stages + pooled vector; mid channels = min(512, last student channels).
+// loss, summed over levels. Default taps: the student's post-ReLU stages + pooled vector ("stages",
+// ":pooled"), the teacher's pre-activation stages + pooled vector ("stages:preact", ":pooled"); mid channels = min(512, last student channels).
 // The reference's 20-epoch warmup is the term's "warmup_epochs".
 #include "distill/connectors.h"
 #include "distill/nodes/feature.h"
@@ -23,6 +23,14 @@ class ReviewKDStrategy final : public Strategy {
       : Strategy("reviewkd"), s_taps_(std::move(s)), t_taps_(std::move(t)), max_mid_(max_mid) {}
   std::vector<std::string> student_taps() const override { return s_taps_; }
   std::vector<std::string> teacher_taps() const override { return t_taps_; }
+  void resolve_taps(const Module& student, const Module* teacher) override {
+    s_taps_ = resolve_tap_list(student, s_taps_, "reviewkd student_taps on " + student.type_name());
+    if (teacher) t_taps_ = resolve_tap_list(*teacher, t_taps_, "reviewkd teacher_taps on " + teacher->type_name());
+    RETORT_CHECK(s_taps_.size() == t_taps_.size(), "reviewkd: the student's taps (", student.type_name(), ": ",
+                 detail::join(s_taps_), ") and the teacher's (", teacher ? teacher->type_name() : std::string("none"),
+                 ": ", detail::join(t_taps_), ") must pair one to one (one per level); name them with student_taps ",
+                 "and teacher_taps");
+  }
   bool uses_teacher_logits() const override { return false; }
 
   void build(const TapShapes& shapes, Generator& gen) override {
@@ -69,10 +77,10 @@ class ReviewKDStrategy final : public Strategy {
 
 void register_reviewkd_strategy() {
   register_strategy("reviewkd", [](JsonReader& p) {
-    auto s = p.get<std::vector<std::string>>("student_taps", {"layer1", "layer2", "layer3", ":pooled"});
-    auto t = p.get<std::vector<std::string>>("teacher_taps",
-                                             {"layer1:preact", "layer2:preact", "layer3:preact", ":pooled"});
-    RETORT_CHECK(s.size() >= 1 && s.size() == t.size(), p.where("teacher_taps"), ": ", t.size(),
+    auto s = p.get<std::vector<std::string>>("student_taps", {"stages", ":pooled"});
+    auto t = p.get<std::vector<std::string>>("teacher_taps", {"stages:preact", ":pooled"});
+    RETORT_CHECK(!s.empty() && !t.empty() &&
+                     (s.size() == t.size() || Module::expands_stages(s) || Module::expands_stages(t)), p.where("teacher_taps"), ": ", t.size(),
                  " teacher taps for ", s.size(), " student taps (one per level)");
     const int64_t mid = p.get<int64_t>("max_mid_channels", 512);
     RETORT_CHECK(mid >= 1, p.where("max_mid_channels"), ": must be >= 1, got ", mid);

@@ -120,6 +120,12 @@ std::vector<std::string> SokdStrategy::teacher_taps() const {
   return o_.host ? merged({o_.t_tap}, o_.host->teacher_taps()) : std::vector<std::string>{o_.t_tap};
 }
 
+void SokdStrategy::resolve_taps(const Module& student, const Module* teacher) {
+  o_.s_tap = resolve_one_tap(student, o_.s_tap, "sokd student_tap on " + student.type_name());
+  if (teacher) o_.t_tap = resolve_one_tap(*teacher, o_.t_tap, "sokd teacher_tap on " + teacher->type_name());
+  if (o_.host) o_.host->resolve_taps(student, teacher);
+}
+
 void SokdStrategy::build(const TapShapes& shapes, Generator& gen) {
   if (o_.host) o_.host->build(shapes, gen);
   const Shape& t = shapes.of_teacher(o_.t_tap);
@@ -533,7 +539,7 @@ Tensor SokdStrategy::augment(const Tensor& f, const Draw& d, Mode mode, Generato
 void register_sokd_strategy() {
   register_strategy("sokd", [](JsonReader& p) {
     SokdOptions o;
-    o.s_tap = p.get<std::string>("student_tap", "layer2");
+    o.s_tap = p.get<std::string>("student_tap", "stage2");
     o.t_tap = p.get<std::string>("teacher_tap", o.s_tap);
     if (p.has("ops")) {
       o.ops.clear();

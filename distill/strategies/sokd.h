@@ -20,7 +20,7 @@ struct SokdOptions {
   std::vector<FeatureOp> ops{FeatureOp::ShearX,  FeatureOp::ShearY, FeatureOp::TranslateX,
                              FeatureOp::TranslateY, FeatureOp::Rotate, FeatureOp::Cutout,
                              FeatureOp::Noise,   FeatureOp::ChannelShuffle, FeatureOp::ChannelDrop};
-  std::string s_tap = "layer2", t_tap = "layer2";
+  std::string s_tap = "stage2", t_tap = "stage2";
   int64_t area_num = 8, heatmap_classes = 100;
   bool trailing_relu = true, augment = true;
   double feat_weight = 1000.0, dam_weight = 1000.0;
@@ -71,6 +71,7 @@ class SokdStrategy final : public Strategy {
   explicit SokdStrategy(SokdOptions o);
   std::vector<std::string> student_taps() const override;
   std::vector<std::string> teacher_taps() const override;
+  void resolve_taps(const Module& student, const Module* teacher) override;  // its own and the host's
   void build(const TapShapes& shapes, Generator& gen) override;
   Tensor compute(const DistillContext& ctx) override;
   std::vector<std::pair<std::string, Tensor>> compute_parts(const DistillContext& ctx) override;

@@ -57,7 +57,7 @@ class SPStrategy final : public StageStrategy {
 
 void register_sp_strategy() {
   register_strategy("sp", [](JsonReader& p) {
-    return std::make_shared<SPStrategy>(read_stage_taps(p, {"layer3"}));
+    return std::make_shared<SPStrategy>(read_stage_taps(p, {"stage-1"}));
   });
 }
 

@@ -17,6 +17,10 @@ struct StageTaps {
   std::vector<std::string> student, teacher;
 };
 StageTaps read_stage_taps(JsonReader& p, const std::vector<std::string>& default_student_taps);
+// Module::resolve_taps / resolve_tap on `net`, an error beginning with `who` ("at student_taps on ResNet").
+std::vector<std::string> resolve_tap_list(const Module& net, const std::vector<std::string>& taps,
+                                          const std::string& who);
+std::string resolve_one_tap(const Module& net, const std::string& tap, const std::string& who);
 
 // A strategy that compares the two networks stage by stage, stage i being student tap i against
 // teacher tap i (AT, SP, VID, NST, OFD, AB, FSP): it reads the taps, answers the feature methods' way (no
@@ -28,22 +32,26 @@ class StageStrategy : public Strategy {
   std::vector<std::string> student_taps() const override { return s_taps_; }
   std::vector<std::string> teacher_taps() const override { return t_taps_; }
   bool uses_teacher_logits() const override { return false; }
+  // Resolves the stage aliases of both lists ("stages" expands to every stage of that network); the two
+  // must then still pair one to one (an error naming both networks' lists otherwise).
+  void resolve_taps(const Module& student, const Module* teacher) override;
 
  protected:
-  size_t stages() const { return s_taps_.size(); }
+  size_t stage_count() const { return s_taps_.size(); }
   // "<type>: stage i (student tap "…", teacher tap "…")", how an error about stage i begins.
   std::string stage_label(size_t i) const;
   // Stage i's student and teacher shapes, both required to be feature maps [N, C, H, W] (an error
   // naming the strategy, the stage and its taps).
   std::pair<Shape, Shape> map_shapes(const TapShapes& shapes, size_t i) const;
   // Σ_i term(i) over the stages.
-  Tensor sum_over_stages(const std::function<Tensor(size_t)>& term) const { return sum_over(stages(), term); }
-  // Σ_{i < count} term(i) (FSP sums over the stages() − 1 consecutive pairs); count >= 1.
+  Tensor sum_over_stages(const std::function<Tensor(size_t)>& term) const { return sum_over(stage_count(), term); }
+  // Σ_{i < count} term(i) (FSP sums over the stage_count() − 1 consecutive pairs); count >= 1.
   static Tensor sum_over(size_t count, const std::function<Tensor(size_t)>& term);
   // {"student_taps": …, "teacher_taps": …} plus `more`, for params().
   Json stage_params(Json more = Json::object()) const;
 
   std::vector<std::string> s_taps_, t_taps_;
+  size_t min_taps_ = 1;  // how many taps each side needs after resolving (FSP: 2)
 };
 
 // Modules an earlier run trained and a strategy reuses (MTKD-SSR's pre-trained teacher heads, FT's

@@ -47,7 +47,7 @@ class VIDStrategy final : public StageStrategy {
   VIDStrategy(StageTaps taps, double init_pred_var, double eps)
       : StageStrategy("vid", std::move(taps)), init_pred_var_(init_pred_var), eps_(eps) {}
   void build(const TapShapes& shapes, Generator& gen) override {
-    for (size_t i = 0; i < stages(); ++i) {
+    for (size_t i = 0; i < stage_count(); ++i) {
       const auto [s, t] = map_shapes(shapes, i);
       losses_.push_back(register_module(std::to_string(i),
                                         std::make_shared<VIDLoss>(s[1], t[1], t[1], init_pred_var_, eps_, gen)));
@@ -90,7 +90,7 @@ class VIDStrategy final : public StageStrategy {
 
 void register_vid_strategy() {
   register_strategy("vid", [](JsonReader& p) {
-    StageTaps taps = read_stage_taps(p, {"layer1", "layer2", "layer3"});
+    StageTaps taps = read_stage_taps(p, {"stages"});
     const double eps = p.get<double>("eps", 1e-5);
     const double init = p.get<double>("init_pred_var", 5.0);
     RETORT_CHECK(std::isfinite(eps) && eps >= 0, p.where("eps"), ": must be >= 0, got ", eps);

@@ -5,7 +5,7 @@
 # every app that takes them (train, distill, bench, and eval, inspect and gradcheck, which have --threads
 # too); a directory given as the config is named as one; a device that is not there is a usage error in
 # retort-gradcheck as elsewhere; retort-inspect --check-arch checks a file against the input its metadata
-# names, and flag combinations that would do nothing are refused naming the flags; retort-eval
+# names, --arch marks the stages, and flag combinations that would do nothing are refused naming the flags; retort-eval
 # --against-arch needs --against, and --config's data.test_limit applies; retort-gradcheck refuses names
 # with --all and runs a check named twice once; config errors are found before any work and name the
 # key. Usage: cli_usage.sh BIN_DIR
@@ -74,6 +74,10 @@ expect 1 "$tmp is a directory, expected a JSON config file" "$bin/retort-inspect
 expect 0 "loads into resnet8 (4 classes, 1 channels, 16 px" "$bin/retort-inspect" "$model" --check-arch resnet8
 expect 0 "loads into resnet8 (4 classes, 1 channels, 16 px" "$bin/retort-inspect" "$ckpt" --check-arch resnet8
 expect 2 "does not match resnet8 (10 classes" "$bin/retort-inspect" "$model" --check-arch resnet8 --classes 10
+# --arch lists the taps, each stage marked with its alias, and the stages.
+expect 0 "blocks.4  (stage3)" "$bin/retort-inspect" --arch MobileNetV2
+expect 0 "pre-activation): blocks.1, blocks.2, blocks.4, blocks.6" "$bin/retort-inspect" --arch MobileNetV2
+expect 0 "block1  (stage1)" "$bin/retort-inspect" --arch vgg8 --classes 10 --channels 1 --size 28
 # Flags that would do nothing.
 expect 1 "--arch describes an architecture on its own" "$bin/retort-inspect" "$model" --check-arch resnet8 --arch resnet8
 expect 1 "--arch reads no FILE, and $model was given too" "$bin/retort-inspect" "$model" --arch resnet8

@@ -17,6 +17,7 @@
 #include "layers/layers.h"
 #include "models/registry.h"
 #include "tests/common/distill_fixtures.h"
+#include "tests/common/expect.h"
 #include "tests/common/golden.h"
 
 using namespace retort;
@@ -26,6 +27,7 @@ namespace {
 
 const Shape& kSample = retort::testing::kTinySample;
 const ModelOptions& kOpts = retort::testing::kTinyModel;
+using retort::testing::expect_error;
 using retort::testing::terms_from;
 Batch make_batch(int64_t n, uint64_t seed) { return retort::testing::tiny_batch(n, seed); }
 
@@ -99,6 +101,87 @@ TEST(Strategies, EveryBuiltinTrainsOneStep) {
                         R"([{"type": "vid"}, {"type": "nst"}, {"type": "cc"}, {"type": "ofd"}, {"type": "ab"}])",
                         R"([{"type": "kdsvd", "params": {"view": "width"}}])"})
     one_step(c, "resnet8", "resnet8x4");
+}
+
+// Across families, every feature strategy's default taps follow each network's own stages (Module::stages():
+// mdistiller's feats[1:]), so the literature's heterogeneous pairs run with no tap named — except FSP, whose
+// flow matrices need equal widths, refused naming the taps. The resolved paths are what params() reports.
+TEST(Strategies, DefaultTapsFollowEachNetworksStagesAcrossFamilies) {
+  const std::vector<std::string> feature_terms = {
+      R"([{"type": "fitnet"}])", R"([{"type": "at"}])", R"([{"type": "cwd"}])", R"([{"type": "reviewkd"}])",
+      R"([{"type": "sp"}, {"type": "pkt"}, {"type": "rkd"}, {"type": "cc"}])", R"([{"type": "vid"}, {"type": "nst"}])",
+      R"([{"type": "ofd"}, {"type": "ab"}])", R"([{"type": "kdsvd", "params": {"view": "width"}}])",
+      R"([{"type": "ce"}, {"type": "mtkd_ssr"}])", R"([{"type": "ce"}, {"type": "sokd", "params": {"heatmap_classes": 4}}])"};
+  struct Pair {
+    const char *student, *teacher;
+  };
+  std::vector<std::string> refused;
+  for (const Pair& p : {Pair{"vgg8", "vgg13"}, Pair{"MobileNetV2", "vgg13"}, Pair{"ShuffleV1", "resnet32x4"},
+                        Pair{"ShuffleV2", "wrn_40_2"}}) {
+    const std::string pair = std::string(p.teacher) + " -> " + p.student;
+    Generator gen(1);
+    auto student = create_model(p.student, kOpts, gen), teacher = create_model(p.teacher, kOpts, gen);
+    for (const auto& c : feature_terms) {
+      SCOPED_TRACE(pair + ": " + c);
+      try {
+        Distiller d(student, teacher, terms_from(c), {}, kSample, gen);
+        d.train(true);
+        Tensor logits;
+        const LossTerms terms = d.losses(make_batch(4, 2), TrainProgress{0, 10, 0, 0, 10}, logits);
+        for (auto& [n, t] : terms) EXPECT_TRUE(std::isfinite(t.item())) << n << " = " << t.item();
+        total_loss(terms).backward();
+        for (const auto& t : d.terms())
+          for (auto& [name, q] : t.strategy->named_parameters())
+            EXPECT_TRUE(q.grad().defined()) << t.name << ": no gradient for " << name;
+      } catch (const Error& e) {
+        refused.push_back(pair + ": " + e.what());
+      }
+    }
+  }
+  // Refused, each naming the stage and both shapes: CWD compares per-channel spatial distributions and
+  // KDSVD right singular vectors, so both need maps of equal size — and ShuffleNets halve the resolution
+  // in their first stage, MobileNetV2 in its last, where the ResNets, WRNs and VGGs do not (pick matching
+  // stages with student_taps / teacher_taps). The literature runs neither on these pairs.
+  ASSERT_EQ(refused.size(), 6u) << detail::join(refused, "\n");
+  for (const char* want : {"vgg13 -> MobileNetV2: cwd: student blocks.6 [2, 160, 1, 1] and teacher block4 [2, 512, 2, 2] "
+                           "need the same spatial size",
+                           "vgg13 -> MobileNetV2: kdsvd: stage 3 (student tap \"blocks.6\", teacher tap \"block4\")",
+                           "resnet32x4 -> ShuffleV1: cwd: student layer3", "resnet32x4 -> ShuffleV1: kdsvd: stage 0",
+                           "wrn_40_2 -> ShuffleV2: cwd: student layer3", "wrn_40_2 -> ShuffleV2: kdsvd: stage 0"})
+    EXPECT_TRUE(std::any_of(refused.begin(), refused.end(), [&](const std::string& r) { return r.find(want) == 0; }))
+        << want << "\n" << detail::join(refused, "\n");
+  Generator gen(1);
+  auto mobile = create_model("MobileNetV2", kOpts, gen), vgg13 = create_model("vgg13", kOpts, gen);
+  Distiller d(mobile, vgg13,
+              terms_from(R"([{"type": "at"}, {"type": "ofd"}, {"type": "fitnet"}, {"type": "sp"},
+                             {"type": "reviewkd"}, {"type": "mtkd_ssr"}])"),
+              {}, kSample, gen);
+  using V = std::vector<std::string>;
+  const Json at = d.terms()[0].strategy->params(), ofd = d.terms()[1].strategy->params();
+  EXPECT_EQ(at["student_taps"].get<V>(), (V{"blocks.1", "blocks.2", "blocks.4", "blocks.6"}));
+  EXPECT_EQ(at["teacher_taps"].get<V>(), (V{"block1", "block2", "block3", "block4"}));
+  EXPECT_EQ(ofd["teacher_taps"].get<V>(), (V{"block1:preact", "block2:preact", "block3:preact", "block4:preact"}));
+  EXPECT_EQ(d.terms()[2].strategy->params()["student_tap"], "blocks.2");  // FitNet's hint: stage 2
+  EXPECT_EQ(d.terms()[2].strategy->params()["teacher_tap"], "block2");
+  EXPECT_EQ(d.terms()[3].strategy->params()["student_taps"].get<V>(), V{"blocks.6"});  // SP: the last stage
+  EXPECT_EQ(d.terms()[4].strategy->params()["teacher_taps"].get<V>(),
+            (V{"block1:preact", "block2:preact", "block3:preact", "block4:preact", ":pooled"}));
+  EXPECT_EQ(d.terms()[5].strategy->params()["teacher_stages"].get<V>(), (V{"block1", "block2", "block3", "block4"}));
+
+  // FSP across widths, and stage lists that cannot pair, are refused before training naming both sides.
+  auto shuffle = create_model("ShuffleV1", kOpts, gen);
+  expect_error([&] { Distiller(shuffle, vgg13, terms_from(R"([{"type": "fsp"}])"), {}, kSample, gen); },
+               {"fsp"});
+  expect_error([&] { Distiller(shuffle, vgg13, terms_from(R"([{"type": "at"}])"), {}, kSample, gen); },
+               {"at: the student's taps (ShuffleNet: layer1, layer2, layer3) and the teacher's (VGG: block1, block2, "
+                "block3, block4) must pair one to one", "student_taps and teacher_taps"});
+  {  // naming them pairs ShuffleV1's three stages with vgg13's last three
+    Distiller ok(shuffle, vgg13, terms_from(R"([{"type": "at", "params": {"teacher_taps": ["stage-3", "stage-2", "stage-1"]}}])"),
+                 {}, kSample, gen);
+    EXPECT_EQ(ok.terms()[0].strategy->params()["teacher_taps"].get<V>(), (V{"block2", "block3", "block4"}));
+  }
+  expect_error([&] { Distiller(shuffle, vgg13, terms_from(R"([{"type": "fitnet", "params": {"student_tap": "stage4"}}])"), {}, kSample, gen); },
+               {"fitnet student_tap on ShuffleNet: tap 'stage4': ShuffleNet has 3 stages: layer1, layer2, layer3"});
 }
 
 // KDSVD shows each tap's compared singular vectors (the student's aligned to the teacher's) and how
@@ -367,7 +450,7 @@ TEST(Distiller, ConfigErrorsNameTheTerm) {
   expect_error(R"([{"type": "generous_teacher", "params": {"std_from": "student"}}])",
                "distill.terms[0].params.std_from: expected \"each\"");
   expect_error(R"([{"type": "mtkd_ssr", "params": {"scd": "kl"}}])", "expected one of \"cwd\", \"cd\", \"none\"");
-  expect_error(R"([{"type": "mtkd_ssr", "params": {"teacher_stages": ["layer1"]}}])",
+  expect_error(R"([{"type": "mtkd_ssr", "params": {"student_stages": ["layer1", "stage2", "layer3"], "teacher_stages": ["layer1"]}}])",
                "1 teacher stages for 3 student stages");
   expect_error(R"([{"type": "mtkd_ssr", "params": {"crd_weight": -1}}])", "crd_weight: must be finite and >= 0");
   expect_error(R"([{"type": "sp", "params": {"teacher_taps": ["layer2", "layer3"]}}])",
@@ -380,7 +463,8 @@ TEST(Distiller, ConfigErrorsNameTheTerm) {
   expect_error(R"([{"type": "vid", "params": {"eps": -1}}])", "distill.terms[0].params.eps: must be >= 0");
   expect_error(R"([{"type": "vid", "params": {"student_taps": ["layer1"], "teacher_taps": []}}])",
                "0 teacher taps for 1 student taps");
-  expect_error(R"([{"type": "nst", "params": {"teacher_taps": ["layer3"]}}])", "1 teacher taps for 3 student taps");
+  expect_error(R"([{"type": "nst", "params": {"student_taps": ["layer1", "layer2", "layer3"], "teacher_taps": ["layer3"]}}])",
+               "1 teacher taps for 3 student taps");
   expect_error(R"([{"type": "cc", "params": {"feat_dim": 0}}])", "distill.terms[0].params.feat_dim: must be positive");
   expect_error(R"([{"type": "ofd", "params": {"kernel_size": 2}}])", "distill.terms[0].params.kernel_size: must be odd");
   expect_error(R"([{"type": "at", "params": {"p": 0}}])", "distill.terms[0].params.p: must be a positive number, got 0");

@@ -13,8 +13,11 @@
 #include "engine/profile.h"
 #include "layers/layers.h"
 #include "models/registry.h"
+#include "tests/common/expect.h"
 
 using namespace retort;
+using retort::testing::error_of;
+using retort::testing::expect_error;
 
 namespace {
 
@@ -434,6 +437,83 @@ TEST(Substitute, ZooRunsTheRestOfTheNetworkFromAStage) {
     EXPECT_GT(max(abs(sub(changed, y))).item(), 1e-6);  // the identity above gives exactly 0
     EXPECT_EQ((*model)(x).to_vector(), y.to_vector());
   }
+}
+
+// Module::stages(): every network of the zoo names mdistiller's feats[1:] — the channels and sizes below are
+// methods.md's ReviewKD table (CIFAR-100 input) — and the stage aliases resolve to them.
+TEST(ModelStages, EveryFamilyNamesMdistillersFeatureStages) {
+  struct Case {
+    const char* arch;
+    std::vector<int64_t> channels, sizes;
+  };
+  for (const Case& c : {Case{"resnet32x4", {64, 128, 256}, {32, 16, 8}}, Case{"resnet110", {16, 32, 64}, {32, 16, 8}},
+                        Case{"wrn_40_2", {32, 64, 128}, {32, 16, 8}}, Case{"ResNet50", {256, 512, 1024, 2048}, {32, 16, 8, 4}},
+                        Case{"vgg13", {128, 256, 512, 512}, {16, 8, 4, 4}}, Case{"vgg8", {128, 256, 512, 512}, {16, 8, 4, 4}},
+                        Case{"MobileNetV2", {12, 16, 48, 160}, {16, 8, 4, 2}}, Case{"ShuffleV1", {240, 480, 960}, {16, 8, 4}},
+                        Case{"ShuffleV2", {116, 232, 464}, {16, 8, 4}}}) {
+    auto model = build(c.arch);
+    const std::vector<std::string> stages = model->stages();
+    ASSERT_EQ(stages.size(), c.channels.size()) << c.arch;
+    std::vector<std::string> aliases;
+    for (size_t k = 0; k < stages.size(); ++k) aliases.push_back("stage" + std::to_string(k + 1));
+    auto seen = record_taps(*model, aliases, input(kCifar100, 2));
+    for (size_t k = 0; k < stages.size(); ++k) {
+      EXPECT_EQ(seen[aliases[k]], (std::vector<Shape>{{2, c.channels[k], c.sizes[k], c.sizes[k]}})) << c.arch << " " << stages[k];
+      EXPECT_EQ(model->resolve_tap(aliases[k]), stages[k]);
+    }
+    EXPECT_EQ(model->resolve_tap("stage-1"), stages.back()) << c.arch;
+    EXPECT_EQ(model->resolve_taps({"stages"}), stages) << c.arch;
+  }
+  // Every architecture of the registry declares stages that exist and fire once each.
+  for (const std::string& arch : model_names()) {
+    auto model = build(arch, kFashion);
+    const std::vector<std::string> stages = model->stages();
+    ASSERT_GE(stages.size(), 3u) << arch;
+    auto seen = record_taps(*model, stages, input(kFashion, 1));
+    for (const auto& s : stages) EXPECT_EQ(seen[s].size(), 1u) << arch << " " << s;
+  }
+}
+
+TEST(ModelStages, AliasesResolveOrNameTheStages) {
+  auto model = build("resnet8", kFashion);
+  EXPECT_EQ(model->resolve_tap("stage2"), "layer2");
+  EXPECT_EQ(model->resolve_tap("stage2:preact"), "layer2:preact");
+  EXPECT_EQ(model->resolve_tap("stage-3"), "layer1");
+  EXPECT_EQ(model->resolve_tap("layer2.0.bn1"), "layer2.0.bn1");  // not an alias: as it is
+  EXPECT_EQ(model->resolve_tap(":pooled"), ":pooled");
+  EXPECT_EQ(model->resolve_taps({":stem", "stages:preact", "stage-1"}),
+            (std::vector<std::string>{":stem", "layer1:preact", "layer2:preact", "layer3:preact", "layer3"}));
+  EXPECT_TRUE(Module::expands_stages({"layer1", "stages:preact"}));
+  EXPECT_FALSE(Module::expands_stages({"stage1", "stage-1"}));
+  for (const std::string bad : {"stage0", "stage4", "stage-4"}) {
+    const std::string msg = error_of([&] { model->resolve_tap(bad); });
+    EXPECT_NE(msg.find("tap '" + bad + "'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("ResNet has 3 stages: layer1, layer2, layer3"), std::string::npos) << msg;
+  }
+  expect_error([&] { model->resolve_tap("stages"); }, {"\"stages\" names every stage", "stage<k>"});
+  expect_error([&] { model->tap("stage7", [](const Tensor&) {}); }, {"tap 'stage7'", "3 stages"});
+  Sequential plain;
+  plain.push_back(std::make_shared<ReLU>());
+  expect_error([&] { plain.resolve_tap("stage1"); }, {"Sequential declares no stages", "retort-inspect"});
+  expect_error([&] { plain.resolve_taps({"stages"}); }, {"Sequential declares no stages"});
+
+  // An alias taps, substitutes and finds the batch norm of the same point as the path it names.
+  Tensor by_alias, by_path, pre_alias, pre_path;
+  model->tap("stage2", [&](const Tensor& t) { by_alias = t; });
+  model->tap("layer2", [&](const Tensor& t) { by_path = t; });
+  model->tap("stage-1:preact", [&](const Tensor& t) { pre_alias = t; });
+  model->tap("layer3:preact", [&](const Tensor& t) { pre_path = t; });
+  (*model)(input(kFashion, 2));
+  ASSERT_TRUE(by_alias.defined() && pre_alias.defined());
+  EXPECT_EQ(by_alias.to_vector(), by_path.to_vector());
+  EXPECT_EQ(pre_alias.to_vector(), pre_path.to_vector());
+  model->clear_taps();
+  EXPECT_EQ(model->batch_norm_before("stage2:preact"), model->batch_norm_before("layer2:preact"));
+  Tensor layer3;
+  model->tap("layer3", [&](const Tensor& t) { layer3 = t; });
+  model->substitute("stage-1", Tensor::zeros({2, 64, 7, 7}));
+  (*model)(input(kFashion, 2));
+  EXPECT_EQ(layer3.to_vector(), std::vector<double>(2 * 64 * 7 * 7, 0.0));
 }
 
 TEST(EvalFusion, TapsStillSeeTheirTensors) {

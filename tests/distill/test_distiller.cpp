@@ -562,12 +562,24 @@ TEST(ShippedConfigs, ParseAndBuild) {
       const ExperimentConfig cfg = ExperimentConfig::load(f.string());
       producer[cfg.output_dir + "/" + cfg.name] = f.string();
     }
+    // One student and one teacher network per architecture, shared by the configs (initialising the
+    // large ones is most of this test's time); a Distiller leaves no taps behind.
+    std::map<std::string, std::shared_ptr<Module>> students, teachers;
+    auto network = [](std::map<std::string, std::shared_ptr<Module>>& cache, const std::string& arch,
+                      const ModelOptions& mo) {
+      auto& m = cache[arch];
+      if (!m) {
+        Generator g(0);
+        m = create_model(arch, mo, g);
+      }
+      return m;
+    };
     auto build = [&](const ExperimentConfig& cfg, const Json& terms, const std::string& file) {
       const bool cifar = cfg.data.dataset == "cifar100";
       const ModelOptions mo{cifar ? 100 : 10, cifar ? 3 : 1, cifar ? 32 : 28};
       const DistillerOptions opts = DistillerOptions::from_config(cfg, mo);
       Generator gen(0);
-      return std::make_unique<Distiller>(create_model(cfg.arch, mo, gen), create_model(cfg.teacher.arch, mo, gen),
+      return std::make_unique<Distiller>(network(students, cfg.arch, mo), network(teachers, cfg.teacher.arch, mo),
                                          parse_terms(terms, file), opts, Shape{mo.in_channels, mo.input_size, mo.input_size},
                                          gen);
     };

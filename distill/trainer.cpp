@@ -575,23 +575,35 @@ std::string fmt_duration(double s) {
 }  // namespace
 
 // The summary.json of a run that finished, if it is there and readable.
+namespace {
+// summary.json's numbers: one list of names for fit(), which writes them, and finished_summary(), which
+// reads a finished run's back.
+Json summary_to_json(const TrainSummary& s) {
+  return Json{{"epochs", s.epochs_run},       {"best_top1", s.best_top1},       {"best_epoch", s.best_epoch},
+              {"last_top1", s.last_top1},     {"wall_seconds", s.wall_seconds}, {"train_images_per_s", s.images_per_second}};
+}
+TrainSummary summary_from_json(const Json& j) {
+  TrainSummary s;
+  s.epochs_run = j.value("epochs", 0);
+  s.best_top1 = j.value("best_top1", 0.0);
+  s.best_epoch = j.value("best_epoch", -1);
+  s.last_top1 = j.value("last_top1", 0.0);
+  s.wall_seconds = j.value("wall_seconds", 0.0);
+  s.images_per_second = j.value("train_images_per_s", 0.0);
+  return s;
+}
+}  // namespace
+
 std::optional<TrainSummary> Trainer::finished_summary() const {
   std::ifstream in(run_.file("summary.json"));
   if (!in) return std::nullopt;
   const Json j = Json::parse(in, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object()) return std::nullopt;
-  TrainSummary s;
   try {
-    s.best_top1 = j.value("best_top1", 0.0);
-    s.best_epoch = j.value("best_epoch", -1);
-    s.last_top1 = j.value("last_top1", 0.0);
-    s.epochs_run = j.value("epochs", 0);
-    s.wall_seconds = j.value("wall_seconds", 0.0);
-    s.images_per_second = j.value("train_images_per_s", 0.0);
+    return summary_from_json(j);
   } catch (const nlohmann::json::exception&) {
     return std::nullopt;  // not ours as written: the run's end writes it anew
   }
-  return s;
 }
 
 TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
@@ -817,21 +829,18 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
     summary.epochs_run = pos.epoch;
   }
 
+  summary.epochs_run = pos.epoch;  // all of them (also when a finished run's checkpoint was resumed)
   summary.best_top1 = std::max(0.0, pos.best_top1);
   summary.best_epoch = pos.best_epoch;
   summary.wall_seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
   summary.images_per_second = train_seconds > 0 ? static_cast<double>(images_trained) / train_seconds : 0;
   if (!evaluated) summary.last_top1 = evaluate(task_.model(), *test_loader_).top1;  // e.g. resuming a finished run
   Json summary_json{{"arch", cfg_.arch},
-                                       {"dataset", cfg_.data.dataset},
-                                       {"task", task_.describe()},
-                                       {"epochs", epochs},
-                                       {"best_top1", summary.best_top1},
-                                       {"best_epoch", summary.best_epoch},
-                                       {"last_top1", summary.last_top1},
-                                       {"parameters", task_.model().num_parameters()},
-                                       {"wall_seconds", summary.wall_seconds},
-                                       {"train_images_per_s", summary.images_per_second}};
+                    {"dataset", cfg_.data.dataset},
+                    {"task", task_.describe()},
+                    {"parameters", task_.model().num_parameters()}};
+  const Json numbers = summary_to_json(summary);
+  for (auto it = numbers.begin(); it != numbers.end(); ++it) summary_json[it.key()] = it.value();
   for (auto it = summary_extra_.begin(); it != summary_extra_.end(); ++it) summary_json[it.key()] = it.value();
   run_.write_json("summary.json", summary_json);
   const Dataset& ds = train_loader_->dataset();

@@ -256,9 +256,7 @@ std::pair<std::string, std::string> split_tap_spec(const std::string& spec) {
   RETORT_CHECK(!out.second.empty(), "tap '", spec, "': empty point name after ':'");
   return out;
 }
-}  // namespace
 
-namespace {
 // "stage<k>" -> k, "stage-<k>" -> -k, "stages" -> kEveryStage; nullopt for anything else.
 constexpr int64_t kEveryStage = std::numeric_limits<int64_t>::min();
 std::optional<int64_t> stage_alias(const std::string& path) {

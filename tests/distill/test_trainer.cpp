@@ -137,7 +137,8 @@ TEST(Trainer, ResumeMidEpochEqualsUninterruptedRun) {
   fs::remove(dir + "/summary.json");
   train(cfg, dir, "auto");
   const Json rewritten = Json::parse(read_text(dir + "/summary.json"));
-  EXPECT_EQ(rewritten["last_top1"], Json::parse(summary)["last_top1"]);
+  for (const char* k : {"last_top1", "best_top1", "best_epoch", "epochs", "arch", "parameters"})
+    EXPECT_EQ(rewritten[k], Json::parse(summary)[k]) << k;
 }
 
 namespace {

@@ -63,6 +63,7 @@ int main(int argc, char** argv) {
                 cpu_backend_info().c_str(), trainer.switches().describe().c_str(), run.path().c_str());
     if (const Device dev = Device::parse(cfg.device); !dev.is_cpu())
       std::printf("  device  %s\n", cuda_device_description(dev).c_str());
+    for (const std::string& line : distiller.tap_lines()) std::printf("  taps    %s\n", line.c_str());
     if (!cfg.init.empty()) std::printf("  init    student weights from %s\n", cfg.init.c_str());
     if (teacher) {
       trainer.add_summary_field("teacher_top1", teacher_top1);

@@ -136,6 +136,12 @@ int main(int argc, char** argv) {
     if (cka) {
       if (taps.empty()) taps = default_similarity_taps(*model);
       if (against_taps.empty()) against_taps = default_similarity_taps(*other_model);
+      // Stage aliases ("stage-1", "stages") name each network's own stages.
+      app::as_usage([&] {
+        taps = model->resolve_taps(taps);
+        against_taps = other_model->resolve_taps(against_taps);
+        return 0;
+      });
       sim = app::as_usage([&] { return representation_similarity(*model, taps, *other_model, against_taps, loader); });
     }
     if (json_out) {

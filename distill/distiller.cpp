@@ -69,7 +69,13 @@ Distiller::Distiller(std::shared_ptr<Module> student, std::shared_ptr<Module> te
   for (const auto& t : terms_)
     RETORT_CHECK(!t.strategy->needs_teacher() || teacher_, "distill term '", t.name, "' (", t.strategy->type_name(),
                  ") needs a teacher, but the config names none");
-  for (auto& t : terms_) t.strategy->resolve_taps(*student_, teacher_.get());  // stage aliases -> module paths
+  for (auto& t : terms_) {  // stage aliases -> module paths
+    try {
+      t.strategy->resolve_stage_aliases(*student_, teacher_.get());
+    } catch (const Error& e) {
+      RETORT_FAIL("distill term '", t.name, "' (", t.strategy->type_name(), "): ", e.what());
+    }
+  }
   const auto s_specs = collect_specs(terms_, [](const Strategy& s) { return s.student_taps(); });
   const auto t_specs = collect_specs(terms_, [](const Strategy& s) { return s.teacher_taps(); });
   TapShapes shapes;
@@ -339,6 +345,17 @@ std::vector<std::string> Distiller::view_notes() const {
   for (const auto& t : terms_)
     if (const std::string text = t.strategy->inspect_text(); !text.empty())
       out.push_back("term " + t.name + " (" + t.strategy->type_name() + "): " + text);
+  return out;
+}
+
+std::vector<std::string> Distiller::tap_lines() const {
+  std::vector<std::string> out;
+  for (const auto& t : terms_) {
+    const std::vector<std::string> s = t.strategy->student_taps(), te = t.strategy->teacher_taps();
+    if (s.empty() && te.empty()) continue;
+    out.push_back(detail::cat(t.name, ": student ", s.empty() ? "-" : detail::join(s), "; teacher ",
+                              te.empty() ? "-" : detail::join(te)));
+  }
   return out;
 }
 

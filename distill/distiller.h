@@ -73,6 +73,9 @@ class Distiller : public TrainingTask {
   const std::map<std::string, Tensor>& student_features() const { return student_feats_; }
   const std::map<std::string, Tensor>& teacher_features() const { return teacher_feats_; }
   Json terms_json() const;
+  // "<term>: student <taps>; teacher <taps>" for every term that reads features — the module paths its
+  // taps resolved to (retort-distill prints them at start).
+  std::vector<std::string> tap_lines() const;
 
  private:
   void teacher_mode();

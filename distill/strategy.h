@@ -80,9 +80,10 @@ class Strategy : public Module {
   virtual std::vector<std::string> teacher_taps() const { return {}; }
   // Called once by the Distiller before it reads the taps: replaces stage aliases ("stage2", "stage-1",
   // "stages:preact"; layers/module.h) in this strategy's taps by the networks' module paths
-  // (Module::resolve_tap / resolve_taps), so that build(), params() and the run's config.json name
-  // what is tapped. `teacher` is null without one. Every strategy with taps overrides it.
-  virtual void resolve_taps(const Module& student, const Module* teacher) {}
+  // (Module::resolve_tap / resolve_taps), so that build() and params() — the run's summary.json
+  // "terms", retort-distill's start-up "taps" lines — name what is tapped. `teacher` is null without
+  // one. Every strategy with taps overrides it.
+  virtual void resolve_stage_aliases(const Module& student, const Module* teacher) {}
   // Whether it needs a teacher at all (ce does not).
   virtual bool needs_teacher() const { return true; }
   // Whether compute() reads the teacher's logits (a wrapper that refines the teacher's targets then

@@ -574,7 +574,6 @@ std::string fmt_duration(double s) {
 }
 }  // namespace
 
-// The summary.json of a run that finished, if it is there and readable.
 namespace {
 // summary.json's numbers: one list of names for fit(), which writes them, and finished_summary(), which
 // reads a finished run's back.
@@ -594,6 +593,7 @@ TrainSummary summary_from_json(const Json& j) {
 }
 }  // namespace
 
+// The summary.json of a run that finished, if it is there and readable.
 std::optional<TrainSummary> Trainer::finished_summary() const {
   std::ifstream in(run_.file("summary.json"));
   if (!in) return std::nullopt;

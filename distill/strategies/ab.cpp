@@ -4,8 +4,8 @@
 // else ConvReg without its ReLU: conv + BN) and is pushed at least `margin` past 0 on the side where
 // the teacher's pre-ReLU response is (ab_loss, distill/nodes/feature.h): the student learns where the
 // teacher's neurons switch on, not how strongly. Stage i of n weighs 2^(i − n + 1) · 3 / 1000 (AB.py's
-// weights and scale). Default stages "layer1:preact".."layer3:preact" (RepDistiller's feat[1:-1] with
-// preact=True; WRN "block1:preact"..).
+// weights and scale). Default "stages:preact": every stage's pre-activation of each network
+// (RepDistiller's feat[1:-1] with preact=True; "layer1:preact".."layer3:preact" on a CIFAR ResNet).
 //
 // RepDistiller uses AB as an initialisation: the student's feature layers and the connector are
 // trained with this loss alone (its init phase, 30 epochs), then the student is trained with CE alone

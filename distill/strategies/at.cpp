@@ -1,6 +1,6 @@
 // "at": attention transfer (methods.md §1.3): the sum over stages of the mean squared difference of
-// L2-normalised attention maps mean_c(f^p). Default stages: "layer1", "layer2", "layer3" (CIFAR
-// ResNets); other families name theirs (e.g. WRN "block1".."block3", VGG "block1".."block4"). With a
+// L2-normalised attention maps mean_c(f^p). Default "stages": every stage of each network
+// (layer1..layer3 on a CIFAR ResNet, WRN block1..block3, VGG block1..block4; layers/module.h). With a
 // location mask M (SoKD's DAM regions, "mask_host"): mean_{b,i} ((q_s − q_t)[b, i] · M[b, i])² per
 // stage, M brought to the stage's size — at_loss when M is all ones.
 #include <cmath>

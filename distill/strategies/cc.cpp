@@ -22,7 +22,7 @@ class CCStrategy final : public Strategy {
       : Strategy("cc"), s_tap_(std::move(s)), t_tap_(std::move(t)), feat_dim_(feat_dim) {}
   std::vector<std::string> student_taps() const override { return {s_tap_}; }
   std::vector<std::string> teacher_taps() const override { return {t_tap_}; }
-  void resolve_taps(const Module& student, const Module* teacher) override {
+  void resolve_stage_aliases(const Module& student, const Module* teacher) override {
     s_tap_ = resolve_one_tap(student, s_tap_, "cc student_tap on " + student.type_name());
     if (teacher) t_tap_ = resolve_one_tap(*teacher, t_tap_, "cc teacher_tap on " + teacher->type_name());
   }

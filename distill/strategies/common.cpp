@@ -12,7 +12,7 @@ StageTaps read_stage_taps(JsonReader& p, const std::vector<std::string>& default
   StageTaps taps;
   taps.student = p.get<std::vector<std::string>>("student_taps", default_student_taps);
   taps.teacher = p.get<std::vector<std::string>>("teacher_taps", taps.student);
-  // With "stages" in a list the counts are known once the networks are (StageStrategy::resolve_taps).
+  // With "stages" in a list the counts are known once the networks are (StageStrategy::resolve_stage_aliases).
   const bool wildcard = Module::expands_stages(taps.student) || Module::expands_stages(taps.teacher);
   RETORT_CHECK(!taps.student.empty(), p.where("student_taps"), ": no taps");
   RETORT_CHECK(!taps.teacher.empty() && (wildcard || taps.student.size() == taps.teacher.size()), p.where("teacher_taps"), ": ",
@@ -69,7 +69,7 @@ std::string resolve_one_tap(const Module& net, const std::string& tap, const std
   }
 }
 
-void StageStrategy::resolve_taps(const Module& student, const Module* teacher) {
+void StageStrategy::resolve_stage_aliases(const Module& student, const Module* teacher) {
   s_taps_ = resolve_tap_list(student, s_taps_, type_name() + " student_taps on " + student.type_name());
   if (teacher) t_taps_ = resolve_tap_list(*teacher, t_taps_, type_name() + " teacher_taps on " + teacher->type_name());
   RETORT_CHECK(s_taps_.size() == t_taps_.size() && s_taps_.size() >= min_taps_, type_name(), ": the student's taps (",

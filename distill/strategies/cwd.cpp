@@ -1,7 +1,7 @@
 // "cwd": channel-wise distillation (methods.md §1.6): per-channel spatial softmax at temperature tau,
 // KL(teacher || student) scaled by tau^2 / (N C). When the channel counts differ the student goes
 // through a 1x1 conv + BN adapter (the paper's alignment; its exact form is open, we take conv+BN).
-// Default stage "layer3" in both networks (the last stage of CIFAR ResNets); tau 4.
+// Default "stage-1": each network's last stage ("layer3" on a CIFAR ResNet); tau 4.
 #include "distill/connectors.h"
 #include "distill/nodes/feature.h"
 #include "distill/strategies/strategies.h"
@@ -15,7 +15,7 @@ class CWDStrategy final : public Strategy {
       : Strategy("cwd"), s_tap_(std::move(s)), t_tap_(std::move(t)), tau_(tau) {}
   std::vector<std::string> student_taps() const override { return {s_tap_}; }
   std::vector<std::string> teacher_taps() const override { return {t_tap_}; }
-  void resolve_taps(const Module& student, const Module* teacher) override {
+  void resolve_stage_aliases(const Module& student, const Module* teacher) override {
     s_tap_ = resolve_one_tap(student, s_tap_, "cwd student_tap on " + student.type_name());
     if (teacher) t_tap_ = resolve_one_tap(*teacher, t_tap_, "cwd teacher_tap on " + teacher->type_name());
   }

@@ -1,6 +1,6 @@
 // "fitnet": FitNets hint loss (methods.md §1.2): MSE between ConvReg(student feature) and the teacher
-// feature at one stage (default "layer2" in both — feats[2] of CIFAR ResNets; name the stage of other
-// families, e.g. "block2" for WRN). The ConvReg regressor is this term's trainable module.
+// feature at one stage (default "stage2" in both — each network's feats[2]: "layer2" on a CIFAR
+// ResNet, "block2" on WRN/VGG, "blocks.2" on MobileNetV2). The ConvReg regressor is this term's trainable module.
 #include "distill/connectors.h"
 #include "distill/nodes/sokd.h"
 #include "distill/strategies/strategies.h"
@@ -15,7 +15,7 @@ class FitNetStrategy final : public Strategy {
       : Strategy("fitnet"), s_tap_(std::move(s_tap)), t_tap_(std::move(t_tap)) {}
   std::vector<std::string> student_taps() const override { return {s_tap_}; }
   std::vector<std::string> teacher_taps() const override { return {t_tap_}; }
-  void resolve_taps(const Module& student, const Module* teacher) override {
+  void resolve_stage_aliases(const Module& student, const Module* teacher) override {
     s_tap_ = resolve_one_tap(student, s_tap_, "fitnet student_tap on " + student.type_name());
     if (teacher) t_tap_ = resolve_one_tap(*teacher, t_tap_, "fitnet teacher_tap on " + teacher->type_name());
   }

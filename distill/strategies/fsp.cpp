@@ -5,8 +5,8 @@
 // are pulled to the teacher's by their mean squared difference, summed over the pairs (fsp_loss).
 // The matrices are compared entry by entry, so the two networks need the same channel count at every
 // tap (RepDistiller refuses other pairs too): resnet110 -> resnet32, resnet32x4 -> resnet8x4,
-// wrn_40_2 -> wrn_16_2; on Fashion-MNIST resnet32 -> resnet8. Default taps ":stem", "layer1",
-// "layer2", "layer3" (RepDistiller's feat[:-1] for CIFAR ResNets: three pairs).
+// wrn_40_2 -> wrn_16_2; on Fashion-MNIST resnet32 -> resnet8. Default taps ":stem", "stages"
+// (RepDistiller's feat[:-1]: ":stem", "layer1".."layer3" on a CIFAR ResNet, three pairs).
 //
 // RepDistiller uses FSP as an initialisation, as AB: the student's feature layers are trained with this
 // loss alone (its init phase, 30 epochs), then the student with CE alone ("loss_kd = 0"). Here that

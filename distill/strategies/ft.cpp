@@ -13,7 +13,8 @@
 //     ft_loss (distill/nodes/feature.h): the mean |q_s − q_t|^p2 of the L2-normalised channel means of
 //     the factors raised to p1 (FactorTransfer.factor_loss: p1 = 2, p2 = 1). RepDistiller's weight 200,
 //     beside CE (configs/fmnist/ft_student.json).
-// Default taps "layer3" in both (RepDistiller's feat[-2]: the last stage's output; WRN "block3").
+// Default taps "stage-1" in both (RepDistiller's feat[-2]: the last stage's output; "layer3" on a CIFAR
+// ResNet, WRN "block3").
 #include <cmath>
 
 #include "distill/connectors.h"
@@ -42,8 +43,8 @@ class FTStrategy final : public Strategy {
     return o_.paraphraser_phase ? std::vector<std::string>{} : std::vector<std::string>{o_.s_tap};
   }
   std::vector<std::string> teacher_taps() const override { return {o_.t_tap}; }
-  void resolve_taps(const Module& student, const Module* teacher) override {
-    o_.s_tap = resolve_one_tap(student, o_.s_tap, "ft student_tap on " + student.type_name());
+  void resolve_stage_aliases(const Module& student, const Module* teacher) override {
+    if (!o_.paraphraser_phase) o_.s_tap = resolve_one_tap(student, o_.s_tap, "ft student_tap on " + student.type_name());
     if (teacher) o_.t_tap = resolve_one_tap(*teacher, o_.t_tap, "ft teacher_tap on " + teacher->type_name());
   }
   bool uses_teacher_logits() const override { return false; }

@@ -2,7 +2,7 @@
 // ECCV 2018; RepDistiller's and mdistiller's KDSVD.py, docs/methods/kdsvd.md). Each tap's map is
 // summarised by its top right singular vectors; the student's, aligned in sign and order to the
 // teacher's, are compared through a Gaussian kernel between consecutive taps (kdsvd_loss,
-// distill/nodes/kdsvd.h). Default taps "layer1", "layer2", "layer3" (the references' feats for CIFAR
+// distill/nodes/kdsvd.h). Default taps "stages" (the references' feats: "layer1".."layer3" on CIFAR
 // ResNets), k = 1 teacher vector per tap (the student offers k + 3 candidates), view "channels" (the
 // paper's and RepDistiller's [B, H·W, C]: the two networks need the same channels at every tap);
 // "width" is mdistiller's [B, C·H, W] (the same widths instead). The references' weight is 1 beside CE.
@@ -21,7 +21,9 @@ namespace {
 class KDSVDStrategy final : public StageStrategy {
  public:
   KDSVDStrategy(StageTaps taps, int64_t k, KdsvdView view, double gap_eps)
-      : StageStrategy("kdsvd", std::move(taps)), k_(k), view_(view), gap_eps_(gap_eps) {}
+      : StageStrategy("kdsvd", std::move(taps)), k_(k), view_(view), gap_eps_(gap_eps) {
+    min_taps_ = 2;  // consecutive taps are related
+  }
 
   void build(const TapShapes& shapes, Generator&) override {
     const bool ch = view_ == KdsvdView::Channels;

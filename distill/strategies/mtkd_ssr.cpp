@@ -51,7 +51,7 @@ class MtkdSsrStrategy final : public Strategy {
   explicit MtkdSsrStrategy(MtkdOptions o) : Strategy("mtkd_ssr"), o_(std::move(o)) {}
   std::vector<std::string> student_taps() const override { return o_.s_stages; }
   std::vector<std::string> teacher_taps() const override { return o_.t_stages; }
-  void resolve_taps(const Module& student, const Module* teacher) override {
+  void resolve_stage_aliases(const Module& student, const Module* teacher) override {
     o_.s_stages = resolve_tap_list(student, o_.s_stages, "mtkd_ssr student_stages on " + student.type_name());
     if (teacher)
       o_.t_stages = resolve_tap_list(*teacher, o_.t_stages, "mtkd_ssr teacher_stages on " + teacher->type_name());

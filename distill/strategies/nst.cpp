@@ -3,8 +3,8 @@
 // channel maps are compared by the squared maximum mean discrepancy under the polynomial kernel
 // k(a, b) = ⟨a, b⟩² (nst_loss, distill/nodes/feature.h); summed over stages. Channels may differ (the
 // kernel compares maps, not channels one to one), so no connector; where the sizes differ the larger
-// map is adaptive-avg-pooled to the smaller. Default stages "layer1", "layer2", "layer3" in both
-// (RepDistiller's feat[1:-1] for CIFAR ResNets; WRN "block1".."block3"). RepDistiller's weight: 50.
+// map is adaptive-avg-pooled to the smaller. Default "stages" in both (every stage:
+// RepDistiller's feat[1:-1]; "layer1".."layer3" on a CIFAR ResNet, WRN "block1".."block3"). RepDistiller's weight: 50.
 #include "distill/nodes/feature.h"
 #include "distill/strategies/strategies.h"
 #include "engine/functions.h"

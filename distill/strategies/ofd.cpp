@@ -5,8 +5,8 @@
 // partial L2 with the teacher's margins (ofd_loss, distill/nodes/feature.h): where the teacher is below
 // its channel's margin m — the expected value of its negative responses, from the affine parameters
 // of the BN before its ReLU (ofd_margin) — the student is only kept from rising above m. Stage i of n
-// weighs 1 / 2^(n − 1 − i) (the deepest 1). Default stages "layer1:preact", "layer2:preact",
-// "layer3:preact" in both (mdistiller's preact_feats[1:] for CIFAR ResNets; WRN "block1:preact"..).
+// weighs 1 / 2^(n − 1 − i) (the deepest 1). Default "stages:preact" in both (mdistiller's
+// preact_feats[1:]: "layer1:preact".."layer3:preact" on a CIFAR ResNet, WRN "block1:preact"..).
 // mdistiller's weight: 0.001 with CE 1. Parameters connectors.<i>.0.weight, connectors.<i>.1.*;
 // buffers margin<i> (made once from the teacher, then checkpointed).
 #include <cmath>

@@ -23,7 +23,7 @@ class ReviewKDStrategy final : public Strategy {
       : Strategy("reviewkd"), s_taps_(std::move(s)), t_taps_(std::move(t)), max_mid_(max_mid) {}
   std::vector<std::string> student_taps() const override { return s_taps_; }
   std::vector<std::string> teacher_taps() const override { return t_taps_; }
-  void resolve_taps(const Module& student, const Module* teacher) override {
+  void resolve_stage_aliases(const Module& student, const Module* teacher) override {
     s_taps_ = resolve_tap_list(student, s_taps_, "reviewkd student_taps on " + student.type_name());
     if (teacher) t_taps_ = resolve_tap_list(*teacher, t_taps_, "reviewkd teacher_taps on " + teacher->type_name());
     RETORT_CHECK(s_taps_.size() == t_taps_.size(), "reviewkd: the student's taps (", student.type_name(), ": ",

@@ -18,7 +18,7 @@ class RKDStrategy final : public Strategy {
       : Strategy("rkd"), s_tap_(std::move(s_tap)), t_tap_(std::move(t_tap)), wd_(wd), wa_(wa) {}
   std::vector<std::string> student_taps() const override { return {s_tap_}; }
   std::vector<std::string> teacher_taps() const override { return {t_tap_}; }
-  void resolve_taps(const Module& student, const Module* teacher) override {
+  void resolve_stage_aliases(const Module& student, const Module* teacher) override {
     s_tap_ = resolve_one_tap(student, s_tap_, "rkd student_tap on " + student.type_name());
     if (teacher) t_tap_ = resolve_one_tap(*teacher, t_tap_, "rkd teacher_tap on " + teacher->type_name());
   }

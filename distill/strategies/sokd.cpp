@@ -1,6 +1,6 @@
 // "sokd": Student-Oriented Knowledge Distillation (Shen et al., ACM MM 2024; methods.md §3.1,
-// docs/methods/sokd.md) on one feature stage (default "layer2" in both networks, the dev code's
-// feats[2]):
+// docs/methods/sokd.md) on one feature stage (default "stage2" in both networks, the dev code's
+// feats[2]: "layer2" on a CIFAR ResNet):
 //   f̂_s = ConvReg(student feature)                        (the FitNet regressor, to the teacher's shape)
 //   f̃_t = augment(teacher feature)                        (one sub-policy of two feature ops, sampled)
 //   M    = dam_regions(DAM(f̂_s))                          (boxes around the student heads' top peaks)
@@ -120,10 +120,10 @@ std::vector<std::string> SokdStrategy::teacher_taps() const {
   return o_.host ? merged({o_.t_tap}, o_.host->teacher_taps()) : std::vector<std::string>{o_.t_tap};
 }
 
-void SokdStrategy::resolve_taps(const Module& student, const Module* teacher) {
+void SokdStrategy::resolve_stage_aliases(const Module& student, const Module* teacher) {
   o_.s_tap = resolve_one_tap(student, o_.s_tap, "sokd student_tap on " + student.type_name());
   if (teacher) o_.t_tap = resolve_one_tap(*teacher, o_.t_tap, "sokd teacher_tap on " + teacher->type_name());
-  if (o_.host) o_.host->resolve_taps(student, teacher);
+  if (o_.host) o_.host->resolve_stage_aliases(student, teacher);
 }
 
 void SokdStrategy::build(const TapShapes& shapes, Generator& gen) {

@@ -71,7 +71,7 @@ class SokdStrategy final : public Strategy {
   explicit SokdStrategy(SokdOptions o);
   std::vector<std::string> student_taps() const override;
   std::vector<std::string> teacher_taps() const override;
-  void resolve_taps(const Module& student, const Module* teacher) override;  // its own and the host's
+  void resolve_stage_aliases(const Module& student, const Module* teacher) override;  // its own and the host's
   void build(const TapShapes& shapes, Generator& gen) override;
   Tensor compute(const DistillContext& ctx) override;
   std::vector<std::pair<std::string, Tensor>> compute_parts(const DistillContext& ctx) override;

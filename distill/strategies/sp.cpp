@@ -1,7 +1,7 @@
 // "sp": similarity-preserving KD (Tung & Mori, ICCV 2019; RepDistiller's SP.py): for each stage pair,
 // the mean squared difference of the student's and the teacher's row-normalised batch Gram matrices
-// (sp_loss, distill/nodes/relation.h). Default stage: "layer3" in both (RepDistiller's feat[-2], the
-// last stage's output, for CIFAR ResNets; WRN "block3", VGG "block4" — name the stage of other families).
+// (sp_loss, distill/nodes/relation.h). Default stage: "stage-1" in both (RepDistiller's feat[-2], the
+// last stage's output: "layer3" on a CIFAR ResNet, WRN "block3", VGG "block4").
 // The widths of the two sides may differ: only the B×B similarities are compared, so no connector.
 #include "distill/nodes/relation.h"
 #include "distill/strategies/strategies.h"

@@ -34,7 +34,7 @@ class StageStrategy : public Strategy {
   bool uses_teacher_logits() const override { return false; }
   // Resolves the stage aliases of both lists ("stages" expands to every stage of that network); the two
   // must then still pair one to one (an error naming both networks' lists otherwise).
-  void resolve_taps(const Module& student, const Module* teacher) override;
+  void resolve_stage_aliases(const Module& student, const Module* teacher) override;
 
  protected:
   size_t stage_count() const { return s_taps_.size(); }

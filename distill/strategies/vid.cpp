@@ -4,8 +4,8 @@
 // μ of a Gaussian whose variance v_c = softplus(log_scale_c) + eps is learned per teacher channel; the
 // loss is the negative log-likelihood per element, ½ ((μ − t)² / v + log v) averaged (vid_loss,
 // distill/nodes/feature.h), summed over stages. Where the sizes differ the larger map is
-// adaptive-avg-pooled to the smaller first (the student's before the regressor). Default stages
-// "layer1", "layer2", "layer3" in both (RepDistiller's feat[1:-1] for CIFAR ResNets; WRN "block1".."block3").
+// adaptive-avg-pooled to the smaller first (the student's before the regressor). Default "stages"
+// in both (every stage, RepDistiller's feat[1:-1]: "layer1".."layer3" on a CIFAR ResNet, WRN "block1"..).
 // Parameters "0.regressor.{0,2,4}.weight", "0.log_scale", "1.…" — key for key RepDistiller's
 // ModuleList of VIDLoss. log_scale starts at softplus⁻¹(init_pred_var − eps) (5 by default).
 #include <cmath>

@@ -117,8 +117,8 @@ expect 1 "no check or function named 'nonexistent_fn'" "$bin/retort-gradcheck" n
 expect 0 "1 passed, 0 failed" "$bin/retort-gradcheck" relu relu --threads 1
 
 # Config errors found before any work, naming the key (and the --set it came from), exit 1: an unknown
-# architecture, model.init that is not there, a tap the student lacks (before the teacher's evaluation,
-# naming the term); --allow-config-change without --resume; the teacher file's own architecture.
+# architecture, model.init that is not there, a tap the student lacks or a stage it does not have (before
+# the teacher's evaluation, naming the term); --allow-config-change without --resume; the teacher file's own architecture.
 expect 1 "model.arch: unknown model 'resnet9'; known models: " "$bin/retort-train" "$tmp/a.json" --set model.arch=resnet9
 expect 1 "(the value comes from --set 'teacher.arch=resnet9')" "$bin/retort-distill" "$tmp/kd.json" --set teacher.arch=resnet9
 expect 2 "model.init: " "$bin/retort-train" "$tmp/a.json" --run-dir "$tmp/init" --set model.init="$tmp/nope.safetensors"
@@ -126,6 +126,12 @@ out=$("$bin/retort-distill" "$tmp/kd.json" --run-dir "$tmp/tap" --set distill.te
         --set distill.terms.1.params.student_tap=layer9 2>&1) && rc=0 || rc=$?
 [ "$rc" = 1 ] && grep -qF "distill term 'fitnet' (fitnet): student tap 'layer9'" <<<"$out" && ! grep -q "teacher resnet8 from" <<<"$out" ||
   { echo "FAIL: a missing tap: rc $rc, '$out'"; exit 1; }
+expect 1 "distill term 'fitnet' (fitnet): fitnet student_tap on ResNet: tap 'stage4': ResNet has 3 stages" \
+  "$bin/retort-distill" "$tmp/kd.json" --run-dir "$tmp/tap4" --set distill.terms.1.type=fitnet \
+  --set distill.terms.1.params.student_tap=stage4
+# The start-up lines name the module paths each term's taps resolved to (defaults: each network's stages).
+expect 0 "  taps    at: student layer1, layer2, layer3; teacher layer1, layer2, layer3" \
+  "$bin/retort-distill" "$tmp/kd.json" --run-dir "$tmp/taps" --set distill.terms.1.type=at --set solver.epochs=1
 expect 1 "--allow-config-change applies to a resumed run" "$bin/retort-train" "$tmp/a.json" --allow-config-change
 expect 2 "holds a 'resnet8' model (its metadata 'arch'), but teacher.arch is 'resnet14'" \
   "$bin/retort-distill" "$tmp/kd.json" --run-dir "$tmp/arch" --set teacher.arch=resnet14

@@ -96,7 +96,8 @@ err=$("$bin/retort-eval" "$tmp/kd/model.safetensors" --against "$tmp/nope.safete
 set -e
 [ "$rc" = 2 ] && grep -qF "nope.safetensors" <<<"$err" || { echo "FAIL: --against a missing file: rc $rc, '$err'"; exit 1; }
 # --cka: a model against itself is 1 on the diagonal (default taps: the stages, :pooled, logits); against
-# the teacher, a 2 x 5 matrix of the taps asked for, every entry a CKA below 1.
+# the teacher, a 2 x 5 matrix of the taps asked for (an alias, stage1, given as its path), every entry a CKA
+# below 1.
 ev=$("$bin/retort-eval" "$tmp/kd/model.safetensors" --against "$tmp/kd/model.safetensors" --cka --json)
 python3 - "$ev" <<'PY' || exit 1
 import json, sys
@@ -107,12 +108,20 @@ for i, row in enumerate(c["matrix"]):
     assert abs(row[i] - 1) < 1e-9, ("diagonal", i, row)
 PY
 ev=$("$bin/retort-eval" "$tmp/kd/model.safetensors" --against "$tmp/teacher/model.safetensors" --cka \
-     --taps layer1,logits --json)
+     --taps stage1,logits --json)
 python3 - "$ev" <<'PY' || exit 1
 import json, sys
 c = json.loads(sys.argv[1])["cka"]
 assert c["taps"] == ["layer1", "logits"] and len(c["matrix"]) == 2 and all(len(r) == 5 for r in c["matrix"]), c
 assert all(-1 < v < 1 - 1e-6 for r in c["matrix"] for v in r), c
+PY
+# Stage aliases resolve on each network: "stages" is every stage, "stage-1" the last.
+ev=$("$bin/retort-eval" "$tmp/kd/model.safetensors" --against "$tmp/teacher/model.safetensors" --cka \
+     --taps stages --against-taps stage-1:preact --json)
+python3 - "$ev" <<'PY' || exit 1
+import json, sys
+c = json.loads(sys.argv[1])["cka"]
+assert c["taps"] == ["layer1", "layer2", "layer3"] and c["against_taps"] == ["layer3:preact"], c
 PY
 set +e
 err=$("$bin/retort-eval" "$tmp/kd/model.safetensors" --cka 2>&1); rc=$?

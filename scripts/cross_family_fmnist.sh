@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Distillation across families on Fashion-MNIST (docs/reproducing.md, "Across families"): a vgg8 teacher
+# Distillation across families on Fashion-MNIST (docs/reproducing.md, "Across families on Fashion-MNIST"): a vgg8 teacher
 # (configs/fmnist/resnet8x4.json with arch vgg8, full training set, 3 epochs; trained here unless present)
 # and a MobileNetV2 student — the literature's vgg13 → MobileNetV2 in small — with the students' recipe of
 # the Fashion-MNIST table (configs/fmnist/student_{ce,kd,at,fitnet}.json: first 10 000 images, 5 epochs).

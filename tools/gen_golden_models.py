@@ -1,10 +1,12 @@
 """Golden fixtures for whole models: one train-mode forward/backward of resnet8x4, resnet20, wrn_16_2,
-vgg8, mobile_half and ShuffleV2 (tools/models_torch.py), and a 10-step SGD trajectory of resnet8x4.
+vgg8, mobile_half, ShuffleV2 and ShuffleV1 (tools/models_torch.py), and a 10-step SGD trajectory of
+resnet8x4.
 tests/models/test_golden_models.cpp rebuilds each case with Retort and compares per tensor.
 
-Regenerate (Debian's python3-torch):  /usr/bin/python3 tools/gen_golden_models.py tests/fixtures
+Regenerate (Debian's python3-torch):  /usr/bin/python3 tools/gen_golden_models.py tests/fixtures [CASE...]
+(the cases named, or all of them)
 
-Size. The six models hold 8.3 M parameters; their weights and gradients in float32 would take 66 MB,
+Size. The seven models hold 9.3 M parameters; their weights and gradients in float32 would take 66 MB,
 and the fixtures must stay under 5 MB together. So nothing that can be recomputed is stored:
 
 * Initial state: every state_dict tensor (parameters and buffers) is filled from a counter-based hash
@@ -61,6 +63,7 @@ CASES = [
     ("vgg8", "vgg8", 100, 3, 32, 4),
     ("mobile_half", "mobile_half", 100, 3, 32, 4),
     ("ShuffleV2", "ShuffleV2", 100, 3, 32, 4),
+    ("ShuffleV1", "ShuffleV1", 100, 3, 32, 4),  # grouped 1x1 convolutions, shuffles, concatenating shortcuts
 ]
 TRAJECTORY = dict(model="resnet8x4", num_classes=10, in_channels=3, side=32, batch=8, steps=10,
                   lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -179,10 +182,17 @@ def trajectory_case(case):
     return out, meta
 
 
-def main(out_dir):
-    torch.set_num_threads(1)  # a fixed reduction order, so a regeneration reproduces the files
+def main(out_dir, only=()):
+    # A fixed reduction order, so a regeneration with the same torch build reproduces the files (another
+    # build's float64 results differ in the last bits: regenerate only the cases you add, by name).
+    torch.set_num_threads(1)
     jobs = [(c[0], lambda c=c: model_case(*c)) for c in CASES]
     jobs.append(("resnet8x4_sgd", lambda: trajectory_case("resnet8x4_sgd")))
+    if only:
+        unknown = set(only) - {name for name, _ in jobs}
+        if unknown:
+            sys.exit(f"gen_golden_models.py: no case {sorted(unknown)} (have {[name for name, _ in jobs]})")
+        jobs = [(name, make) for name, make in jobs if name in only]
     total = 0
     for case, make in jobs:
         tensors, meta = make()
@@ -195,4 +205,5 @@ def main(out_dir):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))
+    main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"),
+         sys.argv[2:])

@@ -247,6 +247,52 @@ def mobile_half(num_classes=100, in_channels=3):
     return MobileNetV2(6, 0.5, num_classes, in_channels)
 
 
+# ---- ShuffleNetV1 for CIFAR (ShuffleNetv1.py) -------------------------------------------------------
+
+class ShuffleV1Bottleneck(nn.Module):
+    def __init__(self, in_planes, out_planes, stride, groups):
+        super().__init__()
+        self.stride = stride
+        mid = out_planes // 4
+        g = 1 if in_planes == 24 else groups  # the first block reads the 24-channel stem ungrouped
+        self.conv1, self.bn1 = _conv(in_planes, mid, 1, groups=g), nn.BatchNorm2d(mid)
+        self.shuffle1 = ShuffleBlock(g)
+        self.conv2, self.bn2 = _conv(mid, mid, 3, stride, groups=mid), nn.BatchNorm2d(mid)
+        self.conv3, self.bn3 = _conv(mid, out_planes, 1, groups=groups), nn.BatchNorm2d(out_planes)
+        self.shortcut = nn.Sequential(nn.AvgPool2d(3, stride=2, padding=1)) if stride == 2 else nn.Sequential()
+
+    def forward(self, x):
+        out = self.shuffle1(F.relu(self.bn1(self.conv1(x))))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        res = self.shortcut(x)
+        return F.relu(torch.cat([out, res], 1) if self.stride == 2 else out + res)
+
+
+class ShuffleNetV1(nn.Module):
+    def __init__(self, widths, blocks, groups, num_classes=100, in_channels=3):
+        super().__init__()
+        self.conv1, self.bn1 = _conv(in_channels, 24, 1), nn.BatchNorm2d(24)
+        cin = 24
+        for s in range(3):
+            layers = []
+            for i in range(blocks[s]):  # a stage's first block concatenates its pooled input
+                layers.append(ShuffleV1Bottleneck(cin, widths[s] - (cin if i == 0 else 0), 2 if i == 0 else 1, groups))
+                cin = widths[s]
+            setattr(self, f"layer{s + 1}", nn.Sequential(*layers))
+        self.linear = nn.Linear(cin, num_classes)
+        # No explicit initialisation in the reference: PyTorch's defaults.
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.linear(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))  # the reference's avg_pool2d(4) at 32x32
+
+
+def ShuffleV1(num_classes=100, in_channels=3):  # noqa: N802 (the registry name)
+    return ShuffleNetV1((240, 480, 960), (4, 8, 4), 3, num_classes, in_channels)
+
+
 # ---- ShuffleNetV2 for CIFAR (ShuffleNetv2.py) -------------------------------------------------------
 
 class ShuffleBlock(nn.Module):
@@ -324,6 +370,7 @@ MODELS = {
     "vgg8": vgg8,
     "mobile_half": mobile_half,
     "ShuffleV2": ShuffleV2,
+    "ShuffleV1": ShuffleV1,
     "resnet56": resnet56,
     "resnet32x4": resnet32x4,
     "wrn_40_2": wrn_40_2,

@@ -1,12 +1,12 @@
 """Golden fixtures for whole models: one train-mode forward/backward of resnet8x4, resnet20, wrn_16_2,
-vgg8, mobile_half, ShuffleV2 and ShuffleV1 (tools/models_torch.py), and a 10-step SGD trajectory of
-resnet8x4.
+vgg8, mobile_half, ShuffleV2, ShuffleV1 and ResNet50 (tools/models_torch.py), and a 10-step SGD
+trajectory of resnet8x4.
 tests/models/test_golden_models.cpp rebuilds each case with Retort and compares per tensor.
 
 Regenerate (Debian's python3-torch):  /usr/bin/python3 tools/gen_golden_models.py tests/fixtures [CASE...]
 (the cases named, or all of them)
 
-Size. The seven models hold 9.3 M parameters; their weights and gradients in float32 would take 66 MB,
+Size. The eight models hold 33 M parameters; their weights and gradients in float32 would take 264 MB,
 and the fixtures must stay under 5 MB together. So nothing that can be recomputed is stored:
 
 * Initial state: every state_dict tensor (parameters and buffers) is filled from a counter-based hash
@@ -64,6 +64,7 @@ CASES = [
     ("mobile_half", "mobile_half", 100, 3, 32, 4),
     ("ShuffleV2", "ShuffleV2", 100, 3, 32, 4),
     ("ShuffleV1", "ShuffleV1", 100, 3, 32, 4),  # grouped 1x1 convolutions, shuffles, concatenating shortcuts
+    ("ResNet50", "ResNet50", 100, 3, 32, 2),  # Bottleneck blocks, projection shortcuts; 23.7 M parameters
 ]
 TRAJECTORY = dict(model="resnet8x4", num_classes=10, in_channels=3, side=32, batch=8, steps=10,
                   lr=0.05, momentum=0.9, weight_decay=5e-4)

@@ -247,6 +247,50 @@ def mobile_half(num_classes=100, in_channels=3):
     return MobileNetV2(6, 0.5, num_classes, in_channels)
 
 
+# ---- ResNet50 for CIFAR (resnetv2.py) ------------------------------------------------------------
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin, planes, stride=1):
+        super().__init__()
+        self.conv1, self.bn1 = _conv(cin, planes, 1), nn.BatchNorm2d(planes)
+        self.conv2, self.bn2 = _conv(planes, planes, 3, stride), nn.BatchNorm2d(planes)
+        self.conv3, self.bn3 = _conv(planes, 4 * planes, 1), nn.BatchNorm2d(4 * planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != 4 * planes:
+            self.shortcut = nn.Sequential(_conv(cin, 4 * planes, 1, stride), nn.BatchNorm2d(4 * planes))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        return F.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+
+
+class ResNetV2(nn.Module):
+    def __init__(self, blocks, num_classes=100, in_channels=3):
+        super().__init__()
+        self.conv1, self.bn1 = _conv(in_channels, 64, 3), nn.BatchNorm2d(64)  # 3x3 stride 1, no max-pool
+        cin = 64
+        for s, (planes, n) in enumerate(zip((64, 128, 256, 512), blocks)):
+            layers = []
+            for i in range(n):
+                layers.append(Bottleneck(cin, planes, 2 if i == 0 and s > 0 else 1))
+                cin = 4 * planes
+            setattr(self, f"layer{s + 1}", nn.Sequential(*layers))
+        self.linear = nn.Linear(cin, num_classes)
+        # The reference's init (kaiming_normal fan_out, BN 1/0) is replaced by the tests' fill.
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.linear(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def ResNet50(num_classes=100, in_channels=3):  # noqa: N802 (the registry name)
+    return ResNetV2((3, 4, 6, 3), num_classes, in_channels)
+
+
 # ---- ShuffleNetV1 for CIFAR (ShuffleNetv1.py) -------------------------------------------------------
 
 class ShuffleV1Bottleneck(nn.Module):
@@ -371,6 +415,8 @@ MODELS = {
     "mobile_half": mobile_half,
     "ShuffleV2": ShuffleV2,
     "ShuffleV1": ShuffleV1,
+    "ResNet50": ResNet50,
+    "MobileNetV2": mobile_half,  # the registry's two names of one network (width 0.5, expansion 6)
     "resnet56": resnet56,
     "resnet32x4": resnet32x4,
     "wrn_40_2": wrn_40_2,

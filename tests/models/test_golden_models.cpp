@@ -1,9 +1,9 @@
 // Whole-model golden tests against PyTorch (fixtures from tools/gen_golden_models.py, twins in
 // tools/models_torch.py): one train-mode forward/backward of resnet8x4, resnet20 (1x28x28), wrn_16_2,
-// vgg8, mobile_half, ShuffleV2 and ShuffleV1 — logits, loss, every parameter gradient and the running
+// vgg8, mobile_half, ShuffleV2, ShuffleV1 and ResNet50 — logits, loss, every parameter gradient and the running
 // statistics after the forward — and a 10-step SGD trajectory of resnet8x4.
 //
-// The fixtures do not store the initial weights (66 MB for these models): both sides fill every
+// The fixtures do not store the initial weights (132 MB for these models): both sides fill every
 // state_dict tensor from the same counter-based hash (fill() below mirrors the generator's, whose
 // docstring is the specification). Our state_dict must list exactly PyTorch's names, dtypes and shapes
 // in PyTorch's order, and the fill goes in through a strict load_state_dict. Tensors over 2048
@@ -276,7 +276,7 @@ TEST_P(GoldenModel, ForwardBackwardMatchesPyTorch) { run_model_case(std::get<0>(
 
 INSTANTIATE_TEST_SUITE_P(Zoo, GoldenModel,
                          ::testing::Combine(::testing::Values("resnet8x4", "resnet20", "wrn_16_2", "vgg8",
-                                                              "mobile_half", "ShuffleV2", "ShuffleV1"),
+                                                              "mobile_half", "ShuffleV2", "ShuffleV1", "ResNet50"),
                                             ::testing::Values(DType::F64, DType::F32)),
                          [](const auto& info) {
                            return std::get<0>(info.param) + (std::get<1>(info.param) == DType::F64 ? "_f64" : "_f32");

@@ -572,9 +572,7 @@ std::string fmt_duration(double s) {
                 static_cast<long long>(t / 60 % 60), static_cast<long long>(t % 60));
   return buf;
 }
-}  // namespace
 
-namespace {
 // summary.json's numbers: one list of names for fit(), which writes them, and finished_summary(), which
 // reads a finished run's back.
 Json summary_to_json(const TrainSummary& s) {
@@ -826,7 +824,6 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
     if (interrupt_signal() != 0) stop_on_interrupt(pos, nb, !checkpoint);
     ++pos.epoch;
     pos.batch = 0;
-    summary.epochs_run = pos.epoch;
   }
 
   summary.epochs_run = pos.epoch;  // all of them (also when a finished run's checkpoint was resumed)

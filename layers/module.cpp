@@ -273,18 +273,27 @@ std::optional<int64_t> stage_alias(const std::string& path) {
   }
   return from_end ? -k : k;
 }
+
+// Whether `m` has a direct child of that name (one named like an alias is a module, not an alias).
+bool has_child(const Module& m, const std::string& name) {
+  for (const auto& [n, c] : m.children())
+    if (n == name) return true;
+  return false;
+}
+
+// How an alias error describes a network's stages.
+std::string stages_text(const std::vector<std::string>& st) {
+  return st.empty() ? std::string("declares no stages (use a module path; retort-inspect --arch NAME lists them)")
+                    : detail::cat("has ", st.size(), " stages: ", detail::join(st));
+}
 }  // namespace
 
 std::string Module::resolve_tap(const std::string& spec) const {
   const auto [path, point] = split_tap_spec(spec);
   const auto k = stage_alias(path);
-  if (!k) return spec;
-  for (const auto& [n, c] : children_)
-    if (n == path) return spec;  // a real child of that name wins
+  if (!k || has_child(*this, path)) return spec;
   const std::vector<std::string> st = stages();
-  const std::string listed = st.empty() ? std::string("declares no stages (use a module path; retort-inspect "
-                                                      "--arch NAME lists them)")
-                                        : detail::cat("has ", st.size(), " stages: ", detail::join(st));
+  const std::string listed = stages_text(st);
   RETORT_CHECK(*k != kEveryStage, "tap '", spec, "': \"stages\" names every stage, and this takes one tap (use ",
                "stage<k>, stage-1 for the last); ", type_name_, " ", listed);
   const int64_t n = static_cast<int64_t>(st.size());
@@ -298,15 +307,12 @@ std::vector<std::string> Module::resolve_taps(const std::vector<std::string>& sp
   std::vector<std::string> out;
   for (const auto& spec : specs) {
     const auto [path, point] = split_tap_spec(spec);
-    bool child = false;
-    for (const auto& [n, c] : children_) child = child || n == path;
-    if (path != "stages" || child) {
+    if (path != "stages" || has_child(*this, path)) {
       out.push_back(resolve_tap(spec));
       continue;
     }
     const std::vector<std::string> st = stages();
-    RETORT_CHECK(!st.empty(), "tap '", spec, "': ", type_name_,
-                 " declares no stages (use module paths; retort-inspect --arch NAME lists them)");
+    RETORT_CHECK(!st.empty(), "tap '", spec, "': ", type_name_, " ", stages_text(st));
     for (const auto& s : st) out.push_back(point == "output" ? s : s + ":" + point);
   }
   return out;

@@ -23,8 +23,7 @@ class CCStrategy final : public Strategy {
   std::vector<std::string> student_taps() const override { return {s_tap_}; }
   std::vector<std::string> teacher_taps() const override { return {t_tap_}; }
   void resolve_stage_aliases(const Module& student, const Module* teacher) override {
-    s_tap_ = resolve_one_tap(student, s_tap_, "cc student_tap on " + student.type_name());
-    if (teacher) t_tap_ = resolve_one_tap(*teacher, t_tap_, "cc teacher_tap on " + teacher->type_name());
+    resolve_tap_pair(*this, student, teacher, &s_tap_, t_tap_);
   }
   bool uses_teacher_logits() const override { return false; }
   void build(const TapShapes& shapes, Generator& gen) override {

@@ -52,31 +52,38 @@ PretrainedTerm read_pretrained_term(const PretrainedTermQuery& q) {
   return r;
 }
 
-std::vector<std::string> resolve_tap_list(const Module& net, const std::vector<std::string>& taps,
-                                          const std::string& who) {
+namespace {
+// f(), an error from it prefixed "<type> <key> on <network>: ".
+template <class F>
+auto naming(const Strategy& self, const char* side, const std::string& key, const Module& net, F&& f) -> decltype(f()) {
   try {
-    return net.resolve_taps(taps);
+    return f();
   } catch (const Error& e) {
-    throw Error(who + ": " + e.what());
+    throw Error(detail::cat(self.type_name(), " ", side, "_", key, " on ", net.type_name(), ": ", e.what()));
   }
 }
+}  // namespace
 
-std::string resolve_one_tap(const Module& net, const std::string& tap, const std::string& who) {
-  try {
-    return net.resolve_tap(tap);
-  } catch (const Error& e) {
-    throw Error(who + ": " + e.what());
-  }
+void resolve_tap_pair(const Strategy& self, const Module& student, const Module* teacher, std::string* s,
+                      std::string& t) {
+  if (s) *s = naming(self, "student", "tap", student, [&] { return student.resolve_tap(*s); });
+  if (teacher) t = naming(self, "teacher", "tap", *teacher, [&] { return teacher->resolve_tap(t); });
+}
+
+void resolve_tap_lists(const Strategy& self, const Module& student, const Module* teacher,
+                       std::vector<std::string>& s, std::vector<std::string>& t, const std::string& noun,
+                       size_t min) {
+  s = naming(self, "student", noun, student, [&] { return student.resolve_taps(s); });
+  if (teacher) t = naming(self, "teacher", noun, *teacher, [&] { return teacher->resolve_taps(t); });
+  RETORT_CHECK(s.size() == t.size() && s.size() >= min, self.type_name(), ": the student's ", noun, " (",
+               student.type_name(), ": ", detail::join(s), ") and the teacher's (",
+               teacher ? teacher->type_name() : std::string("none"), ": ", detail::join(t), ") must pair one to one",
+               min > 1 ? detail::cat(", at least ", min, " each") : std::string(), "; name them with student_", noun,
+               " and teacher_", noun);
 }
 
 void StageStrategy::resolve_stage_aliases(const Module& student, const Module* teacher) {
-  s_taps_ = resolve_tap_list(student, s_taps_, type_name() + " student_taps on " + student.type_name());
-  if (teacher) t_taps_ = resolve_tap_list(*teacher, t_taps_, type_name() + " teacher_taps on " + teacher->type_name());
-  RETORT_CHECK(s_taps_.size() == t_taps_.size() && s_taps_.size() >= min_taps_, type_name(), ": the student's taps (",
-               student.type_name(), ": ", detail::join(s_taps_), ") and the teacher's (",
-               teacher ? teacher->type_name() : std::string("none"), ": ", detail::join(t_taps_),
-               ") must pair one to one", min_taps_ > 1 ? detail::cat(", at least ", min_taps_, " each") : std::string(),
-               "; name them with student_taps and teacher_taps");
+  resolve_tap_lists(*this, student, teacher, s_taps_, t_taps_, "taps", min_taps_);
 }
 
 std::string StageStrategy::stage_label(size_t i) const {

@@ -44,8 +44,7 @@ class CRDStrategy final : public Strategy {
   std::vector<std::string> student_taps() const override { return {o_.s_tap}; }
   std::vector<std::string> teacher_taps() const override { return {o_.t_tap}; }
   void resolve_stage_aliases(const Module& student, const Module* teacher) override {
-    o_.s_tap = resolve_one_tap(student, o_.s_tap, "crd student_tap on " + student.type_name());
-    if (teacher) o_.t_tap = resolve_one_tap(*teacher, o_.t_tap, "crd teacher_tap on " + teacher->type_name());
+    resolve_tap_pair(*this, student, teacher, &o_.s_tap, o_.t_tap);
   }
   bool uses_teacher_logits() const override { return false; }
 

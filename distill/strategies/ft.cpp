@@ -44,8 +44,7 @@ class FTStrategy final : public Strategy {
   }
   std::vector<std::string> teacher_taps() const override { return {o_.t_tap}; }
   void resolve_stage_aliases(const Module& student, const Module* teacher) override {
-    if (!o_.paraphraser_phase) o_.s_tap = resolve_one_tap(student, o_.s_tap, "ft student_tap on " + student.type_name());
-    if (teacher) o_.t_tap = resolve_one_tap(*teacher, o_.t_tap, "ft teacher_tap on " + teacher->type_name());
+    resolve_tap_pair(*this, student, teacher, o_.paraphraser_phase ? nullptr : &o_.s_tap, o_.t_tap);  // no student then
   }
   bool uses_teacher_logits() const override { return false; }
 

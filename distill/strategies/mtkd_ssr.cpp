@@ -52,13 +52,7 @@ class MtkdSsrStrategy final : public Strategy {
   std::vector<std::string> student_taps() const override { return o_.s_stages; }
   std::vector<std::string> teacher_taps() const override { return o_.t_stages; }
   void resolve_stage_aliases(const Module& student, const Module* teacher) override {
-    o_.s_stages = resolve_tap_list(student, o_.s_stages, "mtkd_ssr student_stages on " + student.type_name());
-    if (teacher)
-      o_.t_stages = resolve_tap_list(*teacher, o_.t_stages, "mtkd_ssr teacher_stages on " + teacher->type_name());
-    RETORT_CHECK(o_.s_stages.size() == o_.t_stages.size(), "mtkd_ssr: the student's stages (",
-                 student.type_name(), ": ", detail::join(o_.s_stages), ") and the teacher's (",
-                 teacher ? teacher->type_name() : std::string("none"), ": ", detail::join(o_.t_stages),
-                 ") must pair one to one; name them with student_stages and teacher_stages");
+    resolve_tap_lists(*this, student, teacher, o_.s_stages, o_.t_stages, "stages");
   }
 
   void build(const TapShapes& shapes, Generator& gen) override {

@@ -16,8 +16,7 @@ class PKTStrategy final : public Strategy {
   std::vector<std::string> student_taps() const override { return {s_tap_}; }
   std::vector<std::string> teacher_taps() const override { return {t_tap_}; }
   void resolve_stage_aliases(const Module& student, const Module* teacher) override {
-    s_tap_ = resolve_one_tap(student, s_tap_, "pkt student_tap on " + student.type_name());
-    if (teacher) t_tap_ = resolve_one_tap(*teacher, t_tap_, "pkt teacher_tap on " + teacher->type_name());
+    resolve_tap_pair(*this, student, teacher, &s_tap_, t_tap_);
   }
   bool uses_teacher_logits() const override { return false; }
   Tensor compute(const DistillContext& ctx) override {

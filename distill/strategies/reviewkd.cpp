@@ -24,12 +24,7 @@ class ReviewKDStrategy final : public Strategy {
   std::vector<std::string> student_taps() const override { return s_taps_; }
   std::vector<std::string> teacher_taps() const override { return t_taps_; }
   void resolve_stage_aliases(const Module& student, const Module* teacher) override {
-    s_taps_ = resolve_tap_list(student, s_taps_, "reviewkd student_taps on " + student.type_name());
-    if (teacher) t_taps_ = resolve_tap_list(*teacher, t_taps_, "reviewkd teacher_taps on " + teacher->type_name());
-    RETORT_CHECK(s_taps_.size() == t_taps_.size(), "reviewkd: the student's taps (", student.type_name(), ": ",
-                 detail::join(s_taps_), ") and the teacher's (", teacher ? teacher->type_name() : std::string("none"),
-                 ": ", detail::join(t_taps_), ") must pair one to one (one per level); name them with student_taps ",
-                 "and teacher_taps");
+    resolve_tap_lists(*this, student, teacher, s_taps_, t_taps_, "taps");  // one per level
   }
   bool uses_teacher_logits() const override { return false; }
 

@@ -121,8 +121,7 @@ std::vector<std::string> SokdStrategy::teacher_taps() const {
 }
 
 void SokdStrategy::resolve_stage_aliases(const Module& student, const Module* teacher) {
-  o_.s_tap = resolve_one_tap(student, o_.s_tap, "sokd student_tap on " + student.type_name());
-  if (teacher) o_.t_tap = resolve_one_tap(*teacher, o_.t_tap, "sokd teacher_tap on " + teacher->type_name());
+  resolve_tap_pair(*this, student, teacher, &o_.s_tap, o_.t_tap);
   if (o_.host) o_.host->resolve_stage_aliases(student, teacher);
 }
 

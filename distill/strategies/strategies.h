@@ -17,10 +17,17 @@ struct StageTaps {
   std::vector<std::string> student, teacher;
 };
 StageTaps read_stage_taps(JsonReader& p, const std::vector<std::string>& default_student_taps);
-// Module::resolve_taps / resolve_tap on `net`, an error beginning with `who` ("at student_taps on ResNet").
-std::vector<std::string> resolve_tap_list(const Module& net, const std::vector<std::string>& taps,
-                                          const std::string& who);
-std::string resolve_one_tap(const Module& net, const std::string& tap, const std::string& who);
+// Strategy::resolve_stage_aliases for a strategy reading one tap on each side ("student_tap" and
+// "teacher_tap"): both resolved in place (Module::resolve_tap), an error beginning "<type> student_tap on
+// <network>: ". A null `s` leaves the student's side alone; the teacher's is resolved when there is one.
+void resolve_tap_pair(const Strategy& self, const Module& student, const Module* teacher, std::string* s,
+                      std::string& t);
+// The same for lists ("student_<noun>" / "teacher_<noun>", noun "taps" or "stages"; Module::resolve_taps
+// expands "stages"): once resolved they must pair one to one, at least `min` each (an error naming both
+// networks' lists and the keys).
+void resolve_tap_lists(const Strategy& self, const Module& student, const Module* teacher,
+                       std::vector<std::string>& s, std::vector<std::string>& t, const std::string& noun,
+                       size_t min = 1);
 
 // A strategy that compares the two networks stage by stage, stage i being student tap i against
 // teacher tap i (AT, SP, VID, NST, OFD, AB, FSP): it reads the taps, answers the feature methods' way (no

@@ -29,6 +29,8 @@
 // double), whatever the thread count.
 #include <algorithm>
 #include <atomic>
+#include <bit>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -78,20 +80,25 @@ bool supported(const Shape& x, const Shape& w, const Shape& y, const Conv2dParam
          d.taps() <= kMaxTaps && d.N > 0 && d.C > 0;
 }
 
+// A slot's mask: all ones (keep) or zero (drop), as wide as T, so that masking is a bitwise and.
+template <class T>
+using MaskOf = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+
 // The tap masks of a full segment, shared by every segment of the call (a shorter last segment uses a
-// prefix): mk[t*L + j] = 1 where tap t at slot j stays inside the plane, reading forward (j + off_t: the
-// forward and the weight gradient) or backward (j - off_t: the data gradient). They depend only on the
-// position within the plane, so one plane is worked out and repeated.
-std::vector<unsigned char> build_masks(const Dw& d, bool backward) {
+// prefix): mk[t*L + j] = ~0 where tap t at slot j stays inside the plane, reading forward (j + off_t:
+// the forward and the weight gradient) or backward (j - off_t: the data gradient). They depend only on
+// the position within the plane, so one plane is worked out and repeated.
+template <class T>
+std::vector<MaskOf<T>> build_masks(const Dw& d, bool backward) {
   const int64_t hw = d.hw(), len = d.seg_channels() * hw;
-  std::vector<unsigned char> mk(static_cast<size_t>(d.taps() * len));
+  std::vector<MaskOf<T>> mk(static_cast<size_t>(d.taps() * len));
   for (int64_t t = 0; t < d.taps(); ++t) {
     const int64_t dh = t / d.KW - d.ph, dw = t % d.KW - d.pw;
     const int64_t sh = backward ? -dh : dh, sw = backward ? -dw : dw;
-    unsigned char* mt = mk.data() + t * len;
+    MaskOf<T>* mt = mk.data() + t * len;
     for (int64_t q = 0; q < hw; ++q) {
       const int64_t h = q / d.W + sh, w = q % d.W + sw;
-      mt[q] = h >= 0 && h < d.H && w >= 0 && w < d.W;
+      mt[q] = h >= 0 && h < d.H && w >= 0 && w < d.W ? ~MaskOf<T>(0) : MaskOf<T>(0);
     }
     for (int64_t c = 1; c < d.seg_channels(); ++c) std::copy_n(mt, hw, mt + c * hw);
   }
@@ -106,28 +113,31 @@ void fill_weights(const Dw& d, const T* w, int64_t c0, int64_t b, T* wv) {
     for (int64_t c = 0; c < b; ++c) std::fill_n(wv + t * len + c * hw, hw, w[(c0 + c) * d.taps() + t]);
 }
 
-// One tap over a segment: out[j] += m[j] ? a[j] * b[j] : 0. A function of its own (not inlined) so
-// that GCC vectorises it: inlined into the loop over taps, -O3's unroll-and-jam fused two taps into
-// one scalar loop instead (measured 5x slower).
+// One tap over a segment: out[j] += m[j] ? a[j] * b[j] : 0, written as a bitwise and of the product
+// with the slot's mask. A function of its own (not inlined) so that GCC vectorises it: inlined into
+// the loop over taps, -O3's unroll-and-jam fused two taps into one scalar loop instead (measured 5x
+// slower). The mask is not a byte and not a ?: because GCC 12 left those forms scalar in the AVX2
+// clone (-ftrapping-math forbids evaluating a product the ?: might skip; byte masks then need
+// widening): 5x slower again, found by perf in session 23.
 template <class T>
 __attribute__((noinline)) RETORT_SIMD_CLONES void masked_fma(const T* __restrict a, const T* __restrict b,
-                                                            const unsigned char* __restrict m, int64_t len,
+                                                            const MaskOf<T>* __restrict m, int64_t len,
                                                             T* __restrict out) {
 #pragma omp simd
-  for (int64_t j = 0; j < len; ++j) out[j] += m[j] ? a[j] * b[j] : T(0);
+  for (int64_t j = 0; j < len; ++j) out[j] += std::bit_cast<T>(std::bit_cast<MaskOf<T>>(a[j] * b[j]) & m[j]);
 }
 
 // out[j] += sum_t mk_t[j] ? wv_t[j] * src[j + sign * off_t]; src points at the segment's first value
 // inside a buffer with margin() readable values on each side; mk rows are L = seg_channels * HW apart.
 template <class T>
-void stencil(const Dw& d, const T* src, const T* wv, const unsigned char* mk, int64_t len, int sign, T* out) {
+void stencil(const Dw& d, const T* src, const T* wv, const MaskOf<T>* mk, int64_t len, int sign, T* out) {
   const int64_t mstride = d.seg_channels() * d.hw();
   for (int64_t t = 0; t < d.taps(); ++t) masked_fma(wv + t * len, src + sign * d.off(t), mk + t * mstride, len, out);
 }
 
 // acc_t[j] += mk_t[j] ? g[j] * src[j + off_t] for every tap (acc rows len apart).
 template <class T>
-void weight_taps(const Dw& d, const T* g, const T* src, const unsigned char* mk, int64_t len, T* acc) {
+void weight_taps(const Dw& d, const T* g, const T* src, const MaskOf<T>* mk, int64_t len, T* acc) {
   const int64_t mstride = d.seg_channels() * d.hw();
   for (int64_t t = 0; t < d.taps(); ++t) masked_fma(g, src + d.off(t), mk + t * mstride, len, acc + t * len);
 }
@@ -156,7 +166,7 @@ bool parallel(const Dw& d) { return d.N * d.C * d.hw() * d.taps() > kParallelGra
 // each output value is written by one iteration.
 template <class T>
 void forward_or_data(const Dw& d, const T* in, const T* w, const T* bias, T* out, bool backward) {
-  const std::vector<unsigned char> mk = build_masks(d, backward);
+  const std::vector<MaskOf<T>> mk = build_masks<T>(d, backward);
   const int64_t chunks = (d.N + kBatchChunk - 1) / kBatchChunk, items = d.segments() * chunks;
   const int64_t m = d.margin(), full = d.seg_channels() * d.hw();
   // A strided forward computes the stride-1 plane into `plane` and keeps every s-th value; a strided
@@ -191,7 +201,7 @@ void forward_or_data(const Dw& d, const T* in, const T* w, const T* bias, T* out
 // Parallel over segments; each sums its channels' taps over the whole batch.
 template <class T>
 void backward_weight(const Dw& d, const T* gy, const T* x, T* gw) {
-  const std::vector<unsigned char> mk = build_masks(d, false);
+  const std::vector<MaskOf<T>> mk = build_masks<T>(d, false);
   const int64_t m = d.margin(), kk = d.taps(), full = d.seg_channels() * d.hw();
 #pragma omp parallel if (parallel(d))
   {

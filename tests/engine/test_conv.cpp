@@ -144,6 +144,8 @@ std::vector<Case> cases() {
       {"pointwise_f32", {4, 32, 12, 12}, {24, 32, 1, 1}, params(1, 1, 0, 0), true, f32},
       {"pointwise_f64_no_bias", {3, 16, 9, 7}, {8, 16, 1, 1}, params(1, 1, 0, 0), false, f64},
       {"pointwise_groups4_f32", {4, 16, 10, 10}, {32, 4, 1, 1}, params(1, 1, 0, 0, 1, 1, 4), true, f32},
+      // Grouped 1x1 on a plane of <= 64 values: the default F32 path runs conv.cpp's GEMMs, not oneDNN.
+      {"pointwise_groups3_small_plane_f32", {6, 24, 8, 8}, {12, 8, 1, 1}, params(1, 1, 0, 0, 1, 1, 3), true, f32},
       {"pointwise_stride2_f64", {2, 8, 11, 11}, {8, 8, 1, 1}, params(2, 2, 0, 0), true, f64},
       {"no_bias_asymmetric_f32", {3, 6, 11, 9}, {5, 6, 3, 2}, params(2, 1, 1, 0, 1, 2), false, f32},
       {"padding_wider_than_kernel_f64", {2, 3, 6, 6}, {4, 3, 2, 2}, params(1, 2, 3, 3), true, f64},
@@ -322,6 +324,28 @@ TEST(Conv2d, OneDnnRunsF32ConvolutionsByDefault) {
   before = cpu::dnnl_conv_calls();
   conv2d(x.to(DType::F64), w.to(DType::F64), Tensor(), 1, 1);
   EXPECT_EQ(cpu::dnnl_conv_calls() - before, 0);
+  cpu::set_conv_impl(saved);
+}
+
+// Grouped (not depthwise) 1x1 convolutions on small planes skip oneDNN by default (its reorders cost more
+// than the GEMMs there); larger planes, ungrouped and depthwise 1x1 layers and forced oneDNN still use it.
+TEST(Conv2d, SmallPlaneGroupedPointwiseRunsOnGemms) {
+  const cpu::ConvImpl saved = cpu::conv_impl();
+  Generator gen(29);
+  auto dnnl_calls = [&](Shape xs, Shape ws, int64_t groups) {
+    Tensor x = Tensor::randn(xs, gen).set_requires_grad();
+    Tensor w = Tensor::randn(ws, gen).set_requires_grad();
+    const int64_t before = cpu::dnnl_conv_calls();
+    sum(conv2d(x, w, Tensor(), 1, 0, 1, groups)).backward();
+    return cpu::dnnl_conv_calls() - before;
+  };
+  cpu::set_conv_impl(cpu::ConvImpl::Auto);
+  EXPECT_EQ(dnnl_calls({2, 24, 8, 8}, {12, 8, 1, 1}, 3), 0);
+  EXPECT_EQ(dnnl_calls({2, 24, 4, 4}, {48, 8, 1, 1}, 3), 0);
+  EXPECT_EQ(dnnl_calls({2, 24, 9, 8}, {12, 8, 1, 1}, 3), 3);   // 72 values a plane
+  EXPECT_EQ(dnnl_calls({2, 24, 8, 8}, {12, 24, 1, 1}, 1), 3);  // ungrouped
+  cpu::set_conv_impl(cpu::ConvImpl::Dnnl);
+  EXPECT_EQ(dnnl_calls({2, 24, 8, 8}, {12, 8, 1, 1}, 3), 3);
   cpu::set_conv_impl(saved);
 }
 

@@ -58,7 +58,12 @@ void unary_typed(UnaryOp op, const T* x, T* y, int64_t n, T a, T b) {
       break;
     case UnaryOp::Clamp: map_unary(x, y, n, [a, b](T v) { return v < a ? a : (v > b ? b : v); }); break;
     case UnaryOp::Affine: map_unary(x, y, n, [a, b](T v) { return a * v + b; }); break;
-    case UnaryOp::LeakyRelu: map_unary(x, y, n, [a](T v) { return v > 0 ? v : a * v; }); break;
+    case UnaryOp::LeakyRelu:  // the product outside the ?: (GCC won't speculate it, and the loop stays scalar)
+      map_unary(x, y, n, [a](T v) {
+        const T av = a * v;
+        return v > 0 ? v : av;
+      });
+      break;
   }
 }
 

@@ -7,7 +7,8 @@
 //   backward input   col = W_g^T @ gy[n, g], scattered into gx by col2im (accumulating)
 //   backward weight  gW_g += gy[n, g] @ col^T
 // F32 calls go to oneDNN first (conv_dnnl.cpp) and come here only for shapes it has no JIT kernel
-// for, or with RETORT_CPU_CONV=im2col; F64 always runs here. Two special cases:
+// for, for the 1x1 shapes that run faster here (small per-sample GEMMs: dnnl_conv2d says which), or
+// with RETORT_CPU_CONV=im2col; F64 always runs here. Two special cases:
 //  - 1x1 kernel, stride 1, no padding: the input plane [Cg, H*W] already is the column matrix, so
 //    there is no im2col/col2im at all.
 //  - depthwise (groups == C == O): each group's GEMM would have a single row, which BLAS runs

@@ -262,6 +262,10 @@ Entry build(Dnnl& d, DnnlConvDir dir, const Shape& xs, const Shape& ws, const Sh
       }
       e.scratch = fwd_pd.scratchpad_desc();
       e.impl_name = fwd_pd.impl_info_str();
+      // oneDNN 2.6's GEMM-based kernels apply binary post-ops element by element: ShuffleNetV1's
+      // grouped 1x1 layers on 16x16 planes took 240-300 ms a call fused, against 1.5 ms for the same
+      // kernel without them (2 threads). The two-kernel path (conv, then the eval batch norm) runs those.
+      if (epi && !e.fold_bn && e.impl_name.find("gemm") != std::string::npos) return e;
     } else if (dir == DnnlConvDir::BackwardData) {
       const auto bd = dnnl::convolution_backward_data::desc(alg, any_like(x_user),
                                                             any_like(w_user, in_t), any_like(y_user, in_t), strides,
@@ -416,14 +420,21 @@ bool dnnl_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape&
   if (impl_setting() == ConvImpl::Auto && dir == DnnlConvDir::BackwardWeight && p.groups > 1 &&
       p.groups == xs[1] && ys[2] * ys[3] < 64)
     return false;
-  // Grouped (not depthwise) 1x1 convolutions on planes of <= 64 values, ShuffleNetV1's g=3 layers on
-  // 8x8 and 4x4 maps: oneDNN runs them at 20-50 GFLOP/s with up to 40 % of the time in reorders, the
-  // per-sample GEMMs of conv.cpp at 60-110 (2-4x faster in all three directions, 2 threads; 16x16
-  // planes and ungrouped 1x1 layers are mixed or favour oneDNN, so they stay). bf16 keeps oneDNN, the
-  // only path that rounds operands to bf16.
-  if (impl_setting() == ConvImpl::Auto && !bf16_setting() && p.groups > 1 && p.groups < xs[1] && ws[2] == 1 &&
-      ws[3] == 1 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0 && ys[2] * ys[3] <= 64)
-    return false;
+  // 1x1 stride-1 convolutions whose per-sample GEMMs are small run faster on conv.cpp's GEMMs (OpenBLAS,
+  // straight on NCHW) than in oneDNN, which spends up to 70 % of such calls reordering NCHW to and from
+  // its blocked layouts. Measured in situ (retort-bench --profile, batch 64, 2 threads, session 23):
+  //  - grouped, plane <= 64 values (ShuffleNetV1's g=3 layers on 8x8 and 4x4): 2-4x faster in all
+  //    three directions; on 16x16 planes the two are mixed, so those stay;
+  //  - ungrouped, plane >= 16 values and C*O*plane <= 2^22 multiply-adds a sample (MobileNetV2's
+  //    expansions and projections, the CIFAR ResNets' 1x1 shortcut in layer1, ShuffleV1's first unit):
+  //    1.3-3x; ResNet50's 64<->256 layers on 32x32 (2^24) were as fast or slower, 2x2 planes
+  //    no faster.
+  // bf16 keeps oneDNN, the only path that rounds operands to bf16.
+  if (impl_setting() == ConvImpl::Auto && !bf16_setting() && ws[2] == 1 && ws[3] == 1 && p.stride_h == 1 &&
+      p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0 && p.groups < xs[1]) {
+    const int64_t plane = ys[2] * ys[3];
+    if (p.groups > 1 ? plane <= 64 : plane >= 16 && ws[0] * ws[1] * plane <= (int64_t{1} << 22)) return false;
+  }
   Dnnl& d = dnnl_state();
   std::lock_guard<std::mutex> lock(d.mu);
   const bool bf16 = bf16_setting();

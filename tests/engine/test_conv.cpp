@@ -142,6 +142,8 @@ std::vector<Case> cases() {
       {"depthwise_big_plane_f32", {2, 3, 40, 40}, {3, 1, 3, 3}, params(1, 1, 1, 1, 1, 1, 3), false, f32},
       {"depthwise_multiplier_f64", {2, 4, 10, 10}, {8, 1, 3, 3}, params(1, 1, 1, 1, 1, 1, 4), true, f64},
       {"pointwise_f32", {4, 32, 12, 12}, {24, 32, 1, 1}, params(1, 1, 0, 0), true, f32},
+      // (the one above runs on conv.cpp's GEMMs by default, this one in oneDNN: see dnnl_conv2d)
+      {"pointwise_large_f32", {2, 256, 16, 16}, {128, 256, 1, 1}, params(1, 1, 0, 0), true, f32},
       {"pointwise_f64_no_bias", {3, 16, 9, 7}, {8, 16, 1, 1}, params(1, 1, 0, 0), false, f64},
       {"pointwise_groups4_f32", {4, 16, 10, 10}, {32, 4, 1, 1}, params(1, 1, 0, 0, 1, 1, 4), true, f32},
       // Grouped 1x1 on a plane of <= 64 values: the default F32 path runs conv.cpp's GEMMs, not oneDNN.
@@ -327,9 +329,10 @@ TEST(Conv2d, OneDnnRunsF32ConvolutionsByDefault) {
   cpu::set_conv_impl(saved);
 }
 
-// Grouped (not depthwise) 1x1 convolutions on small planes skip oneDNN by default (its reorders cost more
-// than the GEMMs there); larger planes, ungrouped and depthwise 1x1 layers and forced oneDNN still use it.
-TEST(Conv2d, SmallPlaneGroupedPointwiseRunsOnGemms) {
+// 1x1 convolutions with small per-sample GEMMs skip oneDNN by default (its reorders cost more than the
+// GEMMs there): grouped ones on planes of <= 64 values, ungrouped ones on planes of >= 16 values with
+// C*O*plane <= 2^22. Larger ones, 2x2 planes and forced oneDNN still use it.
+TEST(Conv2d, SmallPointwiseConvolutionsRunOnGemms) {
   const cpu::ConvImpl saved = cpu::conv_impl();
   Generator gen(29);
   auto dnnl_calls = [&](Shape xs, Shape ws, int64_t groups) {
@@ -342,10 +345,14 @@ TEST(Conv2d, SmallPlaneGroupedPointwiseRunsOnGemms) {
   cpu::set_conv_impl(cpu::ConvImpl::Auto);
   EXPECT_EQ(dnnl_calls({2, 24, 8, 8}, {12, 8, 1, 1}, 3), 0);
   EXPECT_EQ(dnnl_calls({2, 24, 4, 4}, {48, 8, 1, 1}, 3), 0);
-  EXPECT_EQ(dnnl_calls({2, 24, 9, 8}, {12, 8, 1, 1}, 3), 3);   // 72 values a plane
-  EXPECT_EQ(dnnl_calls({2, 24, 8, 8}, {12, 24, 1, 1}, 1), 3);  // ungrouped
+  EXPECT_EQ(dnnl_calls({2, 24, 9, 8}, {12, 8, 1, 1}, 3), 3);       // grouped, 72 values a plane
+  EXPECT_EQ(dnnl_calls({2, 24, 8, 8}, {12, 24, 1, 1}, 1), 0);      // ungrouped, 12*24*64 multiply-adds
+  EXPECT_EQ(dnnl_calls({2, 64, 32, 32}, {64, 64, 1, 1}, 1), 0);    // 2^22
+  EXPECT_EQ(dnnl_calls({2, 128, 32, 32}, {64, 128, 1, 1}, 1), 3);  // 2^23
+  EXPECT_EQ(dnnl_calls({2, 24, 2, 2}, {12, 24, 1, 1}, 1), 3);      // 2x2 plane
   cpu::set_conv_impl(cpu::ConvImpl::Dnnl);
   EXPECT_EQ(dnnl_calls({2, 24, 8, 8}, {12, 8, 1, 1}, 3), 3);
+  EXPECT_EQ(dnnl_calls({2, 24, 8, 8}, {12, 24, 1, 1}, 1), 3);
   cpu::set_conv_impl(saved);
 }
 
@@ -467,7 +474,8 @@ TEST(Conv2dBnEval, MatchesConvThenEvalBatchNorm) {
       {{4, 16, 12, 12}, {32, 16, 3, 3}, params(1, 1, 1, 1), false, true},
       {{2, 16, 9, 9}, {16, 16, 3, 3}, params(2, 2, 1, 1), true, true},
       {{3, 32, 8, 8}, {32, 1, 3, 3}, params(1, 1, 1, 1, 1, 1, 32), false, true},  // depthwise
-      {{2, 12, 7, 7}, {24, 4, 1, 1}, params(1, 1, 0, 0, 1, 1, 3), true, false},    // grouped 1x1
+      {{2, 12, 7, 7}, {24, 4, 1, 1}, params(1, 1, 0, 0, 1, 1, 3), true, false},    // grouped 1x1 (GEMMs)
+      {{2, 12, 10, 10}, {24, 4, 1, 1}, params(1, 1, 0, 0, 1, 1, 3), false, true},  // grouped 1x1 (oneDNN)
       {{2, 3, 10, 10}, {8, 3, 3, 3}, params(1, 1, 1, 1), false, false},
   };
   Generator gen(11);
@@ -499,6 +507,26 @@ TEST(Conv2dBnEval, MatchesConvThenEvalBatchNorm) {
             EXPECT_TRUE(std::all_of(v.begin(), v.end(), [](double e) { return e >= 0; }));
           }
         }
+  cpu::set_conv_impl(saved);
+}
+
+// oneDNN's GEMM-based convolution applies the epilogue's binary post-ops element by element (200x
+// slower on ShuffleNetV1's grouped 1x1 layers): a fused call never keeps such a kernel, and the result
+// still matches the two-kernel path.
+TEST(Conv2dBnEval, FusedEpilogueIsNeverAGemmKernel) {
+  const cpu::ConvImpl saved = cpu::conv_impl();
+  cpu::set_conv_impl(cpu::ConvImpl::Auto);
+  Generator gen(13);
+  NoGradGuard ng;
+  const Tensor x = Tensor::randn({2, 60, 16, 16}, gen), w = Tensor::randn({240, 20, 1, 1}, gen, DType::F32, 0.0, 0.3);
+  const Tensor rm = Tensor::randn({240}, gen), rv = rand_t({240}, gen, DType::F32, 0.2, 3.0);
+  const Tensor got = conv2d_bn_eval(x, w, Tensor(), params(1, 1, 0, 0, 1, 1, 3), Tensor(), Tensor(), rm, rv, 1e-5, true);
+  const Tensor ref = relu(batch_norm(conv2d(x, w, Tensor(), params(1, 1, 0, 0, 1, 1, 3)), rm, rv, Tensor(), Tensor(),
+                                     false, 0.1, 1e-5));
+  EXPECT_LE(max_abs_diff(got, ref), 2e-4);
+  for (const std::string& c : cpu::dnnl_conv_choices()) {
+    if (c.rfind("fwd+bn", 0) == 0) EXPECT_EQ(c.find("gemm"), std::string::npos) << c;
+  }
   cpu::set_conv_impl(saved);
 }
 

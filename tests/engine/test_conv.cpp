@@ -525,7 +525,9 @@ TEST(Conv2dBnEval, FusedEpilogueIsNeverAGemmKernel) {
                                      false, 0.1, 1e-5));
   EXPECT_LE(max_abs_diff(got, ref), 2e-4);
   for (const std::string& c : cpu::dnnl_conv_choices()) {
-    if (c.rfind("fwd+bn", 0) == 0) EXPECT_EQ(c.find("gemm"), std::string::npos) << c;
+    if (c.rfind("fwd+bn", 0) == 0) {
+      EXPECT_EQ(c.find("gemm"), std::string::npos) << c;
+    }
   }
   cpu::set_conv_impl(saved);
 }

@@ -195,6 +195,10 @@ def vgg8(num_classes=100, in_channels=3):
     return VGG([[64], [128], [256], [512], [512]], num_classes, in_channels)
 
 
+def vgg13(num_classes=100, in_channels=3):  # a teacher of the CRD table's cross-family pairs
+    return VGG([[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]], num_classes, in_channels)
+
+
 # ---- MobileNetV2 for CIFAR (mobilenetv2.py) ---------------------------------------------------------
 
 def _conv_bn_relu(cin, cout, k, stride):
@@ -412,6 +416,7 @@ MODELS = {
     "resnet20": resnet20,
     "wrn_16_2": wrn_16_2,
     "vgg8": vgg8,
+    "vgg13": vgg13,
     "mobile_half": mobile_half,
     "ShuffleV2": ShuffleV2,
     "ShuffleV1": ShuffleV1,

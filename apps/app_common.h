@@ -20,7 +20,9 @@
 #include "distill/experiment.h"
 #include "distill/trainer.h"
 #include "engine/backend.h"
+#include "engine/env.h"
 #include "engine/error.h"
+#include "layers/layers.h"
 #include "models/registry.h"
 
 namespace retort::app {
@@ -28,11 +30,9 @@ namespace retort::app {
 // 130: as a shell reports a process stopped by SIGINT (the Trainer stops cleanly on SIGINT and SIGTERM).
 enum ExitCode { kOk = 0, kUsage = 1, kRuntime = 2, kNonFinite = 3, kGradcheckFailed = 4, kInterrupted = 130 };
 
-// A mistake in what the user asked for (config, flags): exit code 1.
-class UsageError : public Error {
- public:
-  using Error::Error;
-};
+// A mistake in what the user asked for (config, flags, environment): exit code 1. The library throws
+// the same type (retort::ConfigError) for such mistakes it finds itself, e.g. a resume whose config changed.
+using UsageError = ConfigError;
 
 // Parses the command line. Returns nothing to go on, or the exit code to end with: 0 after --help
 // (CLI11 prints it), 1 for any parse error (CLI11's own codes, 105 and up, are not the apps'), printed
@@ -55,6 +55,8 @@ inline std::optional<int> parse_command_line(CLI::App& cli, const char* app, int
 // Runs body, printing any error as "<app>: <message>" and returning the matching exit code.
 inline int run_guarded(const char* app, const std::function<int()>& body) {
   try {
+    check_environment();   // a bad RETORT_* variable is refused before any work
+    eval_fusion_enabled();  // (RETORT_FUSE_EVAL, read by the layers library)
     return body();
   } catch (const UsageError& e) {
     std::fprintf(stderr, "%s: %s\n", app, e.what());

@@ -489,7 +489,7 @@ bool Trainer::check_resumed_config(const std::string& path, const std::string& s
   }
   if (!how.empty()) log("config changed since the checkpoint (same recipe): " + detail::join(how, "; "));
   if (what.empty()) return true;
-  RETORT_CHECK(allow_config_change_, path, ": this run's config differs from the checkpoint's in what it trains: ",
+  RETORT_CHECK_CONFIG(allow_config_change_, path, ": this run's config differs from the checkpoint's in what it trains: ",
                detail::join(what, "; "), ". Resume with the checkpoint's values, start a new run (another experiment.name or ",
                "--run-dir), or pass --allow-config-change to continue with the new ones");
   log("config changed since the checkpoint, accepted (--allow-config-change; the optimizer takes the new "

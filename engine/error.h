@@ -15,6 +15,14 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& what) : std::runtime_error(what) {}
 };
 
+// A mistake in what the user asked for — a config key, a flag, an environment variable, a resume whose
+// config changed — rather than in the data, a file or the machine: the apps exit 1 for it (2 for other
+// errors).
+class ConfigError : public Error {
+ public:
+  using Error::Error;
+};
+
 namespace detail {
 template <class... Args>
 std::string cat(const Args&... args) {
@@ -40,3 +48,9 @@ std::string join(const Range& items, const std::string& sep = ", ") {
   } while (0)
 
 #define RETORT_FAIL(...) throw ::retort::Error(::retort::detail::cat(__VA_ARGS__))
+
+// RETORT_CHECK for a ConfigError.
+#define RETORT_CHECK_CONFIG(cond, ...)                                          \
+  do {                                                                          \
+    if (!(cond)) throw ::retort::ConfigError(::retort::detail::cat(__VA_ARGS__)); \
+  } while (0)

@@ -9,6 +9,7 @@
 
 #include "engine/backend.h"
 #include "engine/autograd.h"
+#include "engine/env.h"
 #include "engine/functions.h"
 #include "layers/init.h"
 
@@ -175,13 +176,8 @@ Tensor bn_relu(BatchNorm2d& bn, ReLU& relu_module, const Tensor& x) {
 
 namespace {
 
-bool initial_eval_fusion() {
-  const char* env = std::getenv("RETORT_FUSE_EVAL");
-  return !(env && std::string(env) == "0");
-}
-
 bool& eval_fusion_setting() {
-  static bool on = initial_eval_fusion();
+  static bool on = env_switch("RETORT_FUSE_EVAL", true);
   return on;
 }
 

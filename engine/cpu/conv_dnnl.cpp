@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "engine/cpu/cpu_backend.h"
+#include "engine/env.h"
 #include "engine/profile.h"
 
 namespace retort::cpu {
@@ -54,7 +55,7 @@ ConvImpl initial_impl() {
   if (v == "auto") return ConvImpl::Auto;
   if (v == "im2col") return ConvImpl::Im2col;
   if (v == "dnnl" || v == "onednn") return ConvImpl::Dnnl;
-  RETORT_FAIL("environment variable RETORT_CPU_CONV=\"", v, "\": expected auto, im2col or dnnl");
+  throw ConfigError(detail::cat("environment variable RETORT_CPU_CONV=\"", v, "\": expected auto, im2col or dnnl"));
 }
 
 ConvImpl& impl_setting() {
@@ -87,26 +88,24 @@ std::string avx512_unsupported_reason(const char* what) {
                      isa == "other" ? std::string("older than avx2") : isa, ")");
 }
 
-// A switch's starting value from the environment: `var` "1" on, "0" or unset off, anything else an
-// error; on is refused where this CPU lacks `what`.
-bool env_switch(const char* var, const char* what) {
-  const char* env = std::getenv(var);
-  if (!env || !*env || std::string(env) == "0") return false;
-  RETORT_CHECK(std::string(env) == "1", "environment variable ", var, "=\"", env, "\": expected 0 or 1");
+// A switch's starting value from the environment (retort::env_switch, off by default); on is refused
+// where this CPU lacks `what`.
+bool avx512_switch(const char* var, const char* what) {
+  if (!env_switch(var, false)) return false;
   const std::string why = avx512_unsupported_reason(what);
-  RETORT_CHECK(why.empty(), "environment variable ", var, "=1: ", why);
+  RETORT_CHECK_CONFIG(why.empty(), "environment variable ", var, "=1: ", why);
   return true;
 }
 
 bool& bf16_setting() {
-  static bool on = env_switch("RETORT_CPU_CONV_BF16", kBf16Convs);
+  static bool on = avx512_switch("RETORT_CPU_CONV_BF16", kBf16Convs);
   return on;
 }
 
 bool& winograd_setting() {
   static bool on = [] {
-    const bool v = env_switch("RETORT_CPU_CONV_WINOGRAD", kWinogradConvs);
-    RETORT_CHECK(!v || !bf16_setting(), "environment variables RETORT_CPU_CONV_WINOGRAD=1 and RETORT_CPU_CONV_BF16=1: ",
+    const bool v = avx512_switch("RETORT_CPU_CONV_WINOGRAD", kWinogradConvs);
+    RETORT_CHECK_CONFIG(!v || !bf16_setting(), "environment variables RETORT_CPU_CONV_WINOGRAD=1 and RETORT_CPU_CONV_BF16=1: ",
                  "oneDNN's Winograd kernels are F32 only; set one of them");
     return v;
   }();
@@ -373,10 +372,7 @@ void execute(Dnnl& d, Entry& e, const Shape& xs, const Shape& ws, const Shape& y
 }
 
 bool& tuning_setting() {
-  static bool on = [] {
-    const char* env = std::getenv("RETORT_CPU_CONV_TUNE");
-    return !(env && std::string(env) == "0");
-  }();
+  static bool on = env_switch("RETORT_CPU_CONV_TUNE", true);
   return on;
 }
 

@@ -53,6 +53,7 @@ bool depthwise_conv2d(DnnlConvDir dir, DType dt, const Shape& x, const Shape& w,
                       const Conv2dParams& p, const void* in0, const void* in1, const void* bias, void* out);
 // How many convolution calls the direct depthwise kernels have run in this process (for tests).
 int64_t depthwise_direct_calls();
+bool depthwise_direct_enabled();  // false with RETORT_CPU_DEPTHWISE=0
 // The kernel chosen for each convolution signature seen so far ("fwd+bn x[64, 16, 32, 32] w[...] g1:
 // jit:avx512_core (2 candidates)"): forwards time oneDNN's training-forward and inference-forward
 // kernels on their first call and keep the faster (RETORT_CPU_CONV_TUNE=0: always the first).
@@ -75,6 +76,7 @@ void host_empty_cache();
 // RETORT_HOST_MEMORY_LIMIT). Returns the previous cap. The machine's own headroom is checked either way
 // (memory.cpp).
 size_t set_host_memory_limit(size_t bytes);
+size_t host_memory_limit();  // the cap now (read from RETORT_HOST_MEMORY_LIMIT on first use)
 // What the machine can still give this process before the kernel's OOM killer acts: MemAvailable of
 // `meminfo`, and the least headroom (memory.max less the non-page-cache part of memory.current) of the
 // process's cgroup v2 group (from `proc_cgroup`) and every group above it under `cgroup_root`. bytes is

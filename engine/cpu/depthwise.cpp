@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "engine/cpu/cpu_backend.h"
+#include "engine/env.h"
 
 namespace retort::cpu {
 
@@ -63,10 +64,7 @@ struct Dw {
 std::atomic<int64_t> g_calls{0};
 
 bool direct_enabled() {
-  static const bool on = [] {
-    const char* env = std::getenv("RETORT_CPU_DEPTHWISE");
-    return !(env && std::string(env) == "0");
-  }();
+  static const bool on = env_switch("RETORT_CPU_DEPTHWISE", true);
   return on;
 }
 
@@ -267,5 +265,6 @@ bool depthwise_conv2d(DnnlConvDir dir, DType dt, const Shape& x, const Shape& w,
 }
 
 int64_t depthwise_direct_calls() { return g_calls.load(std::memory_order_relaxed); }
+bool depthwise_direct_enabled() { return direct_enabled(); }
 
 }  // namespace retort::cpu

@@ -101,7 +101,7 @@ size_t limit_from_environment() {
   const char unit = static_cast<char>(std::toupper(static_cast<unsigned char>(*end)));
   const double scale = unit == 'K' ? 1024.0 : unit == 'M' ? 1048576.0 : unit == 'G' ? 1073741824.0 : 1.0;
   if (scale != 1.0) ++end;
-  RETORT_CHECK(end != env && *end == '\0' && v > 0 && v * scale < 1e18, "environment variable RETORT_HOST_MEMORY_LIMIT=\"",
+  RETORT_CHECK_CONFIG(end != env && *end == '\0' && v > 0 && v * scale < 1e18, "environment variable RETORT_HOST_MEMORY_LIMIT=\"",
                env, "\": expected a number of bytes, optionally with K, M or G (\"6G\")");
   return static_cast<size_t>(v * scale);
 }
@@ -297,5 +297,7 @@ void CpuBackend::cast(const Tensor& src, Tensor& dst) {
     case DType::I64: cast_from(src.data<int64_t>(), dst, n); break;
   }
 }
+
+size_t host_memory_limit() { return memory_limit(); }
 
 }  // namespace retort::cpu

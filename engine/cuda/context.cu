@@ -9,6 +9,7 @@
 
 #include "engine/backend.h"
 #include "engine/cuda/cuda_device.h"
+#include "engine/env.h"
 
 namespace retort::cuda {
 
@@ -23,12 +24,15 @@ std::string where(const char* file, int line) {
 }
 std::string asked(const std::string& what) { return what.empty() ? std::string() : " while " + what; }
 
-bool env_flag(const char* name) {
-  const char* v = std::getenv(name);
-  return v && *v && std::string(v) != "0";
+// Read on first use (env_switch refuses a value other than 0 or 1; check_environment reads them first).
+bool& deterministic_setting() {
+  static bool on = env_switch("RETORT_CUDA_DETERMINISTIC", false);
+  return on;
 }
-bool g_deterministic = env_flag("RETORT_CUDA_DETERMINISTIC");
-bool g_allow_tf32 = env_flag("RETORT_ALLOW_TF32");
+bool& allow_tf32_setting() {
+  static bool on = env_switch("RETORT_ALLOW_TF32", false);
+  return on;
+}
 }  // namespace
 
 void fail_cuda(cudaError_t err, const char* expr, const char* file, int line, const std::string& what) {
@@ -145,11 +149,11 @@ Context& context(int index) {
   return *c;
 }
 
-bool deterministic() { return g_deterministic; }
-void set_deterministic(bool on) { g_deterministic = on; }
-bool allow_tf32() { return g_allow_tf32; }
+bool deterministic() { return deterministic_setting(); }
+void set_deterministic(bool on) { deterministic_setting() = on; }
+bool allow_tf32() { return allow_tf32_setting(); }
 void set_allow_tf32(bool on) {
-  g_allow_tf32 = on;
+  allow_tf32_setting() = on;
 }
 
 }  // namespace retort::cuda

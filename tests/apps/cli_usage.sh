@@ -136,4 +136,18 @@ expect 1 "--allow-config-change applies to a resumed run" "$bin/retort-train" "$
 expect 2 "holds a 'resnet8' model (its metadata 'arch'), but teacher.arch is 'resnet14'" \
   "$bin/retort-distill" "$tmp/kd.json" --run-dir "$tmp/arch" --set teacher.arch=resnet14
 expect 1 "give a file, --arch NAME or --distill CONFIG" "$bin/retort-inspect"
+# A RETORT_* environment variable with a value it does not take is a usage error at start, naming it
+# (a switch was read as on for anything but "0").
+expect 1 'environment variable RETORT_CPU_CONV="bogus": expected auto, im2col or dnnl' \
+  env RETORT_CPU_CONV=bogus "$bin/retort-train" "$tmp/a.json" --run-dir "$tmp/env1"
+[ ! -e "$tmp/env1" ] || { echo "FAIL: a refused environment left a run directory"; exit 1; }
+expect 1 'environment variable RETORT_FUSE_EVAL="off": expected 0 (off) or 1 (on); unset, it is on' \
+  env RETORT_FUSE_EVAL=off "$bin/retort-inspect" --arch resnet8
+expect 1 'environment variable RETORT_CPU_DEPTHWISE="no": expected 0 (off) or 1 (on)' \
+  env RETORT_CPU_DEPTHWISE=no "$bin/retort-inspect" --arch resnet8
+expect 1 'environment variable RETORT_HOST_MEMORY_LIMIT="lots"' \
+  env RETORT_HOST_MEMORY_LIMIT=lots "$bin/retort-inspect" --arch resnet8
+expect 1 'environment variable RETORT_ALLOW_TF32="yes": expected 0 (off) or 1 (on)' \
+  env RETORT_ALLOW_TF32=yes "$bin/retort-inspect" --arch resnet8
+expect 0 "layer1" env RETORT_CPU_DEPTHWISE=0 RETORT_FUSE_EVAL=1 "$bin/retort-inspect" --arch resnet8
 echo "cli_usage: ok"

@@ -2,6 +2,10 @@
 // operands.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <string>
+
+#include "engine/env.h"
 #include "engine/functions.h"
 #include "tests/common/expect.h"
 
@@ -39,4 +43,32 @@ TEST(Errors, DeviceWithoutBackendIsRefused) {
 
 TEST(Errors, UndefinedTensorIsNamed) {
   expect_error([] { relu(Tensor()); }, {"relu", "undefined"});
+}
+
+// Environment switches: unset or empty give the default, "0" and "1" off and on, anything else is a
+// ConfigError naming the variable and the value (it used to read as on), so the apps exit 1 for it.
+TEST(Errors, EnvironmentSwitchesTakeOnlyZeroOrOne) {
+  const char* var = "RETORT_TEST_SWITCH";
+  ::unsetenv(var);
+  EXPECT_TRUE(env_switch(var, true));
+  EXPECT_FALSE(env_switch(var, false));
+  ::setenv(var, "", 1);
+  EXPECT_TRUE(env_switch(var, true));
+  ::setenv(var, "0", 1);
+  EXPECT_FALSE(env_switch(var, true));
+  ::setenv(var, "1", 1);
+  EXPECT_TRUE(env_switch(var, false));
+  for (const char* bad : {"off", "true", "2", " 1"}) {
+    ::setenv(var, bad, 1);
+    try {
+      env_switch(var, true);
+      ADD_FAILURE() << bad << " was accepted";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string("RETORT_TEST_SWITCH=\"") + bad + "\": expected 0 (off) or 1 (on)"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  ::unsetenv(var);
+  EXPECT_NO_THROW(check_environment());  // this process's own environment is a valid one
 }

@@ -244,10 +244,10 @@ KernelSwitches::KernelSwitches(const std::string& math, bool deterministic, Devi
       prev_tf32_(cuda_allow_tf32()),
       prev_cuda_det_(cuda_deterministic()) {
   math_mode_check(math_, key);
-  RETORT_CHECK(!(math_ == "bf16" || math_ == "winograd") || device.is_cpu(), key, " \"", math_,
+  RETORT_CHECK_CONFIG(!(math_ == "bf16" || math_ == "winograd") || device.is_cpu(), key, " \"", math_,
                "\": these convolutions are built for the CPU only, and this run is on ", device.str(),
                " (on a GPU, \"tf32\" is the reduced-precision mode)");
-  RETORT_CHECK(math_ != "tf32" || !device.is_cpu(), key, " \"tf32\": TF32 is a GPU tensor-core format and ",
+  RETORT_CHECK_CONFIG(math_ != "tf32" || !device.is_cpu(), key, " \"tf32\": TF32 is a GPU tensor-core format and ",
                "this run is on the CPU (there, \"bf16\" and \"winograd\" are the faster modes)");
   // Off first: bf16 and Winograd refuse to come on while the other is.
   set_cpu_conv_bf16(false);
@@ -258,7 +258,7 @@ KernelSwitches::KernelSwitches(const std::string& math, bool deterministic, Devi
   } catch (const Error& e) {
     set_cpu_conv_bf16(prev_bf16_);
     set_cpu_conv_winograd(prev_winograd_);
-    RETORT_FAIL(key, " \"", math_, "\": ", e.what());
+    throw ConfigError(detail::cat(key, " \"", math_, "\": ", e.what()));
   }
   set_cuda_allow_tf32(math_ == "tf32");
   // Kernels chosen by timing would make the run's bits depend on the machine's load (backend.h).

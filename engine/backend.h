@@ -148,7 +148,8 @@ class Backend {
   // statistics (as batchnorm_forward_eval below). The default runs conv2d_forward and then
   // batchnorm_forward_eval through a temporary; a backend may fuse them (the CPU applies the BN's
   // per-channel scale and shift, and the ReLU, in oneDNN's convolution epilogue: one pass over y
-  // instead of three). bias, bn_weight and bn_bias may be undefined.
+  // instead of three, for the shapes oneDNN runs with a direct kernel; the others take the default).
+  // bias, bn_weight and bn_bias may be undefined.
   virtual void conv2d_bn_eval_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p,
                                       const Tensor& bn_weight, const Tensor& bn_bias, const Tensor& running_mean,
                                       const Tensor& running_var, double eps, bool relu, Tensor& y);

@@ -22,7 +22,9 @@ void dispatch_float(DType dt, const char* op, F&& f) {
 }
 
 // Which implementation runs F32 convolutions: Auto = oneDNN where it has a JIT kernel for the shape,
-// else im2col + OpenBLAS; Im2col = always our own path (the reference); Dnnl = oneDNN or an error.
+// else im2col + OpenBLAS — except "same"-padded depthwise layers (depthwise.cpp) and 1x1 layers with
+// small per-sample GEMMs (conv.cpp; dnnl_conv2d says which); Im2col = always our own path (the
+// reference); Dnnl = oneDNN or an error.
 // The environment variable RETORT_CPU_CONV=auto|im2col|dnnl sets the initial value. F64 always takes
 // the im2col path.
 enum class ConvImpl { Auto, Im2col, Dnnl };

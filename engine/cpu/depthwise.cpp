@@ -117,7 +117,9 @@ void fill_weights(const Dw& d, const T* w, int64_t c0, int64_t b, T* wv) {
 // the loop over taps, -O3's unroll-and-jam fused two taps into one scalar loop instead (measured 5x
 // slower). The mask is not a byte and not a ?: because GCC 12 left those forms scalar in the AVX2
 // clone (-ftrapping-math forbids evaluating a product the ?: might skip; byte masks then need
-// widening): 5x slower again, found by perf in session 23.
+// widening): 5x slower again, found by perf in session 23. (The and between the product and the sum
+// keeps them a separate multiply and add — the product is rounded before the add, where the old form
+// compiled to a fused multiply-add; the AVX-512 timings above predate this form.)
 template <class T>
 __attribute__((noinline)) RETORT_SIMD_CLONES void masked_fma(const T* __restrict a, const T* __restrict b,
                                                             const MaskOf<T>* __restrict m, int64_t len,

@@ -162,15 +162,17 @@ void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 class Conv2dReference : public ::testing::TestWithParam<Case> {};
 
-// Runs body() once per CPU convolution implementation that applies to the case's dtype.
+// Runs body() once per CPU convolution implementation that applies to the case's dtype: F32 by default
+// and through im2col, 1x1 F32 cases also through forced oneDNN (by default the small ones run on
+// conv.cpp's GEMMs, so oneDNN's 1x1 kernels are checked here); F64 has one path.
 template <class F>
 void for_each_impl(const Case& c, F&& body) {
-  const std::vector<cpu::ConvImpl> impls =
-      c.dtype == DType::F32 ? std::vector<cpu::ConvImpl>{cpu::ConvImpl::Auto, cpu::ConvImpl::Im2col}
-                            : std::vector<cpu::ConvImpl>{cpu::ConvImpl::Auto};
+  std::vector<cpu::ConvImpl> impls{cpu::ConvImpl::Auto};
+  if (c.dtype == DType::F32) impls.push_back(cpu::ConvImpl::Im2col);
+  if (c.dtype == DType::F32 && c.ws[2] == 1 && c.ws[3] == 1) impls.push_back(cpu::ConvImpl::Dnnl);
   const cpu::ConvImpl saved = cpu::conv_impl();
   for (cpu::ConvImpl impl : impls) {
-    SCOPED_TRACE(impl == cpu::ConvImpl::Im2col ? "im2col" : "auto (oneDNN for f32)");
+    SCOPED_TRACE(impl == cpu::ConvImpl::Im2col ? "im2col" : impl == cpu::ConvImpl::Dnnl ? "oneDNN (forced)" : "auto");
     cpu::set_conv_impl(impl);
     body();
   }
@@ -297,11 +299,21 @@ TEST(Conv2d, DirectDepthwiseKeepsNonFiniteValuesInTheirChannel) {
         EXPECT_TRUE(std::isfinite(yv[i])) << dtype_name(dt) << " output " << i;
       }
     }
-    y.backward(Tensor::ones(y.shape(), dt));
+    // gy with an infinity in sample 1, channel 2: the data gradient stays finite outside that plane.
+    auto gv = std::vector<double>(static_cast<size_t>(y.numel()), 1.0);
+    gv[static_cast<size_t>(64 + 2 * 16 + 5)] = std::numeric_limits<double>::infinity();
+    const int64_t before = cpu::depthwise_direct_calls();
+    y.backward(Tensor::from_vector(gv, y.shape(), dt));
+    EXPECT_EQ(cpu::depthwise_direct_calls() - before, 2) << dtype_name(dt);  // both backwards ran here
     const auto gw = w.grad().to_vector();
     for (int64_t i = 0; i < w.numel(); ++i)
-      if (i / 9 != 1) {
+      if (i / 9 != 1 && i / 9 != 2) {
         EXPECT_TRUE(std::isfinite(gw[i])) << dtype_name(dt) << " grad weight " << i;
+      }
+    const auto gx = x.grad().to_vector();
+    for (int64_t i = 0; i < x.numel(); ++i)
+      if (i / 16 != 4 + 2) {
+        EXPECT_TRUE(std::isfinite(gx[i])) << dtype_name(dt) << " grad input " << i;
       }
   }
 }
@@ -475,7 +487,8 @@ TEST(Conv2dBnEval, MatchesConvThenEvalBatchNorm) {
       {{2, 16, 9, 9}, {16, 16, 3, 3}, params(2, 2, 1, 1), true, true},
       {{3, 32, 8, 8}, {32, 1, 3, 3}, params(1, 1, 1, 1, 1, 1, 32), false, true},  // depthwise
       {{2, 12, 7, 7}, {24, 4, 1, 1}, params(1, 1, 0, 0, 1, 1, 3), true, false},    // grouped 1x1 (GEMMs)
-      {{2, 12, 10, 10}, {24, 4, 1, 1}, params(1, 1, 0, 0, 1, 1, 3), false, true},  // grouped 1x1 (oneDNN)
+      {{2, 12, 10, 10}, {24, 4, 1, 1}, params(1, 1, 0, 0, 1, 1, 3), false, true},  // grouped 1x1 (oneDNN, fused
+                                                                                   // unless it picks a GEMM kernel)
       {{2, 3, 10, 10}, {8, 3, 3, 3}, params(1, 1, 1, 1), false, false},
   };
   Generator gen(11);
@@ -521,6 +534,10 @@ TEST(Conv2dBnEval, FusedEpilogueIsNeverAGemmKernel) {
   const Tensor x = Tensor::randn({2, 60, 16, 16}, gen), w = Tensor::randn({240, 20, 1, 1}, gen, DType::F32, 0.0, 0.3);
   const Tensor rm = Tensor::randn({240}, gen), rv = rand_t({240}, gen, DType::F32, 0.2, 3.0);
   const Tensor got = conv2d_bn_eval(x, w, Tensor(), params(1, 1, 0, 0, 1, 1, 3), Tensor(), Tensor(), rm, rv, 1e-5, true);
+  // Whichever kernel oneDNN picked, the convolution ran in oneDNN (fused, or unfused as the first of two calls).
+  bool listed = false;
+  for (const std::string& c : cpu::dnnl_conv_choices()) listed |= c.find("x[2, 60, 16, 16] w[240, 20, 1, 1] g3") != std::string::npos;
+  EXPECT_TRUE(listed);
   const Tensor ref = relu(batch_norm(conv2d(x, w, Tensor(), params(1, 1, 0, 0, 1, 1, 3)), rm, rv, Tensor(), Tensor(),
                                      false, 0.1, 1e-5));
   EXPECT_LE(max_abs_diff(got, ref), 2e-4);

@@ -305,6 +305,50 @@ TEST(Pool, AvgPoolCountIncludePad) {
   expect_near(sg.grad(), {2.25, 2.25, 2.25, 2.25});
 }
 
+// The backend's average pool (run separably: row spans times column spans) against the definition, a
+// loop over each 2-D window, forward and backward, on rectangular kernels, strides larger than the
+// kernel, both divisors and planes where windows are clipped on every side.
+TEST(Pool, AvgPoolMatchesTheWindowDefinition) {
+  struct Cfg {
+    int64_t kh, kw, sh, sw, ph, pw;
+    bool include;
+  };
+  Generator gen(5);
+  for (const Cfg& c : {Cfg{3, 3, 2, 2, 1, 1, true}, Cfg{3, 3, 2, 2, 1, 1, false}, Cfg{2, 3, 3, 4, 1, 1, false},
+                       Cfg{3, 2, 1, 2, 1, 0, true}, Cfg{1, 1, 3, 2, 0, 0, false}, Cfg{4, 4, 1, 1, 2, 2, false}}) {
+    Pool2dParams p;
+    p.kernel_h = c.kh, p.kernel_w = c.kw, p.stride_h = c.sh, p.stride_w = c.sw, p.pad_h = c.ph, p.pad_w = c.pw;
+    p.count_include_pad = c.include;
+    const int64_t N = 2, C = 3, H = 9, W = 11;
+    const int64_t OH = (H + 2 * c.ph - c.kh) / c.sh + 1, OW = (W + 2 * c.pw - c.kw) / c.sw + 1;
+    const Tensor x = Tensor::randn({N, C, H, W}, gen, DType::F64), gy = Tensor::randn({N, C, OH, OW}, gen, DType::F64);
+    Tensor y = Tensor::empty({N, C, OH, OW}, DType::F64), gx = Tensor::empty(x.shape(), DType::F64);
+    backend_for(x).avg_pool2d_forward(x, p, y);
+    backend_for(x).avg_pool2d_backward(gy, p, gx);
+    const auto xv = x.to_vector(), gyv = gy.to_vector(), yv = y.to_vector(), gxv = gx.to_vector();
+    std::vector<double> want_y(yv.size()), want_gx(xv.size(), 0.0);
+    for (int64_t pl = 0; pl < N * C; ++pl)
+      for (int64_t oh = 0; oh < OH; ++oh)
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          const int64_t h0 = oh * c.sh - c.ph, w0 = ow * c.sw - c.pw;
+          const int64_t h1 = std::min(h0 + c.kh, H + c.ph), w1 = std::min(w0 + c.kw, W + c.pw);
+          const int64_t padded = (h1 - h0) * (w1 - w0);
+          double sum = 0;
+          int64_t real = 0;
+          for (int64_t h = std::max<int64_t>(h0, 0); h < std::min(h1, H); ++h)
+            for (int64_t w = std::max<int64_t>(w0, 0); w < std::min(w1, W); ++w) sum += xv[(pl * H + h) * W + w], ++real;
+          const double div = static_cast<double>(c.include ? padded : real);
+          const size_t o = static_cast<size_t>((pl * OH + oh) * OW + ow);
+          want_y[o] = sum / div;
+          for (int64_t h = std::max<int64_t>(h0, 0); h < std::min(h1, H); ++h)
+            for (int64_t w = std::max<int64_t>(w0, 0); w < std::min(w1, W); ++w)
+              want_gx[static_cast<size_t>((pl * H + h) * W + w)] += gyv[o] / div;
+        }
+    for (size_t i = 0; i < yv.size(); ++i) EXPECT_NEAR(yv[i], want_y[i], 1e-12) << "forward " << i << " k" << c.kh << "x" << c.kw;
+    for (size_t i = 0; i < gxv.size(); ++i) EXPECT_NEAR(gxv[i], want_gx[i], 1e-12) << "backward " << i << " k" << c.kh << "x" << c.kw;
+  }
+}
+
 TEST(Pool, AvgPoolNoPaddingAndOutputShape) {
   Tensor x = Tensor::arange(0, 2 * 5 * 7, 1, DType::F64).view_as_shape({1, 2, 5, 7});
   Tensor y = avg_pool2d(x, 2);  // floor: 5x7 -> 2x3

@@ -188,11 +188,17 @@ void expect_matches(const GoldenFile& g, const std::string& kind, const std::str
   }
   // Sums over all n elements. Independent elementwise errors grow like the norm, so the norm sets
   // the scale; a wrong or misplaced block of elements moves them by about that block's own norm.
+  // For float32 gradients the two sums get 4x the L2 bound: the float32 rounding noise is not
+  // independent along those directions — PyTorch 2.15's own float32 gradients miss its float64 sums by
+  // up to 13 % of the norm (ResNet50, channels_last; 5.7 % ShuffleV1) while their relative L2 error
+  // stays under 1.3 % (measured over every case here, session 23).
   const double norm = std::sqrt(stat[1]);
-  const double atol = (tol.l2 ? tol.rtol : 10 * tol.rtol) * norm + tol.floor * std::sqrt(double(n));
-  EXPECT_NEAR(sum, stat[0], atol) << kind << ".stat/" << name << " sum";
+  const double scale = std::sqrt(double(n)) * tol.floor;
+  const double atol = (tol.l2 ? tol.rtol : 10 * tol.rtol) * norm + scale;
+  const double sums_atol = (tol.l2 ? 4 * tol.rtol : 10 * tol.rtol) * norm + scale;
+  EXPECT_NEAR(sum, stat[0], sums_atol) << kind << ".stat/" << name << " sum";
   EXPECT_NEAR(std::sqrt(sumsq), norm, atol) << kind << ".stat/" << name << " norm";
-  EXPECT_NEAR(dot, stat[2], atol) << kind << ".stat/" << name << " signed sum";
+  EXPECT_NEAR(dot, stat[2], sums_atol) << kind << ".stat/" << name << " signed sum";
 }
 
 void expect_buffers(const GoldenFile& g, const std::string& kind, const Module& model, const Tolerance& tol) {

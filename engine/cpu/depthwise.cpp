@@ -22,8 +22,9 @@
 // Measured in mobile_half's training step at batch 64, 2 threads (retort-bench --profile, an AVX-512
 // machine): the weight gradients of its depthwise layers 11.5 -> 5.3 ms per step, forward and data
 // gradient at stride 1 level with oneDNN (3.9 and 4.5 ms either way). On AVX2 machines the tap loop
-// was scalar until session 23 (see masked_fma); vectorised there, 2-2.5x faster per call. Strided F32 forwards and data gradients stay with
-// oneDNN (see depthwise_conv2d); everything else of this shape family runs here, F64 included.
+// was scalar until session 23 (see masked_fma); vectorised there, 2-2.5x faster per call. Strided F32
+// forwards and data gradients stay with oneDNN (see depthwise_conv2d); everything else of this shape
+// family runs here, F64 included.
 //
 // Determinism: forward and backward-data outputs are each written by one iteration; the weight
 // gradient sums per segment over the whole batch in a fixed order (kChunkRows samples in T, then in
@@ -34,6 +35,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "engine/cpu/cpu_backend.h"

@@ -45,8 +45,25 @@ inline std::optional<int> parse_command_line(CLI::App& cli, const char* app, int
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return cli.exit(e);  // --help
     const std::vector<std::string> extras = cli.remaining();
-    const std::string what = extras.empty() || dynamic_cast<const CLI::ExtrasError*>(&e) ? e.what()
-                                                                                       : CLI::ExtrasError(extras).what();
+    std::string what = extras.empty() || dynamic_cast<const CLI::ExtrasError*>(&e) ? e.what()
+                                                                                 : CLI::ExtrasError(extras).what();
+    // CLI11 words a value of the wrong type "Could not convert: --threads = abc": name the flag first,
+    // then the value and the type it takes.
+    const std::string prefix = "Could not convert: ";
+    if (dynamic_cast<const CLI::ConversionError*>(&e) && what.rfind(prefix, 0) == 0) {
+      const size_t eq = what.find(" = ", prefix.size());
+      if (eq != std::string::npos) {
+        const std::string name = what.substr(prefix.size(), eq - prefix.size()), value = what.substr(eq + 3);
+        std::string type;
+        try {
+          type = cli.get_option(name)->get_type_name();
+        } catch (const CLI::Error&) {
+        }
+        const std::string expected = type == "INT" ? "an integer" : type == "UINT" ? "a non-negative integer"
+                                     : type == "FLOAT" ? "a number" : type.empty() ? "" : type;
+        what = name + ": '" + value + "' is not " + (expected.empty() ? "a valid value" : expected);
+      }
+    }
     std::fprintf(stderr, "%s: %s (see --help)\n", app, what.c_str());
     return kUsage;
   }

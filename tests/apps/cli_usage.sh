@@ -136,6 +136,9 @@ expect 1 "--allow-config-change applies to a resumed run" "$bin/retort-train" "$
 expect 2 "holds a 'resnet8' model (its metadata 'arch'), but teacher.arch is 'resnet14'" \
   "$bin/retort-distill" "$tmp/kd.json" --run-dir "$tmp/arch" --set teacher.arch=resnet14
 expect 1 "give a file, --arch NAME or --distill CONFIG" "$bin/retort-inspect"
+# A value of the wrong type names the flag, the value and the type (not CLI11's "Could not convert").
+expect 1 "--threads: 'abc' is not an integer (see --help)" "$bin/retort-train" "$tmp/a.json" --threads abc
+expect 1 "--steps: '1.5' is not an integer (see --help)" "$bin/retort-bench" --models resnet8 --steps 1.5
 # A RETORT_* environment variable with a value it does not take is a usage error at start, naming it
 # (a switch was read as on for anything but "0").
 expect 1 'environment variable RETORT_CPU_CONV="bogus": expected auto, im2col or dnnl' \

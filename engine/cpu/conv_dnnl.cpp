@@ -102,11 +102,14 @@ bool& bf16_setting() {
   return on;
 }
 
+// Whether oneDNN has its own Winograd kernels on this CPU; elsewhere winograd.cpp's run.
+bool onednn_winograd() { return avx512_unsupported_reason(kWinogradConvs).empty(); }
+
 bool& winograd_setting() {
   static bool on = [] {
-    const bool v = avx512_switch("RETORT_CPU_CONV_WINOGRAD", kWinogradConvs);
+    const bool v = env_switch("RETORT_CPU_CONV_WINOGRAD", false);
     RETORT_CHECK_CONFIG(!v || !bf16_setting(), "environment variables RETORT_CPU_CONV_WINOGRAD=1 and RETORT_CPU_CONV_BF16=1: ",
-                 "oneDNN's Winograd kernels are F32 only; set one of them");
+                 "Winograd convolutions are F32 only; set one of them");
     return v;
   }();
   return on;
@@ -145,6 +148,9 @@ struct Entry {
   // BN's scale is folded into a copy of the weights and its shift becomes the bias (ReLU stays a
   // post-op), as inference engines fold BN.
   bool fold_bn = false;
+  bool own_winograd = false;  // winograd.cpp's kernels (no oneDNN primitive; oneDNN has none here)
+  DnnlConvDir dir = DnnlConvDir::Forward;
+  Conv2dParams params;
 };
 
 // The candidates for one call signature and the one chosen (-1 until the first call times them).
@@ -207,6 +213,13 @@ Entry build(Dnnl& d, DnnlConvDir dir, const Shape& xs, const Shape& ws, const Sh
   Entry e;
   e.bf16 = bf16;
   e.winograd = winograd;
+  e.dir = dir;
+  e.params = p;
+  if (winograd && !onednn_winograd()) {  // ours, for the shapes it takes (else the caller builds direct)
+    e.own_winograd = e.supported = winograd_shape_ok(ws, p);
+    e.impl_name = "retort_wino_4x3:openblas";
+    return e;
+  }
   // Every direction names the same algorithm, in its own descriptor and in its forward hint.
   const auto alg = winograd ? dnnl::algorithm::convolution_winograd : dnnl::algorithm::convolution_direct;
   // The operands a direction reads (x and w forward; gy and w, gy and x backward) are bf16 in the
@@ -312,6 +325,12 @@ namespace {
 // Runs one candidate: reorders the inputs into its layouts, the primitive, the output back to NCHW.
 void execute(Dnnl& d, Entry& e, const Shape& xs, const Shape& ws, const Shape& ys, const float* in0,
              const float* in1, const float* bias, float* out, const DnnlEpilogue* epi) {
+  if (e.own_winograd) {
+    const size_t n = winograd_workspace_bytes(e.dir, xs, ws, ys, e.params);
+    winograd_conv2d(e.dir, xs, ws, ys, e.params, in0, in1, bias, out, epi,
+                    reinterpret_cast<float*>(d.workspace(n)));
+    return;
+  }
   // Workspace layout: [in0 blocked][in1 blocked][out blocked][scratchpad], each 64-byte aligned.
   const size_t n0 = e.in0.same() ? 0 : align_up(e.in0.prim.get_size());
   const size_t n1 = e.in1.same() ? 0 : align_up(e.in1.prim.get_size());
@@ -385,22 +404,18 @@ bool kernel_autotune() { return cpu::tuning_setting(); }
 void set_kernel_autotune(bool on) { cpu::tuning_setting() = on; }
 bool cpu_conv_bf16() { return cpu::bf16_setting(); }
 void set_cpu_conv_bf16(bool on) {
+  RETORT_CHECK(!on || !cpu::winograd_setting(), "bf16 convolutions: Winograd convolutions are on, and the ",
+               "Winograd kernels are F32 only; turn them off first");
   if (on) {
     const std::string why = cpu::avx512_unsupported_reason(cpu::kBf16Convs);
     RETORT_CHECK(why.empty(), "bf16 convolutions: ", why, "; use F32 (math \"ieee\") on this machine");
   }
-  RETORT_CHECK(!on || !cpu::winograd_setting(), "bf16 convolutions: Winograd convolutions are on, and oneDNN's ",
-               "Winograd kernels are F32 only; turn them off first");
   cpu::bf16_setting() = on;
 }
 bool cpu_conv_winograd() { return cpu::winograd_setting(); }
 void set_cpu_conv_winograd(bool on) {
-  if (on) {
-    const std::string why = cpu::avx512_unsupported_reason(cpu::kWinogradConvs);
-    RETORT_CHECK(why.empty(), "Winograd convolutions: ", why, "; use math \"ieee\" on this machine");
-    RETORT_CHECK(!cpu::bf16_setting(), "Winograd convolutions: bf16 convolutions are on, and oneDNN's Winograd ",
-                 "kernels are F32 only; turn bf16 off first");
-  }
+  RETORT_CHECK(!on || !cpu::bf16_setting(), "Winograd convolutions: bf16 convolutions are on, and the Winograd ",
+               "kernels are F32 only; turn bf16 off first");
   cpu::winograd_setting() = on;
 }
 }  // namespace retort

@@ -47,6 +47,18 @@ enum class DnnlConvDir { Forward, BackwardData, BackwardWeight };
 bool dnnl_conv2d(DnnlConvDir dir, const Shape& x, const Shape& w, const Shape& y, const Conv2dParams& p,
                  const float* in0, const float* in1, const float* bias, float* out,
                  const DnnlEpilogue* epilogue = nullptr);
+// Winograd F(4x4, 3x3) convolutions on OpenBLAS GEMMs (winograd.cpp): F32, NCHW, 3x3 kernels, stride 1,
+// no dilation or groups, padding 0 to 2 (winograd_shape_ok); dnnl_conv2d's operand convention, all three
+// directions, a forward's bias and epilogue folded in. dnnl_conv2d runs them for experiment.math
+// "winograd" where oneDNN has no Winograd kernels; `workspace` holds winograd_workspace_bytes().
+bool winograd_shape_ok(const Shape& w, const Conv2dParams& p);
+size_t winograd_workspace_bytes(DnnlConvDir dir, const Shape& x, const Shape& w, const Shape& y, const Conv2dParams& p);
+void winograd_conv2d(DnnlConvDir dir, const Shape& x, const Shape& w, const Shape& y, const Conv2dParams& p,
+                     const float* in0, const float* in1, const float* bias, float* out, const DnnlEpilogue* epilogue,
+                     float* workspace);
+// The tile buffers' size per thread that sets how many samples a chunk takes (4 MiB); returns the old
+// value. For tests of the chunking.
+size_t set_winograd_chunk_bytes(size_t bytes);
 // Depthwise convolutions with "same" padding (odd kernel, pad (k-1)/2, any stride, no dilation, planes
 // up to 64x64), F32 and F64, as vectorised sweeps over channel segments (depthwise.cpp). Same operand
 // convention as dnnl_conv2d. Returns false, having done nothing, for other shapes, when conv_impl() is

@@ -18,7 +18,8 @@
 // convolution_winograd algorithm (jit_wino_4x3, AVX-512, F32) for the 3x3 stride-1 shapes of 32
 // channels and more (winograd_shape below), in every direction; the inference conv + BN folds the BN
 // into the weights and bias, since those kernels take no per-channel post-ops. The transforms and
-// reorders cost more than they save on narrower layers.
+// reorders cost more than they save on narrower layers. Below AVX-512, where oneDNN has none, a cache
+// entry runs winograd.cpp's F(4x4, 3x3) on OpenBLAS instead (own_winograd; same shapes, same listing).
 //
 // One cache entry per (direction, shapes, parameters, bf16, winograd) holds the primitive and its reorders, so
 // primitive descriptors are built once per shape. Blocked copies and oneDNN's scratchpad live in

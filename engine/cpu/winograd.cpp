@@ -138,14 +138,10 @@ void transform_weights(const float* w, int64_t O, int64_t C, bool flip, const fl
   }
 }
 
-// One thread's buffers: a chunk's transformed tiles in and out, and the per-plane scratch.
-struct ThreadBuffers {
-  float* V;      // [36][Cin][T]  (input tiles)
-  float* M;      // [36][Cout][T] (products; the output gradient's tiles Z for the weight gradient)
-  float* plane;  // the input plane, zero-padded to whole tiles: (4 TH + 2) x (4 TW + 2)
-  float* plane2; // the output gradient's plane, likewise (backward weight only)
-  float* rows;   // the transforms' per-channel scratch (rows_floats)
-  float* gw;     // [36][Cout][Cin] the weight gradient's sum (backward weight only)
+// One thread's scratch for the transforms.
+struct Scratch {
+  float* rows;   // per-channel values (rows_floats)
+  float* plane;  // one plane, zero-padded to whole tiles: (4 TH + 2) x (4 TW + 2); its border stays zero
 };
 
 size_t plane_floats(const Geom& g) { return static_cast<size_t>((4 * g.TH + 2) * (4 * g.TW + 2)); }
@@ -154,16 +150,17 @@ size_t plane_floats(const Geom& g) { return static_cast<size_t>((4 * g.TH + 2) *
 size_t rows_floats(const Geom& g, int64_t nb) { return static_cast<size_t>(72 * nb * g.P); }
 size_t tile_floats(const Geom& g, int64_t nb) { return static_cast<size_t>(kE * (g.Cin + g.Cout) * nb * g.P); }
 
-// V[e][c][t] for the input tiles of samples [n0, n0 + nb) (t: tile of the chunk, row-major over
-// sample, tile row, tile column; T = nb * P). One channel at a time: its tiles' 6x6 patches are gathered
-// from the zero-padded planes into d[36][T], then B^T d B runs vectorised across all T tiles and writes
-// V's row for c directly. (`tb.plane`'s border is zero and stays so.)
-RETORT_SIMD_CLONES void transform_input(const float* x, const Geom& g, int64_t n0, int64_t nb, const ThreadBuffers& tb) {
+// V[e][c][t] for channels [c0, c1) of the input tiles of samples [n0, n0 + nb) (t: tile of the chunk,
+// row-major over sample, tile row, tile column; T = nb * P). One channel at a time: its tiles' 6x6
+// patches are gathered from the zero-padded planes into d[36][T], then B^T d B runs vectorised across
+// all T tiles and writes V's row for c directly.
+RETORT_SIMD_CLONES void transform_input(const float* x, const Geom& g, int64_t n0, int64_t nb, int64_t c0, int64_t c1,
+                                        float* V, const Scratch& sc) {
   const int64_t T = nb * g.P, PW = 4 * g.TW + 2, es = g.Cin * T;
-  float* pad = tb.plane;
-  float* d = tb.rows;       // [36][T]: patch value (i, m) of each tile
+  float* pad = sc.plane;
+  float* d = sc.rows;       // [36][T]: patch value (i, m) of each tile
   float* t = d + kE * T;    // [36][T]: B^T down the patches' columns
-  for (int64_t c = 0; c < g.Cin; ++c) {
+  for (int64_t c = c0; c < c1; ++c) {
     for (int64_t n = 0; n < nb; ++n) {
       const float* src = x + ((n0 + n) * g.Cin + c) * g.H * g.W;
       for (int64_t r = 0; r < g.H; ++r) std::copy(src + r * g.W, src + (r + 1) * g.W, pad + (r + g.ph) * PW + g.pw);
@@ -189,7 +186,7 @@ RETORT_SIMD_CLONES void transform_input(const float* x, const Geom& g, int64_t n
     }
     for (int k = 0; k < 6; ++k) {  // V[k][l] = sum_m t[k][m] B[m][l]
       const float* tk = t + k * 6 * T;
-      float* v = tb.V + (k * 6) * es + c * T;
+      float* v = V + (k * 6) * es + c * T;
 #pragma omp simd
       for (int64_t q = 0; q < T; ++q)
         RETORT_WINO_BT(tk[q], tk[T + q], tk[2 * T + q], tk[3 * T + q], tk[4 * T + q], tk[5 * T + q], v[q], v[es + q],
@@ -200,14 +197,14 @@ RETORT_SIMD_CLONES void transform_input(const float* x, const Geom& g, int64_t n
 
 // y for samples [n0, n0 + nb) from M[e][o][t]: A^T M A per tile, + bias[o], then max(., 0) with relu.
 // One channel at a time, vectorised across its T tiles, then the 4x4 results put in place.
-RETORT_SIMD_CLONES void transform_output(const Geom& g, int64_t n0, int64_t nb, const float* bias, bool relu,
-                                         const ThreadBuffers& tb, float* y) {
+RETORT_SIMD_CLONES void transform_output(const Geom& g, int64_t n0, int64_t nb, const float* M, const float* bias,
+                                         bool relu, const Scratch& sc, float* y) {
   const int64_t T = nb * g.P, es = g.Cout * T;
-  float* s = tb.rows;        // [4][6][T]: A^T down the columns
+  float* s = sc.rows;        // [4][6][T]: A^T down the columns
   float* yt = s + 24 * T;    // [4][4][T]: the output tiles
   for (int64_t o = 0; o < g.Cout; ++o) {
     const float b = bias ? bias[o] : 0.f;
-    const float* mo = tb.M + o * T;
+    const float* mo = M + o * T;
     for (int l = 0; l < 6; ++l) {
       const float *m0 = mo + l * es, *m1 = mo + (6 + l) * es, *m2 = mo + (12 + l) * es, *m3 = mo + (18 + l) * es,
                   *m4 = mo + (24 + l) * es, *m5 = mo + (30 + l) * es;
@@ -248,15 +245,16 @@ RETORT_SIMD_CLONES void transform_output(const Geom& g, int64_t n0, int64_t nb, 
   }
 }
 
-// Z[e][o][t] = (A gy_tile A^T)[e] for samples [n0, n0 + nb), into tb.M; gy_tile is zero beyond the
-// output's edge. Like transform_input: the 4x4 tiles gathered per channel, then transformed across them.
-RETORT_SIMD_CLONES void transform_grad_output(const float* gy, const Geom& g, int64_t n0, int64_t nb,
-                                              const ThreadBuffers& tb) {
+// Z[e][o][t] = (A gy_tile A^T)[e] for channels [o0, o1) of samples [n0, n0 + nb); gy_tile is zero
+// beyond the output's edge. Like transform_input: the 4x4 tiles gathered per channel, then transformed
+// across them. (sc.plane holds gy's plane at its top left.)
+RETORT_SIMD_CLONES void transform_grad_output(const float* gy, const Geom& g, int64_t n0, int64_t nb, int64_t o0,
+                                              int64_t o1, float* Z, const Scratch& sc) {
   const int64_t T = nb * g.P, RW = 4 * g.TW + 2, es = g.Cout * T;
-  float* pad = tb.plane2;  // gy's plane at the top left, zero-padded to whole tiles (rows of RW)
-  float* d = tb.rows;      // [16][T]
+  float* pad = sc.plane;
+  float* d = sc.rows;      // [16][T]
   float* z = d + 16 * T;   // [6][4][T]: A down the columns
-  for (int64_t o = 0; o < g.Cout; ++o) {
+  for (int64_t o = o0; o < o1; ++o) {
     for (int64_t n = 0; n < nb; ++n) {
       const float* src = gy + ((n0 + n) * g.Cout + o) * g.OH * g.OW;
       for (int64_t r = 0; r < g.OH; ++r) std::copy(src + r * g.OW, src + (r + 1) * g.OW, pad + r * RW);
@@ -281,7 +279,7 @@ RETORT_SIMD_CLONES void transform_grad_output(const float* gy, const Geom& g, in
     }
     for (int k = 0; k < 6; ++k) {
       const float* zk = z + k * 4 * T;
-      float* out = tb.M + (k * 6) * es + o * T;
+      float* out = Z + (k * 6) * es + o * T;
 #pragma omp simd
       for (int64_t q = 0; q < T; ++q)
         RETORT_WINO_A(zk[q], zk[T + q], zk[2 * T + q], zk[3 * T + q], out[q], out[es + q], out[2 * es + q],
@@ -290,13 +288,13 @@ RETORT_SIMD_CLONES void transform_grad_output(const float* gy, const Geom& g, in
   }
 }
 
-// The 36 products C_e = A_e · B_e (B_e transposed with trans_b), A_e [m x k], C_e [m x n]. Called
-// inside a parallel region, where OpenBLAS's OpenMP build runs single-threaded.
-void gemm36(int64_t m, int64_t n, int64_t k, const float* A, const float* B, bool trans_b, float beta, float* C) {
+// The 36 products C_e = A_e · B_e, A_e [m x k], B_e [k x n], C_e [m x n]. Called inside a parallel
+// region, where OpenBLAS's OpenMP build runs single-threaded.
+void gemm36(int64_t m, int64_t n, int64_t k, const float* A, const float* B, float* C) {
   for (int64_t e = 0; e < kE; ++e)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(m),
-                static_cast<int>(n), static_cast<int>(k), 1.f, A + e * m * k, static_cast<int>(k),
-                B + e * k * n, static_cast<int>(trans_b ? k : n), beta, C + e * m * n, static_cast<int>(n));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
+                static_cast<int>(k), 1.f, A + e * m * k, static_cast<int>(k), B + e * k * n, static_cast<int>(n),
+                0.f, C + e * m * n, static_cast<int>(n));
 }
 
 Geom geom_of(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p) {
@@ -306,10 +304,12 @@ Geom geom_of(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape& ys,
 }
 
 // How the batch is split: `threads` threads each take whole chunks of `nb` samples, as many chunks per
-// thread as keep a chunk's tiles within chunk_bytes(), and an equal count of them (the last may be short).
+// thread as keep a chunk's tiles within chunk_bytes(), and an equal count of them (the last may be
+// short). The weight gradient takes `threads` chunks at a time as one round.
 struct Plan {
   int threads;
   int64_t nb, chunks;
+  int64_t round() const { return nb * threads; }
 };
 Plan plan_of(const Geom& g) {
   const int threads = std::max(1, omp_get_max_threads());
@@ -320,45 +320,33 @@ Plan plan_of(const Geom& g) {
   return {threads, nb, (g.N + nb - 1) / nb};
 }
 
-// Per-thread buffers from the workspace: threads x (gw, tiles, plane, rows [, plane2]), gw and
-// plane2 for the weight gradient only.
+// The workspace: the transformed weights (or the weight gradient's sum) [36][Cout][Cin] first, then
+//  - forward / data gradient: per thread, its chunk's V and M, scratch rows and a plane;
+//  - weight gradient: one round's V and Z, then per thread scratch rows and two planes (x's, gy's).
 size_t align16(size_t n) { return (n + 15) / 16 * 16; }
-size_t gw_floats(const Geom& g, bool weight_grad) {
-  return weight_grad ? align16(static_cast<size_t>(kE * g.Cin * g.Cout)) : 0;
-}
-size_t per_thread_floats(const Geom& g, const Plan& pl, bool weight_grad) {
-  return gw_floats(g, weight_grad) + align16(tile_floats(g, pl.nb)) + align16(rows_floats(g, pl.nb)) +
-         align16(plane_floats(g)) * (weight_grad ? 2 : 1);
-}
-ThreadBuffers thread_buffers(const Geom& g, const Plan& pl, bool weight_grad, float* base) {
-  ThreadBuffers tb;
-  tb.gw = weight_grad ? base : nullptr;
-  tb.V = base + gw_floats(g, weight_grad);
-  tb.M = tb.V + static_cast<size_t>(kE * g.Cin * pl.nb * g.P);
-  tb.rows = tb.V + align16(tile_floats(g, pl.nb));
-  tb.plane = tb.rows + align16(rows_floats(g, pl.nb));
-  tb.plane2 = weight_grad ? tb.plane + align16(plane_floats(g)) : nullptr;
-  std::fill(tb.plane, tb.plane + plane_floats(g), 0.f);  // the borders stay zero
-  if (weight_grad) std::fill(tb.plane2, tb.plane2 + plane_floats(g), 0.f);
-  return tb;
+struct Layout {
+  size_t shared_tiles, per_thread, total;  // in floats, after the [36][Cout][Cin] block
+};
+Layout layout_of(const Geom& g, const Plan& pl, bool weight_grad) {
+  Layout l;
+  const int64_t nb = weight_grad ? pl.round() : pl.nb;  // samples whose tiles one scratch row spans
+  l.shared_tiles = weight_grad ? align16(tile_floats(g, nb)) : 0;
+  l.per_thread = (weight_grad ? 0 : align16(tile_floats(g, nb))) + align16(rows_floats(g, nb)) +
+                 align16(plane_floats(g)) * (weight_grad ? 2 : 1);
+  l.total = align16(static_cast<size_t>(kE * g.Cin * g.Cout)) + l.shared_tiles + pl.threads * l.per_thread;
+  return l;
 }
 
-// gw for the (o, c) pairs [b0, b0 + nb) of OC: the threads' summed products M_e (each [36][OC]) added
-// up, then G^T M G, vectorised across the pairs.
+// gw for the (o, c) pairs [b0, b0 + nb) of OC from the summed products GW_e ([36][OC]): G^T GW G,
+// vectorised across the pairs.
 constexpr int64_t kBlock = 64;
-RETORT_SIMD_CLONES void gw_block(const float* const* sums, int threads, int64_t OC, int64_t b0, int64_t nb, float* out) {
-  double m[kE][kBlock];
-  for (int e = 0; e < kE; ++e) {
-    for (int64_t j = 0; j < nb; ++j) m[e][j] = sums[0][e * OC + b0 + j];
-    for (int th = 1; th < threads; ++th)
-      for (int64_t j = 0; j < nb; ++j) m[e][j] += sums[th][e * OC + b0 + j];
-  }
+RETORT_SIMD_CLONES void gw_block(const float* GW, int64_t OC, int64_t b0, int64_t nb, float* out) {
 #pragma omp simd
   for (int64_t j = 0; j < nb; ++j) {
     double t[3][6];
     for (int l = 0; l < 6; ++l) {  // G^T down the columns
-      const double col[6] = {m[l][j], m[6 + l][j], m[12 + l][j], m[18 + l][j], m[24 + l][j], m[30 + l][j]};
-      double r[3];
+      double col[6], r[3];
+      for (int k = 0; k < 6; ++k) col[k] = GW[(k * 6 + l) * OC + b0 + j];
       wino_gt(col, r);
       for (int i = 0; i < 3; ++i) t[i][l] = r[i];
     }
@@ -384,9 +372,7 @@ bool winograd_shape_ok(const Shape& ws, const Conv2dParams& p) {
 size_t winograd_workspace_bytes(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape& ys,
                                 const Conv2dParams& p) {
   const Geom g = geom_of(dir, xs, ws, ys, p);
-  const Plan pl = plan_of(g);
-  const size_t shared = static_cast<size_t>(kE * g.Cin * g.Cout);  // U, or the summed GW
-  return (shared + pl.threads * per_thread_floats(g, pl, dir == DnnlConvDir::BackwardWeight)) * sizeof(float);
+  return layout_of(g, plan_of(g), dir == DnnlConvDir::BackwardWeight).total * sizeof(float);
 }
 
 void winograd_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p,
@@ -395,9 +381,46 @@ void winograd_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Sh
   const Geom g = geom_of(dir, xs, ws, ys, p);
   const Plan pl = plan_of(g);
   const bool wgrad = dir == DnnlConvDir::BackwardWeight;
+  const Layout lay = layout_of(g, pl, wgrad);
   float* W6 = workspace;  // U, or the summed GW for the weight gradient
-  float* per_thread = workspace + kE * g.Cin * g.Cout;
-  const size_t stride = per_thread_floats(g, pl, wgrad);
+  float* tiles = workspace + align16(static_cast<size_t>(kE * g.Cin * g.Cout));
+  float* per_thread = tiles + lay.shared_tiles;
+  if (wgrad) {
+    // gw[o][c] = G^T (sum over tiles of Z_e[o][t] V_e[c][t]) G. A round of samples at a time: x's and
+    // gy's tiles transformed in parallel over channels, then the 36 GEMMs in parallel over e, each
+    // adding the round's products into its GW_e (no per-thread copies of the gradient).
+    const float* gy = in0;
+    const float* x = in1;
+    const int64_t R = std::min(pl.round(), g.N);
+    float* V = tiles;
+    for (int64_t n0 = 0; n0 < g.N; n0 += R) {
+      const int64_t nb = std::min(R, g.N - n0), T = nb * g.P;
+      float* Z = V + kE * g.Cin * T;
+#pragma omp parallel num_threads(pl.threads)
+      {
+        float* mine = per_thread + omp_get_thread_num() * lay.per_thread;
+        const Scratch sx{mine, mine + align16(rows_floats(g, R))};
+        const Scratch sy{sx.rows, sx.plane + align16(plane_floats(g))};
+        if (n0 == 0) {  // the borders stay zero from here on
+          std::fill(sx.plane, sx.plane + plane_floats(g), 0.f);
+          std::fill(sy.plane, sy.plane + plane_floats(g), 0.f);
+        }
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < g.Cin; ++c) transform_input(x, g, n0, nb, c, c + 1, V, sx);
+#pragma omp for schedule(static)
+        for (int64_t o = 0; o < g.Cout; ++o) transform_grad_output(gy, g, n0, nb, o, o + 1, Z, sy);
+#pragma omp for schedule(static)
+        for (int64_t e = 0; e < kE; ++e)
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(g.Cout), static_cast<int>(g.Cin),
+                      static_cast<int>(T), 1.f, Z + e * g.Cout * T, static_cast<int>(T), V + e * g.Cin * T,
+                      static_cast<int>(T), n0 == 0 ? 0.f : 1.f, W6 + e * g.Cout * g.Cin, static_cast<int>(g.Cin));
+      }
+    }
+    const int64_t OC = g.Cout * g.Cin;
+#pragma omp parallel for schedule(static) if (OC > 256)
+    for (int64_t b0 = 0; b0 < OC; b0 += kBlock) gw_block(W6, OC, b0, std::min(kBlock, OC - b0), out + b0 * 9);
+    return;
+  }
   std::vector<float> folded;
   if (dir == DnnlConvDir::Forward) {
     // An eval batch norm (and a conv bias) fold into the weights and one bias: y = conv(x, w * s) + b * s + t.
@@ -407,41 +430,26 @@ void winograd_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Sh
       bias = folded.data();
     }
     transform_weights(in1, g.Cout, g.Cin, false, epi ? epi->scale : nullptr, W6);
-  } else if (dir == DnnlConvDir::BackwardData) {
+  } else {
     transform_weights(in1, ws[0], ws[1], true, nullptr, W6);  // U[e][c][o]
     bias = nullptr;
   }
   const bool relu = dir == DnnlConvDir::Forward && epi && epi->relu;
+  // Each thread: whole chunks of samples, its tiles transformed, multiplied and transformed back.
 #pragma omp parallel num_threads(pl.threads)
   {
-    const int tid = omp_get_thread_num();
-    const ThreadBuffers tb = thread_buffers(g, pl, wgrad, per_thread + tid * stride);
-    bool first = true;
+    float* V = per_thread + omp_get_thread_num() * lay.per_thread;
+    float* M = V + kE * g.Cin * pl.nb * g.P;
+    float* rows = V + align16(tile_floats(g, pl.nb));
+    const Scratch s{rows, rows + align16(rows_floats(g, pl.nb))};
+    std::fill(s.plane, s.plane + plane_floats(g), 0.f);  // the border stays zero
 #pragma omp for schedule(static)
     for (int64_t chunk = 0; chunk < pl.chunks; ++chunk) {
       const int64_t n0 = chunk * pl.nb, nb = std::min(pl.nb, g.N - n0), T = nb * g.P;
-      if (!wgrad) {
-        transform_input(in0, g, n0, nb, tb);
-        gemm36(g.Cout, T, g.Cin, W6, tb.V, false, 0.f, tb.M);
-        transform_output(g, n0, nb, bias, relu, tb, out);
-      } else {  // gw[o][c] = G^T (sum over tiles of Z_e[o][t] V_e[c][t]) G: this thread's tiles first
-        transform_input(in1, g, n0, nb, tb);
-        transform_grad_output(in0, g, n0, nb, tb);
-        gemm36(g.Cout, g.Cin, T, tb.M, tb.V, true, first ? 0.f : 1.f, tb.gw);
-        first = false;
-      }
+      transform_input(in0, g, n0, nb, 0, g.Cin, V, s);
+      gemm36(g.Cout, T, g.Cin, W6, V, M);
+      transform_output(g, n0, nb, M, bias, relu, s, out);
     }
-    if (wgrad && first) std::fill(tb.gw, tb.gw + kE * g.Cin * g.Cout, 0.f);  // a thread with no chunk
-  }
-  if (!wgrad) return;
-  // The threads' sums added and taken back through G^T . G, a block of (o, c) pairs at a time.
-  const int64_t OC = g.Cout * g.Cin;
-  std::vector<const float*> sums;
-  for (int th = 0; th < pl.threads; ++th) sums.push_back(per_thread + th * stride);  // gw leads each thread's buffers
-#pragma omp parallel for schedule(static) if (OC > 256)
-  for (int64_t b0 = 0; b0 < OC; b0 += kBlock) {
-    const int64_t nb = std::min(kBlock, OC - b0);
-    gw_block(sums.data(), pl.threads, OC, b0, nb, out + b0 * 9);
   }
 }
 

@@ -934,8 +934,9 @@ TEST(Conv2dWinograd, EachDirectionIsCloseToF64AndRunsTheWinogradKernel) {
     });
     EXPECT_NE(it, choices.end()) << prefix << " is not listed as a Winograd kernel";
     // oneDNN's own Winograd kernels on AVX-512, winograd.cpp's below.
-    if (it != choices.end() && cpu::dnnl_info().find("ISA avx512") == std::string::npos)
+    if (it != choices.end() && cpu::dnnl_info().find("ISA avx512") == std::string::npos) {
       EXPECT_NE(it->find("retort_wino_4x3"), std::string::npos) << *it;
+    }
   }
   EXPECT_NE(cpu::dnnl_info().find("f32 winograd"), std::string::npos) << cpu::dnnl_info();
 }

@@ -16,11 +16,14 @@
 //   BackwardWeight: the adjoint of the forward's linear map in g: with Z = A gy_tile A^T,
 //                   gw_oc = G^T [ sum_t Z_e[o][t] V_e[c][t] ] G, 36 GEMMs with the tiles as the sum.
 //
-// Tiles are processed a chunk of samples at a time so that V and M stay a few MiB (cache-sized, and a
-// workspace that does not grow with the batch). Transforms run OpenMP-parallel over (sample, channel)
-// planes, one tile row at a time: the column pass is vectorised along the row, the row pass across the
-// row's tiles. Rounding: the transforms' constants (up to 8 and 1/24) make the error a few times the
-// direct kernel's, ~1e-6 of the output scale (tests/engine/test_conv.cpp).
+// Threads take whole chunks of samples (whose tiles are a few MiB: cache-sized, and a workspace that
+// does not grow with the batch) and run a chunk's transforms and its 36 GEMMs alone (OpenBLAS's OpenMP
+// build runs single-threaded inside a parallel region). A transform works one channel at a time: that
+// channel's patch of every tile in the chunk gathered, then each 1-D transform vectorised across those
+// tiles. The weight gradient instead transforms a round of chunks in parallel over channels and runs
+// the 36 GEMMs in parallel over e, summing into one GW. Rounding: the transforms' constants (up to 8
+// and 1/24) make the error several times the direct kernel's, 1-5e-6 of the output scale
+// (tests/engine/test_conv.cpp).
 #include <cblas.h>
 #include <omp.h>
 
@@ -150,6 +153,22 @@ size_t plane_floats(const Geom& g) { return static_cast<size_t>((4 * g.TH + 2) *
 size_t rows_floats(const Geom& g, int64_t nb) { return static_cast<size_t>(72 * nb * g.P); }
 size_t tile_floats(const Geom& g, int64_t nb) { return static_cast<size_t>(kE * (g.Cin + g.Cout) * nb * g.P); }
 
+// The K x K patch of every tile of one zero-padded plane (rows of `width` values, tiles 4 apart), into
+// d[K * K][T] from tile q0 on: d[i * K + m][q0 + ty * TW + tx] = plane[(4 ty + i) * width + 4 tx + m].
+template <int K>
+inline void gather_patches(const float* plane, int64_t width, const Geom& g, float* d, int64_t T, int64_t q0) {
+  for (int64_t ty = 0; ty < g.TH; ++ty)
+    for (int i = 0; i < K; ++i) {
+      const float* row = plane + (4 * ty + i) * width;
+      float* di = d + (i * K) * T + q0 + ty * g.TW;
+      for (int m = 0; m < K; ++m) {
+        float* dm = di + m * T;
+#pragma omp simd
+        for (int64_t tx = 0; tx < g.TW; ++tx) dm[tx] = row[4 * tx + m];
+      }
+    }
+}
+
 // V[e][c][t] for channels [c0, c1) of the input tiles of samples [n0, n0 + nb) (t: tile of the chunk,
 // row-major over sample, tile row, tile column; T = nb * P). One channel at a time: its tiles' 6x6
 // patches are gathered from the zero-padded planes into d[36][T], then B^T d B runs vectorised across
@@ -164,16 +183,7 @@ RETORT_SIMD_CLONES void transform_input(const float* x, const Geom& g, int64_t n
     for (int64_t n = 0; n < nb; ++n) {
       const float* src = x + ((n0 + n) * g.Cin + c) * g.H * g.W;
       for (int64_t r = 0; r < g.H; ++r) std::copy(src + r * g.W, src + (r + 1) * g.W, pad + (r + g.ph) * PW + g.pw);
-      for (int64_t ty = 0; ty < g.TH; ++ty)
-        for (int i = 0; i < 6; ++i) {
-          const float* row = pad + (4 * ty + i) * PW;
-          float* di = d + (i * 6) * T + n * g.P + ty * g.TW;
-          for (int m = 0; m < 6; ++m) {
-            float* dm = di + m * T;
-#pragma omp simd
-            for (int64_t tx = 0; tx < g.TW; ++tx) dm[tx] = row[4 * tx + m];
-          }
-        }
+      gather_patches<6>(pad, PW, g, d, T, n * g.P);
     }
     for (int m = 0; m < 6; ++m) {  // t[k][m] = sum_i B^T[k][i] d[i][m]
       const float *d0 = d + m * T, *d1 = d + (6 + m) * T, *d2 = d + (12 + m) * T, *d3 = d + (18 + m) * T,
@@ -258,16 +268,7 @@ RETORT_SIMD_CLONES void transform_grad_output(const float* gy, const Geom& g, in
     for (int64_t n = 0; n < nb; ++n) {
       const float* src = gy + ((n0 + n) * g.Cout + o) * g.OH * g.OW;
       for (int64_t r = 0; r < g.OH; ++r) std::copy(src + r * g.OW, src + (r + 1) * g.OW, pad + r * RW);
-      for (int64_t ty = 0; ty < g.TH; ++ty)
-        for (int a = 0; a < 4; ++a) {
-          const float* row = pad + (4 * ty + a) * RW;
-          float* da = d + (a * 4) * T + n * g.P + ty * g.TW;
-          for (int bb = 0; bb < 4; ++bb) {
-            float* db = da + bb * T;
-#pragma omp simd
-            for (int64_t tx = 0; tx < g.TW; ++tx) db[tx] = row[4 * tx + bb];
-          }
-        }
+      gather_patches<4>(pad, RW, g, d, T, n * g.P);
     }
     for (int bb = 0; bb < 4; ++bb) {
       const float *d0 = d + bb * T, *d1 = d + (4 + bb) * T, *d2 = d + (8 + bb) * T, *d3 = d + (12 + bb) * T;

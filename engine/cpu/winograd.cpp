@@ -29,7 +29,6 @@
 
 #include <algorithm>
 #include <utility>
-#include <vector>
 
 #include "engine/cpu/cpu_backend.h"
 
@@ -108,18 +107,19 @@ inline void wino_gt(const double m[6], double r[3]) {
 // U[e][r][q] = (G g G^T)[e] * scale[r] for g = w[r][q] (forward: r the output, q the input channel),
 // or, with `flip`, for g = rot180(w[q][r]) (backward data: the transposed, flipped convolution). One
 // row r at a time: its 3x3 kernels gathered tap by tap, then transformed vectorised across q.
-void transform_weights(const float* w, int64_t O, int64_t C, bool flip, const float* scale, float* U) {
+// Thread i gathers the taps into 9 * max(O, C) floats at taps + i * stride.
+void transform_weights(const float* w, int64_t O, int64_t C, bool flip, const float* scale, float* U, float* taps,
+                       size_t stride, int threads) {
   const int64_t rows = flip ? C : O, cols = flip ? O : C;
-#pragma omp parallel
+#pragma omp parallel num_threads(threads)
   {
-    std::vector<float> buf(static_cast<size_t>(9 * cols));
+    float* gk = taps + omp_get_thread_num() * stride;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       for (int64_t q = 0; q < cols; ++q)
         for (int k = 0; k < 9; ++k)  // tap k of g; rot180 reverses the 9 taps
-          buf[static_cast<size_t>(k * cols + q)] = flip ? w[(q * C + r) * 9 + 8 - k] : w[(r * C + q) * 9 + k];
+          gk[k * cols + q] = flip ? w[(q * C + r) * 9 + 8 - k] : w[(r * C + q) * 9 + k];
       const float s = scale ? scale[r] : 1.f;
-      const float* gk = buf.data();
       float* u = U + r * cols;
       const int64_t es = rows * cols;
 #pragma omp simd
@@ -205,14 +205,15 @@ RETORT_SIMD_CLONES void transform_input(const float* x, const Geom& g, int64_t n
   }
 }
 
-// y for samples [n0, n0 + nb) from M[e][o][t]: A^T M A per tile, + bias[o], then max(., 0) with relu.
-// One channel at a time, vectorised across its T tiles, then the 4x4 results put in place.
-RETORT_SIMD_CLONES void transform_output(const Geom& g, int64_t n0, int64_t nb, const float* M, const float* bias,
-                                         bool relu, const Scratch& sc, float* y) {
+// Channels [o0, o1) of y for samples [n0, n0 + nb) from M[e][o][t]: A^T M A per tile, + bias[o], then
+// max(., 0) with relu. One channel at a time, vectorised across its T tiles, then the 4x4 results put
+// in place.
+RETORT_SIMD_CLONES void transform_output(const Geom& g, int64_t n0, int64_t nb, int64_t o0, int64_t o1, const float* M,
+                                         const float* bias, bool relu, const Scratch& sc, float* y) {
   const int64_t T = nb * g.P, es = g.Cout * T;
   float* s = sc.rows;        // [4][6][T]: A^T down the columns
   float* yt = s + 24 * T;    // [4][4][T]: the output tiles
-  for (int64_t o = 0; o < g.Cout; ++o) {
+  for (int64_t o = o0; o < o1; ++o) {
     const float b = bias ? bias[o] : 0.f;
     const float* mo = M + o * T;
     for (int l = 0; l < 6; ++l) {
@@ -306,36 +307,58 @@ Geom geom_of(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape& ys,
 
 // How the batch is split: `threads` threads each take whole chunks of `nb` samples, as many chunks per
 // thread as keep a chunk's tiles within chunk_bytes(), and an equal count of them (the last may be
-// short). The weight gradient takes `threads` chunks at a time as one round.
+// short). In rounds (the weight gradient, and any call with fewer chunks than threads: a small batch),
+// `threads` chunks at a time are transformed in parallel over channels and their GEMMs run in parallel
+// over e instead.
 struct Plan {
   int threads;
   int64_t nb, chunks;
+  bool rounds;
   int64_t round() const { return nb * threads; }
 };
-Plan plan_of(const Geom& g) {
+Plan plan_of(const Geom& g, bool weight_grad) {
   const int threads = std::max(1, omp_get_max_threads());
   const size_t per_sample = tile_floats(g, 1) * sizeof(float);
   const size_t budget = threads * chunk_bytes();
   const int64_t rounds = std::max<int64_t>(1, static_cast<int64_t>((g.N * per_sample + budget - 1) / budget));
   const int64_t nb = std::max<int64_t>(1, (g.N + threads * rounds - 1) / (threads * rounds));
-  return {threads, nb, (g.N + nb - 1) / nb};
+  const int64_t chunks = (g.N + nb - 1) / nb;
+  return {threads, nb, chunks, weight_grad || chunks < threads};
 }
 
-// The workspace: the transformed weights (or the weight gradient's sum) [36][Cout][Cin] first, then
-//  - forward / data gradient: per thread, its chunk's V and M, scratch rows and a plane;
-//  - weight gradient: one round's V and Z, then per thread scratch rows and two planes (x's, gy's).
+// The workspace: the transformed weights (or the weight gradient's sum) [36][Cout][Cin] and the folded
+// bias [Cout] first, then
+//  - by chunks: per thread, its chunk's V and M, scratch rows and a plane;
+//  - in rounds: one round's V and M (Z for the weight gradient), then per thread scratch rows and two
+//    planes (x's and gy's for the weight gradient).
+// Per thread also the weight transform's gathered taps, 9 * max(Cin, Cout).
 size_t align16(size_t n) { return (n + 15) / 16 * 16; }
 struct Layout {
-  size_t shared_tiles, per_thread, total;  // in floats, after the [36][Cout][Cin] block
+  size_t head, shared_tiles, per_thread, total;  // in floats
 };
-Layout layout_of(const Geom& g, const Plan& pl, bool weight_grad) {
+Layout layout_of(const Geom& g, const Plan& pl) {
   Layout l;
-  const int64_t nb = weight_grad ? pl.round() : pl.nb;  // samples whose tiles one scratch row spans
-  l.shared_tiles = weight_grad ? align16(tile_floats(g, nb)) : 0;
-  l.per_thread = (weight_grad ? 0 : align16(tile_floats(g, nb))) + align16(rows_floats(g, nb)) +
-                 align16(plane_floats(g)) * (weight_grad ? 2 : 1);
-  l.total = align16(static_cast<size_t>(kE * g.Cin * g.Cout)) + l.shared_tiles + pl.threads * l.per_thread;
+  const int64_t nb = pl.rounds ? pl.round() : pl.nb;  // samples whose tiles one scratch row spans
+  l.head = align16(static_cast<size_t>(kE * g.Cin * g.Cout)) + align16(static_cast<size_t>(g.Cout));
+  l.shared_tiles = pl.rounds ? align16(tile_floats(g, nb)) : 0;
+  l.per_thread = (pl.rounds ? 0 : align16(tile_floats(g, nb))) + align16(rows_floats(g, nb)) +
+                 align16(plane_floats(g)) * 2 + align16(static_cast<size_t>(9 * std::max(g.Cin, g.Cout)));
+  l.total = l.head + l.shared_tiles + pl.threads * l.per_thread;
   return l;
+}
+// One thread's part of the per-thread region: [tiles (by chunks)][rows][plane][plane2][taps].
+struct ThreadPart {
+  float *V, *rows, *plane, *plane2, *taps;
+};
+ThreadPart thread_part(const Geom& g, const Plan& pl, const Layout& l, float* per_thread, int tid) {
+  const int64_t nb = pl.rounds ? pl.round() : pl.nb;
+  ThreadPart t;
+  t.V = per_thread + tid * l.per_thread;
+  t.rows = t.V + (pl.rounds ? 0 : align16(tile_floats(g, nb)));
+  t.plane = t.rows + align16(rows_floats(g, nb));
+  t.plane2 = t.plane + align16(plane_floats(g));
+  t.taps = t.plane2 + align16(plane_floats(g));
+  return t;
 }
 
 // gw for the (o, c) pairs [b0, b0 + nb) of OC from the summed products GW_e ([36][OC]): G^T GW G,
@@ -373,83 +396,97 @@ bool winograd_shape_ok(const Shape& ws, const Conv2dParams& p) {
 size_t winograd_workspace_bytes(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape& ys,
                                 const Conv2dParams& p) {
   const Geom g = geom_of(dir, xs, ws, ys, p);
-  return layout_of(g, plan_of(g), dir == DnnlConvDir::BackwardWeight).total * sizeof(float);
+  return layout_of(g, plan_of(g, dir == DnnlConvDir::BackwardWeight)).total * sizeof(float);
 }
 
 void winograd_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p,
                      const float* in0, const float* in1, const float* bias, float* out, const DnnlEpilogue* epi,
                      float* workspace) {
   const Geom g = geom_of(dir, xs, ws, ys, p);
-  const Plan pl = plan_of(g);
   const bool wgrad = dir == DnnlConvDir::BackwardWeight;
-  const Layout lay = layout_of(g, pl, wgrad);
+  const Plan pl = plan_of(g, wgrad);
+  const Layout lay = layout_of(g, pl);
   float* W6 = workspace;  // U, or the summed GW for the weight gradient
-  float* tiles = workspace + align16(static_cast<size_t>(kE * g.Cin * g.Cout));
+  float* folded = workspace + align16(static_cast<size_t>(kE * g.Cin * g.Cout));
+  float* tiles = workspace + lay.head;  // a round's V then M (or Z)
   float* per_thread = tiles + lay.shared_tiles;
-  if (wgrad) {
-    // gw[o][c] = G^T (sum over tiles of Z_e[o][t] V_e[c][t]) G. A round of samples at a time: x's and
-    // gy's tiles transformed in parallel over channels, then the 36 GEMMs in parallel over e, each
-    // adding the round's products into its GW_e (no per-thread copies of the gradient).
-    const float* gy = in0;
-    const float* x = in1;
+  if (wgrad && g.N == 0) {  // no samples: no gradient
+    std::fill(out, out + g.Cout * g.Cin * 9, 0.f);
+    return;
+  }
+  float* taps = thread_part(g, pl, lay, per_thread, 0).taps;  // thread i's: + i * lay.per_thread
+  bool relu = false;
+  if (dir == DnnlConvDir::Forward) {
+    // An eval batch norm (and a conv bias) fold into the weights and one bias: y = conv(x, w * s) + b * s + t.
+    if (epi) {
+      for (int64_t o = 0; o < g.Cout; ++o) folded[o] = (bias ? bias[o] * epi->scale[o] : 0.f) + epi->shift[o];
+      bias = folded;
+      relu = epi->relu;
+    }
+    transform_weights(in1, g.Cout, g.Cin, false, epi ? epi->scale : nullptr, W6, taps, lay.per_thread, pl.threads);
+  } else if (dir == DnnlConvDir::BackwardData) {
+    transform_weights(in1, ws[0], ws[1], true, nullptr, W6, taps, lay.per_thread, pl.threads);  // U[e][c][o]
+    bias = nullptr;
+  }
+  if (pl.rounds) {
+    // A round of samples at a time: the tiles transformed in parallel over channels, the 36 GEMMs in
+    // parallel over e, then (forward) the outputs in parallel over channels. The weight gradient,
+    // gw[o][c] = G^T (sum over tiles of Z_e[o][t] V_e[c][t]) G, adds each round's products into its GW_e
+    // (no per-thread copies of the gradient).
     const int64_t R = std::min(pl.round(), g.N);
-    float* V = tiles;
+    const float* x = wgrad ? in1 : in0;
     for (int64_t n0 = 0; n0 < g.N; n0 += R) {
       const int64_t nb = std::min(R, g.N - n0), T = nb * g.P;
-      float* Z = V + kE * g.Cin * T;
+      float* V = tiles;
+      float* M = V + kE * g.Cin * T;  // M [36][Cout][T], or Z for the weight gradient
 #pragma omp parallel num_threads(pl.threads)
       {
-        float* mine = per_thread + omp_get_thread_num() * lay.per_thread;
-        const Scratch sx{mine, mine + align16(rows_floats(g, R))};
-        const Scratch sy{sx.rows, sx.plane + align16(plane_floats(g))};
-        if (n0 == 0) {  // the borders stay zero from here on
-          std::fill(sx.plane, sx.plane + plane_floats(g), 0.f);
-          std::fill(sy.plane, sy.plane + plane_floats(g), 0.f);
-        }
+        const ThreadPart t = thread_part(g, pl, lay, per_thread, omp_get_thread_num());
+        const Scratch sx{t.rows, t.plane}, sy{t.rows, t.plane2};
+        std::fill(t.plane, t.plane + plane_floats(g), 0.f);  // the borders stay zero
+        std::fill(t.plane2, t.plane2 + plane_floats(g), 0.f);
 #pragma omp for schedule(static)
         for (int64_t c = 0; c < g.Cin; ++c) transform_input(x, g, n0, nb, c, c + 1, V, sx);
+        if (wgrad) {
 #pragma omp for schedule(static)
-        for (int64_t o = 0; o < g.Cout; ++o) transform_grad_output(gy, g, n0, nb, o, o + 1, Z, sy);
+          for (int64_t o = 0; o < g.Cout; ++o) transform_grad_output(in0, g, n0, nb, o, o + 1, M, sy);
 #pragma omp for schedule(static)
-        for (int64_t e = 0; e < kE; ++e)
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(g.Cout), static_cast<int>(g.Cin),
-                      static_cast<int>(T), 1.f, Z + e * g.Cout * T, static_cast<int>(T), V + e * g.Cin * T,
-                      static_cast<int>(T), n0 == 0 ? 0.f : 1.f, W6 + e * g.Cout * g.Cin, static_cast<int>(g.Cin));
+          for (int64_t e = 0; e < kE; ++e)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(g.Cout), static_cast<int>(g.Cin),
+                        static_cast<int>(T), 1.f, M + e * g.Cout * T, static_cast<int>(T), V + e * g.Cin * T,
+                        static_cast<int>(T), n0 == 0 ? 0.f : 1.f, W6 + e * g.Cout * g.Cin, static_cast<int>(g.Cin));
+        } else {
+#pragma omp for schedule(static)
+          for (int64_t e = 0; e < kE; ++e)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(g.Cout), static_cast<int>(T),
+                        static_cast<int>(g.Cin), 1.f, W6 + e * g.Cout * g.Cin, static_cast<int>(g.Cin),
+                        V + e * g.Cin * T, static_cast<int>(T), 0.f, M + e * g.Cout * T, static_cast<int>(T));
+#pragma omp for schedule(static)
+          for (int64_t o = 0; o < g.Cout; ++o) transform_output(g, n0, nb, o, o + 1, M, bias, relu, sx, out);
+        }
       }
     }
+    if (!wgrad) return;
     const int64_t OC = g.Cout * g.Cin;
 #pragma omp parallel for schedule(static) if (OC > 256)
     for (int64_t b0 = 0; b0 < OC; b0 += kBlock) gw_block(W6, OC, b0, std::min(kBlock, OC - b0), out + b0 * 9);
     return;
   }
-  std::vector<float> folded;
-  if (dir == DnnlConvDir::Forward) {
-    // An eval batch norm (and a conv bias) fold into the weights and one bias: y = conv(x, w * s) + b * s + t.
-    if (epi) {
-      folded.resize(static_cast<size_t>(g.Cout));
-      for (int64_t o = 0; o < g.Cout; ++o) folded[o] = (bias ? bias[o] * epi->scale[o] : 0.f) + epi->shift[o];
-      bias = folded.data();
-    }
-    transform_weights(in1, g.Cout, g.Cin, false, epi ? epi->scale : nullptr, W6);
-  } else {
-    transform_weights(in1, ws[0], ws[1], true, nullptr, W6);  // U[e][c][o]
-    bias = nullptr;
-  }
-  const bool relu = dir == DnnlConvDir::Forward && epi && epi->relu;
-  // Each thread: whole chunks of samples, its tiles transformed, multiplied and transformed back.
+  // By chunks: each thread takes whole chunks of samples, their tiles transformed, multiplied and
+  // transformed back by it alone.
 #pragma omp parallel num_threads(pl.threads)
   {
-    float* V = per_thread + omp_get_thread_num() * lay.per_thread;
+    const ThreadPart t = thread_part(g, pl, lay, per_thread, omp_get_thread_num());
+    float* V = t.V;
     float* M = V + kE * g.Cin * pl.nb * g.P;
-    float* rows = V + align16(tile_floats(g, pl.nb));
-    const Scratch s{rows, rows + align16(rows_floats(g, pl.nb))};
-    std::fill(s.plane, s.plane + plane_floats(g), 0.f);  // the border stays zero
+    const Scratch s{t.rows, t.plane};
+    std::fill(t.plane, t.plane + plane_floats(g), 0.f);  // the border stays zero
 #pragma omp for schedule(static)
     for (int64_t chunk = 0; chunk < pl.chunks; ++chunk) {
       const int64_t n0 = chunk * pl.nb, nb = std::min(pl.nb, g.N - n0), T = nb * g.P;
       transform_input(in0, g, n0, nb, 0, g.Cin, V, s);
       gemm36(g.Cout, T, g.Cin, W6, V, M);
-      transform_output(g, n0, nb, M, bias, relu, s, out);
+      transform_output(g, n0, nb, 0, g.Cout, M, bias, relu, s, out);
     }
   }
 }

@@ -839,7 +839,8 @@ std::vector<double> conv_direction(int dir, const Tensor& x, const Tensor& w, co
 // winograd.cpp's own F(4x4, 3x3) kernels (what math "winograd" runs where oneDNN has no Winograd
 // kernels), called directly so that every machine tests them: each direction against the F64
 // convolution, on outputs that are not whole tiles (down to 1x1), padding 0 to 2 and unequal on the two
-// axes, unequal channel counts, and batches split into one or a few samples per chunk.
+// axes, unequal channel counts, batches split into one or a few samples per chunk, and 1 and 3 threads
+// (so that both ways of splitting the work run: by chunks, and in rounds when chunks < threads).
 TEST(Conv2dWinograd, OwnKernelsMatchF64InEveryDirection) {
   struct Case {
     Shape x;
@@ -847,10 +848,13 @@ TEST(Conv2dWinograd, OwnKernelsMatchF64InEveryDirection) {
     size_t chunk_bytes;
   };
   const size_t old = cpu::set_winograd_chunk_bytes(size_t{4} << 20);
+  const int old_threads = omp_get_max_threads();
   Generator gen(61);
+  for (const int threads : {1, 3})
   for (const Case& c : {Case{{3, 5, 7, 10}, 4, 1, 1, size_t{4} << 20}, Case{{2, 3, 9, 6}, 7, 0, 2, size_t{4} << 20},
                         Case{{5, 17, 8, 8}, 33, 2, 0, 1}, Case{{4, 8, 1, 1}, 6, 1, 1, size_t{4} << 20},
-                        Case{{7, 16, 12, 12}, 16, 1, 1, 40000}, Case{{2, 6, 3, 5}, 5, 0, 0, size_t{4} << 20}}) {
+                        Case{{7, 16, 12, 12}, 16, 1, 1, 40000}, Case{{1, 6, 3, 5}, 5, 0, 0, size_t{4} << 20}}) {
+    omp_set_num_threads(threads);
     cpu::set_winograd_chunk_bytes(c.chunk_bytes);
     const Shape wsh{c.out_channels, c.x[1], 3, 3};
     const Conv2dParams p = params(1, 1, c.pad_h, c.pad_w);
@@ -874,7 +878,8 @@ TEST(Conv2dWinograd, OwnKernelsMatchF64InEveryDirection) {
       }
       // Measured 0.9-3.2e-6 of the largest value on these cases (the direct kernel's: 0.3-0.7e-6).
       EXPECT_LE(err, 1e-5 * scale) << "direction " << dir << ", x " << shape_str(c.x) << ", w " << shape_str(wsh)
-                                   << ", pad " << c.pad_h << "x" << c.pad_w << ", chunk " << c.chunk_bytes;
+                                   << ", pad " << c.pad_h << "x" << c.pad_w << ", chunk " << c.chunk_bytes
+                                   << ", threads " << threads;
     }
     // The forward with an eval-BN epilogue (scale, shift, then ReLU) folded into its weights and bias.
     std::vector<float> scale(static_cast<size_t>(wsh[0])), shift(scale.size());
@@ -895,7 +900,41 @@ TEST(Conv2dWinograd, OwnKernelsMatchF64InEveryDirection) {
       ASSERT_NEAR(got[i], want, 1e-5 * largest) << "fused forward, x " << shape_str(c.x) << ", element " << i;
     }
   }
+  omp_set_num_threads(old_threads);
   cpu::set_winograd_chunk_bytes(old);
+  // An empty batch has a zero weight gradient (whatever the workspace held).
+  const Shape xs{0, 4, 6, 6}, wsh{5, 4, 3, 3}, ys{0, 5, 6, 6};
+  const Conv2dParams p = params(1, 1, 1, 1);
+  std::vector<float> ws(cpu::winograd_workspace_bytes(cpu::DnnlConvDir::BackwardWeight, xs, wsh, ys, p) / sizeof(float), 7.f);
+  std::vector<float> gw(static_cast<size_t>(shape_numel(wsh)), -1.f);
+  cpu::winograd_conv2d(cpu::DnnlConvDir::BackwardWeight, xs, wsh, ys, p, nullptr, nullptr, nullptr, gw.data(), nullptr,
+                       ws.data());
+  EXPECT_EQ(gw, std::vector<float>(gw.size(), 0.f));
+}
+
+// Below AVX-512 a 3x3 layer with padding beyond 2 (which winograd.cpp does not take) runs the direct
+// kernel with Winograd on, bitwise as with it off, and the listing says so.
+TEST(Conv2dWinograd, PaddingBeyondTwoRunsTheDirectKernelBelowAvx512) {
+  WinogradScope scope;
+  if (!scope.unsupported.empty()) GTEST_SKIP() << scope.unsupported;
+  if (cpu::dnnl_info().find("ISA avx512") != std::string::npos) GTEST_SKIP() << "oneDNN's own Winograd kernels here";
+  Generator gen(67);
+  const Shape xs{2, 32, 6, 6}, wsh{32, 32, 3, 3};
+  const Conv2dParams p = params(1, 1, 3, 3);
+  const Shape ys = out_shape(xs, wsh, p);
+  const Tensor x = Tensor::randn(xs, gen), w = Tensor::randn(wsh, gen), gy = Tensor::randn(ys, gen);
+  const Tensor bias = Tensor::randn({wsh[0]}, gen);
+  for (int dir : {0, 1, 2}) {
+    const auto on = conv_direction(dir, x, w, gy, bias, p);
+    set_cpu_conv_winograd(false);
+    const auto off = conv_direction(dir, x, w, gy, bias, p);
+    set_cpu_conv_winograd(true);
+    EXPECT_EQ(on, off) << "direction " << dir;
+  }
+  const auto choices = cpu::dnnl_conv_choices();
+  EXPECT_TRUE(std::any_of(choices.begin(), choices.end(), [](const std::string& s) {
+    return s.rfind("fwd x[2, 32, 6, 6]", 0) == 0 && s.find("direct (no winograd kernel)") != std::string::npos;
+  }));
 }
 
 // With Winograd on, each direction of an eligible convolution (3x3, stride 1, >= 32 channels) runs

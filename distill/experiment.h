@@ -106,9 +106,9 @@ struct ExperimentConfig {
   // pick the fastest kernel, and runs with one seed can differ in the last bits.
   bool deterministic = true;
   // The arithmetic of F32 convolutions (math_mode_check): "ieee" (F32 throughout), "bf16" (CPU:
-  // oneDNN's bfloat16 convolutions, backend.h cpu_conv_bf16), "winograd" (CPU: oneDNN's F32 Winograd
-  // kernels for 3x3 stride-1 layers, backend.h cpu_conv_winograd) or "tf32" (CUDA: TF32 tensor cores
-  // in cuBLAS and cuDNN).
+  // oneDNN's bfloat16 convolutions, backend.h cpu_conv_bf16), "winograd" (CPU: F32 Winograd kernels
+  // for 3x3 stride-1 layers, oneDNN's on AVX-512 and engine/cpu/winograd.cpp's below; backend.h
+  // cpu_conv_winograd) or "tf32" (CUDA: TF32 tensor cores in cuBLAS and cuDNN).
   std::string math = "ieee";
   DataConfig data;
   std::string arch;  // model.arch

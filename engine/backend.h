@@ -244,7 +244,7 @@ void set_cpu_conv_bf16(bool on);
 // retort-bench --math winograd; docs/performance.md "Winograd convolutions"). While on, every 3x3,
 // stride-1, undilated, ungrouped convolution of 32+ input and output channels (forward and both
 // backwards) computes in the transformed domain — oneDNN's kernels on AVX-512, engine/cpu/winograd.cpp's
-// below: 4x fewer multiplications per 4x4 output tile at F32, with a larger rounding error than the
+// below (padding up to 2; wider padding runs direct): 4x fewer multiplications per 4x4 output tile at F32, with a larger rounding error than the
 // direct sum (measured against F64 in test_conv.cpp). Other shapes, F64 and the direct depthwise
 // kernels are unaffected. Off by default; RETORT_CPU_CONV_WINOGRAD=1 in the environment starts it on.
 // Turning it on throws while bf16 is on (the two are exclusive), and so does turning bf16 on while

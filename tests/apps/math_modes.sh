@@ -5,7 +5,7 @@
 # "winograd" likewise runs Winograd kernels (oneDNN's on AVX-512, winograd.cpp's below) where they apply and
 # evaluates to 1e-4; modes the device cannot run (tf32 on the CPU, an unknown mode) are refused as usage errors
 # (exit code 1) with the reason. Where oneDNN has no bf16 convolutions (below AVX-512) the refusal is checked,
-# the bf16 checks are left out and run a trains in F32.
+# the bf16 checks are left out and run "a" (the model the later checks evaluate) trains in F32.
 # Usage: math_modes.sh BIN_DIR
 set -euo pipefail
 bin=$1

@@ -290,13 +290,17 @@ RETORT_SIMD_CLONES void transform_grad_output(const float* gy, const Geom& g, in
   }
 }
 
-// The 36 products C_e = A_e · B_e, A_e [m x k], B_e [k x n], C_e [m x n]. Called inside a parallel
-// region, where OpenBLAS's OpenMP build runs single-threaded.
-void gemm36(int64_t m, int64_t n, int64_t k, const float* A, const float* B, float* C) {
-  for (int64_t e = 0; e < kE; ++e)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
-                static_cast<int>(k), 1.f, A + e * m * k, static_cast<int>(k), B + e * k * n, static_cast<int>(n),
-                0.f, C + e * m * n, static_cast<int>(n));
+// The products C_e = A_e · op(B_e) (op: transposed with trans_b) at positions e in [e0, e1), A_e
+// [m x k], C_e [m x n]. Straight to OpenBLAS, as conv.cpp's backend GEMM does, but not through
+// backend_for(): with the profiler on that is a decorator, not to be entered from inside a timed
+// convolution and from several threads at once. Every call here is made inside a parallel region,
+// where OpenBLAS's OpenMP build runs single-threaded.
+void gemm_positions(int64_t e0, int64_t e1, int64_t m, int64_t n, int64_t k, const float* A, const float* B,
+                    bool trans_b, float beta, float* C) {
+  for (int64_t e = e0; e < e1; ++e)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(m),
+                static_cast<int>(n), static_cast<int>(k), 1.f, A + e * m * k, static_cast<int>(k), B + e * k * n,
+                static_cast<int>(trans_b ? k : n), beta, C + e * m * n, static_cast<int>(n));
 }
 
 Geom geom_of(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p) {
@@ -315,6 +319,7 @@ struct Plan {
   int64_t nb, chunks;
   bool rounds;
   int64_t round() const { return nb * threads; }
+  int64_t span() const { return rounds ? round() : nb; }  // samples whose tiles one buffer holds
 };
 Plan plan_of(const Geom& g, bool weight_grad) {
   const int threads = std::max(1, omp_get_max_threads());
@@ -338,7 +343,7 @@ struct Layout {
 };
 Layout layout_of(const Geom& g, const Plan& pl) {
   Layout l;
-  const int64_t nb = pl.rounds ? pl.round() : pl.nb;  // samples whose tiles one scratch row spans
+  const int64_t nb = pl.span();
   l.head = align16(static_cast<size_t>(kE * g.Cin * g.Cout)) + align16(static_cast<size_t>(g.Cout));
   l.shared_tiles = pl.rounds ? align16(tile_floats(g, nb)) : 0;
   l.per_thread = (pl.rounds ? 0 : align16(tile_floats(g, nb))) + align16(rows_floats(g, nb)) +
@@ -351,7 +356,7 @@ struct ThreadPart {
   float *V, *rows, *plane, *plane2, *taps;
 };
 ThreadPart thread_part(const Geom& g, const Plan& pl, const Layout& l, float* per_thread, int tid) {
-  const int64_t nb = pl.rounds ? pl.round() : pl.nb;
+  const int64_t nb = pl.span();
   ThreadPart t;
   t.V = per_thread + tid * l.per_thread;
   t.rows = t.V + (pl.rounds ? 0 : align16(tile_floats(g, nb)));
@@ -451,16 +456,10 @@ void winograd_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Sh
 #pragma omp for schedule(static)
           for (int64_t o = 0; o < g.Cout; ++o) transform_grad_output(in0, g, n0, nb, o, o + 1, M, sy);
 #pragma omp for schedule(static)
-          for (int64_t e = 0; e < kE; ++e)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(g.Cout), static_cast<int>(g.Cin),
-                        static_cast<int>(T), 1.f, M + e * g.Cout * T, static_cast<int>(T), V + e * g.Cin * T,
-                        static_cast<int>(T), n0 == 0 ? 0.f : 1.f, W6 + e * g.Cout * g.Cin, static_cast<int>(g.Cin));
+          for (int64_t e = 0; e < kE; ++e) gemm_positions(e, e + 1, g.Cout, g.Cin, T, M, V, true, n0 == 0 ? 0.f : 1.f, W6);
         } else {
 #pragma omp for schedule(static)
-          for (int64_t e = 0; e < kE; ++e)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(g.Cout), static_cast<int>(T),
-                        static_cast<int>(g.Cin), 1.f, W6 + e * g.Cout * g.Cin, static_cast<int>(g.Cin),
-                        V + e * g.Cin * T, static_cast<int>(T), 0.f, M + e * g.Cout * T, static_cast<int>(T));
+          for (int64_t e = 0; e < kE; ++e) gemm_positions(e, e + 1, g.Cout, T, g.Cin, W6, V, false, 0.f, M);
 #pragma omp for schedule(static)
           for (int64_t o = 0; o < g.Cout; ++o) transform_output(g, n0, nb, o, o + 1, M, bias, relu, sx, out);
         }
@@ -485,7 +484,7 @@ void winograd_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Sh
     for (int64_t chunk = 0; chunk < pl.chunks; ++chunk) {
       const int64_t n0 = chunk * pl.nb, nb = std::min(pl.nb, g.N - n0), T = nb * g.P;
       transform_input(in0, g, n0, nb, 0, g.Cin, V, s);
-      gemm36(g.Cout, T, g.Cin, W6, V, M);
+      gemm_positions(0, kE, g.Cout, T, g.Cin, W6, V, false, 0.f, M);
       transform_output(g, n0, nb, 0, g.Cout, M, bias, relu, s, out);
     }
   }

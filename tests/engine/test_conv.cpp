@@ -834,6 +834,21 @@ std::vector<double> conv_direction(int dir, const Tensor& x, const Tensor& w, co
   return r.to_vector();
 }
 
+// With Winograd on (the caller's scope), each direction of the convolution of random operands gives
+// bitwise what it gives with Winograd off.
+void expect_unchanged_by_winograd(Generator& gen, const Shape& xs, const Shape& wsh, const Conv2dParams& p) {
+  const Shape ys = out_shape(xs, wsh, p);
+  const Tensor x = Tensor::randn(xs, gen), w = Tensor::randn(wsh, gen), gy = Tensor::randn(ys, gen);
+  const Tensor bias = Tensor::randn({wsh[0]}, gen);
+  for (int dir : {0, 1, 2}) {
+    const auto on = conv_direction(dir, x, w, gy, bias, p);
+    set_cpu_conv_winograd(false);
+    const auto off = conv_direction(dir, x, w, gy, bias, p);
+    set_cpu_conv_winograd(true);
+    EXPECT_EQ(on, off) << "direction " << dir << ", x " << shape_str(xs) << ", w " << shape_str(wsh);
+  }
+}
+
 }  // namespace
 
 // winograd.cpp's own F(4x4, 3x3) kernels (what math "winograd" runs where oneDNN has no Winograd
@@ -919,18 +934,7 @@ TEST(Conv2dWinograd, PaddingBeyondTwoRunsTheDirectKernelBelowAvx512) {
   if (!scope.unsupported.empty()) GTEST_SKIP() << scope.unsupported;
   if (cpu::dnnl_info().find("ISA avx512") != std::string::npos) GTEST_SKIP() << "oneDNN's own Winograd kernels here";
   Generator gen(67);
-  const Shape xs{2, 32, 6, 6}, wsh{32, 32, 3, 3};
-  const Conv2dParams p = params(1, 1, 3, 3);
-  const Shape ys = out_shape(xs, wsh, p);
-  const Tensor x = Tensor::randn(xs, gen), w = Tensor::randn(wsh, gen), gy = Tensor::randn(ys, gen);
-  const Tensor bias = Tensor::randn({wsh[0]}, gen);
-  for (int dir : {0, 1, 2}) {
-    const auto on = conv_direction(dir, x, w, gy, bias, p);
-    set_cpu_conv_winograd(false);
-    const auto off = conv_direction(dir, x, w, gy, bias, p);
-    set_cpu_conv_winograd(true);
-    EXPECT_EQ(on, off) << "direction " << dir;
-  }
+  expect_unchanged_by_winograd(gen, {2, 32, 6, 6}, {32, 32, 3, 3}, params(1, 1, 3, 3));
   const auto choices = cpu::dnnl_conv_choices();
   EXPECT_TRUE(std::any_of(choices.begin(), choices.end(), [](const std::string& s) {
     return s.rfind("fwd x[2, 32, 6, 6]", 0) == 0 && s.find("direct (no winograd kernel)") != std::string::npos;
@@ -1026,17 +1030,7 @@ TEST(Conv2dWinograd, OtherShapesRunTheDirectKernelUnchanged) {
   struct Case { Shape x, w; int64_t stride, pad, groups; };
   for (const Case& c : {Case{{2, 16, 10, 10}, {16, 16, 3, 3}, 1, 1, 1}, Case{{2, 32, 10, 10}, {32, 32, 3, 3}, 2, 1, 1},
                         Case{{2, 32, 8, 8}, {48, 32, 1, 1}, 1, 0, 1}, Case{{2, 64, 8, 8}, {64, 32, 3, 3}, 1, 1, 2}}) {
-    const Conv2dParams p = params(c.stride, c.stride, c.pad, c.pad, 1, 1, c.groups);
-    const Shape ys = out_shape(c.x, c.w, p);
-    const Tensor x = Tensor::randn(c.x, gen), w = Tensor::randn(c.w, gen), gy = Tensor::randn(ys, gen);
-    const Tensor bias = Tensor::randn({c.w[0]}, gen);
-    for (int dir : {0, 1, 2}) {
-      const auto on = conv_direction(dir, x, w, gy, bias, p);
-      set_cpu_conv_winograd(false);
-      const auto off = conv_direction(dir, x, w, gy, bias, p);
-      set_cpu_conv_winograd(true);
-      EXPECT_EQ(on, off) << "direction " << dir << ", x " << shape_str(c.x) << ", w " << shape_str(c.w);
-    }
+    expect_unchanged_by_winograd(gen, c.x, c.w, params(c.stride, c.stride, c.pad, c.pad, 1, 1, c.groups));
   }
 }
 

@@ -12,7 +12,10 @@ namespace retort {
 
 namespace {
 // Overwrites dst's storage with src's (same shape, dtype and device), outside autograd.
-void assign(Tensor& dst, const Tensor& src) { backend_for(dst).copy(src.raw_data(), dst.raw_data(), dst.nbytes()); }
+void assign(Tensor& dst, const Tensor& src) {
+  backend_for(dst).copy(src.raw_data(), dst.raw_data(), dst.nbytes());
+  dst.bump_version();
+}
 
 // The taps the terms read of one network, each with the first term that reads it (for messages).
 struct TapSpecs {
@@ -88,6 +91,8 @@ Distiller::Distiller(std::shared_ptr<Module> student, std::shared_ptr<Module> te
     shapes.teacher_batch_norm = [t = teacher_.get()](const std::string& spec) { return t->batch_norm_before(spec); };
   }
   for (auto& t : terms_) t.strategy->build(shapes, gen);
+  StateDict extra = extra_state();  // tensors named as in checkpoints, for graph exports and errors
+  for (auto& [k, v] : extra) v.set_name(k);
   for (const auto& s : s_specs.specs) student_->tap(s, [this, s](const Tensor& x) { student_feats_[s] = x; });
   if (teacher_) {
     for (const auto& s : t_specs.specs) teacher_->tap(s, [this, s](const Tensor& x) {

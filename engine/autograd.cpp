@@ -70,6 +70,20 @@ std::shared_ptr<Node> gradient_edge(const Tensor& t) {
 }
 }  // namespace
 
+Tensor saved(const Tensor& t) {
+  if (!t.defined()) return Tensor();
+  Tensor alias = t.detach();
+  alias.impl().saved_version = t.version();
+  alias.impl().saved_shape = t.shape();
+  return alias;
+}
+
+namespace {
+thread_local const char* t_backward_node = "";
+}  // namespace
+
+const char* running_backward_node() { return t_backward_node; }
+
 Tensor record(Tensor out, const char* name, const std::vector<Tensor>& inputs, BackwardFn backward) {
   if (!should_record(inputs)) return out;
   auto node = std::make_shared<FunctionNode>(name, std::move(backward));
@@ -140,7 +154,15 @@ void run_backward(const Tensor& root, const Tensor& grad_in, bool retain_graph) 
     ready.pop();
     Tensor g = std::move(pending[node]);
     pending.erase(node);
-    std::vector<Tensor> grads = node->apply(g);
+    std::vector<Tensor> grads;
+    {
+      struct Running {  // names the node for errors raised inside its backward (saved tensors updated in place)
+        const char* prev = t_backward_node;
+        explicit Running(const Node& n) { t_backward_node = n.name().c_str(); }
+        ~Running() { t_backward_node = prev; }
+      } running(*node);
+      grads = node->apply(g);
+    }
     if (!retain_graph) node->release();
     RETORT_CHECK(grads.empty() || grads.size() == node->next.size(), node->name(), " returned ", grads.size(),
                  " gradients for ", node->next.size(), " inputs");

@@ -95,8 +95,13 @@ bool should_record(const std::vector<Tensor>& inputs);
 // Attaches a FunctionNode named `name` to `out` when should_record(inputs); returns `out`.
 // Undefined tensors in `inputs` are allowed (optional arguments such as a missing bias).
 Tensor record(Tensor out, const char* name, const std::vector<Tensor>& inputs, BackwardFn backward);
-// What a backward captures: a detached alias (shares data, drops history, so no reference cycles).
-inline Tensor saved(const Tensor& t) { return t.defined() ? t.detach() : Tensor(); }
+// What a backward captures: a detached alias (shares data, drops history, so no reference cycles)
+// that remembers its storage's version: reading its data after an in-place update of the storage
+// (an optimizer step or load_state_dict between the forward and backward(), say) throws, naming the
+// tensor and the backward reading it, instead of computing a gradient from the changed values.
+Tensor saved(const Tensor& t);
+// The name of the node whose backward is running on this thread ("" outside backward()).
+const char* running_backward_node();
 
 // ---- running backward ------------------------------------------------------------------------------
 void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph);

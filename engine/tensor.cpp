@@ -144,7 +144,19 @@ Tensor Tensor::detach() const {
   impl2->shape = impl().shape;
   impl2->dtype = impl().dtype;
   impl2->name = impl().name;
+  impl2->saved_version = impl().saved_version;  // a view of a saved tensor stays checked
+  impl2->saved_shape = impl().saved_shape;
   return Tensor(std::move(impl2));
+}
+
+void Tensor::fail_modified_after_save() const {
+  const TensorImpl& i = impl();
+  const char* node = running_backward_node();
+  RETORT_FAIL("autograd: ", i.name.empty() ? std::string("a tensor") : detail::cat("tensor '", i.name, "'"), " (",
+              dtype_name(dtype()), shape_str(i.saved_shape), " ", device().str(), ") saved by the forward ", *node ? detail::cat("for ", node, " ") : std::string(),
+              "was updated in place before the backward read it (version ", i.saved_version, " when saved, now ",
+              i.storage->version, "): an optimizer step, load_state_dict, init or another in-place update ran "
+              "between the forward and backward(). Call backward() first, or run the forward again after the update.");
 }
 
 Tensor Tensor::view_as_shape(const Shape& shape) const {

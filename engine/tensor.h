@@ -24,10 +24,16 @@ namespace retort {
 class Node;
 
 // A block of device memory. Freed through the backend that allocated it.
+//
+// `version` counts the in-place updates of the memory made through the API that updates tensors in
+// place (optimizer steps, load_state_dict, init::*_, batch-norm running statistics, scatter_rows_,
+// Tensor::bump_version); every view of the storage sees the same count. Autograd uses it to refuse a
+// backward that would read a saved tensor changed since its forward (Tensor::raw_data).
 struct Storage {
   void* data = nullptr;
   size_t nbytes = 0;
   Device device;
+  uint64_t version = 0;
   Storage(size_t nbytes, Device device);
   ~Storage();
   Storage(const Storage&) = delete;
@@ -43,6 +49,12 @@ struct TensorImpl {
   std::shared_ptr<Node> grad_fn;           // the node that produced this tensor (null for leaves)
   std::weak_ptr<Node> grad_accumulator;    // the leaf's AccumulateGrad node, shared across graphs
   std::string name;                        // optional, shown in graph exports ("layer1.0.conv1.weight")
+  // For a tensor saved for a backward (autograd.h, saved()): the storage's version when it was saved;
+  // reading its data once the version has moved on throws. kNotSaved for every other tensor.
+  // Views of it (reshapes inside a backward) keep both fields; saved_shape is the saved tensor's shape.
+  static constexpr uint64_t kNotSaved = ~uint64_t{0};
+  uint64_t saved_version = kNotSaved;
+  Shape saved_shape;
 };
 
 class Tensor {
@@ -88,8 +100,15 @@ class Tensor {
   // Typed pointer; throws if T does not match dtype() or the tensor is not on the CPU.
   template <class T> T* data();
   template <class T> const T* data() const;
-  void* raw_data() { return impl().storage->data; }
-  const void* raw_data() const { return impl().storage->data; }
+  // The storage's device pointer. Throws for a tensor saved for a backward whose storage has been
+  // updated in place since (check_unmodified).
+  void* raw_data() { check_unmodified(); return impl().storage->data; }
+  const void* raw_data() const { check_unmodified(); return impl().storage->data; }
+  // In-place updates of the storage so far (shared by every view). Writes through data<T>() or
+  // raw_data() are not counted: code that updates a tensor that way, where a recorded graph may have
+  // saved it, calls bump_version() afterwards, as the library's own in-place operations do.
+  uint64_t version() const { return impl().storage->version; }
+  void bump_version() const { ++impl().storage->version; }
   // The single element of a one-element tensor, converted to double.
   double item() const;
   // Element at a flat (row-major) index, converted to double; for tests and printing.
@@ -127,6 +146,13 @@ class Tensor {
   const std::shared_ptr<TensorImpl>& impl_ptr() const { return impl_; }
 
  private:
+  void check_unmodified() const {
+    const TensorImpl& i = impl();
+    if (i.saved_version != TensorImpl::kNotSaved && i.saved_version != i.storage->version) [[unlikely]]
+      fail_modified_after_save();
+  }
+  [[noreturn]] void fail_modified_after_save() const;
+
   std::shared_ptr<TensorImpl> impl_;
 };
 

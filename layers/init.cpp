@@ -22,6 +22,7 @@ Tensor fill_with(Tensor t, const char* op, Draw&& draw) {
     using T = std::remove_pointer_t<decltype(p)>;
     for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(draw());
   };
+  t.bump_version();
   if (t.device().is_cpu()) {
     if (t.dtype() == DType::F32) write(t.data<float>());
     else write(t.data<double>());
@@ -75,6 +76,7 @@ Tensor normal_(Tensor t, Generator& gen, double mean, double std) {
 Tensor constant_(Tensor t, double value) {
   RETORT_CHECK(t.defined(), "init::constant_: tensor is undefined");
   backend_for(t.device()).fill(t, value);
+  t.bump_version();
   return t;
 }
 

@@ -40,6 +40,7 @@ void default_reset(Tensor weight, Tensor bias, Generator& gen) {
 
 // ++counter for a 0-D I64 tensor on any device; returns the new value.
 int64_t increment(Tensor counter) {
+  counter.bump_version();
   if (counter.device().is_cpu()) return ++counter.data<int64_t>()[0];
   Backend& be = backend_for(counter.device());
   int64_t v = 0;

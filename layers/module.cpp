@@ -167,6 +167,7 @@ Module::LoadReport Module::load_state_dict(const StateDict& state, bool strict) 
   for (auto& [dst, src] : copies) {
     Tensor converted = src->to(dst.dtype()).to(dst.device());
     backend_for(dst).copy(converted.raw_data(), dst.raw_data(), dst.nbytes());
+    dst.bump_version();
   }
   return report;
 }
@@ -193,15 +194,25 @@ Module& Module::find(const std::string& path) {
   return *m;
 }
 
+void Module::name_tensors(const std::string& prefix) {
+  for (auto& [k, t] : state_dict())
+    if (t.defined()) t.set_name(prefix + k);
+}
+
 void Module::to(DType dtype) {
   NoGradGuard ng;
   for (auto& [n, t] : params_) {
     if (t.dtype() == dtype) continue;
+    std::string name = t.name();
     t = t.to(dtype).detach();
-    t.set_requires_grad(true);
+    t.set_requires_grad(true).set_name(std::move(name));
   }
   for (auto& [n, t] : buffers_)
-    if (is_floating(t.dtype()) && t.dtype() != dtype) t = t.to(dtype).detach();
+    if (is_floating(t.dtype()) && t.dtype() != dtype) {
+      std::string name = t.name();
+      t = t.to(dtype).detach();
+      t.set_name(std::move(name));
+    }
   for (auto& [n, c] : children_) c->to(dtype);
 }
 
@@ -210,11 +221,17 @@ void Module::to(Device device) {
   for (auto& [n, t] : params_) {
     if (t.device() == device) continue;
     const bool rg = t.requires_grad();
+    std::string name = t.name();
     t = t.to(device).detach();
     if (rg) t.set_requires_grad(true);
+    t.set_name(std::move(name));
   }
   for (auto& [n, t] : buffers_)
-    if (t.device() != device) t = t.to(device).detach();
+    if (t.device() != device) {
+      std::string name = t.name();
+      t = t.to(device).detach();
+      t.set_name(std::move(name));
+    }
   for (auto& [n, c] : children_) c->to(device);
 }
 

@@ -54,6 +54,10 @@ class Module {
   int64_t num_parameters() const;
   // Parameters then buffers of each module, in registration order (PyTorch's state_dict order).
   StateDict state_dict() const;
+  // Names every parameter and buffer tensor (Tensor::name) prefix + its state_dict key, so that the
+  // graph export (retort-inspect --graph) and autograd's errors say "layer1.0.conv1.weight", not
+  // "leaf". create_model calls it; to(DType) and to(Device) keep the names.
+  void name_tensors(const std::string& prefix = "");
   // Copies values into the registered tensors (in place, so optimizers keep their references).
   // strict: every key must match a tensor of the same shape, and every tensor must get a value;
   // otherwise a retort::Error lists the missing, unexpected and wrongly shaped keys. dtype is

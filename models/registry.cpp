@@ -61,7 +61,9 @@ std::shared_ptr<Module> create_model(const std::string& name, const ModelOptions
   RETORT_CHECK(options.num_classes > 0 && options.in_channels > 0 && options.input_size > 0, "create_model(", name,
                "): num_classes, in_channels and input_size must be positive, got ", options.num_classes, ", ",
                options.in_channels, ", ", options.input_size);
-  return (*factory)(options, gen);
+  std::shared_ptr<Module> model = (*factory)(options, gen);
+  model->name_tensors();
+  return model;
 }
 
 std::vector<std::string> model_names() { return table().names(); }

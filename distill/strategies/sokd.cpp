@@ -91,6 +91,7 @@ double value_at(const Tensor& t, int64_t i) { return static_cast<double>(t.data<
 void copy_into(Tensor& dst, const Tensor& host) {
   const Tensor src = host.to(dst.device());
   backend_for(dst).copy(src.raw_data(), dst.raw_data(), dst.nbytes());
+  dst.bump_version();
 }
 
 }  // namespace

@@ -55,6 +55,7 @@ void scatter_rows_(Tensor& table, const Tensor& indices, const Tensor& rows) {
     seen[static_cast<size_t>(idx[i])] = true;
   }
   if (rows.numel() > 0) backend_for(table).scatter_rows(table, indices.to(table.device()), rows);
+  table.bump_version();
 }
 
 }  // namespace retort

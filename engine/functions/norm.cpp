@@ -34,6 +34,7 @@ void blend_into(Backend& be, Tensor& r, const Tensor& stat64, double momentum) {
   be.unary(UnaryOp::Affine, stat64, s, momentum, 0.0);
   be.binary(BinaryOp::Add, r64, s, r64);
   be.cast(r64, r);
+  r.bump_version();
 }
 
 // The kernel reports invstd = 1/sqrt(var + eps) only; the running variance needs var back, made

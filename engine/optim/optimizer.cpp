@@ -88,6 +88,8 @@ void Optimizer::step() {
     ParamState& st = state_[w.index];
     ++st.step;
     update(groups_[w.group], w.param, w.grad, st.buffers, st.step);
+    w.param.bump_version();
+    for (const Tensor& b : st.buffers) b.bump_version();
   }
 }
 
@@ -200,6 +202,7 @@ void Optimizer::load_state_dict(const StateDict& state) {
   for (auto& [dst, src] : copies) {
     Tensor converted = src->to(dst.dtype()).to(dst.device());
     backend_for(dst).copy(converted.raw_data(), dst.raw_data(), dst.nbytes());
+    dst.bump_version();
   }
   for (size_t i = 0; i < state_.size(); ++i) state_[i].step = steps[i];
 }

@@ -46,6 +46,10 @@ done
 graph=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --batch 2 --graph)
 grep -qF "SigmoidBackward" <<<"$graph" || { echo "FAIL: the graph shows no DAM head (SigmoidBackward)"; exit 1; }
 grep -qF "MseLossBackward" <<<"$graph" || { echo "FAIL: the graph shows no feature loss"; exit 1; }
+# Leaves carry their checkpoint names: the student's state_dict keys, the terms' "term.<name>." ones.
+for want in 'label="layer1.0.conv1.weight' 'label="term.sokd.dam.heatmap_head.0.weight'; do
+  grep -qF "$want" <<<"$graph" || { echo "FAIL: the graph has no leaf $want"; exit 1; }
+done
 # SoKD as a plug-in around KD: the host's part, and the refined teacher logits beside the original ones.
 cat > "$tmp/plugin.json" <<JSON
 {"schema_version": 1, "experiment": {"name": "p", "seed": 0, "output_dir": "$tmp"}, $data,

@@ -132,3 +132,79 @@ TEST(Autograd, GraphExportNamesNodesAndLeaves) {
   EXPECT_NE(dot.find("fc.weight"), std::string::npos);
   EXPECT_NE(dot.find("f64[2, 2]"), std::string::npos);
 }
+
+// ---- saved tensors and in-place updates --------------------------------------------------------------
+
+namespace {
+std::string backward_error(const Tensor& loss, bool retain = false) {
+  try {
+    loss.backward(Tensor(), retain);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST(AutogradVersions, UpdatesInPlaceCountOnTheStorageSharedByViews) {
+  Tensor table = Tensor::zeros({3, 2}, DType::F64);
+  Tensor view = reshape(table, {6});
+  Tensor copy = table.clone();
+  EXPECT_EQ(table.version(), 0u);
+  scatter_rows_(table, Tensor::from_int64({1}, {1}), Tensor::ones({1, 2}, DType::F64));
+  EXPECT_EQ(table.version(), 1u);
+  EXPECT_EQ(view.version(), 1u);  // a view sees its storage's count
+  EXPECT_EQ(copy.version(), 0u);  // a copy has its own
+  view.bump_version();
+  EXPECT_EQ(table.version(), 2u);
+  EXPECT_EQ(view.to_vector(), (std::vector<double>{0, 0, 1, 1, 0, 0}));  // not saved: always readable
+}
+
+TEST(AutogradVersions, ASavedTensorUpdatedBeforeBackwardIsRefusedNamingItAndTheNode) {
+  Tensor w = leaf({1, 2, 3}, {3});
+  w.set_name("fc.weight");
+  Tensor x = leaf({4, 5, 6}, {3});
+  Tensor loss = sum(mul(x, w));  // MulBackward saves both factors
+  w.bump_version();              // as an optimizer step between the forward and backward() would
+  const std::string msg = backward_error(loss);
+  EXPECT_NE(msg.find("'fc.weight'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("f64[3]"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("for MulBackward"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("version 0 when saved, now 1"), std::string::npos) << msg;
+  EXPECT_FALSE(x.grad().defined());  // nothing reached the leaves
+
+  // The forward run again after the update reads the new values and goes through.
+  Tensor again = sum(mul(x, w));
+  again.backward();
+  EXPECT_EQ(x.grad().to_vector(), (std::vector<double>{1, 2, 3}));
+  EXPECT_EQ(w.grad().to_vector(), (std::vector<double>{4, 5, 6}));
+}
+
+TEST(AutogradVersions, UpdatesOfTensorsNoBackwardReadsAreAllowed) {
+  // add saves nothing; relu saves its output, not its input; sum saves nothing.
+  Tensor a = leaf({1, -2}, {2}), b = leaf({3, 4}, {2});
+  Tensor loss = sum(relu(add(a, b)));
+  a.bump_version();
+  b.bump_version();
+  loss.backward();
+  EXPECT_EQ(a.grad().to_vector(), (std::vector<double>{1, 1}));
+  EXPECT_EQ(b.grad().to_vector(), (std::vector<double>{1, 1}));
+}
+
+TEST(AutogradVersions, AViewOfASavedTensorIsCheckedToo) {
+  Tensor w = leaf({1, 2, 3, 4}, {2, 2});
+  Tensor x = leaf({1, 1, 1, 1}, {2, 2});
+  Tensor loss = sum(matmul(x, w));
+  reshape(w.detach(), {4}).bump_version();  // any view counts on the same storage
+  EXPECT_NE(backward_error(loss).find("MatmulBackward"), std::string::npos);
+}
+
+TEST(AutogradVersions, ARetainedGraphIsCheckedAtEachBackward) {
+  Tensor w = leaf({2}, {1});
+  Tensor loss = sum(mul(w, w));
+  EXPECT_EQ(backward_error(loss, /*retain=*/true), "");
+  EXPECT_DOUBLE_EQ(w.grad().item(), 4.0);
+  w.bump_version();
+  EXPECT_NE(backward_error(loss, true).find("updated in place"), std::string::npos);
+  EXPECT_DOUBLE_EQ(w.grad().item(), 4.0);  // unchanged by the refused walk
+}

@@ -10,6 +10,7 @@
 
 #include "engine/autograd.h"
 #include "engine/functions.h"
+#include "engine/optim/optim.h"
 #include "engine/profile.h"
 #include "layers/layers.h"
 #include "models/registry.h"
@@ -565,4 +566,54 @@ TEST(ShuffleV2, OneCopyCatShuffleMatchesTheShuffleModule) {
   const auto one_copy = run(false), module = run(true);
   EXPECT_EQ(one_copy.first, module.first);
   EXPECT_EQ(one_copy.second, module.second);
+}
+
+// ---- tensor names and updates between forward and backward -----------------------------------------
+
+TEST(ModelTensors, NamedByTheirStateDictKeysThroughDtypeAndDeviceMoves) {
+  auto m = build("resnet8", kFashion);
+  for (const auto& [k, t] : m->state_dict()) EXPECT_EQ(t.name(), k);
+  m->to(DType::F64);
+  m->to(Device::cpu());
+  for (const auto& [k, t] : m->state_dict()) EXPECT_EQ(t.name(), k);
+  const Tensor loss = cross_entropy((*m)(input(kFashion, 2).to(DType::F64)), Tensor::from_int64({0, 1}, {2}));
+  const std::string dot = graph_to_dot(loss);
+  EXPECT_NE(dot.find("layer1.0.conv1.weight"), std::string::npos);
+  EXPECT_NE(dot.find("fc.bias"), std::string::npos);
+}
+
+TEST(ModelTensors, AnOptimizerStepOrLoadBetweenForwardAndBackwardIsRefused) {
+  auto m = build("resnet8", kFashion);
+  const Tensor x = input(kFashion, 4);
+  const Tensor y = Tensor::from_int64({0, 1, 2, 3}, {4});
+  cross_entropy((*m)(x), y).backward();
+  SGD opt({{m->parameters(), 0.1}});
+
+  // The common slip: the step taken after the next forward instead of after the last backward.
+  const Tensor loss = cross_entropy((*m)(x), y);
+  opt.step();
+  const std::string msg = error_of([&] { loss.backward(); });
+  EXPECT_NE(msg.find("tensor 'fc.weight' (f32[10, 64] cpu) saved by the forward for LinearBackward"),
+            std::string::npos) << msg;
+  EXPECT_NE(msg.find("optimizer step"), std::string::npos) << msg;
+
+  const Tensor loss2 = cross_entropy((*m)(x), y);
+  m->load_state_dict(build("resnet8", kFashion, 1)->state_dict());
+  EXPECT_NE(error_of([&] { loss2.backward(); }).find("updated in place"), std::string::npos);
+}
+
+TEST(ModelTensors, TwoTrainingForwardsBeforeTheirBackwardsGoThrough) {
+  // Each forward in training mode updates the batch norms' running statistics in place; no backward
+  // reads them, so a second forward (two views of a batch, a teacher run twice) leaves the first
+  // graph usable — and its gradients equal those of the graph taken alone.
+  auto a = build("resnet8", kFashion), b = build("resnet8", kFashion);
+  const Tensor x1 = input(kFashion, 4, 1), x2 = input(kFashion, 4, 2);
+  const Tensor y = Tensor::from_int64({0, 1, 2, 3}, {4});
+  const Tensor l1 = cross_entropy((*a)(x1), y), l2 = cross_entropy((*a)(x2), y);
+  l2.backward();
+  for (auto& p : a->parameters()) p.zero_grad();
+  l1.backward();
+  cross_entropy((*b)(x1), y).backward();
+  const auto pa = a->named_parameters(), pb = b->named_parameters();
+  for (size_t i = 0; i < pa.size(); ++i) EXPECT_EQ(pa[i].second.grad().to_vector(), pb[i].second.grad().to_vector()) << pa[i].first;
 }

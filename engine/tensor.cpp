@@ -156,7 +156,8 @@ void Tensor::fail_modified_after_save() const {
               dtype_name(dtype()), shape_str(i.saved_shape), " ", device().str(), ") saved by the forward ", *node ? detail::cat("for ", node, " ") : std::string(),
               "was updated in place before the backward read it (version ", i.saved_version, " when saved, now ",
               i.storage->version, "): an optimizer step, load_state_dict, init or another in-place update ran "
-              "between the forward and backward(). Call backward() first, or run the forward again after the update.");
+              "between the forward and backward(). Call backward() first, or zero the gradients and run the forward again "
+              "after the update.");
 }
 
 Tensor Tensor::view_as_shape(const Shape& shape) const {

@@ -90,7 +90,8 @@ double value_at(const Tensor& t, int64_t i) { return static_cast<double>(t.data<
 
 void copy_into(Tensor& dst, const Tensor& host) {
   const Tensor src = host.to(dst.device());
-  backend_for(dst).copy(src.raw_data(), dst.raw_data(), dst.nbytes());
+  // On the CPU `host` may be dst itself (to(Device) returns the tensor when it is there already).
+  if (!src.shares_storage(dst)) backend_for(dst).copy(src.raw_data(), dst.raw_data(), dst.nbytes());
   dst.bump_version();
 }
 

@@ -11,12 +11,6 @@
 namespace retort {
 
 namespace {
-// Overwrites dst's storage with src's (same shape, dtype and device), outside autograd.
-void assign(Tensor& dst, const Tensor& src) {
-  backend_for(dst).copy(src.raw_data(), dst.raw_data(), dst.nbytes());
-  dst.bump_version();
-}
-
 // The taps the terms read of one network, each with the first term that reads it (for messages).
 struct TapSpecs {
   std::vector<std::string> specs;
@@ -183,7 +177,7 @@ void Distiller::before_step(const Batch& batch, const TrainProgress& progress, c
     const std::vector<Tensor> g = grads_of(theta);
     NoGradGuard ng;
     for (size_t i = 0; i < theta.size(); ++i)
-      assign(theta[i], sub(saved[i], mul(add(g[i], mul(saved[i], Tensor::scalar(set.weight_decay, saved[i].dtype(),
+      copy_(theta[i], sub(saved[i], mul(add(g[i], mul(saved[i], Tensor::scalar(set.weight_decay, saved[i].dtype(),
                                                                                      saved[i].device()))),
                                          Tensor::scalar(set.lr, saved[i].dtype(), saved[i].device()))));
   }
@@ -213,7 +207,7 @@ void Distiller::before_step(const Batch& batch, const TrainProgress& progress, c
       {
         NoGradGuard ng;
         for (size_t i = 0; i < theta.size(); ++i)
-          assign(theta[i], add(saved[i], mul(v[i], Tensor::scalar(sign * r, v[i].dtype(), v[i].device()))));
+          copy_(theta[i], add(saved[i], mul(v[i], Tensor::scalar(sign * r, v[i].dtype(), v[i].device()))));
       }
       g_pm.push_back(searcher->search_gradients(loss_backward(batch)));
       RETORT_CHECK(g_pm.back().size() == alpha.size(), searcher->type_name(), ": search_gradients gave ",
@@ -225,8 +219,8 @@ void Distiller::before_step(const Batch& batch, const TrainProgress& progress, c
       upper[i] = mul(d, Tensor::scalar(-1.0 / (2 * r), d.dtype(), d.device()));
     }
   }
-  for (size_t i = 0; i < theta.size(); ++i) assign(theta[i], saved[i]);
-  for (size_t i = 0; i < buffers.size(); ++i) assign(buffers[i], saved_buffers[i]);
+  for (size_t i = 0; i < theta.size(); ++i) copy_(theta[i], saved[i]);
+  for (size_t i = 0; i < buffers.size(); ++i) copy_(buffers[i], saved_buffers[i]);
   zero_all();
   searcher->search_step(upper, progress);
 }
@@ -259,7 +253,7 @@ Tensor Distiller::run_teacher(const Tensor& inputs) {
   std::vector<std::pair<Tensor, Tensor>> saved_buffers;
   for (auto& [n, b] : teacher_->named_buffers()) saved_buffers.emplace_back(b, b.clone());
   Tensor out = (*teacher_)(inputs);
-  for (auto& [live, copy] : saved_buffers) assign(live, copy);
+  for (auto& [live, copy] : saved_buffers) copy_(live, copy);
   return out;
 }
 

@@ -26,7 +26,7 @@ class Node;
 // A block of device memory. Freed through the backend that allocated it.
 //
 // `version` counts the in-place updates of the memory made through the API that updates tensors in
-// place (optimizer steps, load_state_dict, init::*_, batch-norm running statistics, scatter_rows_,
+// place (optimizer steps, copy_ and so load_state_dict, init::*_, batch-norm running statistics, scatter_rows_,
 // Tensor::bump_version); every view of the storage sees the same count. Autograd uses it to refuse a
 // backward that would read a saved tensor changed since its forward (Tensor::raw_data).
 struct Storage {

@@ -10,7 +10,7 @@
 #include <utility>
 
 #include "engine/autograd.h"
-#include "engine/backend.h"
+#include "engine/functions/shape.h"
 
 namespace retort {
 
@@ -164,11 +164,7 @@ Module::LoadReport Module::load_state_dict(const StateDict& state, bool strict) 
   if (strict && !report.ok())
     RETORT_FAIL("load_state_dict into ", type_name_, ": the state does not match this model\n", report.str());
   NoGradGuard ng;
-  for (auto& [dst, src] : copies) {
-    Tensor converted = src->to(dst.dtype()).to(dst.device());
-    backend_for(dst).copy(converted.raw_data(), dst.raw_data(), dst.nbytes());
-    dst.bump_version();
-  }
+  for (auto& [dst, src] : copies) copy_(dst, *src);
   return report;
 }
 
@@ -199,39 +195,31 @@ void Module::name_tensors(const std::string& prefix) {
     if (t.defined()) t.set_name(prefix + k);
 }
 
+namespace {
+// t becomes `converted` without history, under t's name (Module::to's conversions).
+void replace_keeping_name(Tensor& t, const Tensor& converted, bool requires_grad) {
+  std::string name = t.name();
+  t = converted.detach();
+  if (requires_grad) t.set_requires_grad(true);
+  t.set_name(std::move(name));
+}
+}  // namespace
+
 void Module::to(DType dtype) {
   NoGradGuard ng;
-  for (auto& [n, t] : params_) {
-    if (t.dtype() == dtype) continue;
-    std::string name = t.name();
-    t = t.to(dtype).detach();
-    t.set_requires_grad(true).set_name(std::move(name));
-  }
+  for (auto& [n, t] : params_)
+    if (t.dtype() != dtype) replace_keeping_name(t, t.to(dtype), /*requires_grad=*/true);
   for (auto& [n, t] : buffers_)
-    if (is_floating(t.dtype()) && t.dtype() != dtype) {
-      std::string name = t.name();
-      t = t.to(dtype).detach();
-      t.set_name(std::move(name));
-    }
+    if (is_floating(t.dtype()) && t.dtype() != dtype) replace_keeping_name(t, t.to(dtype), false);
   for (auto& [n, c] : children_) c->to(dtype);
 }
 
 void Module::to(Device device) {
   NoGradGuard ng;
-  for (auto& [n, t] : params_) {
-    if (t.device() == device) continue;
-    const bool rg = t.requires_grad();
-    std::string name = t.name();
-    t = t.to(device).detach();
-    if (rg) t.set_requires_grad(true);
-    t.set_name(std::move(name));
-  }
+  for (auto& [n, t] : params_)
+    if (t.device() != device) replace_keeping_name(t, t.to(device), t.requires_grad());
   for (auto& [n, t] : buffers_)
-    if (t.device() != device) {
-      std::string name = t.name();
-      t = t.to(device).detach();
-      t.set_name(std::move(name));
-    }
+    if (t.device() != device) replace_keeping_name(t, t.to(device), false);
   for (auto& [n, c] : children_) c->to(device);
 }
 

@@ -122,8 +122,7 @@ class CRDStrategy final : public Strategy {
       const Tensor updated = add(mul(z, affine(unset, -1.0, 1.0)), mul(first, unset));
       // In place, not a new tensor in the buffer's slot: whoever holds the buffer (the Distiller's
       // second-order search saves and restores every buffer around its trial steps) sees the update.
-      backend_for(z).copy(updated.raw_data(), z.raw_data(), z.nbytes());
-      z.bump_version();
+      copy_(z, updated);
     }
     const Tensor p_s = div(out_v1, slice(z, 0, 0, 1)), p_t = div(out_v2, slice(z, 0, 1, 2));  // as torch.div(out, Z)
     last_ = {vs.detach(), vt.detach(), idx.clone(), p_s.detach(), p_t.detach(), contrast};

@@ -88,13 +88,6 @@ Tensor element(const Tensor& t, int64_t i, int64_t j = -1) {
 
 double value_at(const Tensor& t, int64_t i) { return static_cast<double>(t.data<float>()[i]); }
 
-void copy_into(Tensor& dst, const Tensor& host) {
-  const Tensor src = host.to(dst.device());
-  // On the CPU `host` may be dst itself (to(Device) returns the tensor when it is there already).
-  if (!src.shares_storage(dst)) backend_for(dst).copy(src.raw_data(), dst.raw_data(), dst.nbytes());
-  dst.bump_version();
-}
-
 }  // namespace
 
 Tensor AugmentationPolicy::forward(const Tensor&) {
@@ -338,7 +331,7 @@ void SokdStrategy::policy_step(const std::vector<Tensor>& gradients, const std::
   Tensor step_host = step_buf.to(Device::cpu());
   const double step = static_cast<double>(step_host.data<float>()[0]) + 1.0;
   step_host.data<float>()[0] = static_cast<float>(step);
-  copy_into(step_buf, step_host);
+  copy_(step_buf, step_host);
   const double c1 = 1.0 - std::pow(kBeta1, step), c2 = 1.0 - std::pow(kBeta2, step);
   // Adam (with L2 weight decay, as torch.optim.Adam) on holder's buffer `name`, clamped to [lo, hi].
   auto adam = [&](AugmentationPolicy& holder, const std::string& name, const std::vector<double>& g, double lo,
@@ -358,9 +351,9 @@ void SokdStrategy::policy_step(const std::vector<Tensor>& gradients, const std::
       v.data<float>()[i] = static_cast<float>(vi);
       p[i] = static_cast<float>(std::clamp(p[i] - lr * (mi / c1) / (std::sqrt(vi / c2) + kAdamEps), lo, hi));
     }
-    copy_into(*t, host);
-    copy_into(holder.buffer("adam_m_" + name), m);
-    copy_into(holder.buffer("adam_v_" + name), v);
+    copy_(*t, host);
+    copy_(holder.buffer("adam_m_" + name), m);
+    copy_(holder.buffer("adam_v_" + name), v);
   };
   size_t k = 0;
   for (auto [name, lo, hi] : {std::tuple{"probability", 1e-3, 1.0 - 1e-3}, std::tuple{"magnitude", 0.0, 1.0},

@@ -232,4 +232,14 @@ Tensor expand(const Tensor& x, const Shape& shape_in) {
   });
 }
 
+void copy_(Tensor& dst, const Tensor& src) {
+  RETORT_CHECK(dst.numel() == src.numel(), "copy_: cannot copy ", src.meta_str(), " into ", dst.meta_str());
+  NoGradGuard no_grad;
+  const Tensor converted = src.to(dst.dtype()).to(dst.device());
+  // (to() returns src itself where nothing changes; dst may be that very tensor)
+  if (!converted.shares_storage(dst))
+    backend_for(dst).copy(converted.raw_data(), dst.raw_data(), dst.nbytes());
+  dst.bump_version();
+}
+
 }  // namespace retort

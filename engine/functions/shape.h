@@ -9,6 +9,10 @@ namespace retort {
 
 // One entry may be -1 (inferred).
 Tensor reshape(const Tensor& x, Shape shape);
+// dst's values = src's, in place (src converted to dst's dtype and device; equal element counts), not
+// recorded by autograd; counts as an in-place update of dst (Tensor::bump_version). The one way the
+// library overwrites a tensor others hold: load_state_dict, the Distiller's trial steps, strategies' state.
+void copy_(Tensor& dst, const Tensor& src);
 Tensor flatten(const Tensor& x, int64_t start_dim = 0, int64_t end_dim = -1);
 Tensor unsqueeze(const Tensor& x, int64_t dim);
 Tensor squeeze(const Tensor& x, int64_t dim);  // dim must have size 1

@@ -10,7 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/autograd.h"
-#include "engine/backend.h"
+#include "engine/functions/shape.h"
 #include "engine/optim/adam.h"
 #include "engine/optim/json_keys.h"
 #include "engine/optim/sgd.h"
@@ -199,11 +199,7 @@ void Optimizer::load_state_dict(const StateDict& state) {
   }
 
   NoGradGuard no_grad;
-  for (auto& [dst, src] : copies) {
-    Tensor converted = src->to(dst.dtype()).to(dst.device());
-    backend_for(dst).copy(converted.raw_data(), dst.raw_data(), dst.nbytes());
-    dst.bump_version();
-  }
+  for (auto& [dst, src] : copies) copy_(dst, *src);
   for (size_t i = 0; i < state_.size(); ++i) state_[i].step = steps[i];
 }
 

@@ -160,6 +160,25 @@ TEST(AutogradVersions, UpdatesInPlaceCountOnTheStorageSharedByViews) {
   EXPECT_EQ(view.to_vector(), (std::vector<double>{0, 0, 1, 1, 0, 0}));  // not saved: always readable
 }
 
+TEST(AutogradVersions, CopyIntoATensorConvertsCountsAndChecksTheSize) {
+  Tensor dst = Tensor::zeros({2, 2}, DType::F64);
+  copy_(dst, Tensor::from_vector({1, 2, 3, 4}, {4}, DType::F32));  // any shape of equal numel, converted
+  EXPECT_EQ(dst.to_vector(), (std::vector<double>{1, 2, 3, 4}));
+  EXPECT_EQ(dst.dtype(), DType::F64);
+  EXPECT_EQ(dst.version(), 1u);
+  copy_(dst, dst);  // onto itself: the values stay, the update counts
+  EXPECT_EQ(dst.to_vector(), (std::vector<double>{1, 2, 3, 4}));
+  EXPECT_EQ(dst.version(), 2u);
+  try {
+    copy_(dst, Tensor::zeros({3}, DType::F64));
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("copy_: cannot copy f64[3] cpu into f64[2, 2] cpu"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(dst.version(), 2u);
+}
+
 TEST(AutogradVersions, ASavedTensorUpdatedBeforeBackwardIsRefusedNamingItAndTheNode) {
   Tensor w = leaf({1, 2, 3}, {3});
   w.set_name("fc.weight");

@@ -208,7 +208,7 @@ void replace_keeping_name(Tensor& t, const Tensor& converted, bool requires_grad
 void Module::to(DType dtype) {
   NoGradGuard ng;
   for (auto& [n, t] : params_)
-    if (t.dtype() != dtype) replace_keeping_name(t, t.to(dtype), /*requires_grad=*/true);
+    if (t.dtype() != dtype) replace_keeping_name(t, t.to(dtype), t.requires_grad());
   for (auto& [n, t] : buffers_)
     if (is_floating(t.dtype()) && t.dtype() != dtype) replace_keeping_name(t, t.to(dtype), false);
   for (auto& [n, c] : children_) c->to(dtype);

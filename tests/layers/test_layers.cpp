@@ -205,6 +205,29 @@ TEST(ModuleState, TrainEvalPropagates) {
   EXPECT_TRUE((*net)[1].is_training());
 }
 
+TEST(ModuleState, ConversionsKeepRequiresGradAndNames) {
+  // A frozen parameter (a distillation teacher's) stays frozen through to(DType) and to(Device);
+  // the others keep requiring gradients, and every tensor keeps its name.
+  Generator gen(11);
+  auto net = small_net(gen);
+  net->name_tensors("");
+  auto params = net->named_parameters();
+  ASSERT_GE(params.size(), 2u);
+  params.front().second.set_requires_grad(false);
+  net->to(DType::F64);
+  net->to(Device::cpu());
+  auto after = net->named_parameters();
+  ASSERT_EQ(after.size(), params.size());
+  for (size_t i = 0; i < after.size(); ++i) {
+    EXPECT_EQ(after[i].second.dtype(), DType::F64) << after[i].first;
+    EXPECT_EQ(after[i].second.requires_grad(), i != 0) << after[i].first;
+    EXPECT_EQ(after[i].second.name(), after[i].first);
+  }
+  net->to(DType::F32);
+  EXPECT_FALSE(net->named_parameters().front().second.requires_grad());
+  EXPECT_TRUE(net->named_parameters().back().second.requires_grad());
+}
+
 // ---- initialisation --------------------------------------------------------------------------------
 
 TEST(InitSchemes, FansAndGains) {

@@ -44,9 +44,7 @@ LossTerms ClassifierTask::losses(const Batch& batch, const TrainProgress&, Tenso
   return {{"ce", cross_entropy(logits, batch.targets, label_smoothing_)}};
 }
 
-namespace {
-// Counts samples whose target is among the k largest logits.
-std::pair<int64_t, int64_t> topk_correct(const Tensor& logits, const Tensor& targets_any) {
+std::pair<int64_t, int64_t> count_topk_correct(const Tensor& logits, const Tensor& targets_any) {
   const Tensor l = logits.detach().to(DType::F32).to(Device::cpu());
   const Tensor targets = targets_any.to(Device::cpu());
   const int64_t n = l.size(0), c = l.size(1);
@@ -54,15 +52,16 @@ std::pair<int64_t, int64_t> topk_correct(const Tensor& logits, const Tensor& tar
   const int64_t* t = targets.data<int64_t>();
   int64_t top1 = 0, top5 = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const float target_logit = p[i * c + t[i]];
-    int64_t rank = 0;  // classes scoring strictly higher (ties count for the target, as topk does in practice)
-    for (int64_t j = 0; j < c; ++j) rank += p[i * c + j] > target_logit;
+    const float* row = p + i * c;
+    const float target_logit = row[t[i]];
+    if (std::isnan(target_logit)) continue;
+    int64_t rank = 0;  // classes ranked above the target: larger, NaN, or equal with a lower index
+    for (int64_t j = 0; j < c; ++j) rank += row[j] > target_logit || std::isnan(row[j]) || (row[j] == target_logit && j < t[i]);
     top1 += rank < 1;
     top5 += rank < 5;
   }
   return {top1, top5};
 }
-}  // namespace
 
 namespace {
 // Adds row i's agreement (0/1) and KL(softmax(ref_i) || softmax(z_i)) over k classes, in float64.
@@ -106,7 +105,7 @@ EvalResult evaluate(Module& model, DataLoader& loader, const Tensor* reference, 
     b.to(device);
     Tensor logits = model(b.inputs);
     loss_sum += cross_entropy(logits, b.targets).item() * static_cast<double>(b.size());
-    auto [c1, c5] = topk_correct(logits, b.targets);
+    auto [c1, c5] = count_topk_correct(logits, b.targets);
     top1 += c1;
     top5 += c5;
     if (reference || logits_out) {
@@ -420,8 +419,23 @@ void Trainer::save_checkpoint(const Position& pos) {
   for (auto& [k, t] : task_.model().state_dict()) tensors.emplace_back("model." + k, t);
   for (auto& [k, t] : task_.extra_state()) tensors.emplace_back("extra." + k, t);
   for (auto& [k, t] : optimizer_->state_dict()) tensors.emplace_back("optim." + k, t);
-  const Json trainer{{"epoch", pos.epoch}, {"batch", pos.batch},          {"step", pos.step},
-                     {"best_top1", pos.best_top1}, {"best_epoch", pos.best_epoch}};
+  const double wall = pos.wall_seconds +
+                      std::chrono::duration<double>(std::chrono::steady_clock::now() - fit_start_).count();
+  const Json trainer{{"epoch", pos.epoch},
+                     {"batch", pos.batch},
+                     {"step", pos.step},
+                     {"best_top1", pos.best_top1},
+                     {"best_epoch", pos.best_epoch},
+                     {"epoch_loss", pos.epoch_loss},
+                     {"epoch_steps", pos.epoch_steps},
+                     {"epoch_correct", pos.epoch_correct},
+                     {"epoch_seen", pos.epoch_seen},
+                     {"interval_loss", pos.interval_loss},
+                     {"interval_steps", pos.interval_steps},
+                     {"interval_terms", pos.interval_terms},
+                     {"train_seconds", pos.train_seconds},
+                     {"wall_seconds", wall},
+                     {"images_trained", pos.images_trained}};
   char name[96];
   std::snprintf(name, sizeof name, "ckpt_epoch%04d_step%09lld.safetensors", pos.epoch, static_cast<long long>(pos.step));
   std::map<std::string, std::string> meta{{"format", "retort-checkpoint-1"},
@@ -559,6 +573,20 @@ Trainer::Position Trainer::load_checkpoint(const std::string& path) {
   p.step = r.require<int64_t>("step");
   p.best_top1 = r.require<double>("best_top1");
   p.best_epoch = r.require<int>("best_epoch");
+  // Written since session 26 (an older checkpoint resumes with these at zero: its first epoch's averages
+  // then cover the resumed part only).
+  p.epoch_loss = r.get<double>("epoch_loss", 0.0);
+  p.epoch_steps = r.get<int64_t>("epoch_steps", 0);
+  p.epoch_correct = r.get<int64_t>("epoch_correct", 0);
+  p.epoch_seen = r.get<int64_t>("epoch_seen", 0);
+  p.interval_loss = r.get<double>("interval_loss", 0.0);
+  p.interval_steps = r.get<int64_t>("interval_steps", 0);
+  if (t.contains("interval_terms") && t["interval_terms"].is_object())
+    for (auto it = t["interval_terms"].begin(); it != t["interval_terms"].end(); ++it)
+      if (it.value().is_number()) p.interval_terms[it.key()] = it.value().get<double>();
+  p.train_seconds = r.get<double>("train_seconds", 0.0);
+  p.wall_seconds = r.get<double>("wall_seconds", 0.0);
+  p.images_trained = r.get<int64_t>("images_trained", 0);
   RETORT_CHECK(p.epoch >= 0 && p.batch >= 0 && p.step >= 0, r.where("epoch"), ": the position (epoch ", p.epoch,
                ", batch ", p.batch, ", step ", p.step, ") must not be negative");
   return p;
@@ -607,6 +635,7 @@ std::optional<TrainSummary> Trainer::finished_summary() const {
 TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
   using Clock = std::chrono::steady_clock;
   const auto t_start = Clock::now();
+  fit_start_ = t_start;
   const InterruptGuard interrupts;
   Position pos;
   std::string ckpt;
@@ -627,6 +656,23 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
   } else {
     RETORT_CHECK(latest.empty(), run_.path(), ": this run directory already holds checkpoints (latest: ", latest,
                  "); pass --resume auto to continue it, or choose another experiment name / output directory");
+  }
+  if (resume == "auto" && !ckpt.empty()) {
+    // "The newest complete checkpoint": each is written atomically, so an unreadable one was damaged
+    // afterwards (a disk, a copy); the one before it is complete, and is taken with a note.
+    const std::vector<std::string> files = run_.checkpoint_files();  // oldest first
+    for (auto it = std::find(files.rbegin(), files.rend(), latest);; ++it) {
+      try {
+        load_safetensors(ckpt);  // every tensor's CRC checked
+        break;
+      } catch (const Error& e) {
+        if (it == files.rend() || std::next(it) == files.rend()) throw;
+        const std::string older = run_.checkpoint_dir() + "/" + *std::next(it);
+        log(detail::cat("note: checkpoint ", ckpt, " cannot be read (", e.what(), "); resuming from the one before it, ",
+                        older));
+        ckpt = older;
+      }
+    }
   }
   const int64_t nb = static_cast<int64_t>(train_loader_->num_batches());
   if (!ckpt.empty()) {
@@ -658,21 +704,28 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
   TrainSummary summary;
   summary.best_top1 = std::max(0.0, pos.best_top1);
   summary.best_epoch = pos.best_epoch;
-  int64_t images_trained = 0;
-  double train_seconds = 0;
   bool evaluated = false;
 
   while (pos.epoch < epochs) {
     if (pos.batch >= nb) {  // a checkpoint taken at an epoch's end
       ++pos.epoch;
       pos.batch = 0;
+      pos.epoch_loss = 0;
+      pos.epoch_steps = pos.epoch_correct = pos.epoch_seen = 0;
       continue;
     }
     task_.train(true);
     train_loader_->start_epoch(pos.epoch, static_cast<size_t>(pos.batch));
-    double interval_loss = 0, epoch_loss = 0;
-    std::map<std::string, double> interval_terms;
-    int64_t interval_steps = 0, correct = 0, seen = 0, epoch_steps = 0;
+    // (Position carries the epoch's and the interval's sums across a resume.)
+    double& interval_loss = pos.interval_loss;
+    double& epoch_loss = pos.epoch_loss;
+    std::map<std::string, double>& interval_terms = pos.interval_terms;
+    int64_t& interval_steps = pos.interval_steps;
+    int64_t& correct = pos.epoch_correct;
+    int64_t& seen = pos.epoch_seen;
+    int64_t& epoch_steps = pos.epoch_steps;
+    double& train_seconds = pos.train_seconds;
+    int64_t& images_trained = pos.images_trained;
     auto t_interval = Clock::now();
     int64_t interval_images = 0;
     Batch batch, held_batch;
@@ -717,7 +770,7 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
       optimizer_->step();
       task_.after_step(prog);
 
-      auto [c1, c5] = topk_correct(logits, batch.targets);
+      auto [c1, c5] = count_topk_correct(logits, batch.targets);
       (void)c5;
       correct += c1;
       seen += batch.size();
@@ -824,13 +877,16 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
     if (interrupt_signal() != 0) stop_on_interrupt(pos, nb, !checkpoint);
     ++pos.epoch;
     pos.batch = 0;
+    pos.epoch_loss = 0;
+    pos.epoch_steps = pos.epoch_correct = pos.epoch_seen = 0;
   }
 
   summary.epochs_run = pos.epoch;  // all of them (also when a finished run's checkpoint was resumed)
   summary.best_top1 = std::max(0.0, pos.best_top1);
   summary.best_epoch = pos.best_epoch;
-  summary.wall_seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
-  summary.images_per_second = train_seconds > 0 ? static_cast<double>(images_trained) / train_seconds : 0;
+  summary.wall_seconds = pos.wall_seconds + std::chrono::duration<double>(Clock::now() - t_start).count();
+  summary.images_per_second =
+      pos.train_seconds > 0 ? static_cast<double>(pos.images_trained) / pos.train_seconds : 0;
   if (!evaluated) summary.last_top1 = evaluate(task_.model(), *test_loader_).top1;  // e.g. resuming a finished run
   Json summary_json{{"arch", cfg_.arch},
                     {"dataset", cfg_.data.dataset},

@@ -11,6 +11,8 @@
 // exactly the batches, and — on the CPU with the same thread count — exactly the numbers, that the
 // uninterrupted run would have produced.
 #pragma once
+#include <chrono>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -129,6 +131,12 @@ struct EvalResult {
   double agreement = -1, kl = -1;
 };
 
+// How many rows of logits [N, C] have their target (I64 [N]) among the 1 and the 5 largest logits. A
+// tie with the target goes to the lower class index (so constant logits are right for class 0 only, not
+// for every class), a NaN logit ranks above every number, as in torch.topk, and a row whose target's
+// logit is NaN is never right: a diverged model scores 0, not chance or better.
+std::pair<int64_t, int64_t> count_topk_correct(const Tensor& logits, const Tensor& targets);
+
 // Top-1/top-5 accuracy and mean cross-entropy of `model` (eval mode, no grad) over the loader, which
 // must not shuffle. `reference`: [samples, classes] logits of another model on the same loader (any
 // device), for EvalResult::agreement and kl. `logits_out`: receives the model's logits, [samples,
@@ -213,8 +221,19 @@ class Trainer {
     int64_t step = 0;   // global steps done
     double best_top1 = -1;
     int best_epoch = -1;
+    // The epoch so far and the log interval so far, so that a run resumed mid-epoch logs the averages the
+    // uninterrupted run would (its epoch event's train_loss and train_top1, the next train line's loss).
+    double epoch_loss = 0;
+    int64_t epoch_steps = 0, epoch_correct = 0, epoch_seen = 0;
+    double interval_loss = 0;
+    int64_t interval_steps = 0;
+    std::map<std::string, double> interval_terms;
+    // Totals over every attempt of the run, for summary.json: training seconds and images (img/s), wall time.
+    double train_seconds = 0, wall_seconds = 0;
+    int64_t images_trained = 0;
   };
   void save_checkpoint(const Position& pos);
+  std::chrono::steady_clock::time_point fit_start_;  // this attempt's start (wall time in checkpoints)
   [[noreturn]] void stop_on_interrupt(const Position& pos, int64_t nb, bool write_checkpoint);
   Position load_checkpoint(const std::string& path);
   bool check_resumed_config(const std::string& path, const std::string& saved_config);

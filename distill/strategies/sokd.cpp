@@ -16,8 +16,11 @@
 // run draws what the uninterrupted one did: b ~ Categorical(softmax(w)) by Gumbel-max, each op of b
 // applied with probability P_b,i by logistic noise, magnitudes M_b,i.
 //
-// Policy search. "first_order" (methods.md §3.1.4 (b), our reading): during the first search_epochs
-// epochs the policy gets gradients of this term's loss through straight-through estimators and takes
+// Policy search. "first_order" (our reading; not methods.md §3.1.4 (b)'s one-step lookahead without the
+// Hessian term, which under the dev code's augmenting=False upper loss would give α no gradient at all):
+// α descends this term's training loss at the current θ, from the step's own backward. During the
+// first search_epochs epochs the policy gets gradients of this term's loss through straight-through
+// estimators and takes
 // an Adam step after each optimizer step (lr 3e-4, betas (0.5, 0.999), weight decay 1e-3, as the
 // reference's policy optimizer):
 //   - magnitudes: DADA's straight-through mix (straight_through_magnitude), ∂L/∂M_b,i = Σ ∂L/∂f̃_t;

@@ -78,6 +78,23 @@ void expect_bitwise_equal(const StateDict& a, const StateDict& b) {
 
 }  // namespace
 
+TEST(Accuracy, TiesGoToTheLowerClassAndNaNIsNeverRight) {
+  const double nan = std::nan("");
+  // Rows: a clear top-1; constant logits (right only for target 0); a tie between the target and a lower
+  // class (top-1 wrong, top-5 right); the target's logit NaN; another logit NaN (ranked above the target).
+  const Tensor logits = Tensor::from_vector({0, 3, 1, 2, 0, 0, 0, 0, 0, 0,    //
+                                             0, 0, 0, 0, 0, 0, 0, 0, 0, 0,    //
+                                             0, 0, 0, 0, 0, 0, 0, 0, 0, 0,    //
+                                             1, 5, 5, 0, 0, 0, 0, 0, 0, 0,    //
+                                             1, 2, nan, 0, 0, 0, 0, 0, 0, 0,  //
+                                             nan, 2, 1, 0, 0, 0, 0, 0, 0, 0},
+                                            {6, 10});
+  const Tensor targets = Tensor::from_int64({1, 0, 7, 2, 2, 1}, {6});
+  const auto [top1, top5] = count_topk_correct(logits, targets);
+  EXPECT_EQ(top1, 2);  // rows 0 and 1
+  EXPECT_EQ(top5, 4);  // and rows 3 and 5 (row 2's target 7 has seven classes ahead of it)
+}
+
 TEST(Trainer, OverfitsOneBatch) {
   Generator gen(3);
   auto model = create_model("resnet8", ModelOptions{4, 1, 8}, gen);
@@ -115,13 +132,34 @@ std::string read_text(const std::string& path);  // below
 }  // namespace
 
 TEST(Trainer, ResumeMidEpochEqualsUninterruptedRun) {
-  const ExperimentConfig cfg = tiny_config("resume", 3);  // 8 steps per epoch, 24 in all
-  const StateDict straight = train(cfg, fresh_dir("straight"));
+  ExperimentConfig cfg = tiny_config("resume", 3);  // 8 steps per epoch, 24 in all
+  cfg.log.every_steps = 3;  // train lines at steps 3, 6, 8, 9, 12, ...: the stop at 10 cuts one
+  const std::string straight_dir = fresh_dir("straight");
+  const StateDict straight = train(cfg, straight_dir);
   const std::string dir = fresh_dir("interrupted");
   train(cfg, dir, "", 10);  // stops in epoch 2, after its 2nd batch, with a checkpoint
   ASSERT_TRUE(fs::exists(dir + "/checkpoints/latest"));
   const StateDict resumed = train(cfg, dir, "auto");
   expect_bitwise_equal(straight, resumed);
+  // So are the logged averages: the epoch the run resumed in reports all of its steps, not only the
+  // resumed ones, and so does the train line whose interval the interruption cut.
+  auto averages = [](const std::string& run) {
+    std::vector<std::string> out;
+    std::ifstream in(run + "/metrics.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      const Json e = Json::parse(line);
+      const std::string ev = e.value("event", "");
+      if (ev == "epoch")
+        out.push_back(detail::cat("epoch ", e["epoch"].dump(), " ", e["train_loss"].dump(), " ", e["train_top1"].dump(), " ",
+                                  e["test_top1"].dump()));
+      if (ev == "train")
+        out.push_back(detail::cat("train ", e["step"].dump(), " ", e["loss"].dump(), " ", e["train_top1"].dump()));
+    }
+    return out;
+  };
+  const std::vector<std::string> want = averages(straight_dir), got = averages(dir);
+  ASSERT_FALSE(want.empty());
+  EXPECT_EQ(got, want);
   // The run directory is complete.
   for (const char* f : {"config.json", "metrics.jsonl", "train.log", "summary.json", "model.safetensors"})
     EXPECT_TRUE(fs::exists(dir + "/" + f)) << f;
@@ -224,6 +262,28 @@ TEST(Trainer, CheckpointFilesWithoutTheLatestPointerStillCount) {
   expect_error([&] { train(cfg, dir); }, {"already holds checkpoints", "ckpt_epoch0000_step000000008.safetensors"});
   expect_bitwise_equal(straight, train(cfg, dir, "auto"));
   EXPECT_NE(read_text(dir + "/train.log").find("checkpoints/latest is missing"), std::string::npos);
+}
+
+TEST(Trainer, ResumeAutoSkipsADamagedNewestCheckpoint) {
+  // Checkpoints are written atomically, so a damaged newest one was broken afterwards: --resume auto
+  // takes the one before it (saying so), and the run still ends as the uninterrupted one.
+  const ExperimentConfig cfg = tiny_config("damaged", 2);
+  const StateDict straight = train(cfg, fresh_dir("damaged_straight"));
+  const std::string dir = fresh_dir("damaged");
+  train(cfg, dir, "", 10);  // checkpoints at step 8 (epoch 1's end) and 10
+  const std::string newest = dir + "/checkpoints/ckpt_epoch0001_step000000010.safetensors";
+  ASSERT_TRUE(fs::exists(newest));
+  fs::resize_file(newest, fs::file_size(newest) / 2);
+  expect_bitwise_equal(straight, train(cfg, dir, "auto"));
+  const std::string log = read_text(dir + "/train.log");
+  EXPECT_NE(log.find("ckpt_epoch0001_step000000010.safetensors cannot be read"), std::string::npos) << log;
+  EXPECT_NE(log.find("resuming from the one before it"), std::string::npos) << log;
+  // With no readable checkpoint left the file's own error stands.
+  const std::string dir2 = fresh_dir("damaged_only");
+  train(cfg, dir2, "", 3);
+  for (const auto& f : fs::directory_iterator(dir2 + "/checkpoints"))
+    if (f.path().extension() == ".safetensors") fs::resize_file(f.path(), 100);
+  expect_error([&] { train(cfg, dir2, "auto"); }, {"ckpt_epoch0000_step000000003.safetensors"});
 }
 
 namespace {

@@ -511,8 +511,7 @@ bool Trainer::check_resumed_config(const std::string& path, const std::string& s
   return false;
 }
 
-Trainer::Position Trainer::load_checkpoint(const std::string& path) {
-  SafetensorsFile f = load_safetensors(path);
+Trainer::Position Trainer::load_checkpoint(const std::string& path, SafetensorsFile f) {
   auto meta = [&](const std::string& k) {
     auto it = f.metadata.find(k);
     RETORT_CHECK(it != f.metadata.end(), path, ": not a Retort checkpoint (metadata key '", k, "' missing)");
@@ -657,16 +656,17 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
     RETORT_CHECK(latest.empty(), run_.path(), ": this run directory already holds checkpoints (latest: ", latest,
                  "); pass --resume auto to continue it, or choose another experiment name / output directory");
   }
-  if (resume == "auto" && !ckpt.empty()) {
-    // "The newest complete checkpoint": each is written atomically, so an unreadable one was damaged
-    // afterwards (a disk, a copy); the one before it is complete, and is taken with a note.
+  SafetensorsFile file;
+  if (!ckpt.empty()) {
+    // With --resume auto, "the newest complete checkpoint": each is written atomically, so an unreadable
+    // one was damaged afterwards (a disk, a copy); the one before it is complete, and is taken with a note.
     const std::vector<std::string> files = run_.checkpoint_files();  // oldest first
     for (auto it = std::find(files.rbegin(), files.rend(), latest);; ++it) {
       try {
-        load_safetensors(ckpt);  // every tensor's CRC checked
+        file = load_safetensors(ckpt);  // every tensor's CRC checked
         break;
       } catch (const Error& e) {
-        if (it == files.rend() || std::next(it) == files.rend()) throw;
+        if (resume != "auto" || it == files.rend() || std::next(it) == files.rend()) throw;
         const std::string older = run_.checkpoint_dir() + "/" + *std::next(it);
         log(detail::cat("note: checkpoint ", ckpt, " cannot be read (", e.what(), "); resuming from the one before it, ",
                         older));
@@ -676,7 +676,7 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
   }
   const int64_t nb = static_cast<int64_t>(train_loader_->num_batches());
   if (!ckpt.empty()) {
-    pos = load_checkpoint(ckpt);
+    pos = load_checkpoint(ckpt, std::move(file));
     // A finished run (its last epoch's checkpoint) with its summary written: nothing to train, and
     // nothing of the run's files to rewrite (a summary of this no-op would say 0 s and 0 img/s).
     const int completed_epochs = pos.batch >= nb ? pos.epoch + 1 : pos.epoch;
@@ -708,10 +708,7 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
 
   while (pos.epoch < epochs) {
     if (pos.batch >= nb) {  // a checkpoint taken at an epoch's end
-      ++pos.epoch;
-      pos.batch = 0;
-      pos.epoch_loss = 0;
-      pos.epoch_steps = pos.epoch_correct = pos.epoch_seen = 0;
+      pos.next_epoch();
       continue;
     }
     task_.train(true);
@@ -875,10 +872,7 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
     const bool checkpoint = epoch_done % cfg_.log.checkpoint_every_epochs == 0 || epoch_done == epochs;
     if (checkpoint) save_checkpoint(pos);
     if (interrupt_signal() != 0) stop_on_interrupt(pos, nb, !checkpoint);
-    ++pos.epoch;
-    pos.batch = 0;
-    pos.epoch_loss = 0;
-    pos.epoch_steps = pos.epoch_correct = pos.epoch_seen = 0;
+    pos.next_epoch();
   }
 
   summary.epochs_run = pos.epoch;  // all of them (also when a finished run's checkpoint was resumed)

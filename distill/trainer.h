@@ -26,6 +26,8 @@
 
 namespace retort {
 
+struct SafetensorsFile;  // engine/serialize.h
+
 // A non-finite loss: the apps exit with code 3.
 class NonFiniteLoss : public Error {
  public:
@@ -231,11 +233,19 @@ class Trainer {
     // Totals over every attempt of the run, for summary.json: training seconds and images (img/s), wall time.
     double train_seconds = 0, wall_seconds = 0;
     int64_t images_trained = 0;
+    void next_epoch() {  // at an epoch's end: its first batch, its sums from zero
+      ++epoch;
+      batch = 0;
+      epoch_loss = 0;
+      epoch_steps = epoch_correct = epoch_seen = 0;
+    }
   };
   void save_checkpoint(const Position& pos);
   std::chrono::steady_clock::time_point fit_start_;  // this attempt's start (wall time in checkpoints)
   [[noreturn]] void stop_on_interrupt(const Position& pos, int64_t nb, bool write_checkpoint);
-  Position load_checkpoint(const std::string& path);
+  // `file` is `path` as load_safetensors read it (fit reads it first, to pass over a damaged one); taken
+  // by value, so the file's tensors are freed once they are loaded.
+  Position load_checkpoint(const std::string& path, SafetensorsFile file);
   bool check_resumed_config(const std::string& path, const std::string& saved_config);
   std::optional<TrainSummary> finished_summary() const;
   void write_pictures(int epoch_done, const TrainProgress& progress);  // log.pictures_every_epochs

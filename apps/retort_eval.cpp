@@ -93,8 +93,18 @@ int main(int argc, char** argv) {
         return ExperimentConfig::from_json(parse_metadata_json(path, "config", meta("config")), path + " (metadata)")
             .data;
       });
-    } else if (!meta("dataset").empty()) {
-      data_cfg.dataset = meta("dataset");
+    } else if (!meta("dataset").empty() || !dataset.empty()) {
+      // No training config (an imported or hand-made model): the dataset is known, its data settings
+      // are not. Evaluate without normalisation, and say so.
+      if (!meta("dataset").empty()) data_cfg.dataset = meta("dataset");
+      std::fprintf(stderr,
+                   "note: %s has no training config in its metadata; evaluating on %s without normalisation "
+                   "(pass --config with the config it was trained with to use its data settings)\n",
+                   path.c_str(), (dataset.empty() ? data_cfg.dataset : dataset).c_str());
+    } else {
+      throw app::UsageError(path + ": no training config and no dataset in the metadata (an imported or hand-made "
+                            "model), so the data it expects is unknown: pass --config with the config it was trained "
+                            "with, or --dataset NAME to evaluate on NAME without normalisation");
     }
     ExperimentConfig cfg;
     cfg.data = data_cfg;
@@ -107,18 +117,38 @@ int main(int argc, char** argv) {
     const DataSplits data = load_datasets(cfg.data);
     auto ds = split == "test" ? data.test : data.train;
     const Shape s = ds->sample_shape();
-    auto build = [&](const std::string& file, const std::string& name, const StateDict& state) {
+    auto build = [&](const std::string& file, const std::string& name, const ModelFile& mf) {
+      // A model for other data (another class count, channel count or image size) cannot be evaluated on
+      // this data: say so before the state dict's shapes would.
+      const TrainedOn t = app::as_usage([&] { return trained_on(file, mf.metadata); });
+      const int64_t have[3] = {ds->num_classes(), s[0], s[1]};
+      const int64_t want[3] = {t.num_classes, t.in_channels, t.input_size};
+      for (int i = 0; i < 3; ++i)
+        if (want[i] != 0 && want[i] != have[i])
+          throw app::UsageError(detail::cat(file, ": was trained on ", t.dataset.empty() ? "other data" : t.dataset, " (",
+                      t.num_classes ? detail::cat(t.num_classes, " classes, ") : std::string(), "images ",
+                      t.in_channels ? std::to_string(t.in_channels) : "?", "x",
+                      t.input_size ? std::to_string(t.input_size) : "?", "x",
+                      t.input_size ? std::to_string(t.input_size) : "?", "); the evaluation data (",
+                      cfg.data.dataset, " ", split, ") has ", have[0], " classes, images ", have[1], "x", have[2], "x", s[2],
+                      ": evaluate it on the data it was trained on (--dataset / --config)"));
       Generator gen(0);
       auto m = app::as_usage([&] { return create_model(name, ModelOptions{ds->num_classes(), s[0], s[1]}, gen); });
       try {
-        m->load_state_dict(state);
+        m->load_state_dict(mf.state);
       } catch (const Error& e) {
-        RETORT_FAIL(file, ": ", e.what());
+        // (The architecture or the data is not the file's: both are the user's choice here.)
+        std::string what = e.what();
+        while (!what.empty() && what.back() == '\n') what.pop_back();
+        throw app::UsageError(detail::cat(file, ": ", what, "\n(", name, " was built for the evaluation data, ",
+                                          cfg.data.dataset, ": ", have[0], " classes, images ", have[1], "x", have[2],
+                                          "x", s[2], "; give the architecture and data the model was trained with: "
+                                          "--arch, --config or --dataset)"));
       }
       m->to(dev);
       return m;
     };
-    auto model = build(path, arch, f.state);
+    auto model = build(path, arch, f);
     DataLoader loader(ds, LoaderOptions{batch_size, false, false, 2, 0}, eval_transform(cfg.data));
     // --against: the second model on the same data first, its logits the reference for the first.
     Tensor reference;
@@ -128,7 +158,7 @@ int main(int argc, char** argv) {
       const ModelFile g = read(against);
       if (against_arch.empty()) against_arch = g.meta("arch");
       if (against_arch.empty()) throw app::UsageError(against + ": no architecture in the metadata; pass --against-arch");
-      other_model = build(against, against_arch, g.state);
+      other_model = build(against, against_arch, g);
       other = evaluate(*other_model, loader, nullptr, &reference);
     }
     const EvalResult r = evaluate(*model, loader, against.empty() ? nullptr : &reference);

@@ -747,8 +747,9 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
       if (!std::isfinite(loss_value)) {
         std::string which;
         for (auto& [n, t] : terms) which += detail::cat(" ", n, "=", t.item());
-        throw NonFiniteLoss(detail::cat("non-finite loss at epoch ", pos.epoch + 1, ", step ", pos.step,
-                                        " (terms:", which, "); lr ", lr,
+        // Numbered as the log and metrics.jsonl number steps (from 1).
+        throw NonFiniteLoss(detail::cat("non-finite loss at epoch ", pos.epoch + 1, ", step ", pos.step + 1,
+                                        " (batch ", pos.batch + 1, "/", nb, "; terms:", which, "); lr ", lr,
                                         ". Hint: lower solver.lr, check data.normalize, or add a warmup"));
       }
       optimizer_->zero_grad();
@@ -865,6 +866,16 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
         line += buf;
       }
       log(line);
+      if (!std::isfinite(r.loss)) {
+        // Finite training losses but non-finite outputs in eval mode (batch-norm running statistics or
+        // weights holding NaN or inf): every later evaluation and the exported model would be as broken.
+        // The event is recorded; no checkpoint of this state is written.
+        run_.append_metric(ev);
+        throw NonFiniteLoss(detail::cat("non-finite test loss (", r.loss, ") after epoch ", epoch_done, ", step ",
+                                        pos.step, ", although the training loss was finite: the model's outputs in ",
+                                        "eval mode are not finite (batch-norm running statistics or weights hold NaN "
+                                        "or inf). Hint: lower solver.lr, or add a warmup"));
+      }
     }
     run_.append_metric(ev);
     if (picture_loader_ && (epoch_done % cfg_.log.pictures_every_epochs == 0 || epoch_done == epochs))

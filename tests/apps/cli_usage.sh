@@ -107,6 +107,35 @@ expect 1 "--against-arch is the architecture of the --against model" "$bin/retor
 expect 0 "on synthetic test, 64 samples" "$bin/retort-eval" "$model" --threads 1
 expect 0 "on synthetic test, 40 samples" "$bin/retort-eval" "$model" --config "$tmp/a.json"
 expect 0 "on synthetic train, 64 samples" "$bin/retort-eval" "$model" --config "$tmp/a.json" --split train
+# A model without metadata (as an imported one): the data it expects is unknown, so it is refused without
+# --config or --dataset; with --dataset it is evaluated, with a note that no normalisation is applied. A
+# model whose metadata names other data (another class count, channels or size) is refused naming both
+# sides, before the state dict's shapes would be (also as --against).
+python3 - "$model" "$tmp/bare.safetensors" "$tmp/wide.safetensors" "$tmp/noconfig.safetensors" <<'PY'
+import json, struct, sys
+raw = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+header = json.loads(raw[8:8 + n])
+meta = header.pop("__metadata__")
+def write(path, h):
+    text = json.dumps(h).encode()
+    open(path, "wb").write(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+write(sys.argv[2], header)
+write(sys.argv[3], dict(header, __metadata__=dict(meta, num_classes="100")))
+write(sys.argv[4], dict(header, __metadata__=dict(meta, config="")))
+PY
+expect 1 "bare.safetensors: no training config and no dataset in the metadata" "$bin/retort-eval" "$tmp/bare.safetensors" --arch resnet8
+expect 1 "note: $tmp/noconfig.safetensors has no training config in its metadata; evaluating on synthetic without normalisation" \
+  "$bin/retort-eval" "$tmp/noconfig.safetensors"
+expect 1 "noconfig.safetensors: was trained on synthetic (4 classes, images 1x16x16); the evaluation data (synthetic test) has 10 classes, images 3x32x32" \
+  "$bin/retort-eval" "$tmp/noconfig.safetensors"
+expect 1 "(resnet8 was built for the evaluation data, synthetic: 10 classes, images 3x32x32; give the architecture" \
+  "$bin/retort-eval" "$tmp/bare.safetensors" --arch resnet8 --dataset synthetic
+out=$("$bin/retort-eval" "$tmp/bare.safetensors" --arch resnet8 --config "$tmp/a.json" 2>&1)
+grep -qF "on synthetic test, 40 samples" <<<"$out" || { echo "FAIL: bare model with --config: $out"; exit 1; }
+expect 1 "wide.safetensors: was trained on synthetic (100 classes, images 1x16x16); the evaluation data (synthetic test) has 4 classes, images 1x16x16" \
+  "$bin/retort-eval" "$tmp/wide.safetensors" --config "$tmp/a.json"
+expect 1 "wide.safetensors: was trained on synthetic (100 classes" "$bin/retort-eval" "$model" --against "$tmp/wide.safetensors"
 
 # retort-gradcheck: a missing device is a usage error (1) as in the other apps; names with --all are
 # refused; a check named twice runs once.

@@ -8,6 +8,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "distill/trainer.h"
 #include "engine/serialize.h"
@@ -633,18 +634,59 @@ TEST(Trainer, ARunThatNeverReachesTheModelSaysSo) {
   EXPECT_EQ(read_text(ce_dir + "/train.log").find("note: no loss term"), std::string::npos);
 }
 
+// The step named is the one metrics.jsonl would have numbered next (every step logged here).
 TEST(Trainer, NonFiniteLossStopsWithStepAndHint) {
   ExperimentConfig cfg = tiny_config("nan", 1);
   cfg.solver.lr = 1e12;
+  cfg.log.every_steps = 1;
+  const std::string dir = fresh_dir("nan");
   try {
-    train(cfg, fresh_dir("nan"));
+    train(cfg, dir);
     FAIL() << "expected NonFiniteLoss";
   } catch (const NonFiniteLoss& e) {
     const std::string msg = e.what();
     EXPECT_NE(msg.find("non-finite loss"), std::string::npos) << msg;
-    EXPECT_NE(msg.find("step"), std::string::npos) << msg;
     EXPECT_NE(msg.find("ce="), std::string::npos) << msg;
+    std::ifstream metrics(dir + "/metrics.jsonl");
+    int64_t last = 0;
+    for (std::string line; std::getline(metrics, line);) {
+      const Json ev = Json::parse(line);
+      if (ev.value("event", "") == "train") last = ev.at("step").get<int64_t>();
+    }
+    ASSERT_GE(last, 1) << "the first step's loss (before any update) is finite";
+    const std::string want = detail::cat("at epoch 1, step ", last + 1, " (batch ", last + 1, "/8;");
+    EXPECT_NE(msg.find(want), std::string::npos) << msg << "\nwanted: " << want;
   }
+}
+
+// Finite training losses but non-finite outputs in eval mode (here the classifier's bias poisoned
+// after the epoch's last step, so no training loss sees it; a NaN in a batch-norm statistic would be
+// swallowed by the next ReLU): the evaluation stops the run with NonFiniteLoss, its event recorded, and
+// no checkpoint of the broken state is written.
+TEST(Trainer, NonFiniteTestLossStopsTheRun) {
+  struct PoisonTask : ClassifierTask {
+    explicit PoisonTask(std::shared_ptr<Module> m) : ClassifierTask(std::move(m)) {}
+    void after_step(const TrainProgress& p) override {
+      if (p.batch + 1 < p.batches_per_epoch) return;
+      for (auto& [k, t] : model().named_parameters())
+        if (k == "fc.bias") t.data<float>()[0] = std::numeric_limits<float>::infinity();
+    }
+  };
+  const ExperimentConfig cfg = tiny_config("nan_eval", 2);
+  PoisonTask task(make_model(cfg));
+  DataSplits data = load_datasets(cfg.data);
+  const std::string dir = fresh_dir("nan_eval");
+  RunDir run(dir);
+  Trainer trainer(cfg, task, data, run);
+  try {
+    trainer.fit("", 0);
+    FAIL() << "expected NonFiniteLoss";
+  } catch (const NonFiniteLoss& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("non-finite test loss (nan) after epoch 1, step 8"), std::string::npos) << msg;
+  }
+  EXPECT_NE(read_text(dir + "/metrics.jsonl").find("\"test_loss\":null"), std::string::npos);
+  EXPECT_TRUE(fs::is_empty(dir + "/checkpoints")) << "no checkpoint of the broken state";
 }
 
 // experiment.device = "cuda": refused with the reason where there is no GPU; on a GPU the run trains

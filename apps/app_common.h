@@ -38,12 +38,38 @@ using UsageError = ConfigError;
 // (CLI11 prints it), 1 for any parse error (CLI11's own codes, 105 and up, are not the apps'), printed
 // as one line "<app>: <message>". An unknown argument is reported as such even when a required one
 // is missing too (CLI11 checks requirements first: `retort-train --bogus` would say "config is required").
+// CLI11 takes the next word as an option's value even when that word is another flag: `--resume
+// --threads 2` made "--threads" the checkpoint and then refused "2" as unexpected. An option whose value
+// is one of the app's own flags is reported as missing its value instead. An empty value (`--resume
+// "$UNSET"`) is refused too: every app read it as the option left out (a fresh run, the CPU).
+inline std::string flag_taken_as_value(const CLI::App& cli) {
+  for (const CLI::Option* opt : cli.get_options()) {
+    if (opt->get_positional() && opt->get_name().rfind("-", 0) != 0) continue;  // FILE / CONFIG: checked later
+    for (const std::string& v : opt->results()) {
+      if (v.size() > 1 && v[0] == '-' && cli.get_option_no_throw(v.substr(0, v.find('='))) != nullptr)
+        return opt->get_name() + ": expected a value, got the flag " + v + " (give " + opt->get_name() +
+               " its value before the next flag)";
+      if (v.empty() && opt->get_expected_max() > 0 && !opt->get_type_name().empty())
+        return opt->get_name() + ": empty value (leave the option out for its default)";
+    }
+  }
+  return "";
+}
+
 inline std::optional<int> parse_command_line(CLI::App& cli, const char* app, int argc, char** argv) {
   try {
     cli.parse(argc, argv);
+    if (const std::string taken = flag_taken_as_value(cli); !taken.empty()) {
+      std::fprintf(stderr, "%s: %s (see --help)\n", app, taken.c_str());
+      return kUsage;
+    }
     return std::nullopt;
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return cli.exit(e);  // --help
+    if (const std::string taken = flag_taken_as_value(cli); !taken.empty()) {
+      std::fprintf(stderr, "%s: %s (see --help)\n", app, taken.c_str());
+      return kUsage;
+    }
     const std::vector<std::string> extras = cli.remaining();
     std::string what = extras.empty() || dynamic_cast<const CLI::ExtrasError*>(&e) ? e.what()
                                                                                  : CLI::ExtrasError(extras).what();

@@ -155,6 +155,7 @@ int inspect_arch(const std::string& arch, const ModelOptions& mo, bool graph, De
 struct DistillInspect {
   std::string config, checkpoint, dump, images;
   int64_t batch = 8, epoch = 0, step = 0, scale = 0;  // scale 0: pictures at least 96 pixels high
+  bool epoch_given = false, step_given = false;  // else a checkpoint's position (or 0)
   bool graph = false;
   std::vector<std::string> overrides;  // --set key.path=value, as retort-distill's
 };
@@ -175,7 +176,7 @@ void print_mask(const std::string& name, const Tensor& mask) {
   }
 }
 
-int inspect_distill(const DistillInspect& o, Device dev) {
+int inspect_distill(DistillInspect o, Device dev) {
   const ExperimentConfig cfg = app::load_config(o.config, o.overrides);
   if (cfg.terms.empty()) throw app::UsageError(o.config + ": no distill.terms to inspect");
   const DataSplits data = load_datasets(cfg.data);
@@ -191,8 +192,48 @@ int inspect_distill(const DistillInspect& o, Device dev) {
     // (model.*, extra.*) or a plain model file (the student's weights).
     const std::string file = app::as_usage([&] { return resolve_checkpoint(o.checkpoint); });
     StateDict extra;
-    load_model_file(*student, file, &extra);
+    std::map<std::string, std::string> meta;
+    const StateDict state = read_model_state(file, &meta, &extra);
+    try {
+      student->load_state_dict(state);
+    } catch (const Error& e) {
+      RETORT_FAIL(file, ": ", e.what());
+    }
     if (!extra.empty()) d.load_extra_state(extra);
+    // The run's own config, where the file keeps it: the step is CONFIG's (with --set), so say where it
+    // differs from what the run trained with (a teacher.checkpoint or a term given by --set then, say).
+    if (auto it = meta.find("config"); it != meta.end() && !it->second.empty()) {
+      Json saved = Json::parse(it->second, nullptr, false);
+      try {
+        saved = ExperimentConfig::from_json(saved, file).to_json();  // defaults filled in, as cfg's
+      } catch (const Error&) {
+      }
+      std::vector<std::string> diffs;
+      for (const ConfigChange& c : config_changes(saved, cfg.to_json())) {
+        bool ignored = false;  // nothing the step computes
+        for (const char* k : {"experiment.name", "experiment.output_dir", "log", "solver", "data.num_workers",
+                              "data.eval_batch_size", "data.root", "model.init", "experiment.device"})
+          ignored = ignored || c.key == k || c.key.rfind(std::string(k) + ".", 0) == 0;
+        auto show = [](const Json& v) { return v.is_null() ? std::string("(absent)") : v.dump(); };
+        if (!ignored) diffs.push_back(detail::cat(c.key, " ", show(c.before), " -> ", show(c.after)));
+      }
+      if (!diffs.empty())
+        std::fprintf(stderr, "note: %s was trained with a config that differs from %s%s in: %s. The step uses the "
+                     "latter (the run's own config.json holds what it trained with)\n", file.c_str(), o.config.c_str(),
+                     o.overrides.empty() ? "" : " with --set", detail::join(diffs, "; ").c_str());
+    }
+    // A checkpoint's position in training is the step's, unless --epoch / --step say otherwise: the next
+    // step it would take (a checkpoint at an epoch's end: the first step of the next epoch).
+    if (auto it = meta.find("trainer"); it != meta.end()) {
+      const Json t = Json::parse(it->second, nullptr, false);
+      if (t.is_object() && t.value("epoch", -1) >= 0 && t.value("step", int64_t{-1}) >= 0) {
+        const auto nb = static_cast<int64_t>((data.train->size() + static_cast<size_t>(cfg.data.batch_size) - 1) /
+                                             static_cast<size_t>(cfg.data.batch_size));
+        const int64_t ep = t.value("epoch", int64_t{0}) + (t.value("batch", int64_t{0}) >= nb ? 1 : 0);
+        if (!o.epoch_given) o.epoch = ep;
+        if (!o.step_given) o.step = t.value("step", int64_t{0});
+      }
+    }
   }
   d.to(dev);
   d.train(false);  // eval-mode BN: the numbers are a function of the batch alone
@@ -208,9 +249,11 @@ int inspect_distill(const DistillInspect& o, Device dev) {
     std::printf("%s", graph_to_dot(total).c_str());
     return app::kOk;
   }
-  std::printf("%s: %s on the first %lld test images, epoch %lld, step %lld%s\n", o.config.c_str(),
-              d.describe().c_str(), static_cast<long long>(b.size()), static_cast<long long>(o.epoch + 1),
-              static_cast<long long>(o.step), o.checkpoint.empty() ? " (fresh weights)" : "");
+  // Epoch as the log numbers it (from 1), and the global step's 0-based index as --step takes it.
+  std::printf("%s: %s on the first %lld test images, epoch %lld (--epoch %lld), step index %lld%s\n",
+              o.config.c_str(), d.describe().c_str(), static_cast<long long>(b.size()),
+              static_cast<long long>(o.epoch + 1), static_cast<long long>(o.epoch), static_cast<long long>(o.step),
+              o.checkpoint.empty() ? " (fresh weights)" : "");
   for (const auto& [n, t] : terms) std::printf("  %-28s %.6g\n", n.c_str(), t.item());
   std::printf("  %-28s %.6g\n", "total", total.item());
   std::vector<std::pair<std::string, Tensor>> dumped{{"input", b.inputs.to(Device::cpu())},
@@ -335,6 +378,8 @@ int main(int argc, char** argv) {
     }
     if (!di.config.empty()) {
       di.graph = graph;
+      di.epoch_given = given("--epoch");
+      di.step_given = given("--step");
       return inspect_distill(di, dev);
     }
     if (!arch.empty()) return inspect_arch(arch, mo, graph, dev);

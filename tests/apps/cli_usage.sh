@@ -36,6 +36,15 @@ cat > "$tmp/kd.json" <<JSON
 JSON
 model=$tmp/a/model.safetensors
 
+# An option followed by another flag instead of its value is named as missing its value (CLI11 took the
+# flag as the value and then refused the flag's own value as unexpected).
+expect 1 "retort-train: --resume: expected a value, got the flag --threads (give --resume its value before the next flag)" \
+  "$bin/retort-train" "$tmp/a.json" --resume --threads 1
+expect 1 "retort-eval: --config: expected a value, got the flag --split" "$bin/retort-eval" "$model" --config --split=train
+# An empty value (an unset shell variable) is refused, not taken as the option left out.
+expect 1 "retort-train: --resume: empty value (leave the option out for its default)" "$bin/retort-train" "$tmp/a.json" --resume ""
+expect 1 "retort-distill: --device: empty value" "$bin/retort-distill" "$tmp/kd.json" --device=
+
 # Parse errors: exit 1 with the app's name; --help: 0.
 for app in retort-train retort-distill retort-eval retort-inspect retort-gradcheck retort-bench; do
   expect 1 "$app: The following argument was not expected: --bogus" "$bin/$app" --bogus
@@ -99,7 +108,17 @@ for sc in 0 65; do
   expect 1 "--scale $sc: expected 1 to 64" "$bin/retort-inspect" --distill "$tmp/kd.json" --images "$tmp/pics" --scale $sc
   [ ! -e "$tmp/pics" ] || { echo "FAIL: --scale $sc: the step ran and wrote pictures before the refusal"; exit 1; }
 done
-expect 0 "1*ce + 1*kd on the first 8 test images, epoch 1, step 3" "$bin/retort-inspect" --distill "$tmp/kd.json" --checkpoint "$model" --threads 1 --epoch 0 --step 3
+expect 0 "1*ce + 1*kd on the first 8 test images, epoch 1 (--epoch 0), step index 3" "$bin/retort-inspect" --distill "$tmp/kd.json" --checkpoint "$model" --threads 1 --epoch 0 --step 3
+# A run's checkpoint gives the step its position (after 1 epoch of 2 steps: the next epoch's first step),
+# unless --epoch / --step say otherwise; a config that differs from the run's in what the step computes
+# is named in a note (the step uses it).
+"$bin/retort-distill" "$tmp/kd.json" --run-dir "$tmp/kdrun" > /dev/null
+expect 0 "on the first 8 test images, epoch 2 (--epoch 1), step index 2" "$bin/retort-inspect" --distill "$tmp/kd.json" --checkpoint "$tmp/kdrun"
+expect 0 "on the first 8 test images, epoch 2 (--epoch 1), step index 0" "$bin/retort-inspect" --distill "$tmp/kd.json" --checkpoint "$tmp/kdrun" --step 0
+out=$("$bin/retort-inspect" --distill "$tmp/kd.json" --checkpoint "$tmp/kdrun" --set distill.terms.1.weight=0.5 2>&1)
+grep -qF "in: distill.terms.1.weight 1.0 -> 0.5. The step uses the latter" <<<"$out" || { echo "FAIL: no config-difference note: $out"; exit 1; }
+out=$("$bin/retort-inspect" --distill "$tmp/kdrun/config.json" --checkpoint "$tmp/kdrun" 2>&1)
+! grep -qF "note:" <<<"$out" || { echo "FAIL: a note for the run's own config: $out"; exit 1; }
 
 # retort-eval: --against-arch needs --against; --config's data.test_limit (40) applies, the model's own
 # training config's does not (the whole test split, 64).

@@ -200,7 +200,9 @@ Json profile_steps(const std::function<void(int64_t)>& step, int64_t first, int 
   Json by_kernel = Json::array(), by_conv = Json::array();
   std::vector<std::pair<std::string, profiling::Stat>> ks(t.by_kernel.begin(), t.by_kernel.end());
   std::sort(ks.begin(), ks.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+  double other_layout_s = 0;  // blocked activations rewritten to NCHW for kernels that read row-major
   for (const auto& [k, st] : ks) {
+    if (k.rfind("conv2d", 0) != 0) other_layout_s += st.layout_seconds;
     Json j{{"kernel", k}, {"ms_per_step", round3(st.seconds * 1e3 / steps)}, {"calls_per_step", st.calls / steps},
            {"percent", round3(100.0 * st.seconds / wall)}};
     if (st.flops > 0) j["gflops"] = round3(st.flops / st.seconds / 1e9);
@@ -228,6 +230,7 @@ Json profile_steps(const std::function<void(int64_t)>& step, int64_t first, int 
               {"conv_percent_of_sgemm_peak", conv_s > 0 ? round3(100.0 * conv_f / conv_s / 1e9 / peak) : 0.0},
               {"conv_reorder_ms_per_step", round3(conv_layout_s * 1e3 / steps)},
               {"conv_reorder_percent", conv_s > 0 ? round3(100.0 * conv_layout_s / conv_s) : 0.0},
+              {"other_layout_ms_per_step", round3(other_layout_s * 1e3 / steps)},
               {"by_kernel", by_kernel},
               {"by_conv", by_conv},
               {"conv_kernels", dev.type == DeviceType::CPU ? Json(cpu::dnnl_conv_choices()) : Json::array()}};
@@ -249,6 +252,9 @@ void print_profile(const Json& p) {
               p["sgemm_peak_gflops"].get<double>());
   std::printf("of which reorders between NCHW and oneDNN's blocked layouts: %.1f ms/step (%.0f%%)\n",
               p["conv_reorder_ms_per_step"].get<double>(), p["conv_reorder_percent"].get<double>());
+  std::printf("layout conversions of blocked activations inside other kernels (rewrites to NCHW, copies into the "
+              "layout): %.1f ms/step\n",
+              p["other_layout_ms_per_step"].get<double>());
   std::printf("%-58s %9s %6s %9s %7s %9s\n", "convolution", "ms/step", "calls", "GFLOP/s", "% peak", "reorder %");
   for (const auto& c : p["by_conv"])
     std::printf("%-58s %9.2f %6lld %9.0f %7.0f %9.0f\n", c["conv"].get<std::string>().c_str(),

@@ -252,6 +252,15 @@ void set_cpu_conv_bf16(bool on);
 bool cpu_conv_winograd();
 void set_cpu_conv_winograd(bool on);
 
+// Blocked activations on the CPU (docs/architecture.md, "Blocked activations"): while on, an F32
+// convolution run by oneDNN leaves its output (and its data gradient) in oneDNN's blocked layout
+// (nChw8c / nChw16c) instead of reordering it back to NCHW; batch norm and elementwise kernels keep that
+// layout and the next convolution reads it as it is. Everything else sees NCHW: Tensor::raw_data()
+// rewrites such storage in place on first access. Results are those of the NCHW path up to the order of
+// batch norm's sums. On by default; RETORT_CPU_BLOCKED=0 in the environment starts it off.
+bool cpu_blocked_activations();
+void set_cpu_blocked_activations(bool on);
+
 // Whether this build contains the CUDA backend, and how many GPUs it sees (0 without CUDA).
 bool cuda_built();
 int cuda_device_count();

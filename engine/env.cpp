@@ -25,6 +25,7 @@ void check_environment() {
   cpu_conv_winograd();              // RETORT_CPU_CONV_WINOGRAD (and not both)
   kernel_autotune();                // RETORT_CPU_CONV_TUNE
   cpu::depthwise_direct_enabled();  // RETORT_CPU_DEPTHWISE
+  cpu_blocked_activations();        // RETORT_CPU_BLOCKED
   cpu::host_memory_limit();         // RETORT_HOST_MEMORY_LIMIT
   // The CUDA switches, read here whether or not this build has the backend (which reads them itself).
   env_switch("RETORT_CUDA_DETERMINISTIC", false);

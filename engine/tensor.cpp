@@ -1,13 +1,16 @@
 // Tensor handle, factories, conversion and printing (see tensor.h).
 #include "engine/tensor.h"
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <ostream>
 
 #include "engine/autograd.h"
 #include "engine/backend.h"
+#include "engine/profile.h"
 
 namespace retort {
 
@@ -17,6 +20,60 @@ Storage::Storage(size_t nbytes_, Device device_) : nbytes(nbytes_), device(devic
 
 Storage::~Storage() {
   if (data) backend_for(device).deallocate(data);
+}
+
+// nChw{B}c -> nchw in place. The B channels [cb*B, cb*B + B) of sample n are, in both layouts, the same
+// B*S floats at the same offset ([S][B] blocked, [B][S] row-major), so each such chunk is transposed
+// through a per-thread copy of it: one pass over memory, like a reorder into a second buffer.
+// "Thread-safe" (tensor.h) between threads that all read through raw_data(); not against a kernel on
+// another thread holding a raw_data_any_layout() pointer into the same storage — a graph's kernels run
+// on one thread (OpenMP inside them), and the loader's workers touch only dataset tensors, never blocked.
+void Storage::unblock() {
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lock(mu);
+  const int b = block.load(std::memory_order_acquire);
+  if (b == 0) return;  // another thread got here first
+  const int64_t n = blocked_shape[0], c = blocked_shape[1], s = blocked_shape[2] * blocked_shape[3];
+  const int64_t chunks = n * (c / b), len = b * s;
+  float* base = static_cast<float*>(data);
+  const bool timed = profiling::enabled();  // counted as the reading kernel's layout time
+  const auto t0 = timed ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
+#pragma omp parallel if (chunks * len > 32768)
+  {
+    std::vector<float> tmp(static_cast<size_t>(len));
+#pragma omp for
+    for (int64_t i = 0; i < chunks; ++i) {
+      float* chunk = base + i * len;
+      std::memcpy(tmp.data(), chunk, static_cast<size_t>(len) * sizeof(float));
+      for (int64_t k = 0; k < b; ++k)
+        for (int64_t j = 0; j < s; ++j) chunk[k * s + j] = tmp[static_cast<size_t>(j * b + k)];
+    }
+  }
+  block.store(0, std::memory_order_release);
+  if (timed) profiling::add_layout_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+}
+
+int Tensor::layout_block() const {
+  const Storage& s = *impl().storage;
+  const int b = s.block.load(std::memory_order_acquire);
+  if (b == 0) return 0;
+  const Shape& sh = impl().shape;  // a view of another shape (a reshape) reads row-major
+  return sh.size() == 4 && sh[0] == s.blocked_shape[0] && sh[1] == s.blocked_shape[1] && sh[2] == s.blocked_shape[2] &&
+                 sh[3] == s.blocked_shape[3]
+             ? b
+             : 0;
+}
+
+void Tensor::set_layout_block(int block) const {
+  Storage& s = *impl().storage;
+  if (block != 0) {
+    RETORT_CHECK((block == 8 || block == 16) && dim() == 4 && dtype() == DType::F32 && device().is_cpu() &&
+                     shape()[1] % block == 0 && nbytes() == s.nbytes,
+                 "set_layout_block(", block, "): needs a whole-storage 4-d F32 CPU tensor with channels a multiple of ",
+                 block, ", got ", meta_str());
+    for (int i = 0; i < 4; ++i) s.blocked_shape[i] = shape()[static_cast<size_t>(i)];
+  }
+  s.block.store(block, std::memory_order_release);
 }
 
 TensorImpl& Tensor::impl() const {

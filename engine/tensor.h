@@ -8,11 +8,13 @@
 //  - Differentiable operations are free functions in engine/functions/*.h (add, conv2d, ...); the
 //    arithmetic operators below forward to them.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <initializer_list>
 #include <iosfwd>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/dtype.h"
@@ -29,11 +31,21 @@ class Node;
 // place (optimizer steps, copy_ and so load_state_dict, init::*_, batch-norm running statistics, scatter_rows_,
 // Tensor::bump_version); every view of the storage sees the same count. Autograd uses it to refuse a
 // backward that would read a saved tensor changed since its forward (Tensor::raw_data).
+//
+// `block` is the memory layout of an F32 CPU activation a oneDNN convolution wrote in its blocked
+// layout (docs/architecture.md, "Blocked activations"): 0 = plain row-major (every other storage), 8 or
+// 16 = nChw8c / nChw16c for the 4-d shape `blocked_shape` (channels a multiple of the block). Kernels
+// that know the layout read such memory as it is (Tensor::raw_data_any_layout); any other read, through
+// raw_data() or data<T>(), first rewrites it to row-major in place (unblock()), so the rest of the
+// library only ever sees row-major data.
 struct Storage {
   void* data = nullptr;
   size_t nbytes = 0;
   Device device;
   uint64_t version = 0;
+  std::atomic<int> block{0};
+  int64_t blocked_shape[4] = {0, 0, 0, 0};
+  void unblock();  // to row-major in place, once (thread-safe); values and version unchanged
   Storage(size_t nbytes, Device device);
   ~Storage();
   Storage(const Storage&) = delete;
@@ -100,10 +112,25 @@ class Tensor {
   // Typed pointer; throws if T does not match dtype() or the tensor is not on the CPU.
   template <class T> T* data();
   template <class T> const T* data() const;
-  // The storage's device pointer. Throws for a tensor saved for a backward whose storage has been
-  // updated in place since (check_unmodified).
-  void* raw_data() { check_unmodified(); return impl().storage->data; }
-  const void* raw_data() const { check_unmodified(); return impl().storage->data; }
+  // The storage's device pointer, its data row-major. Throws for a tensor saved for a backward whose
+  // storage has been updated in place since (check_unmodified). A storage in a blocked layout is
+  // rewritten to row-major first (Storage::block).
+  void* raw_data() { return const_cast<void*>(std::as_const(*this).raw_data()); }
+  const void* raw_data() const {
+    check_unmodified();
+    Storage& s = *impl().storage;
+    if (s.block.load(std::memory_order_acquire) != 0) [[unlikely]] s.unblock();
+    return s.data;
+  }
+  // For kernels that read blocked layouts: the block of the storage's layout (0 = row-major; 8 or 16 =
+  // nChw8c / nChw16c of a 4-d shape equal to this tensor's), and the pointer without any rewrite.
+  // Decide every operand's layout before taking any pointer: raw_data() on another view of the same
+  // storage would rewrite it under a pointer already taken.
+  int layout_block() const;
+  void* raw_data_any_layout() const { check_unmodified(); return impl().storage->data; }
+  // Declares the storage's memory to hold this 4-d F32 CPU tensor in nChw{block}c (block 8 or 16, the
+  // channels a multiple of it), or row-major (block 0); the caller has just written it so.
+  void set_layout_block(int block) const;
   // In-place updates of the storage so far (shared by every view). Writes through data<T>() or
   // raw_data() are not counted: code that updates a tensor that way, where a recorded graph may have
   // saved it, calls bump_version() afterwards, as the library's own in-place operations do.

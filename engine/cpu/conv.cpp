@@ -342,12 +342,10 @@ void CpuBackend::conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& 
                                 Tensor& y) {
   const Geom g = make_geom(x.shape(), w.shape(), y.shape(), p);
   if (y.numel() == 0) return;
-  if (depthwise_conv2d(DnnlConvDir::Forward, x.dtype(), x.shape(), w.shape(), y.shape(), p, x.raw_data(), w.raw_data(),
-                       bias.defined() ? bias.raw_data() : nullptr, y.raw_data()))
-    return;
+  if (depthwise_conv2d(DnnlConvDir::Forward, x.dtype(), x.shape(), w.shape(), y.shape(), p, x, w, bias, y)) return;
   if (x.dtype() == DType::F32 &&
-      dnnl_conv2d(DnnlConvDir::Forward, x.shape(), w.shape(), y.shape(), p, x.data<float>(), w.data<float>(),
-                  bias.defined() ? bias.data<float>() : nullptr, y.data<float>()))
+      dnnl_conv2d(DnnlConvDir::Forward, x.shape(), w.shape(), y.shape(), p, x, w,
+                  bias.defined() ? bias.data<float>() : nullptr, y))
     return;
   dispatch_float(x.dtype(), "conv2d_forward", [&](auto tag) {
     using T = decltype(tag);
@@ -379,8 +377,7 @@ void CpuBackend::conv2d_bn_eval_forward(const Tensor& x, const Tensor& w, const 
       shift[static_cast<size_t>(o)] = static_cast<float>(a.shift);
     }
     const DnnlEpilogue epi{scale.data(), shift.data(), relu};
-    if (dnnl_conv2d(DnnlConvDir::Forward, x.shape(), w.shape(), y.shape(), p, x.data<float>(), w.data<float>(),
-                    nullptr, y.data<float>(), &epi))
+    if (dnnl_conv2d(DnnlConvDir::Forward, x.shape(), w.shape(), y.shape(), p, x, w, nullptr, y, &epi))
       return;
   }
   Backend::conv2d_bn_eval_forward(x, w, bias, p, bn_weight, bn_bias, running_mean, running_var, eps, relu, y);
@@ -389,12 +386,11 @@ void CpuBackend::conv2d_bn_eval_forward(const Tensor& x, const Tensor& w, const 
 void CpuBackend::conv2d_backward_input(const Tensor& gy, const Tensor& w, const Conv2dParams& p, Tensor& gx) {
   const Geom g = make_geom(gx.shape(), w.shape(), gy.shape(), p);
   if (gx.numel() == 0) return;
-  if (depthwise_conv2d(DnnlConvDir::BackwardData, gy.dtype(), gx.shape(), w.shape(), gy.shape(), p, gy.raw_data(),
-                       w.raw_data(), nullptr, gx.raw_data()))
+  if (depthwise_conv2d(DnnlConvDir::BackwardData, gy.dtype(), gx.shape(), w.shape(), gy.shape(), p, gy, w, Tensor(),
+                       gx))
     return;
   if (gy.dtype() == DType::F32 && g.Og > 0 &&
-      dnnl_conv2d(DnnlConvDir::BackwardData, gx.shape(), w.shape(), gy.shape(), p, gy.data<float>(),
-                  w.data<float>(), nullptr, gx.data<float>()))
+      dnnl_conv2d(DnnlConvDir::BackwardData, gx.shape(), w.shape(), gy.shape(), p, gy, w, nullptr, gx))
     return;
   dispatch_float(gy.dtype(), "conv2d_backward_input", [&](auto tag) {
     using T = decltype(tag);
@@ -405,12 +401,11 @@ void CpuBackend::conv2d_backward_input(const Tensor& gy, const Tensor& w, const 
 void CpuBackend::conv2d_backward_weight(const Tensor& gy, const Tensor& x, const Conv2dParams& p, Tensor& gw) {
   const Geom g = make_geom(x.shape(), gw.shape(), gy.shape(), p);
   if (gw.numel() == 0) return;
-  if (depthwise_conv2d(DnnlConvDir::BackwardWeight, gy.dtype(), x.shape(), gw.shape(), gy.shape(), p, gy.raw_data(),
-                       x.raw_data(), nullptr, gw.raw_data()))
+  if (depthwise_conv2d(DnnlConvDir::BackwardWeight, gy.dtype(), x.shape(), gw.shape(), gy.shape(), p, gy, x, Tensor(),
+                       gw))
     return;
   if (gy.dtype() == DType::F32 &&
-      dnnl_conv2d(DnnlConvDir::BackwardWeight, x.shape(), gw.shape(), gy.shape(), p, gy.data<float>(),
-                  x.data<float>(), nullptr, gw.data<float>()))
+      dnnl_conv2d(DnnlConvDir::BackwardWeight, x.shape(), gw.shape(), gy.shape(), p, gy, x, nullptr, gw))
     return;
   dispatch_float(gy.dtype(), "conv2d_backward_weight", [&](auto tag) {
     using T = decltype(tag);

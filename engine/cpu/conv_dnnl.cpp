@@ -103,6 +103,12 @@ bool& bf16_setting() {
   return on;
 }
 
+// Whether convolutions leave their activation outputs in oneDNN's blocked layout (Storage::block).
+bool& blocked_setting() {
+  static bool on = env_switch("RETORT_CPU_BLOCKED", true);
+  return on;
+}
+
 // Whether oneDNN has its own Winograd kernels on this CPU; elsewhere winograd.cpp's run.
 bool onednn_winograd() { return avx512_unsupported_reason(kWinogradConvs).empty(); }
 
@@ -323,19 +329,65 @@ void set_conv_impl(ConvImpl impl) { impl_setting() = impl; }
 
 namespace {
 
+// The nChw{block}c descriptor of an activation of dims d (block 8 or 16).
+memory::desc blocked_act(const memory::dims& d, int block) {
+  return memory::desc(d, memory::data_type::f32, block == 8 ? tag::nChw8c : tag::nChw16c);
+}
+
+// The block (8 or 16) of a primitive's activation descriptor when it is nChw8c / nChw16c, else 0.
+int prim_block(const memory::desc& prim) {
+  const memory::dims d = prim.dims();
+  if (d.size() != 4 || prim.data_type() != memory::data_type::f32) return 0;
+  for (int b : {8, 16})
+    if (d[1] % b == 0 && prim == blocked_act(d, b)) return b;
+  return 0;
+}
+
+// Which operands are activations (which may be, or be written, in a blocked layout): forward x -> y,
+// data gradient gy -> gx, weight gradient gy and x.
+bool in0_is_act(DnnlConvDir) { return true; }
+bool in1_is_act(DnnlConvDir dir) { return dir == DnnlConvDir::BackwardWeight; }
+bool out_is_act(DnnlConvDir dir) { return dir != DnnlConvDir::BackwardWeight; }
+
 // Runs one candidate: reorders the inputs into its layouts, the primitive, the output back to NCHW.
-void execute(Dnnl& d, Entry& e, const Shape& xs, const Shape& ws, const Shape& ys, const float* in0,
-             const float* in1, const float* bias, float* out, const DnnlEpilogue* epi) {
+// An activation input already in the primitive's blocked layout (a previous convolution's output,
+// Storage::block) is read as it is, and with blocked_setting() on an activation output in nChw8c /
+// nChw16c is left there (Tensor::set_layout_block): docs/architecture.md, "Blocked activations".
+void execute(Dnnl& d, Entry& e, const Shape& xs, const Shape& ws, const Shape& ys, const Tensor& t0,
+             const Tensor& t1, const float* bias, Tensor& tout, const DnnlEpilogue* epi) {
+  const DnnlConvDir dir = e.dir;
   if (e.own_winograd) {
     const size_t n = winograd_workspace_bytes(e.dir, xs, ws, ys, e.params);
-    winograd_conv2d(e.dir, xs, ws, ys, e.params, in0, in1, bias, out, epi,
+    const float* in0 = t0.data<float>();
+    const float* in1 = t1.data<float>();
+    tout.set_layout_block(0);
+    winograd_conv2d(e.dir, xs, ws, ys, e.params, in0, in1, bias, tout.data<float>(), epi,
                     reinterpret_cast<float*>(d.workspace(n)));
     return;
   }
+  // Layouts first, pointers after (an operand read row-major is rewritten in place by data<float>()).
+  auto reads_blocked = [](const Operand& op, const Tensor& t, bool act) {
+    const int b = act ? t.layout_block() : 0;
+    return b != 0 && prim_block(op.prim) == b;
+  };
+  const bool blk0 = reads_blocked(e.in0, t0, in0_is_act(dir));
+  const bool blk1 = reads_blocked(e.in1, t1, in1_is_act(dir));
+  const int out_block = out_is_act(dir) && blocked_setting() ? prim_block(e.out.prim) : 0;
+  const float* in0 = blk0 ? nullptr : t0.data<float>();
+  const float* in1 = blk1 ? nullptr : t1.data<float>();
+  if (blk0) in0 = t0.layout_block() ? static_cast<const float*>(t0.raw_data_any_layout()) : nullptr;
+  if (blk1) in1 = t1.layout_block() ? static_cast<const float*>(t1.raw_data_any_layout()) : nullptr;
+  if ((blk0 && !in0) || (blk1 && !in1)) {  // both views of one storage, rewritten by the other's read
+    execute(d, e, xs, ws, ys, t0, t1, bias, tout, epi);
+    return;
+  }
+  tout.set_layout_block(0);  // a timed candidate before this one may have left it blocked
+  float* out = static_cast<float*>(tout.raw_data_any_layout());
+  const bool direct_out = out_block != 0;
   // Workspace layout: [in0 blocked][in1 blocked][out blocked][scratchpad], each 64-byte aligned.
-  const size_t n0 = e.in0.same() ? 0 : align_up(e.in0.prim.get_size());
-  const size_t n1 = e.in1.same() ? 0 : align_up(e.in1.prim.get_size());
-  const size_t no = e.out.same() ? 0 : align_up(e.out.prim.get_size());
+  const size_t n0 = e.in0.same() || blk0 ? 0 : align_up(e.in0.prim.get_size());
+  const size_t n1 = e.in1.same() || blk1 ? 0 : align_up(e.in1.prim.get_size());
+  const size_t no = e.out.same() || direct_out ? 0 : align_up(e.out.prim.get_size());
   const size_t ns = align_up(e.scratch.get_size());
   const size_t nw = e.fold_bn ? align_up(static_cast<size_t>(shape_numel(ws)) * sizeof(float)) : 0;
   char* ws_ptr = d.workspace(n0 + n1 + no + ns + nw + 64);
@@ -360,17 +412,20 @@ void execute(Dnnl& d, Entry& e, const Shape& xs, const Shape& ws, const Shape& y
         layout_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       }
     };
-    auto bind_input = [&](Operand& op, const float* user_ptr, char* blocked) {
+    auto bind_input = [&](Operand& op, const float* user_ptr, bool blocked, char* scratch_buf) {
+      if (blocked) return memory(op.prim, d.eng, const_cast<float*>(user_ptr));
       memory user(op.user, d.eng, const_cast<float*>(user_ptr));
       if (op.same()) return user;
-      memory prim(op.prim, d.eng, blocked);
+      memory prim(op.prim, d.eng, scratch_buf);
       reorder(*op.to_prim, user, prim);
       return prim;
     };
-    memory m0 = bind_input(e.in0, in0, ws_ptr);
-    memory m1 = bind_input(e.in1, in1, ws_ptr + n0);
+    memory m0 = bind_input(e.in0, in0, blk0, ws_ptr);
+    memory m1 = bind_input(e.in1, in1, blk1, ws_ptr + n0);
     memory user_out(e.out.user, d.eng, out);
-    memory prim_out = e.out.same() ? user_out : memory(e.out.prim, d.eng, ws_ptr + n0 + n1);
+    memory prim_out = e.out.same() ? user_out
+                      : direct_out ? memory(e.out.prim, d.eng, out)
+                                   : memory(e.out.prim, d.eng, ws_ptr + n0 + n1);
     memory scratch(e.scratch, d.eng, ws_ptr + n0 + n1 + no);
     std::unordered_map<int, memory> args{
         {e.arg_in0, m0}, {e.arg_in1, m1}, {e.arg_out, prim_out}, {DNNL_ARG_SCRATCHPAD, scratch}};
@@ -382,8 +437,9 @@ void execute(Dnnl& d, Entry& e, const Shape& xs, const Shape& ws, const Shape& y
                    memory(e.per_channel, d.eng, const_cast<float*>(epi->shift)));
     }
     e.prim.execute(d.strm, args);
-    if (!e.out.same()) reorder(*e.out.to_user, prim_out, user_out);
+    if (!e.out.same() && !direct_out) reorder(*e.out.to_user, prim_out, user_out);
     d.strm.wait();
+    if (direct_out) tout.set_layout_block(out_block);
     if (timed) profiling::add_layout_seconds(layout_s);
   } catch (const dnnl::error& err) {
     RETORT_FAIL("conv2d (oneDNN ", e.impl_name, "): x ", shape_str(xs), ", w ", shape_str(ws), ", y ",
@@ -413,6 +469,8 @@ void set_cpu_conv_bf16(bool on) {
   }
   cpu::bf16_setting() = on;
 }
+bool cpu_blocked_activations() { return cpu::blocked_setting(); }
+void set_cpu_blocked_activations(bool on) { cpu::blocked_setting() = on; }
 bool cpu_conv_winograd() { return cpu::winograd_setting(); }
 void set_cpu_conv_winograd(bool on) {
   RETORT_CHECK(!on || !cpu::bf16_setting(), "Winograd convolutions: bf16 convolutions are on, and the Winograd ",
@@ -424,7 +482,7 @@ void set_cpu_conv_winograd(bool on) {
 namespace retort::cpu {
 
 bool dnnl_conv2d(DnnlConvDir dir, const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p,
-                 const float* in0, const float* in1, const float* bias, float* out, const DnnlEpilogue* epi) {
+                 const Tensor& in0, const Tensor& in1, const float* bias, Tensor& out, const DnnlEpilogue* epi) {
   if (impl_setting() == ConvImpl::Im2col) return false;
   // oneDNN 2.6's depthwise weight gradient is pathological on tiny planes (7 ms for a 64x480x2x2
   // input on 2 threads, against 0.7 ms for our plane loops: retort-bench --profile on mobile_half).

@@ -4,6 +4,7 @@
 // Definitions are split by family: memory.cpp, elementwise.cpp, reduce.cpp, copy.cpp, gemm.cpp,
 // conv.cpp, norm.cpp, pool.cpp, sample.cpp, softmax.cpp, optim.cpp.
 #pragma once
+#include <initializer_list>
 #include <cstdint>
 #include <string>
 
@@ -31,7 +32,7 @@ enum class ConvImpl { Auto, Im2col, Dnnl };
 ConvImpl conv_impl();
 void set_conv_impl(ConvImpl impl);
 
-// oneDNN convolutions (conv_dnnl.cpp), F32, plain NCHW / OIHW pointers in and out:
+// oneDNN convolutions (conv_dnnl.cpp), F32 (NCHW / OIHW, or activations in a blocked layout):
 //   Forward:      in0 = x,  in1 = w, out = y  (bias optional)
 //   BackwardData: in0 = gy, in1 = w, out = gx
 //   BackwardWeight: in0 = gy, in1 = x, out = gw
@@ -44,8 +45,10 @@ struct DnnlEpilogue {
   bool relu;
 };
 enum class DnnlConvDir { Forward, BackwardData, BackwardWeight };
+// Activations may come in a blocked layout (Storage::block) and, with cpu_blocked_activations() on, an
+// activation output is left in oneDNN's blocked layout when the kernel writes one.
 bool dnnl_conv2d(DnnlConvDir dir, const Shape& x, const Shape& w, const Shape& y, const Conv2dParams& p,
-                 const float* in0, const float* in1, const float* bias, float* out,
+                 const Tensor& in0, const Tensor& in1, const float* bias, Tensor& out,
                  const DnnlEpilogue* epilogue = nullptr);
 // Winograd F(4x4, 3x3) convolutions on OpenBLAS GEMMs (winograd.cpp): F32, NCHW, 3x3 kernels, stride 1,
 // no dilation or groups, padding 0 to 2 (winograd_shape_ok); dnnl_conv2d's operand convention, all three
@@ -63,8 +66,9 @@ size_t set_winograd_chunk_bytes(size_t bytes);
 // up to 64x64), F32 and F64, as vectorised sweeps over channel segments (depthwise.cpp). Same operand
 // convention as dnnl_conv2d. Returns false, having done nothing, for other shapes, when conv_impl() is
 // not Auto, or with RETORT_CPU_DEPTHWISE=0.
+// The tensors' data is read and written row-major; bias may be undefined.
 bool depthwise_conv2d(DnnlConvDir dir, DType dt, const Shape& x, const Shape& w, const Shape& y,
-                      const Conv2dParams& p, const void* in0, const void* in1, const void* bias, void* out);
+                      const Conv2dParams& p, const Tensor& in0, const Tensor& in1, const Tensor& bias, Tensor& out);
 // How many convolution calls the direct depthwise kernels have run in this process (for tests).
 int64_t depthwise_direct_calls();
 bool depthwise_direct_enabled();  // false with RETORT_CPU_DEPTHWISE=0
@@ -122,6 +126,22 @@ struct BnAffine {
 BnAffine bn_affine(double mean, double invstd, double w, double b);
 // 1 / sqrt(var + eps) for a biased (batch) or running variance, in double: every CPU BN path's invstd.
 double bn_invstd(double var, double eps);
+
+// Blocked activations (blocked.cpp; docs/architecture.md "Blocked activations"). common_block: the block
+// (8 or 16) when at least one defined operand is in a blocked layout and all are 4-d F32 CPU tensors of
+// one shape whose channels it divides, else 0 (read them row-major). in_block_layout: t itself when it is
+// in nChw{block}c, else a copy of it in that layout. The batch-norm kernels in that layout return false,
+// having done nothing, when no operand is blocked.
+int common_block(std::initializer_list<const Tensor*> operands);
+Tensor in_block_layout(const Tensor& t, int block);
+bool blocked_batchnorm_forward_train(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, bool relu,
+                                     Tensor& y, Tensor& mean, Tensor& invstd);
+bool blocked_batchnorm_forward_eval(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                    const Tensor& running_mean, const Tensor& running_var, double eps, bool relu,
+                                    Tensor& y);
+bool blocked_batchnorm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                                const Tensor& invstd, bool training, const Tensor& relu_out, Tensor& gx,
+                                Tensor& gweight, Tensor& gbias);
 
 // Minimum amount of work (elements) before a loop is worth parallelising.
 constexpr int64_t kParallelGrain = 32768;

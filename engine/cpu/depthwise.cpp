@@ -241,7 +241,7 @@ void backward_weight(const Dw& d, const T* gy, const T* x, T* gw) {
 }  // namespace
 
 bool depthwise_conv2d(DnnlConvDir dir, DType dt, const Shape& x, const Shape& w, const Shape& y,
-                      const Conv2dParams& p, const void* in0, const void* in1, const void* bias, void* out) {
+                      const Conv2dParams& p, const Tensor& t0, const Tensor& t1, const Tensor& tb, Tensor& tout) {
   Dw d{};
   if (!direct_enabled() || conv_impl() != ConvImpl::Auto || !supported(x, w, y, p, d)) return false;
   // A strided forward or data gradient does s^2 times the arithmetic here (the whole stride-1 plane);
@@ -249,6 +249,10 @@ bool depthwise_conv2d(DnnlConvDir dir, DType dt, const Shape& x, const Shape& w,
   // so only F64 runs them here.
   if (dt == DType::F32 && d.strided() && dir != DnnlConvDir::BackwardWeight) return false;
   g_calls.fetch_add(1, std::memory_order_relaxed);
+  const void* in0 = t0.raw_data();
+  const void* in1 = t1.raw_data();
+  const void* bias = tb.defined() ? tb.raw_data() : nullptr;
+  void* out = tout.raw_data();
   dispatch_float(dt, "depthwise_conv2d", [&](auto tag) {
     using T = decltype(tag);
     switch (dir) {

@@ -132,6 +132,13 @@ void binary_typed(BinaryOp op, const T* a, const T* b, T* y, const BroadcastPlan
 }  // namespace
 
 void CpuBackend::unary(UnaryOp op, const Tensor& x, Tensor& out, double alpha, double beta) {
+  if (const int b = common_block({&x})) {  // elementwise: any layout, kept (blocked.cpp)
+    unary_typed<float>(op, static_cast<const float*>(x.raw_data_any_layout()),
+                       static_cast<float*>(out.raw_data_any_layout()), x.numel(), static_cast<float>(alpha),
+                       static_cast<float>(beta));
+    out.set_layout_block(b);
+    return;
+  }
   dispatch_float(x.dtype(), unary_op_name(op), [&](auto tag) {
     using T = decltype(tag);
     unary_typed<T>(op, x.data<T>(), out.data<T>(), x.numel(), static_cast<T>(alpha), static_cast<T>(beta));
@@ -141,6 +148,17 @@ void CpuBackend::unary(UnaryOp op, const Tensor& x, Tensor& out, double alpha, d
 void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out) {
   if (out.numel() == 0) return;
   const BroadcastPlan plan = plan_broadcast(out.shape(), a.shape(), b.shape());
+  // Same shapes, one of them in a blocked layout: both in that layout, and so is the result (blocked.cpp).
+  if (a.shape() == out.shape() && b.shape() == out.shape() && out.dtype() == DType::F32) {
+    if (const int blk = common_block({&a, &b})) {
+      const Tensor a2 = in_block_layout(a, blk), b2 = in_block_layout(b, blk);
+      binary_typed<float>(op, static_cast<const float*>(a2.raw_data_any_layout()),
+                          static_cast<const float*>(b2.raw_data_any_layout()),
+                          static_cast<float*>(out.raw_data_any_layout()), plan);
+      out.set_layout_block(blk);
+      return;
+    }
+  }
   dispatch_float(out.dtype(), binary_op_name(op), [&](auto tag) {
     using T = decltype(tag);
     binary_typed<T>(op, a.data<T>(), b.data<T>(), out.data<T>(), plan);

@@ -288,6 +288,7 @@ double bn_invstd(double var, double eps) { return 1.0 / std::sqrt(var + eps); }
 
 void CpuBackend::batchnorm_forward_train(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
                                          bool relu, Tensor& y, Tensor& mean, Tensor& invstd) {
+  if (blocked_batchnorm_forward_train(x, weight, bias, eps, relu, y, mean, invstd)) return;
   dispatch_float(x.dtype(), "batchnorm_forward_train", [&](auto tag) {
     using T = decltype(tag);
     const Layout l = layout_of(x);
@@ -335,6 +336,7 @@ void CpuBackend::batchnorm_forward_train(const Tensor& x, const Tensor& weight, 
 void CpuBackend::batchnorm_forward_eval(const Tensor& x, const Tensor& weight, const Tensor& bias,
                                         const Tensor& running_mean, const Tensor& running_var, double eps,
                                         bool relu, Tensor& y) {
+  if (blocked_batchnorm_forward_eval(x, weight, bias, running_mean, running_var, eps, relu, y)) return;
   dispatch_float(x.dtype(), "batchnorm_forward_eval", [&](auto tag) {
     using T = decltype(tag);
     const Layout l = layout_of(x);
@@ -375,6 +377,7 @@ void CpuBackend::batchnorm_forward_eval(const Tensor& x, const Tensor& weight, c
 void CpuBackend::batchnorm_backward(const Tensor& gy, const Tensor& x, const Tensor& weight, const Tensor& mean,
                                     const Tensor& invstd, bool training, const Tensor& relu_out, Tensor& gx,
                                     Tensor& gweight, Tensor& gbias) {
+  if (blocked_batchnorm_backward(gy, x, weight, mean, invstd, training, relu_out, gx, gweight, gbias)) return;
   dispatch_float(x.dtype(), "batchnorm_backward", [&](auto tag) {
     using T = decltype(tag);
     const Layout l = layout_of(x);

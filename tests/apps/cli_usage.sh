@@ -43,7 +43,7 @@ expect 1 "retort-train: --resume: expected a value, got the flag --threads (give
 expect 1 "retort-eval: --config: expected a value, got the flag --split" "$bin/retort-eval" "$model" --config --split=train
 # An empty value (an unset shell variable) is refused, not taken as the option left out.
 expect 1 "retort-train: --resume: empty value (leave the option out for its default)" "$bin/retort-train" "$tmp/a.json" --resume ""
-expect 1 "retort-distill: --device: empty value" "$bin/retort-distill" "$tmp/kd.json" --device=
+expect 1 "retort-distill: --device: empty value" "$bin/retort-distill" "$tmp/kd.json" --device ""
 
 # Parse errors: exit 1 with the app's name; --help: 0.
 for app in retort-train retort-distill retort-eval retort-inspect retort-gradcheck retort-bench; do
@@ -63,10 +63,12 @@ for n in 0 -3 100000; do
   expect 1 "--threads $n: expected a thread count in [1, " "$bin/retort-inspect" --arch resnet8 --threads "$n"
   expect 1 "--threads $n: expected a thread count in [1, " "$bin/retort-gradcheck" relu --threads "$n"
 done
-for s in -1 99999999999999999999 1e3 ""; do
+for s in -1 99999999999999999999 1e3; do
   expect 1 "--seed: expected an integer in [0, 18446744073709551615], got '$s'" "$bin/retort-train" "$tmp/a.json" --seed "$s"
   expect 1 "--seed: expected an integer in [0, 18446744073709551615], got '$s'" "$bin/retort-bench" --models resnet8 --seed "$s"
 done
+expect 1 "--seed: empty value" "$bin/retort-train" "$tmp/a.json" --seed ""
+expect 1 "--seed: empty value" "$bin/retort-bench" --models resnet8 --seed ""
 
 # A run with --seed and --threads (they apply), then the tools on its files.
 "$bin/retort-train" "$tmp/a.json" --run-dir "$tmp/a" --seed 7 --threads 1 > /dev/null
@@ -116,7 +118,7 @@ expect 0 "1*ce + 1*kd on the first 8 test images, epoch 1 (--epoch 0), step inde
 expect 0 "on the first 8 test images, epoch 2 (--epoch 1), step index 2" "$bin/retort-inspect" --distill "$tmp/kd.json" --checkpoint "$tmp/kdrun"
 expect 0 "on the first 8 test images, epoch 2 (--epoch 1), step index 0" "$bin/retort-inspect" --distill "$tmp/kd.json" --checkpoint "$tmp/kdrun" --step 0
 out=$("$bin/retort-inspect" --distill "$tmp/kd.json" --checkpoint "$tmp/kdrun" --set distill.terms.1.weight=0.5 2>&1)
-grep -qF "in: distill.terms.1.weight 1.0 -> 0.5. The step uses the latter" <<<"$out" || { echo "FAIL: no config-difference note: $out"; exit 1; }
+grep -qF "with --set in: distill.terms.1.weight (absent) -> 0.5. The step uses the latter" <<<"$out" || { echo "FAIL: no config-difference note: $out"; exit 1; }
 out=$("$bin/retort-inspect" --distill "$tmp/kdrun/config.json" --checkpoint "$tmp/kdrun" 2>&1)
 ! grep -qF "note:" <<<"$out" || { echo "FAIL: a note for the run's own config: $out"; exit 1; }
 
@@ -196,6 +198,8 @@ expect 1 'environment variable RETORT_FUSE_EVAL="off": expected 0 (off) or 1 (on
   env RETORT_FUSE_EVAL=off "$bin/retort-inspect" --arch resnet8
 expect 1 'environment variable RETORT_CPU_DEPTHWISE="no": expected 0 (off) or 1 (on)' \
   env RETORT_CPU_DEPTHWISE=no "$bin/retort-inspect" --arch resnet8
+expect 1 'environment variable RETORT_CPU_BLOCKED="off": expected 0 (off) or 1 (on); unset, it is on' \
+  env RETORT_CPU_BLOCKED=off "$bin/retort-inspect" --arch resnet8
 expect 1 'environment variable RETORT_HOST_MEMORY_LIMIT="lots"' \
   env RETORT_HOST_MEMORY_LIMIT=lots "$bin/retort-inspect" --arch resnet8
 expect 1 'environment variable RETORT_ALLOW_TF32="yes": expected 0 (off) or 1 (on)' \

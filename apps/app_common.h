@@ -185,19 +185,26 @@ inline uint64_t parse_seed(const std::string& text, const std::string& flag = "-
 
 // Reads an experiment config with overrides; every error is a usage error. A directory is refused as
 // such (the JSON parser would call it empty input).
-inline ExperimentConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {}) {
+inline ExperimentConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {},
+                                    const std::vector<std::string>& sources = {}) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
     throw UsageError(path + " is a directory, expected a JSON config file");
-  return as_usage([&] { return ExperimentConfig::load(path, overrides); });
+  return as_usage([&] { return ExperimentConfig::load(path, overrides, sources); });
 }
 
 // The flags retort-train and retort-distill share.
 struct RunFlags {
   std::string config_path, resume, run_dir, device, seed;
-  std::vector<std::string> overrides;
+  std::vector<std::string> overrides;  // --set, in order
   std::optional<int> threads;
   bool seed_given = false, allow_config_change = false;
+  // An app's flags that set a config key (--seed, --device, retort-train's --label-smoothing): applied
+  // after the --set ones, named by errors as the flag, and refused together with a --set of that key.
+  struct FlagOverride {
+    std::string key, json_value, flag;  // "experiment.device", "\"cuda\"", "--device cuda"
+  };
+  std::vector<FlagOverride> flag_overrides;
 };
 
 inline void add_run_flags(CLI::App& cli, RunFlags& f) {
@@ -221,9 +228,17 @@ inline ExperimentConfig load_run_config(RunFlags& f) {
   if (f.threads) check_threads(*f.threads);
   if (f.allow_config_change && f.resume.empty())
     throw UsageError("--allow-config-change applies to a resumed run: give --resume auto or --resume CHECKPOINT");
-  if (f.seed_given) f.overrides.push_back("experiment.seed=" + std::to_string(parse_seed(f.seed)));
-  if (!f.device.empty()) f.overrides.push_back("experiment.device=\"" + f.device + "\"");
-  ExperimentConfig cfg = load_config(f.config_path, f.overrides);
+  if (f.seed_given) f.flag_overrides.push_back({"experiment.seed", std::to_string(parse_seed(f.seed)), "--seed " + f.seed});
+  if (!f.device.empty()) f.flag_overrides.push_back({"experiment.device", Json(f.device).dump(), "--device " + f.device});
+  std::vector<std::string> overrides = f.overrides, sources(f.overrides.size());
+  for (const auto& fo : f.flag_overrides) {
+    for (const std::string& s : f.overrides)
+      if (s.substr(0, s.find('=')) == fo.key)
+        throw UsageError(detail::cat(fo.flag, " and --set '", s, "' both set ", fo.key, ": give one"));
+    overrides.push_back(fo.key + "=" + fo.json_value);
+    sources.push_back(fo.flag);
+  }
+  ExperimentConfig cfg = load_config(f.config_path, overrides, sources);
   as_usage([&] {
     check_device(Device::parse(cfg.device), "experiment.device");
     KernelSwitches probe(cfg, Device::parse(cfg.device));  // a math mode the device lacks: refused now

@@ -25,7 +25,8 @@ int main(int argc, char** argv) {
 
   return app::run_guarded("retort-train", [&] {
     // Part of the recipe: in the run's config.json, and compared with the checkpoint's when resuming.
-    if (!label_smoothing.empty()) flags.overrides.push_back("solver.label_smoothing=" + label_smoothing);
+    if (!label_smoothing.empty())
+      flags.flag_overrides.push_back({"solver.label_smoothing", label_smoothing, "--label-smoothing " + label_smoothing});
     const ExperimentConfig cfg = app::load_run_config(flags);
     if (!cfg.terms.empty() || !cfg.teacher.arch.empty())
       throw app::UsageError(flags.config_path + " has a teacher or distill terms: run it with retort-distill "
@@ -42,10 +43,10 @@ int main(int argc, char** argv) {
 
     Trainer trainer(cfg, task, data, run);  // (sets the kernel switches the cpu line reports)
     std::printf("retort-train: %s\n  model   %s, %.3f M parameters\n  data    %s (train %zu, test %zu)\n"
-                "  solver  %s lr %g, %d epochs, batch %lld\n  cpu     %s\n  kernels %s\n  run     %s\n",
+                "  solver  %s lr %g, %d epoch%s, batch %lld\n  cpu     %s\n  kernels %s\n  run     %s\n",
                 cfg.name.c_str(), cfg.arch.c_str(), static_cast<double>(model->num_parameters()) / 1e6,
                 data.train->describe().c_str(), data.train->size(), data.test->size(), cfg.solver.optimizer.c_str(),
-                cfg.solver.lr, cfg.solver.epochs, static_cast<long long>(cfg.data.batch_size), cpu_backend_info().c_str(),
+                cfg.solver.lr, cfg.solver.epochs, cfg.solver.epochs == 1 ? "" : "s", static_cast<long long>(cfg.data.batch_size), cpu_backend_info().c_str(),
                 trainer.switches().describe().c_str(), run.path().c_str());
     if (const Device dev = Device::parse(cfg.device); !dev.is_cpu())
       std::printf("  device  %s\n", cuda_device_description(dev).c_str());

@@ -236,20 +236,22 @@ std::string override_key_as_reported(const std::string& assignment) {
 }
 }  // namespace
 
-ExperimentConfig ExperimentConfig::load(const std::string& path, const std::vector<std::string>& overrides) {
+ExperimentConfig ExperimentConfig::load(const std::string& path, const std::vector<std::string>& overrides,
+                                        const std::vector<std::string>& sources) {
   Json doc = read_json_file(path);
   for (const auto& o : overrides) apply_override(doc, o);
   try {
     return from_json(doc, path);
   } catch (const Error& e) {
-    // The error names the config file; say so when the offending value came from a --set (the last
+    // The error names the config file; say so when the offending value came from an override (the last
     // one that set that key or a key inside it wins, as when they were applied).
     const std::string what = e.what();
-    for (auto it = overrides.rbegin(); it != overrides.rend(); ++it) {
-      const std::string key = override_key_as_reported(*it);
+    for (size_t i = overrides.size(); i-- > 0;) {
+      const std::string key = override_key_as_reported(overrides[i]);
       const size_t at = what.find(key), end = at + key.size();
       if (at != std::string::npos && (end == what.size() || std::string(":.[ '").find(what[end]) != std::string::npos))
-        throw Error(what + " (the value comes from --set '" + *it + "')");
+        throw Error(what + " (the value comes from " +
+                    (i < sources.size() && !sources[i].empty() ? sources[i] : "--set '" + overrides[i] + "'") + ")");
     }
     throw;
   }

@@ -120,8 +120,10 @@ struct ExperimentConfig {
 
   // Strict parse of a whole document; `file` names it in errors.
   static ExperimentConfig from_json(const Json& doc, const std::string& file);
-  // Reads `path`, applies --set overrides, parses.
-  static ExperimentConfig load(const std::string& path, const std::vector<std::string>& overrides = {});
+  // Reads `path`, applies --set overrides, parses. An error a value given by an override causes names
+  // it: sources[i] when given (an app's own flag, e.g. "--device cuda"), else "--set 'key=value'".
+  static ExperimentConfig load(const std::string& path, const std::vector<std::string>& overrides = {},
+                               const std::vector<std::string>& sources = {});
   // Every field, resolved (what the run directory records).
   Json to_json() const;
 };

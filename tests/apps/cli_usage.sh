@@ -171,6 +171,14 @@ expect 0 "1 passed, 0 failed" "$bin/retort-gradcheck" relu relu --threads 1
 # the teacher's evaluation, naming the term); --allow-config-change without --resume; the teacher file's own architecture.
 expect 1 "model.arch: unknown model 'resnet9'; known models: " "$bin/retort-train" "$tmp/a.json" --set model.arch=resnet9
 expect 1 "(the value comes from --set 'teacher.arch=resnet9')" "$bin/retort-distill" "$tmp/kd.json" --set teacher.arch=resnet9
+# A flag that sets a config key is named as the source of a bad value, and refused together with a --set
+# of the same key (one of them would silently win).
+expect 1 "solver.label_smoothing" "$bin/retort-train" "$tmp/a.json" --label-smoothing 2
+expect 1 "(the value comes from --label-smoothing 2)" "$bin/retort-train" "$tmp/a.json" --label-smoothing 2
+expect 1 "--device cpu and --set 'experiment.device=\"cuda\"' both set experiment.device: give one" \
+  "$bin/retort-distill" "$tmp/kd.json" --device cpu --set 'experiment.device="cuda"'
+expect 1 "--seed 3 and --set 'experiment.seed=4' both set experiment.seed: give one" \
+  "$bin/retort-train" "$tmp/a.json" --seed 3 --set experiment.seed=4
 expect 2 "model.init: " "$bin/retort-train" "$tmp/a.json" --run-dir "$tmp/init" --set model.init="$tmp/nope.safetensors"
 out=$("$bin/retort-distill" "$tmp/kd.json" --run-dir "$tmp/tap" --set distill.terms.1.type=fitnet \
         --set distill.terms.1.params.student_tap=layer9 2>&1) && rc=0 || rc=$?

@@ -841,6 +841,7 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
     Json ev{{"event", "epoch"}, {"epoch", epoch_done}, {"step", pos.step},
             {"train_loss", epoch_steps ? epoch_loss / epoch_steps : 0.0},
             {"train_top1", 100.0 * correct / std::max<int64_t>(seen, 1)}};
+    double test_loss = 0;  // this epoch's evaluation, if any
     if (eval_now) {
       evaluated = true;
       const EvalResult r =
@@ -866,18 +867,18 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
         line += buf;
       }
       log(line);
-      if (!std::isfinite(r.loss)) {
-        // Finite training losses but non-finite outputs in eval mode (batch-norm running statistics or
-        // weights holding NaN or inf): every later evaluation and the exported model would be as broken.
-        // The event is recorded; no checkpoint of this state is written.
-        run_.append_metric(ev);
-        throw NonFiniteLoss(detail::cat("non-finite test loss (", r.loss, ") after epoch ", epoch_done, ", step ",
-                                        pos.step, ", although the training loss was finite: the model's outputs in ",
-                                        "eval mode are not finite (batch-norm running statistics or weights hold NaN "
-                                        "or inf). Hint: lower solver.lr, or add a warmup"));
-      }
+      test_loss = r.loss;
     }
     run_.append_metric(ev);
+    if (!std::isfinite(test_loss)) {
+      // Finite training losses but non-finite outputs in eval mode (batch-norm running statistics or
+      // weights holding NaN or inf): every later evaluation and the exported model would be as broken.
+      // The event is recorded; no checkpoint of this state is written.
+      throw NonFiniteLoss(detail::cat("non-finite test loss (", test_loss, ") after epoch ", epoch_done, ", step ",
+                                      pos.step, ", although the training loss was finite: the model's outputs in ",
+                                      "eval mode are not finite (batch-norm running statistics or weights hold NaN "
+                                      "or inf). Hint: lower solver.lr, or add a warmup"));
+    }
     if (picture_loader_ && (epoch_done % cfg_.log.pictures_every_epochs == 0 || epoch_done == epochs))
       write_pictures(epoch_done, TrainProgress{pos.epoch, epochs, std::max<int64_t>(pos.step - 1, 0), nb - 1, nb});
     const bool checkpoint = epoch_done % cfg_.log.checkpoint_every_epochs == 0 || epoch_done == epochs;

@@ -276,10 +276,25 @@ inline DistillModels make_distill_models(const ExperimentConfig& cfg, const Mode
   if (!cfg.teacher.arch.empty()) {
     Generator tgen(0);
     m.teacher = as_usage([&] { return create_model(cfg.teacher.arch, mo, tgen); });
-    load_teacher_file(*m.teacher, cfg.teacher.checkpoint, cfg.data, {mo.in_channels, mo.input_size, mo.input_size},
+    load_teacher_file(*m.teacher, cfg.teacher.checkpoint, cfg.data, mo.num_classes,
+                      {mo.in_channels, mo.input_size, mo.input_size},
                       cfg.teacher.arch);
   }
   return m;
+}
+
+// The start-up lines retort-train and retort-distill print below their model lines: data, solver, cpu
+// (the kernel switches the Trainer set), run directory, and the GPU when the run is on one.
+inline void print_run_lines(const ExperimentConfig& cfg, const DataSplits& data, const Trainer& trainer,
+                            const RunDir& run) {
+  std::printf("  data    %s (train %zu, test %zu)\n  solver  %s lr %g, %d epoch%s, batch %lld\n  cpu     %s\n"
+              "  kernels %s\n  run     %s\n",
+              data.train->describe().c_str(), data.train->size(), data.test->size(), cfg.solver.optimizer.c_str(),
+              cfg.solver.lr, cfg.solver.epochs, cfg.solver.epochs == 1 ? "" : "s",
+              static_cast<long long>(cfg.data.batch_size), cpu_backend_info().c_str(),
+              trainer.switches().describe().c_str(), run.path().c_str());
+  if (const Device dev = Device::parse(cfg.device); !dev.is_cpu())
+    std::printf("  device  %s\n", cuda_device_description(dev).c_str());
 }
 
 }  // namespace retort::app

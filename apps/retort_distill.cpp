@@ -53,16 +53,10 @@ int main(int argc, char** argv) {
     }
     RunDir run(app::run_dir_of(flags, cfg));
     Trainer trainer(cfg, distiller, data, run);  // (sets the kernel switches the cpu line reports)
-    std::printf("retort-distill: %s\n  student %s, %.3f M parameters (+%lld in distillation modules)\n"
-                "  loss    %s\n  data    %s (train %zu, test %zu)\n  solver  %s lr %g, %d epoch%s, batch %lld\n"
-                "  cpu     %s\n  kernels %s\n  run     %s\n",
+    std::printf("retort-distill: %s\n  student %s, %.3f M parameters (+%lld in distillation modules)\n  loss    %s\n",
                 cfg.name.c_str(), cfg.arch.c_str(), static_cast<double>(student->num_parameters()) / 1e6,
-                static_cast<long long>(distiller.extra_parameter_count()), distiller.describe().c_str(),
-                data.train->describe().c_str(), data.train->size(), data.test->size(), cfg.solver.optimizer.c_str(),
-                cfg.solver.lr, cfg.solver.epochs, cfg.solver.epochs == 1 ? "" : "s", static_cast<long long>(cfg.data.batch_size),
-                cpu_backend_info().c_str(), trainer.switches().describe().c_str(), run.path().c_str());
-    if (const Device dev = Device::parse(cfg.device); !dev.is_cpu())
-      std::printf("  device  %s\n", cuda_device_description(dev).c_str());
+                static_cast<long long>(distiller.extra_parameter_count()), distiller.describe().c_str());
+    app::print_run_lines(cfg, data, trainer, run);
     for (const std::string& line : distiller.tap_lines()) std::printf("  taps    %s\n", line.c_str());
     if (!cfg.init.empty()) std::printf("  init    student weights from %s\n", cfg.init.c_str());
     if (teacher) {

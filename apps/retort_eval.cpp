@@ -121,17 +121,10 @@ int main(int argc, char** argv) {
       // A model for other data (another class count, channel count or image size) cannot be evaluated on
       // this data: say so before the state dict's shapes would.
       const TrainedOn t = app::as_usage([&] { return trained_on(file, mf.metadata); });
-      const int64_t have[3] = {ds->num_classes(), s[0], s[1]};
-      const int64_t want[3] = {t.num_classes, t.in_channels, t.input_size};
-      for (int i = 0; i < 3; ++i)
-        if (want[i] != 0 && want[i] != have[i])
-          throw app::UsageError(detail::cat(file, ": was trained on ", t.dataset.empty() ? "other data" : t.dataset, " (",
-                      t.num_classes ? detail::cat(t.num_classes, " classes, ") : std::string(), "images ",
-                      t.in_channels ? std::to_string(t.in_channels) : "?", "x",
-                      t.input_size ? std::to_string(t.input_size) : "?", "x",
-                      t.input_size ? std::to_string(t.input_size) : "?", "); the evaluation data (",
-                      cfg.data.dataset, " ", split, ") has ", have[0], " classes, images ", have[1], "x", have[2], "x", s[2],
-                      ": evaluate it on the data it was trained on (--dataset / --config)"));
+      if (!t.agrees_with(cfg.data.dataset, ds->num_classes(), s, false))
+        throw app::UsageError(detail::cat(file, ": was trained on ", t.str(), "; the evaluation data (", split,
+                                          " split) is ", data_str(cfg.data.dataset, ds->num_classes(), s),
+                                          ": evaluate it on the data it was trained on (--dataset / --config)"));
       Generator gen(0);
       auto m = app::as_usage([&] { return create_model(name, ModelOptions{ds->num_classes(), s[0], s[1]}, gen); });
       try {
@@ -141,8 +134,8 @@ int main(int argc, char** argv) {
         std::string what = e.what();
         while (!what.empty() && what.back() == '\n') what.pop_back();
         throw app::UsageError(detail::cat(file, ": ", what, "\n(", name, " was built for the evaluation data, ",
-                                          cfg.data.dataset, ": ", have[0], " classes, images ", have[1], "x", have[2],
-                                          "x", s[2], "; give the architecture and data the model was trained with: "
+                                          data_str(cfg.data.dataset, ds->num_classes(), s),
+                                          "; give the architecture and data the model was trained with: "
                                           "--arch, --config or --dataset)"));
       }
       m->to(dev);

@@ -28,7 +28,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> names;
   cli.add_flag("--list", list, "List every registered check");
   cli.add_flag("--all", all, "Run every registered check");
-  cli.add_flag("-v,--verbose", verbose, "Print the worst element of every check, not only failures");
+  cli.add_flag("-v,--verbose", verbose, "Print every check's worst element (nearest to or furthest over its tolerance), not only failures");
   cli.add_option("--device", device, "cpu | cuda | cuda:N: where the checked functions run");
   app::add_threads_flag(cli, threads);
   cli.add_option("names", names, "Checks to run: a check name (conv2d.groups) or a function name (conv2d)");

@@ -193,12 +193,7 @@ int inspect_distill(DistillInspect o, Device dev) {
     const std::string file = app::as_usage([&] { return resolve_checkpoint(o.checkpoint); });
     StateDict extra;
     std::map<std::string, std::string> meta;
-    const StateDict state = read_model_state(file, &meta, &extra);
-    try {
-      student->load_state_dict(state);
-    } catch (const Error& e) {
-      RETORT_FAIL(file, ": ", e.what());
-    }
+    load_model_file(*student, file, &extra, &meta);
     if (!extra.empty()) d.load_extra_state(extra);
     // The run's own config, where the file keeps it: the step is CONFIG's (with --set), so say where it
     // differs from what the run trained with (a teacher.checkpoint or a term given by --set then, say).
@@ -209,14 +204,10 @@ int inspect_distill(DistillInspect o, Device dev) {
       } catch (const Error&) {
       }
       std::vector<std::string> diffs;
-      for (const ConfigChange& c : config_changes(saved, cfg.to_json())) {
-        bool ignored = false;  // nothing the step computes
-        for (const char* k : {"experiment.name", "experiment.output_dir", "log", "solver", "data.num_workers",
-                              "data.eval_batch_size", "data.root", "model.init", "experiment.device"})
-          ignored = ignored || c.key == k || c.key.rfind(std::string(k) + ".", 0) == 0;
-        auto show = [](const Json& v) { return v.is_null() ? std::string("(absent)") : v.dump(); };
-        if (!ignored) diffs.push_back(detail::cat(c.key, " ", show(c.before), " -> ", show(c.after)));
-      }
+      for (const ConfigChange& c : config_changes(saved, cfg.to_json()))
+        if (!c.under({"experiment.name", "experiment.output_dir", "log", "solver", "data.num_workers",
+                      "data.eval_batch_size", "data.root", "model.init", "experiment.device"}))  // nothing the step computes
+          diffs.push_back(c.str());
       if (!diffs.empty())
         std::fprintf(stderr, "note: %s was trained with a config that differs from %s%s in: %s. The step uses the "
                      "latter (the run's own config.json holds what it trained with)\n", file.c_str(), o.config.c_str(),
@@ -237,6 +228,11 @@ int inspect_distill(DistillInspect o, Device dev) {
   }
   d.to(dev);
   d.train(false);  // eval-mode BN: the numbers are a function of the batch alone
+  if (static_cast<size_t>(o.batch) > data.test->size()) {
+    std::fprintf(stderr, "note: --batch %lld: the test split has %zu images; the step takes them all\n",
+                 static_cast<long long>(o.batch), data.test->size());
+    o.batch = static_cast<int64_t>(data.test->size());
+  }
   DataLoader loader(data.test, LoaderOptions{o.batch, false, false, 0, 0}, eval_transform(cfg.data));
   loader.start_epoch(0);
   Batch b;

@@ -42,14 +42,9 @@ int main(int argc, char** argv) {
     RunDir run(app::run_dir_of(flags, cfg));
 
     Trainer trainer(cfg, task, data, run);  // (sets the kernel switches the cpu line reports)
-    std::printf("retort-train: %s\n  model   %s, %.3f M parameters\n  data    %s (train %zu, test %zu)\n"
-                "  solver  %s lr %g, %d epoch%s, batch %lld\n  cpu     %s\n  kernels %s\n  run     %s\n",
-                cfg.name.c_str(), cfg.arch.c_str(), static_cast<double>(model->num_parameters()) / 1e6,
-                data.train->describe().c_str(), data.train->size(), data.test->size(), cfg.solver.optimizer.c_str(),
-                cfg.solver.lr, cfg.solver.epochs, cfg.solver.epochs == 1 ? "" : "s", static_cast<long long>(cfg.data.batch_size), cpu_backend_info().c_str(),
-                trainer.switches().describe().c_str(), run.path().c_str());
-    if (const Device dev = Device::parse(cfg.device); !dev.is_cpu())
-      std::printf("  device  %s\n", cuda_device_description(dev).c_str());
+    std::printf("retort-train: %s\n  model   %s, %.3f M parameters\n", cfg.name.c_str(), cfg.arch.c_str(),
+                static_cast<double>(model->num_parameters()) / 1e6);
+    app::print_run_lines(cfg, data, trainer, run);
     if (!cfg.init.empty()) std::printf("  init    weights from %s\n", cfg.init.c_str());
     trainer.set_allow_config_change(flags.allow_config_change);
     const TrainSummary sum = trainer.fit(flags.resume);

@@ -84,7 +84,15 @@ Distiller::Distiller(std::shared_ptr<Module> student, std::shared_ptr<Module> te
     shapes.teacher = probe(*teacher_, t_specs, "teacher", probe_shape, &shapes.teacher_logits);
     shapes.teacher_batch_norm = [t = teacher_.get()](const std::string& spec) { return t->batch_norm_before(spec); };
   }
-  for (auto& t : terms_) t.strategy->build(shapes, gen);
+  for (auto& t : terms_) {
+    // What the term cannot build for these shapes (a regressor between taps no conv maps) is named by
+    // the term, as the alias errors above.
+    try {
+      t.strategy->build(shapes, gen);
+    } catch (const Error& e) {
+      RETORT_FAIL("distill term '", t.name, "' (", t.strategy->type_name(), "): ", e.what());
+    }
+  }
   StateDict extra = extra_state();  // tensors named as in checkpoints, for graph exports and errors
   for (auto& [k, v] : extra) v.set_name(k);
   for (const auto& s : s_specs.specs) student_->tap(s, [this, s](const Tensor& x) { student_feats_[s] = x; });

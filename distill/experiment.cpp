@@ -2,6 +2,7 @@
 #include "distill/experiment.h"
 
 #include <algorithm>
+#include <cstring>
 #include <set>
 
 #include "distill/distiller.h"
@@ -157,6 +158,19 @@ void collect_changes(const std::string& key, const Json& a, const Json& b, std::
   }
 }
 }  // namespace
+
+std::string ConfigChange::str() const {
+  auto show = [](const Json& v) { return v.is_null() ? std::string("(absent)") : v.dump(); };
+  return detail::cat(key, " ", show(before), " -> ", show(after));
+}
+
+bool ConfigChange::under(std::initializer_list<const char*> keys) const {
+  for (const char* k : keys) {
+    const size_t n = std::strlen(k);
+    if (key.compare(0, n, k) == 0 && (key.size() == n || key[n] == '.')) return true;
+  }
+  return false;
+}
 
 std::vector<ConfigChange> config_changes(const Json& before, const Json& after) {
   std::vector<ConfigChange> out;

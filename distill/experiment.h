@@ -17,6 +17,7 @@
 // }
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -90,6 +91,10 @@ void math_mode_check(const std::string& math, const std::string& where);
 struct ConfigChange {
   std::string key;
   Json before, after;
+  // "solver.lr 0.05 -> 0.1"; a side that lacks the key shows as (absent).
+  std::string str() const;
+  // Whether the key is one of `keys` or lies under one ("log" covers "log.interval").
+  bool under(std::initializer_list<const char*> keys) const;
 };
 // Every differing leaf, in key order: objects are compared key by key, arrays of equal length element
 // by element, anything else (and arrays of different lengths) as a whole.

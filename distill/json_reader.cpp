@@ -2,6 +2,7 @@
 #include "distill/json_reader.h"
 
 #include <algorithm>
+#include <cctype>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -58,12 +59,29 @@ Json read_json_file(const std::string& path) {
   try {
     return Json::parse(text, check_keys);
   } catch (const nlohmann::json::parse_error& e) {
-    // Translate the byte offset into line:column for people.
-    const size_t off = std::min(e.byte, text.size());
-    const size_t line = 1 + std::count(text.begin(), text.begin() + static_cast<long>(off), '\n');
-    const size_t nl = text.rfind('\n', off ? off - 1 : 0);
-    const size_t col = nl == std::string::npos ? off : off - nl - 1;
-    RETORT_FAIL(path, ":", line, ":", col, ": invalid JSON: ", e.what());
+    // nlohmann's position is the token's last byte read (1-based); a string literal the parser did not
+    // expect is pointed at where it starts, as an editor would. Line and column are 1-based.
+    size_t off = std::min(e.byte, text.size());
+    std::string what = e.what();
+    if (const size_t colon = what.find(": ", what.find("parse error")); colon != std::string::npos)
+      what = what.substr(colon + 2);  // drop "[json.exception.parse_error.101] parse error at line L, column C: "
+    if (what.find("unexpected string literal") != std::string::npos && off >= 2 && text[off - 1] == '"') {
+      size_t q = off - 2;
+      while (q > 0 && !(text[q] == '"' && text[q - 1] != '\\')) --q;
+      off = q + 1;
+    }
+    // The two slips a hand-edited config makes most: a comma left out between members, one left after the last.
+    if (what.find("unexpected string literal; expected '}'") != std::string::npos ||
+        what.find("unexpected string literal; expected ']'") != std::string::npos)
+      what += " (a ',' missing before it?)";
+    if (what.find("unexpected '}'; expected string literal") != std::string::npos ||
+        what.find("unexpected ']'") != std::string::npos)
+      what += " (a ',' after the last member?)";
+    const size_t k = off ? off - 1 : 0;  // the character's index
+    const size_t line = 1 + static_cast<size_t>(std::count(text.begin(), text.begin() + static_cast<long>(k), '\n'));
+    const size_t nl = k ? text.rfind('\n', k - 1) : std::string::npos;
+    const size_t col = nl == std::string::npos ? k + 1 : k - nl;
+    RETORT_FAIL(path, ":", line, ":", col, ": invalid JSON: ", what);
   } catch (const nlohmann::json::exception& e) {
     // Well-formed JSON that nlohmann cannot hold, such as a number beyond the range of a double
     // (1e999); the message quotes the token.
@@ -190,7 +208,11 @@ void JsonReader::finish_all() const {
     }
     const std::string prefix = path_.empty() ? "" : path_ + ".";
     const std::string known = detail::join(known_);
-    RETORT_FAIL(file_, ": unknown key ", prefix, it.key(),
+    // A key with a space or another character no key has ("lr ", "lr\t") is shown quoted, so it can be seen.
+    const bool plain = !it.key().empty() && std::all_of(it.key().begin(), it.key().end(), [](unsigned char c) {
+      return std::isalnum(c) || c == '_' || c == '-';
+    });
+    RETORT_FAIL(file_, ": unknown key ", prefix, plain ? it.key() : Json(it.key()).dump(),
                 best.empty() ? " (known keys here: " + (known.empty() ? std::string("none") : known) + ")"
                              : " (did you mean " + prefix + best + "?)");
   }

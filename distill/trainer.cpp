@@ -9,6 +9,7 @@
 #include <charconv>
 #include <chrono>
 #include <csignal>
+#include <exception>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -173,6 +174,9 @@ std::shared_ptr<const Dataset> limit(std::shared_ptr<const Dataset> d, int64_t n
 DataSplits load_datasets(const DataConfig& cfg) {
   DataSplits s;
   const std::string& root = cfg.root;
+  RETORT_CHECK(root.empty() || cfg.dataset == "synthetic" || std::filesystem::is_directory(root), "data.root: ", root,
+               std::filesystem::exists(root) ? " is not a directory" : " does not exist", " (the ", cfg.dataset,
+               " dataset is read from it)");
   if (cfg.dataset == "fashion_mnist") {
     s.train = load_fashion_mnist(root.empty() ? kFashionMnistRoot : root, true);
     s.test = load_fashion_mnist(root.empty() ? kFashionMnistRoot : root, false);
@@ -247,7 +251,7 @@ KernelSwitches::KernelSwitches(const std::string& math, bool deterministic, Devi
                "\": these convolutions are built for the CPU only, and this run is on ", device.str(),
                " (on a GPU, \"tf32\" is the reduced-precision mode)");
   RETORT_CHECK_CONFIG(math_ != "tf32" || !device.is_cpu(), key, " \"tf32\": TF32 is a GPU tensor-core format and ",
-               "this run is on the CPU (there, \"bf16\" and \"winograd\" are the faster modes)");
+               "this run is on the CPU (there, \"winograd\" is the faster mode, and \"bf16\" on AVX-512 CPUs)");
   // Off first: bf16 and Winograd refuse to come on while the other is.
   set_cpu_conv_bf16(false);
   set_cpu_conv_winograd(false);
@@ -410,7 +414,7 @@ void Trainer::stop_on_interrupt(const Position& pos, int64_t nb, bool write_chec
   const std::string msg = detail::cat("interrupted (", sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "signal",
                                       ") at epoch ", pos.epoch + 1, ", batch ", pos.batch, "/", nb, ", step ", pos.step,
                                       ": checkpoint written; continue with --resume auto");
-  log(msg);
+  run_.log_line(msg);  // train.log only: the exception's message is what the app prints (once)
   throw Interrupted(msg);
 }
 
@@ -459,27 +463,17 @@ namespace {
 // What a config change between a checkpoint and the resuming run does to the result.
 enum class ChangeEffect { None, HowItRuns, WhatItTrains };
 
-ChangeEffect change_effect(const std::string& key) {
-  auto under = [&](const char* prefix) {
-    const std::string p = prefix;
-    return key == p || key.rfind(p + ".", 0) == 0;
-  };
+ChangeEffect change_effect(const ConfigChange& c) {
   // No effect on the weights: where the run is written, how it is logged and evaluated, how many
   // workers decode (the loader's order and augmentation depend on the seed alone), the initial
   // weights (a resumed run takes them from the checkpoint).
-  for (const char* k : {"experiment.name", "experiment.output_dir", "log", "data.num_workers", "data.eval_batch_size",
-                        "model.init"})
-    if (under(k)) return ChangeEffect::None;
+  if (c.under({"experiment.name", "experiment.output_dir", "log", "data.num_workers", "data.eval_batch_size", "model.init"}))
+    return ChangeEffect::None;
   // The same training carried out differently (bits may change, the recipe does not), or extended.
-  for (const char* k : {"experiment.device", "experiment.deterministic", "experiment.math", "data.root",
-                        "data.test_limit", "solver.epochs", "solver.schedule.total_epochs", "teacher.checkpoint"})
-    if (under(k)) return ChangeEffect::HowItRuns;
+  if (c.under({"experiment.device", "experiment.deterministic", "experiment.math", "data.root", "data.test_limit",
+               "solver.epochs", "solver.schedule.total_epochs", "teacher.checkpoint"}))
+    return ChangeEffect::HowItRuns;
   return ChangeEffect::WhatItTrains;
-}
-
-std::string change_str(const ConfigChange& c) {
-  auto show = [](const Json& v) { return v.is_null() ? std::string("(absent)") : v.dump(); };
-  return detail::cat(c.key, " ", show(c.before), " -> ", show(c.after));
 }
 
 }  // namespace
@@ -497,9 +491,9 @@ bool Trainer::check_resumed_config(const std::string& path, const std::string& s
   }
   std::vector<std::string> how, what;
   for (const ConfigChange& c : config_changes(saved, cfg_.to_json())) {
-    const ChangeEffect e = change_effect(c.key);
-    if (e == ChangeEffect::HowItRuns) how.push_back(change_str(c));
-    if (e == ChangeEffect::WhatItTrains) what.push_back(change_str(c));
+    const ChangeEffect e = change_effect(c);
+    if (e == ChangeEffect::HowItRuns) how.push_back(c.str());
+    if (e == ChangeEffect::WhatItTrains) what.push_back(c.str());
   }
   if (!how.empty()) log("config changed since the checkpoint (same recipe): " + detail::join(how, "; "));
   if (what.empty()) return true;
@@ -636,6 +630,17 @@ TrainSummary Trainer::fit(const std::string& resume, int64_t stop_after_steps) {
   const auto t_start = Clock::now();
   fit_start_ = t_start;
   const InterruptGuard interrupts;
+  // A run that stops by an exception (an error, a non-finite loss, a signal) leaves no half-drawn progress
+  // bar in front of the message the app prints.
+  struct ClearProgressLine {
+    bool tty;
+    ~ClearProgressLine() {
+      if (tty && std::uncaught_exceptions() > 0) {
+        std::printf("\r\033[K");
+        std::fflush(stdout);
+      }
+    }
+  } const clear_progress{tty_};
   Position pos;
   std::string ckpt;
   std::string latest = run_.latest_checkpoint();
@@ -928,8 +933,9 @@ StateDict read_model_state(const std::string& path, std::map<std::string, std::s
   return state;
 }
 
-void load_model_file(Module& model, const std::string& path, StateDict* extra) {
-  StateDict state = read_model_state(path, nullptr, extra);
+void load_model_file(Module& model, const std::string& path, StateDict* extra,
+                     std::map<std::string, std::string>* metadata) {
+  StateDict state = read_model_state(path, metadata, extra);
   try {
     model.load_state_dict(state);
   } catch (const Error& e) {
@@ -978,8 +984,24 @@ TrainedOn trained_on(const std::string& path, const std::map<std::string, std::s
   return t;
 }
 
-void load_teacher_file(Module& teacher, const std::string& path, const DataConfig& data, const Shape& sample_shape,
-                       const std::string& arch) {
+bool TrainedOn::agrees_with(const std::string& name, int64_t classes, const Shape& sample, bool compare_name) const {
+  return (!compare_name || dataset.empty() || dataset == name) && (num_classes == 0 || num_classes == classes) &&
+         (in_channels == 0 || in_channels == sample[0]) && (input_size == 0 || input_size == sample[1]);
+}
+
+std::string TrainedOn::str() const {
+  auto n = [](int64_t v) { return v ? std::to_string(v) : std::string("?"); };
+  return detail::cat(dataset.empty() ? "unnamed data" : dataset, " (",
+                     num_classes ? detail::cat(num_classes, " classes, ") : std::string(), "images ", n(in_channels),
+                     "x", n(input_size), "x", n(input_size), ")");
+}
+
+std::string data_str(const std::string& dataset, int64_t classes, const Shape& sample) {
+  return detail::cat(dataset, " (", classes, " classes, images ", sample[0], "x", sample[1], "x", sample[2], ")");
+}
+
+void load_teacher_file(Module& teacher, const std::string& path, const DataConfig& data, int64_t num_classes,
+                       const Shape& sample_shape, const std::string& arch) {
   std::map<std::string, std::string> meta;
   try {
     StateDict state = read_model_state(path, &meta);
@@ -988,14 +1010,9 @@ void load_teacher_file(Module& teacher, const std::string& path, const DataConfi
                  own_arch == meta.end() ? "" : own_arch->second, "' model (its metadata 'arch'), but teacher.arch is '",
                  arch, "'");
     const TrainedOn t = trained_on(path, meta);
-    const std::string ours = detail::cat(data.dataset, " ", sample_shape[0], "x", sample_shape[1], "x", sample_shape[2]);
-    RETORT_CHECK((t.dataset.empty() || t.dataset == data.dataset) &&
-                     (t.in_channels == 0 || t.in_channels == sample_shape[0]) &&
-                     (t.input_size == 0 || t.input_size == sample_shape[1]),
-                 "was trained on ", t.dataset.empty() ? "other data" : t.dataset,
-                 t.in_channels && t.input_size ? detail::cat(" ", t.in_channels, "x", t.input_size, "x", t.input_size)
-                                               : std::string(),
-                 ", this run's data is ", ours, " (a teacher must be distilled on the data it was trained on)");
+    RETORT_CHECK(t.agrees_with(data.dataset, num_classes, sample_shape, true), "was trained on ", t.str(),
+                 ", this run's data is ", data_str(data.dataset, num_classes, sample_shape),
+                 " (a teacher must be distilled on the data it was trained on)");
     try {
       teacher.load_state_dict(state);
     } catch (const Error& e) {

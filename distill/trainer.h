@@ -274,7 +274,8 @@ class Trainer {
 StateDict read_model_state(const std::string& path, std::map<std::string, std::string>* metadata = nullptr,
                            StateDict* extra = nullptr);
 // read_model_state + a strict load_state_dict; errors name the file and every mismatched key.
-void load_model_file(Module& model, const std::string& path, StateDict* extra = nullptr);
+void load_model_file(Module& model, const std::string& path, StateDict* extra = nullptr,
+                     std::map<std::string, std::string>* metadata = nullptr);
 // What a model file or checkpoint says it was trained on: its metadata's own keys (dataset, num_classes,
 // in_channels, input_size — what export_model writes), else what the training config a checkpoint
 // stores implies (its data.dataset, and that dataset's classes, channels and image size). "" / 0 where
@@ -283,16 +284,24 @@ struct TrainedOn {
   std::string dataset;
   int64_t num_classes = 0, in_channels = 0, input_size = 0;
   bool implied[3] = {};  // num_classes, in_channels, input_size came from the stored config's dataset
+  // Whether the file agrees with data named `dataset` of `classes` classes and samples [C, H, W]: what it
+  // does not say agrees, and the name counts only when `compare_name` (a model may be evaluated on other
+  // data of its shape; a teacher is distilled on its own).
+  bool agrees_with(const std::string& dataset, int64_t classes, const Shape& sample, bool compare_name) const;
+  // "synthetic (4 classes, images 1x8x8)"; "?" for a size the file does not say, "unnamed data" for its name.
+  std::string str() const;
 };
+// Data as TrainedOn::str shows it: "fashion_mnist (10 classes, images 1x28x28)".
+std::string data_str(const std::string& dataset, int64_t classes, const Shape& sample);
 TrainedOn trained_on(const std::string& path, const std::map<std::string, std::string>& metadata);
 
 // A distillation's frozen teacher from teacher.checkpoint: load_model_file with errors that name the
-// key, and a refusal when the file says it was trained on other data than `data` (another dataset, or
-// images of another channel count or size: sample_shape [C, H, W]) — a teacher on data it never saw
+// key, and a refusal when the file says it was trained on other data than `data` (another dataset, class
+// count, or images of another channel count or size: sample_shape [C, H, W]) — a teacher on data it never saw
 // distils noise. Files without that metadata (imported PyTorch models) are taken as they are. A file that
 // names its architecture (metadata "arch") must name `arch` (teacher.arch; "" to skip the check).
-void load_teacher_file(Module& teacher, const std::string& path, const DataConfig& data, const Shape& sample_shape,
-                       const std::string& arch = "");
+void load_teacher_file(Module& teacher, const std::string& path, const DataConfig& data, int64_t num_classes,
+                       const Shape& sample_shape, const std::string& arch = "");
 
 // Saves `model` alone (what retort-eval and a distillation teacher read) with metadata.
 void export_model(const std::string& path, const Module& model, const std::map<std::string, std::string>& metadata);

@@ -86,9 +86,11 @@ GradcheckResult gradcheck(const GradcheckFn& fn_on_inputs, const std::vector<Ten
       if (excess > worst_excess) {
         worst_excess = excess;
         char buf[256];
-        std::snprintf(buf, sizeof buf, "input %zu %s element %lld: analytic %.10g, numeric %.10g, |diff| %.3g%s", i,
-                      shape_str(x.shape()).c_str(), static_cast<long long>(k), analytic, numeric, err,
-                      g.defined() ? "" : " (no gradient was produced)");
+        std::snprintf(buf, sizeof buf,
+                      "input %zu %s element %lld: analytic %.10g, numeric %.10g, |diff| %.3g against its tolerance "
+                      "%.3g (atol + rtol·|numeric|)%s",
+                      i, shape_str(x.shape()).c_str(), static_cast<long long>(k), analytic, numeric, err,
+                      o.atol + o.rtol * std::abs(numeric), g.defined() ? "" : " (no gradient was produced)");
         res.detail = buf;
       }
     }

@@ -33,7 +33,8 @@ struct GradcheckResult {
   bool passed = false;
   int64_t checked = 0;        // elements compared
   double max_abs_error = 0;   // largest |analytic - numeric|
-  std::string detail;         // the worst (or first failing) element, readable
+  std::string detail;         // the element furthest over (or least under) its tolerance, readable; not
+                              // always the one of max_abs_error, whose tolerance may be larger
 };
 
 using GradcheckFn = std::function<Tensor(const std::vector<Tensor>&)>;

@@ -70,12 +70,20 @@ Tensor attention_map(const Tensor& f, double p) {
   fn::check_float(op, f, "features");
   fn::check_dim(op, f, 4, "features", "[B, C, H, W]");
   RETORT_CHECK(f.numel() > 0, op, ": empty features ", f.meta_str());
-  RETORT_CHECK(std::isfinite(p) && p > 0, op, ": p must be a positive number, got ", p, " (features ", f.meta_str(),
-               ")");
+  // p < 1: f^p's derivative is infinite at 0, and post-activation features hold zeros.
+  RETORT_CHECK(std::isfinite(p) && p >= 1, op, ": p must be a number of at least 1, got ", p, " (features ",
+               f.meta_str(), ")");
   const int64_t B = f.shape()[0], C = f.shape()[1], H = f.shape()[2], W = f.shape()[3];
   Normalized q;
   {
     NoGradGuard ng;
+    // A fractional power of a negative number is not a real number: say so rather than return NaN (as
+    // the references, which take f^p without abs(), would).
+    if (p != std::floor(p)) {
+      const double lowest = min(f).item();
+      RETORT_CHECK(lowest >= 0, op, ": p = ", p, " is not a whole number and the features hold negative values (",
+                   lowest, "; a tap before its ReLU?), where f^p is undefined (features ", f.meta_str(), ")");
+    }
     const Tensor fp = p == 2.0 ? mul(f, f) : pow(f, p);
     q = normalize_last_dim(reshape(mean(fp, {1}), {B, H * W}));
   }
@@ -374,7 +382,7 @@ Tensor fsp_loss(const Tensor& s_bot, const Tensor& s_top, const Tensor& t_bot, c
 
 Tensor ft_loss(const Tensor& fs, const Tensor& ft, double p1, double p2) {
   check_feature_pair("ft_loss", fs, ft);
-  RETORT_CHECK(std::isfinite(p1) && p1 > 0, "ft_loss: p1 must be > 0, got ", p1);
+  RETORT_CHECK(std::isfinite(p1) && p1 >= 1, "ft_loss: p1 must be >= 1, got ", p1);
   RETORT_CHECK(std::isfinite(p2) && p2 >= 1, "ft_loss: p2 must be >= 1, got ", p2);
   const auto [s, t] = pool_to_common_size(fs, ft);
   const Tensor d = abs(sub(attention_map(s, p1), attention_map(t, p1)));

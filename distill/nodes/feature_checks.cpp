@@ -75,6 +75,9 @@ void add_feature_node_checks(std::vector<GradcheckCase>& out) {
   at_case(out, "student_larger_pooled", {2, 3, 8, 8}, {2, 3, 4, 4});
   at_case(out, "teacher_larger_pooled", {2, 3, 3, 3}, {2, 3, 6, 6});
   at_case(out, "channels_differ", {2, 2, 4, 4}, {2, 5, 4, 4});
+  at_case(out, "non_square_student_larger", {2, 2, 6, 8}, {2, 3, 3, 4});
+  out.push_back({"at_loss.p4", "at_loss", pair_of({2, 3, 3, 4}, {2, 2, 3, 4}),
+                 [](const Inputs& in) { return at_loss(in[0], in[1], 4.0); }});
 
   cwd_case(out, "tau1", {2, 3, 3, 4}, 1.0, true);
   cwd_case(out, "tau4", {2, 3, 3, 4}, 4.0, true);
@@ -84,6 +87,7 @@ void add_feature_node_checks(std::vector<GradcheckCase>& out) {
   hcl_case(out, "h4", {2, 3, 4, 4});
   hcl_case(out, "h5_uneven_bins", {1, 2, 5, 5});
   hcl_case(out, "h1_plain_mse", {3, 4, 1, 1});
+  hcl_case(out, "h4_w6_non_square", {2, 2, 4, 6});
 
   // NST: channels differ (the kernel compares each side's channels with each other), either side
   // pooled, a frozen teacher.

@@ -40,7 +40,8 @@ void register_at_strategy() {
   register_strategy("at", [](JsonReader& p) {
     StageTaps taps = read_stage_taps(p, {"stages"});
     const double pw = p.get<double>("p", 2.0);
-    RETORT_CHECK(std::isfinite(pw) && pw > 0, p.where("p"), ": must be a positive number, got ", pw);
+    RETORT_CHECK(std::isfinite(pw) && pw >= 1, p.where("p"), ": must be a number of at least 1, got ", pw,
+                 " (f^p's derivative is infinite at 0 below 1)");
     return std::make_shared<ATStrategy>(std::move(taps), pw);
   });
 }

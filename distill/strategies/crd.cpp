@@ -176,21 +176,31 @@ class CRDStrategy final : public Strategy {
   }
 
  private:
-  // [B, K+1] host indices: column 0 the positive, then K negatives from the other classes. A pure
-  // function of (seed, step, batch indices), so a resumed run draws the same.
+  // [B, K+1] host indices: column 0 the positive, then K negatives from the other classes — distinct
+  // when the other classes have K samples or more, else with repeats (the reference's
+  // np.random.choice(cls_negative[y], K, replace=K > len)). A pure function of (seed, step, batch
+  // indices), so a resumed run draws the same.
   Tensor contrast_indices(const int64_t* idx, int64_t b, int64_t step) const {
     const int64_t k1 = o_.nce_k + 1;
     std::vector<int64_t> out(static_cast<size_t>(b * k1));
     Generator g(derive_seed(seed_, {0x637264ull, static_cast<uint64_t>(step)}));
     auto draw = [&](int64_t n) { return std::min<int64_t>(static_cast<int64_t>(g.uniform() * static_cast<double>(n)), n - 1); };
+    std::vector<int64_t> pool;  // a partial Fisher-Yates shuffle of the other classes' positions
     for (int64_t r = 0; r < b; ++r) {
       const int64_t y = labels_[idx[r]];
       int64_t* row = out.data() + r * k1;
       row[0] = o_.mode == "exact" ? idx[r] : order_[start_[y] + draw(count_[y])];
       const int64_t others = n_ - count_[y];  // the other classes' samples, order_ without y's block
-      for (int64_t k = 1; k < k1; ++k) {
-        const int64_t j = draw(others);
-        row[k] = order_[j < start_[y] ? j : j + count_[y]];
+      auto sample = [&](int64_t j) { return order_[j < start_[y] ? j : j + count_[y]]; };
+      if (o_.nce_k > others) {
+        for (int64_t k = 1; k < k1; ++k) row[k] = sample(draw(others));
+        continue;
+      }
+      pool.resize(static_cast<size_t>(others));
+      std::iota(pool.begin(), pool.end(), int64_t{0});
+      for (int64_t k = 0; k < o_.nce_k; ++k) {
+        std::swap(pool[static_cast<size_t>(k)], pool[static_cast<size_t>(k + draw(others - k))]);
+        row[k + 1] = sample(pool[static_cast<size_t>(k)]);
       }
     }
     return Tensor::from_int64(out, {b, k1});

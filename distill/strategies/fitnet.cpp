@@ -21,8 +21,12 @@ class FitNetStrategy final : public Strategy {
   bool uses_teacher_logits() const override { return false; }
   bool accepts_location_mask() const override { return true; }
   void build(const TapShapes& shapes, Generator& gen) override {
-    regressor_ = register_module("regressor",
-                                 std::make_shared<ConvReg>(shapes.of_student(s_tap_), shapes.of_teacher(t_tap_), gen));
+    try {
+      regressor_ = register_module("regressor",
+                                   std::make_shared<ConvReg>(shapes.of_student(s_tap_), shapes.of_teacher(t_tap_), gen));
+    } catch (const Error& e) {
+      RETORT_FAIL("student tap '", s_tap_, "' to teacher tap '", t_tap_, "': ", e.what());
+    }
   }
   Tensor compute(const DistillContext& ctx) override {
     const Tensor fs = (*regressor_)(ctx.student_feature(s_tap_));

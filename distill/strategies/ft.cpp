@@ -169,7 +169,7 @@ void register_ft_strategy() {
       return std::make_shared<FTStrategy>(std::move(o));
     }
     o.s_tap = p.get<std::string>("student_tap", o.t_tap);
-    o.p1 = above(p, "p1", o.p1, 0.0, false);
+    o.p1 = above(p, "p1", o.p1, 1.0, true);  // (f^p1's derivative is infinite at 0 below 1)
     o.p2 = above(p, "p2", o.p2, 1.0, true);
     o.translator_bn = p.get<bool>("translator_bn", o.translator_bn);
     RETORT_CHECK(p.has("paraphraser_from"), p.where("paraphraser_from"),

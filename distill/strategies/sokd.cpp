@@ -265,8 +265,11 @@ std::vector<std::pair<std::string, Tensor>> SokdStrategy::compute_parts(const Di
 void SokdStrategy::after_step(const TrainProgress& progress) {
   if (o_.host) o_.host->after_step(progress);
   std::vector<Tensor> grads;
+  // A tensor the step's loss did not reach (no op of the sampled sub-policy applied, say) steps with a zero
+  // gradient, as the reference's autograd gives it and as the second-order search does (grad_or_zeros):
+  // its moments decay and its weight decay acts, in step with the shared bias correction.
   for (Tensor* t : search_parameters()) {
-    grads.push_back(t->grad().defined() ? t->grad().to(Device::cpu()) : Tensor());
+    grads.push_back(grad_or_zeros(*t).to(Device::cpu()));
     t->zero_grad();
   }
   // First order: the step's own gradients (with "relax", RELAX's for the probabilities and the
@@ -362,7 +365,8 @@ void SokdStrategy::policy_step(const std::vector<Tensor>& gradients, const std::
   for (auto [name, lo, hi] : {std::tuple{"probability", 1e-3, 1.0 - 1e-3}, std::tuple{"magnitude", 0.0, 1.0},
                               std::tuple{"weight", -1e30, 1e30}}) {
     const Tensor g = gradients[k++];
-    if (g.defined()) adam(*policy_, name, g.to_vector(), lo, hi);
+    RETORT_CHECK(g.defined(), "sokd: no gradient for the policy's ", name);
+    adam(*policy_, name, g.to_vector(), lo, hi);
   }
   if (!control_gradient.empty()) {
     RETORT_CHECK(q_func_ != nullptr, "sokd: a control-variate gradient without the \"relax\" estimator");

@@ -148,13 +148,13 @@ PY
 expect 1 "bare.safetensors: no training config and no dataset in the metadata" "$bin/retort-eval" "$tmp/bare.safetensors" --arch resnet8
 expect 1 "note: $tmp/noconfig.safetensors has no training config in its metadata; evaluating on synthetic without normalisation" \
   "$bin/retort-eval" "$tmp/noconfig.safetensors"
-expect 1 "noconfig.safetensors: was trained on synthetic (4 classes, images 1x16x16); the evaluation data (synthetic test) has 10 classes, images 3x32x32" \
+expect 1 "noconfig.safetensors: was trained on synthetic (4 classes, images 1x16x16); the evaluation data (test split) is synthetic (10 classes, images 3x32x32)" \
   "$bin/retort-eval" "$tmp/noconfig.safetensors"
-expect 1 "(resnet8 was built for the evaluation data, synthetic: 10 classes, images 3x32x32; give the architecture" \
+expect 1 "(resnet8 was built for the evaluation data, synthetic (10 classes, images 3x32x32); give the architecture" \
   "$bin/retort-eval" "$tmp/bare.safetensors" --arch resnet8 --dataset synthetic
 out=$("$bin/retort-eval" "$tmp/bare.safetensors" --arch resnet8 --config "$tmp/a.json" 2>&1)
 grep -qF "on synthetic test, 40 samples" <<<"$out" || { echo "FAIL: bare model with --config: $out"; exit 1; }
-expect 1 "wide.safetensors: was trained on synthetic (100 classes, images 1x16x16); the evaluation data (synthetic test) has 4 classes, images 1x16x16" \
+expect 1 "wide.safetensors: was trained on synthetic (100 classes, images 1x16x16); the evaluation data (test split) is synthetic (4 classes, images 1x16x16)" \
   "$bin/retort-eval" "$tmp/wide.safetensors" --config "$tmp/a.json"
 expect 1 "wide.safetensors: was trained on synthetic (100 classes" "$bin/retort-eval" "$model" --against "$tmp/wide.safetensors"
 

@@ -46,6 +46,10 @@ done
 graph=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --batch 2 --graph)
 grep -qF "SigmoidBackward" <<<"$graph" || { echo "FAIL: the graph shows no DAM head (SigmoidBackward)"; exit 1; }
 grep -qF "MseLossBackward" <<<"$graph" || { echo "FAIL: the graph shows no feature loss"; exit 1; }
+# A batch larger than the test split takes the split, and says so.
+out=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --batch 100000 2>&1)
+grep -qE "note: --batch 100000: the test split has [0-9]+ images; the step takes them all" <<<"$out" ||
+  { echo "FAIL: no note for a batch beyond the test split: $(head -3 <<<"$out")"; exit 1; }
 # Leaves carry their checkpoint names: the student's state_dict keys, the terms' "term.<name>." ones.
 for want in 'label="layer1.0.conv1.weight' 'label="term.sokd.dam.heatmap_head.0.weight'; do
   grep -qF "$want" <<<"$graph" || { echo "FAIL: the graph has no leaf $want"; exit 1; }

@@ -50,6 +50,9 @@ rc=$?
 set -e
 [ "$rc" = 130 ] && grep -qF "interrupted (SIGTERM)" "$tmp/long.out" && [ -s "$tmp/long/checkpoints/latest" ] ||
   { echo "FAIL: SIGTERM: rc $rc, $(tail -3 "$tmp/long.out")"; exit 1; }
+# Said once where the user reads (the app's error line), and kept in train.log.
+[ "$(grep -c "interrupted (SIGTERM)" "$tmp/long.out")" = 1 ] && grep -qF "interrupted (SIGTERM)" "$tmp/long/train.log" ||
+  { echo "FAIL: SIGTERM's line should be printed once and logged: $(grep "interrupted" "$tmp/long.out")"; exit 1; }
 out=$("$bin/retort-train" "$tmp/long.json" --run-dir "$tmp/long" --resume auto --set solver.epochs=1 2>&1)
 grep -qF "resumed from" <<<"$out" || { echo "FAIL: resume after SIGTERM: '$out'"; exit 1; }
 grep -qF '"event":"resume"' "$tmp/long/metrics.jsonl" || { echo "FAIL: no resume event in metrics.jsonl"; exit 1; }

@@ -42,6 +42,9 @@ TEST(Config, UnknownKeyIsAnErrorWithASuggestion) {
                {"test.json", "unknown key solver.learnig_rate"});
   expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "solver": {"lrr": 0.1}})"); },
                {"did you mean solver.lr?"});
+  // A key that differs by a space is quoted, so that the difference shows.
+  expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "solver": {"lr ": 0.1}})"); },
+               {"unknown key solver.\"lr \" (did you mean solver.lr?)"});
   expect_error([] { parse(R"({"schema_version": 1, "modle": {"arch": "resnet8"}})"); }, {"model", "required key is missing"});
 }
 
@@ -129,7 +132,15 @@ TEST(Config, OverridesIndexArrays) {
 TEST(Config, MalformedJsonNamesLineAndColumn) {
   const std::string path = ::testing::TempDir() + "/bad.json";
   std::ofstream(path) << "{\n  \"schema_version\": 1,\n  \"model\": {\"arch\": }\n}";
-  expect_error([&] { ExperimentConfig::load(path); }, {"bad.json:3:", "invalid JSON"});
+  expect_error([&] { ExperimentConfig::load(path); }, {"bad.json:3:21: invalid JSON: syntax error while parsing value"});
+  // A member without the comma before it: pointed at where the unexpected string starts, with a hint; a
+  // comma after the last member: at the bracket.
+  std::ofstream(path) << "{\"schema_version\": 1,\n  \"model\": {\"arch\": \"resnet8\"}\n  \"solver\": {}}";
+  expect_error([&] { ExperimentConfig::load(path); },
+               {"bad.json:3:3: invalid JSON: syntax error while parsing object - unexpected string literal; expected '}' "
+                "(a ',' missing before it?)"});
+  std::ofstream(path) << "{\"schema_version\": 1,\n  \"model\": {\"arch\": \"resnet8\",}}";
+  expect_error([&] { ExperimentConfig::load(path); }, {"bad.json:2:31: invalid JSON:", "(a ',' after the last member?)"});
   expect_error([&] { ExperimentConfig::load(::testing::TempDir() + "/missing.json"); }, {"missing.json", "cannot open"});
 }
 
@@ -198,6 +209,11 @@ TEST(Config, LabelSmoothingIsASolverKey) {
   const std::vector<ConfigChange> ch = config_changes(parse(kMinimal).to_json(), c.to_json());
   ASSERT_EQ(ch.size(), 2u);  // model.arch and solver.label_smoothing
   EXPECT_EQ(ch[1].key, "solver.label_smoothing");
+  EXPECT_EQ(ch[1].str(), "solver.label_smoothing 0.0 -> 0.1");
+  EXPECT_TRUE(ch[1].under({"log", "solver"}));
+  EXPECT_TRUE(ch[1].under({"solver.label_smoothing"}));
+  EXPECT_FALSE(ch[1].under({"solver.label", "log"}));  // a prefix of the name is not a parent key
+  EXPECT_EQ((ConfigChange{"model.init", Json(), Json("a.safetensors")}.str()), "model.init (absent) -> \"a.safetensors\"");
   expect_error([] { parse(R"({"schema_version": 1, "model": {"arch": "resnet8"}, "solver": {"label_smoothing": 1}})"); },
                {"test.json: solver.label_smoothing", "must be in [0, 1), got 1"});
 }

@@ -150,6 +150,16 @@ TEST(CrdStrategy, NegativesComeFromOtherClassesAndFollowTheStep) {
     }
     EXPECT_GT(seen.size(), 25u);  // drawn across the set, not a few rows
   }
+  // With at least K samples in the other classes (30 here), a row's negatives are distinct, as the
+  // reference's np.random.choice(..., replace=False); above (K 50 > 30) they repeat, as there.
+  CrdSetup s(R"({"nce_k": 30, "feat_dim": 8})");
+  Tensor logits;
+  s.d->losses(batch_of({5, 17, 22, 38, 0, 9}, 3, s.train.get()), TrainProgress{}, logits);
+  const std::vector<double> c = s.view("term.crd.contrast_indices").to_vector();
+  for (size_t r = 0; r < 6; ++r) {
+    const std::set<double> row(c.begin() + static_cast<long>(r * 31 + 1), c.begin() + static_cast<long>(r * 31 + 31));
+    EXPECT_EQ(row.size(), 30u) << "row " << r << ": every other-class sample once";
+  }
 }
 
 TEST(CrdStrategy, OnlyTheBatchsRowsMoveAfterTheStepAndZIsSetOnce) {

@@ -141,11 +141,14 @@ TEST(Strategies, DefaultTapsFollowEachNetworksStagesAcrossFamilies) {
   // in their first stage, MobileNetV2 in its last, where the ResNets, WRNs and VGGs do not (pick matching
   // stages with student_taps / teacher_taps). The literature runs neither on these pairs.
   ASSERT_EQ(refused.size(), 6u) << detail::join(refused, "\n");
-  for (const char* want : {"vgg13 -> MobileNetV2: cwd: student blocks.6 [2, 160, 1, 1] and teacher block4 [2, 512, 2, 2] "
-                           "need the same spatial size",
-                           "vgg13 -> MobileNetV2: kdsvd: stage 3 (student tap \"blocks.6\", teacher tap \"block4\")",
-                           "resnet32x4 -> ShuffleV1: cwd: student layer3", "resnet32x4 -> ShuffleV1: kdsvd: stage 0",
-                           "wrn_40_2 -> ShuffleV2: cwd: student layer3", "wrn_40_2 -> ShuffleV2: kdsvd: stage 0"})
+  for (const char* want : {"vgg13 -> MobileNetV2: distill term 'cwd' (cwd): cwd: student blocks.6 [2, 160, 1, 1] and "
+                           "teacher block4 [2, 512, 2, 2] need the same spatial size",
+                           "vgg13 -> MobileNetV2: distill term 'kdsvd' (kdsvd): kdsvd: stage 3 (student tap \"blocks.6\", "
+                           "teacher tap \"block4\")",
+                           "resnet32x4 -> ShuffleV1: distill term 'cwd' (cwd): cwd: student layer3",
+                           "resnet32x4 -> ShuffleV1: distill term 'kdsvd' (kdsvd): kdsvd: stage 0",
+                           "wrn_40_2 -> ShuffleV2: distill term 'cwd' (cwd): cwd: student layer3",
+                           "wrn_40_2 -> ShuffleV2: distill term 'kdsvd' (kdsvd): kdsvd: stage 0"})
     EXPECT_TRUE(std::any_of(refused.begin(), refused.end(), [&](const std::string& r) { return r.find(want) == 0; }))
         << want << "\n" << detail::join(refused, "\n");
   Generator gen(1);
@@ -465,7 +468,7 @@ TEST(Distiller, ConfigErrorsNameTheTerm) {
                "1 teacher taps for 3 student taps");
   expect_error(R"([{"type": "cc", "params": {"feat_dim": 0}}])", "distill.terms[0].params.feat_dim: must be positive");
   expect_error(R"([{"type": "ofd", "params": {"kernel_size": 2}}])", "distill.terms[0].params.kernel_size: must be odd");
-  expect_error(R"([{"type": "at", "params": {"p": 0}}])", "distill.terms[0].params.p: must be a positive number, got 0");
+  expect_error(R"([{"type": "at", "params": {"p": 0}}])", "distill.terms[0].params.p: must be a number of at least 1, got 0");
   expect_error(R"([{"type": "reviewkd", "params": {"max_mid_channels": 0}}])",
                "distill.terms[0].params.max_mid_channels: must be >= 1, got 0");
   expect_error(R"([{"type": "ab", "params": {"margin": -0.5}}])", "distill.terms[0].params.margin: must be >= 0");
@@ -493,6 +496,8 @@ TEST(Distiller, UnbridgeableFeaturesAndMissingTeacherAreClearErrors) {
     FAIL() << "expected an error";
   } catch (const Error& e) {
     const std::string msg = e.what();
+    EXPECT_NE(msg.find("distill term 'fitnet' (fitnet): student tap 'layer3' to teacher tap 'layer1': ConvReg: "),
+              std::string::npos) << msg;
     EXPECT_NE(msg.find("[2, 64, 4, 4]"), std::string::npos) << msg;
     EXPECT_NE(msg.find("[2, 16, 16, 16]"), std::string::npos) << msg;
   }

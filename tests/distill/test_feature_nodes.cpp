@@ -121,6 +121,15 @@ TEST(AtLoss, Errors) {
   expect_error([&] { at_loss(randn({2, 3, 4, 4}, gen, DType::F32), randn({2, 3, 4, 4}, gen)); },
                {"at_loss", "f32[2, 3, 4, 4]", "f64[2, 3, 4, 4]"});
   expect_error([&] { attention_map(randn({2, 3, 4, 4}, gen), 0.0); }, {"attention_map", "p"});
+  // Below 1 the derivative at 0 is infinite; a fractional power of signed features is no real number:
+  // both refused where the references would return NaN or infinity.
+  expect_error([&] { attention_map(relu(randn({2, 3, 4, 4}, gen)), 0.5); },
+               {"attention_map: p must be a number of at least 1, got 0.5"});
+  expect_error([&] { attention_map(randn({2, 3, 4, 4}, gen), 1.5); },
+               {"attention_map: p = 1.5 is not a whole number and the features hold negative values", "before its ReLU"});
+  const Tensor q = attention_map(relu(randn({2, 3, 4, 4}, gen)), 1.5);  // non-negative features: fine
+  EXPECT_TRUE(std::isfinite(sum(q).item()));
+  EXPECT_TRUE(std::isfinite(sum(attention_map(randn({2, 3, 4, 4}, gen), 3.0)).item()));  // odd whole p: signed, as the references
 }
 
 // ---- CWD ---------------------------------------------------------------------------------------------

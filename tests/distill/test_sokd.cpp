@@ -237,6 +237,41 @@ TrainProgress step_applying_both(SokdRun& run, const Batch& batch, TrainProgress
 
 }  // namespace
 
+// Every policy tensor takes every Adam step: one the step's loss did not reach steps with a zero
+// gradient (moments decay, weight decay acts), as the reference's does, rather than being skipped while
+// the shared bias correction advances. After one step, m = (1 − β1)(g + wd·p0) for each tensor.
+TEST(SokdStrategy, PolicyAdamStepsEveryTensorWithZerosForAnUnreachedOne) {
+  SokdRun run = make_run(R"({"heatmap_classes": 10, "area_num": 4, "search_epochs": 1, "policy_weight_decay": 0.01})");
+  SokdStrategy& s = run.sokd();
+  run.d->train(true);
+  const char* names[3] = {"probability", "magnitude", "weight"};
+  TrainProgress prog{0, 2, 0, 0, 10};
+  for (;; ++prog.step) {
+    ASSERT_LT(prog.step, 200) << "no step without an applied op";
+    Tensor logits;
+    LossTerms terms = run.d->losses(retort::testing::tiny_batch(4, 7), prog, logits);
+    if (s.last_applied()[0] || s.last_applied()[1]) continue;
+    add(terms[0].second, terms[1].second).backward();
+    std::vector<Tensor> p0, g;
+    int undefined = 0;
+    for (const char* n : names) {
+      const Tensor t = run.buf(std::string("policy.") + n);
+      p0.push_back(t.clone());
+      g.push_back(t.grad().defined() ? t.grad().to(DType::F64) : Tensor::zeros_like(t).to(DType::F64));
+      undefined += t.grad().defined() ? 0 : 1;
+    }
+    EXPECT_GT(undefined, 0) << "the test wants a step whose loss leaves a policy tensor without a gradient";
+    run.d->after_step(prog);
+    EXPECT_EQ(run.buf("policy.adam_step").data<float>()[0], 1.0f);
+    for (int i = 0; i < 3; ++i) {
+      const Tensor m = run.buf(std::string("policy.adam_m_") + names[i]);
+      const Tensor want = (g[static_cast<size_t>(i)] + p0[static_cast<size_t>(i)].to(DType::F64) * 0.01) * 0.5;
+      EXPECT_TRUE(close_to(std::string("adam_m_") + names[i], m.to(DType::F64), want, 1e-6, 1e-9));
+    }
+    break;
+  }
+}
+
 TEST(SokdStrategy, PolicyLearnsOnlyWhileSearchingAndSamplingFollowsTheStep) {
   SokdRun run = make_run(R"({"heatmap_classes": 10, "area_num": 4, "search_epochs": 1})");
   SokdStrategy& s = run.sokd();

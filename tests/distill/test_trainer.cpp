@@ -909,6 +909,14 @@ TEST(Data, HeldOutIsTheTailOfTheTrainingSet) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("data.held_out: 40"), std::string::npos) << e.what();
   }
+  // A data.root that is not there is named by its key, whichever dataset reads it.
+  for (const char* ds : {"fashion_mnist", "cifar10", "image_folder"}) {
+    DataConfig missing;
+    missing.dataset = ds;
+    missing.root = "/nonexistent_retort_root";
+    expect_error([&] { load_datasets(missing); },
+                 {"data.root: /nonexistent_retort_root does not exist (the ", ds, " dataset is read from it)"});
+  }
 }
 
 // A teacher file is checked against the run's data (its metadata: dataset, channels, size), errors name
@@ -919,25 +927,29 @@ TEST(Trainer, TeacherFilesMustMatchTheRunsDataAndModelFilesAreNotCheckpoints) {
   train(cfg, dir);
   const std::string file = dir + "/model.safetensors";
   auto teacher = make_model(cfg);
-  load_teacher_file(*teacher, file, cfg.data, {1, 8, 8});  // the data it was trained on
+  load_teacher_file(*teacher, file, cfg.data, 4, {1, 8, 8});  // the data it was trained on
   DataConfig fmnist = cfg.data;
   fmnist.dataset = "fashion_mnist";
-  expect_error([&] { load_teacher_file(*teacher, file, fmnist, {1, 8, 8}); },
-               {"teacher.checkpoint", "was trained on synthetic 1x8x8, this run's data is fashion_mnist 1x8x8"});
-  expect_error([&] { load_teacher_file(*teacher, file, cfg.data, {1, 16, 16}); }, {"this run's data is synthetic 1x16x16"});
-  expect_error([&] { load_teacher_file(*teacher, file, cfg.data, {1, 8, 8}, "resnet8x4"); },
+  expect_error([&] { load_teacher_file(*teacher, file, fmnist, 4, {1, 8, 8}); },
+               {"teacher.checkpoint", "was trained on synthetic (4 classes, images 1x8x8), this run's data is "
+                                      "fashion_mnist (4 classes, images 1x8x8)"});
+  expect_error([&] { load_teacher_file(*teacher, file, cfg.data, 4, {1, 16, 16}); },
+               {"this run's data is synthetic (4 classes, images 1x16x16)"});
+  expect_error([&] { load_teacher_file(*teacher, file, cfg.data, 10, {1, 8, 8}); },
+               {"this run's data is synthetic (10 classes, images 1x8x8)"});
+  expect_error([&] { load_teacher_file(*teacher, file, cfg.data, 4, {1, 8, 8}, "resnet8x4"); },
                {"teacher.checkpoint", "holds a 'resnet8' model (its metadata 'arch'), but teacher.arch is 'resnet8x4'"});
-  load_teacher_file(*teacher, file, cfg.data, {1, 8, 8}, cfg.arch);
-  expect_error([&] { load_teacher_file(*teacher, dir + "/nope.safetensors", cfg.data, {1, 8, 8}); },
+  load_teacher_file(*teacher, file, cfg.data, 4, {1, 8, 8}, cfg.arch);
+  expect_error([&] { load_teacher_file(*teacher, dir + "/nope.safetensors", cfg.data, 4, {1, 8, 8}); },
                {"teacher.checkpoint", "nope.safetensors"});
   // The last checkpoint also carries the config: the same check from it.
   const std::string ckpt = dir + "/checkpoints/" + read_text(dir + "/checkpoints/latest").substr(0, 40);
-  expect_error([&] { load_teacher_file(*teacher, ckpt, fmnist, {1, 8, 8}); }, {"was trained on synthetic"});
+  expect_error([&] { load_teacher_file(*teacher, ckpt, fmnist, 4, {1, 8, 8}); }, {"was trained on synthetic"});
   expect_error([&] { train(cfg, fresh_dir("teacherdata_resume"), file); }, {"a model file", "model.init"});
   // A checkpoint says its sizes only through its config (synthetic: data.channels and data.image_size):
   // a run on the same dataset with other images is refused too.
-  expect_error([&] { load_teacher_file(*teacher, ckpt, cfg.data, {1, 16, 16}); },
-               {"was trained on synthetic 1x8x8, this run's data is synthetic 1x16x16"});
+  expect_error([&] { load_teacher_file(*teacher, ckpt, cfg.data, 4, {1, 16, 16}); },
+               {"was trained on synthetic (4 classes, images 1x8x8), this run's data is synthetic (4 classes, images 1x16x16)"});
 }
 
 // What a file says it was trained on: its own metadata keys first, else its stored config's dataset.

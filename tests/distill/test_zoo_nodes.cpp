@@ -247,7 +247,7 @@ TEST(ZooNodes, GraphNodesAndErrors) {
                {"fsp_loss", "same channels", "student f64[2, 3, 4, 4] cpu -> f64[2, 3, 4, 4] cpu", "teacher f64[2, 5, 4, 4]"});
   EXPECT_TRUE(has_node(ft_loss(a, b), "AttentionMapBackward"));
   expect_error([&] { ft_loss(a, b, 2.0, 0.5); }, {"ft_loss", "p2 must be >= 1"});
-  expect_error([&] { ft_loss(a, b, 0.0); }, {"ft_loss", "p1 must be > 0"});
+  expect_error([&] { ft_loss(a, b, 0.0); }, {"ft_loss", "p1 must be >= 1, got 0"});
 }
 
 // ---- golden values (PyTorch, RepDistiller's code) --------------------------------------------------

@@ -72,6 +72,9 @@ TEST(GradcheckFacility, DetectsAWrongBackward) {
   const GradcheckResult r = gradcheck(wrong_square, {gc_randn({4}, gen)});
   EXPECT_FALSE(r.passed);
   EXPECT_EQ(r.checked, 4);
+  // The element reported is named with its error and the tolerance it was held to.
+  EXPECT_NE(r.detail.find("input 0 [4] element "), std::string::npos) << r.detail;
+  EXPECT_NE(r.detail.find("against its tolerance"), std::string::npos) << r.detail;
 }
 
 // A broadcast gradient summed over the wrong dimension cancels under a plain sum of the output but

@@ -231,6 +231,7 @@ Json profile_steps(const std::function<void(int64_t)>& step, int64_t first, int 
               {"conv_reorder_ms_per_step", round3(conv_layout_s * 1e3 / steps)},
               {"conv_reorder_percent", conv_s > 0 ? round3(100.0 * conv_layout_s / conv_s) : 0.0},
               {"other_layout_ms_per_step", round3(other_layout_s * 1e3 / steps)},
+              {"outside_layout_ms_per_step", round3(t.layout_seconds_outside_kernels * 1e3 / steps)},
               {"by_kernel", by_kernel},
               {"by_conv", by_conv},
               {"conv_kernels", dev.type == DeviceType::CPU ? Json(cpu::dnnl_conv_choices()) : Json::array()}};
@@ -253,8 +254,8 @@ void print_profile(const Json& p) {
   std::printf("of which reorders between NCHW and oneDNN's blocked layouts: %.1f ms/step (%.0f%%)\n",
               p["conv_reorder_ms_per_step"].get<double>(), p["conv_reorder_percent"].get<double>());
   std::printf("layout conversions of blocked activations inside other kernels (rewrites to NCHW, copies into the "
-              "layout): %.1f ms/step\n",
-              p["other_layout_ms_per_step"].get<double>());
+              "layout): %.1f ms/step; outside any kernel (library code reading a blocked tensor's data): %.1f ms/step\n",
+              p["other_layout_ms_per_step"].get<double>(), p.value("outside_layout_ms_per_step", 0.0));
   std::printf("%-58s %9s %6s %9s %7s %9s\n", "convolution", "ms/step", "calls", "GFLOP/s", "% peak", "reorder %");
   for (const auto& c : p["by_conv"])
     std::printf("%-58s %9.2f %6lld %9.0f %7.0f %9.0f\n", c["conv"].get<std::string>().c_str(),

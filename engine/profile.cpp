@@ -17,6 +17,7 @@ namespace {
 bool g_enabled = false;
 Table g_table;
 double g_layout_pending = 0;  // add_layout_seconds within the call being timed
+int g_timing = 0;             // kernel calls being timed (a decorated call may call another)
 
 double conv_flops(const Shape& w, const Shape& y) {
   // 2 * N * O * OH * OW * (C/groups) * KH * KW multiply-adds, the same for each of the three passes.
@@ -37,11 +38,13 @@ class Timer {
       : b_(b), name_(std::move(name)), key_(std::move(shape_key)), flops_(flops) {
     b_.synchronize();
     g_layout_pending = 0;
+    ++g_timing;
     t0_ = std::chrono::steady_clock::now();
   }
   ~Timer() {
     b_.synchronize();
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    --g_timing;
     add(g_table.by_kernel[name_], s);
     if (!key_.empty()) add(g_table.by_conv_shape[key_], s);
     g_layout_pending = 0;
@@ -230,7 +233,10 @@ class ProfilingBackend final : public Backend {
 
 void enable(bool on) { g_enabled = on; }
 bool enabled() { return g_enabled; }
-void add_layout_seconds(double s) { g_layout_pending += s; }
+void add_layout_seconds(double s) {
+  if (g_timing > 0) g_layout_pending += s;
+  else g_table.layout_seconds_outside_kernels += s;
+}
 void reset() { g_table = Table{}; }
 Table snapshot() { return g_table; }
 

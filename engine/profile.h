@@ -27,13 +27,18 @@ struct Stat {
 struct Table {
   std::map<std::string, Stat> by_kernel;      // "conv2d_forward", "binary:mask_positive", ...
   std::map<std::string, Stat> by_conv_shape;  // "fwd x[64,16,32,32] w[16,16,3,3] s1 p1 g1"
+  // Layout conversions reported while no kernel call was being timed: a blocked activation rewritten to
+  // NCHW because library code read its data directly (a function preparing a kernel's arguments, a
+  // clone), and so part of the time outside kernels.
+  double layout_seconds_outside_kernels = 0;
 };
 
 void enable(bool on);
 bool enabled();
 // Called by a backend inside a kernel call, while profiling is enabled: `s` seconds of that call went
 // to converting its operands' layouts (the CPU's oneDNN convolutions reorder NCHW to their blocked
-// layouts and back). Counted into the call's Stat::layout_seconds.
+// layouts and back). Counted into the call's Stat::layout_seconds; outside a timed call, into
+// Table::layout_seconds_outside_kernels.
 void add_layout_seconds(double s);
 void reset();
 Table snapshot();

@@ -3,6 +3,8 @@
 // disabled nothing is recorded.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "engine/autograd.h"
 #include "engine/functions.h"
 #include "engine/profile.h"
@@ -59,4 +61,28 @@ TEST(Profiling, ConvolutionsReportTheirLayoutReorders) {
   EXPECT_EQ(t.by_kernel.at("conv2d_forward").layout_seconds, conv.layout_seconds);
   EXPECT_EQ(t.by_kernel.at("unary:relu").layout_seconds, 0.0);
   profiling::reset();
+}
+
+// A blocked activation rewritten to NCHW by library code reading its data while no kernel call is timed
+// is counted apart (Table::layout_seconds_outside_kernels, retort-bench's "outside any kernel"), not
+// dropped or charged to the next kernel.
+TEST(Profiling, LayoutRewritesOutsideKernelsAreCountedApart) {
+  if (!cpu_blocked_activations()) GTEST_SKIP() << "blocked activations are off (RETORT_CPU_BLOCKED=0)";
+  Generator gen(5);
+  const Tensor x = Tensor::randn({8, 32, 16, 16}, gen), w = Tensor::randn({32, 32, 3, 3}, gen);
+  conv2d(x, w, Tensor(), 1, 1);  // builds the oneDNN primitive outside the timed call
+  profiling::reset();
+  profiling::enable(true);
+  const Tensor y = conv2d(x, w, Tensor(), 1, 1);
+  const bool blocked = y.layout_block() != 0;
+  const float first = y.data<float>()[0];  // library code reading the data: rewritten to NCHW here
+  relu(x);
+  profiling::enable(false);
+  const profiling::Table t = profiling::snapshot();
+  profiling::reset();
+  if (!blocked) GTEST_SKIP() << "oneDNN left this convolution's output row-major on this CPU";
+  EXPECT_TRUE(std::isfinite(first));
+  EXPECT_EQ(y.layout_block(), 0);
+  EXPECT_GT(t.layout_seconds_outside_kernels, 0.0);
+  EXPECT_EQ(t.by_kernel.at("unary:relu").layout_seconds, 0.0);
 }

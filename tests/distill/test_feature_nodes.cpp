@@ -14,6 +14,8 @@
 #include "distill/nodes/feature.h"
 #include "engine/autograd.h"
 #include "engine/functions.h"
+#include "distill/strategy.h"
+#include "tests/common/distill_fixtures.h"
 #include "tests/common/expect.h"
 #include "tests/common/golden.h"
 
@@ -415,6 +417,67 @@ TEST_P(GoldenFeature, ChannelWiseDistillation) {
 TEST_P(GoldenFeature, HierarchicalContextLoss) {
   for (const char* c : {"hcl_h8", "hcl_h4", "hcl_h5", "hcl_h1"})
     check_case(c, [](const auto& in) { return hcl_loss(in[0], in[1]); }, GetParam());
+}
+
+// The whole reviewkd term — its ABF chain from the pooled vector up, the residual fusion, the nearest
+// upsampling to the teacher's size and HCL at every level — against the reference's forward in PyTorch
+// with the same parameters: the loss, and the gradients of the student's features and of every parameter.
+TEST_P(GoldenFeature, ReviewKDWholeTerm) {
+  const DType dt = GetParam();
+  const bool f32 = dt == DType::F32;
+  const double atol = f32 ? 2e-5 : 1e-12, rtol = f32 ? 1e-3 : 1e-9;
+  const GoldenFile& g = golden();
+  for (const std::string name : {"reviewkd_same_size", "reviewkd_student_half"}) {
+    SCOPED_TRACE(name);
+    int levels = 0;
+    while (g.has(name + "/s" + std::to_string(levels))) ++levels;
+    ASSERT_GE(levels, 3);
+    Json s_taps = Json::array(), t_taps = Json::array();
+    TapShapes shapes;
+    std::map<std::string, Tensor> sf, tf;
+    for (int i = 0; i < levels; ++i) {
+      const std::string si = "s" + std::to_string(i), ti = "t" + std::to_string(i);
+      s_taps.push_back(si);
+      t_taps.push_back(ti);
+      shapes.student[si] = g[name + "/" + si].shape();
+      shapes.teacher[ti] = g[name + "/" + ti].shape();
+      sf[si] = g[name + "/" + si].to(dt).clone().set_requires_grad();
+      tf[ti] = g[name + "/" + ti].to(dt);
+    }
+    std::shared_ptr<Strategy> term =
+        retort::testing::terms_from(Json::array({{{"type", "reviewkd"},
+                                                  {"params", {{"student_taps", s_taps}, {"teacher_taps", t_taps}}}}})
+                                        .dump())[0]
+            .strategy;
+    Generator gen(0);
+    term->build(shapes, gen);
+    term->to(dt);
+    StateDict state;
+    for (const auto& [k, v] : term->state_dict()) {
+      const Tensor& stored = g[name + "/state/" + k];
+      state.emplace_back(k, stored.dtype() == DType::I64 ? stored : stored.to(dt));
+    }
+    term->load_state_dict(state);
+    term->train(true);
+    const Tensor logits = Tensor::zeros({2, 3}, dt), targets = Tensor::zeros({2}, DType::I64);
+    const TrainProgress progress;
+    const DistillContext ctx{logits, logits, targets, sf, tf, progress, {}};
+    const Tensor loss = term->compute(ctx);
+    EXPECT_TRUE(close_to(name + "/out", loss, g[name + "/out"], atol, rtol));
+    loss.backward(g[name + "/upstream"].to(dt));
+    for (int i = 0; i < levels; ++i) {
+      const std::string si = "s" + std::to_string(i);
+      ASSERT_TRUE(sf[si].grad().defined()) << si;
+      EXPECT_TRUE(close_to(name + "/grad_" + si, sf[si].grad(), g[name + "/grad_" + si], atol, rtol));
+    }
+    int checked = 0;
+    for (const auto& [k, p] : term->named_parameters()) {
+      ASSERT_TRUE(p.grad().defined()) << k;
+      EXPECT_TRUE(close_to(name + "/grad/" + k, p.grad(), g[name + "/grad/" + k], atol, rtol));
+      ++checked;
+    }
+    EXPECT_EQ(checked, 6 * levels + 2 * (levels - 1));  // conv1, BN1, conv2, BN2 (+ att_conv weight, bias)
+  }
 }
 
 TEST_P(GoldenFeature, ConvTranspose2d) {

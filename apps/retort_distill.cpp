@@ -67,11 +67,12 @@ int main(int argc, char** argv) {
     trainer.add_summary_field("extra_parameters", distiller.extra_parameter_count());
     trainer.set_allow_config_change(flags.allow_config_change);
     const TrainSummary sum = trainer.fit(flags.resume);
+    char teacher_part[64] = "";
+    if (teacher) std::snprintf(teacher_part, sizeof teacher_part, " (teacher %.2f%%)", teacher_top1);
     std::printf("retort-distill: done: student best top-1 %.2f%% (epoch %d), last %.2f%%%s, %.0f s, %.0f img/s\n"
                 "  model saved to %s\n",
-                sum.best_top1, sum.best_epoch, sum.last_top1,
-                teacher ? detail::cat(" (teacher ", teacher_top1, "%)").c_str() : "", sum.wall_seconds,
-                sum.images_per_second, run.file("model.safetensors").c_str());
+                sum.best_top1, sum.best_epoch, sum.last_top1, teacher_part, sum.wall_seconds, sum.images_per_second,
+                run.file("model.safetensors").c_str());
     return app::kOk;
   });
 }

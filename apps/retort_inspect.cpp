@@ -191,9 +191,25 @@ int inspect_distill(DistillInspect o, Device dev) {
     // A run directory or its checkpoints/latest pointer (the newest checkpoint), a run's checkpoint
     // (model.*, extra.*) or a plain model file (the student's weights).
     const std::string file = app::as_usage([&] { return resolve_checkpoint(o.checkpoint); });
+    // --dump onto a file the step reads would replace it with the dump.
+    for (const std::string& read : {file, o.config}) {
+      std::error_code ec;
+      if (!o.dump.empty() && std::filesystem::equivalent(o.dump, read, ec))
+        throw app::UsageError(detail::cat("--dump ", o.dump, " is the file the step reads (", read,
+                                          "): writing the dump there would replace it; give another path"));
+    }
     StateDict extra;
     std::map<std::string, std::string> meta;
-    load_model_file(*student, file, &extra, &meta);
+    try {
+      load_model_file(*student, file, &extra, &meta);
+    } catch (const Error&) {
+      // A file of another architecture: say so rather than only list every key that does not fit.
+      const auto arch = meta.find("arch");
+      if (arch != meta.end() && arch->second != cfg.arch)
+        throw app::UsageError(detail::cat(file, ": holds a '", arch->second, "' model (its metadata 'arch'), but the "
+                                          "config's student (model.arch) is '", cfg.arch, "'"));
+      throw;
+    }
     if (!extra.empty()) d.load_extra_state(extra);
     // The run's own config, where the file keeps it: the step is CONFIG's (with --set), so say where it
     // differs from what the run trained with (a teacher.checkpoint or a term given by --set then, say).

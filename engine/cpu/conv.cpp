@@ -24,6 +24,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <vector>
 
@@ -376,9 +377,30 @@ void CpuBackend::conv2d_bn_eval_forward(const Tensor& x, const Tensor& w, const 
       scale[static_cast<size_t>(o)] = static_cast<float>(a.scale);
       shift[static_cast<size_t>(o)] = static_cast<float>(a.shift);
     }
-    const DnnlEpilogue epi{scale.data(), shift.data(), relu};
-    if (dnnl_conv2d(DnnlConvDir::Forward, x.shape(), w.shape(), y.shape(), p, x, w, nullptr, y, &epi))
+    // oneDNN's ReLU epilogue (a max with 0) turns NaN into 0, where relu() and PyTorch keep it. With a
+    // non-finite value among the operands — a NaN or infinite weight, input or batch-norm statistic, the
+    // ways a NaN reaches this ReLU short of an overflow inside the sum — the ReLU runs after the call, as
+    // relu() does (a pass over the output, on this rare path only; the scans are one read of each operand).
+    auto all_finite = [](const float* v, int64_t n) {
+      bool ok = true;
+#pragma omp parallel for simd reduction(&& : ok) if (n > (int64_t{1} << 16))
+      for (int64_t i = 0; i < n; ++i) ok = ok && std::isfinite(v[i]);
+      return ok;
+    };
+    const bool relu_after =
+        relu && !(all_finite(scale.data(), oc) && all_finite(shift.data(), oc) &&
+                  all_finite(static_cast<const float*>(w.raw_data_any_layout()), w.numel()) &&
+                  all_finite(static_cast<const float*>(x.raw_data_any_layout()), x.numel()));
+    const DnnlEpilogue epi{scale.data(), shift.data(), relu && !relu_after};
+    if (dnnl_conv2d(DnnlConvDir::Forward, x.shape(), w.shape(), y.shape(), p, x, w, nullptr, y, &epi)) {
+      if (relu_after) {  // elementwise: the same in any layout y was left in
+        float* py = static_cast<float*>(y.raw_data_any_layout());
+        const int64_t n = y.numel();
+#pragma omp parallel for simd if (n > (int64_t{1} << 16))
+        for (int64_t i = 0; i < n; ++i) py[i] = py[i] < 0.f ? 0.f : py[i];  // NaN stays NaN
+      }
       return;
+    }
   }
   Backend::conv2d_bn_eval_forward(x, w, bias, p, bn_weight, bn_bias, running_mean, running_var, eps, relu, y);
 }

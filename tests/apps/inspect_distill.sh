@@ -50,6 +50,20 @@ grep -qF "MseLossBackward" <<<"$graph" || { echo "FAIL: the graph shows no featu
 out=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --batch 100000 2>&1)
 grep -qE "note: --batch 100000: the test split has [0-9]+ images; the step takes them all" <<<"$out" ||
   { echo "FAIL: no note for a batch beyond the test split: $(head -3 <<<"$out")"; exit 1; }
+# --dump onto the file the step reads is refused (it would replace it), and a student checkpoint of
+# another architecture is named as such.
+cp "$tmp/teacher/model.safetensors" "$tmp/student.safetensors"
+set +e
+out=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --checkpoint "$tmp/student.safetensors" \
+      --dump "$tmp/student.safetensors" 2>&1); rc=$?
+set -e
+[ "$rc" = 1 ] && grep -qF "is the file the step reads" <<<"$out" && cmp -s "$tmp/student.safetensors" "$tmp/teacher/model.safetensors" ||
+  { echo "FAIL: --dump onto the checkpoint: rc $rc, $out"; exit 1; }
+set +e
+out=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --set model.arch=resnet14 --checkpoint "$tmp/student.safetensors" 2>&1); rc=$?
+set -e
+[ "$rc" = 1 ] && grep -qF "holds a 'resnet8' model (its metadata 'arch'), but the config's student (model.arch) is 'resnet14'" <<<"$out" ||
+  { echo "FAIL: a checkpoint of another architecture: rc $rc, $(head -3 <<<"$out")"; exit 1; }
 # Leaves carry their checkpoint names: the student's state_dict keys, the terms' "term.<name>." ones.
 for want in 'label="layer1.0.conv1.weight' 'label="term.sokd.dam.heatmap_head.0.weight'; do
   grep -qF "$want" <<<"$graph" || { echo "FAIL: the graph has no leaf $want"; exit 1; }

@@ -319,6 +319,27 @@ TEST(CudaParity, UnaryOps) {
   }
 }
 
+// A NaN reaching a ReLU stays NaN on the device as on the CPU (Relu.NaNStaysNaNOnEveryPath): the op,
+// add+ReLU and batch norm + ReLU in training and eval mode.
+TEST(CudaParity, ReluKeepsNaN) {
+  REQUIRE_GPU();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  auto nans = [](const Tensor& t) {
+    int n = 0;
+    for (double v : t.to(Device::cpu()).to_vector()) n += std::isnan(v) ? 1 : 0;
+    return n;
+  };
+  const Tensor x = Tensor::from_vector({nan, -1.0, 2.0, 0.0, -3.0, 4.0, 5.0, -6.0}, {1, 2, 2, 2}, DType::F32).to(kCuda);
+  EXPECT_EQ(nans(retort::relu(x)), 1);
+  EXPECT_EQ(retort::relu(x).to(Device::cpu()).to_vector()[1], 0.0);
+  EXPECT_EQ(nans(retort::add_relu(x, Tensor::ones({1, 2, 2, 2}).to(kCuda))), 1);
+  const Tensor rm = Tensor::zeros({2}).to(kCuda), rv = Tensor::ones({2}).to(kCuda), w = Tensor::ones({2}).to(kCuda),
+               b = Tensor::zeros({2}).to(kCuda);
+  NoGradGuard ng;
+  EXPECT_GE(nans(retort::batch_norm_relu(x, rm, rv, w, b, false)), 1);
+  EXPECT_GE(nans(retort::batch_norm_relu(x, rm.clone(), rv.clone(), w, b, true)), 1);
+}
+
 TEST(CudaParity, BinaryOps) {
   REQUIRE_GPU();
   enum Domain { Any, PositiveB, XlogyArgs };

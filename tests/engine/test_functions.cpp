@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/autograd.h"
 #include "engine/functions.h"
 
 using namespace retort;
@@ -199,4 +200,50 @@ TEST(Functions, EighRefusesNonFiniteMatrices) {
     }
   }
   EXPECT_NO_THROW(eigh(Tensor::from_vector({1, 0, 0, 1}, {2, 2}, DType::F64)));
+}
+
+// A NaN that reaches a ReLU stays NaN, as in PyTorch: max(x, 0) written as "x > 0 ? x : 0" turns it
+// into 0, and a network with a NaN weight then gives finite logits and losses — the non-finite-loss
+// stop never fires and retort-eval reports a plausible accuracy. Every ReLU path: the op, add+ReLU,
+// batch norm + ReLU (training and eval, row-major and, through a convolution's output, oneDNN's blocked
+// layout), the inference convolution with BN and ReLU as its epilogue.
+TEST(Relu, NaNStaysNaNOnEveryPath) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (DType dt : {DType::F32, DType::F64}) {
+    const Tensor x = Tensor::from_vector({nan, -1.0, 2.0, -0.0}, {4}, DType::F64).to(dt);
+    const std::vector<double> r = relu(x).to_vector();
+    EXPECT_TRUE(std::isnan(r[0])) << dtype_name(dt);
+    EXPECT_EQ(r[1], 0.0);
+    EXPECT_EQ(r[2], 2.0);
+    EXPECT_EQ(r[3], 0.0);
+    EXPECT_TRUE(std::isnan(add_relu(x, Tensor::ones({4}, dt)).to_vector()[0])) << dtype_name(dt);
+    EXPECT_EQ(add_relu(x, Tensor::ones({4}, dt)).to_vector()[1], 0.0);
+  }
+  Generator gen(3);
+  auto with_nan = [](Tensor t) {  // one NaN in channel 1
+    t.data<float>()[t.size(2) * t.size(3) + 5] = std::numeric_limits<float>::quiet_NaN();
+    t.bump_version();
+    return t;
+  };
+  auto nan_count = [](const Tensor& t) {
+    int n = 0;
+    for (double v : t.to_vector()) n += std::isnan(v) ? 1 : 0;
+    return n;
+  };
+  const int64_t C = 16;
+  const Tensor rm = Tensor::zeros({C}), rv = Tensor::ones({C}), w = Tensor::ones({C}), b = Tensor::zeros({C});
+  {
+    NoGradGuard ng;
+    const Tensor x = with_nan(Tensor::randn({2, C, 4, 4}, gen));
+    EXPECT_GE(nan_count(batch_norm_relu(x, rm, rv, w, b, false)), 1) << "eval, row-major";
+    EXPECT_GE(nan_count(batch_norm_relu(x, rm.clone(), rv.clone(), w, b, true)), 1) << "training, row-major";
+    // A convolution's output (oneDNN's blocked layout where it keeps one) with a NaN in one input pixel.
+    const Tensor xin = with_nan(Tensor::randn({2, C, 8, 8}, gen)), k = Tensor::randn({C, C, 3, 3}, gen);
+    const Tensor y = conv2d(xin, k, Tensor(), 1, 1);
+    EXPECT_GE(nan_count(batch_norm_relu(y, rm, rv, w, b, false)), 1) << "eval, after a convolution";
+    EXPECT_GE(nan_count(batch_norm_relu(y, rm.clone(), rv.clone(), w, b, true)), 1) << "training, after a convolution";
+    Conv2dParams p;
+    p.pad_h = p.pad_w = 1;
+    EXPECT_GE(nan_count(conv2d_bn_eval(xin, k, Tensor(), p, w, b, rm, rv, 1e-5, true)), 1) << "conv+BN+ReLU";
+  }
 }

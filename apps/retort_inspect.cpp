@@ -58,15 +58,34 @@ int inspect_file(const std::string& path, bool stats) {
   }
   const SafetensorsFile f = load_safetensors(path);  // checks the checksums, if the file has them
   print_metadata(f.metadata);
+  // The statistics of the finite values (two passes: mean, then the spread around it); NaN and infinite
+  // values are counted apart and named, since one of them makes a model's outputs meaningless.
+  std::vector<std::string> non_finite;
   for (const auto& [k, t] : f.tensors) {
     const auto v = t.to_vector();
     double lo = INFINITY, hi = -INFINITY, sum = 0, sq = 0;
-    for (double x : v) lo = std::min(lo, x), hi = std::max(hi, x), sum += x, sq += x * x;
-    const double n = static_cast<double>(std::max<size_t>(v.size(), 1));
-    const double mean = sum / n;
-    std::printf("%-48s %-16s min %11.4g max %11.4g mean %11.4g std %11.4g\n", k.c_str(), t.meta_str().c_str(), lo, hi,
-                mean, std::sqrt(std::max(0.0, sq / n - mean * mean)));
+    int64_t n = 0, nan = 0, pos_inf = 0, neg_inf = 0;
+    for (double x : v) {
+      if (std::isnan(x)) ++nan;
+      else if (std::isinf(x)) ++(x > 0 ? pos_inf : neg_inf);
+      else lo = std::min(lo, x), hi = std::max(hi, x), sum += x, ++n;
+    }
+    const double mean = n ? sum / static_cast<double>(n) : 0.0;
+    for (double x : v)
+      if (std::isfinite(x)) sq += (x - mean) * (x - mean);
+    std::string bad;
+    if (nan) bad += detail::cat(", ", nan, " NaN");
+    if (pos_inf) bad += detail::cat(", ", pos_inf, " +inf");
+    if (neg_inf) bad += detail::cat(", ", neg_inf, " -inf");
+    if (!bad.empty()) non_finite.push_back(k);
+    std::printf("%-48s %-16s min %11.4g max %11.4g mean %11.4g std %11.4g%s\n", k.c_str(), t.meta_str().c_str(),
+                n ? lo : NAN, n ? hi : NAN, n ? mean : NAN, n ? std::sqrt(sq / static_cast<double>(n)) : NAN,
+                bad.empty() ? "" : ("  NON-FINITE: " + bad.substr(2) + " (the statistics are of the finite values)").c_str());
   }
+  if (!non_finite.empty())
+    std::printf("warning: %zu tensor%s hold%s NaN or infinite values (%s): a model with them computes NaN\n",
+                non_finite.size(), non_finite.size() == 1 ? "" : "s", non_finite.size() == 1 ? "s" : "",
+                detail::join(non_finite).c_str());
   if (h.metadata.count(kSafetensorsChecksumKey))
     std::printf("every tensor's data matches its CRC32 (%zu checked)\n", f.tensors.size());
   return app::kOk;

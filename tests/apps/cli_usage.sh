@@ -213,4 +213,18 @@ expect 1 'environment variable RETORT_HOST_MEMORY_LIMIT="lots"' \
 expect 1 'environment variable RETORT_ALLOW_TF32="yes": expected 0 (off) or 1 (on)' \
   env RETORT_ALLOW_TF32=yes "$bin/retort-inspect" --arch resnet8
 expect 0 "layer1" env RETORT_CPU_DEPTHWISE=0 RETORT_FUSE_EVAL=1 "$bin/retort-inspect" --arch resnet8
+# --stats counts NaN and infinite values apart, names the tensors, and gives the finite values' statistics.
+python3 - "$tmp/nonfinite.safetensors" <<'PY'
+import json, struct, sys
+data = struct.pack("<4f", 1.0, float("nan"), float("inf"), 3.0) + struct.pack("<2f", 1.0, 2.0)
+header = {"bad": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+          "good": {"dtype": "F32", "shape": [2], "data_offsets": [16, 24]}}
+raw = json.dumps(header).encode()
+raw += b" " * (-len(raw) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(raw)) + raw + data)
+PY
+out=$("$bin/retort-inspect" "$tmp/nonfinite.safetensors" --stats)
+grep -qE "^bad .*min +1 max +3 mean +2 std +1  NON-FINITE: 1 NaN, 1 \+inf" <<<"$out" &&
+  grep -qF "warning: 1 tensor holds NaN or infinite values (bad)" <<<"$out" && ! grep -qE "^good .*NON-FINITE" <<<"$out" ||
+  { echo "FAIL: --stats with non-finite values: $out"; exit 1; }
 echo "cli_usage: ok"

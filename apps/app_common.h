@@ -135,6 +135,15 @@ auto as_usage(F&& f) -> decltype(f()) {
   }
 }
 
+// A device flag's value ("cpu", "cuda", "cuda:1"); a value that names none is a usage error naming the flag.
+inline Device parse_device_flag(const std::string& text, const std::string& flag = "--device") {
+  try {
+    return Device::parse(text);
+  } catch (const Error& e) {
+    throw UsageError(flag + ": " + e.what());
+  }
+}
+
 // Refuses a device this build or machine cannot use, naming where it came from (a flag or a key).
 inline void check_device(Device d, const std::string& source) {
   if (d.is_cpu()) return;

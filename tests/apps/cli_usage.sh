@@ -161,6 +161,8 @@ expect 1 "wide.safetensors: was trained on synthetic (100 classes" "$bin/retort-
 # retort-gradcheck: a missing device is a usage error (1) as in the other apps; names with --all are
 # refused; a check named twice runs once.
 expect 1 "--device: cuda:99" "$bin/retort-gradcheck" relu --device cuda:99
+expect 1 "retort-eval: --device: device 'tpu'" "$bin/retort-eval" "$model" --device tpu
+expect 1 "retort-bench: --device: device 'tpu'" "$bin/retort-bench" --models resnet8 --device tpu
 expect 1 "experiment.device: cuda:99" "$bin/retort-train" "$tmp/a.json" --device cuda:99
 expect 1 "--all runs every check: give it alone" "$bin/retort-gradcheck" --all nonexistent_fn
 expect 1 "no check or function named 'nonexistent_fn'" "$bin/retort-gradcheck" nonexistent_fn

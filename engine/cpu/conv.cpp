@@ -381,11 +381,13 @@ void CpuBackend::conv2d_bn_eval_forward(const Tensor& x, const Tensor& w, const 
     // non-finite value among the operands — a NaN or infinite weight, input or batch-norm statistic, the
     // ways a NaN reaches this ReLU short of an overflow inside the sum — the ReLU runs after the call, as
     // relu() does (a pass over the output, on this rare path only; the scans are one read of each operand).
+    // (A sum is finite unless a NaN or an infinity is among its terms — or finite terms overflow it, when
+    // the exact, slower path is taken all the same; it vectorises without a branch.)
     auto all_finite = [](const float* v, int64_t n) {
-      bool ok = true;
-#pragma omp parallel for simd reduction(&& : ok) if (n > (int64_t{1} << 16))
-      for (int64_t i = 0; i < n; ++i) ok = ok && std::isfinite(v[i]);
-      return ok;
+      float acc = 0.f;
+#pragma omp parallel for simd reduction(+ : acc) if (n > (int64_t{1} << 16))
+      for (int64_t i = 0; i < n; ++i) acc += v[i];
+      return std::isfinite(acc);
     };
     const bool relu_after =
         relu && !(all_finite(scale.data(), oc) && all_finite(shift.data(), oc) &&

@@ -196,6 +196,14 @@ void print_mask(const std::string& name, const Tensor& mask) {
 }
 
 int inspect_distill(DistillInspect o, Device dev) {
+  // --dump onto a file the step reads (the config, the checkpoint) would replace it with the dump.
+  auto refuse_dump_onto = [&](const std::string& read) {
+    std::error_code ec;
+    if (!o.dump.empty() && std::filesystem::equivalent(o.dump, read, ec))
+      throw app::UsageError(detail::cat("--dump ", o.dump, " is the file the step reads (", read,
+                                        "): writing the dump there would replace it; give another path"));
+  };
+  refuse_dump_onto(o.config);
   const ExperimentConfig cfg = app::load_config(o.config, o.overrides);
   if (cfg.terms.empty()) throw app::UsageError(o.config + ": no distill.terms to inspect");
   const DataSplits data = load_datasets(cfg.data);
@@ -210,13 +218,7 @@ int inspect_distill(DistillInspect o, Device dev) {
     // A run directory or its checkpoints/latest pointer (the newest checkpoint), a run's checkpoint
     // (model.*, extra.*) or a plain model file (the student's weights).
     const std::string file = app::as_usage([&] { return resolve_checkpoint(o.checkpoint); });
-    // --dump onto a file the step reads would replace it with the dump.
-    for (const std::string& read : {file, o.config}) {
-      std::error_code ec;
-      if (!o.dump.empty() && std::filesystem::equivalent(o.dump, read, ec))
-        throw app::UsageError(detail::cat("--dump ", o.dump, " is the file the step reads (", read,
-                                          "): writing the dump there would replace it; give another path"));
-    }
+    refuse_dump_onto(file);
     StateDict extra;
     std::map<std::string, std::string> meta;
     try {

@@ -59,6 +59,12 @@ out=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --checkpoint "$tmp/studen
 set -e
 [ "$rc" = 1 ] && grep -qF "is the file the step reads" <<<"$out" && cmp -s "$tmp/student.safetensors" "$tmp/teacher/model.safetensors" ||
   { echo "FAIL: --dump onto the checkpoint: rc $rc, $out"; exit 1; }
+cp "$tmp/sokd.json" "$tmp/sokd_copy.json"
+set +e
+out=$("$bin/retort-inspect" --distill "$tmp/sokd_copy.json" --dump "$tmp/sokd_copy.json" 2>&1); rc=$?
+set -e
+[ "$rc" = 1 ] && grep -qF "is the file the step reads" <<<"$out" && cmp -s "$tmp/sokd.json" "$tmp/sokd_copy.json" ||
+  { echo "FAIL: --dump onto the config: rc $rc, $out"; exit 1; }
 set +e
 out=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --set model.arch=resnet14 --checkpoint "$tmp/student.safetensors" 2>&1); rc=$?
 set -e

@@ -75,6 +75,7 @@ struct Options {
   std::string seed_text = "0";  // --seed, parsed into seed
   uint64_t seed = 0;
   bool json = false, profile = false;
+  bool modes_given = false;  // --mode on the command line (not its default)
   int64_t c = 3, hw = 32;  // parsed from input
 };
 
@@ -447,6 +448,25 @@ void validate(Options& o) {
   for (const auto& m : o.modes)
     if (m != "train" && m != "kd" && m != "infer")
       throw app::UsageError("--mode: '" + m + "' (expected train, kd or infer)");
+  // A list naming an entry twice would run its rows twice.
+  auto once = [](const auto& list, const char* flag) {
+    for (size_t i = 0; i < list.size(); ++i)
+      for (size_t j = 0; j < i; ++j)
+        if (list[i] == list[j]) throw app::UsageError(detail::cat(flag, ": '", list[i], "' is given twice"));
+  };
+  once(o.models, "--models");
+  once(o.pairs, "--pairs");
+  once(o.modes, "--mode");
+  once(o.batches, "--batch");
+  once(o.threads, "--threads");
+  // A mode asked for by name whose rows have no source would be dropped without a word.
+  if (o.modes_given)
+    for (const auto& m : o.modes) {
+      if (m == "kd" && o.pairs.empty() && !o.models.empty())
+        throw app::UsageError("--mode kd needs --pairs teacher:student (--models gives train and infer rows)");
+      if (m != "kd" && o.models.empty() && !o.pairs.empty())
+        throw app::UsageError("--mode " + m + " needs --models (--pairs gives kd rows)");
+    }
   for (int b : o.batches)
     if (b < 1) throw app::UsageError("--batch: sizes must be positive");
   for (int t : o.threads) app::check_threads(t);
@@ -497,6 +517,7 @@ int main(int argc, char** argv) {
   if (const auto rc = app::parse_command_line(cli, "retort-bench", argc, argv)) return *rc;
 
   return app::run_guarded("retort-bench", [&] {
+    o.modes_given = cli.count("--mode") > 0;
     validate(o);
     const std::vector<Row> rows = expand(o);
     if (rows.empty()) throw app::UsageError("no rows: kd needs --pairs, train/infer need --models");

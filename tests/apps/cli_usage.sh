@@ -163,6 +163,11 @@ expect 1 "wide.safetensors: was trained on synthetic (100 classes" "$bin/retort-
 expect 1 "--device: cuda:99" "$bin/retort-gradcheck" relu --device cuda:99
 expect 1 "retort-eval: --device: device 'tpu'" "$bin/retort-eval" "$model" --device tpu
 expect 1 "retort-bench: --device: device 'tpu'" "$bin/retort-bench" --models resnet8 --device tpu
+# A list naming an entry twice, and a mode asked for by name without the list its rows come from.
+expect 1 "--mode: 'train' is given twice" "$bin/retort-bench" --models resnet8 --mode train,train
+expect 1 "--batch: '8' is given twice" "$bin/retort-bench" --models resnet8 --batch 8,8
+expect 1 "--mode kd needs --pairs teacher:student" "$bin/retort-bench" --models resnet8 --mode train,kd
+expect 1 "--mode infer needs --models" "$bin/retort-bench" --pairs resnet8:resnet8 --mode kd,infer
 expect 1 "experiment.device: cuda:99" "$bin/retort-train" "$tmp/a.json" --device cuda:99
 expect 1 "--all runs every check: give it alone" "$bin/retort-gradcheck" --all nonexistent_fn
 expect 1 "no check or function named 'nonexistent_fn'" "$bin/retort-gradcheck" nonexistent_fn

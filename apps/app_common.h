@@ -135,15 +135,6 @@ auto as_usage(F&& f) -> decltype(f()) {
   }
 }
 
-// A device flag's value ("cpu", "cuda", "cuda:1"); a value that names none is a usage error naming the flag.
-inline Device parse_device_flag(const std::string& text, const std::string& flag = "--device") {
-  try {
-    return Device::parse(text);
-  } catch (const Error& e) {
-    throw UsageError(flag + ": " + e.what());
-  }
-}
-
 // Refuses a device this build or machine cannot use, naming where it came from (a flag or a key).
 inline void check_device(Device d, const std::string& source) {
   if (d.is_cpu()) return;
@@ -153,6 +144,21 @@ inline void check_device(Device d, const std::string& source) {
   const int n = cuda_device_count();
   RETORT_CHECK(d.index < n, source, ": ", d.str(), " is not available: ", n, " CUDA device(s) visible",
                n == 0 ? " (no GPU or no driver on this machine)" : "");
+}
+
+// A device flag's value ("cpu", "cuda", "cuda:1"), checked as check_device does: a value that names no
+// device, or one this build or machine cannot use, is a usage error naming the flag.
+inline Device device_flag(const std::string& text, const std::string& flag = "--device") {
+  try {
+    const Device d = Device::parse(text);
+    check_device(d, flag);
+    return d;
+  } catch (const UsageError&) {
+    throw;
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    throw UsageError(what.rfind(flag + ": ", 0) == 0 ? what : flag + ": " + what);
+  }
 }
 
 // The most OpenMP threads a --threads flag takes: four per processor this process may use, and at

@@ -480,8 +480,7 @@ void validate(Options& o) {
     throw app::UsageError("--input: '" + o.input + "' (expected CxHxW with H == W, e.g. 3x32x32)");
   o.c = c;
   o.hw = h;
-  const Device d = app::parse_device_flag(o.device);
-  app::as_usage([&] { app::check_device(d, "--device"); return 0; });
+  const Device d = app::device_flag(o.device);
   app::as_usage([&] { KernelSwitches probe(o.math, true, d, "--math"); return 0; });  // refused here, not per row
 }
 

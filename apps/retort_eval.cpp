@@ -62,8 +62,7 @@ int main(int argc, char** argv) {
     if (batch_size < 1) throw app::UsageError(detail::cat("--batch-size ", batch_size, ": expected at least 1"));
     app::set_threads(threads);
     if (!taps.empty() || !against_taps.empty()) cka = true;
-    const Device dev = app::parse_device_flag(device);
-    app::as_usage([&] { app::check_device(dev, "--device"); return 0; });
+    const Device dev = app::device_flag(device);
     // Inference may choose kernels by speed (deterministic false), as evaluation always has.
     const auto switches = app::as_usage([&] { return std::make_unique<KernelSwitches>(math, false, dev, "--math"); });
     // A model file's state (exported models hold it as is; checkpoints prefix it with "model.") and

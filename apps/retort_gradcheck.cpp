@@ -39,8 +39,7 @@ int main(int argc, char** argv) {
     if (all && !names.empty())
       throw app::UsageError("--all runs every check: give it alone, or the names of the checks to run");
     app::set_threads(threads);
-    const Device dev = app::parse_device_flag(device);
-    app::as_usage([&] { app::check_device(dev, "--device"); return 0; });
+    const Device dev = app::device_flag(device);
     register_distill_gradchecks();
     const auto& cases = all_gradchecks();
     if (list) {

@@ -403,8 +403,7 @@ int main(int argc, char** argv) {
     if (mo.num_classes < 1 || mo.in_channels < 1 || mo.input_size < 1)
       throw app::UsageError("--classes, --channels and --size must be positive");
     app::set_threads(threads);
-    const Device dev = app::parse_device_flag(device);
-    app::as_usage([&] { app::check_device(dev, "--device"); return 0; });
+    const Device dev = app::device_flag(device);
     if (!check.empty()) {
       const bool flags_given[3] = {given("--classes"), given("--channels"), given("--size")};
       return check_arch(path, check, mo, flags_given);

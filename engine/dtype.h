@@ -28,6 +28,17 @@ inline int64_t float_to_int64(double v) {
   return static_cast<int64_t>(v);
 }
 
+// max(v, 0) with NaN kept NaN, as torch.relu does — written `v < 0 ? 0 : v` because a comparison with
+// NaN is false (std::max(v, 0) and `v > 0 ? v : 0` both turn NaN into 0, hiding a broken run behind
+// finite logits). Every ReLU kernel on every device calls this one expression.
+template <class T>
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+inline T relu_keep_nan(T v) {
+  return v < T(0) ? T(0) : v;
+}
+
 enum class DeviceType : uint8_t { CPU, CUDA };
 
 struct Device {

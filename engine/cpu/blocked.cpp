@@ -135,7 +135,7 @@ RETORT_SIMD_CLONES void normalize(const float* __restrict x, float* __restrict y
 #pragma omp simd
       for (int k = 0; k < B; ++k) {
         const float v = xr[j * B + k] * sc[k] + sh[k];
-        yr[j * B + k] = relu ? (v < 0.f ? 0.f : v) : v;  // NaN stays NaN
+        yr[j * B + k] = relu ? relu_keep_nan(v) : v;
       }
   }
 }

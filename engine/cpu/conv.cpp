@@ -399,7 +399,7 @@ void CpuBackend::conv2d_bn_eval_forward(const Tensor& x, const Tensor& w, const 
         float* py = static_cast<float*>(y.raw_data_any_layout());
         const int64_t n = y.numel();
 #pragma omp parallel for simd if (n > (int64_t{1} << 16))
-        for (int64_t i = 0; i < n; ++i) py[i] = py[i] < 0.f ? 0.f : py[i];  // NaN stays NaN
+        for (int64_t i = 0; i < n; ++i) py[i] = relu_keep_nan(py[i]);
       }
       return;
     }

@@ -49,7 +49,7 @@ void unary_typed(UnaryOp op, const T* x, T* y, int64_t n, T a, T b) {
     case UnaryOp::Sqrt: map_unary(x, y, n, [](T v) { return std::sqrt(v); }); break;
     case UnaryOp::Abs: map_unary(x, y, n, [](T v) { return std::abs(v); }); break;
     case UnaryOp::Sign: map_unary(x, y, n, [](T v) { return T((v > 0) - (v < 0)); }); break;
-    case UnaryOp::Relu: map_unary(x, y, n, [](T v) { return v < T(0) ? T(0) : v; }); break;  // NaN stays NaN
+    case UnaryOp::Relu: map_unary(x, y, n, [](T v) { return relu_keep_nan(v); }); break;
     case UnaryOp::Sigmoid: map_unary(x, y, n, [](T v) { return T(1) / (T(1) + std::exp(-v)); }); break;
     case UnaryOp::Tanh: map_unary(x, y, n, [](T v) { return std::tanh(v); }); break;
     case UnaryOp::Pow:
@@ -122,7 +122,7 @@ void binary_typed(BinaryOp op, const T* a, const T* b, T* y, const BroadcastPlan
     case BinaryOp::AddRelu:
       map_binary(a, b, y, p, [](T u, T v) {
         const T s = u + v;
-        return s < T(0) ? T(0) : s;  // NaN stays NaN
+        return relu_keep_nan(s);
       });
       break;
     case BinaryOp::MaskPositive: map_binary(a, b, y, p, [](T u, T v) { return v > T(0) ? u : T(0); }); break;

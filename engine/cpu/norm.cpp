@@ -49,7 +49,7 @@ RETORT_SIMD_CLONES void normalize_rows(const T* __restrict x, T* __restrict y, i
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) {
         const T v = xr[j] * scale + shift;
-        yr[j] = v < T(0) ? T(0) : v;  // NaN stays NaN
+        yr[j] = relu_keep_nan(v);
       }
     } else {
 #pragma omp simd
@@ -189,7 +189,7 @@ RETORT_SIMD_CLONES void block_normalize(const T* __restrict x, T* __restrict y, 
 #pragma omp simd
       for (int64_t j = 0; j < len; ++j) {
         const T v = xr[j] * scale[j] + shift[j];
-        yr[j] = v < T(0) ? T(0) : v;  // NaN stays NaN
+        yr[j] = relu_keep_nan(v);
       }
     } else {
 #pragma omp simd

@@ -32,7 +32,7 @@ __device__ __forceinline__ T unary_apply(T v, T a, T b) {
   else if constexpr (Op == UnaryOp::Sqrt) return sqrt(v);
   else if constexpr (Op == UnaryOp::Abs) return fabs(v);
   else if constexpr (Op == UnaryOp::Sign) return T((v > 0) - (v < 0));
-  else if constexpr (Op == UnaryOp::Relu) return v < T(0) ? T(0) : v;  // NaN stays NaN
+  else if constexpr (Op == UnaryOp::Relu) return relu_keep_nan(v);
   else if constexpr (Op == UnaryOp::Sigmoid) return T(1) / (T(1) + exp(-v));
   else if constexpr (Op == UnaryOp::Tanh) return tanh(v);
   else if constexpr (Op == UnaryOp::Pow) return a == T(2) ? v * v : pow(v, a);  // the branch is uniform
@@ -88,7 +88,7 @@ __device__ __forceinline__ T binary_apply(T u, T v) {
   else if constexpr (Op == BinaryOp::Le) return T(u <= v);
   else if constexpr (Op == BinaryOp::Eq) return T(u == v);
   else if constexpr (Op == BinaryOp::XLogY) return u == T(0) ? T(0) : u * log(v);
-  else if constexpr (Op == BinaryOp::AddRelu) return u + v < T(0) ? T(0) : u + v;  // NaN stays NaN
+  else if constexpr (Op == BinaryOp::AddRelu) return relu_keep_nan(u + v);
   else {
     static_assert(Op == BinaryOp::MaskPositive, "binary_apply (CUDA): this BinaryOp has no implementation");
     return v > T(0) ? u : T(0);

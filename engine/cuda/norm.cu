@@ -89,7 +89,7 @@ __global__ void bn_forward_kernel(const T* x, const T* weight, const T* bias,
   if (relu) {
     for_channel(l, c, [&](int64_t i) {
       const T v = x[i] * scale + shift;
-      y[i] = v < T(0) ? T(0) : v;  // NaN stays NaN
+      y[i] = relu_keep_nan(v);
     });
   } else {
     for_channel(l, c, [&](int64_t i) { y[i] = x[i] * scale + shift; });

@@ -116,7 +116,7 @@ int main(int argc, char** argv) {
     const DataSplits data = load_datasets(cfg.data);
     auto ds = split == "test" ? data.test : data.train;
     const Shape s = ds->sample_shape();
-    auto build = [&](const std::string& file, const std::string& name, const ModelFile& mf) {
+    auto build = [&](const std::string& file, const std::string& name, const char* arch_flag, const ModelFile& mf) {
       // A model for other data (another class count, channel count or image size) cannot be evaluated on
       // this data: say so before the state dict's shapes would.
       const TrainedOn t = app::as_usage([&] { return trained_on(file, mf.metadata); });
@@ -130,6 +130,8 @@ int main(int argc, char** argv) {
         m->load_state_dict(mf.state);
       } catch (const Error& e) {
         // (The architecture or the data is not the file's: both are the user's choice here.)
+        if (const std::string m = arch_mismatch(mf.metadata, name, arch_flag); !m.empty())
+          throw app::UsageError(detail::cat(file, ": ", m));
         std::string what = e.what();
         while (!what.empty() && what.back() == '\n') what.pop_back();
         throw app::UsageError(detail::cat(file, ": ", what, "\n(", name, " was built for the evaluation data, ",
@@ -140,7 +142,7 @@ int main(int argc, char** argv) {
       m->to(dev);
       return m;
     };
-    auto model = build(path, arch, f);
+    auto model = build(path, arch, "--arch", f);
     DataLoader loader(ds, LoaderOptions{batch_size, false, false, 2, 0}, eval_transform(cfg.data));
     // --against: the second model on the same data first, its logits the reference for the first.
     Tensor reference;
@@ -150,7 +152,7 @@ int main(int argc, char** argv) {
       const ModelFile g = read(against);
       if (against_arch.empty()) against_arch = g.meta("arch");
       if (against_arch.empty()) throw app::UsageError(against + ": no architecture in the metadata; pass --against-arch");
-      other_model = build(against, against_arch, g);
+      other_model = build(against, against_arch, "--against-arch", g);
       other = evaluate(*other_model, loader, nullptr, &reference);
     }
     const EvalResult r = evaluate(*model, loader, against.empty() ? nullptr : &reference);

@@ -225,10 +225,8 @@ int inspect_distill(DistillInspect o, Device dev) {
       load_model_file(*student, file, &extra, &meta);
     } catch (const Error&) {
       // A file of another architecture: say so rather than only list every key that does not fit.
-      const auto arch = meta.find("arch");
-      if (arch != meta.end() && arch->second != cfg.arch)
-        throw app::UsageError(detail::cat(file, ": holds a '", arch->second, "' model (its metadata 'arch'), but the "
-                                          "config's student (model.arch) is '", cfg.arch, "'"));
+      if (const std::string m = arch_mismatch(meta, cfg.arch, "the config's student (model.arch)"); !m.empty())
+        throw app::UsageError(file + ": " + m);
       throw;
     }
     if (!extra.empty()) d.load_extra_state(extra);

@@ -515,8 +515,9 @@ Trainer::Position Trainer::load_checkpoint(const std::string& path, SafetensorsF
                "checkpoint; resume from the run's checkpoints (--resume auto, or --resume RUN/checkpoints/ckpt_*.safetensors), ",
                "or start a new run from these weights with model.init");
   RETORT_CHECK(meta("format") == "retort-checkpoint-1", path, ": unknown checkpoint format '", meta("format"), "'");
-  RETORT_CHECK(meta("arch") == cfg_.arch, path, ": checkpoint of architecture '", meta("arch"),
-               "' but the config trains '", cfg_.arch, "'");
+  meta("arch");  // (required)
+  if (const std::string m = arch_mismatch(f.metadata, cfg_.arch, "this run's model.arch"); !m.empty())
+    RETORT_FAIL(path, ": ", m, " (resume a run with the config it was started with)");
   // (Checkpoints written before the config was stored in them cannot be checked: said where the user reads.)
   const bool restore_hyperparams =
       f.metadata.count("config") ? check_resumed_config(path, f.metadata.at("config")) : true;
@@ -1000,15 +1001,19 @@ std::string data_str(const std::string& dataset, int64_t classes, const Shape& s
   return detail::cat(dataset, " (", classes, " classes, images ", sample[0], "x", sample[1], "x", sample[2], ")");
 }
 
+std::string arch_mismatch(const std::map<std::string, std::string>& metadata, const std::string& arch,
+                          const std::string& what) {
+  const auto own = metadata.find("arch");
+  if (arch.empty() || own == metadata.end() || own->second == arch) return {};
+  return detail::cat("holds a '", own->second, "' model (its metadata 'arch'), but ", what, " is '", arch, "'");
+}
+
 void load_teacher_file(Module& teacher, const std::string& path, const DataConfig& data, int64_t num_classes,
                        const Shape& sample_shape, const std::string& arch) {
   std::map<std::string, std::string> meta;
   try {
     StateDict state = read_model_state(path, &meta);
-    const auto own_arch = meta.find("arch");
-    RETORT_CHECK(arch.empty() || own_arch == meta.end() || own_arch->second == arch, "holds a '",
-                 own_arch == meta.end() ? "" : own_arch->second, "' model (its metadata 'arch'), but teacher.arch is '",
-                 arch, "'");
+    if (const std::string m = arch_mismatch(meta, arch, "teacher.arch"); !m.empty()) RETORT_FAIL(m);
     const TrainedOn t = trained_on(path, meta);
     RETORT_CHECK(t.agrees_with(data.dataset, num_classes, sample_shape, true), "was trained on ", t.str(),
                  ", this run's data is ", data_str(data.dataset, num_classes, sample_shape),

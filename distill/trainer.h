@@ -294,6 +294,11 @@ struct TrainedOn {
 // Data as TrainedOn::str shows it: "fashion_mnist (10 classes, images 1x28x28)".
 std::string data_str(const std::string& dataset, int64_t classes, const Shape& sample);
 TrainedOn trained_on(const std::string& path, const std::map<std::string, std::string>& metadata);
+// The sentence for a model file whose metadata names another architecture than `arch`, `what` naming
+// where `arch` came from: "holds a 'resnet8' model (its metadata 'arch'), but teacher.arch is 'resnet14'".
+// "" when the file names no architecture, names `arch`, or `arch` is "".
+std::string arch_mismatch(const std::map<std::string, std::string>& metadata, const std::string& arch,
+                          const std::string& what);
 
 // A distillation's frozen teacher from teacher.checkpoint: load_model_file with errors that name the
 // key, and a refusal when the file says it was trained on other data than `data` (another dataset, class

@@ -126,6 +126,11 @@ out=$("$bin/retort-inspect" --distill "$tmp/kdrun/config.json" --checkpoint "$tm
 # training config's does not (the whole test split, 64).
 expect 1 "--against-arch is the architecture of the --against model" "$bin/retort-eval" "$model" --against-arch resnet8
 expect 0 "on synthetic test, 64 samples" "$bin/retort-eval" "$model" --threads 1
+# --arch / --against-arch naming another architecture than the file's metadata: said in one line.
+expect 1 "model.safetensors: holds a 'resnet8' model (its metadata 'arch'), but --arch is 'resnet14'" \
+  "$bin/retort-eval" "$model" --arch resnet14
+expect 1 "model.safetensors: holds a 'resnet8' model (its metadata 'arch'), but --against-arch is 'resnet14'" \
+  "$bin/retort-eval" "$model" --against "$model" --against-arch resnet14
 expect 0 "on synthetic test, 40 samples" "$bin/retort-eval" "$model" --config "$tmp/a.json"
 expect 0 "on synthetic train, 64 samples" "$bin/retort-eval" "$model" --config "$tmp/a.json" --split train
 # A model without metadata (as an imported one): the data it expects is unknown, so it is refused without

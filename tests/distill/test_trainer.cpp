@@ -315,6 +315,24 @@ TEST(Trainer, ResumeRefusesAChangedRecipeNamingEachChange) {
   }
 }
 
+// A checkpoint of another architecture is named as such, before any config difference or state-dict key.
+TEST(Trainer, ResumeRefusesACheckpointOfAnotherArchitecture) {
+  const ExperimentConfig cfg = tiny_config("otherarch", 2);
+  const std::string dir = fresh_dir("otherarch");
+  train(cfg, dir, "", 10);
+  ExperimentConfig changed = cfg;
+  changed.arch = "resnet14";
+  try {
+    train(changed, dir, "auto");
+    ADD_FAILURE() << "expected the checkpoint of another architecture to be refused";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const char* part : {"ckpt_epoch0001_step000000010.safetensors: holds a 'resnet8' model (its metadata 'arch'), "
+                             "but this run's model.arch is 'resnet14'", "resume a run with the config it was started with"})
+      EXPECT_NE(msg.find(part), std::string::npos) << part << " not in: " << msg;
+  }
+}
+
 // Changes that leave the recipe alone resume exactly: where the run is logged and how often, the
 // loader's workers, the run's name, how much of the test set is evaluated (that one is logged).
 TEST(Trainer, ResumeWithChangesOutsideTheRecipeIsExact) {

@@ -174,6 +174,8 @@ std::shared_ptr<const Dataset> limit(std::shared_ptr<const Dataset> d, int64_t n
 DataSplits load_datasets(const DataConfig& cfg) {
   DataSplits s;
   const std::string& root = cfg.root;
+  // A root the config names is checked here, naming its key; the loaders' own checks still speak for the
+  // default Fashion-MNIST root (with the Debian package's name) and image_folder's train/ and test/.
   RETORT_CHECK(root.empty() || cfg.dataset == "synthetic" || std::filesystem::is_directory(root), "data.root: ", root,
                std::filesystem::exists(root) ? " is not a directory" : " does not exist", " (the ", cfg.dataset,
                " dataset is read from it)");

@@ -204,6 +204,8 @@ int inspect_distill(DistillInspect o, Device dev) {
                                         "): writing the dump there would replace it; give another path"));
   };
   refuse_dump_onto(o.config);
+  // Where the dump goes is checked before the step runs (a teacher's forward can take a while).
+  if (!o.dump.empty()) app::as_usage([&] { check_output_path("--dump " + o.dump, o.dump); });
   const ExperimentConfig cfg = app::load_config(o.config, o.overrides);
   if (cfg.terms.empty()) throw app::UsageError(o.config + ": no distill.terms to inspect");
   const DataSplits data = load_datasets(cfg.data);

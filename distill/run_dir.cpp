@@ -12,14 +12,17 @@
 #include <sstream>
 #include <vector>
 
+#include "engine/serialize.h"
+
 namespace retort {
 
 namespace fs = std::filesystem;
 
 void write_file_atomic(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  check_output_path(path, path);
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  RETORT_CHECK(fd >= 0, path, ": cannot create ", tmp, ": ", std::strerror(errno));
+  RETORT_CHECK(fd >= 0, path, ": cannot create a file beside it: ", std::strerror(errno));
   size_t done = 0;
   while (done < text.size()) {
     const ssize_t n = ::write(fd, text.data() + done, text.size() - done);

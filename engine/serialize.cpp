@@ -283,9 +283,13 @@ void write_all(std::FILE* f, const void* data, size_t n, const std::string& tmp)
   RETORT_CHECK(std::fwrite(data, 1, n, f) == n, "writing '", tmp, "' failed: ", os_error(errno));
 }
 
+std::string parent_dir(const std::string& path) {
+  const std::string dir = std::filesystem::path(path).parent_path().string();
+  return dir.empty() ? "." : dir;
+}
+
 void fsync_directory(const std::string& path) {
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
+  const std::string dir = parent_dir(path);
   const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
   RETORT_CHECK(fd >= 0, "save_safetensors '", path, "': written, but opening its directory '", dir,
                "' to sync it failed: ", os_error(errno));
@@ -385,8 +389,9 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
   const uint64_t n = text.size();
 
   const std::string tmp = detail::cat(path, ".tmp.", ::getpid());
+  check_output_path(where, path);
   FilePtr f(std::fopen(tmp.c_str(), "wb"));
-  RETORT_CHECK(f != nullptr, where, ": cannot create the temporary file '", tmp, "': ", os_error(errno));
+  RETORT_CHECK(f != nullptr, where, ": cannot create a file in '", parent_dir(path), "': ", os_error(errno));
   try {
     unsigned char len_bytes[8];
     std::memcpy(len_bytes, &n, 8);
@@ -404,6 +409,16 @@ void save_safetensors(const std::string& path, const std::vector<std::pair<std::
     RETORT_FAIL(where, ": ", e.what());
   }
   fsync_directory(path);
+}
+
+void check_output_path(const std::string& where, const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const std::string dir = parent_dir(path);
+  RETORT_CHECK(!path.empty() && path.back() != '/', where, ": expected a file name, got a directory path");
+  RETORT_CHECK(!fs::is_directory(path, ec), where, ": is a directory, expected a file name");
+  RETORT_CHECK(fs::exists(dir, ec), where, ": the directory '", dir, "' does not exist");
+  RETORT_CHECK(fs::is_directory(dir, ec), where, ": '", dir, "' is not a directory");
 }
 
 }  // namespace retort

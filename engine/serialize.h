@@ -40,6 +40,11 @@ inline constexpr const char* kSafetensorsChecksumKey = "retort.crc32";
 void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 
+// The checks before writing `path`: it is not a directory, and its directory exists. Throws a retort::Error
+// beginning with `where` ("save_safetensors 'x/y.safetensors': the directory 'x' does not exist"), so a failed
+// write names the path asked for rather than the temporary file beside it.
+void check_output_path(const std::string& where, const std::string& path);
+
 struct SafetensorsFile {
   std::vector<std::pair<std::string, Tensor>> tensors;  // in data-offset order (= the order saved)
   std::map<std::string, std::string> metadata;

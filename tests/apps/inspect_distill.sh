@@ -65,6 +65,16 @@ out=$("$bin/retort-inspect" --distill "$tmp/sokd_copy.json" --dump "$tmp/sokd_co
 set -e
 [ "$rc" = 1 ] && grep -qF "is the file the step reads" <<<"$out" && cmp -s "$tmp/sokd.json" "$tmp/sokd_copy.json" ||
   { echo "FAIL: --dump onto the config: rc $rc, $out"; exit 1; }
+# --dump into a directory that does not exist is refused before the step runs, naming the directory (not
+# a temporary file); --images DIR is a directory the step makes, parents included.
+set +e
+out=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --dump "$tmp/nosuch/view.safetensors" 2>&1); rc=$?
+set -e
+[ "$rc" = 1 ] && grep -qF "retort-inspect: --dump $tmp/nosuch/view.safetensors: the directory '$tmp/nosuch' does not exist" <<<"$out" &&
+  ! grep -qF "total" <<<"$out" && ! grep -qF ".tmp." <<<"$out" ||
+  { echo "FAIL: --dump into a missing directory: rc $rc, $out"; exit 1; }
+"$bin/retort-inspect" --distill "$tmp/sokd.json" --batch 2 --images "$tmp/pics/a/b" >/dev/null
+[ -f "$tmp/pics/a/b/index.html" ] || { echo "FAIL: --images did not make its directory"; exit 1; }
 set +e
 out=$("$bin/retort-inspect" --distill "$tmp/sokd.json" --set model.arch=resnet14 --checkpoint "$tmp/student.safetensors" 2>&1); rc=$?
 set -e

@@ -157,7 +157,11 @@ TEST(Safetensors, WritesAtomically) {
   const std::string missing = dir + "/no/such/dir/model.safetensors";
   const std::string e = error_of([&] { save_safetensors(missing, {{"a", Tensor::ones({1})}}); });
   EXPECT_NE(e.find(missing), std::string::npos) << e;
-  EXPECT_NE(e.find("No such file or directory"), std::string::npos) << e;
+  EXPECT_NE(e.find("the directory '" + dir + "/no/such/dir' does not exist"), std::string::npos) << e;
+  EXPECT_EQ(e.find(".tmp."), std::string::npos) << "names the temporary file: " << e;
+  const std::string under_file = path + "/x.safetensors";  // path is a file
+  EXPECT_NE(error_of([&] { save_safetensors(under_file, {{"a", Tensor::ones({1})}}); }).find("' is not a directory"),
+            std::string::npos);
 
   // A failed write leaves the old file in place and no temporary behind.
   EXPECT_NE(error_of([&] { save_safetensors(path, {{"x", Tensor::ones({1})}, {"x", Tensor::ones({1})}}); })
@@ -169,10 +173,12 @@ TEST(Safetensors, WritesAtomically) {
   EXPECT_NE(error_of([&] { save_safetensors(path, {{"", Tensor::ones({1})}}); }).find("empty name"), std::string::npos);
   EXPECT_EQ(load_safetensors(path).tensors.at(0).first, "b");
   for (const auto& entry : fs::directory_iterator(dir)) EXPECT_EQ(entry.path().filename(), "model.safetensors");
-  // Renaming onto a directory fails after the temp file was written: the temp file must go.
+  // A directory at the path is refused before anything is written: no temporary file is left behind.
   const std::string as_dir = dir + "/taken";
   fs::create_directories(as_dir + "/inside");
-  EXPECT_NE(error_of([&] { save_safetensors(as_dir, {{"a", Tensor::ones({1})}}); }).find(as_dir), std::string::npos);
+  EXPECT_NE(error_of([&] { save_safetensors(as_dir, {{"a", Tensor::ones({1})}}); })
+                .find("save_safetensors '" + as_dir + "': is a directory, expected a file name"),
+            std::string::npos);
   for (const auto& entry : fs::directory_iterator(dir))
     EXPECT_EQ(entry.path().filename().string().find(".tmp."), std::string::npos) << entry.path();
 }

@@ -1,4 +1,5 @@
-// retort-eval: evaluates a trained model (a run's model.safetensors, or a checkpoint) on a dataset.
+// retort-eval: evaluates a trained model (a run's model.safetensors, or a checkpoint; a run directory means
+// its model.safetensors, or its newest checkpoint while it has none) on a dataset.
 // The architecture comes from the file's metadata (or --arch); the dataset and its normalisation
 // default to the ones the model was trained with (or come from --config / --dataset for imported
 // models, which carry no training config).
@@ -63,6 +64,13 @@ int main(int argc, char** argv) {
     app::set_threads(threads);
     if (!taps.empty() || !against_taps.empty()) cka = true;
     const Device dev = app::device_flag(device);
+    // A run directory means its model (or, while it has none yet, its newest checkpoint).
+    for (std::string* p : {&path, &against}) {
+      if (p->empty()) continue;
+      std::string note;
+      *p = resolve_model_file(*p, &note);
+      if (!note.empty()) std::fprintf(stderr, "note: %s\n", note.c_str());
+    }
     // Inference may choose kernels by speed (deterministic false), as evaluation always has.
     const auto switches = app::as_usage([&] { return std::make_unique<KernelSwitches>(math, false, dev, "--math"); });
     // A model file's state (exported models hold it as is; checkpoints prefix it with "model.") and

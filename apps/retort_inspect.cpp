@@ -219,7 +219,7 @@ int inspect_distill(DistillInspect o, Device dev) {
   if (!o.checkpoint.empty()) {
     // A run directory or its checkpoints/latest pointer (the newest checkpoint), a run's checkpoint
     // (model.*, extra.*) or a plain model file (the student's weights).
-    const std::string file = app::as_usage([&] { return resolve_checkpoint(o.checkpoint); });
+    const std::string file = resolve_checkpoint(o.checkpoint);
     refuse_dump_onto(file);
     StateDict extra;
     std::map<std::string, std::string> meta;
@@ -336,7 +336,7 @@ int main(int argc, char** argv) {
   bool stats = false, graph = false;
   std::optional<int> threads;
   ModelOptions mo;
-  cli.add_option("file", path, "A .safetensors checkpoint or model");
+  cli.add_option("file", path, "A .safetensors checkpoint or model, or a run directory (its model)");
   cli.add_option("--arch", arch, "Describe an architecture of the model zoo instead of a file");
   cli.add_option("--classes", mo.num_classes, "Classes (with --arch or --check-arch; default 100, or FILE's)");
   cli.add_option("--channels", mo.in_channels, "Input channels (with --arch or --check-arch; default 3, or FILE's)");
@@ -400,10 +400,15 @@ int main(int argc, char** argv) {
     if (given("--scale") && (di.scale < 1 || di.scale > 64))
       throw app::UsageError(
           detail::cat("--scale ", di.scale, ": expected 1 to 64 (leave it out for pictures at least 96 pixels high)"));
-    if (mo.num_classes < 1 || mo.in_channels < 1 || mo.input_size < 1)
-      throw app::UsageError("--classes, --channels and --size must be positive");
+    for (const auto& [flag, v] : {std::pair{"--classes", mo.num_classes}, {"--channels", mo.in_channels}, {"--size", mo.input_size}})
+      if (v < 1) throw app::UsageError(detail::cat(flag, " ", v, ": expected a positive count"));
     app::set_threads(threads);
     const Device dev = app::device_flag(device);
+    if (!path.empty()) {  // a run directory means its model (or, while it has none yet, its newest checkpoint)
+      std::string note;
+      path = resolve_model_file(path, &note);
+      if (!note.empty()) std::fprintf(stderr, "note: %s\n", note.c_str());
+    }
     if (!check.empty()) {
       const bool flags_given[3] = {given("--classes"), given("--channels"), given("--size")};
       return check_arch(path, check, mo, flags_given);

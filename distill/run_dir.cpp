@@ -114,6 +114,17 @@ std::string resolve_checkpoint(const std::string& path) {
   return dir + "/" + name;
 }
 
+std::string resolve_model_file(const std::string& path, std::string* note) {
+  if (!fs::is_directory(path)) return path;
+  const std::string model = path + "/model.safetensors";
+  if (fs::exists(model)) return model;
+  RETORT_CHECK(fs::is_directory(path + "/checkpoints"), path, ": a directory without model.safetensors or checkpoints/ ",
+               "(expected a .safetensors file or a run directory)");
+  const std::string file = resolve_checkpoint(path);
+  if (note) *note = detail::cat(path, " has no model.safetensors yet (a run in progress?): reading its newest checkpoint, ", file);
+  return file;
+}
+
 std::string RunDir::latest_checkpoint() const { return latest_checkpoint_in(checkpoint_dir()); }
 
 std::vector<std::string> RunDir::checkpoint_files() const {

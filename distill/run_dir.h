@@ -29,6 +29,11 @@ std::string latest_checkpoint_in(const std::string& checkpoint_dir);
 // or pointer naming no checkpoint is an error naming `path`.
 std::string resolve_checkpoint(const std::string& path);
 
+// The model file a user means by `path` (retort-eval, retort-inspect FILE): a run directory -> its
+// model.safetensors, or its newest checkpoint while the run has none yet (noted in `*note` when given);
+// any other path as given.
+std::string resolve_model_file(const std::string& path, std::string* note = nullptr);
+
 class RunDir {
  public:
   explicit RunDir(std::string path);  // creates it (and parents)

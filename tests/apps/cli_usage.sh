@@ -162,6 +162,18 @@ grep -qF "on synthetic test, 40 samples" <<<"$out" || { echo "FAIL: bare model w
 expect 1 "wide.safetensors: was trained on synthetic (100 classes, images 1x16x16); the evaluation data (test split) is synthetic (4 classes, images 1x16x16)" \
   "$bin/retort-eval" "$tmp/wide.safetensors" --config "$tmp/a.json"
 expect 1 "wide.safetensors: was trained on synthetic (100 classes" "$bin/retort-eval" "$model" --against "$tmp/wide.safetensors"
+# A run directory means its model.safetensors, or (noted) its newest checkpoint while it has none; a
+# directory that is neither is refused, exit 2 as a missing file is; so is --checkpoint naming one.
+expect 0 "$tmp/a/model.safetensors (resnet8) on synthetic test" "$bin/retort-eval" "$tmp/a"
+expect 0 "meta  format       retort-model-1" "$bin/retort-inspect" "$tmp/a"
+mv "$model" "$tmp/a.model"
+expect 0 "has no model.safetensors yet (a run in progress?): reading its newest checkpoint, $tmp/a/checkpoints/ckpt_" \
+  "$bin/retort-eval" "$tmp/a" --against "$tmp/a.model"
+mv "$tmp/a.model" "$model"
+mkdir -p "$tmp/emptydir"
+expect 2 "emptydir: a directory without model.safetensors or checkpoints/" "$bin/retort-eval" "$tmp/emptydir"
+expect 2 "emptydir: no checkpoint" "$bin/retort-inspect" --distill "$tmp/kd.json" --checkpoint "$tmp/emptydir"
+expect 1 "retort-inspect: --classes 0: expected a positive count" "$bin/retort-inspect" --arch resnet8 --classes 0
 
 # retort-gradcheck: a missing device is a usage error (1) as in the other apps; names with --all are
 # refused; a check named twice runs once.

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdint>
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -15,6 +17,14 @@ Json read_json_file(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   const std::string text = ss.str();
+  // A model or checkpoint given where a config belongs: a safetensors file is an 8-byte header length,
+  // then the JSON header.
+  if (text.size() >= 10 && text[8] == '{') {
+    uint64_t n = 0;
+    std::memcpy(&n, text.data(), 8);
+    RETORT_CHECK(n > text.size() - 8, path, ": a safetensors file (a model or checkpoint), not a JSON config");
+  }
+  RETORT_CHECK(text.rfind("PK\x03\x04", 0) != 0, path, ": a zip archive (a PyTorch .pth?), not a JSON config");
   // A key repeated within one object: JSON leaves it undefined and the parser would keep the last one
   // silently ("lr": 0.1 ... "lr": 0.5); refused, naming the key's path.
   struct Frame {

@@ -106,6 +106,18 @@ Parsed parse_header(std::FILE* f, const std::string& path, uint64_t file_size) {
                os_error(errno));
   uint64_t n = 0;
   std::memcpy(&n, len_bytes, 8);
+  if (n > file_size - 8) {
+    // The two files most often given in a model's place: a JSON config, a PyTorch torch.save archive.
+    const char* looks = nullptr;
+    if (std::memcmp(len_bytes, "PK\x03\x04", 4) == 0)
+      looks = "a zip archive, as PyTorch's torch.save writes (.pth / .pt): convert it with tools/import_pth.py";
+    for (unsigned char c : len_bytes) {
+      if (c == ' ' || c == '\n' || c == '\r' || c == '\t') continue;
+      if (c == '{' || c == '[') looks = "JSON text (a config?)";
+      break;
+    }
+    RETORT_CHECK(looks == nullptr, where, ": not a safetensors file: it begins as ", looks);
+  }
   RETORT_CHECK(n <= file_size - 8, where, ": the header length at offset 0 says ", n, " bytes, but only ",
                file_size - 8, " bytes follow it (truncated file, or not a safetensors file)");
   RETORT_CHECK(n <= kMaxHeaderBytes, where, ": the header length at offset 0 says ", n,

@@ -5,6 +5,7 @@
 
 #include "distill/experiment.h"
 #include "distill/json_reader.h"
+#include "engine/serialize.h"
 #include "tests/common/expect.h"
 
 using namespace retort;
@@ -142,6 +143,17 @@ TEST(Config, MalformedJsonNamesLineAndColumn) {
   std::ofstream(path) << "{\"schema_version\": 1,\n  \"model\": {\"arch\": \"resnet8\",}}";
   expect_error([&] { ExperimentConfig::load(path); }, {"bad.json:2:31: invalid JSON:", "(a ',' after the last member?)"});
   expect_error([&] { ExperimentConfig::load(::testing::TempDir() + "/missing.json"); }, {"missing.json", "cannot open"});
+}
+
+// A model or a PyTorch archive given where a config belongs is named as such, not as a JSON syntax error.
+TEST(Config, AModelFileGivenAsTheConfigIsNamed) {
+  const std::string model = ::testing::TempDir() + "/given.safetensors";
+  save_safetensors(model, {{"w", Tensor::ones({2})}}, {{"arch", "resnet8"}});
+  expect_error([&] { ExperimentConfig::load(model); },
+               {"given.safetensors: a safetensors file (a model or checkpoint), not a JSON config"});
+  const std::string pth = ::testing::TempDir() + "/given.pth";
+  std::ofstream(pth, std::ios::binary) << std::string("PK\x03\x04", 4) << "rest of a zip";
+  expect_error([&] { ExperimentConfig::load(pth); }, {"given.pth: a zip archive (a PyTorch .pth?), not a JSON config"});
 }
 
 // Inputs the fuzzer (tests/fuzz/fuzz_config.cpp) and its review turned up: each once escaped as a

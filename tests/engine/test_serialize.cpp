@@ -311,6 +311,14 @@ TEST_F(CorruptSafetensors, HeaderLengthLargerThanTheFile) {
   EXPECT_HAS(load_error(u64_le(~uint64_t{0} - 1) + "{}"), "header length at offset 0 says 18446744073709551614");
 }
 
+// The files most often given in a model's place are named as what they are.
+TEST_F(CorruptSafetensors, AConfigOrAPyTorchArchiveIsNamed) {
+  EXPECT_HAS(load_error("{\"schema_version\": 1, \"model\": {\"arch\": \"resnet8\"}}\n"),
+             "not a safetensors file: it begins as JSON text (a config?)");
+  EXPECT_HAS(load_error("  \n[1, 2, 3, 4, 5, 6, 7]"), "it begins as JSON text");
+  EXPECT_HAS(load_error(std::string("PK\x03\x04", 4) + std::string(60, 'z')), "convert it with tools/import_pth.py");
+}
+
 TEST_F(CorruptSafetensors, HeaderNotJson) {
   std::string e = load_error(make_file(R"({"t": {"dtype": "F32",, }})", ""));
   EXPECT_HAS(e, "not valid JSON");

@@ -284,13 +284,25 @@ inline void load_init_weights(Module& model, const ExperimentConfig& cfg) {
   }
 }
 
+// A config's model (`key`: model.arch or teacher.arch) for the data's images; errors name the key.
+inline std::shared_ptr<Module> config_model(const std::string& arch, const char* key, const ModelOptions& mo,
+                                            Generator& gen) {
+  return as_usage([&] {
+    try {
+      return create_model(arch, mo, gen);
+    } catch (const Error& e) {
+      throw Error(detail::cat(key, " '", arch, "': ", e.what()));
+    }
+  });
+}
+
 inline DistillModels make_distill_models(const ExperimentConfig& cfg, const ModelOptions& mo, Generator& gen) {
   DistillModels m;
-  m.student = as_usage([&] { return create_model(cfg.arch, mo, gen); });
+  m.student = config_model(cfg.arch, "model.arch", mo, gen);
   load_init_weights(*m.student, cfg);
   if (!cfg.teacher.arch.empty()) {
     Generator tgen(0);
-    m.teacher = as_usage([&] { return create_model(cfg.teacher.arch, mo, tgen); });
+    m.teacher = config_model(cfg.teacher.arch, "teacher.arch", mo, tgen);
     load_teacher_file(*m.teacher, cfg.teacher.checkpoint, cfg.data, mo.num_classes,
                       {mo.in_channels, mo.input_size, mo.input_size},
                       cfg.teacher.arch);

@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
     const Shape s = data.train->sample_shape();
     Generator gen(cfg.seed);
     ModelOptions mo{data.train->num_classes(), s[0], s[1]};
-    auto model = app::as_usage([&] { return create_model(cfg.arch, mo, gen); });
+    auto model = app::config_model(cfg.arch, "model.arch", mo, gen);
     app::load_init_weights(*model, cfg);
     ClassifierTask task(model, cfg.solver.label_smoothing);
     RunDir run(app::run_dir_of(flags, cfg));

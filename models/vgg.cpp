@@ -37,6 +37,10 @@ std::shared_ptr<vgg::Block> make_block(const std::vector<int64_t>& widths, int64
 
 VGG::VGG(const std::vector<std::vector<int64_t>>& cfg, const ModelOptions& options, Generator& gen) : Module("VGG") {
   RETORT_CHECK(cfg.size() == 5, "VGG: cfg needs 5 blocks, got ", cfg.size());
+  // Three 2x2 max pools without padding halve the input before the last blocks: 8x8 is the least that
+  // leaves them a 1x1 feature (7x7 would be pooled to nothing).
+  RETORT_CHECK(options.input_size >= 8, "VGG: images of ", options.input_size, "x", options.input_size,
+               " are too small: its three 2x2 max pools need at least 8x8");
   int64_t in_channels = options.in_channels;
   for (size_t b = 0; b < cfg.size(); ++b) {
     RETORT_CHECK(!cfg[b].empty(), "VGG: block ", b, " has no convolution");

@@ -174,6 +174,8 @@ mkdir -p "$tmp/emptydir"
 expect 2 "emptydir: a directory without model.safetensors or checkpoints/" "$bin/retort-eval" "$tmp/emptydir"
 expect 2 "emptydir: no checkpoint" "$bin/retort-inspect" --distill "$tmp/kd.json" --checkpoint "$tmp/emptydir"
 expect 1 "retort-inspect: --classes 0: expected a positive count" "$bin/retort-inspect" --arch resnet8 --classes 0
+expect 1 "retort-inspect: VGG: images of 4x4 are too small: its three 2x2 max pools need at least 8x8" \
+  "$bin/retort-inspect" --arch vgg8 --size 4
 
 # retort-gradcheck: a missing device is a usage error (1) as in the other apps; names with --all are
 # refused; a check named twice runs once.

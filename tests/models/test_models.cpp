@@ -119,6 +119,31 @@ TEST(ModelZoo, FashionMnistForward) {
   }
 }
 
+// The smallest images each model takes: VGG's three unpadded max pools need 8x8 and refuse less when the
+// model is built (not deep inside a forward); every other model pools adaptively and takes even 1x1.
+TEST(ModelZoo, SmallestImagesAreTakenOrRefusedWhenBuilt) {
+  for (const auto& name : model_names()) {
+    SCOPED_TRACE(name);
+    const bool vgg = name.rfind("vgg", 0) == 0;
+    const int64_t smallest = vgg ? 8 : 1;
+    const ModelOptions o{.num_classes = 10, .in_channels = 1, .input_size = smallest};
+    auto model = build(name, o);
+    model->eval();
+    const Tensor logits = (*model)(input(o, 1));
+    EXPECT_EQ(logits.shape(), (Shape{1, 10}));
+    if (vgg) {
+      Generator gen(0);
+      try {
+        create_model(name, ModelOptions{.num_classes = 10, .in_channels = 1, .input_size = 7}, gen);
+        ADD_FAILURE() << "expected 7x7 images to be refused";
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("images of 7x7 are too small: its three 2x2 max pools need at least 8x8"),
+                  std::string::npos) << e.what();
+      }
+    }
+  }
+}
+
 // ---- names and order ---------------------------------------------------------------------------------
 
 TEST(ResNetNames, Resnet8MatchesPyTorchStateDict) {

@@ -56,8 +56,32 @@ inline std::string flag_taken_as_value(const CLI::App& cli) {
   return "";
 }
 
+// A comma-separated list with an empty entry (`--batch 8,,16`, `--models resnet8,`): CLI11 drops the empty
+// entries silently, so the raw words are read before it parses them. "" when there is none.
+inline std::string empty_list_entry(const CLI::App& cli, int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind("--", 0) != 0) continue;
+    const size_t eq = arg.find('=');
+    const CLI::Option* opt = cli.get_option_no_throw(arg.substr(0, eq));
+    if (opt == nullptr || opt->get_delimiter() == '\0') continue;
+    if (eq == std::string::npos && i + 1 >= argc) continue;  // (no value: CLI11 says so)
+    const std::string v = eq == std::string::npos ? argv[i + 1] : arg.substr(eq + 1);
+    const char d = opt->get_delimiter();
+    if (v.empty()) continue;  // (the empty value: flag_taken_as_value says so)
+    if (v.front() == d || v.back() == d || v.find(std::string(2, d)) != std::string::npos)
+      return detail::cat(opt->get_name(), " '", v, "': an empty entry in the list (expected entries separated by '", d,
+                         "')");
+  }
+  return "";
+}
+
 inline std::optional<int> parse_command_line(CLI::App& cli, const char* app, int argc, char** argv) {
   try {
+    if (const std::string empty = empty_list_entry(cli, argc, argv); !empty.empty()) {
+      std::fprintf(stderr, "%s: %s (see --help)\n", app, empty.c_str());
+      return kUsage;
+    }
     cli.parse(argc, argv);
     if (const std::string taken = flag_taken_as_value(cli); !taken.empty()) {
       std::fprintf(stderr, "%s: %s (see --help)\n", app, taken.c_str());
@@ -90,6 +114,10 @@ inline std::optional<int> parse_command_line(CLI::App& cli, const char* app, int
         what = name + ": '" + value + "' is not " + (expected.empty() ? "a valid value" : expected);
       }
     }
+    // A flag given twice: CLI11 says "--threads: At Most 1 required but received 2".
+    const std::string twice = ": At Most 1 required but received ";
+    if (const size_t at = what.find(twice); dynamic_cast<const CLI::ArgumentMismatch*>(&e) && at != std::string::npos)
+      what = what.substr(0, at) + " is given " + what.substr(at + twice.size()) + " times; give it once";
     std::fprintf(stderr, "%s: %s (see --help)\n", app, what.c_str());
     return kUsage;
   }

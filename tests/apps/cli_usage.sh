@@ -186,6 +186,10 @@ expect 1 "retort-bench: --device: device 'tpu'" "$bin/retort-bench" --models res
 expect 1 "--mode: 'train' is given twice" "$bin/retort-bench" --models resnet8 --mode train,train
 expect 1 "--batch: '8' is given twice" "$bin/retort-bench" --models resnet8 --batch 8,8
 expect 1 "--mode kd needs --pairs teacher:student" "$bin/retort-bench" --models resnet8 --mode train,kd
+# An empty list entry (CLI11 would drop it), and a flag given twice.
+expect 1 "retort-bench: --batch '8,,16': an empty entry in the list" "$bin/retort-bench" --models resnet8 --batch 8,,16
+expect 1 "retort-bench: --models 'resnet8,': an empty entry in the list" "$bin/retort-bench" --models=resnet8,
+expect 1 "retort-train: --threads is given 2 times; give it once" "$bin/retort-train" "$tmp/a.json" --threads 1 --threads 2
 expect 1 "--mode infer needs --models" "$bin/retort-bench" --pairs resnet8:resnet8 --mode kd,infer
 expect 1 "experiment.device: cuda:99" "$bin/retort-train" "$tmp/a.json" --device cuda:99
 expect 1 "--all runs every check: give it alone" "$bin/retort-gradcheck" --all nonexistent_fn

@@ -136,9 +136,9 @@ int inspect_arch(const std::string& arch, const ModelOptions& mo, bool graph, De
     std::printf("%s", graph_to_dot(loss).c_str());
     return app::kOk;
   }
-  std::printf("%s\n\n%s: %lld parameters (%.3f M)\n\nfeature taps (shape for a batch of 1):\n",
+  std::printf("%s\n\n%s: %lld parameters (%.3f M)\n\nfeature taps (shape for a batch of 1, on %s):\n",
               model->str().c_str(), arch.c_str(), static_cast<long long>(model->num_parameters()),
-              static_cast<double>(model->num_parameters()) / 1e6);
+              static_cast<double>(model->num_parameters()) / 1e6, dev.str().c_str());
   model->eval();
   std::vector<std::pair<std::string, Shape>> seen;
   // Top-level modules, opening one that holds stages (MobileNetV2's blocks: blocks.0, blocks.1, ...); any
@@ -170,6 +170,9 @@ int inspect_arch(const std::string& arch, const ModelOptions& mo, bool graph, De
                 "pre-activation): %s\n", stages.size(), detail::join(stages).c_str());
   return app::kOk;
 }
+
+// "f32[8, 32, 4, 4]": a view's type and shape (views are host copies; the step's device is in the header).
+std::string dtype_shape(const Tensor& v) { return std::string(dtype_name(v.dtype())) + shape_str(v.shape()); }
 
 struct DistillInspect {
   std::string config, checkpoint, dump, images;
@@ -283,10 +286,10 @@ int inspect_distill(DistillInspect o, Device dev) {
     return app::kOk;
   }
   // Epoch as the log numbers it (from 1), and the global step's 0-based index as --step takes it.
-  std::printf("%s: %s on the first %lld test images, epoch %lld (--epoch %lld), step index %lld%s\n",
+  std::printf("%s: %s on the first %lld test images, epoch %lld (--epoch %lld), step index %lld%s, on %s\n",
               o.config.c_str(), d.describe().c_str(), static_cast<long long>(b.size()),
               static_cast<long long>(o.epoch + 1), static_cast<long long>(o.epoch), static_cast<long long>(o.step),
-              o.checkpoint.empty() ? " (fresh weights)" : "");
+              o.checkpoint.empty() ? " (fresh weights)" : "", dev.str().c_str());
   for (const auto& [n, t] : terms) std::printf("  %-28s %.6g\n", n.c_str(), t.item());
   std::printf("  %-28s %.6g\n", "total", total.item());
   std::vector<std::pair<std::string, Tensor>> dumped{{"input", b.inputs.to(Device::cpu())},
@@ -299,7 +302,7 @@ int inspect_distill(DistillInspect o, Device dev) {
     if (starts(name, "student.") || starts(name, "teacher.")) {
       if (!tapped) std::printf("\ntapped features\n");
       tapped = true;
-      std::printf("  %-28s %s\n", name.c_str(), v.meta_str().c_str());
+      std::printf("  %-28s %s\n", name.c_str(), dtype_shape(v).c_str());
     }
   for (const auto& t : d.terms()) {
     const std::string text = t.strategy->inspect_text(), head = "term." + t.name + ".";
@@ -309,7 +312,7 @@ int inspect_distill(DistillInspect o, Device dev) {
     if (text.empty() && shown.empty()) continue;
     std::printf("\nterm %s (%s)%s%s\n", t.name.c_str(), t.strategy->type_name().c_str(), text.empty() ? "" : ": ",
                 text.c_str());
-    for (const auto& [k, v] : shown) std::printf("  %-20s %s\n", k.c_str(), v.meta_str().c_str());
+    for (const auto& [k, v] : shown) std::printf("  %-20s %s\n", k.c_str(), dtype_shape(v).c_str());
     for (const auto& [k, v] : shown)
       if (k == "mask" && v.dim() == 3) print_mask(k, v);
   }

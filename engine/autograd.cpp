@@ -213,11 +213,14 @@ std::vector<Node*> backward_order(Node* root) {
   return order;
 }
 
+// " cuda:0" for a tensor off the host (a CPU graph's labels stay as they were).
+std::string device_suffix(const Device& d) { return d.is_cpu() ? std::string() : " " + d.str(); }
+
 std::string node_label(const Node* n) {
   if (auto acc = dynamic_cast<const AccumulateGrad*>(n)) {
     const TensorImpl& leaf = *acc->leaf();
     std::string name = leaf.name.empty() ? std::string("leaf") : leaf.name;
-    return detail::cat(name, "\\n", dtype_name(leaf.dtype), shape_str(leaf.shape));
+    return detail::cat(name, "\\n", dtype_name(leaf.dtype), shape_str(leaf.shape), leaf.storage ? device_suffix(leaf.storage->device) : std::string());
   }
   return n->name();
 }
@@ -245,7 +248,7 @@ std::string graph_to_dot(const Tensor& root) {
          << "];\n";
     }
     os << "  out [label=\"output\\n" << dtype_name(root.dtype()) << shape_str(root.shape())
-       << "\", shape=ellipse];\n  n" << id[r.get()] << " -> out;\n";
+       << device_suffix(root.device()) << "\", shape=ellipse];\n  n" << id[r.get()] << " -> out;\n";
     for (Node* n : order)
       for (const auto& nx : n->next)
         if (nx) os << "  n" << id[nx.get()] << " -> n" << id[n] << ";\n";

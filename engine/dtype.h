@@ -39,6 +39,31 @@ inline T relu_keep_nan(T v) {
   return v < T(0) ? T(0) : v;
 }
 
+// The larger / smaller of u and v, NaN if either is (torch.maximum, amax, max-pool); ties give u. Max and
+// min reductions fold with these, so one NaN anywhere makes the result NaN.
+template <class T>
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+inline T max_keep_nan(T u, T v) {
+  return (u >= v || u != u) ? u : v;
+}
+template <class T>
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+inline T min_keep_nan(T u, T v) {
+  return (u <= v || u != u) ? u : v;
+}
+// -1, 0 or 1; NaN stays NaN (torch.sign).
+template <class T>
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+inline T sign_keep_nan(T v) {
+  return v != v ? v : T((v > T(0)) - (v < T(0)));
+}
+
 enum class DeviceType : uint8_t { CPU, CUDA };
 
 struct Device {

@@ -48,7 +48,7 @@ void unary_typed(UnaryOp op, const T* x, T* y, int64_t n, T a, T b) {
     case UnaryOp::Log: map_unary(x, y, n, [](T v) { return std::log(v); }); break;
     case UnaryOp::Sqrt: map_unary(x, y, n, [](T v) { return std::sqrt(v); }); break;
     case UnaryOp::Abs: map_unary(x, y, n, [](T v) { return std::abs(v); }); break;
-    case UnaryOp::Sign: map_unary(x, y, n, [](T v) { return T((v > 0) - (v < 0)); }); break;
+    case UnaryOp::Sign: map_unary(x, y, n, [](T v) { return sign_keep_nan(v); }); break;
     case UnaryOp::Relu: map_unary(x, y, n, [](T v) { return relu_keep_nan(v); }); break;
     case UnaryOp::Sigmoid: map_unary(x, y, n, [](T v) { return T(1) / (T(1) + std::exp(-v)); }); break;
     case UnaryOp::Tanh: map_unary(x, y, n, [](T v) { return std::tanh(v); }); break;
@@ -111,8 +111,8 @@ void binary_typed(BinaryOp op, const T* a, const T* b, T* y, const BroadcastPlan
     case BinaryOp::Sub: map_binary(a, b, y, p, [](T u, T v) { return u - v; }); break;
     case BinaryOp::Mul: map_binary(a, b, y, p, [](T u, T v) { return u * v; }); break;
     case BinaryOp::Div: map_binary(a, b, y, p, [](T u, T v) { return u / v; }); break;
-    case BinaryOp::Max: map_binary(a, b, y, p, [](T u, T v) { return u >= v ? u : v; }); break;
-    case BinaryOp::Min: map_binary(a, b, y, p, [](T u, T v) { return u <= v ? u : v; }); break;
+    case BinaryOp::Max: map_binary(a, b, y, p, [](T u, T v) { return max_keep_nan(u, v); }); break;
+    case BinaryOp::Min: map_binary(a, b, y, p, [](T u, T v) { return min_keep_nan(u, v); }); break;
     case BinaryOp::Gt: map_binary(a, b, y, p, [](T u, T v) { return T(u > v); }); break;
     case BinaryOp::Ge: map_binary(a, b, y, p, [](T u, T v) { return T(u >= v); }); break;
     case BinaryOp::Lt: map_binary(a, b, y, p, [](T u, T v) { return T(u < v); }); break;

@@ -27,8 +27,8 @@ void reduce_block(ReduceOp op, const T* x, T* y, int64_t outer, int64_t red, int
         y[o] = static_cast<T>(acc);
       } else {
         T acc = px[0];
-        if (op == ReduceOp::Max) for (int64_t r = 1; r < red; ++r) acc = std::max(acc, px[r]);
-        else for (int64_t r = 1; r < red; ++r) acc = std::min(acc, px[r]);
+        if (op == ReduceOp::Max) for (int64_t r = 1; r < red; ++r) acc = max_keep_nan(acc, px[r]);
+        else for (int64_t r = 1; r < red; ++r) acc = min_keep_nan(acc, px[r]);
         y[o] = acc;
       }
     }
@@ -47,7 +47,7 @@ void reduce_block(ReduceOp op, const T* x, T* y, int64_t outer, int64_t red, int
       for (int64_t i = 0; i < inner; ++i) py[i] = px[i];
       for (int64_t r = 1; r < red; ++r)
         for (int64_t i = 0; i < inner; ++i)
-          py[i] = op == ReduceOp::Max ? std::max(py[i], px[r * inner + i]) : std::min(py[i], px[r * inner + i]);
+          py[i] = op == ReduceOp::Max ? max_keep_nan(py[i], px[r * inner + i]) : min_keep_nan(py[i], px[r * inner + i]);
     }
   }
 }

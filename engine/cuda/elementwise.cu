@@ -31,7 +31,7 @@ __device__ __forceinline__ T unary_apply(T v, T a, T b) {
   else if constexpr (Op == UnaryOp::Log) return log(v);
   else if constexpr (Op == UnaryOp::Sqrt) return sqrt(v);
   else if constexpr (Op == UnaryOp::Abs) return fabs(v);
-  else if constexpr (Op == UnaryOp::Sign) return T((v > 0) - (v < 0));
+  else if constexpr (Op == UnaryOp::Sign) return sign_keep_nan(v);
   else if constexpr (Op == UnaryOp::Relu) return relu_keep_nan(v);
   else if constexpr (Op == UnaryOp::Sigmoid) return T(1) / (T(1) + exp(-v));
   else if constexpr (Op == UnaryOp::Tanh) return tanh(v);
@@ -80,8 +80,8 @@ __device__ __forceinline__ T binary_apply(T u, T v) {
   else if constexpr (Op == BinaryOp::Sub) return u - v;
   else if constexpr (Op == BinaryOp::Mul) return u * v;
   else if constexpr (Op == BinaryOp::Div) return u / v;
-  else if constexpr (Op == BinaryOp::Max) return u >= v ? u : v;
-  else if constexpr (Op == BinaryOp::Min) return u <= v ? u : v;
+  else if constexpr (Op == BinaryOp::Max) return max_keep_nan(u, v);
+  else if constexpr (Op == BinaryOp::Min) return min_keep_nan(u, v);
   else if constexpr (Op == BinaryOp::Gt) return T(u > v);
   else if constexpr (Op == BinaryOp::Ge) return T(u >= v);
   else if constexpr (Op == BinaryOp::Lt) return T(u < v);

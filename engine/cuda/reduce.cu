@@ -78,14 +78,14 @@ __device__ __forceinline__ A identity() {
   }
 }
 
-// The CPU's std::max / std::min comparisons (acc < v ? v : acc): a NaN v is skipped.
+// The CPU's comparisons (dtype.h): a NaN on either side wins, so one NaN makes the max/min NaN.
 template <ReduceOp Op, class A>
 __device__ __forceinline__ A combine(A acc, A v) {
   if constexpr (Op == ReduceOp::Sum) return acc + v;
-  else if constexpr (Op == ReduceOp::Max) return acc < v ? v : acc;
+  else if constexpr (Op == ReduceOp::Max) return max_keep_nan(acc, v);
   else {
     static_assert(Op == ReduceOp::Min, "combine (CUDA): this ReduceOp has no implementation");
-    return v < acc ? v : acc;
+    return min_keep_nan(acc, v);
   }
 }
 
@@ -115,14 +115,7 @@ __global__ void __launch_bounds__(kThreads)
       __syncthreads();
     }
     if (r_lane == 0 && o < n_out) {
-      A result = *mine;
-      // The CPU's max/min start from the reduction's first element and then skip NaNs (acc < NaN is
-      // false), so a NaN there, and only there, reaches the result; the tree above skips them all.
-      if constexpr (Op != ReduceOp::Sum) {
-        const T first = x[kept.offset(o)];  // reduced index 0 (max/min of nothing is refused)
-        if (isnan(first)) result = first;
-      }
-      y[o] = static_cast<T>(result);
+      y[o] = static_cast<T>(*mine);
     }
     __syncthreads();  // `partial` is rewritten by the next group
   }

@@ -340,6 +340,43 @@ TEST(CudaParity, ReluKeepsNaN) {
   EXPECT_GE(nans(retort::batch_norm_relu(x, rm.clone(), rv.clone(), w, b, true)), 1);
 }
 
+// Max, min, sign, the max/min reductions and max-pooling keep NaN on the device as on the CPU
+// (NaN.MaxMinSignReductionsAndPoolingKeepIt): the same NaNs in the same places.
+TEST(CudaParity, MaxMinSignReductionsAndPoolingKeepNaN) {
+  REQUIRE_GPU();
+  Generator gen(5);
+  for (DType dt : {DType::F32, DType::F64}) {
+    SCOPED_TRACE(dtype_name(dt));
+    std::vector<double> v = Tensor::randn({4, 6, 8, 8}, gen, DType::F64).to_vector();
+    for (size_t i : {0, 77, 200, 1023, 1500, 2047}) v[i] = std::nan("");
+    const Tensor x = Tensor::from_vector(v, {4, 6, 8, 8}, DType::F64).to(dt), y = Tensor::randn({4, 6, 8, 8}, gen, dt);
+    const std::vector<std::pair<const char*, std::function<Tensor(const Tensor&, const Tensor&)>>> ops = {
+        {"maximum(x, y)", [](const Tensor& a, const Tensor& b) { return retort::maximum(a, b); }},
+        {"maximum(y, x)", [](const Tensor& a, const Tensor& b) { return retort::maximum(b, a); }},
+        {"minimum(x, y)", [](const Tensor& a, const Tensor& b) { return retort::minimum(a, b); }},
+        {"sign", [](const Tensor& a, const Tensor&) { return retort::sign(a); }},
+        {"max over dims 2, 3", [](const Tensor& a, const Tensor&) { return retort::max(a, {2, 3}); }},
+        {"min over dim 0", [](const Tensor& a, const Tensor&) { return retort::min(a, {0}); }},
+        {"max over dim 1", [](const Tensor& a, const Tensor&) { return retort::max(a, {1}); }},
+        {"max of all", [](const Tensor& a, const Tensor&) { return retort::max(a); }},
+        {"max_pool2d 3x3 / 2, padding 1", [](const Tensor& a, const Tensor&) { return retort::max_pool2d(a, 3, 2, 1); }},
+    };
+    NoGradGuard ng;
+    for (const auto& [name, f] : ops) {
+      SCOPED_TRACE(name);
+      const std::vector<double> c = f(x, y).to_vector(), g = f(x.to(kCuda), y.to(kCuda)).to(Device::cpu()).to_vector();
+      ASSERT_EQ(c.size(), g.size());
+      int nans = 0;
+      for (size_t i = 0; i < c.size(); ++i) {
+        nans += std::isnan(c[i]) ? 1 : 0;
+        ASSERT_EQ(std::isnan(c[i]), std::isnan(g[i])) << i;
+        if (!std::isnan(c[i])) EXPECT_EQ(c[i], g[i]) << i;
+      }
+      EXPECT_GE(nans, 1);
+    }
+  }
+}
+
 TEST(CudaParity, BinaryOps) {
   REQUIRE_GPU();
   enum Domain { Any, PositiveB, XlogyArgs };

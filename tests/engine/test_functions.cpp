@@ -202,6 +202,53 @@ TEST(Functions, EighRefusesNonFiniteMatrices) {
   EXPECT_NO_THROW(eigh(Tensor::from_vector({1, 0, 0, 1}, {2, 2}, DType::F64)));
 }
 
+// Max, min and sign keep NaN as PyTorch's maximum / amax / max_pool2d / sign do: a NaN on either side of
+// maximum(a, b), anywhere in a max/min reduction (first, middle, last; the inner == 1 and strided loops),
+// or in a pooling window gives NaN; ties and ordinary values are unchanged.
+TEST(NaN, MaxMinSignReductionsAndPoolingKeepIt) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (DType dt : {DType::F32, DType::F64}) {
+    SCOPED_TRACE(dtype_name(dt));
+    const Tensor a = Tensor::from_vector({nan, 1.0, 3.0, 2.0}, {4}, DType::F64).to(dt);
+    const Tensor b = Tensor::from_vector({0.0, nan, 2.0, 2.0}, {4}, DType::F64).to(dt);
+    for (const Tensor& r : {maximum(a, b), minimum(a, b)}) {
+      const std::vector<double> v = r.to_vector();
+      EXPECT_TRUE(std::isnan(v[0]) && std::isnan(v[1]));
+      EXPECT_EQ(v[3], 2.0);
+    }
+    EXPECT_EQ(maximum(a, b).to_vector()[2], 3.0);
+    EXPECT_EQ(minimum(a, b).to_vector()[2], 2.0);
+    const std::vector<double> sg = sign(Tensor::from_vector({nan, -2.0, 0.0, 5.0}, {4}, DType::F64).to(dt)).to_vector();
+    EXPECT_TRUE(std::isnan(sg[0]));
+    EXPECT_EQ(sg[1], -1.0);
+    EXPECT_EQ(sg[2], 0.0);
+    EXPECT_EQ(sg[3], 1.0);
+    for (int64_t at : {0, 2, 4}) {  // the NaN first, in the middle, last of row 1 of a [3, 5] matrix
+      std::vector<double> m(15);
+      for (int i = 0; i < 15; ++i) m[static_cast<size_t>(i)] = i % 7 - 3.0;
+      m[static_cast<size_t>(5 + at)] = nan;
+      const Tensor x = Tensor::from_vector(m, {3, 5}, DType::F64).to(dt);
+      for (const Tensor& r : {max(x, {1}), min(x, {1})}) {  // inner == 1
+        const std::vector<double> v = r.to_vector();
+        EXPECT_FALSE(std::isnan(v[0]));
+        EXPECT_TRUE(std::isnan(v[1])) << at;
+        EXPECT_FALSE(std::isnan(v[2]));
+      }
+      for (const Tensor& r : {max(x, {0}), min(x, {0})}) {  // strided: only column `at` is NaN
+        const std::vector<double> v = r.to_vector();
+        for (int64_t j = 0; j < 5; ++j) EXPECT_EQ(std::isnan(v[static_cast<size_t>(j)]), j == at) << at << " " << j;
+      }
+      EXPECT_TRUE(std::isnan(max(x).item()));
+      EXPECT_TRUE(std::isnan(min(x).item()));
+    }
+    std::vector<double> img(16, 1.0);
+    img[5] = nan;  // in the top-left 2x2 window of a 4x4 image
+    const std::vector<double> p = max_pool2d(Tensor::from_vector(img, {1, 1, 4, 4}, DType::F64).to(dt), 2).to_vector();
+    EXPECT_TRUE(std::isnan(p[0]));
+    EXPECT_EQ(p[1], 1.0);
+  }
+}
+
 // A NaN that reaches a ReLU stays NaN, as in PyTorch: max(x, 0) written as "x > 0 ? x : 0" turns it
 // into 0, and a network with a NaN weight then gives finite logits and losses — the non-finite-loss
 // stop never fires and retort-eval reports a plausible accuracy. Every ReLU path: the op, add+ReLU,

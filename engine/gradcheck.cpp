@@ -33,6 +33,10 @@ std::vector<int64_t> pick_elements(int64_t n, int64_t max_n, Generator& gen) {
 
 GradcheckResult gradcheck(const GradcheckFn& fn_on_inputs, const std::vector<Tensor>& inputs,
                           const GradcheckOptions& o) {
+  RETORT_CHECK(o.eps > 0 && std::isfinite(o.eps), "gradcheck: eps ", o.eps, " must be a positive finite step");
+  RETORT_CHECK(o.atol >= 0 && o.rtol >= 0, "gradcheck: atol ", o.atol, " and rtol ", o.rtol, " must be >= 0");
+  RETORT_CHECK(o.max_elements_per_input >= 1, "gradcheck: max_elements_per_input ", o.max_elements_per_input,
+               " must be at least 1");
   GradcheckResult res;
   GradcheckFn fn = fn_on_inputs;
   if (!o.device.is_cpu()) {
@@ -45,12 +49,27 @@ GradcheckResult gradcheck(const GradcheckFn& fn_on_inputs, const std::vector<Ten
   }
   for (size_t i = 0; i < inputs.size(); ++i) {
     const Tensor& t = inputs[i];
-    if (t.defined() && t.requires_grad())
-      RETORT_CHECK(t.dtype() == DType::F64 && t.device().is_cpu() && t.is_leaf(), "gradcheck: input ", i, " is ",
-                   t.meta_str(), "; checked inputs must be float64 CPU leaves");
+    if (!t.defined() || !t.requires_grad()) continue;
+    RETORT_CHECK(t.dtype() == DType::F64 && t.device().is_cpu(), "gradcheck: input ", i, " is ", t.meta_str(),
+                 "; checked inputs must be float64 CPU tensors (GradcheckOptions::device says where the function runs)");
+    RETORT_CHECK(t.is_leaf(), "gradcheck: input ", i, " (", t.meta_str(), ") is not a leaf: it was computed from other ",
+                 "tensors (", t.impl().grad_fn ? t.impl().grad_fn->name() : "?", "); pass a leaf, e.g. (x * 2).detach()"
+                 ".set_requires_grad(), and compute inside the function");
   }
-  for (const Tensor& t : inputs)
+  // The inputs' own gradients are put back afterwards: checking a function does not touch them.
+  std::vector<std::shared_ptr<TensorImpl>> kept_grads;
+  for (const Tensor& t : inputs) {
+    kept_grads.push_back(t.defined() ? t.impl().grad : nullptr);
     if (t.defined()) t.impl().grad.reset();
+  }
+  struct PutBack {
+    const std::vector<Tensor>& in;
+    std::vector<std::shared_ptr<TensorImpl>>& grads;
+    ~PutBack() {
+      for (size_t i = 0; i < in.size(); ++i)
+        if (in[i].defined()) in[i].impl().grad = grads[i];
+    }
+  } put_back{inputs, kept_grads};
 
   Tensor out = fn(inputs);
   RETORT_CHECK(out.dtype() == DType::F64, "gradcheck: function output is ", out.meta_str(), ", expected f64");
@@ -60,7 +79,10 @@ GradcheckResult gradcheck(const GradcheckFn& fn_on_inputs, const std::vector<Ten
   Tensor r_t = Tensor::from_vector(r, out.shape(), DType::F64);
   if (out.requires_grad()) out.backward(r_t);
 
-  double worst_excess = -1;
+  // Each element's |diff| over its tolerance: passed when every ratio is at most 1. A NaN or infinite
+  // analytic or numeric value fails (ratio +inf), as in PyTorch. The worst element is the largest ratio.
+  double worst_ratio = -1, worst_err = -1;
+  bool all_within = true;
   for (size_t i = 0; i < inputs.size(); ++i) {
     const Tensor& x = inputs[i];
     if (!x.defined() || !x.requires_grad()) continue;
@@ -80,23 +102,28 @@ GradcheckResult gradcheck(const GradcheckFn& fn_on_inputs, const std::vector<Ten
       const double numeric = (lp - lm) / (2 * o.eps);
       const double analytic = g.defined() ? g.data<double>()[k] : 0.0;
       const double err = std::abs(analytic - numeric);
-      const double excess = err - (o.atol + o.rtol * std::abs(numeric));
+      const double tol = o.atol + o.rtol * std::abs(numeric);
+      const bool finite = std::isfinite(analytic) && std::isfinite(numeric);
+      const double ratio = !finite ? HUGE_VAL : tol > 0 ? err / tol : err > 0 ? HUGE_VAL : 0.0;
       ++res.checked;
-      res.max_abs_error = std::max(res.max_abs_error, err);
-      if (excess > worst_excess) {
-        worst_excess = excess;
-        char buf[256];
+      if (!(err <= res.max_abs_error)) res.max_abs_error = err;  // (a NaN sticks)
+      if (!finite || err > tol) all_within = false;
+      if (ratio > worst_ratio || (ratio == worst_ratio && err > worst_err)) {  // (ties: tolerance 0, non-finite)
+        worst_ratio = ratio;
+        worst_err = err;
+        char buf[320];
         std::snprintf(buf, sizeof buf,
                       "input %zu %s element %lld: analytic %.10g, numeric %.10g, |diff| %.3g against its tolerance "
-                      "%.3g (atol + rtol·|numeric|)%s",
-                      i, shape_str(x.shape()).c_str(), static_cast<long long>(k), analytic, numeric, err,
-                      o.atol + o.rtol * std::abs(numeric), g.defined() ? "" : " (no gradient was produced)");
+                      "%.3g (atol + rtol*|numeric|)%s%s",
+                      i, shape_str(x.shape()).c_str(), static_cast<long long>(k), analytic, numeric, err, tol,
+                      g.defined() ? "" : " (no gradient was produced)",
+                      finite ? "" : " (not finite: a NaN or infinite value fails)");
         res.detail = buf;
       }
     }
   }
   RETORT_CHECK(res.checked > 0, "gradcheck: no input requires grad, nothing was checked");
-  res.passed = worst_excess <= 0;
+  res.passed = all_within;
   return res;
 }
 
@@ -142,8 +169,26 @@ Registry& registry() {
 void add_gradcheck_family(GradcheckFamily add, const std::vector<std::string>& functions) {
   Registry& r = registry();
   if (std::find(r.families.begin(), r.families.end(), add) != r.families.end()) return;
+  // Checked before anything is added: names stay unique (find_gradcheck and the CLI select by name) and
+  // every case covers a function the registry knows.
+  std::vector<GradcheckCase> added;
+  add(added);
+  auto known = [&](const std::string& f) {
+    return std::find(r.functions.begin(), r.functions.end(), f) != r.functions.end() ||
+           std::find(functions.begin(), functions.end(), f) != functions.end();
+  };
+  for (size_t i = 0; i < added.size(); ++i) {
+    const GradcheckCase& c = added[i];
+    RETORT_CHECK(!c.name.empty() && c.fn && c.make_inputs, "add_gradcheck_family: case ", i, " ('", c.name,
+                 "') needs a name, a function and make_inputs");
+    RETORT_CHECK(!find_gradcheck(c.name), "add_gradcheck_family: a check named '", c.name, "' is already registered");
+    for (size_t j = 0; j < i; ++j)
+      RETORT_CHECK(added[j].name != c.name, "add_gradcheck_family: the family names '", c.name, "' twice");
+    RETORT_CHECK(known(c.function), "add_gradcheck_family: check '", c.name, "' covers '", c.function,
+                 "', which is neither a registered function nor in this family's list");
+  }
   r.families.push_back(add);
-  add(r.cases);
+  r.cases.insert(r.cases.end(), added.begin(), added.end());
   r.functions.insert(r.functions.end(), functions.begin(), functions.end());
 }
 

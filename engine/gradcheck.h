@@ -3,8 +3,9 @@
 // The output is reduced by a random projection, L = sum(f(x) * r) with r ~ N(0, 1) from a fixed seed
 // (a plain sum would hide errors that cancel, e.g. a broadcast gradient summed the wrong way). For each
 // checked element x_i: numeric = (L(x_i + eps) - L(x_i - eps)) / (2 eps), and it must match the
-// analytic dL/dx_i within atol + rtol * |numeric| (PyTorch's gradcheck defaults). Inputs with
-// requires_grad set are checked; large inputs are sampled (max_elements_per_input).
+// analytic dL/dx_i within atol + rtol * |numeric| (PyTorch's gradcheck defaults); a NaN or infinite
+// analytic or numeric value fails. Inputs with requires_grad set are checked (float64 CPU leaves); large
+// inputs are sampled (max_elements_per_input). The inputs' own .grad is restored afterwards.
 //
 // Every differentiable function registers at least one named case (engine/functions/*_checks.cpp);
 // `retort-gradcheck --list` lists them and the test suite runs each as its own test.
@@ -33,8 +34,9 @@ struct GradcheckResult {
   bool passed = false;
   int64_t checked = 0;        // elements compared
   double max_abs_error = 0;   // largest |analytic - numeric|
-  std::string detail;         // the element furthest over (or least under) its tolerance, readable; not
-                              // always the one of max_abs_error, whose tolerance may be larger
+  std::string detail;         // the element with the largest |diff| / tolerance (the furthest over it, or
+                              // the nearest to it when all pass), readable; not always the one of
+                              // max_abs_error, whose tolerance may be larger
 };
 
 using GradcheckFn = std::function<Tensor(const std::vector<Tensor>&)>;
@@ -60,7 +62,9 @@ const std::vector<GradcheckCase>& all_gradchecks();
 const GradcheckCase* find_gradcheck(const std::string& name);
 // The differentiable public functions; each must be covered by at least one case.
 const std::vector<std::string>& differentiable_functions();
-// Registers a family of cases and the differentiable functions it covers. Idempotent per `add`.
+// Registers a family of cases and the differentiable functions it covers. Idempotent per `add`. A case
+// named like one already registered (or twice in the family), or covering a function neither registered
+// nor in `functions`, is refused with an Error and nothing of the family is added.
 using GradcheckFamily = void (*)(std::vector<GradcheckCase>&);
 void add_gradcheck_family(GradcheckFamily add, const std::vector<std::string>& functions);
 

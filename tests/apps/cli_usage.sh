@@ -195,6 +195,13 @@ expect 1 "experiment.device: cuda:99" "$bin/retort-train" "$tmp/a.json" --device
 expect 1 "--all runs every check: give it alone" "$bin/retort-gradcheck" --all nonexistent_fn
 expect 1 "no check or function named 'nonexistent_fn'" "$bin/retort-gradcheck" nonexistent_fn
 expect 0 "1 passed, 0 failed" "$bin/retort-gradcheck" relu relu --threads 1
+# --json: one object per check and a summary; --tolerance-scale 0 makes every check with a nonzero |diff|
+# fail, exit code 4, naming the element.
+expect 0 '{"check":"relu.basic","function":"relu","passed":true,"device":"cpu","atol":1e-05,"rtol":0.001' \
+  "$bin/retort-gradcheck" relu --json
+expect 0 '{"passed":1,"failed":0}' "$bin/retort-gradcheck" relu --json
+expect 4 "against its tolerance 0 (atol + rtol*|numeric|)" "$bin/retort-gradcheck" conv2d.basic --tolerance-scale 0
+expect 1 "--tolerance-scale -1: expected a finite number >= 0" "$bin/retort-gradcheck" relu --tolerance-scale -1
 
 # Config errors found before any work, naming the key (and the --set it came from), exit 1: an unknown
 # architecture, model.init that is not there, a tap the student lacks or a stage it does not have (before

@@ -159,7 +159,8 @@ int inspect_arch(const std::string& arch, const ModelOptions& mo, bool graph, De
     if (!listed) continue;
     const std::string label = alias.count(name) ? name + "  (" + alias[name] + ")" : name;
     model->tap(name, [&seen, label](const Tensor& t) { seen.emplace_back(label, t.shape()); });
-    model->tap(name + ":preact", [&seen, n = name](const Tensor& t) { seen.emplace_back(n + ":preact", t.shape()); });
+    for (const std::string& point : m->points())
+      model->tap(name + ":" + point, [&seen, n = name + ":" + point](const Tensor& t) { seen.emplace_back(n, t.shape()); });
   }
   model->tap(":pooled", [&seen](const Tensor& t) { seen.emplace_back(":pooled", t.shape()); });
   NoGradGuard ng;

@@ -329,6 +329,10 @@ void Sequential::add_point_tap(const std::string& point, TapFn fn) {
   children().back().second->tap(":" + point, std::move(fn));
 }
 
+std::vector<std::string> Sequential::points() const {
+  return children().empty() ? Module::points() : children().back().second->points();
+}
+
 std::shared_ptr<Module> Sequential::point_batch_norm(const std::string& point) {
   return children().empty() ? nullptr : children().back().second->point_batch_norm(point);
 }

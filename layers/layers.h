@@ -250,6 +250,7 @@ class Sequential : public Module {
   ModulePtr ptr(size_t i) const;
 
   std::shared_ptr<Module> point_batch_norm(const std::string& point) override;  // the last child's
+  std::vector<std::string> points() const override;                             // the last child's
 
  protected:
   void add_point_tap(const std::string& point, TapFn fn) override;

@@ -332,6 +332,14 @@ bool Module::expands_stages(const std::vector<std::string>& specs) {
 void Module::tap(const std::string& spec, TapFn fn) {
   const auto [path, point] = split_tap_spec(resolve_tap(spec));
   Module& m = find(path);
+  if (point != "output") {
+    const std::vector<std::string> pts = m.points();
+    const std::string where = path.empty() ? type_name_ : detail::cat(type_name_, "'s ", path, " (", m.type_name(), ")");
+    RETORT_CHECK(std::find(pts.begin(), pts.end(), point) != pts.end(), "tap '", spec, "': ", where,
+                 pts.empty() ? std::string(" emits no named points") : detail::cat(" has no point '", point,
+                 "' (its points: ", detail::join(pts), ")"),
+                 path.empty() ? std::string() : detail::cat("; its output is tapped as '", path, "'"));
+  }
   if (point == "output") m.taps_.emplace(point, std::move(fn));
   else m.add_point_tap(point, std::move(fn));
 }

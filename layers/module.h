@@ -98,7 +98,11 @@ class Module {
   // Whether a list of specs holds "stages" / "stages:<point>" (its length then depends on the network).
   static bool expands_stages(const std::vector<std::string>& specs);
   // path: "module.path" (its output), "module.path:point" (a named point it emits) or a stage alias.
+  // A point the module does not emit (points()) is refused, naming the ones it has.
   void tap(const std::string& path, TapFn fn);
+  // The named points this module emits besides its output: a block's "preact", a network's "stem" and
+  // "pooled" (declare_points); a Sequential's are its last child's.
+  virtual std::vector<std::string> points() const { return points_; }
   void clear_taps();  // recursively
   // The batch norm whose output (plus a shortcut, where the block has one) makes the tapped point
   // `path` — the BN before the point's ReLU, whose affine parameters describe the point's distribution
@@ -129,8 +133,9 @@ class Module {
     add_child(name, m);
     return m;
   }
-  // Inside forward: delivers `t` to the taps listening on the named point.
+  // Inside forward: delivers `t` to the taps listening on the named point (declared with declare_points).
   void emit(const std::string& point, const Tensor& t);
+  void declare_points(std::vector<std::string> points) { points_ = std::move(points); }
   // Whether a tap listens on the named point (a forward may then skip a fusion that would hide it).
   bool has_point_tap(const std::string& point) const { return taps_.count(point) > 0; }
   // Attaches a tap on a named point; Sequential overrides it to forward to its last child.
@@ -152,6 +157,7 @@ class Module {
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
   std::multimap<std::string, TapFn> taps_;  // point ("output" or a name) -> listeners
   Tensor substitute_;                       // returned in place of forward() when defined
+  std::vector<std::string> points_;         // the named points emit() delivers (points())
 };
 
 using ModulePtr = std::shared_ptr<Module>;

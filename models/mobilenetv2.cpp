@@ -27,6 +27,7 @@ namespace mobilenetv2 {
 
 InvertedResidual::InvertedResidual(int64_t inp, int64_t oup, int64_t stride, int64_t expand_ratio, Generator& gen)
     : Module("InvertedResidual"), use_res_connect_(stride == 1 && inp == oup) {
+  declare_points({"preact"});
   RETORT_CHECK(stride == 1 || stride == 2, "InvertedResidual: stride must be 1 or 2, got ", stride);
   const int64_t hidden = inp * expand_ratio;
   conv_ = register_module("conv", std::make_shared<Sequential>());
@@ -51,6 +52,7 @@ Tensor InvertedResidual::forward(const Tensor& x) {
 
 MobileNetV2::MobileNetV2(int64_t expansion, double width_mult, const ModelOptions& options, Generator& gen)
     : Module("MobileNetV2") {
+  declare_points({"stem", "pooled"});
   RETORT_CHECK(expansion > 0 && width_mult > 0, "MobileNetV2: expansion and width must be positive, got ", expansion,
                " and ", width_mult);
   // Python's int(c * width): truncation toward zero.

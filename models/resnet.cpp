@@ -21,6 +21,7 @@ namespace resnet {
 BasicBlock::BasicBlock(int64_t inplanes, int64_t planes, int64_t stride, std::shared_ptr<Sequential> downsample,
                        Generator& gen)
     : Module("BasicBlock") {
+  declare_points({"preact"});
   conv1_ = register_module("conv1", conv3x3(inplanes, planes, stride, gen));
   bn1_ = register_module("bn1", std::make_shared<BatchNorm2d>(planes));
   relu_ = register_module("relu", std::make_shared<ReLU>());
@@ -43,6 +44,7 @@ Tensor BasicBlock::forward(const Tensor& x) {
 
 ResNet::ResNet(int64_t depth, const std::vector<int64_t>& num_filters, const ModelOptions& options, Generator& gen)
     : Module("ResNet") {
+  declare_points({"stem", "pooled"});
   RETORT_CHECK(depth >= 8 && (depth - 2) % 6 == 0, "ResNet: depth must be 6n+2 (8, 14, 20, ...), got ", depth);
   RETORT_CHECK(num_filters.size() == 4, "ResNet: num_filters needs 4 widths (stem and 3 stages), got ",
                num_filters.size());

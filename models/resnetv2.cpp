@@ -11,6 +11,7 @@ namespace retort {
 namespace resnetv2 {
 
 Bottleneck::Bottleneck(int64_t in_planes, int64_t planes, int64_t stride, Generator& gen) : Module("Bottleneck") {
+  declare_points({"preact"});
   const int64_t out_planes = kExpansion * planes;
   conv1_ = register_module("conv1", std::make_shared<Conv2d>(in_planes, planes, 1, gen, Conv2dOptions{.bias = false}));
   bn1_ = register_module("bn1", std::make_shared<BatchNorm2d>(planes));
@@ -44,6 +45,7 @@ Tensor Bottleneck::forward(const Tensor& x) {
 
 ResNetV2::ResNetV2(const std::vector<int64_t>& num_blocks, const ModelOptions& options, Generator& gen)
     : Module("ResNet") {
+  declare_points({"stem", "pooled"});
   RETORT_CHECK(num_blocks.size() == 4, "ResNetV2: needs 4 stage sizes, got ", num_blocks.size());
   conv1_ = register_module("conv1", std::make_shared<Conv2d>(options.in_channels, 64, 3, gen,
                                                              Conv2dOptions{.padding = 1, .bias = false}));

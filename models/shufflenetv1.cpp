@@ -26,6 +26,7 @@ namespace shufflenetv1 {
 
 Bottleneck::Bottleneck(int64_t in_planes, int64_t out_planes, int64_t stride, int64_t groups, Generator& gen)
     : Module("Bottleneck"), stride_(stride) {
+  declare_points({"preact"});
   const int64_t mid_planes = out_planes / 4;
   // The reference does not group the first 1x1 conv of the first block, which reads the 24-channel stem.
   const int64_t g = in_planes == kStemWidth ? 1 : groups;
@@ -64,6 +65,7 @@ Tensor Bottleneck::forward(const Tensor& x) {
 ShuffleNet::ShuffleNet(const std::vector<int64_t>& out_planes, const std::vector<int64_t>& num_blocks, int64_t groups,
                        const ModelOptions& options, Generator& gen)
     : Module("ShuffleNet") {
+  declare_points({"stem", "pooled"});
   RETORT_CHECK(out_planes.size() == 3 && num_blocks.size() == 3, "ShuffleNet: needs 3 stage widths and sizes");
   conv1_ = register_module(
       "conv1", std::make_shared<Conv2d>(options.in_channels, kStemWidth, 1, gen, Conv2dOptions{.bias = false}));

@@ -38,6 +38,7 @@ Tensor cat_shuffle2(shufflenet::ShuffleBlock& shuffle, const Tensor& a, const Te
 }  // namespace
 
 BasicBlock::BasicBlock(int64_t in_channels, Generator& gen) : Module("BasicBlock") {
+  declare_points({"preact"});
   const int64_t half = in_channels / 2;  // the reference's int(in_channels * 0.5)
   conv1_ = register_module("conv1", pointwise(half, half, gen));
   bn1_ = register_module("bn1", std::make_shared<BatchNorm2d>(half));
@@ -87,6 +88,7 @@ Tensor DownBlock::forward(const Tensor& x) {
 ShuffleNetV2::ShuffleNetV2(const std::vector<int64_t>& out_channels, const std::vector<int64_t>& num_blocks,
                            const ModelOptions& options, Generator& gen)
     : Module("ShuffleNetV2") {
+  declare_points({"stem", "pooled"});
   RETORT_CHECK(out_channels.size() == 4 && num_blocks.size() == 3,
                "ShuffleNetV2: needs 3 stage widths plus the head width, and 3 stage sizes");
   conv1_ = register_module("conv1", pointwise(options.in_channels, kStemWidth, gen));

@@ -36,6 +36,7 @@ std::shared_ptr<vgg::Block> make_block(const std::vector<int64_t>& widths, int64
 }  // namespace
 
 VGG::VGG(const std::vector<std::vector<int64_t>>& cfg, const ModelOptions& options, Generator& gen) : Module("VGG") {
+  declare_points({"stem", "pooled"});
   RETORT_CHECK(cfg.size() == 5, "VGG: cfg needs 5 blocks, got ", cfg.size());
   // Three 2x2 max pools without padding halve the input before the last blocks: 8x8 is the least that
   // leaves them a 1x1 feature (7x7 would be pooled to nothing).

@@ -33,6 +33,7 @@ class Block : public Sequential {
   std::shared_ptr<Module> point_batch_norm(const std::string& point) override {
     return point == "preact" && !children().empty() ? children().back().second : nullptr;
   }
+  std::vector<std::string> points() const override { return {"preact"}; }
 
  protected:
   // Named points belong to the block itself, not (as for a plain Sequential) to its last child.

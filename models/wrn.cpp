@@ -57,6 +57,7 @@ void NetworkBlock::add_point_tap(const std::string& point, TapFn fn) {
 
 WideResNet::WideResNet(int64_t depth, int64_t widen_factor, const ModelOptions& options, Generator& gen)
     : Module("WideResNet") {
+  declare_points({"stem", "pooled"});
   RETORT_CHECK(depth >= 10 && (depth - 4) % 6 == 0, "WideResNet: depth must be 6n+4 (10, 16, 22, ...), got ", depth);
   RETORT_CHECK(widen_factor > 0, "WideResNet: widen_factor must be positive, got ", widen_factor);
   const int64_t n = (depth - 4) / 6;

@@ -49,6 +49,9 @@ class NetworkBlock : public Module {
   std::shared_ptr<Module> point_batch_norm(const std::string& point) override {
     return point == "preact" ? preact_source_.lock() : nullptr;
   }
+  std::vector<std::string> points() const override {
+    return preact_source_.expired() ? std::vector<std::string>{} : std::vector<std::string>{"preact"};
+  }
 
  protected:
   void add_point_tap(const std::string& point, TapFn fn) override;

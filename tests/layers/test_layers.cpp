@@ -50,7 +50,7 @@ std::shared_ptr<Sequential> small_net(Generator& gen) {
 // Emits its input (as "pre") and returns x + tag, so a test can tell which module a value came from.
 class Emitter : public Module {
  public:
-  explicit Emitter(double tag) : Module("Emitter"), tag_(tag) {}
+  explicit Emitter(double tag) : Module("Emitter"), tag_(tag) { declare_points({"pre"}); }
   Tensor forward(const Tensor& x) override {
     emit("pre", x);
     return x + tag_;

@@ -144,6 +144,34 @@ TEST(ModelZoo, SmallestImagesAreTakenOrRefusedWhenBuilt) {
   }
 }
 
+// Every named point a module declares (points()) fires in a forward, and a point it does not declare is
+// refused when tapped, naming the ones it has (a typo such as "layer3:prefact" was accepted and never fired).
+TEST(ModelTaps, DeclaredPointsFireAndOthersAreRefused) {
+  for (const auto& name : model_names()) {
+    SCOPED_TRACE(name);
+    auto model = build(name, kFashion);
+    std::map<std::string, int> fired;
+    for (const auto& [path, m] : model->named_modules())
+      for (const std::string& point : m->points()) {
+        const std::string spec = path + ":" + point;
+        fired[spec] = 0;
+        model->tap(spec, [&fired, spec](const Tensor&) { ++fired[spec]; });
+      }
+    EXPECT_TRUE(fired.count(":stem") && fired.count(":pooled"));
+    EXPECT_GE(fired.size(), 4u);
+    NoGradGuard ng;
+    (*model)(input(kFashion, 1));
+    for (const auto& [spec, n] : fired) EXPECT_GE(n, 1) << spec << " is declared but never emitted";
+  }
+  auto r = build("resnet8", kFashion);
+  expect_error([&] { r->tap("layer3:prefact", [](const Tensor&) {}); },
+               {"tap 'layer3:prefact': ResNet's layer3 (Sequential) has no point 'prefact' (its points: preact); its "
+                "output is tapped as 'layer3'"});
+  expect_error([&] { r->tap(":pooledd", [](const Tensor&) {}); },
+               {"tap ':pooledd': ResNet has no point 'pooledd' (its points: stem, pooled)"});
+  expect_error([&] { r->tap("fc:preact", [](const Tensor&) {}); }, {"ResNet's fc (Linear) emits no named points"});
+}
+
 // ---- names and order ---------------------------------------------------------------------------------
 
 TEST(ResNetNames, Resnet8MatchesPyTorchStateDict) {

@@ -7,7 +7,8 @@
 # the newer image there.
 #
 #   bash scripts/gpu_bundle.sh            # builds build/ first if needed
-#   device run: bash scripts/gpu_check.sh   (carry: [".gpu"])
+#   device run, one per part:  PARTS=suite bash scripts/gpu_check.sh   (carry: [".gpu"]); then PARTS=cuda_apps,
+#                              train, bench, profile (scripts/gpu_check.sh says what each runs)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${RETORT_BUILD_DIR:-$root/build}

@@ -81,7 +81,7 @@ void* raw_allocate(int device, size_t nbytes) {
     it->second.pop_back();
     dc.cached -= sz;
   } else {
-    cudaSetDevice(device);
+    RETORT_CUDA_CHECK(cudaSetDevice(device), "selecting cuda:", device, " to allocate ", mib(sz));
     cudaError_t err = cudaMalloc(&p, sz);
     if (err == cudaErrorMemoryAllocation) {
       cudaGetLastError();

@@ -87,12 +87,15 @@ int to_int(int64_t v, const std::string& desc) {
 }
 
 // Device memory a workspace may take: what the driver has free plus what our caching allocator holds
-// unused (it releases that and retries when cudaMalloc fails).
+// unused (it releases that and retries when cudaMalloc fails), and at most an eighth of the device. The
+// plan is chosen once, while memory is free; the workspace stays allocated (Context::workspace) and the
+// activations of later, larger steps need the rest. A candidate that does not fit when it runs is passed
+// over for that call (run_plan).
 size_t memory_budget(int device) {
   size_t free_bytes = 0, total = 0;
   RETORT_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total), "querying free memory for a cuDNN workspace");
   const MemoryStats s = memory_stats(device);
-  return free_bytes + (s.reserved > s.allocated ? s.reserved - s.allocated : 0);
+  return std::min(free_bytes + (s.reserved > s.allocated ? s.reserved - s.allocated : 0), total / 8);
 }
 
 void set_math(Plan& plan, cudnnMathType_t math) {
@@ -264,10 +267,24 @@ void run_plan(Context& c, Plan& plan, const void* a, const void* b, void* out) {
   const void* alpha = f64 ? static_cast<const void*>(&one_d) : static_cast<const void*>(&one_f);
   const void* beta = f64 ? static_cast<const void*>(&zero_d) : static_cast<const void*>(&zero_f);
   cudnnHandle_t h = c.cudnn();
+  size_t at = plan.current;  // the candidate this call runs: plan.current, or a later one for want of memory
   for (;;) {
-    const Candidate& cand = plan.candidates[plan.current];
+    const Candidate& cand = plan.candidates[at];
     set_math(plan, cand.math);
-    void* ws = cand.workspace ? c.workspace(cand.workspace) : nullptr;
+    void* ws = nullptr;
+    if (cand.workspace) {
+      try {
+        ws = c.workspace(cand.workspace);
+      } catch (const Error&) {
+        // Out of memory for this workspace now (the activations grew since the plan was made): a later
+        // candidate with a smaller workspace runs this call; the plan keeps its choice for the next.
+        size_t next = at + 1;
+        while (next < plan.candidates.size() && plan.candidates[next].workspace >= cand.workspace) ++next;
+        if (next == plan.candidates.size()) throw;
+        at = next;
+        continue;
+      }
+    }
     cudnnStatus_t st = CUDNN_STATUS_SUCCESS;
     switch (plan.dir) {
       case Dir::Forward:  // a = x, b = w, out = y
@@ -287,8 +304,9 @@ void run_plan(Context& c, Plan& plan, const void* a, const void* b, void* out) {
         break;
     }
     // cuDNN 9 refuses with a sub-code of the category (CUDNN_STATUS_NOT_SUPPORTED_SHAPE, _LAYOUT, ...).
-    if (CUDNN_STATUS_CATEGORY(st) == CUDNN_STATUS_NOT_SUPPORTED && plan.current + 1 < plan.candidates.size()) {
-      ++plan.current;
+    if (CUDNN_STATUS_CATEGORY(st) == CUDNN_STATUS_NOT_SUPPORTED && at + 1 < plan.candidates.size()) {
+      if (at == plan.current) ++plan.current;  // refused for good: the plan moves on
+      ++at;
       continue;
     }
     RETORT_CUDNN_CHECK(st, "running algorithm ", cand.algo, " (math type ", static_cast<int>(cand.math), ", ",

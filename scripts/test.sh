@@ -14,7 +14,7 @@ if [ "${RETORT_SKIP_CUDAEMU:-0}" != 1 ]; then
   emu=${RETORT_EMU_BUILD_DIR:-$root/build-emu}
   cmake -S "$root" -B "$emu" -DCMAKE_BUILD_TYPE=Release -DRETORT_CUDA=EMU >/dev/null
   cmake --build "$emu" -j "$(nproc)" --target test_cuda test_cuda_parity test_cudaemu \
-    retort-gradcheck retort-train retort-distill retort-eval
+    retort-gradcheck retort-train retort-distill retort-eval retort-inspect
   cd "$emu"
   ctest --output-on-failure -j "$(nproc)" -L cuda
 fi

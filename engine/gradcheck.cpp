@@ -65,8 +65,8 @@ GradcheckResult gradcheck(const GradcheckFn& fn_on_inputs, const std::vector<Ten
   struct PutBack {
     const std::vector<Tensor>& in;
     std::vector<std::shared_ptr<TensorImpl>>& grads;
-    ~PutBack() {
-      for (size_t i = 0; i < in.size(); ++i)
+    ~PutBack() {  // in reverse: a tensor passed twice saved its own gradient at its first place
+      for (size_t i = in.size(); i-- > 0;)
         if (in[i].defined()) in[i].impl().grad = grads[i];
     }
   } put_back{inputs, kept_grads};

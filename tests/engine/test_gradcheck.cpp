@@ -174,6 +174,10 @@ TEST(GradcheckFacility, NonLeavesAreNamedAndGradientsAreKept) {
   const GradcheckResult r = gradcheck([](const std::vector<Tensor>& in) { return mul(in[0], in[0]); }, {a});
   EXPECT_TRUE(r.passed);
   EXPECT_EQ(a.grad().to_vector(), (std::vector<double>{7.0, 8.0, 9.0}));
+  // The same tensor given twice keeps its gradient too.
+  const GradcheckResult twice = gradcheck([](const std::vector<Tensor>& in) { return mul(in[0], in[1]); }, {a, a});
+  EXPECT_TRUE(twice.passed) << twice.detail;
+  EXPECT_EQ(a.grad().to_vector(), (std::vector<double>{7.0, 8.0, 9.0}));
 }
 
 

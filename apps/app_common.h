@@ -312,6 +312,15 @@ inline void load_init_weights(Module& model, const ExperimentConfig& cfg) {
   }
 }
 
+// The model file a FILE argument means (resolve_model_file: a run directory -> its model, or its newest
+// checkpoint while it has none, which a note on stderr says).
+inline std::string model_file_arg(const std::string& path) {
+  std::string note;
+  const std::string file = resolve_model_file(path, &note);
+  if (!note.empty()) std::fprintf(stderr, "note: %s\n", note.c_str());
+  return file;
+}
+
 // A config's model (`key`: model.arch or teacher.arch) for the data's images; errors name the key.
 inline std::shared_ptr<Module> config_model(const std::string& arch, const char* key, const ModelOptions& mo,
                                             Generator& gen) {

@@ -65,12 +65,8 @@ int main(int argc, char** argv) {
     if (!taps.empty() || !against_taps.empty()) cka = true;
     const Device dev = app::device_flag(device);
     // A run directory means its model (or, while it has none yet, its newest checkpoint).
-    for (std::string* p : {&path, &against}) {
-      if (p->empty()) continue;
-      std::string note;
-      *p = resolve_model_file(*p, &note);
-      if (!note.empty()) std::fprintf(stderr, "note: %s\n", note.c_str());
-    }
+    for (std::string* p : {&path, &against})
+      if (!p->empty()) *p = app::model_file_arg(*p);
     // Inference may choose kernels by speed (deterministic false), as evaluation always has.
     const auto switches = app::as_usage([&] { return std::make_unique<KernelSwitches>(math, false, dev, "--math"); });
     // A model file's state (exported models hold it as is; checkpoints prefix it with "model.") and

@@ -408,11 +408,7 @@ int main(int argc, char** argv) {
       if (v < 1) throw app::UsageError(detail::cat(flag, " ", v, ": expected a positive count"));
     app::set_threads(threads);
     const Device dev = app::device_flag(device);
-    if (!path.empty()) {  // a run directory means its model (or, while it has none yet, its newest checkpoint)
-      std::string note;
-      path = resolve_model_file(path, &note);
-      if (!note.empty()) std::fprintf(stderr, "note: %s\n", note.c_str());
-    }
+    if (!path.empty()) path = app::model_file_arg(path);  // a run directory: its model
     if (!check.empty()) {
       const bool flags_given[3] = {given("--classes"), given("--channels"), given("--size")};
       return check_arch(path, check, mo, flags_given);

@@ -65,9 +65,12 @@ ecpu=$("$bin/retort-eval" "$tmp/train_cuda/model.safetensors" --config "$tmp/tra
 ecuda=$("$bin/retort-eval" "$tmp/train_cuda/model.safetensors" --config "$tmp/train.json" --device cuda 2>&1 | grep "top-1" | head -1)
 [ -n "$ecpu" ] && [ "$ecpu" = "$ecuda" ] || { echo "FAIL: retort-eval: cpu '$ecpu' vs cuda '$ecuda'"; exit 1; }
 # retort-inspect on the device says so: the tap list's header and the graph's leaf labels.
-"$bin/retort-inspect" --arch resnet8 --device cuda | grep -qF "feature taps (shape for a batch of 1, on cuda:0)" ||
+# (Output captured first: grep -q closing the pipe early would fail the pipeline under pipefail.)
+taps=$("$bin/retort-inspect" --arch resnet8 --device cuda)
+grep -qF "feature taps (shape for a batch of 1, on cuda:0)" <<<"$taps" ||
   { echo "FAIL: retort-inspect --arch --device cuda does not name its device"; exit 1; }
-"$bin/retort-inspect" --arch resnet8 --device cuda --graph | grep -qF 'label="fc.weight\nf32[100, 64] cuda:0"' ||
+dot=$("$bin/retort-inspect" --arch resnet8 --device cuda --graph)
+grep -qF 'label="fc.weight\nf32[100, 64] cuda:0"' <<<"$dot" ||
   { echo "FAIL: retort-inspect --graph --device cuda: leaves without their device"; exit 1; }
 
 # Resuming on the device: two epochs straight, and one epoch then --resume auto into the second, end

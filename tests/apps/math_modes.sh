@@ -49,7 +49,8 @@ done
 a=$(loss ieee); b=$(loss bf16)
 awk -v a="$a" -v b="$b" 'BEGIN { d = (a - b) / a; exit !(a != b && d <= 0.01 && d >= -0.01) }' ||
   { echo "FAIL: eval loss ieee $a vs bf16 $b (expected within 1 %, not equal)"; exit 1; }
-"$bin/retort-eval" "$tmp/a/model.safetensors" --math bf16 | grep -qF "(math bf16)" || { echo "FAIL: eval line"; exit 1; }
+line=$("$bin/retort-eval" "$tmp/a/model.safetensors" --math bf16)
+grep -qF "(math bf16)" <<<"$line" || { echo "FAIL: eval line"; exit 1; }
 fi
 # Winograd: the same run's 3x3 stride-1 layers of >= 32 channels (resnet8's second stage here) run
 # a Winograd kernel in every direction; the eval loss is the F32 one to 1e-4 (Winograd's

@@ -151,7 +151,9 @@ int inspect_arch(const std::string& arch, const ModelOptions& mo, bool graph, De
       if (s.rfind(path + ".", 0) == 0) return true;
     return false;
   };
-  model->tap(":stem", [&seen](const Tensor& t) { seen.emplace_back(":stem", t.shape()); });
+  // The network's own points (:stem, :pooled), each listed where it fires.
+  for (const std::string& point : model->points())
+    model->tap(":" + point, [&seen, n = ":" + point](const Tensor& t) { seen.emplace_back(n, t.shape()); });
   for (const auto& [name, m] : model->named_modules()) {
     const size_t dot = name.find('.');
     const bool listed = !name.empty() && !holds_stage(name) &&
@@ -162,7 +164,6 @@ int inspect_arch(const std::string& arch, const ModelOptions& mo, bool graph, De
     for (const std::string& point : m->points())
       model->tap(name + ":" + point, [&seen, n = name + ":" + point](const Tensor& t) { seen.emplace_back(n, t.shape()); });
   }
-  model->tap(":pooled", [&seen](const Tensor& t) { seen.emplace_back(":pooled", t.shape()); });
   NoGradGuard ng;
   (*model)(Tensor::zeros({1, mo.in_channels, mo.input_size, mo.input_size}, DType::F32, dev));
   for (const auto& [n, s] : seen) std::printf("  %-28s %s\n", n.c_str(), shape_str(s).c_str());

@@ -59,19 +59,27 @@ TEST(GradcheckRegistry, NamesAreUnique) {
   EXPECT_GE(names.size(), 40u);
 }
 
-// A function whose backward is deliberately wrong (2x the true gradient) must fail the check.
-TEST(GradcheckFacility, DetectsAWrongBackward) {
-  auto wrong_square = [](const std::vector<Tensor>& in) {
+// x * x with a hand-written backward, grad(g, x) -> the input's gradient: a stand-in for a new op whose
+// backward the tests get wrong on purpose.
+template <class Grad>
+GradcheckFn square_with_backward(const char* node, Grad grad) {
+  return [node, grad](const std::vector<Tensor>& in) {
     const Tensor& x = in[0];
     Tensor out;
     {
       NoGradGuard ng;
       out = mul(x, x);
     }
-    return record(out, "WrongSquareBackward", {x}, [x = saved(x)](const Tensor& g, const Node&) {
-      return std::vector<Tensor>{mul(g, affine(x, 4.0, 0.0))};
+    return record(out, node, {x}, [x = saved(x), grad](const Tensor& g, const Node&) {
+      return std::vector<Tensor>{grad(g, x)};
     });
   };
+}
+
+// A function whose backward is deliberately wrong (2x the true gradient) must fail the check.
+TEST(GradcheckFacility, DetectsAWrongBackward) {
+  const GradcheckFn wrong_square =
+      square_with_backward("WrongSquareBackward", [](const Tensor& g, const Tensor& x) { return mul(g, affine(x, 4.0, 0.0)); });
   Generator gen(1);
   const GradcheckResult r = gradcheck(wrong_square, {gc_randn({4}, gen)});
   EXPECT_FALSE(r.passed);
@@ -104,17 +112,9 @@ TEST(GradcheckFacility, DetectsAMissingGradient) {
 // be refused: NaN compares false with every tolerance, and the check once passed such a function with
 // "max|diff| 0" (PyTorch's gradcheck raises on it).
 TEST(GradcheckFacility, NaNAndInfiniteValuesFail) {
-  auto nan_backward = [](const std::vector<Tensor>& in) {
-    const Tensor& x = in[0];
-    Tensor out;
-    {
-      NoGradGuard ng;
-      out = mul(x, x);
-    }
-    return record(out, "NaNBackward", {x}, [](const Tensor& g, const Node&) {
-      return std::vector<Tensor>{affine(g, std::numeric_limits<double>::quiet_NaN(), 0.0)};
-    });
-  };
+  const GradcheckFn nan_backward = square_with_backward("NaNBackward", [](const Tensor& g, const Tensor&) {
+    return affine(g, std::numeric_limits<double>::quiet_NaN(), 0.0);
+  });
   Generator gen(3);
   GradcheckResult r = gradcheck(nan_backward, {gc_randn({4, 5}, gen)});
   EXPECT_FALSE(r.passed);
@@ -144,19 +144,11 @@ TEST(GradcheckFacility, WorstIsTheLargestDiffOverTolerance) {
   EXPECT_TRUE(r.passed);
   EXPECT_NE(r.detail.find("against its tolerance"), std::string::npos) << "no worst element recorded";
   // A gradient off by a relative 1e-6 at one element only: that element is the worst, though still passing.
-  auto nudged = [](const std::vector<Tensor>& in) {
-    const Tensor& x = in[0];
-    Tensor out;
-    {
-      NoGradGuard ng;
-      out = mul(x, x);
-    }
-    return record(out, "NudgedSquareBackward", {x}, [x = saved(x)](const Tensor& g, const Node&) {
-      Tensor d = mul(g, affine(x, 2.0, 0.0)).clone();
-      d.data<double>()[3] *= 1 + 1e-6;
-      return std::vector<Tensor>{d};
-    });
-  };
+  const GradcheckFn nudged = square_with_backward("NudgedSquareBackward", [](const Tensor& g, const Tensor& x) {
+    Tensor d = mul(g, affine(x, 2.0, 0.0)).clone();
+    d.data<double>()[3] *= 1 + 1e-6;
+    return d;
+  });
   r = gradcheck(nudged, {gc_randn({6}, gen)});
   EXPECT_TRUE(r.passed) << r.detail;
   EXPECT_NE(r.detail.find("element 3:"), std::string::npos) << r.detail;

@@ -173,9 +173,12 @@ class Backend {
 
   // ---- pooling and resampling, NCHW ----------------------------------------------------------
   // indices (I64) hold, per output element, the flat h*W+w position of the max within its plane.
+  // The backward gets the forward's window too (a gather needs it to find the outputs that may
+  // have picked an input; the CPU's scatter reads the indices alone).
   virtual void max_pool2d_forward(const Tensor& x, const Pool2dParams& p, Tensor& y,
                                   Tensor& indices) = 0;
-  virtual void max_pool2d_backward(const Tensor& gy, const Tensor& indices, Tensor& gx) = 0;
+  virtual void max_pool2d_backward(const Tensor& gy, const Tensor& indices, const Pool2dParams& p,
+                                   Tensor& gx) = 0;
   virtual void avg_pool2d_forward(const Tensor& x, const Pool2dParams& p, Tensor& y) = 0;
   virtual void avg_pool2d_backward(const Tensor& gy, const Pool2dParams& p, Tensor& gx) = 0;
   // Bins as PyTorch: start = floor(i * In / Out), end = ceil((i + 1) * In / Out).

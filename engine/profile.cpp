@@ -159,9 +159,9 @@ class ProfilingBackend final : public Backend {
     Timer t(b_, "max_pool2d_forward");
     b_.max_pool2d_forward(x, p, y, idx);
   }
-  void max_pool2d_backward(const Tensor& gy, const Tensor& idx, Tensor& gx) override {
+  void max_pool2d_backward(const Tensor& gy, const Tensor& idx, const Pool2dParams& p, Tensor& gx) override {
     Timer t(b_, "max_pool2d_backward");
-    b_.max_pool2d_backward(gy, idx, gx);
+    b_.max_pool2d_backward(gy, idx, p, gx);
   }
   void avg_pool2d_forward(const Tensor& x, const Pool2dParams& p, Tensor& y) override {
     Timer t(b_, "avg_pool2d_forward");

@@ -188,7 +188,7 @@ class CpuBackend final : public Backend {
                           Tensor& gweight, Tensor& gbias) override;
 
   void max_pool2d_forward(const Tensor& x, const Pool2dParams& p, Tensor& y, Tensor& indices) override;
-  void max_pool2d_backward(const Tensor& gy, const Tensor& indices, Tensor& gx) override;
+  void max_pool2d_backward(const Tensor& gy, const Tensor& indices, const Pool2dParams& p, Tensor& gx) override;
   void avg_pool2d_forward(const Tensor& x, const Pool2dParams& p, Tensor& y) override;
   void avg_pool2d_backward(const Tensor& gy, const Pool2dParams& p, Tensor& gx) override;
   void adaptive_avg_pool2d_forward(const Tensor& x, Tensor& y) override;

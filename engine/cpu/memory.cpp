@@ -129,7 +129,7 @@ void check_headroom(size_t rounded, size_t nbytes) {
     const std::string asked = detail::cat("out of host memory: ", nbytes, " bytes (", mib(rounded), ") asked for ");
     const std::string hint = detail::cat("Retort holds ", mib(held), " in blocks of 1 MiB and more; a smaller batch ",
                                          "(data.batch_size, data.eval_batch_size; retort-eval's --batch-size, ",
-                                         "retort-inspect's --batch) needs less");
+                                         "retort-inspect's --batch) or smaller inputs (retort-inspect's --size) need less");
     if (over_limit)
       RETORT_FAIL(asked, "would pass the host memory limit of ", mib(limit), " (RETORT_HOST_MEMORY_LIMIT); ", hint);
     RETORT_FAIL(asked, "would leave the machine less than ", mib(kReserve), " (", h.source, "); ", hint);

@@ -78,7 +78,7 @@ void CpuBackend::max_pool2d_forward(const Tensor& x, const Pool2dParams& p, Tens
   });
 }
 
-void CpuBackend::max_pool2d_backward(const Tensor& gy, const Tensor& indices, Tensor& gx) {
+void CpuBackend::max_pool2d_backward(const Tensor& gy, const Tensor& indices, const Pool2dParams&, Tensor& gx) {
   dispatch_float(gy.dtype(), "max_pool2d_backward", [&](auto tag) {
     using T = decltype(tag);
     const Planes in = planes_of(gx), out = planes_of(gy);

@@ -95,7 +95,7 @@ void* raw_allocate(int device, size_t nbytes) {
       if (err == cudaErrorMemoryAllocation)
         RETORT_FAIL("CUDA out of memory: allocating ", mib(sz), " on cuda:", device, " failed (tensors hold ",
                     mib(dc.stats.allocated), ", the device has ", mib(free_b), " free of ", mib(total_b),
-                    "); lower the batch size or free tensors");
+                    "); a smaller batch or smaller inputs need less, or free tensors");
       fail_cuda(err, "cudaMalloc", __FILE__, __LINE__, detail::cat("allocating ", mib(sz), " on cuda:", device));
     }
     dc.stats.reserved += sz;

@@ -17,10 +17,10 @@ std::string describe_device(int index);
 std::string library_versions();
 
 // Global switches (also set from the environment at start-up):
-//   RETORT_CUDA_DETERMINISTIC=1  cuDNN picks only deterministic algorithms (bitwise-reproducible runs, but
-//                                for two scatters of our own that add with atomicAdd: max-pool's backward
-//                                where windows overlap — no zoo model's do — and grid_sample's input
-//                                gradient, which SoKD's augmentation uses: their F32 last bits may vary);
+//   RETORT_CUDA_DETERMINISTIC=1  bitwise-reproducible runs: cuDNN picks only deterministic algorithms, and
+//                                grid_sample's input gradient (SoKD's augmentation) gathers in the CPU's
+//                                order instead of adding with atomicAdd (sample.cu). Every other kernel of
+//                                ours is deterministic in both modes (no floating-point atomics);
 //   RETORT_ALLOW_TF32=1          cuBLAS GEMMs and cuDNN convolutions may use TF32 tensor cores for F32.
 // Both are off by default: F32 results then follow IEEE single precision as on the CPU. A run from an
 // experiment config sets the first from `experiment.deterministic` and the second from

@@ -3,14 +3,11 @@
 // and adaptive average pool.
 //
 // Forwards: one thread per output element, window sums in double.
-// Backwards of the average pools gather: one thread per input element visits, in ascending (oh, ow)
-// order, the outputs whose window holds it and sums their shares in T from zero, which is the CPU's
-// scatter order, so each gradient element matches the CPU bit for bit, with no atomics and no
-// zeroing pass. Max pool's backward only gets the indices (not the window parameters), so it
-// scatters: gx is zeroed and each output adds its gradient at its argmax with atomicAdd. Windows that
-// do not overlap (stride >= kernel, the usual case) send at most one value to each input, which is
-// then exact and deterministic; with overlapping windows the order of the additions to a shared
-// input, and so its last bits in F32, may vary from run to run, even in deterministic mode.
+// Backwards gather: one thread per input element visits, in ascending (oh, ow) order, the outputs
+// whose window holds it and sums their shares (average pools) or the gradients of those whose argmax
+// it is (max pool) in T from zero. That is the CPU's scatter order, so each gradient element matches
+// the CPU bit for bit, with no atomics and no zeroing pass, and overlapping max-pool windows are as
+// deterministic as the rest.
 #include <cmath>
 
 #include "engine/cuda/kernels.cuh"
@@ -82,14 +79,31 @@ __global__ void max_pool_forward_kernel(const T* x, T* y, int64_t* indices, Geom
   }
 }
 
-// One thread per output: gx[plane, argmax] += gy (gx zeroed before). Indices outside the plane
-// (impossible from our forward) are skipped rather than written out of bounds.
+// The outputs o whose window [o*stride - pad, o*stride - pad + kernel) holds input position i:
+// o*stride <= i + pad and o*stride > i + pad - kernel. Returned as [lo, hi], possibly empty.
+__device__ inline void covering_windows(int64_t i, int64_t pad, int64_t kernel, int64_t stride, int64_t out,
+                                        int64_t& lo, int64_t& hi) {
+  const int64_t below = i + pad - kernel;
+  lo = below < 0 ? 0 : below / stride + 1;
+  hi = min((i + pad) / stride, out - 1);
+}
+
+// One thread per input element: the sum of gy over the outputs whose window holds it and whose argmax
+// it is (an argmax always lies in its own window), in ascending (oh, ow) order.
 template <class T>
-__global__ void max_pool_backward_kernel(const T* gy, const int64_t* indices, T* gx, int64_t in_plane,
-                                         int64_t out_plane, int64_t total) {
-  RETORT_GRID_STRIDE(o, total) {
-    const int64_t i = indices[o];
-    if (i >= 0 && i < in_plane) atomicAdd(gx + (o / out_plane) * in_plane + i, gy[o]);
+__global__ void max_pool_backward_kernel(const T* gy, const int64_t* indices, T* gx, Geom g, int64_t total) {
+  RETORT_GRID_STRIDE(i, total) {
+    const int64_t pos = i % g.in_plane(), w = pos % g.w, h = pos / g.w, pl = i / g.in_plane();
+    const T* gp = gy + pl * g.out_plane();
+    const int64_t* ip = indices + pl * g.out_plane();
+    int64_t oh_lo, oh_hi, ow_lo, ow_hi;
+    covering_windows(h, g.ph, g.kh, g.sh, g.oh, oh_lo, oh_hi);
+    covering_windows(w, g.pw, g.kw, g.sw, g.ow, ow_lo, ow_hi);
+    T acc = 0;
+    for (int64_t oh = oh_lo; oh <= oh_hi; ++oh)
+      for (int64_t ow = ow_lo; ow <= ow_hi; ++ow)
+        if (ip[oh * g.ow + ow] == pos) acc += gp[oh * g.ow + ow];
+    gx[i] = acc;
   }
 }
 
@@ -125,15 +139,6 @@ __global__ void avg_pool_forward_kernel(const T* x, T* y, Geom g, int64_t total)
       for (int64_t w = win.ws; w < win.we; ++w) acc += static_cast<double>(xp[h * g.w + w]);
     y[o] = static_cast<T>(acc * win.inv_divisor);
   }
-}
-
-// The outputs o whose window [o*stride - pad, o*stride - pad + kernel) holds input position i:
-// o*stride <= i + pad and o*stride > i + pad - kernel. Returned as [lo, hi], possibly empty.
-__device__ inline void covering_windows(int64_t i, int64_t pad, int64_t kernel, int64_t stride, int64_t out,
-                                        int64_t& lo, int64_t& hi) {
-  const int64_t below = i + pad - kernel;
-  lo = below < 0 ? 0 : below / stride + 1;
-  hi = min((i + pad) / stride, out - 1);
 }
 
 // One thread per input element, gathering the shares of the windows that hold it (see the top).
@@ -222,18 +227,15 @@ void CudaBackend::max_pool2d_forward(const Tensor& x, const Pool2dParams& p, Ten
   });
 }
 
-void CudaBackend::max_pool2d_backward(const Tensor& gy, const Tensor& indices, Tensor& gx) {
-  if (gx.numel() == 0) return;
-  const Geom g = geom_of(gx, gy);
-  cudaStream_t st = ctx().stream();
-  RETORT_CUDA_CHECK(cudaMemsetAsync(gx.raw_data(), 0, gx.nbytes(), st), "zeroing the max_pool2d gradient ",
-                    gx.meta_str());
-  const int64_t total = gy.numel();
+void CudaBackend::max_pool2d_backward(const Tensor& gy, const Tensor& indices, const Pool2dParams& p, Tensor& gx) {
+  const int64_t total = gx.numel();
   if (total == 0) return;
+  const Geom g = geom_of(gx, gy, p);
+  cudaStream_t st = ctx().stream();
   dispatch_float(gy.dtype(), "max_pool2d_backward", [&](auto tag) {
     using T = decltype(tag);
     max_pool_backward_kernel<T><<<blocks_for(total), kThreads, 0, st>>>(ptr<T>(gy), ptr<int64_t>(indices),
-                                                                        ptr<T>(gx), g.in_plane(), g.out_plane(), total);
+                                                                        ptr<T>(gx), g, total);
     RETORT_CUDA_LAUNCH_CHECK(what("max_pool2d_backward", gy, gx));
   });
 }

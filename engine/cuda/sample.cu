@@ -9,13 +9,25 @@
 // it, which is the CPU's scatter order, so results match it bit for bit without atomics.
 //
 // grid_sample: one thread per output location (n, oh, ow) computes the bilinear corners once and
-// loops over the channels, as the CPU does; coordinates and blends are in double. The backward's
+// loops over the channels, as the CPU does; coordinates and blends are in double. The grid gradient
+// belongs to its location's thread alone (summed over channels in double) and is deterministic. The
 // input gradient is a scatter (four neighbours per location and channel, shared between nearby
-// locations), so gx is zeroed and accumulated with atomicAdd; the order of those additions, and so
-// the last bits of gx in F32, may vary between runs. The grid gradient belongs to its location's
-// thread alone (summed over channels in double) and is deterministic.
+// locations, wherever the grid points), and has two routes:
+//   - by default, gx is zeroed and accumulated with atomicAdd in one kernel; the order of the
+//     additions, and so the last bits of gx in F32, may vary between runs;
+//   - in deterministic mode (cuda_device.h), it gathers. Each location is filed under the bucket of
+//     its top-left neighbour (y0, x0), y0 in [-1, H-1] and x0 in [-1, W-1] (the others touch no
+//     pixel): bucket sizes are counted (integer atomics, an exact count), scanned into offsets per
+//     sample, filled (slots claimed with atomics) and each bucket sorted by location. Then one thread
+//     per input element merges, in ascending location order, the four buckets whose locations can
+//     reach it — (h, w), (h, w-1), (h-1, w), (h-1, w-1) — and adds their shares in T from zero: the
+//     CPU's scatter order, so gx matches the CPU bit for bit and is the same in every run. The sort
+//     is an insertion sort per bucket, quadratic in a bucket's size: a few locations for the affine
+//     warps SoKD uses, the whole grid for one that sends every location to one pixel.
+#include <climits>
 #include <cmath>
 
+#include "engine/cuda/cuda_device.h"
 #include "engine/cuda/kernels.cuh"
 
 namespace retort::cuda {
@@ -188,6 +200,129 @@ __global__ void grid_sample_backward_kernel(const T* gy, const T* x, const T* gr
   }
 }
 
+// ---- deterministic input gradient (see the top) --------------------------------------------------
+
+// The bucket of a location's top-left neighbour, in [0, (H+1)(W+1)), or -1 when no neighbour is inside
+// (a NaN coordinate, or more than one pixel outside).
+__device__ inline int64_t bucket_of(const Corners& c, const GridGeom& g) {
+  if (c.nan || c.y0 < -1 || c.y0 > g.h - 1 || c.x0 < -1 || c.x0 > g.w - 1) return -1;
+  return (c.y0 + 1) * (g.w + 1) + (c.x0 + 1);
+}
+
+// Per location: counts[n][bucket] += 1 (counts: N rows of B + 1, zeroed).
+template <class T>
+__global__ void grid_count_kernel(const T* grid, int* counts, GridGeom g, int64_t buckets, int64_t total) {
+  RETORT_GRID_STRIDE(r, total) {
+    const int64_t n = r / (g.oh * g.ow);
+    const T* gp = grid + r * 2;
+    const int64_t b = bucket_of(corners(static_cast<double>(gp[0]), static_cast<double>(gp[1]), g.h, g.w), g);
+    if (b >= 0) atomicAdd(counts + n * (buckets + 1) + b, 1);
+  }
+}
+
+// One block per sample: counts -> exclusive offsets in place (row n holds B + 1 entries; the last
+// becomes the sample's total). A Hillis-Steele scan over blockDim.x entries at a time, carried over.
+constexpr int kScanThreads = 256;
+__global__ void grid_scan_kernel(int* counts, int64_t rows, int64_t len) {
+  __shared__ int buf[kScanThreads];
+  const int tid = static_cast<int>(threadIdx.x);
+  for (int64_t n = blockIdx.x; n < rows; n += gridDim.x) {
+    int* row = counts + n * len;
+    int carry = 0;
+    for (int64_t base = 0; base < len; base += kScanThreads) {
+      const int64_t i = base + tid;
+      const int v = i < len ? row[i] : 0;
+      int x = v;
+      for (int off = 1; off < kScanThreads; off <<= 1) {
+        buf[tid] = x;
+        __syncthreads();
+        if (tid >= off) x += buf[tid - off];
+        __syncthreads();
+      }
+      buf[tid] = x;
+      __syncthreads();
+      const int chunk_total = buf[kScanThreads - 1];
+      __syncthreads();
+      if (i < len) row[i] = carry + x - v;
+      carry += chunk_total;
+    }
+  }
+}
+
+// Per location: claims a slot in its bucket and files its index o there (slot order is arbitrary;
+// grid_sort_kernel restores ascending o).
+template <class T>
+__global__ void grid_fill_kernel(const T* grid, const int* offsets, int* fill, int* entries, GridGeom g,
+                                 int64_t buckets, int64_t total) {
+  RETORT_GRID_STRIDE(r, total) {
+    const int64_t out_plane = g.oh * g.ow, n = r / out_plane, o = r - n * out_plane;
+    const T* gp = grid + r * 2;
+    const int64_t b = bucket_of(corners(static_cast<double>(gp[0]), static_cast<double>(gp[1]), g.h, g.w), g);
+    if (b < 0) continue;
+    const int slot = atomicAdd(fill + n * buckets + b, 1);
+    entries[n * out_plane + offsets[n * (buckets + 1) + b] + slot] = static_cast<int>(o);
+  }
+}
+
+// Per bucket: insertion sort of its locations (distinct indices, so the order is unique).
+__global__ void grid_sort_kernel(const int* offsets, int* entries, int64_t out_plane, int64_t buckets, int64_t total) {
+  RETORT_GRID_STRIDE(k, total) {
+    const int64_t n = k / buckets, b = k - n * buckets;
+    int* e = entries + n * out_plane;
+    const int lo = offsets[n * (buckets + 1) + b], hi = offsets[n * (buckets + 1) + b + 1];
+    for (int i = lo + 1; i < hi; ++i) {
+      const int v = e[i];
+      int j = i - 1;
+      while (j >= lo && e[j] > v) {
+        e[j + 1] = e[j];
+        --j;
+      }
+      e[j + 1] = v;
+    }
+  }
+}
+
+// One thread per input element (n, ch, h, w): merges the four buckets whose locations reach it —
+// as their top-left (00), top-right (01), bottom-left (10) or bottom-right (11) neighbour — in
+// ascending location order and sums the shares with the CPU's expressions.
+template <class T>
+__global__ void grid_gather_kernel(const T* gy, const T* grid, const int* offsets, const int* entries, T* gx,
+                                   GridGeom g, int64_t total) {
+  RETORT_GRID_STRIDE(i, total) {
+    const int64_t w = i % g.w, h = (i / g.w) % g.h, nc = i / (g.h * g.w), n = nc / g.c;
+    const int64_t out_plane = g.oh * g.ow, buckets = (g.h + 1) * (g.w + 1);
+    const int* off = offsets + n * (buckets + 1);
+    const int* e = entries + n * out_plane;
+    // Bucket (y0 + 1, x0 + 1) of the top-left neighbour that puts this pixel in each corner.
+    const int64_t b[4] = {(h + 1) * (g.w + 1) + (w + 1), (h + 1) * (g.w + 1) + w, h * (g.w + 1) + (w + 1),
+                          h * (g.w + 1) + w};
+    int pos[4], end[4];
+    for (int k = 0; k < 4; ++k) {
+      pos[k] = off[b[k]];
+      end[k] = off[b[k] + 1];
+    }
+    const T* gyp = gy + nc * out_plane;
+    T acc = 0;
+    for (;;) {
+      int best = -1;
+      for (int k = 0; k < 4; ++k)
+        if (pos[k] < end[k] && (best < 0 || e[pos[k]] < e[pos[best]])) best = k;
+      if (best < 0) break;
+      const int64_t o = e[pos[best]++];
+      const T* gp = grid + (n * out_plane + o) * 2;
+      const Corners c = corners(static_cast<double>(gp[0]), static_cast<double>(gp[1]), g.h, g.w);
+      const double go = static_cast<double>(gyp[o]);
+      switch (best) {
+        case 0: acc += static_cast<T>(go * (1 - c.wx) * (1 - c.wy)); break;
+        case 1: acc += static_cast<T>(go * c.wx * (1 - c.wy)); break;
+        case 2: acc += static_cast<T>(go * (1 - c.wx) * c.wy); break;
+        default: acc += static_cast<T>(go * c.wx * c.wy); break;
+      }
+    }
+    gx[i] = acc;
+  }
+}
+
 GridGeom grid_of(const Tensor& x, const Tensor& grid) {
   GridGeom g;
   g.n = x.shape()[0];
@@ -241,19 +376,54 @@ void CudaBackend::grid_sample_forward(const Tensor& x, const Tensor& grid, Tenso
 void CudaBackend::grid_sample_backward(const Tensor& gy, const Tensor& x, const Tensor& grid, Tensor& gx,
                                        Tensor& ggrid) {
   const GridGeom g = grid_of(x, grid);
-  cudaStream_t st = ctx().stream();
-  if (gx.defined() && gx.numel() > 0)
+  Context& cx = ctx();
+  cudaStream_t st = cx.stream();
+  const bool want_gx = gx.defined() && gx.numel() > 0, want_ggrid = ggrid.defined() && ggrid.numel() > 0;
+  const bool gather = want_gx && deterministic();
+  if (want_gx && !gather)
     RETORT_CUDA_CHECK(cudaMemsetAsync(gx.raw_data(), 0, gx.nbytes(), st), "zeroing the grid_sample input gradient ",
                       gx.meta_str());
-  const bool want_gx = gx.defined() && gx.numel() > 0, want_ggrid = ggrid.defined() && ggrid.numel() > 0;
   const int64_t total = g.n * g.oh * g.ow;
+  if (gather && total == 0)
+    RETORT_CUDA_CHECK(cudaMemsetAsync(gx.raw_data(), 0, gx.nbytes(), st), "zeroing the grid_sample input gradient ",
+                      gx.meta_str());
   if (total == 0 || (!want_gx && !want_ggrid)) return;
   dispatch_float(x.dtype(), "grid_sample_backward", [&](auto tag) {
     using T = decltype(tag);
-    grid_sample_backward_kernel<T><<<blocks_for(total), kThreads, 0, st>>>(
-        ptr<T>(gy), ptr<T>(x), ptr<T>(grid), want_gx ? ptr<T>(gx) : nullptr, want_ggrid ? ptr<T>(ggrid) : nullptr, g,
-        total);
-    RETORT_CUDA_LAUNCH_CHECK("grid_sample_backward of ", x.meta_str(), " at grid ", grid.meta_str());
+    if (want_ggrid || !gather) {
+      grid_sample_backward_kernel<T><<<blocks_for(total), kThreads, 0, st>>>(
+          ptr<T>(gy), ptr<T>(x), ptr<T>(grid), want_gx && !gather ? ptr<T>(gx) : nullptr,
+          want_ggrid ? ptr<T>(ggrid) : nullptr, g, total);
+      RETORT_CUDA_LAUNCH_CHECK("grid_sample_backward of ", x.meta_str(), " at grid ", grid.meta_str());
+    }
+    if (!gather) return;
+    // Bucket lists in the workspace as int: offsets [N, B + 1], fill cursors [N, B], entries [N, OH*OW].
+    const int64_t out_plane = g.oh * g.ow, buckets = (g.h + 1) * (g.w + 1);
+    RETORT_CHECK(out_plane < INT_MAX, "grid_sample_backward (cuda, deterministic): ", out_plane,
+                 " grid locations per sample exceed the gather's 32-bit indices (grid ", grid.meta_str(), ")");
+    const size_t n_off = static_cast<size_t>(g.n * (buckets + 1)), n_fill = static_cast<size_t>(g.n * buckets);
+    int* offsets = static_cast<int*>(cx.workspace((n_off + n_fill + static_cast<size_t>(total)) * sizeof(int)));
+    int* fill = offsets + n_off;
+    int* entries = fill + n_fill;
+    RETORT_CUDA_CHECK(cudaMemsetAsync(offsets, 0, (n_off + n_fill) * sizeof(int), st),
+                      "zeroing the grid_sample bucket counts");
+    grid_count_kernel<T><<<blocks_for(total), kThreads, 0, st>>>(ptr<T>(grid), offsets, g, buckets, total);
+    RETORT_CUDA_LAUNCH_CHECK("grid_sample_backward bucket count at grid ", grid.meta_str());
+    grid_scan_kernel<<<static_cast<unsigned>(std::min<int64_t>(g.n, 65535)), kScanThreads, 0, st>>>(offsets, g.n,
+                                                                                                   buckets + 1);
+    RETORT_CUDA_LAUNCH_CHECK("grid_sample_backward bucket scan at grid ", grid.meta_str());
+    grid_fill_kernel<T><<<blocks_for(total), kThreads, 0, st>>>(ptr<T>(grid), offsets, fill, entries, g, buckets,
+                                                                total);
+    RETORT_CUDA_LAUNCH_CHECK("grid_sample_backward bucket fill at grid ", grid.meta_str());
+    const int64_t all_buckets = g.n * buckets;
+    grid_sort_kernel<<<blocks_for(all_buckets), kThreads, 0, st>>>(offsets, entries, out_plane, buckets,
+                                                                    all_buckets);
+    RETORT_CUDA_LAUNCH_CHECK("grid_sample_backward bucket sort at grid ", grid.meta_str());
+    const int64_t in_total = gx.numel();
+    grid_gather_kernel<T><<<blocks_for(in_total), kThreads, 0, st>>>(ptr<T>(gy), ptr<T>(grid), offsets, entries,
+                                                                     ptr<T>(gx), g, in_total);
+    RETORT_CUDA_LAUNCH_CHECK("grid_sample_backward input gradient (gather) of ", x.meta_str(), " at grid ",
+                             grid.meta_str());
   });
 }
 

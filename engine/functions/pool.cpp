@@ -62,9 +62,9 @@ Tensor max_pool2d(const Tensor& x, const Pool2dParams& params) {
   Tensor indices = Tensor::empty(out_shape, DType::I64, x.device());
   backend_for(x).max_pool2d_forward(x, params, y, indices);
   const Shape xs = x.shape();
-  return record(y, "MaxPool2dBackward", {x}, [indices, xs](const Tensor& g, const Node&) {
+  return record(y, "MaxPool2dBackward", {x}, [indices, xs, params](const Tensor& g, const Node&) {
     Tensor gx = Tensor::empty(xs, g.dtype(), g.device());
-    backend_for(g).max_pool2d_backward(g, indices, gx);
+    backend_for(g).max_pool2d_backward(g, indices, params, gx);
     return std::vector<Tensor>{gx};
   });
 }

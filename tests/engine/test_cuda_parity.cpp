@@ -911,14 +911,15 @@ TEST(CudaParity, Pooling) {
       const Tensor x = Tensor::randn(s, gen, dt);
       for (const Case& c : cases) {
         const Pool2dParams p = c.p;
-        // Overlapping windows sum several gradients into one input: reduction tolerance backwards.
+        // The backward gathers in the CPU's scatter order, so even overlapping windows (several
+        // gradients summed into one input) match bit for bit.
         check_parity(label(std::string("max_pool2d ") + c.name, dt, s), {x},
-                     [p](const Ts& t) { return retort::max_pool2d(t[0], p); }, Kind::Exact, Kind::Reduction);
+                     [p](const Ts& t) { return retort::max_pool2d(t[0], p); }, Kind::Exact, Kind::Exact);
         check_parity(label(std::string("avg_pool2d ") + c.name, dt, s), {x},
                      [p](const Ts& t) { return retort::avg_pool2d(t[0], p); }, Kind::Reduction, Kind::Reduction);
       }
       check_parity(label("max_pool2d(3, 2, 1) shorthand", dt, s), {x},
-                   [](const Ts& t) { return retort::max_pool2d(t[0], 3, 2, 1); }, Kind::Exact, Kind::Reduction);
+                   [](const Ts& t) { return retort::max_pool2d(t[0], 3, 2, 1); }, Kind::Exact, Kind::Exact);
       check_parity(label("avg_pool2d(2) shorthand", dt, s), {x},
                    [](const Ts& t) { return retort::avg_pool2d(t[0], 2); }, Kind::Reduction, Kind::Reduction);
       for (const auto& [oh, ow] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {3, 3}, {2, 4}, {4, 4}, {5, 11}})
@@ -1638,6 +1639,50 @@ TEST(CudaInfra, DeterministicModeIsBitwiseReproducible) {
   // ... and still agrees with the CPU.
   check_parity("conv2d deterministic f32", {In(x0, true, "x"), In(w0, true, "weight")},
                [](const Ts& t) { return retort::conv2d(t[0], t[1], Tensor(), 1, 1); }, Kind::Gemm, Kind::Gemm);
+}
+
+// In deterministic mode grid_sample's input gradient gathers in the CPU's scatter order (sample.cu), so
+// it matches the CPU bit for bit however many locations share a pixel: near-identity warps (SoKD),
+// upsampling (four to nine locations per pixel), points outside the input or NaN, and a grid that sends
+// every location to one point (one bucket holding the whole grid). The grid gradient is unchanged.
+TEST(CudaParity, GridSampleDeterministicInputGradientMatchesTheCpuBitForBit) {
+  REQUIRE_GPU();
+  SwitchGuard restore;
+  cuda::set_deterministic(true);
+  Generator gen(41);
+  for (DType dt : kFloatTypes) {
+    const Tensor x = Tensor::randn({3, 5, 6, 7}, gen, dt);
+    std::vector<double> th;
+    for (int n = 0; n < 3; ++n)
+      for (double v : {1.0, 0.0, 0.0, 0.0, 1.0, 0.0}) th.push_back(v + 0.3 * gen.normal());
+    const Tensor warp = retort::affine_grid(Tensor::from_vector(th, {3, 2, 3}, dt), 6, 7);
+    std::vector<double> odd = Tensor::rand({3, 9, 8, 2}, gen, DType::F64, -1.3, 1.3).to_vector();
+    odd[5] = std::nan("");
+    odd[40] = 7.0;  // far outside: touches no pixel
+    odd[41] = -7.0;
+    std::vector<double> one(3 * 10 * 10 * 2, 0.1);
+    const std::vector<std::pair<const char*, Tensor>> grids = {
+        {"affine warp", warp},
+        {"upsampling 6x7 -> 19x23", Tensor::rand({3, 19, 23, 2}, gen, dt, -1.0, 1.0)},
+        {"outside and NaN", Tensor::from_vector(odd, {3, 9, 8, 2}, dt)},
+        {"every location at one point", Tensor::from_vector(one, {3, 10, 10, 2}, dt)},
+    };
+    for (const auto& [name, grid] : grids) {
+      check_parity(label(std::string("grid_sample deterministic, ") + name, dt, x.shape()),
+                   {In(x, true, "x"), fixed(grid, "grid")}, [](const Ts& t) { return retort::grid_sample(t[0], t[1]); },
+                   Kind::Reduction, Kind::Exact);
+      check_parity(label(std::string("grid_sample deterministic with grid gradient, ") + name, dt, x.shape()),
+                   {In(x, true, "x"), In(grid, true, "grid")},
+                   [](const Ts& t) { return retort::grid_sample(t[0], t[1]); }, Kind::Reduction, Kind::Reduction);
+    }
+    // Two runs agree bit for bit (on a GPU the default route's atomics need not).
+    auto run = [&] {
+      Tensor xg = x.to(kCuda).set_requires_grad();
+      retort::sum(retort::grid_sample(xg, grids[1].second.to(kCuda))).backward();
+      return xg.grad().to(Device::cpu());
+    };
+    EXPECT_TRUE(bitwise_equal(run(), run())) << dtype_name(dt);
+  }
 }
 
 // A cuDNN algorithm the heuristics proposed but the library refuses when it runs (cuDNN 9: a sub-code of

@@ -384,6 +384,8 @@ void CudaBackend::grid_sample_backward(const Tensor& gy, const Tensor& x, const 
     RETORT_CUDA_CHECK(cudaMemsetAsync(gx.raw_data(), 0, gx.nbytes(), st), "zeroing the grid_sample input gradient ",
                       gx.meta_str());
   const int64_t total = g.n * g.oh * g.ow;
+  RETORT_CHECK(!gather || g.oh * g.ow < INT_MAX, "grid_sample_backward (cuda, deterministic): ", g.oh * g.ow,
+               " grid locations per sample exceed the gather's 32-bit indices (grid ", grid.meta_str(), ")");
   if (gather && total == 0)
     RETORT_CUDA_CHECK(cudaMemsetAsync(gx.raw_data(), 0, gx.nbytes(), st), "zeroing the grid_sample input gradient ",
                       gx.meta_str());
@@ -399,8 +401,6 @@ void CudaBackend::grid_sample_backward(const Tensor& gy, const Tensor& x, const 
     if (!gather) return;
     // Bucket lists in the workspace as int: offsets [N, B + 1], fill cursors [N, B], entries [N, OH*OW].
     const int64_t out_plane = g.oh * g.ow, buckets = (g.h + 1) * (g.w + 1);
-    RETORT_CHECK(out_plane < INT_MAX, "grid_sample_backward (cuda, deterministic): ", out_plane,
-                 " grid locations per sample exceed the gather's 32-bit indices (grid ", grid.meta_str(), ")");
     const size_t n_off = static_cast<size_t>(g.n * (buckets + 1)), n_fill = static_cast<size_t>(g.n * buckets);
     int* offsets = static_cast<int*>(cx.workspace((n_off + n_fill + static_cast<size_t>(total)) * sizeof(int)));
     int* fill = offsets + n_off;

@@ -904,6 +904,7 @@ TEST(CudaParity, Pooling) {
       {"2x3 stride (1,2) pad (1,1)", pool_params(2, 3, 1, 2, 1, 1)},
       {"2x3 stride (1,2) pad (1,1) exclude pad", pool_params(2, 3, 1, 2, 1, 1, false)},
       {"4x4 stride 3", pool_params(4, 4, 3, 3, 0, 0)},
+      {"2x2 stride 3 pad 1 (gaps between windows)", pool_params(2, 2, 3, 3, 1, 1)},
   };
   Generator gen(11);
   for (DType dt : kFloatTypes)
@@ -930,6 +931,17 @@ TEST(CudaParity, Pooling) {
         check_parity(label("interpolate_nearest -> " + std::to_string(oh) + "x" + std::to_string(ow), dt, s), {x},
                      [oh = oh, ow = ow](const Ts& t) { return retort::interpolate_nearest(t[0], oh, ow); },
                      Kind::Exact, Kind::Reduction);
+    }
+  // Ties (a constant plane, and one of -inf): every window keeps its first maximum, so the gradient
+  // goes to the same input on both devices, and overlapping windows pile several onto one.
+  for (DType dt : kFloatTypes)
+    for (double v : {0.5, -std::numeric_limits<double>::infinity()}) {
+      const Tensor x = Tensor::full({2, 3, 7, 7}, v, dt);
+      for (const Case& c : cases) {
+        const Pool2dParams p = c.p;
+        check_parity(label(std::string("max_pool2d of a constant ") + std::to_string(v) + ", " + c.name, dt, x.shape()),
+                     {x}, [p](const Ts& t) { return retort::max_pool2d(t[0], p); }, Kind::Exact, Kind::Exact);
+      }
     }
   // 7x7 -> 1x1 (ResNet's head) on more channels.
   for (DType dt : kFloatTypes) {

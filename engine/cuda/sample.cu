@@ -18,12 +18,11 @@
 //   - in deterministic mode (cuda_device.h), it gathers. Each location is filed under the bucket of
 //     its top-left neighbour (y0, x0), y0 in [-1, H-1] and x0 in [-1, W-1] (the others touch no
 //     pixel): bucket sizes are counted (integer atomics, an exact count), scanned into offsets per
-//     sample, filled (slots claimed with atomics) and each bucket sorted by location. Then one thread
-//     per input element merges, in ascending location order, the four buckets whose locations can
-//     reach it — (h, w), (h, w-1), (h-1, w), (h-1, w-1) — and adds their shares in T from zero: the
-//     CPU's scatter order, so gx matches the CPU bit for bit and is the same in every run. The sort
-//     is an insertion sort per bucket, quadratic in a bucket's size: a few locations for the affine
-//     warps SoKD uses, the whole grid for one that sends every location to one pixel.
+//     sample, and filled in ascending location order by one block per sample (grid_fill_kernel).
+//     Then one thread per input element merges, in ascending location order, the four buckets whose
+//     locations can reach it — (h, w), (h, w-1), (h-1, w), (h-1, w-1) — and adds their shares in T
+//     from zero: the CPU's scatter order, so gx matches the CPU bit for bit and is the same in every
+//     run. Four launches more than the default route, each linear in the grid or the input.
 #include <climits>
 #include <cmath>
 
@@ -249,35 +248,41 @@ __global__ void grid_scan_kernel(int* counts, int64_t rows, int64_t len) {
   }
 }
 
-// Per location: claims a slot in its bucket and files its index o there (slot order is arbitrary;
-// grid_sort_kernel restores ascending o).
+// One block per sample: files each location's index o in its bucket, in ascending o. The block takes
+// kScanThreads locations at a time, in order; a thread's slot is its bucket's cursor plus the number
+// of earlier threads of the chunk in the same bucket (read from the chunk's keys in shared memory),
+// and the chunk's last thread of each bucket advances the cursor once every thread has read it. No
+// atomics and no sort: the lists come out ordered, and the work is linear in the locations however
+// they crowd into buckets (a grid sending every location to one point included).
 template <class T>
-__global__ void grid_fill_kernel(const T* grid, const int* offsets, int* fill, int* entries, GridGeom g,
-                                 int64_t buckets, int64_t total) {
-  RETORT_GRID_STRIDE(r, total) {
-    const int64_t out_plane = g.oh * g.ow, n = r / out_plane, o = r - n * out_plane;
-    const T* gp = grid + r * 2;
-    const int64_t b = bucket_of(corners(static_cast<double>(gp[0]), static_cast<double>(gp[1]), g.h, g.w), g);
-    if (b < 0) continue;
-    const int slot = atomicAdd(fill + n * buckets + b, 1);
-    entries[n * out_plane + offsets[n * (buckets + 1) + b] + slot] = static_cast<int>(o);
-  }
-}
-
-// Per bucket: insertion sort of its locations (distinct indices, so the order is unique).
-__global__ void grid_sort_kernel(const int* offsets, int* entries, int64_t out_plane, int64_t buckets, int64_t total) {
-  RETORT_GRID_STRIDE(k, total) {
-    const int64_t n = k / buckets, b = k - n * buckets;
+__global__ void grid_fill_kernel(const T* grid, const int* offsets, int* cursor, int* entries, GridGeom g,
+                                 int64_t buckets) {
+  __shared__ int64_t key[kScanThreads];
+  const int tid = static_cast<int>(threadIdx.x);
+  const int64_t out_plane = g.oh * g.ow;
+  for (int64_t n = blockIdx.x; n < g.n; n += gridDim.x) {
+    const int* off = offsets + n * (buckets + 1);
+    int* cur = cursor + n * buckets;
     int* e = entries + n * out_plane;
-    const int lo = offsets[n * (buckets + 1) + b], hi = offsets[n * (buckets + 1) + b + 1];
-    for (int i = lo + 1; i < hi; ++i) {
-      const int v = e[i];
-      int j = i - 1;
-      while (j >= lo && e[j] > v) {
-        e[j + 1] = e[j];
-        --j;
+    for (int64_t base = 0; base < out_plane; base += kScanThreads) {
+      const int64_t o = base + tid;
+      int64_t b = -1;
+      if (o < out_plane) {
+        const T* gp = grid + (n * out_plane + o) * 2;
+        b = bucket_of(corners(static_cast<double>(gp[0]), static_cast<double>(gp[1]), g.h, g.w), g);
       }
-      e[j + 1] = v;
+      key[tid] = b;
+      __syncthreads();
+      int rank = 0;
+      bool last = true;
+      if (b >= 0) {
+        for (int j = 0; j < tid; ++j) rank += key[j] == b;
+        for (int j = tid + 1; j < kScanThreads && last; ++j) last = key[j] != b;
+        e[off[b] + cur[b] + rank] = static_cast<int>(o);
+      }
+      __syncthreads();  // every thread has read its bucket's cursor
+      if (b >= 0 && last) cur[b] += rank + 1;
+      __syncthreads();  // cursors advanced and keys free before the next chunk
     }
   }
 }
@@ -400,25 +405,20 @@ void CudaBackend::grid_sample_backward(const Tensor& gy, const Tensor& x, const 
     }
     if (!gather) return;
     // Bucket lists in the workspace as int: offsets [N, B + 1], fill cursors [N, B], entries [N, OH*OW].
-    const int64_t out_plane = g.oh * g.ow, buckets = (g.h + 1) * (g.w + 1);
+    const unsigned samples = static_cast<unsigned>(std::min<int64_t>(g.n, 65535));
+    const int64_t buckets = (g.h + 1) * (g.w + 1);
     const size_t n_off = static_cast<size_t>(g.n * (buckets + 1)), n_fill = static_cast<size_t>(g.n * buckets);
     int* offsets = static_cast<int*>(cx.workspace((n_off + n_fill + static_cast<size_t>(total)) * sizeof(int)));
-    int* fill = offsets + n_off;
-    int* entries = fill + n_fill;
+    int* cursor = offsets + n_off;
+    int* entries = cursor + n_fill;
     RETORT_CUDA_CHECK(cudaMemsetAsync(offsets, 0, (n_off + n_fill) * sizeof(int), st),
                       "zeroing the grid_sample bucket counts");
     grid_count_kernel<T><<<blocks_for(total), kThreads, 0, st>>>(ptr<T>(grid), offsets, g, buckets, total);
     RETORT_CUDA_LAUNCH_CHECK("grid_sample_backward bucket count at grid ", grid.meta_str());
-    grid_scan_kernel<<<static_cast<unsigned>(std::min<int64_t>(g.n, 65535)), kScanThreads, 0, st>>>(offsets, g.n,
-                                                                                                   buckets + 1);
+    grid_scan_kernel<<<samples, kScanThreads, 0, st>>>(offsets, g.n, buckets + 1);
     RETORT_CUDA_LAUNCH_CHECK("grid_sample_backward bucket scan at grid ", grid.meta_str());
-    grid_fill_kernel<T><<<blocks_for(total), kThreads, 0, st>>>(ptr<T>(grid), offsets, fill, entries, g, buckets,
-                                                                total);
+    grid_fill_kernel<T><<<samples, kScanThreads, 0, st>>>(ptr<T>(grid), offsets, cursor, entries, g, buckets);
     RETORT_CUDA_LAUNCH_CHECK("grid_sample_backward bucket fill at grid ", grid.meta_str());
-    const int64_t all_buckets = g.n * buckets;
-    grid_sort_kernel<<<blocks_for(all_buckets), kThreads, 0, st>>>(offsets, entries, out_plane, buckets,
-                                                                    all_buckets);
-    RETORT_CUDA_LAUNCH_CHECK("grid_sample_backward bucket sort at grid ", grid.meta_str());
     const int64_t in_total = gx.numel();
     grid_gather_kernel<T><<<blocks_for(in_total), kThreads, 0, st>>>(ptr<T>(gy), ptr<T>(grid), offsets, entries,
                                                                      ptr<T>(gx), g, in_total);

@@ -17,6 +17,7 @@
 //                                                 unexpected and wrongly shaped key
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -198,6 +199,16 @@ void print_mask(const std::string& name, const Tensor& mask) {
     }
     std::printf("\n");
   }
+  // A sample whose boxes are all empty (SoKD's DAM: boxes clamped one side each can end before they
+  // start, docs/methods/sokd.md) has an all-zero mask, so a masked loss is 0 for it this step.
+  int64_t empty = 0;
+  const int64_t per = h * w;
+  for (int64_t i = 0; i < m.shape()[0]; ++i) {
+    const double* p = m.data<double>() + i * per;
+    empty += std::all_of(p, p + per, [](double v) { return v == 0; }) ? 1 : 0;
+  }
+  std::printf("  samples whose %s is all zero: %lld of %lld (a masked loss is 0 for them this step)\n", name.c_str(),
+              static_cast<long long>(empty), static_cast<long long>(m.shape()[0]));
 }
 
 int inspect_distill(DistillInspect o, Device dev) {

@@ -30,6 +30,21 @@ done
 # (Outputs go to variables first: with pipefail, `prog | grep -q` fails when grep exits early.)
 listing=$("$bin/retort-inspect" "$tmp/view.safetensors")
 grep -qF "term.sokd.mask" <<<"$listing" || { echo "FAIL: dump lacks the mask"; exit 1; }
+# The count of all-zero masks the output reports is the dumped mask's (read with the standard library).
+empty=$(python3 - "$tmp/view.safetensors" <<'PY'
+import json, struct, sys
+raw = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+meta = json.loads(raw[8:8 + n])["term.sokd.mask"]
+assert meta["dtype"] == "F32", meta
+b, h, w = meta["shape"]
+lo, hi = meta["data_offsets"]
+vals = struct.unpack("<%df" % (b * h * w), raw[8 + n + lo:8 + n + hi])
+print(sum(all(v == 0 for v in vals[i * h * w:(i + 1) * h * w]) for i in range(b)))
+PY
+)
+grep -qF "samples whose mask is all zero: $empty of 4" <<<"$out" ||
+  { echo "FAIL: the output's count of all-zero masks is not the dump's ($empty of 4)"; exit 1; }
 grep -qF "student.layer2" <<<"$listing" || { echo "FAIL: dump lacks the tapped student feature"; exit 1; }
 # --images: per sample the input, 2 taps and 5 maps of the SoKD term (mask, student, teacher, augmented
 # teacher, the mask on the input) = 8 PNG files for each of the 4 samples, enlarged 6x (16 -> 96 pixels), and

@@ -88,6 +88,17 @@ __device__ inline void covering_windows(int64_t i, int64_t pad, int64_t kernel, 
   hi = min((i + pad) / stride, out - 1);
 }
 
+// The output rows [oh_lo, oh_hi] and columns [ow_lo, ow_hi] whose windows hold input (h, w).
+struct Covering {
+  int64_t oh_lo, oh_hi, ow_lo, ow_hi;
+};
+__device__ inline Covering covering(const Geom& g, int64_t h, int64_t w) {
+  Covering c;
+  covering_windows(h, g.ph, g.kh, g.sh, g.oh, c.oh_lo, c.oh_hi);
+  covering_windows(w, g.pw, g.kw, g.sw, g.ow, c.ow_lo, c.ow_hi);
+  return c;
+}
+
 // One thread per input element: the sum of gy over the outputs whose window holds it and whose argmax
 // it is (an argmax always lies in its own window), in ascending (oh, ow) order.
 template <class T>
@@ -96,12 +107,10 @@ __global__ void max_pool_backward_kernel(const T* gy, const int64_t* indices, T*
     const int64_t pos = i % g.in_plane(), w = pos % g.w, h = pos / g.w, pl = i / g.in_plane();
     const T* gp = gy + pl * g.out_plane();
     const int64_t* ip = indices + pl * g.out_plane();
-    int64_t oh_lo, oh_hi, ow_lo, ow_hi;
-    covering_windows(h, g.ph, g.kh, g.sh, g.oh, oh_lo, oh_hi);
-    covering_windows(w, g.pw, g.kw, g.sw, g.ow, ow_lo, ow_hi);
+    const Covering cw = covering(g, h, w);
     T acc = 0;
-    for (int64_t oh = oh_lo; oh <= oh_hi; ++oh)
-      for (int64_t ow = ow_lo; ow <= ow_hi; ++ow)
+    for (int64_t oh = cw.oh_lo; oh <= cw.oh_hi; ++oh)
+      for (int64_t ow = cw.ow_lo; ow <= cw.ow_hi; ++ow)
         if (ip[oh * g.ow + ow] == pos) acc += gp[oh * g.ow + ow];
     gx[i] = acc;
   }
@@ -147,12 +156,10 @@ __global__ void avg_pool_backward_kernel(const T* gy, T* gx, Geom g, int64_t tot
   RETORT_GRID_STRIDE(i, total) {
     const int64_t w = i % g.w, h = (i / g.w) % g.h, pl = i / g.in_plane();
     const T* gp = gy + pl * g.out_plane();
-    int64_t oh_lo, oh_hi, ow_lo, ow_hi;
-    covering_windows(h, g.ph, g.kh, g.sh, g.oh, oh_lo, oh_hi);
-    covering_windows(w, g.pw, g.kw, g.sw, g.ow, ow_lo, ow_hi);
+    const Covering cw = covering(g, h, w);
     T acc = 0;
-    for (int64_t oh = oh_lo; oh <= oh_hi; ++oh)
-      for (int64_t ow = ow_lo; ow <= ow_hi; ++ow) {
+    for (int64_t oh = cw.oh_lo; oh <= cw.oh_hi; ++oh)
+      for (int64_t ow = cw.ow_lo; ow <= cw.ow_hi; ++ow) {
         const AvgWindow win = avg_window(g, oh, ow);
         if (h < win.hs || h >= win.he || w < win.ws || w >= win.we) continue;  // defensive; never true
         // __dmul_rn: a product nvcc may not fuse with the sum (the CPU rounds both, and so must we).

@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   cli.add_option("--device", device, "cpu | cuda | cuda:N: where the checked functions run");
   app::add_threads_flag(cli, threads);
-  cli.add_option("names", names, "Checks to run: a check name (conv2d.groups) or a function name (conv2d)");
+  cli.add_option("names", names, "Checks to run: a check name (conv2d.groups2) or a function name (conv2d)");
   if (const auto rc = app::parse_command_line(cli, "retort-gradcheck", argc, argv)) return *rc;
 
   return app::run_guarded("retort-gradcheck", [&] {

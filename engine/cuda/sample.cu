@@ -22,7 +22,7 @@
 //     Then one thread per input element merges, in ascending location order, the four buckets whose
 //     locations can reach it — (h, w), (h, w-1), (h-1, w), (h-1, w-1) — and adds their shares in T
 //     from zero: the CPU's scatter order, so gx matches the CPU bit for bit and is the same in every
-//     run. Four launches more than the default route, each linear in the grid or the input.
+//     run. Four kernels where the default route has one, each linear in the grid or the input.
 #include <climits>
 #include <cmath>
 

@@ -155,6 +155,25 @@ TEST(DamRegions, LocalMaximaTopKAndInclusiveBoxesCountingOverlaps) {
                {"dam_regions", "f64[1, 2, 4, 5]", "[B, 2, H, W]"});
 }
 
+// Boxes clamp one side each, as the dev code's area_utils.py (docs/methods/sokd.md): a peak at the right
+// edge whose offset pushes the centre past it starts after it ends, so the box is empty, and a sample
+// whose boxes are all empty has an all-zero mask and a masked loss of 0.
+TEST(DamRegions, ABoxPushedPastTheEdgeIsEmptyAndItsSamplesMaskIsZero) {
+  const int64_t h = 5, w = 5, hw = 25;
+  std::vector<double> heat(2 * hw, 0.5), wh(2 * hw, 2.0), off(2 * hw, 0.0);
+  heat[2 * w + 4] = 0.9;  // peak at (y 2, x 4), the right edge
+  off[2 * w + 4] = 3.0;   // centre x 7: x1 = 6, x2 = min(8, 4) = 4
+  const DamRegions r = dam_regions(Tensor::from_vector(heat, {1, 2, h, w}, DType::F64),
+                                   Tensor::from_vector(wh, {1, 2, h, w}, DType::F64),
+                                   Tensor::from_vector(off, {1, 2, h, w}, DType::F64), 1);
+  const int64_t* box = r.boxes.data<int64_t>();
+  EXPECT_EQ((std::vector<int64_t>(box, box + 4)), (std::vector<int64_t>{6, 1, 4, 3}));
+  for (int64_t i = 0; i < hw; ++i) EXPECT_EQ(at(r.mask, i), 0.0) << i;
+  Generator gen(3);
+  const Tensor fs = Tensor::randn({1, 2, h, w}, gen, DType::F64), ft = Tensor::randn({1, 2, h, w}, gen, DType::F64);
+  EXPECT_EQ(masked_feature_mse(fs, ft, r.mask).item(), 0.0);
+}
+
 TEST(MaskedFeatureMse, IsTheMseOfMaskedMapsOverEveryElement) {
   Generator g(5);
   const Tensor fs = feature(g, {2, 3, 4, 4}), ft = feature(g, {2, 3, 4, 4});

@@ -6,6 +6,13 @@
 #include <string>
 #include <vector>
 
+// The helpers below run on the host and, compiled by nvcc, in kernels too.
+#if defined(__CUDACC__)
+#define RETORT_HOST_DEVICE __host__ __device__
+#else
+#define RETORT_HOST_DEVICE
+#endif
+
 namespace retort {
 
 // F32 and F64 are the float types every kernel supports; I64 holds class labels and pool indices.
@@ -18,10 +25,7 @@ inline bool is_floating(DType dt) { return dt == DType::F32 || dt == DType::F64;
 // A float converted to I64 (Tensor::to(DType::I64)) on every device: truncated toward zero, saturated
 // at the int64 range, NaN -> 0 — what a GPU's conversion instruction does. A plain static_cast is
 // undefined for NaN and out-of-range values (x86 gives INT64_MIN), so the backends call this instead.
-#if defined(__CUDACC__)
-__host__ __device__
-#endif
-inline int64_t float_to_int64(double v) {
+RETORT_HOST_DEVICE inline int64_t float_to_int64(double v) {
   if (v != v) return 0;
   if (v >= 9223372036854775808.0) return INT64_MAX;  // 2^63
   if (v <= -9223372036854775808.0) return INT64_MIN;
@@ -32,35 +36,23 @@ inline int64_t float_to_int64(double v) {
 // NaN is false (std::max(v, 0) and `v > 0 ? v : 0` both turn NaN into 0, hiding a broken run behind
 // finite logits). Every ReLU kernel on every device calls this one expression.
 template <class T>
-#if defined(__CUDACC__)
-__host__ __device__
-#endif
-inline T relu_keep_nan(T v) {
+RETORT_HOST_DEVICE inline T relu_keep_nan(T v) {
   return v < T(0) ? T(0) : v;
 }
 
 // The larger / smaller of u and v, NaN if either is (torch.maximum, amax, max-pool); ties give u. Max and
 // min reductions fold with these, so one NaN anywhere makes the result NaN.
 template <class T>
-#if defined(__CUDACC__)
-__host__ __device__
-#endif
-inline T max_keep_nan(T u, T v) {
+RETORT_HOST_DEVICE inline T max_keep_nan(T u, T v) {
   return (u >= v || u != u) ? u : v;
 }
 template <class T>
-#if defined(__CUDACC__)
-__host__ __device__
-#endif
-inline T min_keep_nan(T u, T v) {
+RETORT_HOST_DEVICE inline T min_keep_nan(T u, T v) {
   return (u <= v || u != u) ? u : v;
 }
 // -1, 0 or 1; NaN stays NaN (torch.sign).
 template <class T>
-#if defined(__CUDACC__)
-__host__ __device__
-#endif
-inline T sign_keep_nan(T v) {
+RETORT_HOST_DEVICE inline T sign_keep_nan(T v) {
   return v != v ? v : T((v > T(0)) - (v < T(0)));
 }
 

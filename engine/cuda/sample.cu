@@ -142,14 +142,20 @@ __device__ inline void neighbours(const T* plane, int64_t W, const Corners& c, d
   v11 = c.in_y1 && c.in_x1 ? static_cast<double>(plane[i + W + 1]) : 0.0;
 }
 
+// The corners of grid location r (flat over [N, OH, OW]): every kernel reads the grid through this, so
+// the forward, the backwards and the deterministic gather's count and fill agree on each location.
+template <class T>
+__device__ inline Corners corners_at(const T* grid, int64_t r, const GridGeom& g) {
+  return corners(static_cast<double>(grid[r * 2]), static_cast<double>(grid[r * 2 + 1]), g.h, g.w);
+}
+
 // One thread per output location (n, oh, ow); consecutive threads write consecutive outputs of each
 // channel plane.
 template <class T>
 __global__ void grid_sample_forward_kernel(const T* x, const T* grid, T* y, GridGeom g, int64_t total) {
   RETORT_GRID_STRIDE(r, total) {
     const int64_t out_plane = g.oh * g.ow, n = r / out_plane, o = r - n * out_plane;
-    const T* gp = grid + r * 2;
-    const Corners c = corners(static_cast<double>(gp[0]), static_cast<double>(gp[1]), g.h, g.w);
+    const Corners c = corners_at(grid, r, g);
     for (int64_t ch = 0; ch < g.c; ++ch) {
       T* out = y + (n * g.c + ch) * out_plane + o;
       if (c.nan) {
@@ -170,8 +176,7 @@ __global__ void grid_sample_backward_kernel(const T* gy, const T* x, const T* gr
                                             int64_t total) {
   RETORT_GRID_STRIDE(r, total) {
     const int64_t out_plane = g.oh * g.ow, plane = g.h * g.w, n = r / out_plane, o = r - n * out_plane;
-    const T* gp = grid + r * 2;
-    const Corners c = corners(static_cast<double>(gp[0]), static_cast<double>(gp[1]), g.h, g.w);
+    const Corners c = corners_at(grid, r, g);
     double dix = 0, diy = 0;  // d(sum over channels of gy * y) / d(ix, iy)
     for (int64_t ch = 0; ch < g.c && !c.nan; ++ch) {
       const double go = static_cast<double>(gy[(n * g.c + ch) * out_plane + o]);
@@ -213,8 +218,7 @@ template <class T>
 __global__ void grid_count_kernel(const T* grid, int* counts, GridGeom g, int64_t buckets, int64_t total) {
   RETORT_GRID_STRIDE(r, total) {
     const int64_t n = r / (g.oh * g.ow);
-    const T* gp = grid + r * 2;
-    const int64_t b = bucket_of(corners(static_cast<double>(gp[0]), static_cast<double>(gp[1]), g.h, g.w), g);
+    const int64_t b = bucket_of(corners_at(grid, r, g), g);
     if (b >= 0) atomicAdd(counts + n * (buckets + 1) + b, 1);
   }
 }
@@ -267,10 +271,7 @@ __global__ void grid_fill_kernel(const T* grid, const int* offsets, int* cursor,
     for (int64_t base = 0; base < out_plane; base += kScanThreads) {
       const int64_t o = base + tid;
       int64_t b = -1;
-      if (o < out_plane) {
-        const T* gp = grid + (n * out_plane + o) * 2;
-        b = bucket_of(corners(static_cast<double>(gp[0]), static_cast<double>(gp[1]), g.h, g.w), g);
-      }
+      if (o < out_plane) b = bucket_of(corners_at(grid, n * out_plane + o, g), g);
       key[tid] = b;
       __syncthreads();
       int rank = 0;
@@ -314,8 +315,7 @@ __global__ void grid_gather_kernel(const T* gy, const T* grid, const int* offset
         if (pos[k] < end[k] && (best < 0 || e[pos[k]] < e[pos[best]])) best = k;
       if (best < 0) break;
       const int64_t o = e[pos[best]++];
-      const T* gp = grid + (n * out_plane + o) * 2;
-      const Corners c = corners(static_cast<double>(gp[0]), static_cast<double>(gp[1]), g.h, g.w);
+      const Corners c = corners_at(grid, n * out_plane + o, g);
       const double go = static_cast<double>(gyp[o]);
       switch (best) {
         case 0: acc += static_cast<T>(go * (1 - c.wx) * (1 - c.wy)); break;
